@@ -1,0 +1,34 @@
+"""The ``anl-fused`` command: one subcommand a module, each with ``configure(parser)`` and ``run(args)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "demo": ("anl_fused.demo", "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
+    "train": ("anl_fused.train", "train a model of the zoo with the paper's protocol"),
+    "models": ("anl_fused.models.cli", "list the model zoo with parameter counts and the paper's eps"),
+    "figures": ("anl_fused.figures", "draw the paper's figures as PNG"),
+    "attack": ("anl_fused.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
+    "bench": ("anl_fused.benchmark", "CPU/GPU step benchmark: plain vs naive vs reference vs TwoRound"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="anl-fused", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if argv[:1] == [name]:
+            importlib.import_module(module).configure(p)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""``TwoRound``: the paper's two-round training step (Algorithm 1) at about 5F instead of 6F.
+
+Round 1 runs the closure with every active ANL layer returning a fresh copy of its input ``h``
+(``ops.std_copy``, which also measures ``s = std(h)``) and asks autograd for ``dJ/dh`` only
+(``torch.autograd.grad(loss, [h, ...])``): the backward stops at the first ANL layer and computes no
+weight gradient, so parameter ``.grad`` is never touched. BatchNorm layers do not update their
+running statistics in round 1. The per-sample scale ``r_b s / ||g_b||_inf`` is computed once from
+``g`` (``ops.noise_scale``) and kept with ``g``; round 2 replays round 1's global RNG state (same
+dropout masks), adds ``scale[b] * g`` (``ops.add_noise``) and its loss is what gets backpropagated.
+
+Nothing here reads a device value on the host: no ``.item()``, no branching on tensor contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import ops
+from .functional import draw_z, noise_terms
+from .insert import anl_layers
+from .layer import ANL2d
+
+__all__ = ["TwoRound"]
+
+
+def checked_loss(loss) -> Tensor:
+    """The closure's result, which must be a 0-d tensor."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"closure must return a scalar loss tensor, got {type(loss).__name__}: {loss!r}")
+    if loss.dim() != 0:
+        raise ValueError(f"closure must return a scalar (0-d) loss tensor, got shape {tuple(loss.shape)}")
+    return loss
+
+
+class GlobalRngState:
+    """The global RNG state of the CPU and of every initialized CUDA device, to replay a round."""
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module):
+    """BatchNorm in training mode normalizes by batch statistics but leaves running statistics and
+    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration)."""
+    frozen = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for m in frozen:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in frozen:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def attached(layers: list[ANL2d], round_):
+    for layer in layers:
+        layer._round = round_
+    try:
+        yield round_
+    finally:
+        for layer in layers:
+            layer._round = None
+
+
+class _Probe:
+    """Round 1: each layer returns a copy of ``h`` and records ``(h, std(h))``."""
+
+    def __init__(self):
+        self.records: dict[ANL2d, tuple[Tensor, Tensor]] = {}
+
+    def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        if layer in self.records:
+            raise RuntimeError(f"{layer!r} ran twice in one forward; use one ANL layer per place in the model")
+        if layer.needs_grad and torch.is_grad_enabled() and not h.requires_grad:
+            h = h.detach().requires_grad_()  # nothing upstream needs a gradient: make h a leaf to differentiate
+        out, s = ops.std_copy(h)
+        self.records[layer] = (h, s)
+        return out
+
+
+class _Perturb:
+    """Round 2: each layer returns ``h + scale[b] * direction``."""
+
+    def __init__(self, noise: dict[ANL2d, tuple[Tensor, Tensor]]):
+        self.noise = noise
+
+    def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        try:
+            direction, scale = self.noise.pop(layer)
+        except KeyError:
+            raise RuntimeError(f"{layer!r} ran in round 2 without a round-1 measurement (twice in one forward, "
+                               "or the closure takes a different path in each round)") from None
+        if direction.shape != h.shape:
+            raise RuntimeError(f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
+                               "round 2: the closure must compute the same batch in both rounds")
+        return ops.add_noise(h, direction, scale)
+
+
+class TwoRound:
+    """Runs the paper's two-round ANL training step on ``model``.
+
+    Example::
+
+        engine = anl_fused.TwoRound(model)
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = engine.step(lambda: F.cross_entropy(model(x), y))
+            optimizer.step()
+
+    Args:
+        model: a model with ANL layers (``insert_anl`` or ``ANL2d`` modules).
+        generator: the ``torch.Generator`` of the noise draws ``z`` (on the activations' device).
+            Default: a new one on the device of the model's first parameter, seeded from
+            ``torch.initial_seed()``. The same seed gives the same noise on every backend.
+        noise_dtype: keep round 1's gradient in this dtype between the rounds (``torch.bfloat16``
+            halves the extra memory); ``None`` keeps the activations' dtype.
+
+    Attributes:
+        nonfinite_samples: 0-d int64 tensor on the activations' device: how many (layer, sample)
+            pairs got zero noise because their round-1 gradient was not finite (cumulative).
+        last_stds: ``{module name: std(h)}`` of every ANL layer that ran in round 1 of the last step.
+    """
+
+    def __init__(self, model: nn.Module, generator: torch.Generator | None = None, *,
+                 noise_dtype: torch.dtype | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
+            raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
+        self.model = model
+        if generator is None:
+            param = next(model.parameters(), None)
+            generator = torch.Generator(device=param.device if param is not None else "cpu")
+            generator.manual_seed((torch.initial_seed() + 0x9E3779B97F4A7C15) % 2**63)
+        self.generator = generator
+        self.noise_dtype = noise_dtype
+        self.nonfinite_samples: Tensor | None = None
+        self._last_stds: list[tuple[ANL2d, Tensor]] = []
+
+    @property
+    def last_stds(self) -> dict[str, Tensor]:
+        names = {m: n for n, m in self.model.named_modules()}
+        return {names.get(layer, "?"): s for layer, s in self._last_stds}
+
+    def step(self, closure: Callable[[], Tensor], backward: bool = True) -> Tensor:
+        """Run both rounds; returns round 2's loss, on which ``backward()`` was called unless
+        ``backward=False`` (then call it yourself, e.g. ``scaler.scale(loss).backward()``)."""
+        layers = [layer for layer in anl_layers(self.model) if layer.active]
+        if not layers:
+            loss = checked_loss(closure())
+            if backward:
+                loss.backward()
+            return loss
+
+        rng = GlobalRngState()
+        need_grad = any(layer.needs_grad for layer in layers)
+        with frozen_batchnorm_stats(self.model), attached(layers, _Probe()) as probe, \
+                torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
+            loss = checked_loss(closure())
+        noise = self._noise(layers, probe.records, loss)
+        del loss, probe
+        rng.restore()
+
+        with attached(layers, _Perturb(noise)):
+            loss = checked_loss(closure())
+        if backward:
+            loss.backward()
+        return loss
+
+    def _noise(self, layers: list[ANL2d], records: dict, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor]]:
+        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``."""
+        reached = [layer for layer in layers if layer in records]
+        wanted = [records[layer][0] for layer in reached if layer.needs_grad]
+        if wanted and not loss.requires_grad:
+            raise RuntimeError("the closure's loss does not depend on the ANL layers' outputs with autograd on; "
+                               "do not compute it under torch.no_grad() or detach it")
+        grads = iter(torch.autograd.grad(loss, wanted, materialize_grads=True) if wanted else ())
+        self._last_stds = []
+        noise = {}
+        for layer in reached:
+            h, s = records[layer]
+            self._check_generator(h)
+            g = next(grads) if layer.needs_grad else None
+            z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, self.generator, h.device)
+            direction, scale, norm = noise_terms(layer.noise, layer.sign, layer.eps, g, z,
+                                                 s if layer.scale_by_std else None, h.shape[0])
+            if norm is not None:
+                self._count_nonfinite(norm)
+            if self.noise_dtype is not None:
+                direction = direction.to(self.noise_dtype)
+            noise[layer] = (direction, scale)
+            self._last_stds.append((layer, s))
+        return noise
+
+    def _check_generator(self, h: Tensor) -> None:
+        if self.generator.device.type != h.device.type:
+            raise ValueError(f"TwoRound's generator is on {self.generator.device} but the activations are on "
+                             f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "
+                             "TwoRound after moving the model")
+
+    def _count_nonfinite(self, norm: Tensor) -> None:
+        bad = (~torch.isfinite(norm)).sum()
+        self.nonfinite_samples = bad if self.nonfinite_samples is None else self.nonfinite_samples + bad
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, {len(anl_layers(self.model))} ANL layers)"

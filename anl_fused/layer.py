@@ -1,0 +1,122 @@
+"""``ANL2d``: the Adversarial Noise Layer (You et al., Eq. 1-5), a drop-in module.
+
+At inference (``eval()``), when disabled, or with ``eps == 0`` the layer is the identity and does no
+work. In training, the noise needs the gradient of the current batch, so the layer only acts inside
+a two-round step (``anl_fused.TwoRound`` or ``anl_fused.reference``), which attaches a *round* to
+it for the length of one forward: round 1 measures ``std(h)`` and exposes ``h`` for its gradient,
+round 2 returns ``h + eta``. Outside such a step a training-mode layer is the identity and warns once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ANL2d", "NOISE_KINDS", "check_eps"]
+
+NOISE_KINDS = ("adversarial", "gaussian")
+
+
+class Round(Protocol):
+    """What a two-round step attaches to a layer for one forward."""
+
+    def forward(self, layer: "ANL2d", h: Tensor) -> Tensor: ...
+
+
+def check_eps(eps, name: str = "eps") -> float:
+    """``eps`` as a float; rejects bools, non-numbers and non-finite values with a message naming it."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {eps!r} ({type(eps).__name__})")
+    eps = float(eps)
+    if not math.isfinite(eps):
+        raise ValueError(f"{name} must be finite, got {eps!r}")
+    return eps
+
+
+class ANL2d(nn.Module):
+    r"""Adversarial Noise Layer for ``(N, C, H, W)`` activations.
+
+    In round 2 of a two-round step it returns :math:`\hat h = h + \eta` with, per sample ``b``,
+
+    .. math::
+        \eta_b = r_b \, s(h) \, \frac{g_b}{\|g_b\|_\infty}, \qquad
+        r_b = \mathrm{clip}_{[\min(0,\epsilon), \max(0,\epsilon)]}\big(\epsilon/2 + |\epsilon|/4 \, z_b\big),
+        \quad z_b \sim \mathcal N(0, 1)
+
+    where ``g = dJ/dh`` comes from round 1 and ``s(h)`` is the standard deviation of ``h``.
+
+    Args:
+        eps: noise magnitude :math:`\epsilon`. Negative values give the paper's "opposite" noise;
+            0 makes the layer the identity.
+        noise: ``"adversarial"`` (above) or ``"gaussian"``:
+            :math:`\eta = s(h)\,|\epsilon|/4\,z` with elementwise :math:`z \sim \mathcal N(0, I)`.
+        scale_by_std: multiply by :math:`s(h)` (Eq. 5); ``False`` gives Eq. 4.
+        sign: :math:`\eta = \epsilon\,\mathrm{sign}(g)` (Eq. 8, adversarial training on the input).
+
+    Shape: input and output ``(N, C, H, W)``.
+    """
+
+    def __init__(self, eps: float, *, noise: str = "adversarial", scale_by_std: bool = True, sign: bool = False):
+        super().__init__()
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+        if sign and noise != "adversarial":
+            raise ValueError(f"sign=True needs noise='adversarial', got noise={noise!r}")
+        self.eps = eps
+        self.noise = noise
+        self.scale_by_std = bool(scale_by_std)
+        self.sign = bool(sign)
+        self.enabled = True
+        self._round: Round | None = None
+        self._warned = False
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @eps.setter
+    def eps(self, value) -> None:
+        self._eps = check_eps(value)
+
+    @property
+    def active(self) -> bool:
+        """Whether the layer adds noise in a two-round step: training, enabled and ``eps != 0``."""
+        return self.training and self.enabled and self._eps != 0.0
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether the noise needs round 1's gradient (all but Gaussian noise)."""
+        return self.noise == "adversarial"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != 4:
+            raise ValueError(f"ANL2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}")
+        if not self.active:
+            return input
+        if self._round is None:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "ANL2d in training mode outside a two-round step is the identity; "
+                    "train with anl_fused.TwoRound(model).step(closure) to add the noise",
+                    stacklevel=2,
+                )
+            return input
+        return self._round.forward(self, input)
+
+    def extra_repr(self) -> str:
+        parts = [f"eps={self._eps}"]
+        if self.noise != "adversarial":
+            parts.append(f"noise={self.noise!r}")
+        if not self.scale_by_std:
+            parts.append("scale_by_std=False")
+        if self.sign:
+            parts.append("sign=True")
+        if not self.enabled:
+            parts.append("enabled=False")
+        return ", ".join(parts)

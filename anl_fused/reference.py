@@ -1,0 +1,117 @@
+"""The oracle: a literal, slow transcription of the paper's Algorithm 1 (full double pass).
+
+It shares nothing with the fast path but the layer's configuration and the noise-draw contract
+(:func:`anl_fused.functional.draw_z`): round 1 adds a zero leaf tensor to every ANL layer's output
+(the authors' way of reading ``dJ/dh`` that survives later in-place ops) and runs a full backward
+that also computes every parameter's gradient, which is thrown away; every buffer of the model is
+saved before round 1 and written back after it; the noise is computed sample by sample with
+Python scalars, exactly as Eq. 2 and Eq. 5 read. Slow on purpose; use it in tests only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .engine import GlobalRngState, attached, checked_loss
+from .functional import draw_z
+from .insert import anl_layers
+from .layer import ANL2d
+
+__all__ = ["two_round_step"]
+
+
+class _ZeroLeaf:
+    def __init__(self):
+        self.records: dict[ANL2d, tuple[Tensor, Tensor]] = {}
+
+    def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        assert layer not in self.records, "an ANL layer ran twice in one forward"
+        leaf = torch.zeros_like(h, requires_grad=True)
+        self.records[layer] = (h.detach().clone(), leaf)
+        return h + leaf
+
+
+class _AddEta:
+    def __init__(self, etas: dict[ANL2d, Tensor]):
+        self.etas = etas
+
+    def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        return h + self.etas.pop(layer)
+
+
+def _std(h: Tensor) -> float:
+    """Eq. 5's ``s(h)``: standard deviation of all elements, correction 1; 0 for one element."""
+    values = h.detach().double().flatten()
+    if values.numel() == 1:
+        return 0.0
+    mean = values.sum() / values.numel()
+    return math.sqrt(float(((values - mean) ** 2).sum()) / (values.numel() - 1))
+
+
+def _eta(layer: ANL2d, h: Tensor, g: Tensor | None, z: Tensor | None) -> Tensor:
+    eps = layer.eps
+    if layer.noise == "gaussian":
+        s = _std(h) if layer.scale_by_std else 1.0
+        return (s * abs(eps) / 4 * z.double()).to(h.dtype)
+    eta = torch.zeros(h.shape, dtype=torch.float64)
+    for b in range(h.shape[0]):
+        gb = g[b].double().cpu()
+        if not bool(torch.isfinite(gb).all()):
+            continue  # non-finite gradient: no noise for this sample
+        if layer.sign:
+            eta[b] = eps * torch.sign(gb)
+            continue
+        norm = float(gb.abs().max())
+        if norm == 0.0:
+            continue
+        r = min(max(eps / 2 + abs(eps) / 4 * float(z[b]), min(0.0, eps)), max(0.0, eps))
+        s = _std(h) if layer.scale_by_std else 1.0
+        eta[b] = r * s * gb / norm
+    return eta.to(device=h.device, dtype=h.dtype)
+
+
+def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
+                   backward: bool = True) -> Tensor:
+    """One training step of Algorithm 1 on ``model``; returns round 2's loss (backpropagated unless
+    ``backward=False``). Same contract as :meth:`anl_fused.TwoRound.step`."""
+    layers = [layer for layer in anl_layers(model) if layer.active]
+    if not layers:
+        loss = checked_loss(closure())
+        if backward:
+            loss.backward()
+        return loss
+
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    rng = GlobalRngState()
+
+    # Round 1: eta = 0, full forward and backward.
+    with attached(layers, _ZeroLeaf()) as probe:
+        loss = checked_loss(closure())
+    reached = [layer for layer in layers if layer in probe.records]
+    leaves = [probe.records[layer][1] for layer in reached]
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)[: len(leaves)]
+
+    # Undo round 1's side effects on the model's state.
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    rng.restore()
+
+    # The noise, layer by layer in anl_layers order, sample by sample.
+    etas = {}
+    for layer, g in zip(reached, grads):
+        h = probe.records[layer][0]
+        z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, generator, h.device)
+        etas[layer] = _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
+
+    # Round 2: the loss with noise, which trains the model.
+    with attached(layers, _AddEta(etas)):
+        loss = checked_loss(closure())
+    if backward:
+        loss.backward()
+    return loss
