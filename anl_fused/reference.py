@@ -35,7 +35,9 @@ class _ZeroLeaf:
         return h + leaf
 
 
-class _AddEta:
+class AddEta:
+    """Round 2 of a literal double pass: ``h + eta`` with ``eta`` given per layer."""
+
     def __init__(self, etas: dict[ANL2d, Tensor]):
         self.etas = etas
 
@@ -110,7 +112,7 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
         etas[layer] = _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
 
     # Round 2: the loss with noise, which trains the model.
-    with attached(layers, _AddEta(etas)):
+    with attached(layers, AddEta(etas)):
         loss = checked_loss(closure())
     if backward:
         loss.backward()

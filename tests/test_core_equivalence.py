@@ -1,0 +1,105 @@
+"""TwoRound equals the reference oracle (parameter gradients, BN buffers, loss) for every variant."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import anl_fused
+from anl_fused import reference
+from _nets import assert_buffers_equal, assert_grads_close, small_vgg, twins
+
+VARIANTS = {
+    "adversarial": dict(eps=0.5),
+    "gaussian": dict(eps=0.5, noise="gaussian"),
+    "eq4_no_std": dict(eps=0.5, scale_by_std=False),
+    "opposite": dict(eps=-0.5),
+    "input": dict(eps=0.5, input_eps=0.2),
+    "input_sign": dict(eps=0.5, input_eps=0.05, input_sign=True),
+    "input_only": dict(eps=0.0, input_eps=0.2),
+}
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def run_both(model, x, y, steps=1, seed=0):
+    """The same steps with TwoRound and with the reference, from the same state and seeds."""
+    fast, ref = twins(model)
+    engine = anl_fused.TwoRound(fast, torch.Generator().manual_seed(seed))
+    ref_gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for i in range(steps):
+        torch.manual_seed(100 + i)
+        lf = engine.step(lambda: F.cross_entropy(fast(x), y))
+        torch.manual_seed(100 + i)
+        lr = reference.two_round_step(ref, lambda: F.cross_entropy(ref(x), y), ref_gen)
+        losses.append((lf.detach(), lr.detach()))
+    return fast, ref, losses
+
+
+def check(fast, ref, losses, dtype):
+    for lf, lr in losses:
+        torch.testing.assert_close(lf, lr, rtol=RTOL[dtype], atol=0)
+    assert_grads_close(fast, ref, RTOL[dtype])
+    assert_buffers_equal(fast, ref, RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_small_vgg_with_dropout(variant, dtype):
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg().to(dtype), **VARIANTS[variant])
+    x, y = torch.randn(6, 3, 8, 8, dtype=dtype), torch.randint(0, 10, (6,))
+    fast, ref, losses = run_both(model, x, y, steps=2)
+    check(fast, ref, losses, dtype)
+
+
+def test_noise_changes_the_gradients():
+    """Guard against a vacuous oracle: with noise on, the gradients differ from plain training."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(dropout=False).double(), eps=0.5)
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
+    fast, plain = twins(model)
+    anl_fused.TwoRound(fast).step(lambda: F.cross_entropy(fast(x), y))
+    anl_fused.set_anl_enabled(plain, False)
+    F.cross_entropy(plain(x), y).backward()
+    with pytest.raises(AssertionError):
+        assert_grads_close(fast, plain, 1e-6)
+
+
+def _resnet18(dtype):
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_torchvision_resnet18(dtype):
+    model = anl_fused.insert_anl(_resnet18(dtype), eps=0.3)
+    x, y = torch.randn(8, 3, 64, 64, dtype=dtype), torch.randint(0, 10, (8,))
+    check(*run_both(model, x, y), dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "adversarial"])
+def test_torchvision_resnet18_variants(variant):
+    model = anl_fused.insert_anl(_resnet18(torch.float64), **VARIANTS[variant])
+    x, y = torch.randn(3, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (3,))
+    check(*run_both(model, x, y), torch.float64)
+
+
+@pytest.mark.parametrize("variant", ["adversarial", "gaussian", "input_sign", "opposite"])
+def test_naive_baseline_computes_the_same_step(variant):
+    """The benchmark's authors'-style baseline does the same work, so the speed comparison is fair."""
+    from anl_fused.naive import naive_step
+
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg().double(), **VARIANTS[variant])
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
+    slow, ref = twins(model)
+    losses = []
+    for gen_s, gen_r in [(torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))]:
+        torch.manual_seed(1)
+        ls = naive_step(slow, lambda: F.cross_entropy(slow(x), y), gen_s)
+        torch.manual_seed(1)
+        lr = reference.two_round_step(ref, lambda: F.cross_entropy(ref(x), y), gen_r)
+        losses.append((ls.detach(), lr.detach()))
+    check(slow, ref, losses, torch.float64)
