@@ -18,8 +18,10 @@ use them (it is the independent oracle).
     ``g``), shape ``[B]``.
 
 ``add_noise(h, g, scale) -> out``
-    Round 2, forward. ``out = h + scale[b] * g`` with ``eta_b = 0`` wherever ``scale_b == 0`` (even if
-    ``g_b`` holds inf/NaN). ``d out / d h = I``; no gradient reaches ``g`` or ``scale``.
+    Round 2, forward. ``out = h + scale[b] * g'`` where ``g'`` is ``g`` with its non-finite entries
+    set to 0, so ``eta_b = 0`` wherever ``scale_b == 0`` even if ``g_b`` holds inf/NaN. Math in
+    float32 (float64 for float64 ``h``) on the Triton backend; ``g`` may have another float dtype than
+    ``h`` (``noise_dtype``). ``d out / d h = I``; no gradient reaches ``g`` or ``scale``.
 
 Backends: CUDA tensors use the Triton kernels of ``anl_fused.kernels``; other tensors use torch
 ops. ``ANL_FUSED_BACKEND=triton|torch`` forces one (``triton`` on CPU tensors needs
@@ -69,7 +71,9 @@ def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float) -> tu
     if backend_for(g) == "triton":
         return _triton().noise_scale(g, z, s, eps)
     acc = acc_dtype(g.dtype)
-    norm = torch.linalg.vector_norm(g.detach(), ord=float("inf"), dim=tuple(range(1, g.dim())), dtype=acc)
+    g = g.detach()
+    norm = (torch.linalg.vector_norm(g, ord=float("inf"), dim=tuple(range(1, g.dim())), dtype=acc) if g.dim() > 1
+            else g.abs().to(acc))
     if z is None:
         r = torch.full_like(norm, eps)
     else:

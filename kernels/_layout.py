@@ -1,0 +1,75 @@
+"""Shared checks for the Triton ops: supported dtypes, accumulation dtype, memory layouts.
+
+The kernels see a tensor as its flat storage. That is exact for any dense layout when the op is
+elementwise or a full reduction (``std_copy``). For per-sample work (``noise_scale``,
+``add_noise``) sample ``b`` must also be the contiguous storage range ``[b*M, (b+1)*M)`` with
+``M = numel / B``: the batch dimension must be the outermost one in memory. ``torch.contiguous_format``,
+``torch.channels_last`` (4-d) and ``torch.channels_last_3d`` (5-d) all qualify; any other strides are
+made contiguous. Everything here looks at metadata only (no host sync).
+"""
+
+import struct
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 data, float32 otherwise (same rule as ``anl_fused.ops.acc_dtype``)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_float(t: Tensor, name: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def memory_format_of(t: Tensor):
+    """The batch-outermost dense memory format ``t`` is in, or ``None`` if it is in none."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def dense(t: Tensor) -> tuple[Tensor, torch.memory_format]:
+    """``t`` itself if its layout is contiguous / channels_last(_3d), else a contiguous copy."""
+    fmt = memory_format_of(t)
+    if fmt is None:
+        return t.contiguous(), torch.contiguous_format
+    return t, fmt
+
+
+def like_layout(t: Tensor, fmt: torch.memory_format) -> Tensor:
+    """``t`` with the element order of memory format ``fmt`` (a no-op when it already has it)."""
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+def split_f64(x) -> tuple[float, float]:
+    """Split a Python float into ``hi + lo`` with both exactly representable in float32.
+
+    Triton passes Python floats to kernels as float32; the kernel rebuilds ``hi + lo`` in float64
+    (about 48 significant bits) when it works in float64. Non-float scalars (symbolic floats under
+    ``torch.compile``) are passed unsplit.
+    """
+    if not isinstance(x, float):
+        return x, 0.0
+    if not abs(x) < 3.0e38:
+        raise ValueError(f"eps must be finite and representable in float32, got {x!r}")
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, float(x - hi)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def sample_block(m: int, max_block: int, min_block: int = 128) -> int:
+    """Block size for per-sample kernels: a power of two, at least ``min_block``, covering small
+    samples in one block and splitting larger ones into ``max_block`` pieces."""
+    return max(min(min_block, max_block), min(max_block, next_pow2(m)))
