@@ -64,6 +64,14 @@ def frozen_batchnorm_stats(model: nn.Module):
             m.track_running_stats = True
 
 
+def eager():
+    """Round 1 runs eagerly even when the closure calls a ``torch.compile``-d model: autograd cannot
+    return the gradient of an activation that lives inside a compiled graph (it would silently be
+    zero). Round 2 and inference run compiled."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def attached(layers: list[ANL2d], round_):
     for layer in layers:
@@ -169,7 +177,7 @@ class TwoRound:
 
         rng = GlobalRngState()
         need_grad = any(layer.needs_grad for layer in layers)
-        with frozen_batchnorm_stats(self.model), attached(layers, _Probe()) as probe, \
+        with frozen_batchnorm_stats(self.model), attached(layers, _Probe()) as probe, eager(), \
                 torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
             loss = checked_loss(closure())
         noise = self._noise(layers, probe.records, loss)

@@ -99,7 +99,7 @@ class ANL2d(nn.Module):
         if not self.active:
             return input
         if self._round is None:
-            if not self._warned:
+            if not self._warned and not torch.compiler.is_compiling():  # Dynamo cannot trace warn()
                 self._warned = True
                 warnings.warn(
                     "ANL2d in training mode outside a two-round step is the identity; "
