@@ -1,0 +1,84 @@
+"""Training checkpoints: written atomically, read with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) tagged with
+``{"format": FORMAT, "version": VERSION}``. ``save`` writes to a temporary file in the same
+directory, flushes it to disk and ``os.replace`` s it over the target, so a crash never leaves a
+half-written checkpoint behind. ``load`` raises :class:`CheckpointError` naming the file when it is
+missing, unreadable (truncated, corrupted, not a torch file, needs unsafe unpickling) or foreign
+(not written by ``anl-fused train``, or by an incompatible version).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "load", "save"]
+
+FORMAT = "anl-fused-train"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (plus the format tag) to ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; ``required``: keys that must be present."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated / corrupted zip, random bytes, pickles that are not weights-only
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint file {path!r} is corrupted or not a PyTorch checkpoint that loads with "
+            f"weights_only=True ({type(e).__name__}: {reason[:300]})"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        what = f"a dict with format={state.get('format')!r}" if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"checkpoint file {path!r} is not an anl-fused training checkpoint (found {what}, "
+            f"expected format={FORMAT!r})"
+        )
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint file {path!r} has version {state.get('version')!r}; this anl-fused reads version {VERSION}"
+        )
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint file {path!r} lacks the entries {missing}")
+    return state
