@@ -1,9 +1,10 @@
 """``TwoRound``: the paper's two-round training step (Algorithm 1) at about 5F instead of 6F.
 
-Round 1 runs the closure with every active ANL layer returning a fresh copy of its input ``h``
-(``ops.std_copy``, which also measures ``s = std(h)``) and asks autograd for ``dJ/dh`` only
-(``torch.autograd.grad(loss, [h, ...])``): the backward stops at the first ANL layer and computes no
-weight gradient, so parameter ``.grad`` is never touched. BatchNorm layers do not update their
+Round 1 runs the closure with every active ANL layer measuring ``s = std(h)`` (``ops.std``) and
+passing ``h`` on untouched, then asks autograd for ``dJ/dh`` only, through the gradient edge ``h`` had
+when the layer produced it (``torch.autograd.grad(loss, [edge, ...])``, which later in-place ops
+cannot corrupt): the backward stops at the first ANL layer and computes no weight gradient, so
+parameter ``.grad`` is never touched. BatchNorm layers do not update their
 running statistics in round 1. The per-sample scale ``r_b s / ||g_b||_inf`` is computed once from
 ``g`` (``ops.noise_scale``) and kept with ``g``; round 2 replays round 1's global RNG state (same
 dropout masks), adds ``scale[b] * g`` (``ops.add_noise``) and its loss is what gets backpropagated.
@@ -18,9 +19,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import ops
+from . import distributed, ops
 from .functional import draw_z, noise_terms
 from .insert import anl_layers
 from .layer import ANL2d
@@ -84,19 +86,35 @@ def attached(layers: list[ANL2d], round_):
 
 
 class _Probe:
-    """Round 1: each layer returns a copy of ``h`` and records ``(h, std(h))``."""
+    """Round 1: each layer records ``(h, std(h))`` and where autograd delivers ``dJ/dh``.
 
-    def __init__(self):
+    The layer returns ``h`` itself and keeps ``h``'s gradient edge as it was when the layer produced
+    it: later in-place ops (``ReLU(inplace=True)``, ``out += identity``) give ``h`` a new autograd
+    history, but the edge still names the gradient of the layer's output as produced. Where ``h`` has
+    no autograd history (the model input), a leaf is made and a copy goes on, so that an in-place
+    op cannot touch the leaf.
+    """
+
+    def __init__(self, means: bool = False):
         self.records: dict[ANL2d, tuple[Tensor, Tensor]] = {}
+        self.edges: dict[ANL2d, object] = {}
+        self.means: dict[ANL2d, Tensor] | None = {} if means else None  # for std_over="global"
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
         if layer in self.records:
             raise RuntimeError(f"{layer!r} ran twice in one forward; use one ANL layer per place in the model")
-        if layer.needs_grad and torch.is_grad_enabled() and not h.requires_grad:
-            h = h.detach().requires_grad_()  # nothing upstream needs a gradient: make h a leaf to differentiate
-        out, s = ops.std_copy(h)
-        self.records[layer] = (h, s)
-        return out
+        distributed.check_not_syncing()
+        self.records[layer] = (h, ops.std(h))
+        if self.means is not None:  # here, before a later in-place op can rewrite h
+            self.means[layer] = distributed.local_mean(h)
+        if not (layer.needs_grad and torch.is_grad_enabled()):
+            return h
+        if h.grad_fn is not None:
+            self.edges[layer] = get_gradient_edge(h)
+            return h
+        leaf = h.detach().requires_grad_()
+        self.edges[layer] = leaf
+        return leaf.clone()
 
 
 class _Perturb:
@@ -135,6 +153,15 @@ class TwoRound:
             ``torch.initial_seed()``. The same seed gives the same noise on every backend.
         noise_dtype: keep round 1's gradient in this dtype between the rounds (``torch.bfloat16``
             halves the extra memory); ``None`` keeps the activations' dtype.
+        std_over: ``"local"``: ``s = std(h)`` of this process's batch; ``"global"``: of the global
+            batch of all processes of ``process_group`` (one all-reduce a step for all layers).
+        process_group: the group of ``std_over="global"``; default: the DDP model's group, or the
+            default group.
+
+    Under ``DistributedDataParallel`` pass the DDP model (``TwoRound(ddp_model)``) and call it in the
+    closure: round 1 then runs under ``ddp_model.no_sync()`` and round 2 is an ordinary DDP
+    iteration. With ``torch.distributed`` initialized, the default generator's seed also adds the
+    global rank (each rank draws its own ``z``). See :mod:`anl_fused.distributed`.
 
     Attributes:
         nonfinite_samples: 0-d int64 tensor on the activations' device: how many (layer, sample)
@@ -143,18 +170,22 @@ class TwoRound:
     """
 
     def __init__(self, model: nn.Module, generator: torch.Generator | None = None, *,
-                 noise_dtype: torch.dtype | None = None):
+                 noise_dtype: torch.dtype | None = None, std_over: str = "local", process_group=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
             raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
+        self.process_group = distributed.check_std_over(std_over, process_group, model)
+        self.std_over = std_over
         self.model = model
+        self._root = distributed.unwrap(model)  # the module that holds the ANL layers, as in one process
         if generator is None:
             param = next(model.parameters(), None)
             generator = torch.Generator(device=param.device if param is not None else "cpu")
-            generator.manual_seed((torch.initial_seed() + 0x9E3779B97F4A7C15) % 2**63)
+            seed = torch.initial_seed() + 0x9E3779B97F4A7C15 + distributed.default_seed_offset()
+            generator.manual_seed(seed % 2**63)
         self.generator = generator
         self.noise_dtype = noise_dtype
         self.nonfinite_samples: Tensor | None = None
@@ -162,13 +193,13 @@ class TwoRound:
 
     @property
     def last_stds(self) -> dict[str, Tensor]:
-        names = {m: n for n, m in self.model.named_modules()}
+        names = {m: n for n, m in self._root.named_modules()}
         return {names.get(layer, "?"): s for layer, s in self._last_stds}
 
     def step(self, closure: Callable[[], Tensor], backward: bool = True) -> Tensor:
         """Run both rounds; returns round 2's loss, on which ``backward()`` was called unless
         ``backward=False`` (then call it yourself, e.g. ``scaler.scale(loss).backward()``)."""
-        layers = [layer for layer in anl_layers(self.model) if layer.active]
+        layers = [layer for layer in anl_layers(self._root) if layer.active]
         if not layers:
             loss = checked_loss(closure())
             if backward:
@@ -177,10 +208,11 @@ class TwoRound:
 
         rng = GlobalRngState()
         need_grad = any(layer.needs_grad for layer in layers)
-        with frozen_batchnorm_stats(self.model), attached(layers, _Probe()) as probe, eager(), \
+        with frozen_batchnorm_stats(self.model), distributed.probe_context(self.model), \
+                attached(layers, _Probe(means=self.std_over == "global")) as probe, eager(), \
                 torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
             loss = checked_loss(closure())
-        noise = self._noise(layers, probe.records, loss)
+        noise = self._noise(layers, probe, loss)
         del loss, probe
         rng.restore()
 
@@ -190,18 +222,25 @@ class TwoRound:
             loss.backward()
         return loss
 
-    def _noise(self, layers: list[ANL2d], records: dict, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor]]:
+    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor]]:
         """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``."""
+        records = probe.records
         reached = [layer for layer in layers if layer in records]
-        wanted = [records[layer][0] for layer in reached if layer.needs_grad]
+        wanted = [probe.edges[layer] for layer in reached if layer.needs_grad]
         if wanted and not loss.requires_grad:
             raise RuntimeError("the closure's loss does not depend on the ANL layers' outputs with autograd on; "
                                "do not compute it under torch.no_grad() or detach it")
+        pending = None
+        if self.std_over == "global":  # every rank, even one that reached no layer, takes part
+            device = records[reached[0]][0].device if reached else self.generator.device
+            pending = distributed.GlobalStd(layers, records, probe.means, self.process_group, device)
         grads = iter(torch.autograd.grad(loss, wanted, materialize_grads=True) if wanted else ())
+        stds = pending.wait() if pending is not None else {}
         self._last_stds = []
         noise = {}
         for layer in reached:
             h, s = records[layer]
+            s = stds.get(layer, s)
             self._check_generator(h)
             g = next(grads) if layer.needs_grad else None
             z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, self.generator, h.device)
@@ -226,4 +265,4 @@ class TwoRound:
         self.nonfinite_samples = bad if self.nonfinite_samples is None else self.nonfinite_samples + bad
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self.model).__name__}, {len(anl_layers(self.model))} ANL layers)"
+        return f"{type(self).__name__}({type(self.model).__name__}, {len(anl_layers(self._root))} ANL layers)"

@@ -51,7 +51,7 @@ def anl2d(input: Tensor, grad: Tensor | None, eps: float, *, z: Tensor | None = 
         return input
     if z is None:
         z = draw_z(noise, sign, input.shape, input.dtype, generator, input.device)
-    s = ops.std_copy(input.detach())[1] if (scale_by_std and not sign) else None
+    s = ops.std(input) if (scale_by_std and not sign) else None
     if noise == "adversarial" and (grad is None or grad.shape != input.shape):
         raise ValueError(f"grad must have the input's shape {tuple(input.shape)}, got "
                          f"{None if grad is None else tuple(grad.shape)}")

@@ -3,12 +3,9 @@
 Every fast path of the engine is built from these three functions; ``anl_fused.reference`` does not
 use them (it is the independent oracle).
 
-``std_copy(h) -> (out, s)``
-    Round 1, forward. ``out`` is a fresh tensor equal to ``h`` (same memory format) with
-    ``d out / d h = I``; later in-place ops (``ReLU(inplace=True)``) rewrite ``out``, never ``h``, so
-    ``dJ/dh`` asked of autograd is the gradient of the layer's output as it was produced.
-    ``s = std(h)`` over all elements with correction 1 (0 when ``h`` has one element), accumulated
-    in float32 (float64 for float64 input), no gradient.
+``std(h) -> s``
+    Round 1, forward. ``s = std(h)`` over all elements with correction 1 (0 when ``h`` has at most
+    one element), accumulated in float32 (float64 for float64 input), a 0-d tensor without gradient.
 
 ``noise_scale(g, z, s, eps) -> (scale, norm)``
     Round 1, after the backward. ``norm_b = max_i |g_b,i|`` and
@@ -35,7 +32,7 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["acc_dtype", "add_noise", "backend_for", "noise_scale", "std_copy"]
+__all__ = ["acc_dtype", "add_noise", "backend_for", "noise_scale", "std"]
 
 _BACKENDS = ("torch", "triton")
 
@@ -61,10 +58,10 @@ def _triton():
     return kernels
 
 
-def std_copy(h: Tensor) -> tuple[Tensor, Tensor]:
+def std(h: Tensor) -> Tensor:
     if backend_for(h) == "triton":
-        return _triton().std_copy(h)
-    return h.clone(), _torch_std(h)
+        return _triton().std(h)
+    return _torch_std(h)
 
 
 def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:

@@ -25,7 +25,7 @@ from anl_fused.kernels.benchmark import (
 __all__ = ["kernel_benchmarks"]
 
 _SHAPES = sorted({(BATCH, *chw) for shapes in MODEL_SHAPES.values() for chw, _ in shapes})
-_OPS = ["std_copy", "noise_scale", "add_noise"]
+_OPS = ["std", "noise_scale", "add_noise"]
 
 
 def _case(shape, dtype, op):

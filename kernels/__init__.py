@@ -4,7 +4,7 @@ Three ops, each a ``torch.library.triton_op`` in the ``anl_fused`` namespace (so
 ``torch.compile(fullgraph=True)`` traces into them) with the semantics documented in
 ``anl_fused.ops``:
 
-- ``std_copy(h) -> (out, s)``: one pass writing a copy of ``h`` and its std (autograd: identity).
+- ``std(h) -> s``: ``std(h)`` over all elements in one read of ``h`` (no gradient).
 - ``noise_scale(g, z, s, eps) -> (scale, norm)``: per-sample ``max|g_b|`` and ``r_b * s / norm_b``.
 - ``add_noise(h, g, scale) -> out``: ``h + scale[b] * g`` in one pass (autograd: identity to ``h``).
 
@@ -14,6 +14,6 @@ is imported); ``anl_fused.ops`` picks torch ops for CPU tensors by default.
 
 from .add_noise import add_noise
 from .noise_scale import noise_scale
-from .std_copy import std_copy
+from .std import std
 
-__all__ = ["add_noise", "noise_scale", "std_copy"]
+__all__ = ["add_noise", "noise_scale", "std"]

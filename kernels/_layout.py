@@ -1,7 +1,7 @@
 """Shared checks for the Triton ops: supported dtypes, accumulation dtype, memory layouts.
 
 The kernels see a tensor as its flat storage. That is exact for any dense layout when the op is
-elementwise or a full reduction (``std_copy``). For per-sample work (``noise_scale``,
+elementwise or a full reduction (``std``). For per-sample work (``noise_scale``,
 ``add_noise``) sample ``b`` must also be the contiguous storage range ``[b*M, (b+1)*M)`` with
 ``M = numel / B``: the batch dimension must be the outermost one in memory. ``torch.contiguous_format``,
 ``torch.channels_last`` (4-d) and ``torch.channels_last_3d`` (5-d) all qualify; any other strides are

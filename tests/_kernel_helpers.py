@@ -20,8 +20,8 @@ RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bf
 
 def interpreted() -> bool:
     """True when ``triton.jit`` kernels run in the interpreter (TRITON_INTERPRET was set)."""
-    mod = importlib.import_module("anl_fused.kernels.std_copy")
-    return not isinstance(mod._std_copy_partial_kernel, triton.runtime.jit.JITFunction)
+    mod = importlib.import_module("anl_fused.kernels.std")
+    return not isinstance(mod._std_partial_kernel, triton.runtime.jit.JITFunction)
 
 
 def kernel_device() -> str:

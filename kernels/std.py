@@ -1,8 +1,7 @@
-"""``std_copy(h) -> (out, s)``: round 1 forward of an ANL layer in one pass over ``h``.
+"""``std(h) -> s``: round 1 forward of an ANL layer, one read of ``h``.
 
 Math. With ``N = numel(h)`` and ``h`` read as its flat storage, split into blocks ``P_k`` of
-``BLOCK`` elements (the last one shorter), program ``k`` writes ``out[P_k] = h[P_k]`` and the
-block's local statistics (two passes over registers, accumulated in float32, float64 for float64
+``BLOCK`` elements (the last one shorter), program ``k`` writes the block's local statistics (two passes over registers, accumulated in float32, float64 for float64
 data), of the data shifted by ``K = h[0]`` so that the sums are of the order of the std rather than
 of the mean (M2 and the std do not depend on the shift)::
 
@@ -15,12 +14,8 @@ passes over the partials, so nothing cancels)::
     s  = sqrt(M2 / (N - 1))    (s = 0 when N <= 1)
 
 which is ``torch.std`` (correction 1) without the loss of precision of a plain sum / sum of
-squares when ``|mean| >> std``. ``s`` stays on the device (no host sync).
-
-Autograd: ``d out / d h = I`` (the gradient passes through unchanged); ``s`` has no gradient.
+squares when ``|mean| >> std``. ``s`` stays on the device (no host sync) and has no gradient.
 """
-
-from typing import Tuple
 
 import torch
 import triton
@@ -30,7 +25,7 @@ from torch.library import triton_op, wrap_triton
 
 from ._layout import acc_dtype, check_float, dense
 
-BLOCK = 4096  # elements per program of the copy pass (a quarter of it for tensors under 1024 blocks)
+BLOCK = 4096  # elements per program of the partial pass (a quarter of it for tensors under 1024 blocks)
 PART_BLOCK = 1024  # partials per iteration of the combine kernel
 
 
@@ -40,13 +35,12 @@ def _block(n: int) -> int:
 
 
 @triton.jit
-def _std_copy_partial_kernel(h_ptr, out_ptr, mean_ptr, m2_ptr, n, BLOCK: tl.constexpr):
-    """out[P_k] = h[P_k]; mean_ptr[k] = mu_k - K, m2_ptr[k] = M2_k (in mean_ptr's dtype), K = h[0]."""
+def _std_partial_kernel(h_ptr, mean_ptr, m2_ptr, n, BLOCK: tl.constexpr):
+    """mean_ptr[k] = mu_k - K, m2_ptr[k] = M2_k (in mean_ptr's dtype), K = h[0]."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(h_ptr + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, x, mask=mask)
     acc_ty = mean_ptr.dtype.element_ty
     # shift by K = h[0]: the sums stay of the order of the std, not of the mean
     xa = tl.where(mask, x.to(acc_ty) - tl.load(h_ptr, mask=n > 0, other=0.0).to(acc_ty), 0.0)
@@ -83,12 +77,11 @@ def _std_combine_kernel(mean_ptr, m2_ptr, s_ptr, n, num_parts, BLOCK: tl.constex
     tl.store(s_ptr, tl.where(n > 1, tl.sqrt(var), 0.0))
 
 
-@triton_op("anl_fused::std_copy", mutates_args=())
-def std_copy_op(h: Tensor) -> Tuple[Tensor, Tensor]:
-    """The ``anl_fused::std_copy`` operator (see the module docstring)."""
+@triton_op("anl_fused::std", mutates_args=())
+def std_op(h: Tensor) -> Tensor:
+    """The ``anl_fused::std`` operator (see the module docstring)."""
     check_float(h, "h")
     h, _ = dense(h)
-    out = torch.empty_like(h)
     acc = acc_dtype(h.dtype)
     n = h.numel()
     block = _block(n)
@@ -96,27 +89,12 @@ def std_copy_op(h: Tensor) -> Tuple[Tensor, Tensor]:
     means = torch.empty(num_parts, dtype=acc, device=h.device)
     m2s = torch.empty(num_parts, dtype=acc, device=h.device)
     s = torch.empty((), dtype=acc, device=h.device)
-    wrap_triton(_std_copy_partial_kernel)[(num_parts,)](
-        h, out, means, m2s, n, BLOCK=block, num_warps=8 if block >= 4096 else 4
-    )
+    wrap_triton(_std_partial_kernel)[(num_parts,)](h, means, m2s, n, BLOCK=block, num_warps=8 if block >= 4096 else 4)
     wrap_triton(_std_combine_kernel)[(1,)](means, m2s, s, n, num_parts, BLOCK=block, PART_BLOCK=PART_BLOCK, num_warps=4)
-    return out, s
+    return s
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_out, grad_s):
-    return grad_out
-
-
-std_copy_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def std_copy(h: Tensor) -> Tuple[Tensor, Tensor]:
-    """``(out, s)``: ``out`` a fresh copy of ``h`` (same shape, dtype, memory format: contiguous or
-    channels_last, other strides give a contiguous copy; identity gradient), ``s = std(h)`` (correction 1, 0 when ``h`` has at most one element), a 0-d
+def std(h: Tensor) -> Tensor:
+    """``std(h)`` over all elements (correction 1, 0 when ``h`` has at most one element): a 0-d
     float32 tensor (float64 for float64 ``h``) without gradient."""
-    out, s = torch.ops.anl_fused.std_copy(h)
-    return out, s
+    return torch.ops.anl_fused.std(h.detach())
