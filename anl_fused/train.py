@@ -20,6 +20,20 @@ functions of (seed, epoch), so ``--resume`` continues bitwise where the run stop
 granularity (``--checkpoint-every K`` steps, always at epoch ends, and on Ctrl-C at the next step
 boundary). The training loop never reads a device value per step: metrics are accumulated on the
 device and read once per epoch.
+
+Several processes (``torchrun --nproc_per_node N -m anl_fused.cli train ...``, multi-node with
+torchrun's usual flags): ``run`` initializes the process group from torchrun's environment (NCCL on
+GPUs, one process per GPU ``LOCAL_RANK``; gloo on CPU) and ``fit`` trains ``DistributedDataParallel``
+with ``TwoRound(ddp, std_over=--std-over)``. ``--batch-size`` is the global batch: every step each
+process takes its ``1/N`` of the single-process batch (``distributed.shard_batches``), so the data
+order does not depend on N. Each process draws its own noise and dropout masks (seeds offset by the
+rank). Evaluation is split across the processes (after rank 0's BatchNorm statistics are broadcast)
+and its sums all-reduced, so every process sees the same metrics and learning-rate schedule. Only
+rank 0 writes config, metrics and checkpoints; a checkpoint also holds every rank's generator, RNG
+and partial-epoch meter, so ``--resume`` with the same N continues exactly; with another N it
+continues the same epoch and data order with fresh per-rank noise streams. Rank 0 reads the
+checkpoint and broadcasts it (no shared file system needed). ``--sync-bn`` converts BatchNorm to
+SyncBatchNorm (GPUs only).
 """
 
 from __future__ import annotations
@@ -39,11 +53,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from . import data as data_mod
+from . import distributed
 from .models import MODELS, build, get_spec
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
@@ -87,6 +104,8 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     drop_last: bool = True  # a tiny last batch wrecks BatchNorm statistics (897 digits / 64 = 14 r 1)
+    std_over: str = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
+    sync_bn: bool = False  # under torchrun: SyncBatchNorm (GPUs only)
 
     def resolved(self) -> "TrainConfig":
         """Check the values and fill in defaults (eps from the model's spec, opposite -> -|eps|)."""
@@ -105,6 +124,8 @@ class TrainConfig:
                 raise ValueError(f"{k} must be >= 0, got {getattr(c, k)}")
         if c.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
+        if c.std_over not in distributed.STD_OVER:
+            raise ValueError(f"std_over must be one of {distributed.STD_OVER}, got {c.std_over!r}")
         if c.variant in ("plain", "dropout"):
             c.eps, c.input_eps, c.input_sign = 0.0, 0.0, False
         else:
@@ -148,8 +169,9 @@ def _seed_of(*parts: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: data_mod.Batches) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``batches`` (eval mode, one host read)."""
+def evaluate(model: nn.Module, batches: data_mod.Batches, all_reduce: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over ``batches`` (eval mode, one host read); ``all_reduce``:
+    over the batches of every process (each holding its part of the split)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
@@ -161,8 +183,11 @@ def evaluate(model: nn.Module, batches: data_mod.Batches) -> tuple[float, float]
         correct += (out.argmax(1) == y).sum()
         n += y.numel()
     model.train(was_training)
-    vals = torch.stack([loss_sum, correct.double()]).tolist()
-    return vals[0] / max(n, 1), vals[1] / max(n, 1)
+    totals = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, n)])
+    if all_reduce:
+        torch.distributed.all_reduce(totals)
+    loss, right, n = totals.tolist()
+    return loss / max(n, 1), right / max(n, 1)
 
 
 class EpochMeter:
@@ -213,6 +238,56 @@ class EpochMeter:
         self.std_names = list(s["std_names"])
         self.std_sum = None if s["std_sum"] is None else s["std_sum"].to(self.device)
         self.std_steps = int(s["std_steps"])
+
+
+def _all_ranks(meter: EpochMeter) -> EpochMeter:
+    """The meter of every process together: sums all-reduced (one collective, one host read);
+    steps and time are this process's."""
+    out = EpochMeter(meter.device)
+    out.steps, out.train_time, out.std_names = meter.steps, meter.train_time, list(meter.std_names)
+    head = torch.stack([meter.loss_sum, meter.correct.double(), torch.full_like(meter.loss_sum, meter.count),
+                        torch.full_like(meter.loss_sum, meter.std_steps)])
+    vec = head if meter.std_sum is None else torch.cat([head, meter.std_sum])
+    torch.distributed.all_reduce(vec)
+    count, std_steps = vec[2:4].tolist()
+    out.loss_sum, out.correct = vec[0], vec[1].round().long()
+    out.count, out.std_steps = int(count), int(std_steps)
+    out.std_sum = None if meter.std_sum is None else vec[4:]
+    return out
+
+
+def _merged_meter_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One meter state holding the sums of several processes' (resuming with another process count)."""
+    out = dict(states[0])
+    for k in ("loss_sum", "correct", "count", "std_steps"):
+        out[k] = sum(s[k] for s in states[1:]) + states[0][k]
+    if out["std_sum"] is not None:
+        out["std_sum"] = sum((s["std_sum"] for s in states[1:] if s["std_sum"] is not None), states[0]["std_sum"])
+    return out
+
+
+class _RankBatches(data_mod.Batches):
+    """This process's part of the batches under torchrun: for training, its part of every global
+    batch of ``batch_size`` (``distributed.shard_batches``: same number of steps on every process,
+    order independent of the process count); for evaluation (``train=False``), its contiguous
+    block of the split (``distributed.shard_block``), whose sums are all-reduced."""
+
+    def __init__(self, split: data_mod.Split, batch_size: int, *, train: bool, rank: int, world: int, **kw):
+        self.train, self.rank, self.world, self.global_batch = train, rank, world, batch_size
+        super().__init__(split, batch_size // world if train else batch_size, **kw)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        if self.train:
+            return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
+        block = (self.rank + 1) * n // self.world - self.rank * n // self.world
+        return -(-block // self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        order = super().order(epoch)
+        if self.train:
+            return distributed.shard_batches(order, self.global_batch, self.rank, self.world)
+        return distributed.shard_block(order, self.rank, self.world)
 
 
 def _sync(device: torch.device) -> None:
@@ -274,6 +349,27 @@ class _GracefulInterrupt:
         return False
 
 
+def _read_checkpoint(path: str, world: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``None``: there is none). Under torchrun rank 0 reads it and
+    broadcasts it, or its error, to the others: only rank 0's file system needs it."""
+    found: tuple[str, Any] = ("none", None)
+    if world == 1 or dist.get_rank() == 0:
+        try:
+            if os.path.exists(path):
+                found = ("ok", ckpt.load(path, map_location="cpu", required=(
+                    "config", "model", "optimizer", "scheduler", "generator", "rng", "epoch", "step",
+                    "global_step", "meter", "history")))
+        except ckpt.CheckpointError as e:
+            found = ("error", str(e))
+    if world > 1:
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    if found[0] == "error":
+        raise ckpt.CheckpointError(found[1])
+    return found[1]
+
+
 def _write_lines_atomic(path: str, records: list[dict]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -298,27 +394,62 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
     from . import TwoRound, set_anl_enabled
 
     cfg = cfg.resolved()
+    # under torchrun (run() initialized the group): DDP, this process's part of the data, rank 0 writes
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed.is_distributed() else (0, 1)
+    if rank:
+        log, progress = (lambda s: None), False
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     device = resolve_device(cfg.device)
+    if world > 1:
+        if cfg.batch_size % world:
+            raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
+                             f"number of processes {world}")
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())  # GPU LOCAL_RANK (distributed.init_from_env)
+        elif cfg.sync_bn:
+            raise ValueError("--sync-bn needs GPUs: SyncBatchNorm does not run on CPU")
+    # with --download under torchrun, the first process of each node downloads while the others wait
+    first_on_node = world == 1 or not cfg.download or distributed.local_rank() == 0
+    if not first_on_node:
+        dist.barrier()
     bundle = bundle or data_mod.load(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, download=cfg.download)
+    if world > 1 and cfg.download and first_on_node:
+        dist.barrier()
     info = bundle.info
 
     torch.manual_seed(cfg.seed)  # same seed, same initial weights for every variant
     model = make_model(cfg, bundle.in_channels, bundle.num_classes).to(device)
+    if cfg.sync_bn and world > 1:
+        model = distributed.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run_model = torch.compile(model) if cfg.compile else model
+    train_model = model
+    if world > 1:
+        if rank:
+            torch.manual_seed(_seed_of(cfg.seed, 4, rank))  # own dropout masks; rank 0 as one process
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run_model = torch.compile(train_model) if cfg.compile else train_model
+    eval_model = run_model
+    if world > 1:  # evaluate the module itself: a DDP forward is a collective (buffer broadcast)
+        eval_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience, cooldown=cfg.cooldown, min_lr=cfg.min_lr)
-    generator = torch.Generator(device=device).manual_seed(_seed_of(cfg.seed, 3))
-    engine = TwoRound(model, generator=generator)
+    generator = torch.Generator(device=device).manual_seed((_seed_of(cfg.seed, 3) + rank) % 2**63)
+    engine = TwoRound(train_model, generator=generator, std_over=cfg.std_over if world > 1 else "local")
+    flags = distributed.cpu_group() if world > 1 else None  # where the ranks agree to stop on Ctrl-C
 
     kw = dict(mean=info.mean, std=info.std, device=device, channels_last=cfg.channels_last)
-    train_b = data_mod.Batches(bundle.train, cfg.batch_size, shuffle=True, augment=info.augment, seed=cfg.seed,
-                               drop_last=cfg.drop_last and len(bundle.train) >= cfg.batch_size, **kw)
-    val_b = data_mod.Batches(bundle.val, cfg.eval_batch_size, shuffle=False, **kw)
-    test_b = data_mod.Batches(bundle.test, cfg.eval_batch_size, shuffle=False, **kw)
+
+    def batches(split: data_mod.Split, size: int, train: bool, **more) -> data_mod.Batches:
+        if world == 1:
+            return data_mod.Batches(split, size, **more, **kw)
+        return _RankBatches(split, size, train=train, rank=rank, world=world, **more, **kw)
+
+    train_b = batches(bundle.train, cfg.batch_size, True, shuffle=True, augment=info.augment, seed=cfg.seed,
+                      drop_last=cfg.drop_last and len(bundle.train) >= cfg.batch_size)
+    val_b = batches(bundle.val, cfg.eval_batch_size, False, shuffle=False)
+    test_b = batches(bundle.test, cfg.eval_batch_size, False, shuffle=False)
 
     total_epochs = cfg.epochs + cfg.finetune_epochs
     epoch, step, global_step, history = 0, 0, 0, []
@@ -326,15 +457,13 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
     cfg_dict = dataclasses.asdict(cfg)
 
-    if out_dir:
+    if out_dir and rank == 0:
         os.makedirs(out_dir, exist_ok=True)
     if resume:
         if not ckpt_path:
             raise ValueError("resume needs an output directory")
-        if os.path.exists(ckpt_path):
-            state = ckpt.load(ckpt_path, map_location="cpu",
-                              required=("config", "model", "optimizer", "scheduler", "generator", "rng",
-                                        "epoch", "step", "global_step", "meter", "history"))
+        state = _read_checkpoint(ckpt_path, world)
+        if state is not None:
             diff = {k: (state["config"].get(k), cfg_dict[k]) for k in _IDENTITY if state["config"].get(k) != cfg_dict[k]}
             if diff:
                 raise ckpt.CheckpointError(
@@ -346,28 +475,44 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
             except (RuntimeError, ValueError, KeyError) as e:
                 raise ckpt.CheckpointError(f"checkpoint file {ckpt_path!r} does not fit this model: {e}") from e
             scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            _set_rng_state(state["rng"])
+            saved = state.get("ranks") or [{k: state[k] for k in ("generator", "rng", "meter")}]
+            if rank < len(saved):  # a rank the checkpoint does not know keeps its fresh noise and RNG seeds
+                generator.set_state(saved[rank]["generator"])
+                _set_rng_state(saved[rank]["rng"])
             epoch, step, global_step = int(state["epoch"]), int(state["step"]), int(state["global_step"])
-            meter.load_state_dict(state["meter"])
+            if len(saved) == world:
+                meter.load_state_dict(saved[rank]["meter"])
+            else:
+                log(f"the checkpoint was written by {len(saved)} process(es), now {world}: same data order, "
+                    "other noise draws and dropout masks from here on")
+                if rank == 0:  # the epoch's partial sums of all old processes; the others start at 0
+                    meter.load_state_dict(_merged_meter_state([r["meter"] for r in saved]))
             history = list(state["history"])
             log(f"resumed from {ckpt_path} at epoch {epoch + 1}, step {step} (global step {global_step})")
         else:
             log(f"no checkpoint at {ckpt_path}; starting from scratch")
-    if out_dir:
+    if out_dir and rank == 0:
         with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
-            json.dump({**cfg_dict, "device_used": str(device), "dataset_sizes": {
+            json.dump({**cfg_dict, "device_used": str(device), "world_size": world, "dataset_sizes": {
                 "train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)}}, f, indent=2)
         _write_lines_atomic(os.path.join(out_dir, METRICS_NAME), history)  # drop lines past the checkpoint
 
     def save() -> None:
         if not ckpt_path:
             return
+        mine = {"generator": generator.get_state(), "rng": _rng_state(), "meter": meter.state_dict()}
+        ranks = None
+        if world > 1:  # every rank's streams and partial sums go to rank 0, which writes
+            ranks = [None] * world if rank == 0 else None
+            dist.gather_object(mine, ranks, dst=0)
+            if rank:
+                return
         ckpt.save(ckpt_path, {
             "config": cfg_dict, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "rng": _rng_state(),
-            "epoch": epoch, "step": step, "global_step": global_step, "meter": meter.state_dict(),
+            "scheduler": scheduler.state_dict(), **mine,
+            "epoch": epoch, "step": step, "global_step": global_step,
             "history": history, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
+            **({"ranks": ranks} if ranks else {}),
         })
 
     noisy = cfg.variant in NOISE_VARIANTS
@@ -402,8 +547,9 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
                 global_step += 1
                 bar.update(1)
                 boundary = (checkpoint_every and global_step % checkpoint_every == 0)
-                if interrupt.requested or (stop_after_steps is not None and global_step >= stop_after_steps):
-                    stopped = "interrupt" if interrupt.requested else "stop_after_steps"
+                requested = interrupt.requested if world == 1 else distributed.any_rank(interrupt.requested, flags)
+                if requested or (stop_after_steps is not None and global_step >= stop_after_steps):
+                    stopped = "interrupt" if requested else "stop_after_steps"
                 if (boundary or stopped) and step < len(train_b):
                     _sync(device)
                     meter.train_time += time.perf_counter() - t0
@@ -418,9 +564,11 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
             meter.train_time += time.perf_counter() - t0
 
             # end of epoch: evaluate, schedule, record, checkpoint
-            summary = meter.summary()
-            val_loss, val_acc = evaluate(run_model, val_b)
-            _, test_acc = evaluate(run_model, test_b)
+            summary = (meter if world == 1 else _all_ranks(meter)).summary()
+            if world > 1:
+                distributed.broadcast_buffers(model)  # every rank evaluates rank 0's model
+            val_loss, val_acc = evaluate(eval_model, val_b, all_reduce=world > 1)
+            _, test_acc = evaluate(eval_model, test_b, all_reduce=world > 1)
             lr_used = optimizer.param_groups[0]["lr"]
             if in_anl_phase or cfg.finetune_lr == "continue":
                 scheduler.step(val_loss)
@@ -435,7 +583,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
             if "anl_std" in summary:
                 record["anl_std"] = summary["anl_std"]
             history.append(record)
-            if out_dir:
+            if out_dir and rank == 0:
                 with open(os.path.join(out_dir, METRICS_NAME), "a") as f:
                     f.write(json.dumps(record) + "\n")
             log(f"epoch {epoch + 1}/{total_epochs} [{record['phase']}] train loss {record['train_loss']:.4f} "
@@ -488,6 +636,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-last-batch", dest="drop_last", action="store_false",
                    help="also train on the last, smaller batch of each epoch (dropped by default: a tiny "
                         "batch wrecks BatchNorm statistics)")
+    p.add_argument("--std-over", default="local", choices=distributed.STD_OVER,
+                   help="under torchrun: std(h) of the noise over each process's batch (local) or the global "
+                        "batch (global, one all-reduce a step)")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm (GPUs only)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 is fastest for tiny models)")
     p.add_argument("--out", required=True, help="output directory (config.json, metrics.jsonl, checkpoint.pt)")
@@ -507,17 +659,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = False  # the process group, under torchrun
     try:
+        started = distributed.init_from_env(args.device)
+        rank = dist.get_rank() if started else 0
         cfg = config_from_args(args)
         result = fit(cfg, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
                      stop_after_steps=args.stop_after_steps, progress=not args.no_progress)
+        if started:
+            dist.barrier()  # nobody leaves while rank 0 still receives the last checkpoint's states
     except (ckpt.CheckpointError, data_mod.DatasetNotFoundError, ValueError, KeyError) as e:
         print(f"anl-fused train: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            dist.destroy_process_group()
     if result["stopped"] == "interrupt":
         return 130
     hist = result["history"]
-    if hist:
+    if hist and rank == 0:
         last = hist[-1]
         print(json.dumps({"out": args.out, "epochs": last["epoch"], "test_err": last["test_err"],
                           "test_acc": last["test_acc"], "val_loss": last["val_loss"],
