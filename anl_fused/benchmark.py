@@ -138,6 +138,42 @@ def benchmark_model(name: str, batch: int, size: int, device: torch.device, meth
             "median_s": median, "times_s": times, "ratios": ratios}
 
 
+def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict:
+    """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
+    ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
+    also measured as the peak allocated memory of one step each way."""
+    from . import anl_layers
+    from .models import build
+
+    torch.manual_seed(0)
+    model = insert_anl(build(name), 0.05).to(device).eval()  # eval: same shapes, no training-mode warning
+    numels = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
+             for layer in anl_layers(model)]
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    model.train()
+    report = {"model": name, "batch": batch, "anl_layers": len(numels),
+              "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)}}
+    if device.type == "cuda":
+        peaks = {}
+        for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+            engine = TwoRound(model, torch.Generator(device).manual_seed(0), noise_dtype=dtype)
+            model.zero_grad(set_to_none=True)
+            engine.step(lambda: F.cross_entropy(model(x), y))  # warm-up: allocator, grads
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            engine.step(lambda: F.cross_entropy(model(x), y))
+            torch.cuda.synchronize(device)
+            peaks[label] = torch.cuda.max_memory_allocated(device)
+        report["peak_step_bytes"] = peaks
+    return report
+
+
 def format_table(results: list[dict]) -> str:
     lines = ["| model | batch | amp | " + " | ".join(f"{m} (ms)" for m in METHODS) + " | TwoRound/plain | naive/TwoRound |",
              "|---|---|---|" + "---|" * (len(METHODS) + 2)]
@@ -175,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps))
     report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
               "steps": results}
+    report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
     if args.kernels:
         from .kernels.benchmark import kernel_benchmarks
 
