@@ -69,8 +69,8 @@ def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float) -> tu
         return _triton().noise_scale(g, z, s, eps)
     acc = acc_dtype(g.dtype)
     g = g.detach()
-    norm = (torch.linalg.vector_norm(g, ord=float("inf"), dim=tuple(range(1, g.dim())), dtype=acc) if g.dim() > 1
-            else g.abs().to(acc))
+    dims = tuple(range(1, g.dim()))  # max|g| as max(max g, -min g): two fast reductions (NaN propagates);
+    norm = (torch.maximum(g.amax(dims), g.amin(dims).neg()) if dims else g.abs()).to(acc)  # vector_norm(inf) is ~10x slower on CPU
     if z is None:
         r = torch.full_like(norm, eps)
     else:
