@@ -39,6 +39,14 @@ def checked_loss(loss) -> Tensor:
     return loss
 
 
+def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
+    """The round whose loss trains the model: the closure's loss, backpropagated unless told not to."""
+    loss = checked_loss(closure())
+    if backward:
+        loss.backward()
+    return loss
+
+
 class GlobalRngState:
     """The global RNG state of the CPU and of every initialized CUDA device, to replay a round."""
 
@@ -201,10 +209,7 @@ class TwoRound:
         ``backward=False`` (then call it yourself, e.g. ``scaler.scale(loss).backward()``)."""
         layers = [layer for layer in anl_layers(self._root) if layer.active]
         if not layers:
-            loss = checked_loss(closure())
-            if backward:
-                loss.backward()
-            return loss
+            return training_round(closure, backward)
 
         rng = GlobalRngState()
         need_grad = any(layer.needs_grad for layer in layers)
@@ -217,10 +222,7 @@ class TwoRound:
         rng.restore()
 
         with attached(layers, _Perturb(noise)):
-            loss = checked_loss(closure())
-        if backward:
-            loss.backward()
-        return loss
+            return training_round(closure, backward)
 
     def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor]]:
         """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``."""

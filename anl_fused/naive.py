@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .engine import GlobalRngState, attached, checked_loss
+from .engine import GlobalRngState, attached, checked_loss, training_round
 from .functional import draw_z
 from .insert import anl_layers
 from .layer import ANL2d
@@ -54,10 +54,7 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
     """One step, same contract as :meth:`anl_fused.TwoRound.step`, at the authors' cost."""
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
-        loss = checked_loss(closure())
-        if backward:
-            loss.backward()
-        return loss
+        return training_round(closure, backward)
     buffers = [b.detach().clone() for b in model.buffers()]
     rng = GlobalRngState()
     params = list(model.parameters())
@@ -85,7 +82,4 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
         etas[layer] = _eta(layer, s, g, z)
 
     with attached(layers, AddEta(etas)):
-        loss = checked_loss(closure())
-    if backward:
-        loss.backward()
-    return loss
+        return training_round(closure, backward)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .engine import GlobalRngState, attached, checked_loss
+from .engine import GlobalRngState, attached, checked_loss, training_round
 from .functional import draw_z
 from .insert import anl_layers
 from .layer import ANL2d
@@ -59,6 +59,7 @@ def _eta(layer: ANL2d, h: Tensor, g: Tensor | None, z: Tensor | None) -> Tensor:
     if layer.noise == "gaussian":
         s = _std(h) if layer.scale_by_std else 1.0
         return (s * abs(eps) / 4 * z.double()).to(h.dtype)
+    s = _std(h) if layer.scale_by_std else 1.0
     eta = torch.zeros(h.shape, dtype=torch.float64)
     for b in range(h.shape[0]):
         gb = g[b].double().cpu()
@@ -71,7 +72,6 @@ def _eta(layer: ANL2d, h: Tensor, g: Tensor | None, z: Tensor | None) -> Tensor:
         if norm == 0.0:
             continue
         r = min(max(eps / 2 + abs(eps) / 4 * float(z[b]), min(0.0, eps)), max(0.0, eps))
-        s = _std(h) if layer.scale_by_std else 1.0
         eta[b] = r * s * gb / norm
     return eta.to(device=h.device, dtype=h.dtype)
 
@@ -82,10 +82,7 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
     ``backward=False``). Same contract as :meth:`anl_fused.TwoRound.step`."""
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
-        loss = checked_loss(closure())
-        if backward:
-            loss.backward()
-        return loss
+        return training_round(closure, backward)
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     rng = GlobalRngState()
@@ -113,7 +110,4 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
 
     # Round 2: the loss with noise, which trains the model.
     with attached(layers, AddEta(etas)):
-        loss = checked_loss(closure())
-    if backward:
-        loss.backward()
-    return loss
+        return training_round(closure, backward)
