@@ -14,13 +14,10 @@ TRAIN = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "1
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
     runs = {"plain": ["--variant", "plain"], "anl": ["--variant", "anl", "--eps", "0.03"]}
     for name, extra in runs.items():
         assert main(TRAIN + extra + ["--out", str(root / name)]) == 0
-    torch.set_num_threads(n)
     return {name: str(root / name / "checkpoint.pt") for name in runs}
 
 

@@ -84,15 +84,6 @@ def _case(name, digits, random_data):
 DATA = ["random", "digits"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and does not stall when other jobs load the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------
 # same images as torchattacks
 # ------------------------------------------------------------------------------------------

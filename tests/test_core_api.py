@@ -9,7 +9,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-import anl_fused
 from anl_fused import ANL2d, TwoRound, anl2d, anl_layers, insert_anl, set_anl_enabled, strip_anl
 from _nets import small_vgg
 

@@ -11,15 +11,6 @@ import torch
 from anl_fused import data
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a 2-core machine: one intra-op thread is faster and immune to oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_digits_split_is_fixed_and_complete():
     a, b = data.load("digits"), data.load("digits")
     assert (len(a.train), len(a.val), len(a.test)) == (897, 300, 600)

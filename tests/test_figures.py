@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from anl_fused.cli import main
 from anl_fused.train import TrainConfig, fit
@@ -11,26 +10,15 @@ from anl_fused.train import TrainConfig, fit
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Tiny LeNet-5 runs on digits: plain, Gaussian, ANL at two eps (two seeds at one), opposite."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
     specs = [("plain", 0.0, 0), ("gaussian", 0.03, 0), ("anl", 0.03, 0), ("anl", 0.03, 1), ("anl", 0.1, 0),
              ("opposite", 0.03, 0)]
     for variant, eps, seed in specs:
         fit(TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=256, lr=0.01, seed=seed),
             str(root / f"{variant}-{eps}-{seed}"), progress=False, log=lambda s: None)
-    torch.set_num_threads(n)
     return root
 
 

@@ -19,15 +19,6 @@ PAPER_MODELS = {"lenet5", "vgg11", "vgg16", "resnet18", "resnet34", "mobilenet",
                 "pyramidnet48", "pyramidnet270", "wrn40_4", "wrn28_10"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a 2-core machine: one intra-op thread is faster and immune to oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_registry_has_the_paper_models():
     assert PAPER_MODELS <= set(MODELS)
     for name, spec in MODELS.items():

@@ -14,15 +14,6 @@ from anl_fused.train import TrainConfig, fit, make_model
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a 2-core machine: one intra-op thread is faster and immune to oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 BASE = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "128", "--no-progress"]
 
 
