@@ -219,3 +219,21 @@ def test_last_stds_are_the_round1_stds():
     assert set(engine.last_stds) == set(seen) and len(seen) == 3
     for name, s in engine.last_stds.items():
         torch.testing.assert_close(s, seen[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", [{}, {"input_eps": 0.1}, {"noise": "gaussian"}], ids=["anl", "input", "gaussian"])
+def test_no_host_sync_on_cuda(kw):
+    """On CUDA (Triton kernels), a step issues no device-to-host copy or synchronization."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(), eps=0.5, **kw).cuda()
+    x, y = torch.randn(6, 3, 8, 8, device="cuda"), torch.randint(0, 10, (6,), device="cuda")
+    engine = anl_fused.TwoRound(model)
+    engine.step(lambda: F.cross_entropy(model(x), y))  # warm-up: kernel compilation, lazy CUDA init
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.step(lambda: F.cross_entropy(model(x), y))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
