@@ -15,7 +15,7 @@ from .layer import ANL2d, check_eps
 
 __all__ = ["anl_layers", "insert_anl", "set_anl_enabled", "strip_anl"]
 
-_PLACES = {"batchnorm": nn.BatchNorm2d, "conv": nn.Conv2d}
+_PLACES = {"batchnorm": (nn.BatchNorm2d, nn.SyncBatchNorm), "conv": (nn.Conv2d,)}
 _CHILD = "anl"
 _INPUT_CHILD = "anl_input"
 
@@ -40,7 +40,7 @@ def anl_layers(model: nn.Module) -> list[ANL2d]:
 
 def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_sign: bool = False,
                after: str = "batchnorm", noise: str = "adversarial", scale_by_std: bool = True) -> nn.Module:
-    """Add ANL after every ``BatchNorm2d`` (``after="conv"``: every ``Conv2d``) and, with
+    """Add ANL after every ``BatchNorm2d`` or ``SyncBatchNorm`` (``after="conv"``: every ``Conv2d``) and, with
     ``input_eps != 0`` or ``input_sign``, on the model's input. Never after ``Linear``.
 
     Returns ``model`` (changed in place). Its parameters and buffers keep their names, so a
@@ -63,7 +63,7 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
         raise ValueError("model already has ANL layers; call strip_anl(model) first")
     targets = [m for m in model.modules() if isinstance(m, _PLACES[after])]
     if not targets:
-        raise ValueError(f"model has no {_PLACES[after].__name__} to put ANL after (after={after!r}); "
+        raise ValueError(f"model has no {_PLACES[after][0].__name__} to put ANL after (after={after!r}); "
                          f"try after={'conv' if after == 'batchnorm' else 'batchnorm'!r}")
     for target in targets:
         if hasattr(target, _CHILD):

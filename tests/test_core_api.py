@@ -136,6 +136,13 @@ def test_never_after_linear_and_conv_placement():
         insert_anl(nobn, 0.1)
 
 
+def test_insert_after_syncbatchnorm():
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(small_vgg())
+    keys = list(model.state_dict())
+    insert_anl(model, 0.1)
+    assert len(anl_layers(model)) == 3 and list(model.state_dict()) == keys
+
+
 def test_anl_layers_order_input_first_and_twice_is_an_error():
     model = insert_anl(small_vgg(), 0.1, input_eps=0.2)
     layers = anl_layers(model)
