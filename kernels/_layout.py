@@ -13,12 +13,9 @@ import struct
 import torch
 from torch import Tensor
 
+from ..ops import acc_dtype  # noqa: F401  (one rule for the accumulation dtype, shared with the torch backend)
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 data, float32 otherwise (same rule as ``anl_fused.ops.acc_dtype``)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_float(t: Tensor, name: str) -> None:
