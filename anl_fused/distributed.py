@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .insert import _CHILD, _apply_child_anl
 from .layer import ANL2d
-from .ops import acc_dtype
+from ._dtypes import acc_dtype
 
 __all__ = ["STD_OVER", "any_rank", "broadcast_buffers", "convert_sync_batchnorm", "init_from_env", "shard_batches",
            "shard_block", "unwrap"]

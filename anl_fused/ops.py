@@ -32,14 +32,11 @@ import os
 import torch
 from torch import Tensor
 
+from ._dtypes import acc_dtype
+
 __all__ = ["acc_dtype", "add_noise", "backend_for", "noise_scale", "std"]
 
 _BACKENDS = ("torch", "triton")
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the reductions: float64 for float64 input, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def backend_for(t: Tensor) -> str:

@@ -13,9 +13,7 @@ import struct
 import torch
 from torch import Tensor
 
-from ..ops import acc_dtype  # noqa: F401  (one rule for the accumulation dtype, shared with the torch backend)
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from anl_fused._dtypes import FLOAT_DTYPES, acc_dtype  # noqa: F401  (one rule, shared with the torch backend)
 
 
 def check_float(t: Tensor, name: str) -> None:
