@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import distributed, ops
+from . import distributed, ops, rng
 from .functional import draw_z, noise_terms
 from .insert import anl_layers
-from .layer import ANL2d
+from .layer import ANL2d, attached
 
 __all__ = ["TwoRound"]
 
@@ -45,19 +45,6 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
     if backward:
         loss.backward()
     return loss
-
-
-class GlobalRngState:
-    """The global RNG state of the CPU and of every initialized CUDA device, to replay a round."""
-
-    def __init__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
 
 
 @contextlib.contextmanager
@@ -80,17 +67,6 @@ def eager():
     zero). Round 2 and inference run compiled."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def attached(layers: list[ANL2d], round_):
-    for layer in layers:
-        layer._round = round_
-    try:
-        yield round_
-    finally:
-        for layer in layers:
-            layer._round = None
 
 
 class _Probe:
@@ -211,7 +187,7 @@ class TwoRound:
         if not layers:
             return training_round(closure, backward)
 
-        rng = GlobalRngState()
+        rng_state = rng.capture()
         need_grad = any(layer.needs_grad for layer in layers)
         with frozen_batchnorm_stats(self.model), distributed.probe_context(self.model), \
                 attached(layers, _Probe(means=self.std_over == "global")) as probe, eager(), \
@@ -219,7 +195,7 @@ class TwoRound:
             loss = checked_loss(closure())
         noise = self._noise(layers, probe, loss)
         del loss, probe
-        rng.restore()
+        rng.restore(rng_state)
 
         with attached(layers, _Perturb(noise)):
             return training_round(closure, backward)

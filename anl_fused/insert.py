@@ -13,7 +13,7 @@ from torch import nn
 
 from .layer import ANL2d, check_eps
 
-__all__ = ["anl_layers", "insert_anl", "set_anl_enabled", "strip_anl"]
+__all__ = ["anl_layers", "insert_anl", "restore_hooks", "set_anl_enabled", "strip_anl"]
 
 _PLACES = {"batchnorm": (nn.BatchNorm2d, nn.SyncBatchNorm), "conv": (nn.Conv2d,)}
 _CHILD = "anl"
@@ -96,6 +96,16 @@ def strip_anl(model: nn.Module) -> nn.Module:
                 del module._modules[name]
             else:
                 module._modules[name] = nn.Identity()
+    return model
+
+
+def restore_hooks(model: nn.Module) -> nn.Module:
+    """Re-register the forward hook that applies each ``insert_anl`` layer where a module still holds
+    its ANL child but lost the hook (module converters such as ``SyncBatchNorm.convert_sync_batchnorm``
+    copy children, not hooks). Returns ``model``."""
+    for module in model.modules():
+        if isinstance(getattr(module, _CHILD, None), ANL2d) and _apply_child_anl not in module._forward_hooks.values():
+            module.register_forward_hook(_apply_child_anl)
     return model
 
 

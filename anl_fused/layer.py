@@ -9,23 +9,44 @@ round 2 returns ``h + eta``. Outside such a step a training-mode layer is the id
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
-from typing import Protocol
+from typing import Iterable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ANL2d", "NOISE_KINDS", "check_eps"]
+__all__ = ["ANL2d", "NOISE_KINDS", "Round", "attached", "check_eps"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
 
 
 class Round(Protocol):
-    """What a two-round step attaches to a layer for one forward."""
+    """What a two-round step attaches to a layer for one forward (see :func:`attached`)."""
 
     def forward(self, layer: "ANL2d", h: Tensor) -> Tensor: ...
+
+
+@contextlib.contextmanager
+def attached(layers: Iterable["ANL2d"], round_: Round) -> Iterator[Round]:
+    """For the duration of the ``with`` block, every layer of ``layers`` hands its input to
+    ``round_.forward(layer, h)`` (in training mode, when active) instead of returning it.
+
+    This is how a two-round step (``anl_fused.TwoRound``, ``anl_fused.reference``) drives the layers."""
+    layers = list(layers)
+    busy = [layer for layer in layers if layer._round is not None]
+    if busy:
+        raise RuntimeError(f"{busy[0]!r} is already in a two-round step: a step cannot run inside another step "
+                           "on the same layers (e.g. a second engine's step() called in the closure)")
+    for layer in layers:
+        layer._round = round_
+    try:
+        yield round_
+    finally:
+        for layer in layers:
+            layer._round = None
 
 
 def check_eps(eps, name: str = "eps") -> float:

@@ -1,7 +1,10 @@
 """The oracle: a literal, slow transcription of the paper's Algorithm 1 (full double pass).
 
-It shares nothing with the fast path but the layer's configuration and the noise-draw contract
-(:func:`anl_fused.functional.draw_z`): round 1 adds a zero leaf tensor to every ANL layer's output
+It imports nothing from the fast path (``engine``, ``ops``, ``functional``): only the layer (its
+configuration, and :func:`anl_fused.layer.attached`, the seam every two-round step drives the layers
+through) and :func:`anl_fused.anl_layers` (the layer order of the RNG contract). Everything else, the
+noise-draw contract included, is written out here again on purpose, so that a bug in the fast path
+cannot hide in the oracle too. Round 1 adds a zero leaf tensor to every ANL layer's output
 (the authors' way of reading ``dJ/dh`` that survives later in-place ops) and runs a full backward
 that also computes every parameter's gradient, which is thrown away; every buffer of the model is
 saved before round 1 and written back after it; the noise is computed sample by sample with
@@ -16,10 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .engine import GlobalRngState, attached, checked_loss, training_round
-from .functional import draw_z
 from .insert import anl_layers
-from .layer import ANL2d
+from .layer import ANL2d, attached
 
 __all__ = ["two_round_step"]
 
@@ -35,7 +36,7 @@ class _ZeroLeaf:
         return h + leaf
 
 
-class AddEta:
+class _AddEta:
     """Round 2 of a literal double pass: ``h + eta`` with ``eta`` given per layer."""
 
     def __init__(self, etas: dict[ANL2d, Tensor]):
@@ -43,6 +44,24 @@ class AddEta:
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
         return h + self.etas.pop(layer)
+
+
+def _loss(closure: Callable[[], Tensor]) -> Tensor:
+    loss = closure()
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        raise TypeError(f"closure must return a scalar (0-d) loss tensor, got {loss!r}")
+    return loss
+
+
+def _draw_z(layer: ANL2d, h: Tensor, generator: torch.Generator) -> Tensor | None:
+    """The RNG contract: per reached layer in ``anl_layers`` order, ``randn(B)`` for adversarial noise,
+    ``randn(h.shape)`` for Gaussian noise, nothing for the sign form; float64 for float64 activations,
+    float32 otherwise."""
+    if layer.sign:
+        return None
+    shape = h.shape[:1] if layer.noise == "adversarial" else h.shape
+    dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    return torch.randn(shape, generator=generator, device=h.device, dtype=dtype)
 
 
 def _std(h: Tensor) -> float:
@@ -82,14 +101,18 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
     ``backward=False``). Same contract as :meth:`anl_fused.TwoRound.step`."""
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
-        return training_round(closure, backward)
+        loss = _loss(closure)
+        if backward:
+            loss.backward()
+        return loss
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    rng = GlobalRngState()
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     # Round 1: eta = 0, full forward and backward.
     with attached(layers, _ZeroLeaf()) as probe:
-        loss = checked_loss(closure())
+        loss = _loss(closure)
     reached = [layer for layer in layers if layer in probe.records]
     leaves = [probe.records[layer][1] for layer in reached]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -99,15 +122,19 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
-    rng.restore()
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
 
     # The noise, layer by layer in anl_layers order, sample by sample.
     etas = {}
     for layer, g in zip(reached, grads):
         h = probe.records[layer][0]
-        z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, generator, h.device)
-        etas[layer] = _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
+        etas[layer] = _eta(layer, h, torch.zeros_like(h) if g is None else g, _draw_z(layer, h, generator))
 
     # Round 2: the loss with noise, which trains the model.
-    with attached(layers, AddEta(etas)):
-        return training_round(closure, backward)
+    with attached(layers, _AddEta(etas)):
+        loss = _loss(closure)
+    if backward:
+        loss.backward()
+    return loss

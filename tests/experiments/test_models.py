@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anl_fused import TwoRound, anl_layers, insert_anl, set_anl_enabled, strip_anl
-from anl_fused.models import MODELS, build, build_anl, count_params, get_spec
-from anl_fused.models import cli as models_cli
+from anl_fused.experiments.models import MODELS, build, build_anl, count_params, get_spec
+from anl_fused.experiments.models import cli as models_cli
 
 SMALL = [n for n, s in MODELS.items() if not s.large]
 LARGE = [n for n, s in MODELS.items() if s.large]

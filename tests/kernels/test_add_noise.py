@@ -16,7 +16,7 @@ if not torch.cuda.is_available():  # as tests/conftest.py: before triton is impo
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from _kernel_helpers import (  # noqa: E402
+from ._helpers import (  # noqa: E402
     DTYPES,
     RTOL,
     gpu_compiled_or_skip,

@@ -1,4 +1,5 @@
-"""Each rule of DESIGN section 2 has a test here that fails when the rule is broken."""
+"""TwoRound: each rule of the semantics (docs/semantics.md) has a test here that fails when the rule is
+broken; then the engine's argument, closure and layer errors and noise_dtype."""
 
 import copy
 import warnings
@@ -9,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import anl_fused
-from anl_fused import reference
-from _nets import assert_buffers_equal, assert_grads_close, flat_grads, small_vgg, twins
+from anl_fused import ANL2d, TwoRound, insert_anl, reference
+
+from ._nets import assert_buffers_equal, assert_grads_close, flat_grads, small_vgg, twins
 
 
 def data(b=6, dtype=torch.float64, seed=0):
@@ -238,3 +240,50 @@ def test_no_host_sync_on_cuda(kw):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+
+@pytest.mark.parametrize("result,err,match", [
+    (1.5, TypeError, "float"),
+    (None, TypeError, "NoneType"),
+    (torch.ones(3), ValueError, r"shape \(3,\)"),
+])
+def test_closure_must_return_a_scalar_tensor(result, err, match):
+    model = insert_anl(small_vgg(), 0.1)
+    for m in (model, model.eval()):
+        with pytest.raises(err, match=match):
+            TwoRound(m).step(lambda: (m(torch.randn(2, 3, 8, 8)), result)[1])
+
+
+
+def test_engine_argument_errors_and_generator_device():
+    model = insert_anl(small_vgg(), 0.1)
+    with pytest.raises(TypeError, match="generator"):
+        TwoRound(model, generator=1)
+    with pytest.raises(TypeError, match="noise_dtype"):
+        TwoRound(model, noise_dtype=torch.int8)
+    with pytest.raises(TypeError, match="nn.Module"):
+        TwoRound(lambda x: x)
+
+
+
+def test_layer_called_twice_is_an_error():
+    layer = ANL2d(0.3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), layer, nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), layer,
+                          nn.Flatten(), nn.Linear(144, 2))
+    with pytest.raises(RuntimeError, match="twice"):
+        TwoRound(model).step(lambda: model(torch.randn(2, 3, 8, 8)).sum())
+
+
+
+def test_noise_dtype_bfloat16_keeps_gradient_close():
+    torch.manual_seed(0)
+    model = insert_anl(small_vgg(dropout=False), 0.5)
+    a, b = model, copy.deepcopy(model)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    for m, dt in ((a, None), (b, torch.bfloat16)):
+        TwoRound(m, torch.Generator().manual_seed(0), noise_dtype=dt).step(lambda: F.cross_entropy(m(x), y))
+    ga = torch.cat([p.grad.flatten() for p in a.parameters()])
+    gb = torch.cat([p.grad.flatten() for p in b.parameters()])
+    assert (ga - gb).norm() <= 2e-2 * ga.norm()
+

@@ -8,9 +8,10 @@ import os
 import pytest
 import torch
 
-from anl_fused import anl_layers, checkpoint
+from anl_fused import anl_layers
+from anl_fused.experiments import checkpoint
 from anl_fused.cli import main
-from anl_fused.train import TrainConfig, fit, make_model
+from anl_fused.experiments.train import TrainConfig, fit, make_model
 
 
 
@@ -198,7 +199,7 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint(tmp_path, monkeypatch
     the run exactly as an uninterrupted one."""
     import signal
 
-    from anl_fused import train as train_mod
+    from anl_fused.experiments import train as train_mod
 
     cfg = TrainConfig(model="lenet5", variant="anl", eps=0.03, epochs=2, batch_size=128, lr=0.01)
     ref = fit(cfg, str(tmp_path / "ref"), progress=False, log=lambda s: None)

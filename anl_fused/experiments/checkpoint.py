@@ -11,10 +11,11 @@ missing, unreadable (truncated, corrupted, not a torch file, needs unsafe unpick
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
+
+from .files import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "load", "save"]
 
@@ -28,31 +29,8 @@ class CheckpointError(RuntimeError):
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (plus the format tag) to ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[str, ...] = ()) -> dict[str, Any]:

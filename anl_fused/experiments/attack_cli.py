@@ -31,6 +31,7 @@ from torch import nn
 from . import attacks
 from . import checkpoint as ckpt
 from . import data as data_mod
+from .files import atomic_write
 from .train import TrainConfig, make_model
 
 
@@ -97,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     table = attacks.transfer_markdown(result)
     for fname, text in (("transfer.md", table + "\n"), ("transfer.json", json.dumps(result, indent=2))):
-        tmp = os.path.join(args.out, fname + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(args.out, fname))
+        atomic_write(os.path.join(args.out, fname), text)
     attacks.plot_transfer_heatmap(result, os.path.join(args.out, "transfer.png"))
     print(table)
     print(f"wrote {os.path.join(args.out, 'transfer.md')}, transfer.json, transfer.png")

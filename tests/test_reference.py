@@ -7,7 +7,7 @@ import torchvision
 
 import anl_fused
 from anl_fused import reference
-from _nets import assert_buffers_equal, assert_grads_close, flat_grads, small_vgg, twins
+from ._nets import assert_buffers_equal, assert_grads_close, flat_grads, small_vgg, twins
 
 VARIANTS = {
     "adversarial": dict(eps=0.5),
@@ -89,7 +89,7 @@ def test_torchvision_resnet18_variants(variant):
 @pytest.mark.parametrize("variant", ["adversarial", "gaussian", "input_sign", "opposite"])
 def test_naive_baseline_computes_the_same_step(variant):
     """The benchmark's authors'-style baseline does the same work, so the speed comparison is fair."""
-    from anl_fused.naive import naive_step
+    from anl_fused.benchmarks.naive import naive_step
 
     torch.manual_seed(0)
     model = anl_fused.insert_anl(small_vgg().double(), **VARIANTS[variant])

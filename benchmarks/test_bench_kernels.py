@@ -1,18 +1,17 @@
 """Kernel bandwidth benchmarks (CUDA only): fused Triton kernels vs the unfused torch sequences at
 the ANL activation shapes of VGG-16 / ResNet-18 (32x32 inputs, batch 128), fp32 and bf16.
 
-The measuring code lives in ``anl_fused.kernels.benchmark`` (installed with the package, so the
-benchmark runner ``anl-fused bench --kernels`` can use it); this file re-exports
-``kernel_benchmarks`` and holds the pytest-benchmark suite::
+The measuring code is ``benchmarks/kernels.py`` (``anl_fused.benchmarks.kernels``, also used by
+``anl-fused bench --kernels``); this file holds the pytest-benchmark suite::
 
-    pytest benchmarks/bench_kernels.py --benchmark-enable        # on a machine with CUDA
-    python benchmarks/bench_kernels.py                           # the GB/s table
+    pytest --benchmark benchmarks/test_bench_kernels.py          # on a machine with CUDA
+    python -m anl_fused.benchmarks.kernels                       # the GB/s table
 """
 
 import pytest
 import torch
 
-from anl_fused.kernels.benchmark import (
+from anl_fused.benchmarks.kernels import (
     BATCH,
     DTYPES,
     MODEL_SHAPES,

@@ -11,7 +11,7 @@ backend. Achieved bandwidth counts the bytes the op must move at least::
 
 and is compared with the device's copy bandwidth (a large ``copy_``, bytes read + written).
 
-    python -m anl_fused.kernels.benchmark          # prints a table
+    python -m anl_fused.benchmarks.kernels          # prints a table
 """
 
 import contextlib

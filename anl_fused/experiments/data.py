@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "Batches", "DataBundle", "DatasetNotFoundError", "Split", "load", "torchvision_transforms"]
+__all__ = ["DATASETS", "Batches", "DataBundle", "DatasetNotFoundError", "Split", "derive_seed", "load",
+           "torchvision_transforms"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -199,7 +200,7 @@ def load(name: str = "digits", data_dir: str = "./data", *, val_size: int | None
     return DataBundle(info, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xte, yte))
 
 
-def _seed_of(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across runs and platforms)."""
     h = 0x345678
     for p in parts:
@@ -244,12 +245,12 @@ class Batches:
         n = len(self.split)
         if not self.shuffle:
             return torch.arange(n)
-        g = torch.Generator().manual_seed(_seed_of(self.seed, epoch, 1))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 1))
         return torch.randperm(n, generator=g)
 
     def _aug_params(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
         n = len(self.split)
-        g = torch.Generator().manual_seed(_seed_of(self.seed, epoch, 2))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 2))
         oy = torch.randint(0, 9, (n,), generator=g)
         ox = torch.randint(0, 9, (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5

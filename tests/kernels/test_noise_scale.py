@@ -12,7 +12,7 @@ if not torch.cuda.is_available():  # as tests/conftest.py: before triton is impo
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from _kernel_helpers import DTYPES, gpu_compiled_or_skip, kernel_device, poisoned_allocations, rand  # noqa: E402
+from ._helpers import DTYPES, gpu_compiled_or_skip, kernel_device, poisoned_allocations, rand  # noqa: E402
 from anl_fused import kernels, ops  # noqa: E402
 
 ns_mod = importlib.import_module("anl_fused.kernels.noise_scale")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from anl_fused.cli import main
-from anl_fused.train import TrainConfig, fit
+from anl_fused.experiments.train import TrainConfig, fit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from anl_fused import data
+from anl_fused.experiments import data
 
 
 def test_digits_split_is_fixed_and_complete():

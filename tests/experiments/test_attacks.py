@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anl_fused.attacks import (
+from anl_fused.experiments.attacks import (
     PAPER_FGSM,
     PAPER_IFGSM,
     accuracy,

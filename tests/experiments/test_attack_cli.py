@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from anl_fused import attacks, data
-from anl_fused.attack_cli import load_trained
+from anl_fused.experiments import attacks, data
+from anl_fused.experiments.attack_cli import load_trained
 from anl_fused.cli import main
 
 TRAIN = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "128", "--no-progress", "--epochs", "1"]

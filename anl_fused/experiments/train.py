@@ -25,7 +25,7 @@ Several processes (``torchrun --nproc_per_node N -m anl_fused.cli train ...``, m
 torchrun's usual flags): ``run`` initializes the process group from torchrun's environment (NCCL on
 GPUs, one process per GPU ``LOCAL_RANK``; gloo on CPU) and ``fit`` trains ``DistributedDataParallel``
 with ``TwoRound(ddp, std_over=--std-over)``. ``--batch-size`` is the global batch: every step each
-process takes its ``1/N`` of the single-process batch (``distributed.shard_batches``), so the data
+process takes its ``1/N`` of the single-process batch (``launch.shard_batches``), so the data
 order does not depend on N. Each process draws its own noise and dropout masks (seeds offset by the
 rank). Evaluation is split across the processes (after rank 0's BatchNorm statistics are broadcast)
 and its sums all-reduced, so every process sees the same metrics and learning-rate schedule. Only
@@ -43,7 +43,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -51,16 +50,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import distributed, rng
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed
+from . import launch
+from .files import atomic_write, resolve_device
 from .models import MODELS, build, get_spec
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
@@ -145,15 +145,9 @@ class TrainConfig:
 # building blocks shared with the demo
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
     """The zoo model with the variant's ANL (``cfg`` must be resolved)."""
-    from . import insert_anl
+    from .. import insert_anl
 
     model = build(cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.variant == "dropout")
     if cfg.variant in NOISE_VARIANTS:
@@ -162,10 +156,6 @@ def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Modul
                    noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
                    scale_by_std=cfg.scale_by_std)
     return model
-
-
-def _seed_of(*parts: int) -> int:
-    return data_mod._seed_of(*parts)
 
 
 @torch.no_grad()
@@ -268,9 +258,9 @@ def _merged_meter_state(states: list[dict[str, Any]]) -> dict[str, Any]:
 
 class _RankBatches(data_mod.Batches):
     """This process's part of the batches under torchrun: for training, its part of every global
-    batch of ``batch_size`` (``distributed.shard_batches``: same number of steps on every process,
+    batch of ``batch_size`` (``launch.shard_batches``: same number of steps on every process,
     order independent of the process count); for evaluation (``train=False``), its contiguous
-    block of the split (``distributed.shard_block``), whose sums are all-reduced."""
+    block of the split (``launch.shard_block``), whose sums are all-reduced."""
 
     def __init__(self, split: data_mod.Split, batch_size: int, *, train: bool, rank: int, world: int, **kw):
         self.train, self.rank, self.world, self.global_batch = train, rank, world, batch_size
@@ -286,41 +276,13 @@ class _RankBatches(data_mod.Batches):
     def order(self, epoch: int) -> Tensor:
         order = super().order(epoch)
         if self.train:
-            return distributed.shard_batches(order, self.global_batch, self.rank, self.world)
-        return distributed.shard_block(order, self.rank, self.world)
+            return launch.shard_batches(order, self.global_batch, self.rank, self.world)
+        return launch.shard_block(order, self.rank, self.world)
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "numpy": _numpy_state(),
-        "python": random.getstate(),
-    }
-
-
-def _numpy_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    random.setstate(_to_tuple(s["python"]))
-
-
-def _to_tuple(x):
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 class _GracefulInterrupt:
@@ -370,14 +332,6 @@ def _read_checkpoint(path: str, world: int) -> dict[str, Any] | None:
     return found[1]
 
 
-def _write_lines_atomic(path: str, records: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 
 
@@ -391,7 +345,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
     total, as an interruption would. ``bundle``: preloaded data (the demo reuses one)."""
     from tqdm.auto import tqdm
 
-    from . import TwoRound, set_anl_enabled
+    from .. import TwoRound, set_anl_enabled
 
     cfg = cfg.resolved()
     # under torchrun (run() initialized the group): DDP, this process's part of the data, rank 0 writes
@@ -405,11 +359,11 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
             raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
                              f"number of processes {world}")
         if device.type == "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())  # GPU LOCAL_RANK (distributed.init_from_env)
+            device = torch.device("cuda", torch.cuda.current_device())  # GPU LOCAL_RANK (launch.init_from_env)
         elif cfg.sync_bn:
             raise ValueError("--sync-bn needs GPUs: SyncBatchNorm does not run on CPU")
     # with --download under torchrun, the first process of each node downloads while the others wait
-    first_on_node = world == 1 or not cfg.download or distributed.local_rank() == 0
+    first_on_node = world == 1 or not cfg.download or launch.local_rank() == 0
     if not first_on_node:
         dist.barrier()
     bundle = bundle or data_mod.load(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, download=cfg.download)
@@ -426,7 +380,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
     train_model = model
     if world > 1:
         if rank:
-            torch.manual_seed(_seed_of(cfg.seed, 4, rank))  # own dropout masks; rank 0 as one process
+            torch.manual_seed(data_mod.derive_seed(cfg.seed, 4, rank))  # own dropout masks; rank 0 as one process
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run_model = torch.compile(train_model) if cfg.compile else train_model
     eval_model = run_model
@@ -435,9 +389,9 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience, cooldown=cfg.cooldown, min_lr=cfg.min_lr)
-    generator = torch.Generator(device=device).manual_seed((_seed_of(cfg.seed, 3) + rank) % 2**63)
+    generator = torch.Generator(device=device).manual_seed((data_mod.derive_seed(cfg.seed, 3) + rank) % 2**63)
     engine = TwoRound(train_model, generator=generator, std_over=cfg.std_over if world > 1 else "local")
-    flags = distributed.cpu_group() if world > 1 else None  # where the ranks agree to stop on Ctrl-C
+    flags = launch.cpu_group() if world > 1 else None  # where the ranks agree to stop on Ctrl-C
 
     kw = dict(mean=info.mean, std=info.std, device=device, channels_last=cfg.channels_last)
 
@@ -478,7 +432,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
             saved = state.get("ranks") or [{k: state[k] for k in ("generator", "rng", "meter")}]
             if rank < len(saved):  # a rank the checkpoint does not know keeps its fresh noise and RNG seeds
                 generator.set_state(saved[rank]["generator"])
-                _set_rng_state(saved[rank]["rng"])
+                rng.restore(saved[rank]["rng"])
             epoch, step, global_step = int(state["epoch"]), int(state["step"]), int(state["global_step"])
             if len(saved) == world:
                 meter.load_state_dict(saved[rank]["meter"])
@@ -495,12 +449,12 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
         with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
             json.dump({**cfg_dict, "device_used": str(device), "world_size": world, "dataset_sizes": {
                 "train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)}}, f, indent=2)
-        _write_lines_atomic(os.path.join(out_dir, METRICS_NAME), history)  # drop lines past the checkpoint
+        atomic_write(os.path.join(out_dir, METRICS_NAME), "".join(json.dumps(r) + "\n" for r in history))  # drop lines past the checkpoint
 
     def save() -> None:
         if not ckpt_path:
             return
-        mine = {"generator": generator.get_state(), "rng": _rng_state(), "meter": meter.state_dict()}
+        mine = {"generator": generator.get_state(), "rng": rng.capture(host_libraries=True), "meter": meter.state_dict()}
         ranks = None
         if world > 1:  # every rank's streams and partial sums go to rank 0, which writes
             ranks = [None] * world if rank == 0 else None
@@ -547,7 +501,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
                 global_step += 1
                 bar.update(1)
                 boundary = (checkpoint_every and global_step % checkpoint_every == 0)
-                requested = interrupt.requested if world == 1 else distributed.any_rank(interrupt.requested, flags)
+                requested = interrupt.requested if world == 1 else launch.any_rank(interrupt.requested, flags)
                 if requested or (stop_after_steps is not None and global_step >= stop_after_steps):
                     stopped = "interrupt" if requested else "stop_after_steps"
                 if (boundary or stopped) and step < len(train_b):
@@ -566,7 +520,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, c
             # end of epoch: evaluate, schedule, record, checkpoint
             summary = (meter if world == 1 else _all_ranks(meter)).summary()
             if world > 1:
-                distributed.broadcast_buffers(model)  # every rank evaluates rank 0's model
+                launch.broadcast_buffers(model)  # every rank evaluates rank 0's model
             val_loss, val_acc = evaluate(eval_model, val_b, all_reduce=world > 1)
             _, test_acc = evaluate(eval_model, test_b, all_reduce=world > 1)
             lr_used = optimizer.param_groups[0]["lr"]
@@ -661,7 +615,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     started = False  # the process group, under torchrun
     try:
-        started = distributed.init_from_env(args.device)
+        started = launch.init_from_env(args.device)
         rank = dist.get_rank() if started else 0
         cfg = config_from_args(args)
         result = fit(cfg, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,

@@ -15,11 +15,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .engine import GlobalRngState, attached, checked_loss, training_round
-from .functional import draw_z
-from .insert import anl_layers
-from .layer import ANL2d
-from .reference import AddEta
+from anl_fused import rng
+from anl_fused.engine import checked_loss, training_round
+from anl_fused.functional import draw_z
+from anl_fused.insert import anl_layers
+from anl_fused.layer import ANL2d, attached
 
 __all__ = ["naive_step"]
 
@@ -49,6 +49,16 @@ def _eta(layer: ANL2d, s: float, g: Tensor, z: Tensor | None) -> Tensor:
     return scale.view(-1, 1, 1, 1).to(g.dtype) * g
 
 
+class _AddEta:
+    """Round 2: ``h + eta`` with ``eta`` given per layer."""
+
+    def __init__(self, etas: dict[ANL2d, Tensor]):
+        self.etas = etas
+
+    def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        return h + self.etas.pop(layer)
+
+
 def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
                backward: bool = True) -> Tensor:
     """One step, same contract as :meth:`anl_fused.TwoRound.step`, at the authors' cost."""
@@ -56,7 +66,7 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
     if not layers:
         return training_round(closure, backward)
     buffers = [b.detach().clone() for b in model.buffers()]
-    rng = GlobalRngState()
+    rng_state = rng.capture()
     params = list(model.parameters())
     kept = [p.grad for p in params]
     for p in params:
@@ -70,7 +80,7 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
     with torch.no_grad():
         for b, saved in zip(model.buffers(), buffers):
             b.copy_(saved)
-    rng.restore()
+    rng.restore(rng_state)
 
     etas = {}
     for layer in layers:
@@ -81,5 +91,5 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
         z = draw_z(layer.noise, layer.sign, g.shape, g.dtype, generator, g.device)
         etas[layer] = _eta(layer, s, g, z)
 
-    with attached(layers, AddEta(etas)):
+    with attached(layers, _AddEta(etas)):
         return training_round(closure, backward)

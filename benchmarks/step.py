@@ -29,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import insert_anl, naive, reference
-from .engine import TwoRound
+from anl_fused import TwoRound, anl_layers, insert_anl, reference
+from anl_fused.experiments.files import atomic_write, resolve_device
+from anl_fused.experiments.models import build
+
+from . import naive
 
 METHODS = ("plain", "naive", "reference", "tworound")
 
@@ -122,8 +125,6 @@ def machine_info(device: torch.device) -> dict:
 
 def benchmark_model(name: str, batch: int, size: int, device: torch.device, methods, repeats: int, inner: int,
                     amp: torch.dtype | None, eps: float) -> dict:
-    from .models import build
-
     torch.manual_seed(0)
     model = build(name).to(device)
     x = torch.randn(batch, 3, size, size, device=device)
@@ -142,9 +143,6 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
     """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
     ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
     also measured as the peak allocated memory of one step each way."""
-    from . import anl_layers
-    from .models import build
-
     torch.manual_seed(0)
     model = insert_anl(build(name), 0.05).to(device).eval()  # eval: same shapes, no training-mode warning
     numels = []
@@ -201,7 +199,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     inner = args.inner or (10 if device.type == "cuda" else 1)
     methods = list(dict.fromkeys(["plain", *args.methods]))
@@ -213,16 +211,12 @@ def run(args: argparse.Namespace) -> int:
               "steps": results}
     report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
     if args.kernels:
-        from .kernels.benchmark import kernel_benchmarks
+        from .kernels import kernel_benchmarks
 
         report["kernels"] = kernel_benchmarks(device)
     table = format_table(results)
     print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, json.dumps(report, indent=2))
     print(f"wrote {args.out}")
     return 0
 
