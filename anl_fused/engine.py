@@ -15,6 +15,7 @@ Nothing here reads a device value on the host: no ``.item()``, no branching on t
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable
 
 import torch
@@ -25,7 +26,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import distributed, ops, rng
 from .functional import draw_step, noise_terms, z_spec
 from .insert import anl_layers
-from .layer import ANL2d, attached
+from .layer import ANL2d, attached, step_scope
+from .state import BufferWarnings, Round1State
 
 __all__ = ["TwoRound"]
 
@@ -77,21 +79,32 @@ class _Probe:
     history, but the edge still names the gradient of the layer's output as produced. Where ``h`` has
     no autograd history (the model input), a leaf is made and a copy goes on, so that an in-place
     op cannot touch the leaf.
+
+    Once the closure has returned (``in_backward``), a layer that runs again is being recomputed by
+    non-reentrant activation checkpointing (``torch.utils.checkpoint(..., use_reentrant=False)``) during
+    round 1's backward: it passes ``h`` on as in the forward and is remembered in ``recomputed``.
     """
 
     def __init__(self, means: bool = False):
         self.records: dict[ANL2d, tuple[Tensor, Tensor]] = {}
         self.edges: dict[ANL2d, object] = {}
         self.means: dict[ANL2d, Tensor] | None = {} if means else None  # for std_over="global"
+        self.in_backward = False
+        self.recomputed: set[ANL2d] = set()
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        if self.in_backward:
+            self.recomputed.add(layer)
+            return h
         if layer in self.records:
             raise RuntimeError(f"{layer!r} ran twice in one forward; use one ANL layer per place in the model")
+        if layer.needs_grad and not torch.is_grad_enabled():  # the step turned autograd on: the closure turned it off
+            raise RuntimeError(_no_grad_message(layer, 1))
         distributed.check_not_syncing()
         self.records[layer] = (h, ops.std(h))
         if self.means is not None:  # here, before a later in-place op can rewrite h
             self.means[layer] = distributed.local_mean(h)
-        if not (layer.needs_grad and torch.is_grad_enabled()):
+        if not layer.needs_grad:
             return h
         if h.grad_fn is not None:
             self.edges[layer] = get_gradient_edge(h)
@@ -101,18 +114,46 @@ class _Probe:
         return leaf.clone()
 
 
-class _Perturb:
-    """Round 2: each layer returns ``h + scale[b] * direction``."""
+def _no_grad_message(layer: ANL2d, round_: int) -> str:
+    return (f"{layer!r} ran with autograd disabled in round {round_} of a two-round step: the closure runs it under "
+            "torch.no_grad() (or inside a custom autograd.Function), or it is inside a reentrant activation "
+            "checkpoint, torch.utils.checkpoint.checkpoint(..., use_reentrant=True), which TwoRound does not "
+            "support (its backward would write parameter gradients in round 1); use use_reentrant=False")
 
-    def __init__(self, noise: dict[ANL2d, tuple[Tensor, Tensor]]):
+
+class _Perturb:
+    """Round 2: each layer returns ``h + scale[b] * direction`` (``direction is None``: ``h``, the layer's
+    output did not reach round 1's loss).
+
+    The noise of a layer is dropped once applied (its memory is freed as the forward goes on), except for
+    the layers in ``keep``: those activation checkpointing recomputed in round 1, which it will recompute
+    again during round 2's backward (``in_backward``); they get the same noise again.
+    """
+
+    def __init__(self, noise: dict[ANL2d, tuple[Tensor, Tensor] | None], keep: set[ANL2d], grad_enabled: bool):
         self.noise = noise
+        self.keep = {layer: noise[layer] for layer in keep if layer in noise}
+        self.grad_enabled = grad_enabled
+        self.in_backward = False
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
-        try:
-            direction, scale = self.noise.pop(layer)
-        except KeyError:
-            raise RuntimeError(f"{layer!r} ran in round 2 without a round-1 measurement (twice in one forward, "
-                               "or the closure takes a different path in each round)") from None
+        if self.in_backward:
+            if layer not in self.keep:
+                raise RuntimeError(f"{layer!r} was recomputed by activation checkpointing in round 2's backward but "
+                                   "not in round 1's; TwoRound supports torch.utils.checkpoint(use_reentrant=False) "
+                                   "with the default early stop (torch.utils.checkpoint.set_checkpoint_early_stop)")
+            terms = self.keep[layer]
+        else:
+            if self.grad_enabled and not torch.is_grad_enabled():
+                raise RuntimeError(_no_grad_message(layer, 2))
+            try:
+                terms = self.noise.pop(layer)
+            except KeyError:
+                raise RuntimeError(f"{layer!r} ran in round 2 without a round-1 measurement (twice in one forward, "
+                                   "or the closure takes a different path in each round)") from None
+        if terms is None:
+            return h
+        direction, scale = terms
         if direction.shape != h.shape:
             raise RuntimeError(f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
                                "round 2: the closure must compute the same batch in both rounds")
@@ -175,34 +216,77 @@ class TwoRound:
         self.noise_dtype = noise_dtype
         self._stats: Tensor | None = None
         self._last_stds: list[tuple[ANL2d, Tensor]] = []
+        self._warned_inactive = False
+        self._buffer_warnings = BufferWarnings()
 
     @property
     def last_stds(self) -> dict[str, Tensor]:
         names = {m: n for n, m in self._root.named_modules()}
         return {names.get(layer, "?"): s for layer, s in self._last_stds}
 
+    def __call__(self, *args, **kwargs):
+        raise TypeError("a TwoRound engine is not called: run a training step with engine.step(closure), "
+                        "e.g. engine.step(lambda: F.cross_entropy(model(x), y))")
+
     def step(self, closure: Callable[[], Tensor], backward: bool = True) -> Tensor:
         """Run both rounds; returns round 2's loss, on which ``backward()`` was called unless
-        ``backward=False`` (then call it yourself, e.g. ``scaler.scale(loss).backward()``)."""
-        layers = [layer for layer in anl_layers(self._root) if layer.active]
-        if not layers:
-            return training_round(closure, backward)
+        ``backward=False`` (then call it yourself, e.g. ``scaler.scale(loss).backward()``).
 
-        rng_state = rng.capture()
-        need_grad = any(layer.needs_grad for layer in layers)
-        with frozen_batchnorm_stats(self.model), distributed.probe_context(self.model), \
-                attached(layers, _Probe(means=self.std_over == "global")) as probe, eager(), \
-                torch.set_grad_enabled(need_grad and torch.is_grad_enabled()):
-            loss = checked_loss(closure())
-        noise = self._noise(layers, probe, loss)
-        del loss, probe
-        rng.restore(rng_state)
+        Raises ``RuntimeError`` inside another step (a second engine's ``step()`` in the closure) and under
+        ``torch.no_grad()`` / ``torch.inference_mode()``. A layer whose output does not reach the loss gets
+        zero noise. Activation checkpointing works with ``use_reentrant=False`` (and ``backward=True``)."""
+        with step_scope("TwoRound.step"):
+            layers = [layer for layer in anl_layers(self._root) if layer.active]
+            need_grad = any(layer.needs_grad for layer in layers)
+            if (backward or need_grad) and not torch.is_grad_enabled():
+                where = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
+                raise RuntimeError(f"TwoRound.step() called with autograd disabled ({where}): round 1 needs the "
+                                   "gradient dJ/dh and round 2's loss is backpropagated; call step() outside it")
+            if not layers:
+                self._warn_inactive()
+                return training_round(closure, backward)
 
-        with attached(layers, _Perturb(noise)):
-            return training_round(closure, backward)
+            rng_state = rng.capture()
+            state = Round1State(self._root)
+            probe = _Probe(means=self.std_over == "global")
+            with frozen_batchnorm_stats(self.model), distributed.probe_context(self.model), \
+                    attached(layers, probe), eager(), torch.set_grad_enabled(need_grad):
+                loss = checked_loss(closure())
+                probe.in_backward = True  # from here on, a layer that runs is recomputed by checkpointing
+                noise = self._noise(layers, probe, loss)
+            del loss
+            self._buffer_warnings(state.restore())
+            rng.restore(rng_state)
+            if probe.recomputed and not backward:
+                raise RuntimeError("activation checkpointing needs TwoRound.step(closure, backward=True): round 2's "
+                                   "backward recomputes checkpointed layers, which must get the same noise again")
 
-    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor]]:
-        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``."""
+            perturb = _Perturb(noise, probe.recomputed, torch.is_grad_enabled())
+            del probe, noise
+            with attached(layers, perturb):
+                loss = checked_loss(closure())
+                perturb.in_backward = True
+                if backward:
+                    loss.backward()
+                return loss
+
+    def _warn_inactive(self) -> None:
+        """Once per engine: a step with no active ANL layer is ordinary training, usually not what was meant."""
+        if self._warned_inactive:
+            return
+        self._warned_inactive = True
+        if not anl_layers(self._root):
+            why = "the model has no ANL layer (anl_fused.insert_anl adds them)"
+        elif not self._root.training:
+            why = "the model is in eval mode (call model.train())"
+        else:
+            why = "every ANL layer is disabled (set_anl_enabled) or has eps == 0"
+        warnings.warn(f"TwoRound.step: {why}, so this step and the next are ordinary training without noise "
+                      "(warned once per engine)", UserWarning, stacklevel=3)
+
+    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor] | None]:
+        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``, or ``None`` for
+        a layer whose output does not reach the loss (zero noise; it still takes its draws)."""
         records = probe.records
         reached = [layer for layer in layers if layer in records]
         wanted = [probe.edges[layer] for layer in reached if layer.needs_grad]
@@ -213,7 +297,7 @@ class TwoRound:
         if self.std_over == "global":  # every rank, even one that reached no layer, takes part
             device = records[reached[0]][0].device if reached else self.generator.device
             pending = distributed.GlobalStd(layers, records, probe.means, self.process_group, device)
-        grads = iter(torch.autograd.grad(loss, wanted, materialize_grads=True) if wanted else ())
+        grads = iter(torch.autograd.grad(loss, wanted, allow_unused=True) if wanted else ())
         stds = pending.wait() if pending is not None else {}
         if reached:
             self._check_generator(records[reached[0]][0])
@@ -225,13 +309,17 @@ class TwoRound:
             h, s = records[layer]
             s = stds.get(layer, s)
             g = next(grads) if layer.needs_grad else None
+            self._last_stds.append((layer, s))
+            if layer.needs_grad and g is None:  # output unused by the loss: g = 0, zero noise (as the oracle)
+                noise[layer] = None
+                self._stats_on(h.device)[1] += h.shape[0]  # counted as zero-gradient samples
+                continue
             direction, scale = noise_terms(layer.noise, layer.sign, layer.eps, g, None if z is None else z.to(h.device),
                                            s if layer.scale_by_std else None, h.shape[0],
                                            layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
             if self.noise_dtype is not None:
                 direction = direction.to(self.noise_dtype)
             noise[layer] = (direction, scale)
-            self._last_stds.append((layer, s))
         return noise
 
     def _check_generator(self, h: Tensor) -> None:

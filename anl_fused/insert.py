@@ -9,6 +9,8 @@ instead, under a new key, so the other keys do not change). ANL layers hold no p
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .layer import ANL2d, check_eps
@@ -21,11 +23,23 @@ _INPUT_CHILD = "anl_input"
 
 
 def _apply_child_anl(module: nn.Module, args, output):
-    return getattr(module, _CHILD)(output)
+    layer = getattr(module, _CHILD)
+    return layer(output) if layer.active else None  # inactive: no work at all (None keeps the output)
 
 
-def _apply_input_anl(module: nn.Module, args):
-    return (getattr(module, _INPUT_CHILD)(args[0]),) + tuple(args[1:])
+def _apply_input_anl(module: nn.Module, args, kwargs=None):
+    """Input ANL on the model's first argument, passed by position or by keyword (``model(x=x)``)."""
+    layer = getattr(module, _INPUT_CHILD)
+    if not layer.active:  # eval, disabled or eps == 0: no work at all, whatever the arguments
+        return None
+    if args:
+        args = (layer(args[0]),) + tuple(args[1:])
+        return args if kwargs is None else (args, kwargs)
+    name = next(iter(inspect.signature(module.forward).parameters), None)
+    if kwargs is None or name not in kwargs:
+        raise TypeError(f"input ANL applies to the first argument of {type(module).__name__}.forward"
+                        f"{'' if name is None else f' ({name!r})'}, which this call does not pass")
+    return args, {**kwargs, name: layer(kwargs[name])}
 
 
 def anl_layers(model: nn.Module) -> list[ANL2d]:
@@ -66,8 +80,12 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
     ANL2d(eps, noise=noise, scale_by_std=scale_by_std, norm=norm)  # validates the options before any change
     targets = [m for m in model.modules() if isinstance(m, _PLACES[after])]
     if not targets:
-        raise ValueError(f"model has no {_PLACES[after][0].__name__} to put ANL after (after={after!r}); "
-                         f"try after={'conv' if after == 'batchnorm' else 'batchnorm'!r}")
+        other = "conv" if after == "batchnorm" else "batchnorm"
+        if any(isinstance(m, _PLACES[other]) for m in model.modules()):
+            raise ValueError(f"model has no {' or '.join(c.__name__ for c in _PLACES[after])} to put ANL after "
+                             f"(after={after!r}); try after={other!r}")
+        raise ValueError(f"model ({type(model).__name__}) has no BatchNorm2d, SyncBatchNorm or Conv2d: insert_anl puts "
+                         "ANL after those ((N, C, H, W) feature maps of a CNN); place ANL2d modules by hand elsewhere")
     for target in targets:
         if hasattr(target, _CHILD):
             raise ValueError(f"{type(target).__name__} already has an attribute {_CHILD!r}")
@@ -79,7 +97,7 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
             model._modules = {_INPUT_CHILD: layer, **model._modules}
         else:
             model.add_module(_INPUT_CHILD, layer)
-            model.register_forward_pre_hook(_apply_input_anl)
+            model.register_forward_pre_hook(_apply_input_anl, with_kwargs=True)
     return model
 
 
@@ -95,6 +113,7 @@ def strip_anl(model: nn.Module) -> nn.Module:
             hooked = [k for k, fn in hooks.items() if fn is hook]
             for k in hooked:
                 del hooks[k]
+                module._forward_pre_hooks_with_kwargs.pop(k, None)
             if hooked or name == _INPUT_CHILD:
                 del module._modules[name]
             else:

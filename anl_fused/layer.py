@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import threading
 import warnings
 from typing import Iterable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ANL2d", "NOISE_KINDS", "NORMS", "Round", "attached", "check_eps"]
+__all__ = ["ANL2d", "NOISE_KINDS", "NORMS", "Round", "attached", "check_eps", "step_scope"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
 NORMS = ("sample", "layer")
@@ -48,6 +49,26 @@ def attached(layers: Iterable["ANL2d"], round_: Round) -> Iterator[Round]:
     finally:
         for layer in layers:
             layer._round = None
+
+
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def step_scope(name: str) -> Iterator[None]:
+    """Marks this thread as inside a two-round step (``name``, e.g. ``"TwoRound.step"``) for the ``with``
+    block, and refuses to start one inside another: the inner step's backward would consume the outer
+    round's graph or write ``.grad`` in the outer round 1, the outer noise would be lost and BatchNorm
+    statistics would move twice. This holds for any two steps, also on disjoint sets of layers."""
+    outer = getattr(_thread, "step", None)
+    if outer is not None:
+        raise RuntimeError(f"{name}() called inside {outer}(): a two-round step cannot run inside another (e.g. a "
+                           "second engine's step() called in the closure); run the steps one after the other")
+    _thread.step = name
+    try:
+        yield
+    finally:
+        _thread.step = None
 
 
 def check_eps(eps, name: str = "eps") -> float:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .insert import anl_layers
-from .layer import ANL2d, attached
+from .layer import ANL2d, attached, step_scope
 
 __all__ = ["two_round_step"]
 
@@ -108,6 +108,12 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
                    backward: bool = True) -> Tensor:
     """One training step of Algorithm 1 on ``model``; returns round 2's loss (backpropagated unless
     ``backward=False``). Same contract as :meth:`anl_fused.TwoRound.step`."""
+    with step_scope("reference.two_round_step"):
+        return _two_round_step(model, closure, generator, backward)
+
+
+def _two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
+                    backward: bool) -> Tensor:
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
         loss = _loss(closure)

@@ -120,7 +120,8 @@ def test_inactive_anl_is_one_plain_step(how):
     x, y = data()
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    anl_fused.TwoRound(fast, gen).step(lambda: calls.append(1) or F.cross_entropy(fast(x), y))
+    with pytest.warns(UserWarning, match="ordinary training without noise"):
+        anl_fused.TwoRound(fast, gen).step(lambda: calls.append(1) or F.cross_entropy(fast(x), y))
     F.cross_entropy(plain(x), y).backward()
     assert calls == [1], "an inactive model must run one forward"
     assert torch.equal(flat_grads(fast), flat_grads(plain))
@@ -270,6 +271,7 @@ def test_no_host_sync_on_cuda(kw):
     (None, TypeError, "NoneType"),
     (torch.ones(3), ValueError, r"shape \(3,\)"),
 ])
+@pytest.mark.filterwarnings("ignore:TwoRound.step. the model is in eval mode")
 def test_closure_must_return_a_scalar_tensor(result, err, match):
     model = insert_anl(small_vgg(), 0.1)
     for m in (model, model.eval()):
@@ -309,3 +311,203 @@ def test_noise_dtype_bfloat16_keeps_gradient_close():
     gb = torch.cat([p.grad.flatten() for p in b.parameters()])
     assert (ga - gb).norm() <= 2e-2 * ga.norm()
 
+
+
+# ---- Legal inputs: they train, or fail with an error that names the cause (issue #9) ----------------------
+
+
+class SideBranch(nn.Module):
+    """A VGG plus a branch (conv, BatchNorm, so an ANL layer after insert_anl) that is computed and unused."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = small_vgg(dropout=False)
+        self.side = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        self.side(x)
+        return self.body(x)
+
+
+def test_layer_whose_output_does_not_reach_the_loss_gets_zero_noise_as_in_the_reference():
+    torch.manual_seed(0)
+    model = insert_anl(SideBranch().double(), 0.5, input_eps=0.1)
+    fast, ref = twins(model)
+    x, y = data()
+    engine, ref_gen = TwoRound(fast, torch.Generator().manual_seed(3)), torch.Generator().manual_seed(3)
+    for step in range(2):
+        torch.manual_seed(step)
+        engine.step(lambda: F.cross_entropy(fast(x), y))
+        torch.manual_seed(step)
+        reference.two_round_step(ref, lambda: F.cross_entropy(ref(x), y), ref_gen)
+    assert_grads_close(fast, ref, 1e-10)
+    assert_buffers_equal(fast, ref, 1e-10)
+    assert engine.zero_samples.item() == 2 * 6, "the unused layer's samples count as zero-gradient samples"
+    assert "side.1.anl" in engine.last_stds
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_step_with_autograd_disabled_is_a_clear_error(mode):
+    model = anl_model()
+    x, y = data()
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context, pytest.raises(RuntimeError, match=rf"autograd disabled \(torch.{mode}\(\)\)"):
+        TwoRound(model).step(lambda: F.cross_entropy(model(x), y))
+    assert all(layer._round is None for layer in anl_fused.anl_layers(model))
+    TwoRound(model).step(lambda: F.cross_entropy(model(x), y))  # and the next step works
+
+
+def test_layer_run_under_no_grad_inside_the_closure_is_a_clear_error():
+    model = anl_model()
+    x, y = data()
+
+    def closure():
+        with torch.no_grad():
+            h = model[:4](x)
+        return F.cross_entropy(model[4:](h), y)
+
+    with pytest.raises(RuntimeError, match=r"ran with autograd disabled in round 1.*torch.no_grad\(\)"):
+        TwoRound(model).step(closure)
+
+
+class TwoNets(nn.Module):
+    """One model, two disjoint sets of ANL layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = insert_anl(small_vgg(dropout=False), 0.3)
+        self.b = insert_anl(small_vgg(dropout=False), 0.3)
+
+
+def _nested_cases():
+    x, y = data(dtype=torch.float32)
+    torch.manual_seed(0)
+    m = TwoNets()
+    loss_a, loss_b = (lambda: F.cross_entropy(m.a(x), y)), (lambda: F.cross_entropy(m.b(x), y))
+    ref = lambda net, f: (lambda: reference.two_round_step(net, f, torch.Generator()))
+    plain = nn.Linear(3, 2)
+    return m, {
+        "same layers": lambda: TwoRound(m.a).step(lambda: TwoRound(m.a).step(loss_a)),
+        "disjoint layers of one model": lambda: TwoRound(m.a).step(lambda: TwoRound(m.b).step(loss_b) + loss_a()),
+        "whole model and a part": lambda: TwoRound(m).step(lambda: TwoRound(m.b).step(loss_b) + loss_a()),
+        "reference inside the engine": lambda: TwoRound(m.a).step(lambda: ref(m.b, loss_b)() + loss_a()),
+        "engine inside the reference": lambda: ref(m.a, lambda: TwoRound(m.b).step(loss_b) + loss_a())(),
+        "inner engine without ANL": lambda: TwoRound(m.a).step(
+            lambda: TwoRound(plain).step(lambda: plain(torch.ones(3)).sum()) + loss_a()),
+        "in round 2 only": lambda: TwoRound(m.a).step(_second_call_steps(lambda: TwoRound(m.b).step(loss_b), loss_a)),
+    }
+
+
+def _second_call_steps(inner, loss):
+    calls = []
+    return lambda: (calls.append(1), inner() if len(calls) == 2 else 0)[1] + loss()
+
+
+@pytest.mark.parametrize("case", ["same layers", "disjoint layers of one model", "whole model and a part",
+                                  "reference inside the engine", "engine inside the reference",
+                                  "inner engine without ANL", "in round 2 only"])
+def test_step_inside_a_step_is_refused(case):
+    """A second step in the closure would drop the outer noise and move BatchNorm statistics twice; it is
+    refused on any layer sets, and nothing is left attached after the error."""
+    model, cases = _nested_cases()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [bn.num_batches_tracked.item() for bn in bns]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the inner engine without ANL warns that it is plain training
+        with pytest.raises(RuntimeError, match=r"step\(\) called inside .*step\(\): a two-round step cannot"):
+            cases[case]()
+    assert all(layer._round is None for layer in anl_fused.anl_layers(model))
+    if case != "in round 2 only":  # the inner step was refused before the outer round 2 ran
+        assert [bn.num_batches_tracked.item() for bn in bns] == before
+    x, y = data(dtype=torch.float32)
+    TwoRound(model.a).step(lambda: F.cross_entropy(model.a(x), y))  # the next step works
+
+
+def test_steps_one_after_the_other_on_two_engines_work():
+    model = TwoNets()
+    x, y = data(dtype=torch.float32)
+    ea, eb = TwoRound(model.a), TwoRound(model.b)
+    for _ in range(2):
+        ea.step(lambda: F.cross_entropy(model.a(x), y))
+        eb.step(lambda: F.cross_entropy(model.b(x), y))
+    assert all(p.grad is not None for p in model.parameters())
+
+
+class Checkpointed(nn.Module):
+    """The small VGG with its first two conv-BN-ReLU blocks (two ANL layers) under activation checkpointing."""
+
+    def __init__(self, use_reentrant: bool | None):
+        super().__init__()
+        self.body = small_vgg(dropout=True)
+        self.use_reentrant = use_reentrant
+
+    def forward(self, x):
+        if self.use_reentrant is None:
+            return self.body(x)
+        h = torch.utils.checkpoint.checkpoint(self.body[:7], x, use_reentrant=self.use_reentrant)
+        return self.body[7:](h)
+
+
+def test_non_reentrant_activation_checkpointing_gives_the_unchecheckpointed_step():
+    """use_reentrant=False: round 1's and round 2's backward recompute the checkpointed layers (with
+    the same noise in round 2); gradients equal those of the same model without checkpointing. BatchNorm
+    statistics move as in ordinary training with checkpointing (the recompute in round 2's backward updates
+    them again, as torch's does in plain training; round 1 and its recompute do not)."""
+    torch.manual_seed(0)
+    plain = insert_anl(Checkpointed(None).double(), 0.5, input_eps=0.1)
+    ckpt = copy.deepcopy(plain)
+    ckpt.use_reentrant = False
+    x, y = data()
+    for m in (plain, ckpt):
+        engine = TwoRound(m, torch.Generator().manual_seed(0))
+        for step in range(2):
+            torch.manual_seed(step)
+            engine.step(lambda m=m: F.cross_entropy(m(x), y))
+    assert_grads_close(ckpt, plain, 1e-12)
+    bn_counts = [m.num_batches_tracked.item() for m in ckpt.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bn_counts == [4, 4, 2], "checkpointed BatchNorms count their recompute in round 2, as in plain torch"
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_reentrant_activation_checkpointing_is_refused():
+    torch.manual_seed(0)
+    model = insert_anl(Checkpointed(True), 0.5)
+    x, y = data(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"use_reentrant=True.*not support.*use_reentrant=False"):
+        TwoRound(model).step(lambda: F.cross_entropy(model(x), y))
+
+
+def test_activation_checkpointing_with_backward_false_is_refused():
+    torch.manual_seed(0)
+    model = insert_anl(Checkpointed(False), 0.5)
+    x, y = data(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"checkpointing needs TwoRound.step\(closure, backward=True\)"):
+        TwoRound(model).step(lambda: F.cross_entropy(model(x), y), backward=False)
+
+
+def test_calling_the_engine_says_to_call_step():
+    model = anl_model()
+    x, y = data()
+    with pytest.raises(TypeError, match=r"engine.step\(closure\)"):
+        TwoRound(model)(lambda: F.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("how,match", [("eval", "eval mode"), ("disabled", "disabled"), ("eps0", "eps == 0"),
+                                       ("no ANL", "no ANL layer")])
+def test_step_without_active_layer_warns_once_per_engine(how, match):
+    model = anl_model() if how != "no ANL" else small_vgg().double()
+    if how == "eval":
+        model.eval()
+    elif how == "disabled":
+        anl_fused.set_anl_enabled(model, False)
+    elif how == "eps0":
+        for layer in anl_fused.anl_layers(model):
+            layer.eps = 0.0
+    x, y = data()
+    for engine in (TwoRound(model), TwoRound(model)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                engine.step(lambda: F.cross_entropy(model(x), y))
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1 and match in messages[0] and "without noise" in messages[0], messages

@@ -50,6 +50,13 @@ def test_never_after_linear_and_conv_placement():
     nobn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     with pytest.raises(ValueError, match="after='conv'"):
         insert_anl(nobn, 0.1)
+    nobn_noconv_msg = "has no BatchNorm2d, SyncBatchNorm or Conv2d"
+    with pytest.raises(ValueError, match="after='batchnorm'"):
+        insert_anl(nn.Sequential(nn.BatchNorm2d(3), nn.Flatten()), 0.1, after="conv")
+    for after in ("batchnorm", "conv"):  # neither: one message, that does not send the user to the other option
+        with pytest.raises(ValueError, match=nobn_noconv_msg) as err:
+            insert_anl(nn.Sequential(nn.Linear(3, 4)), 0.1, after=after)
+        assert "try after" not in str(err.value)
 
 
 
@@ -88,9 +95,10 @@ def test_input_anl_sees_the_input_and_strip_restores_the_model(factory):
     seen = []
     model.anl_input.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     x = torch.randn(2, 3, 8, 8)
-    model.eval()(x)
-    assert len(seen) == 1 and seen[0] is x
-    assert list(model.state_dict()) == list(plain.state_dict())
+    TwoRound(model).step(lambda: F.cross_entropy(model(x), torch.tensor([1, 2])))
+    assert len(seen) == 2 and seen[0] is x and seen[1] is x  # round 1 and round 2
+    model.load_state_dict(plain.state_dict())  # undo the step's BatchNorm statistics (same keys, strict)
+    model.eval()
     strip_anl(model)
     assert anl_layers(model) == [] and not hasattr(model, "anl_input")
     assert str(model) == str(plain)
@@ -128,3 +136,44 @@ def test_set_anl_enabled():
     set_anl_enabled(model, True)
     assert all(layer.active for layer in anl_layers(model))
 
+
+
+
+class Keyword(nn.Module):
+    """A model whose first argument may come by keyword, and that takes unbatched (C, H, W) input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x, scale=1.0):
+        return self.conv(x).flatten(-3).sum(-1) * scale
+
+
+def test_input_anl_when_inactive_does_no_hook_work(monkeypatch):
+    """model(x=x) and an unbatched (C, H, W) input in eval mode (or with ANL disabled): the hooks do not
+    call the layers at all, so neither the keyword nor the shape matters."""
+    torch.manual_seed(0)
+    model = insert_anl(Keyword(), 0.1, input_eps=0.1, after="conv")
+    calls = []
+    monkeypatch.setattr(ANL2d, "forward", lambda self, h: calls.append(self) or h)
+    x = torch.randn(2, 3, 8, 8)
+    for inactive in (lambda: model.eval(), lambda: set_anl_enabled(model.train(), False)):
+        inactive()
+        torch.testing.assert_close(model(x=x), model(x))
+        torch.testing.assert_close(model(x[0]), model(x)[0])
+        torch.testing.assert_close(model(x=x[0], scale=2.0), 2 * model(x)[0])
+    assert calls == []
+
+
+def test_input_anl_applies_to_the_first_argument_passed_by_keyword():
+    torch.manual_seed(0)
+    model = insert_anl(Keyword(), 0.1, input_eps=0.3, after="conv")
+    x, grads = torch.randn(4, 3, 8, 8), []
+    for call in (lambda: model(x, scale=2.0), lambda: model(x=x, scale=2.0)):
+        model.zero_grad()
+        TwoRound(model, torch.Generator().manual_seed(0)).step(lambda call=call: call().square().mean())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"first argument of Keyword\.forward \('x'\)"):
+        TwoRound(model).step(lambda: model(scale=2.0).sum())

@@ -1,0 +1,79 @@
+"""Round 1 leaves the model's state as it found it (the state changes once per step, in round 2).
+
+BatchNorm running statistics are frozen for the length of round 1 (``engine.frozen_batchnorm_stats``).
+This module handles the other state a training-mode forward writes:
+
+- spectral norm's power-iteration vectors (``torch.nn.utils.spectral_norm``: buffers ``<name>_u`` and
+  ``<name>_v``; ``torch.nn.utils.parametrizations.spectral_norm``: ``_u`` and ``_v``): saved before round 1
+  and written back after it, so round 1 computes the same weight as round 2 (one power iteration from the
+  same vectors) and the vectors move once per step, as the oracle (``anl_fused.reference``) does it;
+- any other buffer written during round 1 (a custom running average, a quantization observer): detected
+  by its ``_version`` counter (or a reassigned attribute), which costs nothing, and reported with a warning
+  once per engine, since its update then happens twice per step.
+
+Nothing here reads a device value on the host.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import _SpectralNorm
+from torch.nn.utils.spectral_norm import SpectralNorm
+
+__all__ = ["BufferWarnings", "Round1State", "power_iteration_buffers"]
+
+
+def power_iteration_buffers(model: nn.Module) -> list[Tensor]:
+    """The buffers spectral norm (both implementations) updates in a training-mode forward."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, _SpectralNorm):
+            found += [module._u, module._v]
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                found += [module._buffers[hook.name + "_u"], module._buffers[hook.name + "_v"]]
+    return found
+
+
+class Round1State:
+    """Taken before round 1; :meth:`restore` after round 1 (and its backward) puts the known state back
+    and returns the names of the other buffers that round 1 wrote."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.saved = [(b, b.detach().clone()) for b in power_iteration_buffers(model)]
+        known = {id(b) for b, _ in self.saved}
+        self.versions = [(module, key, b, b._version) for module in model.modules()
+                         for key, b in module._buffers.items() if b is not None and id(b) not in known]
+
+    def restore(self) -> list[str]:
+        """Write the saved vectors back; the names of the other buffers round 1 changed (usually none)."""
+        changed = [(module, key) for module, key, b, version in self.versions
+                   if module._buffers.get(key) is not b or b._version != version]
+        with torch.no_grad():
+            for b, value in self.saved:
+                b.copy_(value)
+        if not changed:
+            return []
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return [f"{names.get(id(module), '?')}.{key}".lstrip(".") for module, key in changed]
+
+
+class BufferWarnings:
+    """Warns once per buffer name (per engine) that round 1 wrote a buffer it cannot put back."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def __call__(self, names: list[str], stacklevel: int = 3) -> None:
+        new = [n for n in names if n not in self.seen]
+        if not new:
+            return
+        self.seen.update(new)
+        warnings.warn(f"round 1 of the two-round step changed the buffer(s) {', '.join(new)}: TwoRound freezes "
+                      "BatchNorm statistics and restores spectral norm's vectors, but not this state, so it is "
+                      "updated in both rounds, twice per step instead of once as in ordinary training",
+                      RuntimeWarning, stacklevel=stacklevel)
