@@ -1,0 +1,88 @@
+"""Every ```python block of README.md runs as written, each in a fresh namespace.
+
+Blocks are found when the tests are collected, so a new block is tested without touching this file. A block
+that cannot run here (it needs a GPU, torchrun, a dataset) is marked with an HTML comment on the line right
+before its fence, ``<!-- not-run: needs torchrun -->``; it is reported as skipped with that reason
+(``pytest -ra`` lists it). Bash blocks are not executed.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FENCE = re.compile(r"^\s*```\s*([\w+-]*)")
+NOT_RUN = re.compile(r"^\s*<!--\s*not-run:\s*(.*?)\s*-->\s*$")
+PYTHON = ("python", "py", "python3")
+
+
+class Block(NamedTuple):
+    line: int  # of the opening fence, 1-based
+    code: str
+    not_run: str | None  # the reason of a not-run marker right before the fence
+
+
+def blocks(text: str) -> list[Block]:
+    """The fenced code blocks of ``text`` in Python (a ``python``, ``py`` or ``python3`` info string)."""
+    lines = text.splitlines()
+    found, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if FENCE.match(lines[j])), None)
+        if end is None:
+            raise ValueError(f"README.md:{i + 1}: code fence is never closed")
+        if m.group(1).lower() in PYTHON:
+            marker = NOT_RUN.match(lines[i - 1]) if i > 0 else None
+            found.append(Block(i + 1, "\n".join(lines[i + 1:end]) + "\n", marker.group(1) if marker else None))
+        i = end + 1
+    return found
+
+
+def stray_markers(text: str) -> list[int]:
+    """Lines of not-run markers that are not right before a python block (they would skip nothing)."""
+    starts = {b.line - 1 for b in blocks(text)}  # the line before each python fence, 1-based
+    return [n for n, line in enumerate(text.splitlines(), 1) if NOT_RUN.match(line) and n not in starts]
+
+
+BLOCKS = blocks(README.read_text(encoding="utf-8"))
+
+
+def test_readme_has_python_blocks_and_every_marker_is_used():
+    text = README.read_text(encoding="utf-8")
+    assert BLOCKS, "README.md has no python block: the API example went missing"
+    assert len(BLOCKS) == len(re.findall(r"^\s*```\s*(?:python3?|py)\s*$", text, re.M | re.I))
+    assert stray_markers(text) == [], "a not-run marker must be on the line right before a ```python fence"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"README.md:{b.line}" for b in BLOCKS])
+def test_readme_python_block_runs(block, tmp_path, monkeypatch):
+    if block.not_run:
+        pytest.skip(f"README.md:{block.line}: not-run: {block.not_run}")
+    monkeypatch.chdir(tmp_path)  # whatever a block writes stays out of the checkout
+    namespace = {"__name__": "__readme__"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the README's code should not warn either
+        exec(compile(block.code, f"README.md:{block.line}", "exec"), namespace)
+
+
+def test_block_parser():
+    text = "\n".join([
+        "```bash", "echo no", "```",
+        "```python", "a = 1", "```",
+        "<!-- not-run: needs torchrun -->", "```python", "b = 2", "```",
+        "<!-- not-run: stray -->", "text",
+        "```py", "c = 3", "```",
+    ])
+    assert blocks(text) == [Block(4, "a = 1\n", None), Block(8, "b = 2\n", "needs torchrun"),
+                            Block(13, "c = 3\n", None)]
+    assert stray_markers(text) == [11]
+    with pytest.raises(ValueError, match="never closed"):
+        blocks("```python\nx = 1\n")
