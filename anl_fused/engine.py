@@ -5,7 +5,8 @@ passing ``h`` on untouched, then asks autograd for ``dJ/dh`` only, through the g
 when the layer produced it (``torch.autograd.grad(loss, [edge, ...])``, which later in-place ops
 cannot corrupt): the backward stops at the first ANL layer and computes no weight gradient, so
 parameter ``.grad`` is never touched. BatchNorm layers do not update their
-running statistics in round 1. The per-sample scale ``r_b s / ||g_b||_inf`` is computed once from
+running statistics in round 1, spectral norm's vectors are put back after it, and any other buffer it
+writes is reported (:mod:`anl_fused.state`). The per-sample scale ``r_b s / ||g_b||_inf`` is computed once from
 ``g`` (``ops.noise_scale``) and kept with ``g``; round 2 replays round 1's global RNG state (same
 dropout masks), adds ``scale[b] * g`` (``ops.add_noise``) and its loss is what gets backpropagated.
 

@@ -26,28 +26,39 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 __all__ = ["BufferWarnings", "Round1State", "power_iteration_buffers"]
 
 
+def _power_iteration_keys(module: nn.Module) -> list[str]:
+    """The keys of ``module``'s own buffers that spectral norm (either implementation) updates in a forward."""
+    keys = ["_u", "_v"] if isinstance(module, _SpectralNorm) else []
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, SpectralNorm):
+            keys += [hook.name + "_u", hook.name + "_v"]
+    return keys
+
+
 def power_iteration_buffers(model: nn.Module) -> list[Tensor]:
     """The buffers spectral norm (both implementations) updates in a training-mode forward."""
-    found = []
-    for module in model.modules():
-        if isinstance(module, _SpectralNorm):
-            found += [module._u, module._v]
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, SpectralNorm):
-                found += [module._buffers[hook.name + "_u"], module._buffers[hook.name + "_v"]]
-    return found
+    return [module._buffers[key] for module in model.modules() for key in _power_iteration_keys(module)]
 
 
 class Round1State:
     """Taken before round 1; :meth:`restore` after round 1 (and its backward) puts the known state back
-    and returns the names of the other buffers that round 1 wrote."""
+    and returns the names of the other buffers that round 1 wrote. One walk over the modules each way."""
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.saved = [(b, b.detach().clone()) for b in power_iteration_buffers(model)]
-        known = {id(b) for b, _ in self.saved}
-        self.versions = [(module, key, b, b._version) for module in model.modules()
-                         for key, b in module._buffers.items() if b is not None and id(b) not in known]
+        self.saved: list[tuple[Tensor, Tensor]] = []
+        self.versions: list[tuple[nn.Module, str, Tensor, int]] = []
+        for module in model.modules():
+            if not module._buffers:
+                continue
+            known = _power_iteration_keys(module)
+            for key, b in module._buffers.items():
+                if b is None:
+                    continue
+                if key in known:
+                    self.saved.append((b, b.detach().clone()))
+                else:
+                    self.versions.append((module, key, b, b._version))
 
     def restore(self) -> list[str]:
         """Write the saved vectors back; the names of the other buffers round 1 changed (usually none)."""
