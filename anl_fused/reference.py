@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .insert import anl_layers
 from .layer import ANL2d, attached, step_scope
 
-__all__ = ["two_round_step"]
+__all__ = ["eta", "std", "two_round_step"]
 
 
 class _ZeroLeaf:
@@ -70,8 +70,8 @@ def _draw(layers: list[ANL2d], hs: list[Tensor], generator: torch.Generator) -> 
     return out
 
 
-def _std(h: Tensor) -> float:
-    """Eq. 5's ``s(h)``: standard deviation of all elements, correction 1; 0 for one element."""
+def std(h: Tensor) -> float:
+    """Eq. 5's ``s(h)``: standard deviation of all elements, correction 1, in float64; 0 for one element."""
     values = h.detach().double().flatten()
     if values.numel() == 1:
         return 0.0
@@ -79,29 +79,37 @@ def _std(h: Tensor) -> float:
     return math.sqrt(float(((values - mean) ** 2).sum()) / (values.numel() - 1))
 
 
-def _eta(layer: ANL2d, h: Tensor, g: Tensor, z: Tensor | None) -> Tensor:
-    """Eq. 2 and 5 (Eq. 4 without ``s``, Eq. 8 for the sign form), sample by sample in float64."""
-    eps = layer.eps
-    s = _std(h) if layer.scale_by_std else 1.0
-    if layer.noise == "gaussian":
-        return (s * abs(eps) / 4 * z.double()).to(h.dtype)
+def eta(h: Tensor, g: Tensor | None, z: Tensor | None, eps: float, *, noise: str = "adversarial",
+        scale_by_std: bool = True, sign: bool = False, norm: str = "sample") -> Tensor:
+    """One layer's noise, Eq. 2 and 5 (Eq. 4 without ``s``, Eq. 8 for the sign form), sample by sample with
+    Python floats; float64, on the CPU. ``g``: round 1's gradient (unused for Gaussian noise); ``z``: the
+    layer's draws (``[B]``, or ``h``'s shape for Gaussian noise, ``None`` for the sign form)."""
+    s = std(h) if scale_by_std else 1.0
+    if noise == "gaussian":
+        return s * abs(eps) / 4 * z.detach().double().cpu()
     finite = [bool(torch.isfinite(g[b]).all()) for b in range(h.shape[0])]
     norms = [float(g[b].double().abs().max()) if finite[b] else math.nan for b in range(h.shape[0])]
     layer_norm = max([n for n, ok in zip(norms, finite) if ok], default=0.0)  # Algorithm 1: one norm per layer
-    eta = torch.zeros(h.shape, dtype=torch.float64)
+    out = torch.zeros(h.shape, dtype=torch.float64)
     for b in range(h.shape[0]):
-        gb = g[b].double().cpu()
+        gb = g[b].detach().double().cpu()
         if not finite[b]:
             continue  # non-finite gradient: no noise for this sample
-        if layer.sign:
-            eta[b] = eps * torch.sign(gb)
+        if sign:
+            out[b] = eps * torch.sign(gb)
             continue
-        norm = layer_norm if layer.norm == "layer" else norms[b]
-        if norm == 0.0:
+        n = layer_norm if norm == "layer" else norms[b]
+        if n == 0.0:
             continue
         r = min(max(eps / 2 + abs(eps) / 4 * float(z[b]), min(0.0, eps)), max(0.0, eps))
-        eta[b] = r * s * gb / norm
-    return eta.to(device=h.device, dtype=h.dtype)
+        out[b] = r * s * gb / n
+    return out
+
+
+def _eta(layer: ANL2d, h: Tensor, g: Tensor, z: Tensor | None) -> Tensor:
+    e = eta(h, g, z, layer.eps, noise=layer.noise, scale_by_std=layer.scale_by_std, sign=layer.sign,
+            norm=layer.norm)
+    return e.to(device=h.device, dtype=h.dtype)
 
 
 def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
