@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .auto_eps import auto_eps
 from .layer import ANL2d, check_eps
 
 __all__ = ["anl_layers", "insert_anl", "restore_hooks", "set_anl_enabled", "strip_anl"]
@@ -38,7 +39,7 @@ def anl_layers(model: nn.Module) -> list[ANL2d]:
     return ([inp] if isinstance(inp, ANL2d) else []) + rest
 
 
-def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_sign: bool = False,
+def insert_anl(model: nn.Module, eps: float | str, *, input_eps: float = 0.0, input_sign: bool = False,
                after: str = "batchnorm", noise: str = "adversarial", scale_by_std: bool = True) -> nn.Module:
     """Add ANL after every ``BatchNorm2d`` or ``SyncBatchNorm`` (``after="conv"``: every ``Conv2d``) and, with
     ``input_eps != 0`` or ``input_sign``, on the model's input. Never after ``Linear``.
@@ -47,7 +48,10 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
     ``state_dict`` loads with ``strict=True`` into the plain model and back.
 
     Args:
-        eps: noise magnitude of the hidden layers (Table 2 of the paper lists one per model).
+        eps: noise magnitude of the hidden layers (Table 2 of the paper lists one per model), or
+            ``"auto"``: :func:`anl_fused.auto_eps` of the model's trainable parameter count, a rule
+            fitted to Table 2 (logged to the ``anl_fused`` logger; read it back as
+            ``anl_layers(model)[-1].eps``).
         input_eps: noise magnitude on the input image (Table 3); 0 adds no input layer.
         input_sign: input noise ``input_eps * sign(g)`` (Eq. 8, adversarial training).
         after: ``"batchnorm"`` (the paper's placement) or ``"conv"`` (for models without BN).
@@ -57,7 +61,6 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if after not in _PLACES:
         raise ValueError(f"after must be one of {tuple(_PLACES)}, got {after!r}")
-    eps = check_eps(eps)
     input_eps = check_eps(input_eps, "input_eps")
     if anl_layers(model):
         raise ValueError("model already has ANL layers; call strip_anl(model) first")
@@ -65,6 +68,11 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
     if not targets:
         raise ValueError(f"model has no {_PLACES[after][0].__name__} to put ANL after (after={after!r}); "
                          f"try after={'conv' if after == 'batchnorm' else 'batchnorm'!r}")
+    if isinstance(eps, str) and eps == "auto":
+        eps = auto_eps(model)
+    elif isinstance(eps, str):
+        raise ValueError(f"eps must be a number or 'auto', got {eps!r}")
+    eps = check_eps(eps)
     for target in targets:
         if hasattr(target, _CHILD):
             raise ValueError(f"{type(target).__name__} already has an attribute {_CHILD!r}")

@@ -57,11 +57,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed, rng
+from ..auto_eps import auto_eps
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import launch
 from .files import atomic_write, resolve_device
-from .models import MODELS, build, get_spec
+from .models import MODELS, build, count_params, get_spec
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
@@ -82,7 +83,7 @@ class TrainConfig:
     data_dir: str = "./data"
     download: bool = False
     variant: str = "anl"
-    eps: float | None = None  # None: the paper's eps for the model (Table 2)
+    eps: float | str | None = None  # None: the paper's eps for the model (Table 2); "auto": anl_fused.auto_eps
     input_eps: float = 0.0
     input_sign: bool = False
     scale_by_std: bool = True
@@ -129,7 +130,10 @@ class TrainConfig:
         if c.variant in ("plain", "dropout"):
             c.eps, c.input_eps, c.input_sign = 0.0, 0.0, False
         else:
-            eps = MODELS[c.model].eps if c.eps is None else float(c.eps)
+            if c.eps is None:
+                eps = MODELS[c.model].eps
+            else:
+                eps = auto_eps_of(c)[1] if c.eps == "auto" else float(c.eps)
             if not math.isfinite(eps):
                 raise ValueError(f"eps must be finite, got {eps}")
             c.eps = -abs(eps) if c.variant == "opposite" else eps
@@ -139,6 +143,17 @@ class TrainConfig:
             else:
                 c.input_eps, c.input_sign = 0.0, False
         return c
+
+
+def auto_eps_of(cfg: TrainConfig) -> tuple[int, float]:
+    """``(trainable parameters, eps="auto")`` of the config's model for its dataset (counted on the
+    meta device: no memory, no initialization)."""
+    info = data_mod.DATASETS[data_mod.canonical_name(cfg.dataset)]
+    with torch.device("meta"):
+        model = build(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                      dropout=cfg.variant == "dropout")
+    n = count_params(model)
+    return n, auto_eps(n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,7 +580,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     p.add_argument("--val-size", type=int, default=None, help="training images held out for validation")
     p.add_argument("--variant", default="anl", choices=VARIANTS, help="what to train (default anl)")
-    p.add_argument("--eps", type=float, default=None, help="ANL eps (default: the paper's eps for the model)")
+    p.add_argument("--eps", type=_eps_arg, default=None,
+                   help="ANL eps, or 'auto': a rule fitted to the paper's Table 2 from the model's trainable "
+                        "parameters (anl_fused.auto_eps); default: the paper's eps for the model")
     p.add_argument("--input-eps", type=float, default=0.0, help="input ANL eps (variant input)")
     p.add_argument("--input-sign", action="store_true", help="input noise eps*sign(g) (Eq. 8, variant input)")
     p.add_argument("--no-scale-by-std", dest="scale_by_std", action="store_false", help="paper Eq. 4 instead of 5")
@@ -605,6 +622,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
+def _eps_arg(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', got {text!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -618,6 +644,12 @@ def run(args: argparse.Namespace) -> int:
         started = launch.init_from_env(args.device)
         rank = dist.get_rank() if started else 0
         cfg = config_from_args(args)
+        if cfg.eps == "auto" and cfg.variant not in ("plain", "dropout"):
+            n, _ = auto_eps_of(cfg)
+            cfg = cfg.resolved()
+            if rank == 0:
+                print(f"eps=auto: {n / 1e6:.3g}M trainable parameters -> eps={cfg.eps:g} "
+                      "(a rule fitted to the paper's Table 2; see anl_fused.auto_eps)", flush=True)
         result = fit(cfg, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
                      stop_after_steps=args.stop_after_steps, progress=not args.no_progress)
         if started:
