@@ -5,11 +5,21 @@
 ``nn.Sequential`` index shifts. Input ANL is a child ``anl_input`` of the model, applied by a forward
 pre-hook to the model's first argument (an ``nn.Sequential`` model gets it as its first child
 instead, under a new key, so the other keys do not change). ANL layers hold no parameters or buffers.
+
+Norms fused with their activation (timm's ``BatchNormAct2d`` and ``SyncBatchNormAct``: a
+``BatchNorm2d`` subclass whose ``forward`` normalizes and then runs its children ``drop`` and
+``act``) get their ANL between the norm and the activation, where the paper puts it (BN, ANL,
+ReLU; Figure 1, and ``CONV-ANL-RELU`` for LeNet): it is applied by a forward pre-hook on the
+module's ``drop`` child. A hook after the whole module would add the noise after the activation,
+where ``std(h)`` and ``dJ/dh`` are those of a different tensor (for ReLU: half zeros). Every other
+model (torchvision, the zoo, timm's ``resnet18``) has ``BatchNorm2d`` and activation as separate
+modules, and the hook after the norm is already in that place.
 """
 
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from .auto_eps import auto_eps
 from .layer import ANL2d, check_eps
@@ -29,6 +39,69 @@ def _apply_input_anl(module: nn.Module, args):
     return (getattr(module, _INPUT_CHILD)(args[0]),) + tuple(args[1:])
 
 
+class _BeforeAct:
+    """Forward pre-hook on a fused norm-activation module's ``drop`` child: applies the module's ANL
+    layer to the normalized ``h``, before ``drop`` and ``act`` (a class, not a closure, so that
+    models with ANL still pickle and ``deepcopy``)."""
+
+    def __init__(self, layer: ANL2d):
+        self.layer = layer
+
+    def __call__(self, module: nn.Module, args):
+        return (self.layer(args[0]),) + tuple(args[1:])
+
+
+def _fused_act_entry(module: nn.Module) -> nn.Module | None:
+    """The ``drop`` child of a norm fused with its activation (timm's ``*NormAct*``: ``forward``
+    normalizes, then calls ``self.drop`` and ``self.act``); ``None`` for any other module."""
+    drop, act = getattr(module, "drop", None), getattr(module, "act", None)
+    return drop if isinstance(drop, nn.Module) and isinstance(act, nn.Module) else None
+
+
+def _before_act_hooks(module: nn.Module) -> list:
+    return [k for k, fn in module._forward_pre_hooks.items() if isinstance(fn, _BeforeAct)]
+
+
+def _hook(target: nn.Module) -> None:
+    """Apply ``target``'s ANL child after ``target``, or between norm and activation if fused."""
+    layer = getattr(target, _CHILD)
+    entry = _fused_act_entry(target)
+    if entry is None:
+        target.register_forward_hook(_apply_child_anl)
+        return
+    if _before_act_hooks(entry):
+        raise ValueError(f"the 'drop' child of {type(target).__name__} already applies an ANL layer "
+                         "(is it shared by several norm layers?)")
+    entry.register_forward_pre_hook(_BeforeAct(layer))
+
+
+def _is_hooked(target: nn.Module) -> bool:
+    layer = getattr(target, _CHILD, None)
+    entry = _fused_act_entry(target)
+    if entry is None:
+        return _apply_child_anl in target._forward_hooks.values()
+    return any(fn.layer is layer for fn in entry._forward_pre_hooks.values() if isinstance(fn, _BeforeAct))
+
+
+_NORMS = tuple(t for t in (_NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.LocalResponseNorm)
+               if t is not None)
+
+
+def _nothing_to_hook(model: nn.Module, after: str) -> str:
+    """The one error message for a model without a module of ``after``'s kind: what to pass instead."""
+    other = "conv" if after == "batchnorm" else "batchnorm"
+    kinds = " or ".join(t.__name__ for t in _PLACES[after])
+    msg = f"{type(model).__name__} has no {kinds} to put ANL after (after={after!r})"
+    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _NORMS)})
+    if norms:
+        msg += f"; its norms are {', '.join(norms)}, and the paper defines ANL after BatchNorm or conv only"
+    n_other = sum(isinstance(m, _PLACES[other]) for m in model.modules())
+    if n_other:
+        return msg + f". Pass after={other!r} to put ANL after each of its {n_other} {_PLACES[other][0].__name__}"
+    return msg + (f" and no {' or '.join(t.__name__ for t in _PLACES[other])} either. ANL needs 4-D (N, C, H, W) "
+                  "activations: put anl_fused.ANL2d(eps) modules into the model by hand where the noise should go")
+
+
 def anl_layers(model: nn.Module) -> list[ANL2d]:
     """Every ANL layer of ``model``: the input layer first, then the others in module order.
 
@@ -42,7 +115,8 @@ def anl_layers(model: nn.Module) -> list[ANL2d]:
 def insert_anl(model: nn.Module, eps: float | str, *, input_eps: float = 0.0, input_sign: bool = False,
                after: str = "batchnorm", noise: str = "adversarial", scale_by_std: bool = True) -> nn.Module:
     """Add ANL after every ``BatchNorm2d`` or ``SyncBatchNorm`` (``after="conv"``: every ``Conv2d``) and, with
-    ``input_eps != 0`` or ``input_sign``, on the model's input. Never after ``Linear``.
+    ``input_eps != 0`` or ``input_sign``, on the model's input. Never after ``Linear``. A norm fused with
+    its activation (timm's ``BatchNormAct2d``) gets its ANL between norm and activation.
 
     Returns ``model`` (changed in place). Its parameters and buffers keep their names, so a
     ``state_dict`` loads with ``strict=True`` into the plain model and back.
@@ -66,8 +140,7 @@ def insert_anl(model: nn.Module, eps: float | str, *, input_eps: float = 0.0, in
         raise ValueError("model already has ANL layers; call strip_anl(model) first")
     targets = [m for m in model.modules() if isinstance(m, _PLACES[after])]
     if not targets:
-        raise ValueError(f"model has no {_PLACES[after][0].__name__} to put ANL after (after={after!r}); "
-                         f"try after={'conv' if after == 'batchnorm' else 'batchnorm'!r}")
+        raise ValueError(_nothing_to_hook(model, after))
     if isinstance(eps, str) and eps == "auto":
         eps = auto_eps(model)
     elif isinstance(eps, str):
@@ -77,7 +150,7 @@ def insert_anl(model: nn.Module, eps: float | str, *, input_eps: float = 0.0, in
         if hasattr(target, _CHILD):
             raise ValueError(f"{type(target).__name__} already has an attribute {_CHILD!r}")
         target.add_module(_CHILD, ANL2d(eps, noise=noise, scale_by_std=scale_by_std))
-        target.register_forward_hook(_apply_child_anl)
+        _hook(target)
     if input_eps != 0.0 or input_sign:
         layer = ANL2d(input_eps, sign=input_sign)
         if isinstance(model, nn.Sequential):  # a Sequential runs its children in order: put it first
@@ -91,6 +164,12 @@ def insert_anl(model: nn.Module, eps: float | str, *, input_eps: float = 0.0, in
 def strip_anl(model: nn.Module) -> nn.Module:
     """Remove every ANL layer: the hooked ones of ``insert_anl`` and any ``ANL2d`` placed by hand
     (replaced by ``nn.Identity`` so that ``nn.Sequential`` indices stay). Returns ``model``."""
+    layers = set(anl_layers(model))
+    before_act = set()
+    for module in model.modules():
+        for k in _before_act_hooks(module):
+            if module._forward_pre_hooks[k].layer in layers:
+                before_act.add(module._forward_pre_hooks.pop(k).layer)
     for module in list(model.modules()):
         for name, child in list(module._modules.items()):
             if not isinstance(child, ANL2d):
@@ -100,6 +179,7 @@ def strip_anl(model: nn.Module) -> nn.Module:
             hooked = [k for k, fn in hooks.items() if fn is hook]
             for k in hooked:
                 del hooks[k]
+            hooked = hooked or (name == _CHILD and child in before_act)
             if hooked or name == _INPUT_CHILD:
                 del module._modules[name]
             else:
@@ -110,10 +190,14 @@ def strip_anl(model: nn.Module) -> nn.Module:
 def restore_hooks(model: nn.Module) -> nn.Module:
     """Re-register the forward hook that applies each ``insert_anl`` layer where a module still holds
     its ANL child but lost the hook (module converters such as ``SyncBatchNorm.convert_sync_batchnorm``
-    copy children, not hooks). Returns ``model``."""
+    or timm's ``convert_sync_batchnorm`` copy children, not hooks). Returns ``model``."""
     for module in model.modules():
-        if isinstance(getattr(module, _CHILD, None), ANL2d) and _apply_child_anl not in module._forward_hooks.values():
-            module.register_forward_hook(_apply_child_anl)
+        if isinstance(getattr(module, _CHILD, None), ANL2d) and not _is_hooked(module):
+            entry = _fused_act_entry(module)
+            if entry is not None:  # a stale hook of another (replaced) ANL layer
+                for k in _before_act_hooks(entry):
+                    del entry._forward_pre_hooks[k]
+            _hook(module)
     return model
 
 
