@@ -5,8 +5,8 @@
     loss = engine.step(lambda: F.cross_entropy(model(x), y))   # both rounds + backward
 """
 
-from .auto_eps import auto_eps
 from .engine import TwoRound
+from .eps_rule import auto_eps
 from .functional import anl2d
 from .insert import anl_layers, insert_anl, set_anl_enabled, strip_anl
 from .layer import ANL2d

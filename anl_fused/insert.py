@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .auto_eps import auto_eps
+from .eps_rule import auto_eps
 from .layer import ANL2d, check_eps
 
 __all__ = ["anl_layers", "insert_anl", "restore_hooks", "set_anl_enabled", "strip_anl"]

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed, rng
-from ..auto_eps import auto_eps
+from ..eps_rule import auto_eps
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import launch

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from ...auto_eps import PARAM_RANGE, auto_eps
+from ...eps_rule import PARAM_RANGE, auto_eps
 from . import MODELS, build, count_params
 
 

@@ -1,4 +1,4 @@
-"""``eps="auto"``: the paper's choice of eps from the number of trainable parameters (Table 2).
+"""``eps="auto"`` (:func:`auto_eps`): the paper's choice of eps from the number of trainable parameters (Table 2).
 
 Table 2 of the paper lists one eps per network, "based on the amount of parameters of the network"
 (CIFAR-10 / CIFAR-100, ANL after every BatchNorm). Its ten points are in :data:`TABLE2`. The rule is

@@ -11,8 +11,8 @@ from torch import nn
 
 import anl_fused
 from anl_fused import auto_eps, insert_anl
-from anl_fused.auto_eps import COEFFICIENT, EXPONENT, PARAM_RANGE, TABLE2
 from anl_fused.cli import main
+from anl_fused.eps_rule import COEFFICIENT, EXPONENT, PARAM_RANGE, TABLE2
 
 from ._nets import small_vgg
 
