@@ -1,5 +1,5 @@
 """Mixed precision: round 1's loss scaling (``TwoRound(probe_loss_scale=...)``), float16 autocast
-noise against float32, and GradScaler."""
+noise against float32, GradScaler, and the README's AMP block."""
 
 import copy
 
@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 import anl_fused
 from anl_fused import ops
+from anl_fused.reference import two_round_step
 
+from . import _readme
 from ._nets import small_vgg
 
 B = 32
@@ -52,15 +54,17 @@ def noise_of(etas, model, x, y, *, amp: bool, weight: float = 1.0, **engine_kwar
 
 
 def assert_same_directions(got, ref):
-    """Per sample: the float16 noise points where the float32 one does (cosine >= 0.99) and has its size.
+    """Per sample: the float16 noise points where the float32 one does (cosine >= 0.98, mean >= 0.995;
+    measured over 6 seeds: min 0.991, means 0.999 to 0.9999) and has its size.
 
     Not elementwise: float16 flips a few ReLU masks and max-pool choices near ties, which moves single
-    elements of the gradient by up to its maximum; the mean elementwise difference is about 1e-3."""
+    elements of the gradient by up to its maximum; the mean elementwise difference is about 1e-3.
+    Round-1 gradients that partly underflow give cosines near 0.92, fully underflowed ones 0."""
     for layer, (a, b) in enumerate(zip(got, ref)):
         on = b.norm(dim=1) > 0  # r_b can be clipped to 0: no noise in either
         assert on.sum() >= B // 2
         cos = F.cosine_similarity(a[on], b[on], dim=1)
-        assert cos.min() >= 0.99, f"layer {layer}: cosine {cos.min().item():.4f}"
+        assert cos.min() >= 0.98 and cos.mean() >= 0.995, f"layer {layer}: cosines {cos.min():.4f}, {cos.mean():.4f}"
         size = a[on].abs().amax(1) / b[on].abs().amax(1)  # r_b * std(h): std of the float16 h
         torch.testing.assert_close(size, torch.ones_like(size), rtol=0, atol=2e-2)
 
@@ -116,3 +120,41 @@ def test_probe_loss_scale_is_checked(bad, error, match):
     with pytest.raises(error, match=match):
         anl_fused.TwoRound(small_vgg(), probe_loss_scale=bad)
 
+
+def test_readme_amp_block_trains_as_the_oracle(monkeypatch):
+    """The README's AMP loop, replayed with the reference oracle in place of TwoRound (round 1
+    unscaled: this batch's gradients do not underflow), ends at the same weights within float16
+    rounding; without ANL it ends elsewhere."""
+    made = []
+
+    class Recording(anl_fused.TwoRound):
+        def __init__(self, model, *args, **kwargs):
+            made.append((copy.deepcopy(model), self, kwargs))
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(anl_fused, "TwoRound", Recording)
+    ns = _readme.run("AMP: autocast + GradScaler")
+    (before, engine, kwargs), = made
+    assert isinstance(kwargs["probe_loss_scale"], torch.amp.GradScaler) and int(engine.zero_samples) == 0
+    x, y, device = ns["x"], ns["y"], ns["device"]
+
+    def replay(anl: bool):
+        net = anl_fused.set_anl_enabled(copy.deepcopy(before), anl)
+        generator = torch.Generator(device).manual_seed(0)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler(device)
+        for _ in range(3):
+            optimizer.zero_grad()
+            with torch.autocast(device, dtype=torch.float16):
+                loss = two_round_step(net, lambda: F.cross_entropy(net(x), y), generator, backward=False)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return net
+
+    trained = ns["model"]
+    oracle, plain = replay(True), replay(False)
+    moved = max((a - b).abs().max().item() for a, b in zip(trained.parameters(), before.parameters()))
+    for (name, a), b in zip(trained.named_parameters(), oracle.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3 * moved, msg=lambda m, name=name: f"{name}: {m}")
+    assert max((a - b).abs().max().item() for a, b in zip(trained.parameters(), plain.parameters())) > 3e-2 * moved

@@ -1,6 +1,6 @@
 """insert_anl on timm models: ANL between a fused norm and its activation (BatchNormAct2d), the
 two-round step against the oracle, hooks through deepcopy / pickling / SyncBatchNorm conversion,
-and the error for models without BatchNorm."""
+the error for models without BatchNorm, and the README's timm block."""
 
 import copy
 import io
@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import anl_fused
 from anl_fused import ANL2d, TwoRound, anl_layers, insert_anl, strip_anl
 from anl_fused.insert import restore_hooks
 from anl_fused.reference import two_round_step
 
+from . import _readme
 from ._nets import assert_grads_close
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install -e '.[test]')")
@@ -115,3 +117,13 @@ def test_models_without_batchnorm_get_one_error_that_says_what_to_pass():
     with pytest.raises(ValueError, match=r"has no Conv2d .*Pass after='batchnorm'"):
         insert_anl(nn.Sequential(nn.BatchNorm2d(3)), 0.05, after="conv")
 
+
+def test_readme_timm_block(capsys):
+    ns = _readme.run("timm")
+    model = ns["model"]
+    eps = anl_fused.auto_eps(model)
+    assert eps == 0.024 and {layer.eps for layer in anl_layers(model)} == {eps}
+    assert isinstance(model.bn1, BatchNormAct2d) and model.bn1.anl in anl_layers(model)
+    out = capsys.readouterr().out
+    assert "(anl): ANL2d(eps=0.024)" in out and "Pass after='conv'" in out
+    assert all(p.grad is not None for p in model.parameters())
