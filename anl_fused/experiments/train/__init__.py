@@ -1,7 +1,8 @@
 """``anl-fused train``: the paper's training protocol (sec. 4.2.1) with exact resume.
 
-Protocol: SGD (momentum 0.9, weight decay 5e-4), learning rate 0.1 halved by
-``ReduceLROnPlateau(factor=0.5, patience=5)`` on the validation loss, floor 1e-3. Phase 1 runs
+Protocol: SGD (momentum 0.9, weight decay 5e-4), learning rate 0.1 halved when the last 5 epochs
+found no new best validation loss, each rate kept at least 5 epochs, floor 1e-3
+(:class:`~.schedule.PlateauSchedule` documents the reading of sec. 4.2.1). Phase 1 runs
 ``--epochs`` epochs with the variant's noise on; phase 2 runs ``--finetune-epochs`` more with ANL
 disabled (``set_anl_enabled(model, False)``) at the floor learning rate. For the variants without
 noise (plain, dropout) phase 2 just continues the schedule, as the paper's baseline did (it trained

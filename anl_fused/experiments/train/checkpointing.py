@@ -47,7 +47,7 @@ def read(path: str, world: int) -> dict[str, Any] | None:
     if world == 1 or dist.get_rank() == 0:
         try:
             if os.path.exists(path):
-                found = ("ok", ckpt.load(path, map_location="cpu", required=REQUIRED))
+                found = ("ok", ckpt.load(path, map_location="cpu", required=REQUIRED, versions=(ckpt.VERSION,)))
         except ckpt.CheckpointError as e:
             found = ("error", str(e))
     if world > 1:

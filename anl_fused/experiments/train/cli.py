@@ -42,10 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--lr-factor", type=float, default=0.5, help="ReduceLROnPlateau factor (0.5)")
-    p.add_argument("--patience", type=int, default=5, help="ReduceLROnPlateau patience in epochs (5)")
-    p.add_argument("--cooldown", type=int, default=0, help="ReduceLROnPlateau cooldown in epochs (0)")
-    p.add_argument("--min-lr", type=float, default=1e-3, help="learning-rate floor (1e-3)")
+    p.add_argument("--lr-factor", type=float, default=0.5,
+                   help="multiply the learning rate by this on a validation plateau (0.5, sec. 4.2.1)")
+    p.add_argument("--patience", type=int, default=5,
+                   help="a plateau: this many epochs without a new best validation loss (5)")
+    p.add_argument("--hold-epochs", type=int, default=5, help="each learning rate stays at least this many epochs (5)")
+    p.add_argument("--min-lr", type=float, default=1e-3, help="learning-rate floor and fine-tuning rate (1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

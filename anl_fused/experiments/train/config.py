@@ -18,7 +18,7 @@ NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
 
 # config fields that must match when resuming (others, such as epochs or device, may change)
 IDENTITY = ("model", "dataset", "variant", "eps", "input_eps", "input_sign", "scale_by_std", "batch_size",
-            "lr", "momentum", "weight_decay", "lr_factor", "patience", "cooldown", "min_lr", "val_size", "seed",
+            "lr", "momentum", "weight_decay", "lr_factor", "patience", "hold_epochs", "min_lr", "val_size", "seed",
             "drop_last")
 
 
@@ -41,10 +41,10 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_factor: float = 0.5
-    patience: int = 5
-    cooldown: int = 0
-    min_lr: float = 1e-3
+    lr_factor: float = 0.5  # the schedule (sec. 4.2.1, schedule.PlateauSchedule): halve the rate
+    patience: int = 5  # ... when none of the last `patience` epochs found a new best validation loss
+    hold_epochs: int = 5  # ... and the rate has been used for at least `hold_epochs` epochs
+    min_lr: float = 1e-3  # ... down to this floor (also the fine-tuning rate)
     val_size: int | None = None
     seed: int = 0
     device: str = "auto"

@@ -109,8 +109,7 @@ class _Loop:
         if self.parts.noisy:
             set_anl_enabled(self.parts.model, in_anl_phase)
         if not in_anl_phase and self.cfg.finetune_lr == "floor":
-            for g in self.parts.optimizer.param_groups:
-                g["lr"] = self.cfg.min_lr
+            self.parts.scheduler.to_floor()
         self.parts.model.train()
         return in_anl_phase
 
