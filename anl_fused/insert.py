@@ -182,8 +182,8 @@ def strip_anl(model: nn.Module) -> nn.Module:
             hooked = [k for k, fn in hooks.items() if fn is hook]
             for k in hooked:
                 del hooks[k]
-            hooked = hooked or (name == _CHILD and child in before_act)
-            if hooked or name == _INPUT_CHILD:
+            applied_by_insert = bool(hooked) or (name == _CHILD and child in before_act)
+            if applied_by_insert or name == _INPUT_CHILD:
                 del module._modules[name]
             else:
                 module._modules[name] = nn.Identity()
