@@ -51,7 +51,7 @@ class _BeforeAct:
         return (self.layer(args[0]),) + tuple(args[1:])
 
 
-def _fused_act_entry(module: nn.Module) -> nn.Module | None:
+def fused_act_entry(module: nn.Module) -> nn.Module | None:
     """The ``drop`` child of a norm fused with its activation (timm's ``*NormAct*``: ``forward``
     normalizes, then calls ``self.drop`` and ``self.act``); ``None`` for any other module."""
     drop, act = getattr(module, "drop", None), getattr(module, "act", None)
@@ -65,7 +65,7 @@ def _before_act_hooks(module: nn.Module) -> list:
 def _hook(target: nn.Module) -> None:
     """Apply ``target``'s ANL child after ``target``, or between norm and activation if fused."""
     layer = getattr(target, _CHILD)
-    entry = _fused_act_entry(target)
+    entry = fused_act_entry(target)
     if entry is None:
         target.register_forward_hook(_apply_child_anl)
         return
@@ -77,7 +77,7 @@ def _hook(target: nn.Module) -> None:
 
 def _is_hooked(target: nn.Module) -> bool:
     layer = getattr(target, _CHILD, None)
-    entry = _fused_act_entry(target)
+    entry = fused_act_entry(target)
     if entry is None:
         return _apply_child_anl in target._forward_hooks.values()
     return any(fn.layer is layer for fn in entry._forward_pre_hooks.values() if isinstance(fn, _BeforeAct))
@@ -196,7 +196,7 @@ def restore_hooks(model: nn.Module) -> nn.Module:
     or timm's ``convert_sync_batchnorm`` copy children, not hooks). Returns ``model``."""
     for module in model.modules():
         if isinstance(getattr(module, _CHILD, None), ANL2d) and not _is_hooked(module):
-            entry = _fused_act_entry(module)
+            entry = fused_act_entry(module)
             if entry is not None:  # a stale hook of another (replaced) ANL layer
                 for k in _before_act_hooks(entry):
                     del entry._forward_pre_hooks[k]

@@ -97,6 +97,8 @@ def test_copies_strip_and_sync_batchnorm_conversion_keep_one_hook_per_layer():
         assert list(calls(m).values()) == [1] * n
     converted = restore_hooks(timm.layers.convert_sync_batchnorm(copy.deepcopy(model)))
     assert list(calls(converted).values()) == [1] * n
+    with pytest.raises(ValueError, match=r"BatchNormAct2d.*timm.layers.convert_sync_batchnorm"):
+        anl_fused.distributed.convert_sync_batchnorm(copy.deepcopy(model))  # torch's would drop the act
     resnet = insert_anl(build("resnet18"), eps=0.05)
     converted = timm.layers.convert_sync_batchnorm(resnet)  # plain BatchNorm2d: the hooks are lost ...
     assert sum(calls(converted).values()) == 0
