@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -144,17 +145,17 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
     ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
     also measured as the peak allocated memory of one step each way."""
     torch.manual_seed(0)
-    model = insert_anl(build(name), 0.05).to(device).eval()  # eval: same shapes, no training-mode warning
+    model = insert_anl(build(name), 0.05).to(device)
     numels = []
-    hooks = [layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
-             for layer in anl_layers(model)]
+    counter = copy.deepcopy(model)  # a training-mode forward (active layers are called) that changes no statistics
+    for layer in anl_layers(counter):
+        layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    model.train()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
+        counter(x)
+    del counter
     report = {"model": name, "batch": batch, "anl_layers": len(numels),
               "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)}}
     if device.type == "cuda":

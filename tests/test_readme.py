@@ -3,7 +3,10 @@
 Blocks are found when the tests are collected, so a new block is tested without touching this file. A block
 that cannot run here (it needs a GPU, torchrun, a dataset) is marked with an HTML comment on the line right
 before its fence, ``<!-- not-run: needs torchrun -->``; it is reported as skipped with that reason
-(``pytest -ra`` lists it). Bash blocks are not executed.
+(``pytest -ra`` lists it). A block that a dedicated test already runs and checks (``_readme.run("<title>")``
+somewhere under tests/, for a block whose first line is ``# <title>``) is not run twice: it is reported as
+skipped, naming that test file. Bash blocks are not executed. The blocks must not trigger anl_fused's own
+warnings (a step without noise, a layer outside a step, a buffer written twice).
 """
 
 from __future__ import annotations
@@ -53,6 +56,22 @@ def stray_markers(text: str) -> list[int]:
 
 
 BLOCKS = blocks(README.read_text(encoding="utf-8"))
+OUR_WARNINGS = ("TwoRound.step:", "ANL2d in training mode outside", "round 1 of the two-round step")
+
+
+def dedicated_tests() -> dict[str, str]:
+    """``{block title: test file}`` for the blocks that tests run through ``_readme.run("<title>")``."""
+    tests = Path(__file__).resolve().parent
+    found = {}
+    for path in sorted(tests.rglob("*.py")):
+        for title in re.findall(r"_readme\.run\(\s*[\"']([^\"']+)[\"']", path.read_text(encoding="utf-8")):
+            found.setdefault(title, str(path.relative_to(tests.parent)))
+    return found
+
+
+def title(block: Block) -> str | None:
+    first = block.code.splitlines()[0].strip() if block.code.strip() else ""
+    return first[1:].strip() if first.startswith("#") else None
 
 
 def test_readme_has_python_blocks_and_every_marker_is_used():
@@ -66,11 +85,16 @@ def test_readme_has_python_blocks_and_every_marker_is_used():
 def test_readme_python_block_runs(block, tmp_path, monkeypatch):
     if block.not_run:
         pytest.skip(f"README.md:{block.line}: not-run: {block.not_run}")
+    dedicated = dedicated_tests().get(title(block))
+    if dedicated:
+        pytest.skip(f"README.md:{block.line} ({title(block)!r}) is run and checked by {dedicated}")
     monkeypatch.chdir(tmp_path)  # whatever a block writes stays out of the checkout
     namespace = {"__name__": "__readme__"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the README's code should not warn either
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         exec(compile(block.code, f"README.md:{block.line}", "exec"), namespace)
+    ours = [str(w.message) for w in caught if str(w.message).startswith(OUR_WARNINGS)]
+    assert ours == [], f"README.md:{block.line} triggers anl_fused warnings: {ours}"
 
 
 def test_block_parser():
@@ -84,5 +108,7 @@ def test_block_parser():
     assert blocks(text) == [Block(4, "a = 1\n", None), Block(8, "b = 2\n", "needs torchrun"),
                             Block(13, "c = 3\n", None)]
     assert stray_markers(text) == [11]
+    assert title(Block(1, "# Lightning: automatic\nimport x\n", None)) == "Lightning: automatic"
+    assert "Lightning: automatic and manual optimization" in dedicated_tests()
     with pytest.raises(ValueError, match="never closed"):
         blocks("```python\nx = 1\n")
