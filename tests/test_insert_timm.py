@@ -137,3 +137,13 @@ def test_readme_timm_block(capsys):
     out = capsys.readouterr().out
     assert "(anl): ANL2d(eps=0.024)" in out and "Pass after='conv'" in out
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_inactive_layers_between_norm_and_activation_do_no_hook_work(monkeypatch):
+    model = insert_anl(build("efficientnet_b0"), eps=0.05)
+    calls = []
+    monkeypatch.setattr(ANL2d, "forward", lambda self, h: calls.append(self) or h)
+    model.eval()(torch.randn(1, 3, 32, 32))
+    anl_fused.set_anl_enabled(model.train(), False)
+    model(torch.randn(2, 3, 32, 32))
+    assert calls == []
