@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anl_fused import TwoRound, anl_layers, insert_anl, reference
+from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
 from anl_fused.experiments.files import atomic_write, resolve_device
 from anl_fused.experiments.models import build
 
@@ -186,12 +187,13 @@ def format_table(results: list[dict]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], help="zoo names (anl-fused models)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=32, help="input height and width")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved timed samples per method")
-    parser.add_argument("--inner", type=int, default=None, help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
-    parser.add_argument("--eps", type=float, default=0.05)
+    parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved timed samples per method")
+    parser.add_argument("--inner", type=positive_int, default=None,
+                        help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
+    parser.add_argument("--eps", type=finite_float, default=0.05)
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="anl-fused bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="anl-fused bench", description=__doc__.split("\n\n")[0])
     configure(parser)
     return run(parser.parse_args(argv))
 

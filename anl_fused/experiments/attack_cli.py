@@ -31,6 +31,7 @@ from torch import nn
 from . import attacks
 from . import checkpoint as ckpt
 from . import data as data_mod
+from .cli_types import fraction, number, positive_int
 from .files import atomic_write
 from .train import TrainConfig, make_model
 
@@ -49,6 +50,9 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
+_step_size = number(float, low=0.0, high=1.0, low_open=True, name="step size")
+
+
 def _named(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
@@ -61,12 +65,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="checkpoints of anl-fused train, in table order")
     parser.add_argument("--dataset", default="digits", help="dataset of the test split (default digits)")
     parser.add_argument("--data-dir", default="./data")
-    parser.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
-    parser.add_argument("--fgsm-eps", type=float, default=attacks.PAPER_FGSM["eps"], help="default 16/255")
-    parser.add_argument("--ifgsm-eps", type=float, default=attacks.PAPER_IFGSM["eps"], help="default 16/255")
-    parser.add_argument("--ifgsm-alpha", type=float, default=attacks.PAPER_IFGSM["alpha"], help="default 1/255")
-    parser.add_argument("--ifgsm-steps", type=int, default=attacks.PAPER_IFGSM["steps"], help="default 16")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--limit", type=positive_int, default=None, help="attack only the first N test images")
+    parser.add_argument("--fgsm-eps", type=fraction, default=attacks.PAPER_FGSM["eps"],
+                        help="pixel units, images in [0, 1] (default 16/255)")
+    parser.add_argument("--ifgsm-eps", type=fraction, default=attacks.PAPER_IFGSM["eps"],
+                        help="pixel units (default 16/255)")
+    parser.add_argument("--ifgsm-alpha", type=_step_size, default=attacks.PAPER_IFGSM["alpha"],
+                        help="pixel units (default 1/255)")
+    parser.add_argument("--ifgsm-steps", type=positive_int, default=attacks.PAPER_IFGSM["steps"], help="default 16")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="./attack_out")
 

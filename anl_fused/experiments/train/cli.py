@@ -13,8 +13,9 @@ from ... import distributed
 from .. import checkpoint as ckpt
 from .. import data as data_mod
 from .. import launch
+from ..cli_types import nonneg_int, positive_int
 from ..models import MODELS
-from .config import VARIANTS, TrainConfig, config_from_dict
+from .config import VARIANTS, TrainConfig, arg_type, config_from_dict
 from .loop import fit
 
 __all__ = ["config_from_args", "configure", "run"]
@@ -22,33 +23,39 @@ __all__ = ["config_from_args", "configure", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     p = parser
-    p.add_argument("--model", default="vgg_tiny", help=f"zoo model ({', '.join(MODELS)}); default vgg_tiny")
+    p.add_argument("--model", default="vgg_tiny",
+                   help=f"zoo model ({', '.join(MODELS)}); default vgg_tiny")
     p.add_argument("--dataset", default="digits", help=f"{', '.join(data_mod.DATASETS)} (default digits, offline)")
     p.add_argument("--data-dir", default="./data", help="where the torchvision dataset files are (default ./data)")
     p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
-    p.add_argument("--val-size", type=int, default=None, help="training images held out for validation")
+    p.add_argument("--val-size", type=arg_type("val_size"), default=None,
+                   help="training images held out for validation")
     p.add_argument("--variant", default="anl", choices=VARIANTS, help="what to train (default anl)")
-    p.add_argument("--eps", type=float, default=None, help="ANL eps (default: the paper's eps for the model)")
-    p.add_argument("--input-eps", type=float, default=0.0, help="input ANL eps (variant input)")
+    p.add_argument("--eps", type=arg_type("eps"), default=None,
+                   help="ANL eps (default: the paper's eps for the model)")
+    p.add_argument("--input-eps", type=arg_type("input_eps"), default=0.0, help="input ANL eps (variant input)")
     p.add_argument("--input-sign", action="store_true", help="input noise eps*sign(g) (Eq. 8, variant input)")
     p.add_argument("--no-scale-by-std", dest="scale_by_std", action="store_false", help="paper Eq. 4 instead of 5")
-    p.add_argument("--epochs", type=int, default=10, help="epochs with ANL on (phase 1)")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="epochs with ANL off after phase 1 (phase 2)")
+    p.add_argument("--epochs", type=arg_type("epochs"), default=10, help="epochs with ANL on (phase 1)")
+    p.add_argument("--finetune-epochs", type=arg_type("finetune_epochs"), default=0,
+                   help="epochs with ANL off after phase 1 (phase 2)")
     p.add_argument("--finetune-lr", default="auto", choices=("auto", "floor", "continue"),
                    help="phase 2 learning rate: floor (min lr) or continue the schedule; auto: floor for noise "
                         "variants, continue for plain/dropout")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--eval-batch-size", type=int, default=500)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--lr-factor", type=float, default=0.5,
+    p.add_argument("--batch-size", type=arg_type("batch_size"), default=128)
+    p.add_argument("--eval-batch-size", type=arg_type("eval_batch_size"), default=500)
+    p.add_argument("--lr", type=arg_type("lr"), default=0.1)
+    p.add_argument("--momentum", type=arg_type("momentum"), default=0.9)
+    p.add_argument("--weight-decay", type=arg_type("weight_decay"), default=5e-4)
+    p.add_argument("--lr-factor", type=arg_type("lr_factor"), default=0.5,
                    help="multiply the learning rate by this on a validation plateau (0.5, sec. 4.2.1)")
-    p.add_argument("--patience", type=int, default=5,
+    p.add_argument("--patience", type=arg_type("patience"), default=5,
                    help="a plateau: this many epochs without a new best validation loss (5)")
-    p.add_argument("--hold-epochs", type=int, default=5, help="each learning rate stays at least this many epochs (5)")
-    p.add_argument("--min-lr", type=float, default=1e-3, help="learning-rate floor and fine-tuning rate (1e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hold-epochs", type=arg_type("hold_epochs"), default=5,
+                   help="each learning rate stays at least this many epochs (5)")
+    p.add_argument("--min-lr", type=arg_type("min_lr"), default=1e-3,
+                   help="learning-rate floor and fine-tuning rate (1e-3)")
+    p.add_argument("--seed", type=arg_type("seed"), default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
@@ -59,13 +66,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="under torchrun: std(h) of the noise over each process's batch (local) or the global "
                         "batch (global, one all-reduce a step)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm (GPUs only)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 is fastest for tiny models)")
     p.add_argument("--out", required=True, help="output directory (config.json, metrics.jsonl, checkpoint.pt)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="K",
                    help="also checkpoint every K optimizer steps (always at epoch ends)")
-    p.add_argument("--stop-after-steps", type=int, default=None, metavar="K",
+    p.add_argument("--stop-after-steps", type=positive_int, default=None, metavar="K",
                    help="stop with a checkpoint after K optimizer steps in total (simulates an interruption)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 

@@ -9,12 +9,26 @@ from typing import Any
 
 from ... import distributed
 from .. import data as data_mod
+from ..cli_types import number, out_of_range
 from ..models import MODELS, get_spec
 
-__all__ = ["IDENTITY", "NOISE_VARIANTS", "VARIANTS", "TrainConfig", "config_from_dict"]
+__all__ = ["IDENTITY", "NOISE_VARIANTS", "RANGES", "VARIANTS", "TrainConfig", "arg_type", "config_from_dict"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
+
+# the numeric fields' kinds and ranges: TrainConfig.resolved checks them, the CLI's argparse types come from here
+RANGES: dict[str, dict[str, Any]] = {
+    "eps": {"kind": float}, "input_eps": {"kind": float},
+    "epochs": {"kind": int, "low": 0}, "finetune_epochs": {"kind": int, "low": 0},
+    "batch_size": {"kind": int, "low": 1}, "eval_batch_size": {"kind": int, "low": 1},
+    "lr": {"kind": float, "low": 0.0, "low_open": True},
+    "momentum": {"kind": float, "low": 0.0, "high": 1.0, "high_open": True},
+    "weight_decay": {"kind": float, "low": 0.0},
+    "lr_factor": {"kind": float, "low": 0.0, "high": 1.0, "low_open": True, "high_open": True},
+    "patience": {"kind": int, "low": 1}, "hold_epochs": {"kind": int, "low": 1}, "min_lr": {"kind": float, "low": 0.0},
+    "val_size": {"kind": int, "low": 0}, "seed": {"kind": int, "low": 0},
+}
 
 # config fields that must match when resuming (others, such as epochs or device, may change)
 IDENTITY = ("model", "dataset", "variant", "eps", "input_eps", "input_sign", "scale_by_std", "batch_size",
@@ -65,15 +79,36 @@ class TrainConfig:
             raise ValueError(f"finetune_lr must be auto, floor or continue, got {c.finetune_lr!r}")
         if c.finetune_lr == "auto":
             c.finetune_lr = "floor" if c.variant in NOISE_VARIANTS else "continue"
-        for k in ("epochs", "finetune_epochs"):
-            if getattr(c, k) < 0:
-                raise ValueError(f"{k} must be >= 0, got {getattr(c, k)}")
-        if c.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
+        _check_numbers(c)
         if c.std_over not in distributed.STD_OVER:
             raise ValueError(f"std_over must be one of {distributed.STD_OVER}, got {c.std_over!r}")
         _resolve_noise(c)
         return c
+
+
+def _check_numbers(c: TrainConfig) -> None:
+    """Every numeric field in its range (:data:`RANGES`); a validation split for the schedule."""
+    for k, spec in RANGES.items():
+        value = getattr(c, k)
+        if value is None and k in ("eps", "val_size"):
+            continue
+        bounds = {b: v for b, v in spec.items() if b != "kind"}
+        problem = out_of_range(value, **bounds)
+        if problem is None and spec["kind"] is int and not isinstance(value, int):
+            problem = f"must be an integer, got {value!r}"
+        if problem:
+            raise ValueError(f"{k} {problem}")
+    if c.min_lr > c.lr:
+        raise ValueError(f"min_lr (the schedule's floor) must be <= lr, got min_lr={c.min_lr!r}, lr={c.lr!r}")
+    if c.val_size == 0:
+        raise ValueError("val_size=0 leaves no validation images, but the learning-rate schedule (sec. 4.2.1) "
+                         "halves on the validation loss: hold out at least 1 image (leave --val-size out for the "
+                         "dataset's default)")
+
+
+def arg_type(field: str):
+    """The argparse ``type=`` of a numeric field (its kind and range from :data:`RANGES`)."""
+    return number(**RANGES[field], name=field.replace("_", "-"))
 
 
 def _resolve_noise(c: TrainConfig) -> None:
