@@ -12,7 +12,8 @@ from .. import data as data_mod
 from ..cli_types import number, out_of_range
 from ..models import MODELS, get_spec
 
-__all__ = ["IDENTITY", "NOISE_VARIANTS", "RANGES", "VARIANTS", "TrainConfig", "arg_type", "config_from_dict"]
+__all__ = ["IDENTITY", "LENGTH", "NOISE_VARIANTS", "RANGES", "RUNTIME", "VARIANTS", "TrainConfig", "arg_type",
+           "config_from_dict"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
@@ -30,10 +31,9 @@ RANGES: dict[str, dict[str, Any]] = {
     "val_size": {"kind": int, "low": 0}, "seed": {"kind": int, "low": 0},
 }
 
-# config fields that must match when resuming (others, such as epochs or device, may change)
-IDENTITY = ("model", "dataset", "variant", "eps", "input_eps", "input_sign", "scale_by_std", "batch_size",
-            "lr", "momentum", "weight_decay", "lr_factor", "patience", "hold_epochs", "min_lr", "val_size", "seed",
-            "drop_last")
+# What --resume may change (recorded in the run), by field; every other field is the run's identity.
+RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_batch_size")  # where / how fast
+LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
 
 
 @dataclass
@@ -125,6 +125,9 @@ def _resolve_noise(c: TrainConfig) -> None:
             raise ValueError("variant 'input' needs --input-eps (the input layer's eps, Table 3)")
     else:
         c.input_eps, c.input_sign = 0.0, False
+
+
+IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME + LENGTH)
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
