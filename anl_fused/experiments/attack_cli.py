@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ from . import attacks
 from . import checkpoint as ckpt
 from . import data as data_mod
 from .cli_types import fraction, number, positive_int
-from .files import atomic_write
+from .files import DirLock, DirLockedError, atomic_write, clean_temp_files, resolve_device
 from .train import TrainConfig, make_model
 
 
@@ -75,20 +76,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ifgsm-steps", type=positive_int, default=attacks.PAPER_IFGSM["steps"], help="default 16")
     parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="./attack_out")
+    parser.add_argument("--out", default="./attack_out",
+                        help="output directory (transfer.md, transfer.json, transfer.png); checked before any work")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+class _Refused(Exception):
+    """A bad input: printed as one line, exit code 2."""
+
+
+def _load_models(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
     names = [n for n, _ in args.models]
     if len(set(names)) != len(names):
-        raise SystemExit(f"anl-fused attack: model names must be unique, got {names}")
+        raise _Refused(f"model names must be unique, got {names}")
     models = {}
     for name, path in args.models:
         model, cfg = load_trained(path, device)
         if data_mod.canonical_name(cfg.dataset) != data_mod.canonical_name(args.dataset):
-            raise SystemExit(f"anl-fused attack: {path} was trained on {cfg.dataset}, not {args.dataset}")
+            raise _Refused(f"{path} was trained on {cfg.dataset}, not {args.dataset} (--dataset)")
         models[name] = model
+    return models
+
+
+def _evaluate(args: argparse.Namespace, models: dict[str, nn.Module], device: torch.device) -> dict:
+    from tqdm.auto import tqdm
+
     bundle = data_mod.load(args.dataset, args.data_dir)
     x, y = _pixels(bundle.test.x), bundle.test.y
     if args.limit is not None:
@@ -98,15 +110,46 @@ def run(args: argparse.Namespace) -> int:
         f"IFGSM eps={args.ifgsm_eps * 255:g}/255 alpha={args.ifgsm_alpha * 255:g}/255 k={args.ifgsm_steps}":
             {"method": "ifgsm", "eps": args.ifgsm_eps, "alpha": args.ifgsm_alpha, "steps": args.ifgsm_steps},
     }
-    result = attacks.evaluate_transfer(models, x.to(device), y.to(device), specs, mean=bundle.info.mean,
-                                       std=bundle.info.std, batch_size=args.batch_size)
+    with tqdm(total=1 + len(specs) * len(models), desc="attack", file=sys.stderr, dynamic_ncols=True,
+              disable=args.no_progress) as bar:
+        def advance(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update(1)
+
+        result = attacks.evaluate_transfer(models, x.to(device), y.to(device), specs, mean=bundle.info.mean,
+                                           std=bundle.info.std, batch_size=args.batch_size, progress=advance)
     result["checkpoints"] = dict(args.models)
     result["dataset"] = bundle.name
-    os.makedirs(args.out, exist_ok=True)
+    return result
+
+
+def _write(out: str, result: dict) -> str:
     table = attacks.transfer_markdown(result)
     for fname, text in (("transfer.md", table + "\n"), ("transfer.json", json.dumps(result, indent=2))):
-        atomic_write(os.path.join(args.out, fname), text)
-    attacks.plot_transfer_heatmap(result, os.path.join(args.out, "transfer.png"))
+        atomic_write(os.path.join(out, fname), text)
+    attacks.plot_transfer_heatmap(result, os.path.join(out, "transfer.png"))
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    try:
+        lock = DirLock(args.out, "attack.lock").acquire()  # creates --out, proves it writable, before any work
+    except (OSError, DirLockedError) as e:
+        print(f"anl-fused attack: error: cannot use --out {args.out!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        clean_temp_files(args.out)  # what a killed earlier run left
+        result = _evaluate(args, _load_models(args, device), device)
+        table = _write(args.out, result)
+    except (_Refused, ckpt.CheckpointError, data_mod.DatasetNotFoundError, ValueError) as e:
+        print(f"anl-fused attack: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk: each file is whole or absent (atomic writes)
+        print(f"anl-fused attack: error: writing the results to {args.out!r} failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
     print(table)
     print(f"wrote {os.path.join(args.out, 'transfer.md')}, transfer.json, transfer.png")
     return 0
