@@ -246,3 +246,31 @@ def test_checkpoint_of_the_old_schedule_loads_weights_but_does_not_resume(tmp_pa
     assert str(path) in err and "version 1" in err and "older anl-fused" in err and "weights_only=False" not in err
     model, cfg = load_trained(str(path))
     assert cfg.model == "lenet5" and not model.training
+
+
+@pytest.mark.parametrize("variant,length", [("anl", (100, 100, "floor")), ("input", (100, 100, "floor")),
+                                            ("gaussian", (100, 100, "floor")), ("plain", (200, 0, "continue")),
+                                            ("dropout", (200, 0, "continue"))])
+def test_paper_preset(variant, length):
+    """--preset paper is sec. 4.2.1: ANL 100 epochs then 100 with ANL off at 1e-3; baselines 200 epochs."""
+    cfg = TrainConfig.from_preset("paper", variant=variant, model="vgg16", input_eps=0.05)
+    assert (cfg.epochs, cfg.finetune_epochs, cfg.finetune_lr) == length
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_factor, cfg.patience, cfg.hold_epochs, cfg.min_lr) == (
+        0.1, 0.9, 5e-4, 0.5, 5, 5, 1e-3)
+    assert TrainConfig.from_preset("paper", epochs=7).epochs == 7  # explicit settings win
+    with pytest.raises(ValueError, match="preset must be one of"):
+        TrainConfig.from_preset("cifar")
+
+
+def test_preset_on_the_command_line_with_explicit_overrides(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["train", "--preset", "paper", "--model", "lenet5", "--lr", "0.05", "--out", str(out),
+                 "--stop-after-steps", "1", "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"], cfg["lr"], cfg["weight_decay"]) == (
+        100, 100, "floor", 0.05, 5e-4)
+    assert cfg["augment"] == "none"  # digits: no crop / flip (CIFAR gets them)
+    assert main(["train", "--preset", "paper", "--variant", "plain", "--model", "lenet5", "--out", str(out),
+                 "--overwrite", "--stop-after-steps", "1", "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"]) == (200, 0, "continue")

@@ -44,12 +44,12 @@ holds, save, read, resume), :mod:`.rundir` (``config.json``), :mod:`.metrics` (m
 
 from .checkpointing import CHECKPOINT_NAME
 from .cli import config_from_args, configure, run
-from .config import IDENTITY, LENGTH, NOISE_VARIANTS, RUNTIME, VARIANTS, TrainConfig, config_from_dict
+from .config import IDENTITY, LENGTH, NOISE_VARIANTS, PRESETS, RUNTIME, VARIANTS, TrainConfig, config_from_dict
 from .loop import fit
 from .metrics import METRICS_NAME, EpochMeter, evaluate
 from .parts import make_model
 from .rundir import CONFIG_NAME, RunDirError
 
-__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "IDENTITY", "LENGTH", "METRICS_NAME", "NOISE_VARIANTS", "RUNTIME",
-           "VARIANTS", "EpochMeter", "RunDirError", "TrainConfig", "config_from_args", "config_from_dict", "configure",
-           "evaluate", "fit", "make_model", "run"]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "IDENTITY", "LENGTH", "METRICS_NAME", "NOISE_VARIANTS", "PRESETS",
+           "RUNTIME", "VARIANTS", "EpochMeter", "RunDirError", "TrainConfig", "config_from_args", "config_from_dict",
+           "configure", "evaluate", "fit", "make_model", "run"]

@@ -21,7 +21,7 @@ from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
 from ..models import MODELS
-from .config import VARIANTS, TrainConfig, arg_type, config_from_dict
+from .config import PRESETS, VARIANTS, TrainConfig, arg_type, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -53,7 +53,16 @@ def _opt(group, flag: str, help: str, **kw) -> None:
     group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help, **kw)
 
 
+PRESET_HELP = ("a whole protocol; options given explicitly override it. paper: sec. 4.2.1, lr 0.1, momentum "
+               "0.9, weight decay 5e-4, the rate halved after 5 epochs without a new best validation loss, each "
+               "rate kept >= 5 epochs, floor 1e-3; noise variants 100 epochs with ANL then 100 with ANL off at "
+               "lr 1e-3, plain and dropout 200 epochs on the schedule; augmentation is the dataset's (random "
+               "crop + flip on CIFAR, as in the paper; none on Fashion-MNIST and digits); the batch size stays "
+               "--batch-size's (the paper does not give it)")
+
+
 def _what(g) -> None:
+    g.add_argument("--preset", choices=tuple(PRESETS), default=None, help=PRESET_HELP)
     _opt(g, "--model", f"zoo model: {', '.join(MODELS)}")
     _opt(g, "--dataset", f"{', '.join(data_mod.DATASETS)} (default digits, offline)")
     _opt(g, "--variant", "what to train", choices=VARIANTS)
@@ -130,9 +139,13 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     """The run's settings: with ``--resume`` the run's own (if OUT holds one), else the defaults; then
-    the options given."""
+    ``--preset``'s, then the options given."""
     stored = stored_config(args.out, world) if args.resume else None
-    return config_from_args(args, config_from_dict(stored) if stored else None)
+    base = config_from_dict(stored) if stored else TrainConfig()
+    if args.preset:
+        variant = getattr(args, "variant", base.variant)
+        base = dataclasses.replace(base, **preset_values(args.preset, variant))
+    return config_from_args(args, base)
 
 
 def _device_hint(args: argparse.Namespace) -> str:

@@ -12,8 +12,8 @@ from .. import data as data_mod
 from ..cli_types import number, out_of_range
 from ..models import MODELS, get_spec
 
-__all__ = ["IDENTITY", "LENGTH", "NOISE_VARIANTS", "RANGES", "RUNTIME", "VARIANTS", "TrainConfig", "arg_type",
-           "config_from_dict"]
+__all__ = ["IDENTITY", "LENGTH", "NOISE_VARIANTS", "PRESETS", "RANGES", "RUNTIME", "VARIANTS", "TrainConfig",
+           "arg_type", "config_from_dict", "preset_values"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
@@ -67,6 +67,12 @@ class TrainConfig:
     drop_last: bool = True  # a tiny last batch wrecks BatchNorm statistics (897 digits / 64 = 14 r 1)
     std_over: str = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
     sync_bn: bool = False  # under torchrun: SyncBatchNorm (GPUs only)
+
+    @classmethod
+    def from_preset(cls, name: str, **settings: Any) -> TrainConfig:
+        """The config of preset ``name`` (:data:`PRESETS`, e.g. ``"paper"``) with ``settings`` on top."""
+        variant = settings.get("variant", cls.variant)
+        return cls(**{**preset_values(name, variant), **settings})
 
     def resolved(self) -> TrainConfig:
         """Check the values and fill in defaults (eps from the model's spec, opposite -> -|eps|)."""
@@ -128,6 +134,24 @@ def _resolve_noise(c: TrainConfig) -> None:
 
 
 IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME + LENGTH)
+
+# --preset: whole protocols, so that nobody rebuilds them from flags. Settings given explicitly win.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {  # sec. 4.2.1. Augmentation is the dataset's: crop + flip on CIFAR (as the paper), none elsewhere.
+        "all": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_factor": 0.5, "patience": 5, "hold_epochs": 5,
+                "min_lr": 1e-3},
+        "noise": {"epochs": 100, "finetune_epochs": 100, "finetune_lr": "floor"},  # ANL, then 100 with ANL off at 1e-3
+        "baseline": {"epochs": 200, "finetune_epochs": 0, "finetune_lr": "continue"},  # plain / dropout: 200 epochs
+    },
+}
+
+
+def preset_values(name: str, variant: str) -> dict[str, Any]:
+    """The settings of preset ``name`` for ``variant`` (noise variants and baselines differ in length)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+    p = PRESETS[name]
+    return {**p["all"], **(p["noise"] if variant in NOISE_VARIANTS else p["baseline"])}
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
