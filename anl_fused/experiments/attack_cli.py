@@ -7,21 +7,22 @@ the test split; the diagonal is the white-box attack. Writes ``transfer.md`` (th
 ``transfer.json`` and ``transfer.png`` (heatmaps) under ``--out`` and prints the table.
 
 Recipe for the paper's six VGG-16 models of Table 3 (input eps / hidden eps: 0/0, 0/0.05,
-0.05/0.05, 0.1/0.1, 0.2/0, 0.2/0.2) on CIFAR-10::
+0.05/0.05, 0.1/0.1, 0.2/0, 0.2/0.2) on CIFAR-10 (input ANL of Eq. 5: its eps is a fraction of
+std(x), like the hidden layers'; with ``--input-sign`` it would be in pixel units, e.g. 16/255)::
 
-    anl-fused train --model vgg16 --dataset cifar10 --variant plain --out runs/i0-h0 ...
-    anl-fused train --model vgg16 --dataset cifar10 --variant anl --eps 0.05 --out runs/i0-h0.05 ...
-    anl-fused train --model vgg16 --dataset cifar10 --variant input --input-eps 0.05 --eps 0.05 --out runs/i0.05-h0.05 ...
-    anl-fused train --model vgg16 --dataset cifar10 --variant input --input-eps 0.1 --eps 0.1 --out runs/i0.1-h0.1 ...
-    anl-fused train --model vgg16 --dataset cifar10 --variant input --input-eps 0.2 --eps 0 --out runs/i0.2-h0 ...
-    anl-fused train --model vgg16 --dataset cifar10 --variant input --input-eps 0.2 --eps 0.2 --out runs/i0.2-h0.2 ...
+    T="anl-fused train --preset paper --model vgg16 --dataset cifar10"
+    $T --variant plain --out runs/i0-h0
+    $T --variant anl --eps 0.05 --out runs/i0-h0.05
+    $T --variant input --input-eps 0.05 --eps 0.05 --out runs/i0.05-h0.05
+    $T --variant input --input-eps 0.1 --eps 0.1 --out runs/i0.1-h0.1
+    $T --variant input --input-eps 0.2 --eps 0 --out runs/i0.2-h0
+    $T --variant input --input-eps 0.2 --eps 0.2 --out runs/i0.2-h0.2
     anl-fused attack --dataset cifar10 --models i0-h0=runs/i0-h0/checkpoint.pt ... --out attack/
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -35,13 +36,13 @@ from . import data as data_mod
 from .cli_types import fraction, number, positive_int
 from .files import DirLock, DirLockedError, atomic_write, clean_temp_files, resolve_device
 from .train import TrainConfig, make_model
+from .train.config import config_from_dict, upgrade_stored
 
 
 def load_trained(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
     """The model of a ``anl-fused train`` checkpoint, in eval mode, and its resolved config."""
     state = ckpt.load(path, map_location=device, required=("config", "model", "num_classes", "in_channels"))
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields}).resolved()
+    cfg = config_from_dict(upgrade_stored(state["config"])).resolved()
     model = make_model(cfg, state["in_channels"], state["num_classes"]).to(device)
     model.load_state_dict(state["model"])
     return model.eval(), cfg

@@ -99,8 +99,8 @@ def test_variants_build_the_right_model():
     assert {layer.eps for layer in anl_layers(m)} == {-0.02}
     cfg, m = layers("gaussian", eps=0.03)
     assert {layer.noise for layer in anl_layers(m)} == {"gaussian"}
-    cfg, m = layers("input", eps=0.05, input_eps=0.01, input_sign=True)
-    assert anl_layers(m)[0].eps == 0.01 and anl_layers(m)[0].sign
+    cfg, m = layers("input", eps=0.05, input_eps=0.01, input_sign=True)  # pixel units: / digits' std 0.3759
+    assert anl_layers(m)[0].eps == pytest.approx(0.01 / 0.3759) and anl_layers(m)[0].sign
     with pytest.raises(ValueError, match="input-eps"):
         TrainConfig(variant="input").resolved()
     with pytest.raises(ValueError, match="variant"):
@@ -274,3 +274,53 @@ def test_preset_on_the_command_line_with_explicit_overrides(tmp_path, capsys):
                  "--overwrite", "--stop-after-steps", "1", "--no-progress"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"]) == (200, 0, "continue")
+
+
+def _input_noise(cfg, x_pixels, mean, std):
+    """The input ANL layer's noise in a TwoRound step, in pixel units."""
+    from anl_fused import TwoRound
+
+    torch.manual_seed(0)
+    model = make_model(cfg, x_pixels.shape[1], 10).train()
+    seen = {}
+    anl_layers(model)[0].register_forward_hook(lambda m, args, out: seen.update(eta=(out - args[0]).detach()))
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    x = (x_pixels - mean_t) / std_t
+    y = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(1))
+    TwoRound(model, generator=torch.Generator().manual_seed(2)).step(
+        lambda: torch.nn.functional.cross_entropy(model(x), y))
+    return seen["eta"] * std_t  # round 2's noise, back in pixel units
+
+
+def test_input_sign_eps_is_in_pixel_units():
+    """--input-sign --input-eps 16/255 moves every pixel by 16/255 (digits: one channel, exact),
+    not by 16/255 of the normalized input (16/255 * 0.376 in pixels)."""
+    from anl_fused.experiments.data import DATASETS
+
+    info = DATASETS["digits"]
+    cfg = TrainConfig(model="lenet5", variant="input", eps=0.0, input_eps=16 / 255, input_sign=True).resolved()
+    assert cfg.input_eps_unit == "pixel"
+    eta = _input_noise(cfg, torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), info.mean, info.std)
+    moved = eta.abs()[eta != 0]
+    assert moved.numel() > 0.9 * eta.numel()
+    torch.testing.assert_close(moved, torch.full_like(moved, 16 / 255), rtol=1e-5, atol=0)
+    cifar = TrainConfig(model="vgg11", dataset="cifar10", variant="input", input_eps=8 / 255, input_sign=True)
+    assert anl_layers(make_model(cifar.resolved(), 3, 10))[0].eps == pytest.approx(8 / 255 / (sum(
+        DATASETS["cifar10"].std) / 3))
+
+
+def test_input_eps_without_sign_and_old_runs_are_used_as_they_are(tmp_path):
+    from anl_fused.experiments.train.config import config_from_dict, upgrade_stored
+
+    cfg = TrainConfig(model="lenet5", variant="input", eps=0.05, input_eps=0.1).resolved()  # Eq. 5: a fraction of std
+    assert cfg.input_eps_unit is None and anl_layers(make_model(cfg, 1, 10))[0].eps == 0.1
+    # a run made before the unit existed: its input-sign eps was on the normalized input, and stays so
+    old = {k: v for k, v in TrainConfig(model="lenet5", variant="input", input_eps=0.2, input_sign=True)
+           .resolved().__dict__.items() if k != "input_eps_unit"}
+    cfg = config_from_dict(upgrade_stored(old)).resolved()
+    assert cfg.input_eps_unit == "normalized" and anl_layers(make_model(cfg, 1, 10))[0].eps == 0.2
+    out = tmp_path / "run"
+    assert main(BASE + ["--variant", "input", "--input-eps", "0.0627", "--input-sign", "--epochs", "1",
+                        "--stop-after-steps", "1", "--out", str(out)]) == 0
+    written = json.loads((out / "config.json").read_text())
+    assert written["input_eps_unit"] == "pixel" and written["input_layer_eps"] == pytest.approx(0.0627 / 0.3759)

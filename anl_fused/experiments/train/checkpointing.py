@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ... import rng
 from .. import checkpoint as ckpt
 from .. import launch
-from .config import IDENTITY
+from .config import IDENTITY, upgrade_stored
 from .metrics import EpochMeter, merged_meter_state
 from .parts import Parts
 
@@ -64,6 +64,7 @@ def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step:
     """The settings ``now`` changes in the run of checkpoint ``path`` (``saved``: its config), which
     stands ``step`` steps into epoch ``epoch + 1``: ``{field: [old, new]}``. Raises
     :class:`~anl_fused.experiments.checkpoint.CheckpointError` for a change that is not safe."""
+    saved = upgrade_stored(saved)
     diff = {k: [saved.get(k), v] for k, v in now.items() if saved.get(k) != v}
     identity = {k: d for k, d in diff.items() if k in IDENTITY}
     if identity:

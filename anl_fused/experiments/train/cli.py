@@ -69,8 +69,13 @@ def _what(g) -> None:
     _opt(g, "--eps", "ANL eps of the hidden layers (default: the model's eps from the paper's Table 2, "
          "listed by `anl-fused models`, e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that `anl-fused demo` "
          "uses 0.1 for vgg_tiny instead, the best of its digits sweep)", type=arg_type("eps"))
-    _opt(g, "--input-eps", "input ANL eps (variant input, Table 3)", type=arg_type("input_eps"))
-    _opt(g, "--input-sign", "input noise eps*sign(g) (Eq. 8, variant input)", action="store_true")
+    _opt(g, "--input-eps", "input ANL eps (variant input, Table 3): a fraction of std(x) as for the hidden "
+         "layers (Eq. 5; normalizing the input changes nothing for one-channel data); with --input-sign in pixel "
+         "units of [0, 1] images (16/255 is FGSM's delta=16), divided by the mean of the dataset's per-channel "
+         "normalization std for the normalized input (exact for one channel; within 4.4%% per channel on CIFAR)",
+         type=arg_type("input_eps"))
+    _opt(g, "--input-sign", "input noise eps*sign(g) (Eq. 8, variant input; --input-eps in pixel units)",
+         action="store_true")
     _opt(g, "--no-scale-by-std", "paper Eq. 4 instead of 5", dest="scale_by_std", action="store_false")
     _opt(g, "--val-size", "training images held out for validation, >= 1: the schedule watches their loss "
          "(default: the dataset's, 5000; digits has a fixed 300)", type=arg_type("val_size"))

@@ -12,11 +12,13 @@ from .. import data as data_mod
 from ..cli_types import number, out_of_range
 from ..models import MODELS, get_spec
 
-__all__ = ["IDENTITY", "LENGTH", "NOISE_VARIANTS", "PRESETS", "RANGES", "RUNTIME", "VARIANTS", "TrainConfig",
-           "arg_type", "config_from_dict", "preset_values"]
+__all__ = ["IDENTITY", "INPUT_EPS_UNITS", "LENGTH", "NOISE_VARIANTS", "PRESETS", "RANGES", "RUNTIME", "VARIANTS",
+           "TrainConfig", "arg_type", "config_from_dict", "input_layer_eps", "noise_note", "preset_values",
+           "upgrade_stored"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
+INPUT_EPS_UNITS = ("pixel", "normalized", None)
 
 # the numeric fields' kinds and ranges: TrainConfig.resolved checks them, the CLI's argparse types come from here
 RANGES: dict[str, dict[str, Any]] = {
@@ -46,6 +48,9 @@ class TrainConfig:
     eps: float | None = None  # None: the paper's eps for the model (Table 2)
     input_eps: float = 0.0
     input_sign: bool = False
+    # with input_sign, the unit of input_eps: "pixel" (images in [0, 1]), or "normalized" (runs made before
+    # the unit existed); without input_sign the eps is a fraction of std(x), unit-free (None). See input_layer_eps.
+    input_eps_unit: str | None = "pixel"
     scale_by_std: bool = True
     epochs: int = 10
     finetune_epochs: int = 0
@@ -118,7 +123,13 @@ def arg_type(field: str):
 
 
 def _resolve_noise(c: TrainConfig) -> None:
-    """The variant's eps, input eps and input sign (in place)."""
+    """The variant's eps, input eps, input sign and input eps unit (in place)."""
+    if c.input_eps_unit not in INPUT_EPS_UNITS:
+        raise ValueError(f"input_eps_unit must be one of {INPUT_EPS_UNITS}, got {c.input_eps_unit!r}")
+    if not (c.variant == "input" and c.input_sign):
+        c.input_eps_unit = None
+    elif c.input_eps_unit is None:
+        c.input_eps_unit = "pixel"
     if c.variant in ("plain", "dropout"):
         c.eps, c.input_eps, c.input_sign = 0.0, 0.0, False
         return
@@ -152,6 +163,49 @@ def preset_values(name: str, variant: str) -> dict[str, Any]:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
     p = PRESETS[name]
     return {**p["all"], **(p["noise"] if variant in NOISE_VARIANTS else p["baseline"])}
+
+
+def input_layer_eps(cfg: TrainConfig) -> float:
+    """The eps of the input ANL layer, which acts on the *normalized* input ``(x - mean_c) / std_c``
+    (``cfg`` resolved).
+
+    With ``input_sign`` (``eta = eps sign(g)``, Eq. 8, an absolute step like FGSM's) ``input_eps`` is
+    in pixel units of images in [0, 1] (``16/255`` is FGSM's delta 16) and is divided by the mean of
+    the dataset's per-channel normalization std: exact for one-channel data (Fashion-MNIST, digits);
+    on CIFAR each channel's pixel step is ``eps * std_c / mean(std)``, within 4.4% of eps (one eps
+    per layer is what the kernels take). Without ``input_sign`` (Eq. 5, ``eta = r std(x) g / |g|_inf``)
+    ``input_eps`` is a fraction of the input's std, as for the hidden layers: for one-channel data
+    the same noise in pixel and normalized units (normalizing scales ``std(x)`` and the step alike),
+    so it is used as it is."""
+    if cfg.input_eps_unit != "pixel":
+        return cfg.input_eps
+    std = data_mod.DATASETS[cfg.dataset].std
+    return cfg.input_eps / (sum(std) / len(std))
+
+
+def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
+    """What to say about the noise's eps (``given``: as asked, ``cfg``: resolved): where a default eps
+    comes from, and the input eps's unit."""
+    notes = []
+    if given.eps is None and cfg.variant in NOISE_VARIANTS:
+        notes.append(f"eps {cfg.eps:g}: {cfg.model}'s default (the paper's Table 2, `anl-fused models`)"
+                     + ("; `anl-fused demo` uses 0.1, chosen on a digits sweep" if cfg.model == "vgg_tiny" else ""))
+    if cfg.variant == "input":
+        layer = input_layer_eps(cfg)
+        notes.append(f"input eps {cfg.input_eps:g} " + (
+            f"in pixel units = {layer:.4g} on the normalized input" if cfg.input_eps_unit == "pixel" else
+            "on the normalized input (a run made before input eps took pixel units)" if cfg.input_eps_unit else
+            "as a fraction of std(x) (Eq. 5, no unit)"))
+    return "; ".join(notes) or None
+
+
+def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
+    existed implicitly had: ``input_eps_unit`` ("normalized" for input-sign runs)."""
+    d = dict(d)
+    if "input_eps_unit" not in d:
+        d["input_eps_unit"] = "normalized" if d.get("variant") == "input" and d.get("input_sign") else None
+    return d
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -28,7 +28,7 @@ from .. import data as data_mod
 from .. import launch
 from . import checkpointing, rundir
 from .checkpointing import CHECKPOINT_NAME, Position
-from .config import TrainConfig
+from .config import TrainConfig, noise_note
 from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
 from .parts import Parts, build_parts, process_group
 
@@ -228,11 +228,13 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, o
     total, as an interruption would. ``bundle``: preloaded data (the demo reuses one)."""
     from tqdm.auto import tqdm
 
-    cfg = cfg.resolved()
+    given, cfg = cfg, cfg.resolved()
     rank, world = process_group()
     if rank:  # under torchrun only rank 0 logs and writes
         log, progress = (lambda s: None), False
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    if noise_note(given, cfg):
+        log(noise_note(given, cfg))
     with rundir.claimed(out_dir, resume=resume, overwrite=overwrite, world=world, log=log):
         parts = build_parts(cfg, bundle)
         config = dataclasses.asdict(cfg)

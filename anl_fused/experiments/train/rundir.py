@@ -26,6 +26,7 @@ from .. import checkpoint as ckpt
 from .. import launch
 from ..files import DirLock, DirLockedError, atomic_write, clean_temp_files, lock_holder
 from .checkpointing import CHECKPOINT_NAME
+from .config import input_layer_eps, upgrade_stored
 from .metrics import METRICS_NAME
 from .parts import Parts
 
@@ -121,16 +122,18 @@ def stored_config(out_dir: str, world: int) -> dict[str, Any] | None:
         path = os.path.join(out_dir, CHECKPOINT_NAME)
         if not isinstance(config, dict) and os.path.exists(path):
             config = ckpt.load(path, required=("config",))["config"]
-        return config if isinstance(config, dict) else None
+        return upgrade_stored(config) if isinstance(config, dict) else None
 
     return launch.on_rank0(read, world)
 
 
 def write_config(out_dir: str, config: dict[str, Any], parts: Parts, changes: list[dict[str, Any]]) -> None:
     """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
-    split sizes, the augmentation and the settings changed on resume."""
+    split sizes, the augmentation, the input ANL layer's eps on the normalized input and the settings
+    changed on resume."""
     b = parts.bundle
     atomic_write(os.path.join(out_dir, CONFIG_NAME), json.dumps({
         **config, "device_used": str(parts.device), "world_size": parts.world, "augment": b.info.augment,
+        "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
         "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
         "resume_changes": changes}, indent=2))
