@@ -324,3 +324,23 @@ def test_input_eps_without_sign_and_old_runs_are_used_as_they_are(tmp_path):
                         "--stop-after-steps", "1", "--out", str(out)]) == 0
     written = json.loads((out / "config.json").read_text())
     assert written["input_eps_unit"] == "pixel" and written["input_layer_eps"] == pytest.approx(0.0627 / 0.3759)
+
+
+def test_norm_goes_to_every_hidden_layer_and_is_part_of_the_runs_identity(tmp_path, capsys):
+    from anl_fused.experiments.train.checkpointing import resume_changes
+
+    cfg = TrainConfig(model="lenet5", variant="input", input_eps=0.1, norm="layer").resolved()
+    layers = anl_layers(make_model(cfg, 1, 10))
+    assert [layer.norm for layer in layers[1:]] == ["layer", "layer"] and layers[0].norm == "sample"
+    assert {layer.norm for layer in anl_layers(make_model(TrainConfig(model="lenet5").resolved(), 1, 10))} == {"sample"}
+    with pytest.raises(ValueError, match="norm must be one of"):
+        TrainConfig(norm="batch").resolved()
+    out = tmp_path / "run"
+    assert main(BASE + ["--norm", "layer", "--epochs", "1", "--stop-after-steps", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["norm"] == "layer"
+    assert main(["train", "--out", str(out), "--resume", "--norm", "sample", "--no-progress"]) == 2
+    assert "differing settings norm: checkpoint 'layer' vs now 'sample'" in capsys.readouterr().err
+    # a run made before the field existed used per-sample norms
+    now = dict(vars(TrainConfig(model="lenet5").resolved()))
+    saved = {k: v for k, v in now.items() if k not in ("norm", "input_eps_unit")}
+    assert resume_changes(saved, now, 0, 1, "x.pt") == {}

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ... import distributed
+from ...layer import NORMS
 from .. import checkpoint as ckpt
 from .. import data as data_mod
 from .. import launch
@@ -77,6 +78,8 @@ def _what(g) -> None:
     _opt(g, "--input-sign", "input noise eps*sign(g) (Eq. 8, variant input; --input-eps in pixel units)",
          action="store_true")
     _opt(g, "--no-scale-by-std", "paper Eq. 4 instead of 5", dest="scale_by_std", action="store_false")
+    _opt(g, "--norm", "the hidden layers' gradient norm: sample (each sample's max|g|, the authors' code) or "
+         "layer (one max|g| for the whole layer, Algorithm 1's reading)", choices=NORMS)
     _opt(g, "--val-size", "training images held out for validation, >= 1: the schedule watches their loss "
          "(default: the dataset's, 5000; digits has a fixed 300)", type=arg_type("val_size"))
     _opt(g, "--seed", "same seed: same initial weights and data order for every variant", type=arg_type("seed"))

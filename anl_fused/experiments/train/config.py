@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import distributed
+from ...layer import NORMS
 from .. import data as data_mod
 from ..cli_types import number, out_of_range
 from ..models import MODELS, get_spec
@@ -52,6 +53,7 @@ class TrainConfig:
     # the unit existed); without input_sign the eps is a fraction of std(x), unit-free (None). See input_layer_eps.
     input_eps_unit: str | None = "pixel"
     scale_by_std: bool = True
+    norm: str = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
     epochs: int = 10
     finetune_epochs: int = 0
     finetune_lr: str = "auto"  # auto | floor | continue
@@ -91,6 +93,8 @@ class TrainConfig:
         if c.finetune_lr == "auto":
             c.finetune_lr = "floor" if c.variant in NOISE_VARIANTS else "continue"
         _check_numbers(c)
+        if c.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {c.norm!r}")
         if c.std_over not in distributed.STD_OVER:
             raise ValueError(f"std_over must be one of {distributed.STD_OVER}, got {c.std_over!r}")
         _resolve_noise(c)
@@ -201,8 +205,9 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
 
 def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
-    existed implicitly had: ``input_eps_unit`` ("normalized" for input-sign runs)."""
+    existed implicitly had: ``norm`` ("sample"), ``input_eps_unit`` ("normalized" for input-sign runs)."""
     d = dict(d)
+    d.setdefault("norm", "sample")
     if "input_eps_unit" not in d:
         d["input_eps_unit"] = "normalized" if d.get("variant") == "input" and d.get("input_sign") else None
     return d

@@ -32,7 +32,7 @@ def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Modul
         insert_anl(model, cfg.eps, input_eps=input_layer_eps(cfg), input_sign=cfg.input_sign,
                    after=MODELS[cfg.model].anl_after,
                    noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
-                   scale_by_std=cfg.scale_by_std)
+                   scale_by_std=cfg.scale_by_std, norm=cfg.norm)
     return model
 
 
