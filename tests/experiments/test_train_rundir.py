@@ -86,6 +86,9 @@ def test_an_existing_run_is_not_overwritten_without_resume_or_overwrite(tmp_path
     assert str(out) in err and "--resume" in err and "--overwrite" in err
     assert ("finished: 2 of 2 epochs" if stop is None else "interrupted after 1 of 2 epochs") in err
     assert _snapshot(out) == before  # nothing in it changed
+    assert main(["train", "--out", str(out), "--no-progress"]) == 2  # the defaults: still one line, no note first
+    assert "already holds a run" in _error(capsys)
+    assert _snapshot(out) == before
     assert main(RUN + ["--epochs", "1", "--lr", "0.05", "--out", str(out), "--overwrite"]) == 0
     assert [r["epoch"] for r in _metrics(out)] == [1]
     assert json.loads((out / "config.json").read_text())["lr"] == 0.05

@@ -233,9 +233,9 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, o
     if rank:  # under torchrun only rank 0 logs and writes
         log, progress = (lambda s: None), False
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
-    if noise_note(given, cfg):
-        log(noise_note(given, cfg))
     with rundir.claimed(out_dir, resume=resume, overwrite=overwrite, world=world, log=log):
+        if noise_note(given, cfg):
+            log(noise_note(given, cfg))
         parts = build_parts(cfg, bundle)
         config = dataclasses.asdict(cfg)
         meter = EpochMeter(parts.device)
