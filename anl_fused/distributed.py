@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._dtypes import acc_dtype
-from .insert import restore_hooks
+from .insert import fused_act_entry, restore_hooks
 from .layer import ANL2d
 
 __all__ = ["STD_OVER", "GlobalStd", "convert_sync_batchnorm", "is_distributed", "unwrap"]
@@ -168,5 +168,15 @@ class GlobalStd:
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps the ANL layers of ``insert_anl``
     working: torch's converter copies the children of each BatchNorm (the ``anl`` layer) but not its
-    forward hooks, which apply the layer. Returns the converted model (call it before wrapping in DDP)."""
+    forward hooks, which apply the layer. Returns the converted model (call it before wrapping in DDP).
+
+    Norms fused with their activation (timm's ``BatchNormAct2d``) are refused: torch's converter would
+    turn them into plain ``SyncBatchNorm`` and silently drop the activation; timm's converter keeps it."""
+    fused = sorted({type(m).__name__ for m in model.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and fused_act_entry(m) is not None
+                    and not isinstance(m, nn.SyncBatchNorm)})
+    if fused:
+        raise ValueError(f"model has norms fused with their activation ({', '.join(fused)}), which torch's "
+                         "SyncBatchNorm converter would drop: use timm.layers.convert_sync_batchnorm(model), "
+                         "then anl_fused.insert.restore_hooks(model)")
     return restore_hooks(nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group))

@@ -15,6 +15,7 @@ Nothing here reads a device value on the host: no ``.item()``, no branching on t
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -67,6 +68,21 @@ def eager():
     zero). Round 2 and inference run compiled."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+#: round 1's loss scale when an ANL layer's input is float16 and ``probe_loss_scale`` is ``None``
+AUTO_PROBE_LOSS_SCALE = 2.0**15
+
+
+def _check_probe_loss_scale(scale):
+    """``None``, a positive finite float, or an object with a ``scale(tensor)`` method (a GradScaler)."""
+    if scale is None or callable(getattr(scale, "scale", None)):
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"probe_loss_scale must be None, a number or a GradScaler, got {scale!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"probe_loss_scale must be a positive finite number, got {scale!r}")
+    return float(scale)
 
 
 class _Probe:
@@ -141,6 +157,23 @@ class TwoRound:
             batch of all processes of ``process_group`` (one all-reduce a step for all layers).
         process_group: the group of ``std_over="global"``; default: the DDP model's group, or the
             default group.
+        probe_loss_scale: what round 1 multiplies its loss by before asking autograd for ``dJ/dh``, so
+            that float16 activation gradients do not underflow to zero (which would turn the noise off
+            for those samples). The noise does not depend on it (``g / ||g||_inf``). ``None``
+            (default): ``2**15`` when an ANL layer's input is float16 (autocast or a ``.half()``
+            model), else 1. A number: always that scale. A ``torch.amp.GradScaler`` (or anything with
+            a ``scale(tensor)`` method): ``scaler.scale(loss)``, the scale that round 2's backward
+            uses (no host sync).
+
+    Round-1 loss scaling: an unscaled float16 gradient underflows below ``2**-24`` (about 6e-8), and the
+    activation gradients of a batch-mean loss are often that small. Scaling must not overflow either
+    (float16 max 65504): round-1 gradients that overflow to inf give zero noise and are counted in
+    ``nonfinite_samples``. ``2**15`` keeps the loss's own gradient representable in float16 and the
+    logits' gradients (at most ``2**15 / B`` for a mean cross-entropy) finite. With a ``GradScaler``,
+    pass it: its scale is the one the scaler keeps just below overflow for round 2's backward, which
+    computes the same activation gradients (plus the weight gradients) from the same batch, so a
+    step where round 1 overflows is, but for the noise's small change, a step where round 2 overflows
+    too, and the scaler skips that step and lowers the scale.
 
     Under ``DistributedDataParallel`` pass the DDP model (``TwoRound(ddp_model)``) and call it in the
     closure: round 1 then runs under ``ddp_model.no_sync()`` and round 2 is an ordinary DDP
@@ -155,13 +188,15 @@ class TwoRound:
     """
 
     def __init__(self, model: nn.Module, generator: torch.Generator | None = None, *,
-                 noise_dtype: torch.dtype | None = None, std_over: str = "local", process_group=None):
+                 noise_dtype: torch.dtype | None = None, std_over: str = "local", process_group=None,
+                 probe_loss_scale=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
             raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
+        self.probe_loss_scale = _check_probe_loss_scale(probe_loss_scale)
         self.process_group = distributed.check_std_over(std_over, process_group, model)
         self.std_over = std_over
         self.model = model
@@ -213,6 +248,8 @@ class TwoRound:
         if self.std_over == "global":  # every rank, even one that reached no layer, takes part
             device = records[reached[0]][0].device if reached else self.generator.device
             pending = distributed.GlobalStd(layers, records, probe.means, self.process_group, device)
+        if wanted:
+            loss = self._probe_loss(loss, [records[layer][0].dtype for layer in reached])
         grads = iter(torch.autograd.grad(loss, wanted, materialize_grads=True) if wanted else ())
         stds = pending.wait() if pending is not None else {}
         if reached:
@@ -239,6 +276,15 @@ class TwoRound:
             raise ValueError(f"TwoRound's generator is on {self.generator.device} but the activations are on "
                              f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "
                              "TwoRound after moving the model")
+
+    def _probe_loss(self, loss: Tensor, dtypes: list[torch.dtype]) -> Tensor:
+        """Round 1's loss times ``probe_loss_scale`` (see the class docstring)."""
+        scale = self.probe_loss_scale
+        if scale is None:
+            return loss * AUTO_PROBE_LOSS_SCALE if torch.float16 in dtypes else loss
+        if isinstance(scale, float):
+            return loss if scale == 1.0 else loss * scale
+        return scale.scale(loss)
 
     def _stats_on(self, device: torch.device) -> Tensor:
         """The step counters ``[non-finite samples, zero-gradient samples]`` (int64, cumulative)."""

@@ -97,3 +97,15 @@ def test_val_size_zero_is_refused_because_the_schedule_needs_validation_losses(c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("anl-fused train: error: val_size=0") and "validation loss" in err[0]
     assert not out.exists()
+
+
+def test_eps_takes_auto_and_finite_numbers_only(capsys):
+    from anl_fused.experiments.train.config import arg_type
+
+    eps = arg_type("eps")
+    assert eps("auto") == "auto" and eps(" AUTO ") == "auto" and eps("-0.02") == -0.02
+    for text, why in (("inf", "must be a finite number"), ("nan", "must be a finite number"),
+                      ("big", "must be a number or 'auto'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            eps(text)
+    assert TrainConfig(model="resnet18", eps="auto").resolved().eps == 0.049  # the rule, not a range error

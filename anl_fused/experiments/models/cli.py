@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 import torch
 
+from ...eps_rule import PARAM_RANGE, auto_eps
 from . import MODELS, build, count_params
 
 
@@ -30,11 +32,19 @@ def rows(names=None, num_classes: int = 10, in_channels: int = 3, dropout: bool 
             "paper_params": spec.paper_params,
             "ratio": None if spec.paper_params is None else n / spec.paper_params,
             "eps": spec.eps,
+            "auto_eps": _quiet_auto_eps(n),
+            "auto_eps_clamped": not PARAM_RANGE[0] <= n <= PARAM_RANGE[1],
             "anl_after": spec.anl_after,
             "dropout": spec.dropout,
             "description": spec.description,
         })
     return out
+
+
+def _quiet_auto_eps(n: int) -> float:
+    with warnings.catch_warnings():  # the table marks counts outside the fitted range instead
+        warnings.simplefilter("ignore")
+        return auto_eps(n)
 
 
 def _fmt_m(v) -> str:
@@ -51,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
         for r in table:
             print(json.dumps(r))
         return 0
-    print(f"{'model':<14} {'#params':>9} {'paper':>8} {'ratio':>6} {'eps':>5}  {'ANL after':<9}  description")
+    print(f"{'model':<14} {'#params':>9} {'paper':>8} {'ratio':>6} {'eps':>5} {'auto':>7}  {'ANL after':<9}  "
+          "description")
     for r in table:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        auto = f"{r['auto_eps']:.3f}{'*' if r['auto_eps_clamped'] else ' '}"
         print(f"{r['model']:<14} {_fmt_m(r['params']):>9} {_fmt_m(r['paper_params']):>8} {ratio:>6} "
-              f"{r['eps']:>5.2f}  {r['anl_after']:<9}  {r['description']}")
+              f"{r['eps']:>5.2f} {auto:>7}  {r['anl_after']:<9}  {r['description']}")
     print(f"(counts for num_classes={args.num_classes}, in_channels={args.in_channels}"
-          f"{', dropout variant' if args.dropout else ''}; paper: Table 2, CIFAR-10; eps of LeNet-5 from Table 1)")
+          f"{', dropout variant' if args.dropout else ''}; paper: Table 2, CIFAR-10; eps of LeNet-5 from Table 1;\n"
+          " auto: eps='auto', a rule fitted to Table 2 (anl_fused.auto_eps); *: outside the fitted "
+          f"{PARAM_RANGE[0] / 1e6:g}M-{PARAM_RANGE[1] / 1e6:g}M parameters, the nearer end's eps)")
     return 0

@@ -22,7 +22,7 @@ from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
 from ..models import MODELS
-from .config import PRESETS, VARIANTS, TrainConfig, arg_type, config_from_dict, preset_values
+from .config import PRESETS, VARIANTS, TrainConfig, arg_type, auto_eps_of, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -67,9 +67,10 @@ def _what(g) -> None:
     _opt(g, "--model", f"zoo model: {', '.join(MODELS)}")
     _opt(g, "--dataset", f"{', '.join(data_mod.DATASETS)} (default digits, offline)")
     _opt(g, "--variant", "what to train", choices=VARIANTS)
-    _opt(g, "--eps", "ANL eps of the hidden layers (default: the model's eps from the paper's Table 2, "
+    _opt(g, "--eps", "ANL eps of the hidden layers, or 'auto': a rule fitted to the paper's Table 2 from the "
+         "model's trainable parameters (anl_fused.auto_eps). Default: the model's eps from the paper's Table 2, "
          "listed by `anl-fused models`, e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that `anl-fused demo` "
-         "uses 0.1 for vgg_tiny instead, the best of its digits sweep)", type=arg_type("eps"))
+         "uses 0.1 for vgg_tiny instead, the best of its digits sweep", type=arg_type("eps"))
     _opt(g, "--input-eps", "input ANL eps (variant input, Table 3): a fraction of std(x) as for the hidden "
          "layers (Eq. 5; normalizing the input changes nothing for one-channel data); with --input-sign in pixel "
          "units of [0, 1] images (16/255 is FGSM's delta=16), divided by the mean of the dataset's per-channel "
@@ -156,6 +157,18 @@ def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     return config_from_args(args, base)
 
 
+def _auto_eps(cfg: TrainConfig, rank: int) -> TrainConfig:
+    """``--eps auto`` resolved, and said (stdout), before training."""
+    if cfg.eps != "auto" or cfg.variant in ("plain", "dropout"):
+        return cfg
+    n, _ = auto_eps_of(cfg)
+    cfg = cfg.resolved()
+    if rank == 0:
+        print(f"eps=auto: {n / 1e6:.3g}M trainable parameters -> eps={cfg.eps:g} "
+              "(a rule fitted to the paper's Table 2; see anl_fused.auto_eps)", flush=True)
+    return cfg
+
+
 def _device_hint(args: argparse.Namespace) -> str:
     """The device for the process group under torchrun, before the run's settings are read."""
     if hasattr(args, "device"):
@@ -178,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         started = launch.init_from_env(_device_hint(args))
         rank, world = (dist.get_rank(), dist.get_world_size()) if started else (0, 1)
-        result = fit(_config(args, world), args.out, resume=args.resume, overwrite=args.overwrite,
+        result = fit(_auto_eps(_config(args, world), rank), args.out, resume=args.resume, overwrite=args.overwrite,
                      checkpoint_every=args.checkpoint_every, stop_after_steps=args.stop_after_steps,
                      progress=not args.no_progress)
         if started:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ... import distributed
+from ...eps_rule import auto_eps
 from ...layer import NORMS
 from .. import data as data_mod
 from ..cli_types import number, out_of_range
-from ..models import MODELS, get_spec
+from ..models import MODELS, build, count_params, get_spec
 
 __all__ = ["IDENTITY", "INPUT_EPS_UNITS", "LENGTH", "NOISE_VARIANTS", "PRESETS", "RANGES", "RUNTIME", "VARIANTS",
-           "TrainConfig", "arg_type", "config_from_dict", "input_layer_eps", "noise_note", "preset_values",
-           "upgrade_stored"]
+           "TrainConfig", "arg_type", "auto_eps_of", "config_from_dict", "input_layer_eps", "noise_note",
+           "preset_values", "upgrade_stored"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
@@ -46,7 +50,7 @@ class TrainConfig:
     data_dir: str = "./data"
     download: bool = False
     variant: str = "anl"
-    eps: float | None = None  # None: the paper's eps for the model (Table 2)
+    eps: float | str | None = None  # None: the paper's eps for the model (Table 2); "auto": anl_fused.auto_eps
     input_eps: float = 0.0
     input_sign: bool = False
     # with input_sign, the unit of input_eps: "pixel" (images in [0, 1]), or "normalized" (runs made before
@@ -105,7 +109,7 @@ def _check_numbers(c: TrainConfig) -> None:
     """Every numeric field in its range (:data:`RANGES`); a validation split for the schedule."""
     for k, spec in RANGES.items():
         value = getattr(c, k)
-        if value is None and k in ("eps", "val_size"):
+        if (value is None and k in ("eps", "val_size")) or (k == "eps" and value == "auto"):
             continue
         bounds = {b: v for b, v in spec.items() if b != "kind"}
         problem = out_of_range(value, **bounds)
@@ -122,8 +126,23 @@ def _check_numbers(c: TrainConfig) -> None:
 
 
 def arg_type(field: str):
-    """The argparse ``type=`` of a numeric field (its kind and range from :data:`RANGES`)."""
-    return number(**RANGES[field], name=field.replace("_", "-"))
+    """The argparse ``type=`` of a numeric field (its kind and range from :data:`RANGES`); ``eps``
+    also takes ``auto``."""
+    parse = number(**RANGES[field], name=field.replace("_", "-"))
+    if field != "eps":
+        return parse
+
+    def eps(text: str) -> float | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as e:
+            if "finite" in str(e):
+                raise
+            raise argparse.ArgumentTypeError(f"must be a number or 'auto', got {text!r}") from None
+
+    return eps
 
 
 def _resolve_noise(c: TrainConfig) -> None:
@@ -137,7 +156,10 @@ def _resolve_noise(c: TrainConfig) -> None:
     if c.variant in ("plain", "dropout"):
         c.eps, c.input_eps, c.input_sign = 0.0, 0.0, False
         return
-    eps = MODELS[c.model].eps if c.eps is None else float(c.eps)
+    if c.eps is None:
+        eps = MODELS[c.model].eps
+    else:
+        eps = auto_eps_of(c)[1] if c.eps == "auto" else float(c.eps)
     if not math.isfinite(eps):
         raise ValueError(f"eps must be finite, got {eps}")
     c.eps = -abs(eps) if c.variant == "opposite" else eps
@@ -146,6 +168,17 @@ def _resolve_noise(c: TrainConfig) -> None:
             raise ValueError("variant 'input' needs --input-eps (the input layer's eps, Table 3)")
     else:
         c.input_eps, c.input_sign = 0.0, False
+
+
+def auto_eps_of(cfg: TrainConfig) -> tuple[int, float]:
+    """``(trainable parameters, eps="auto")`` of the config's model for its dataset (counted on the
+    meta device: no memory, no initialization)."""
+    info = data_mod.DATASETS[data_mod.canonical_name(cfg.dataset)]
+    with torch.device("meta"):
+        model = build(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                      dropout=cfg.variant == "dropout")
+    n = count_params(model)
+    return n, auto_eps(n)
 
 
 IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME + LENGTH)
