@@ -68,9 +68,9 @@ def _what(g) -> None:
     _opt(g, "--dataset", f"{', '.join(data_mod.DATASETS)} (default digits, offline)")
     _opt(g, "--variant", "what to train", choices=VARIANTS)
     _opt(g, "--eps", "ANL eps of the hidden layers, or 'auto': a rule fitted to the paper's Table 2 from the "
-         "model's trainable parameters (anl_fused.auto_eps). Default: the model's eps from the paper's Table 2, "
-         "listed by `anl-fused models`, e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that `anl-fused demo` "
-         "uses 0.1 for vgg_tiny instead, the best of its digits sweep", type=arg_type("eps"))
+         "model's trainable parameters (anl_fused.auto_eps). Default: the model's eps, listed by `anl-fused "
+         "models` (the paper's Table 2; LeNet-5: Table 1), e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that "
+         "`anl-fused demo` uses 0.1 for vgg_tiny instead, the best of its digits sweep", type=arg_type("eps"))
     _opt(g, "--input-eps", "input ANL eps (variant input, Table 3): a fraction of std(x) as for the hidden "
          "layers (Eq. 5; normalizing the input changes nothing for one-channel data); with --input-sign in pixel "
          "units of [0, 1] images (16/255 is FGSM's delta=16), divided by the mean of the dataset's per-channel "

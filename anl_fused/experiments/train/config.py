@@ -225,7 +225,7 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     comes from, and the input eps's unit."""
     notes = []
     if given.eps is None and cfg.variant in NOISE_VARIANTS:
-        notes.append(f"eps {cfg.eps:g}: {cfg.model}'s default (the paper's Table 2, `anl-fused models`)"
+        notes.append(f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
                      + ("; `anl-fused demo` uses 0.1, chosen on a digits sweep" if cfg.model == "vgg_tiny" else ""))
     if cfg.variant == "input":
         layer = input_layer_eps(cfg)
