@@ -108,7 +108,7 @@ def test_train_under_torchrun_resumes_exactly(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for ra, rb in zip(a["ranks"], b["ranks"]):
         assert torch.equal(ra["generator"], rb["generator"])
-    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}
     assert [strip(r) for r in metrics(ref)] == [strip(r) for r in metrics(cut)]
 
     torchrun(args + ["--out", str(down), "--resume", "--stop-after-steps", "5"])

@@ -9,11 +9,9 @@ import pytest
 import torch
 
 from anl_fused import anl_layers
-from anl_fused.experiments import checkpoint
 from anl_fused.cli import main
+from anl_fused.experiments import checkpoint
 from anl_fused.experiments.train import TrainConfig, fit, make_model
-
-
 
 BASE = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "128", "--no-progress"]
 
@@ -66,11 +64,11 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, sto
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["generator"], b["generator"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}
     ma = [strip(json.loads(line)) for line in (ref / "metrics.jsonl").read_text().splitlines()]
     mb = [strip(json.loads(line)) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert ma == mb and len(ma) == 2
-    assert ma[1]["phase"] == "finetune" and ma[1]["lr"] == 1e-3 or variant == "dropout"
+    assert (ma[1]["phase"] == "finetune" and ma[1]["lr"] == 1e-3) or variant == "dropout"
 
 
 def test_finetune_phase_disables_anl_at_floor_lr(tmp_path):
