@@ -2,12 +2,13 @@
 
 Convention: every subcommand is one module with ``configure(parser)`` (adds its arguments) and
 ``run(args) -> int`` (exit code; 2 for a usage or input error, printed as one line). Modules are
-imported only when their command runs.
+imported only when their command runs. Numbers are checked by argparse (``anl_fused.experiments.cli_types``):
+every ``type=float`` option of every subcommand rejects ``nan`` and ``inf``, and the subcommands use
+the shared range validators there.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
@@ -26,8 +27,10 @@ DESCRIPTION = ("anl-fused: train CNNs with Adversarial Noise Layers (You et al.)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .experiments.cli_types import ArgumentParser  # the commands are the experiments' (and bench's)
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="anl-fused", description=DESCRIPTION)
+    parser = ArgumentParser(prog="anl-fused", description=DESCRIPTION)  # every float option rejects nan / inf
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -7,7 +7,11 @@ Every method runs the same model (same weights, same batch) through one training
 forward/backward (gradients zeroed first, no optimizer update). Methods are timed in interleaved
 rounds (each round times every method once, in rotating order) so that a slow spell of the machine
 hits all of them alike; the median over rounds is reported, and ratios are taken between medians
-of the same run. On CUDA each timed sample is ``--inner`` steps between two synchronizations.
+of the same run (``ratios``). Each round also gives a paired ratio (two methods timed back to
+back); their min / median / max over the rounds (``ratio_stats``) show how far one number can be
+trusted, and a warning is printed when max / min exceeds :data:`SPREAD_WARN` (a busy machine: run
+more ``--repeats``, or on an idle one). On CUDA each timed sample is ``--inner`` steps between two
+synchronizations. Nothing is written unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from anl_fused import TwoRound, anl_layers, insert_anl, reference
+from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
 from anl_fused.experiments.files import atomic_write, resolve_device
 from anl_fused.experiments.models import build
 
@@ -133,11 +138,45 @@ def benchmark_model(name: str, batch: int, size: int, device: torch.device, meth
     steps = {m: make_step(m, model, x, y, eps=eps, amp=amp) for m in methods}
     times = time_methods(steps, device, repeats, inner=inner)
     median = {m: statistics.median(t) for m, t in times.items()}
-    ratios = {f"{a}/plain": median[a] / median["plain"] for a in median if a != "plain" and "plain" in median}
-    if "naive" in median and "tworound" in median:
-        ratios["naive/tworound"] = median["naive"] / median["tworound"]
+    pairs = _ratio_pairs(list(median))
+    ratios = {f"{a}/{b}": median[a] / median[b] for a, b in pairs}
     return {"model": name, "batch": batch, "size": size, "amp": str(amp) if amp else None, "eps": eps,
-            "median_s": median, "times_s": times, "ratios": ratios}
+            "median_s": median, "times_s": times, "ratios": ratios, "ratio_stats": ratio_stats(times, pairs)}
+
+
+def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    pairs = [(a, "plain") for a in methods if a != "plain" and "plain" in methods]
+    return pairs + ([("naive", "tworound")] if "naive" in methods and "tworound" in methods else [])
+
+
+def ratio_stats(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Min / median / max over the rounds of each paired ratio ``a/b`` (round ``r``'s two samples),
+    and ``spread`` = max / min."""
+    out = {}
+    for a, b in pairs:
+        per_round = [ta / tb for ta, tb in zip(times[a], times[b])]
+        lo, hi = min(per_round), max(per_round)
+        out[f"{a}/{b}"] = {"min": lo, "median": statistics.median(per_round), "max": hi, "spread": hi / lo}
+    return out
+
+
+SPREAD_WARN = 1.5  # max / min of a paired ratio over the rounds beyond which a result is flagged
+
+
+def spread_warnings(results: list[dict]) -> list[str]:
+    """One line per ratio whose rounds disagree by more than :data:`SPREAD_WARN` (or too few rounds to tell)."""
+    lines = []
+    for r in results:
+        for k, st in r["ratio_stats"].items():
+            rounds = len(next(iter(r["times_s"].values())))
+            if rounds < 3:
+                lines.append(f"warning: {r['model']} {k}: {rounds} round(s) cannot show the spread; use --repeats >= 3")
+                break
+            if st["spread"] > SPREAD_WARN:
+                lines.append(f"warning: {r['model']} {k} varied from {st['min']:.2f}x to {st['max']:.2f}x over "
+                             f"{rounds} rounds (median {st['median']:.2f}x): the machine was busy; do not trust one "
+                             "number, repeat with more --repeats or on an idle machine")
+    return lines
 
 
 def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict:
@@ -174,29 +213,36 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
 
 
 def format_table(results: list[dict]) -> str:
-    lines = ["| model | batch | amp | " + " | ".join(f"{m} (ms)" for m in METHODS) + " | TwoRound/plain | naive/TwoRound |",
+    """Median step times and the two ratios: ratio of the medians, then [min, max] of the rounds' paired ratios."""
+    lines = ["| model | batch | amp | " + " | ".join(f"{m} (ms)" for m in METHODS)
+             + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] |",
              "|---|---|---|" + "---|" * (len(METHODS) + 2)]
     for r in results:
         med = r["median_s"]
         cells = [f"{med[m] * 1e3:.1f}" if m in med else "-" for m in METHODS]
-        ratios = [r["ratios"].get(k) for k in ("tworound/plain", "naive/tworound")]
-        cells += [f"{v:.2f}x" if v is not None else "-" for v in ratios]
+        for k in ("tworound/plain", "naive/tworound"):
+            st = r.get("ratio_stats", {}).get(k)
+            v = r["ratios"].get(k)
+            cells.append("-" if v is None else f"{v:.2f}x" + (f" [{st['min']:.2f}, {st['max']:.2f}]" if st else ""))
         lines.append(f"| {r['model']} | {r['batch']} | {r['amp'] or 'fp32'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], help="zoo names (anl-fused models)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=32, help="input height and width")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved timed samples per method")
-    parser.add_argument("--inner", type=int, default=None, help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
-    parser.add_argument("--eps", type=float, default=0.05)
+    parser.add_argument("--repeats", type=positive_int, default=7,
+                        help="interleaved rounds: timed samples per method; their paired ratios give min / median / "
+                             "max (default 7)")
+    parser.add_argument("--inner", type=positive_int, default=None,
+                        help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
+    parser.add_argument("--eps", type=finite_float, default=0.05)
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
-    parser.add_argument("--out", default="benchmark.json", help="JSON file to write")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: none, the table is printed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in args.models:
         print(f"benchmarking {name} batch {args.batch} on {device} ...", flush=True)
-        results.append(benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps))
+        results.append(benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp,
+                                       args.eps))
     report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
               "steps": results}
     report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
@@ -215,15 +262,17 @@ def run(args: argparse.Namespace) -> int:
         from .kernels import kernel_benchmarks
 
         report["kernels"] = kernel_benchmarks(device)
-    table = format_table(results)
-    print(table)
-    atomic_write(args.out, json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print(format_table(results))
+    for line in spread_warnings(results):
+        print(line, file=sys.stderr)
+    if args.out:
+        atomic_write(args.out, json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="anl-fused bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="anl-fused bench", description=__doc__.split("\n\n")[0])
     configure(parser)
     return run(parser.parse_args(argv))
 

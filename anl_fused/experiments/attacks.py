@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .files import atomic_write
+
 __all__ = [
     "PAPER_FGSM",
     "PAPER_IFGSM",
@@ -391,6 +393,7 @@ def evaluate_transfer(
     mean: Sequence[float] | Tensor | None = None,
     std: Sequence[float] | Tensor | None = None,
     batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """White-box / black-box transfer matrix (paper Table 3).
 
@@ -407,6 +410,8 @@ def evaluate_transfer(
             ``attack(model, x, y) -> x_adv``. Default: :func:`paper_attacks`.
         mean, std: normalization applied inside every model call (attacks and accuracy).
         batch_size: chunk size for attacks and accuracy.
+        progress: called with a short description after each of the ``1 + len(attacks) * len(models)``
+            units of work (clean accuracy, then every attack on every source model), e.g. to advance a bar.
 
     Returns:
         A JSON-serializable dict::
@@ -442,7 +447,9 @@ def evaluate_transfer(
         prepared[aname] = _attack_spec(aname, spec)
 
     norm = dict(mean=mean, std=std, batch_size=batch_size)
+    done = progress or (lambda what: None)
     clean = {name: _correct(m, x, y, mean, std, batch_size) / n for name, m in models.items()}
+    done("clean accuracy")
     transfer: dict[str, dict[str, dict[str, float]]] = {}
     for aname, (run, desc) in prepared.items():
         rows: dict[str, dict[str, float]] = {}
@@ -459,6 +466,7 @@ def evaluate_transfer(
             rows[sname] = {
                 tname: _correct(target, x_adv, y, mean, std, batch_size) / n for tname, target in models.items()
             }
+            done(f"{aname} from {sname}")
         transfer[aname] = rows
     return {
         "models": list(models),
@@ -508,7 +516,7 @@ def transfer_markdown(result: Mapping[str, Any], *, digits: int = 1) -> str:
 
 
 def plot_transfer_heatmap(result: Mapping[str, Any], path, *, dpi: int = 120):
-    """Write a PNG heatmap of :func:`evaluate_transfer`'s result: one panel per attack
+    """Write a PNG heatmap of :func:`evaluate_transfer`'s result (atomically): one panel per attack
     (rows: source, columns: target, white-box diagonal outlined) and a clean-accuracy column.
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). Returns ``path``.
@@ -554,5 +562,5 @@ def plot_transfer_heatmap(result: Mapping[str, Any], path, *, dpi: int = 120):
     ax.set_yticks(range(k), names, fontsize=8)
     fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.8)
     fig.suptitle(f"Accuracy on adversarial images ({result['n']} images); red: white-box", fontsize=10)
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))  # never a half-written PNG
     return path

@@ -11,6 +11,7 @@ missing, unreadable (truncated, corrupted, not a torch file, needs unsafe unpick
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
@@ -26,6 +27,20 @@ READABLE = (1, 2)  # versions whose model weights load (resuming a run needs VER
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file."""
+
+
+def _load_error(path: str, e: Exception) -> str:
+    """One line on why ``torch.load(path, weights_only=True)`` failed (torch's own message is long,
+    and advises ``weights_only=False``, which would run whatever code the file holds)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"checkpoint file {path!r} is not an anl-fused training checkpoint: it holds a Python object "
+                f"({found.group(1)}) that torch.load(weights_only=True) does not unpickle, and anl-fused reads "
+                "weights-only checkpoints alone")
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    reason = f"unreadable pickle data: {found.group(1).strip()}" if found else re.split(r"\.\s|\n", text.strip())[0]
+    return f"checkpoint file {path!r} is corrupted or not a PyTorch checkpoint ({type(e).__name__}: {reason})"
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -44,11 +59,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated / corrupted zip, random bytes, pickles that are not weights-only
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint file {path!r} is corrupted or not a PyTorch checkpoint that loads with "
-            f"weights_only=True ({type(e).__name__}: {reason[:300]})"
-        ) from e
+        raise CheckpointError(_load_error(path, e)) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         what = f"a dict with format={state.get('format')!r}" if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                               finetune_epochs=args.finetune_epochs, finetune_lr="floor", batch_size=args.batch_size,
                               lr=args.lr, seed=seed, device=args.device)
             res = fit(cfg, os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}"), progress=False,
-                      bundle=bundle, log=lambda s: None)
+                      bundle=bundle, log=lambda s: None, overwrite=True)
             runs[key].append(res["history"])
             configs[key] = res["config"]
             bar.set_postfix_str(f"{key} seed {seed}: test err {res['history'][-1]['test_err'] * 100:.2f}%")

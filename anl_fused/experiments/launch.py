@@ -6,6 +6,8 @@ Only the command-line training uses these; the engine's DDP support is in :mod:`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from ..distributed import is_distributed
 
 __all__ = ["any_rank", "broadcast_buffers", "cpu_group", "init_from_env", "launched_by_torchrun", "local_rank",
-           "shard_batches", "shard_block"]
+           "on_rank0", "shard_batches", "shard_block"]
 
 
 def launched_by_torchrun() -> bool:
@@ -91,3 +93,21 @@ def any_rank(flag: bool, group=None) -> bool:
     t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t[0])
+
+
+def on_rank0(fn: Callable[[], Any], world: int) -> Any:
+    """``fn()`` run by rank 0 alone, its result (or the exception it raised) broadcast to every rank:
+    for what only rank 0 may do or see (its file system, the run directory's lock). ``world == 1``: just ``fn()``."""
+    if world == 1:
+        return fn()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:  # every rank raises it
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value

@@ -1,13 +1,15 @@
 """``anl-fused attack`` on checkpoints of ``anl-fused train`` (digits, tiny budget)."""
 
+import errno
 import json
+import os
 
 import pytest
 import torch
 
-from anl_fused.experiments import attacks, data
-from anl_fused.experiments.attack_cli import load_trained
 from anl_fused.cli import main
+from anl_fused.experiments import attack_cli, attacks, data
+from anl_fused.experiments.attack_cli import load_trained
 
 TRAIN = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "128", "--no-progress", "--epochs", "1"]
 
@@ -45,5 +47,64 @@ def test_bad_model_spec_and_foreign_checkpoint(tmp_path, capsys):
         main(["attack", "--models", "no-equals-sign"])
     bad = tmp_path / "bad.pt"
     torch.save({"hello": 1}, bad)
-    with pytest.raises(Exception, match="not an anl-fused training checkpoint"):
-        main(["attack", "--models", f"x={bad}"])
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["attack", "--models", f"x={bad}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"anl-fused attack: error: checkpoint file {str(bad)!r} is not an anl-fused training checkpoint "
+                   "(found a dict with format=None, expected format='anl-fused-train')"]
+    assert os.listdir(out) == []  # --out was created first; nothing half-written, the lock is gone
+
+
+class _Pickled:
+    pass
+
+
+@pytest.mark.parametrize("kind", ["missing", "object", "garbage"])
+def test_unusable_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys, kind):
+    path = tmp_path / "c.pt"
+    if kind == "object":
+        torch.save(_Pickled(), path)  # needs unsafe unpickling
+    elif kind == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    assert main(["attack", "--models", f"x={path}", "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"anl-fused attack: error: checkpoint file {str(path)!r}"), err
+    assert {"missing": "does not exist", "object": "_Pickled", "garbage": "corrupted"}[kind] in err[0]
+    assert "weights_only=False" not in err[0] and "set to `False`" not in err[0] and "\x1b" not in err[0]
+
+
+def test_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch, checkpoints):
+    def forbidden(*a, **k):
+        raise AssertionError("computed before checking --out")
+
+    monkeypatch.setattr(attacks, "evaluate_transfer", forbidden)
+    monkeypatch.setattr(attack_cli, "load_trained", forbidden)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where --out's parent should be")
+    models = [f"{k}={v}" for k, v in checkpoints.items()]
+    assert main(["attack", "--models", *models, "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"anl-fused attack: error: cannot use --out {str(blocker / 'out')!r}")
+
+
+def test_full_disk_leaves_no_half_written_file(tmp_path, capsys, monkeypatch, checkpoints):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "transfer.md.ab12cd34.tmp").write_text("left by a killed run")
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.fstat(fd).st_size > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    models = [f"{k}={v}" for k, v in checkpoints.items()]
+    assert main(["attack", "--models", *models, "--limit", "16", "--ifgsm-steps", "1", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err[-1] == (f"anl-fused attack: error: writing the results to {str(out)!r} failed: [Errno 28] No space "
+                       "left on device") and "Traceback" not in captured.err
+    assert "5/5" in captured.err  # the progress bar: clean accuracy + 2 attacks x 2 source models
+    assert os.listdir(out) == []  # no result, no temporary file (the orphan was cleaned on start)

@@ -44,12 +44,12 @@ TRAIN = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "1
 
 
 
-def torchrun(args, nproc=WORLD):
+def torchrun(args, nproc=WORLD, ok=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "anl_fused.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr[-4000:]}"
+    assert (done.returncode == 0) == ok, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr[-4000:]}"
     return done
 
 
@@ -108,7 +108,7 @@ def test_train_under_torchrun_resumes_exactly(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for ra, rb in zip(a["ranks"], b["ranks"]):
         assert torch.equal(ra["generator"], rb["generator"])
-    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}
     assert [strip(r) for r in metrics(ref)] == [strip(r) for r in metrics(cut)]
 
     torchrun(args + ["--out", str(down), "--resume", "--stop-after-steps", "5"])
@@ -124,3 +124,17 @@ def test_train_under_torchrun_resumes_exactly(tmp_path):
         assert torch.load(p / "checkpoint.pt", weights_only=True)["global_step"] == 14
         assert [r["steps"] for r in metrics(p)] == [7, 7]
 
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_a_run_directory_on_every_rank(tmp_path):
+    """Rank 0 holds the run directory and decides; the other ranks learn its answer and exit too (no
+    hang): an existing run without --resume, and a refused change on --resume."""
+    out = tmp_path / "run"
+    torchrun(TRAIN + ["--epochs", "1", "--out", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = torchrun(TRAIN + ["--epochs", "1", "--out", str(out)], ok=False)
+    assert done.stderr.count("already holds a run (finished: 1 of 1 epochs)") == WORLD
+    done = torchrun(["train", "--no-progress", "--out", str(out), "--resume", "--lr", "0.05"], ok=False)
+    assert done.stderr.count("belongs to a different run") == WORLD
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -9,11 +9,9 @@ import pytest
 import torch
 
 from anl_fused import anl_layers
-from anl_fused.experiments import checkpoint
 from anl_fused.cli import main
+from anl_fused.experiments import checkpoint
 from anl_fused.experiments.train import TrainConfig, fit, make_model
-
-
 
 BASE = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "128", "--no-progress"]
 
@@ -66,11 +64,11 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, sto
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["generator"], b["generator"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}
     ma = [strip(json.loads(line)) for line in (ref / "metrics.jsonl").read_text().splitlines()]
     mb = [strip(json.loads(line)) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert ma == mb and len(ma) == 2
-    assert ma[1]["phase"] == "finetune" and ma[1]["lr"] == 1e-3 or variant == "dropout"
+    assert (ma[1]["phase"] == "finetune" and ma[1]["lr"] == 1e-3) or variant == "dropout"
 
 
 def test_finetune_phase_disables_anl_at_floor_lr(tmp_path):
@@ -99,8 +97,8 @@ def test_variants_build_the_right_model():
     assert {layer.eps for layer in anl_layers(m)} == {-0.02}
     cfg, m = layers("gaussian", eps=0.03)
     assert {layer.noise for layer in anl_layers(m)} == {"gaussian"}
-    cfg, m = layers("input", eps=0.05, input_eps=0.01, input_sign=True)
-    assert anl_layers(m)[0].eps == 0.01 and anl_layers(m)[0].sign
+    cfg, m = layers("input", eps=0.05, input_eps=0.01, input_sign=True)  # pixel units: / digits' std 0.3759
+    assert anl_layers(m)[0].eps == pytest.approx(0.01 / 0.3759) and anl_layers(m)[0].sign
     with pytest.raises(ValueError, match="input-eps"):
         TrainConfig(variant="input").resolved()
     with pytest.raises(ValueError, match="variant"):
@@ -246,3 +244,101 @@ def test_checkpoint_of_the_old_schedule_loads_weights_but_does_not_resume(tmp_pa
     assert str(path) in err and "version 1" in err and "older anl-fused" in err and "weights_only=False" not in err
     model, cfg = load_trained(str(path))
     assert cfg.model == "lenet5" and not model.training
+
+
+@pytest.mark.parametrize("variant,length", [("anl", (100, 100, "floor")), ("input", (100, 100, "floor")),
+                                            ("gaussian", (100, 100, "floor")), ("plain", (200, 0, "continue")),
+                                            ("dropout", (200, 0, "continue"))])
+def test_paper_preset(variant, length):
+    """--preset paper is sec. 4.2.1: ANL 100 epochs then 100 with ANL off at 1e-3; baselines 200 epochs."""
+    cfg = TrainConfig.from_preset("paper", variant=variant, model="vgg16", input_eps=0.05)
+    assert (cfg.epochs, cfg.finetune_epochs, cfg.finetune_lr) == length
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_factor, cfg.patience, cfg.hold_epochs, cfg.min_lr) == (
+        0.1, 0.9, 5e-4, 0.5, 5, 5, 1e-3)
+    assert TrainConfig.from_preset("paper", epochs=7).epochs == 7  # explicit settings win
+    with pytest.raises(ValueError, match="preset must be one of"):
+        TrainConfig.from_preset("cifar")
+
+
+def test_preset_on_the_command_line_with_explicit_overrides(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["train", "--preset", "paper", "--model", "lenet5", "--lr", "0.05", "--out", str(out),
+                 "--stop-after-steps", "1", "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"], cfg["lr"], cfg["weight_decay"]) == (
+        100, 100, "floor", 0.05, 5e-4)
+    assert cfg["augment"] == "none"  # digits: no crop / flip (CIFAR gets them)
+    assert main(["train", "--preset", "paper", "--variant", "plain", "--model", "lenet5", "--out", str(out),
+                 "--overwrite", "--stop-after-steps", "1", "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"]) == (200, 0, "continue")
+
+
+def _input_noise(cfg, x_pixels, mean, std):
+    """The input ANL layer's noise in a TwoRound step, in pixel units."""
+    from anl_fused import TwoRound
+
+    torch.manual_seed(0)
+    model = make_model(cfg, x_pixels.shape[1], 10).train()
+    seen = {}
+    anl_layers(model)[0].register_forward_hook(lambda m, args, out: seen.update(eta=(out - args[0]).detach()))
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    x = (x_pixels - mean_t) / std_t
+    y = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(1))
+    TwoRound(model, generator=torch.Generator().manual_seed(2)).step(
+        lambda: torch.nn.functional.cross_entropy(model(x), y))
+    return seen["eta"] * std_t  # round 2's noise, back in pixel units
+
+
+def test_input_sign_eps_is_in_pixel_units():
+    """--input-sign --input-eps 16/255 moves every pixel by 16/255 (digits: one channel, exact),
+    not by 16/255 of the normalized input (16/255 * 0.376 in pixels)."""
+    from anl_fused.experiments.data import DATASETS
+
+    info = DATASETS["digits"]
+    cfg = TrainConfig(model="lenet5", variant="input", eps=0.0, input_eps=16 / 255, input_sign=True).resolved()
+    assert cfg.input_eps_unit == "pixel"
+    eta = _input_noise(cfg, torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), info.mean, info.std)
+    moved = eta.abs()[eta != 0]
+    assert moved.numel() > 0.9 * eta.numel()
+    torch.testing.assert_close(moved, torch.full_like(moved, 16 / 255), rtol=1e-5, atol=0)
+    cifar = TrainConfig(model="vgg11", dataset="cifar10", variant="input", input_eps=8 / 255, input_sign=True)
+    assert anl_layers(make_model(cifar.resolved(), 3, 10))[0].eps == pytest.approx(8 / 255 / (sum(
+        DATASETS["cifar10"].std) / 3))
+
+
+def test_input_eps_without_sign_and_old_runs_are_used_as_they_are(tmp_path):
+    from anl_fused.experiments.train.config import config_from_dict, upgrade_stored
+
+    cfg = TrainConfig(model="lenet5", variant="input", eps=0.05, input_eps=0.1).resolved()  # Eq. 5: a fraction of std
+    assert cfg.input_eps_unit is None and anl_layers(make_model(cfg, 1, 10))[0].eps == 0.1
+    # a run made before the unit existed: its input-sign eps was on the normalized input, and stays so
+    old = {k: v for k, v in TrainConfig(model="lenet5", variant="input", input_eps=0.2, input_sign=True)
+           .resolved().__dict__.items() if k != "input_eps_unit"}
+    cfg = config_from_dict(upgrade_stored(old)).resolved()
+    assert cfg.input_eps_unit == "normalized" and anl_layers(make_model(cfg, 1, 10))[0].eps == 0.2
+    out = tmp_path / "run"
+    assert main(BASE + ["--variant", "input", "--input-eps", "0.0627", "--input-sign", "--epochs", "1",
+                        "--stop-after-steps", "1", "--out", str(out)]) == 0
+    written = json.loads((out / "config.json").read_text())
+    assert written["input_eps_unit"] == "pixel" and written["input_layer_eps"] == pytest.approx(0.0627 / 0.3759)
+
+
+def test_norm_goes_to_every_hidden_layer_and_is_part_of_the_runs_identity(tmp_path, capsys):
+    from anl_fused.experiments.train.checkpointing import resume_changes
+
+    cfg = TrainConfig(model="lenet5", variant="input", input_eps=0.1, norm="layer").resolved()
+    layers = anl_layers(make_model(cfg, 1, 10))
+    assert [layer.norm for layer in layers[1:]] == ["layer", "layer"] and layers[0].norm == "sample"
+    assert {layer.norm for layer in anl_layers(make_model(TrainConfig(model="lenet5").resolved(), 1, 10))} == {"sample"}
+    with pytest.raises(ValueError, match="norm must be one of"):
+        TrainConfig(norm="batch").resolved()
+    out = tmp_path / "run"
+    assert main(BASE + ["--norm", "layer", "--epochs", "1", "--stop-after-steps", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["norm"] == "layer"
+    assert main(["train", "--out", str(out), "--resume", "--norm", "sample", "--no-progress"]) == 2
+    assert "differing settings norm: checkpoint 'layer' vs now 'sample'" in capsys.readouterr().err
+    # a run made before the field existed used per-sample norms
+    now = dict(vars(TrainConfig(model="lenet5").resolved()))
+    saved = {k: v for k, v in now.items() if k not in ("norm", "input_eps_unit")}
+    assert resume_changes(saved, now, 0, 1, "x.pt") == {}

@@ -20,7 +20,9 @@ counters, the epoch's partial metrics and the metric history; the data order and
 functions of (seed, epoch), so ``--resume`` continues bitwise where the run stopped, at step
 granularity (``--checkpoint-every K`` steps, always at epoch ends, and on Ctrl-C at the next step
 boundary). The training loop never reads a device value per step: metrics are accumulated on the
-device and read once per epoch.
+device and read once per epoch. A run directory holds one run, written by one process at a time
+(:mod:`.rundir`); ``--resume`` takes the run's settings from its ``config.json`` and may change only
+its length and where it runs (:func:`.checkpointing.resume_changes`), recorded in the run.
 
 Several processes (``torchrun --nproc_per_node N -m anl_fused.cli train ...``, multi-node with
 torchrun's usual flags): ``run`` initializes the process group from torchrun's environment (NCCL on
@@ -38,17 +40,19 @@ SyncBatchNorm (GPUs only).
 
 Modules: :mod:`.config` (TrainConfig), :mod:`.schedule` (learning rate), :mod:`.parts` (model,
 optimizer, engine, batches), :mod:`.loop` (``fit``), :mod:`.checkpointing` (what a checkpoint
-holds, save, read, resume), :mod:`.rundir` (``config.json``), :mod:`.metrics` (meter, evaluation,
+holds, save, read, resume), :mod:`.rundir` (one writer per run directory, no accidental
+overwrite, ``config.json``), :mod:`.metrics` (meter, evaluation,
 ``metrics.jsonl``), :mod:`.cli` (``configure`` / ``run``).
 """
 
 from .checkpointing import CHECKPOINT_NAME
 from .cli import config_from_args, configure, run
-from .config import IDENTITY, NOISE_VARIANTS, VARIANTS, TrainConfig, config_from_dict
+from .config import IDENTITY, LENGTH, NOISE_VARIANTS, PRESETS, RUNTIME, VARIANTS, TrainConfig, config_from_dict
 from .loop import fit
 from .metrics import METRICS_NAME, EpochMeter, evaluate
 from .parts import make_model
-from .rundir import CONFIG_NAME
+from .rundir import CONFIG_NAME, RunDirError
 
-__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "IDENTITY", "METRICS_NAME", "NOISE_VARIANTS", "VARIANTS", "EpochMeter",
-           "TrainConfig", "config_from_args", "config_from_dict", "configure", "evaluate", "fit", "make_model", "run"]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "IDENTITY", "LENGTH", "METRICS_NAME", "NOISE_VARIANTS", "PRESETS",
+           "RUNTIME", "VARIANTS", "EpochMeter", "RunDirError", "TrainConfig", "config_from_args", "config_from_dict",
+           "configure", "evaluate", "fit", "make_model", "run"]

@@ -19,11 +19,12 @@ import torch.distributed as dist
 
 from ... import rng
 from .. import checkpoint as ckpt
-from .config import IDENTITY
+from .. import launch
+from .config import IDENTITY, upgrade_stored
 from .metrics import EpochMeter, merged_meter_state
 from .parts import Parts
 
-__all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "check_identity", "read", "restore", "save"]
+__all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "read", "restore", "resume_changes", "save"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED = ("config", "model", "optimizer", "scheduler", "generator", "rng", "epoch", "step", "global_step", "meter",
@@ -32,40 +33,63 @@ REQUIRED = ("config", "model", "optimizer", "scheduler", "generator", "rng", "ep
 
 @dataclass
 class Position:
-    """Where a run is: ``epoch`` epochs finished, ``step`` steps into the next, ``global_step`` in total."""
+    """Where a run is: ``epoch`` epochs finished, ``step`` steps into the next, ``global_step`` in total;
+    and its record: ``history`` (the lines of ``metrics.jsonl``), ``changes`` (settings changed on resume)."""
 
     epoch: int = 0
     step: int = 0
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read(path: str, world: int) -> dict[str, Any] | None:
     """The checkpoint to resume from (``None``: there is none). Under torchrun rank 0 reads it and
     broadcasts it, or its error, to the others: only rank 0's file system needs it."""
-    found: tuple[str, Any] = ("none", None)
-    if world == 1 or dist.get_rank() == 0:
-        try:
-            if os.path.exists(path):
-                found = ("ok", ckpt.load(path, map_location="cpu", required=REQUIRED, versions=(ckpt.VERSION,)))
-        except ckpt.CheckpointError as e:
-            found = ("error", str(e))
-    if world > 1:
-        box = [found]
-        dist.broadcast_object_list(box, src=0)
-        found = box[0]
-    if found[0] == "error":
-        raise ckpt.CheckpointError(found[1])
-    return found[1]
+
+    def load() -> dict[str, Any] | None:
+        if not os.path.exists(path):
+            return None
+        return ckpt.load(path, map_location="cpu", required=REQUIRED, versions=(ckpt.VERSION,))
+
+    return launch.on_rank0(load, world)
 
 
-def check_identity(saved: dict[str, Any], now: dict[str, Any], path: str) -> None:
-    """Refuse a checkpoint whose run had other identity settings than ``now``."""
-    diff = {k: (saved.get(k), now[k]) for k in IDENTITY if saved.get(k) != now[k]}
-    if diff:
+_ALLOWED = ("--resume continues a run with its own settings (config.json); it may change only the length while "
+            "the finished epochs stay as they were (--epochs, --finetune-epochs, --finetune-lr) and where and how "
+            "fast it runs (--device, --compile, --channels-last, --eval-batch-size, --data-dir, --download)")
+
+
+def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step: int, path: str) -> dict[str, list]:
+    """The settings ``now`` changes in the run of checkpoint ``path`` (``saved``: its config), which
+    stands ``step`` steps into epoch ``epoch + 1``: ``{field: [old, new]}``. Raises
+    :class:`~anl_fused.experiments.checkpoint.CheckpointError` for a change that is not safe."""
+    saved = upgrade_stored(saved)
+    diff = {k: [saved.get(k), v] for k, v in now.items() if saved.get(k) != v}
+    identity = {k: d for k, d in diff.items() if k in IDENTITY}
+    if identity:
         raise ckpt.CheckpointError(
             f"checkpoint file {path!r} belongs to a different run; differing settings "
-            + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items()))
+            + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in identity.items())
+            + f". {_ALLOWED}; for other settings start a new run (another --out, or --overwrite)")
+    problem = _length_problem(saved, now, epoch + (1 if step else 0))
+    if problem:
+        raise ckpt.CheckpointError(f"cannot resume {path!r} with {problem}. {_ALLOWED}")
+    return diff
+
+
+def _length_problem(saved: dict[str, Any], now: dict[str, Any], touched: int) -> str | None:
+    """Why ``now``'s epochs would rewrite the ``touched`` epochs the run has (partly) trained, or ``None``."""
+    old_e, new_e = saved["epochs"], now["epochs"]
+    total = new_e + now["finetune_epochs"]
+    where = f"the run has trained (into) {touched} epoch(s), phase 1 being epochs 1-{old_e}"
+    if total < touched:
+        return f"--epochs {new_e} --finetune-epochs {now['finetune_epochs']} ({total} in all): {where}"
+    if old_e != new_e and min(old_e, new_e) < touched:
+        return f"--epochs {new_e}: {where}; phase 1 can change only while the run is still in it"
+    if saved.get("finetune_lr") != now["finetune_lr"] and touched > old_e:
+        return f"--finetune-lr {now['finetune_lr']}: {where}; the fine-tuning phase has begun"
+    return None
 
 
 def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str,
@@ -89,7 +113,8 @@ def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str,
             "other noise draws and dropout masks from here on")
         if rank == 0:  # the epoch's partial sums of all old processes; the others start at 0
             meter.load_state_dict(merged_meter_state([r["meter"] for r in saved]))
-    return Position(int(state["epoch"]), int(state["step"]), int(state["global_step"]), list(state["history"]))
+    return Position(int(state["epoch"]), int(state["step"]), int(state["global_step"]), list(state["history"]),
+                    list(state.get("changes", [])))
 
 
 def save(path: str, parts: Parts, meter: EpochMeter, pos: Position, config: dict[str, Any]) -> None:
@@ -106,6 +131,7 @@ def save(path: str, parts: Parts, meter: EpochMeter, pos: Position, config: dict
         "config": config, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(), **mine,
         "epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
-        "history": pos.history, "num_classes": parts.bundle.num_classes, "in_channels": parts.bundle.in_channels,
+        "history": pos.history, "changes": pos.changes,
+        "num_classes": parts.bundle.num_classes, "in_channels": parts.bundle.in_channels,
         **({"ranks": ranks} if ranks else {}),
     })

@@ -11,6 +11,7 @@ reads a device value per step: metrics are accumulated on the device and read on
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import signal
 import sys
@@ -25,12 +26,11 @@ from torch import Tensor
 
 from .. import data as data_mod
 from .. import launch
-from . import checkpointing
+from . import checkpointing, rundir
 from .checkpointing import CHECKPOINT_NAME, Position
-from .config import TrainConfig
+from .config import TrainConfig, noise_note
 from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
 from .parts import Parts, build_parts, process_group
-from .rundir import write_config
 
 __all__ = ["fit"]
 
@@ -81,6 +81,9 @@ class _Loop:
         self._t0 = 0.0
 
     def run(self) -> str | None:
+        if self.pos.epoch >= self.total_epochs:
+            self.log(f"the run is finished ({self.pos.epoch} of {self.total_epochs} epochs): nothing to train "
+                     "(--resume with more --epochs or --finetune-epochs extends it)")
         self.parts.model.train()
         with _GracefulInterrupt() as self.interrupt:
             while self.pos.epoch < self.total_epochs and self.stopped is None:
@@ -191,7 +194,8 @@ class _Loop:
 
 def _resume(parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: str | None,
             log: Callable[[str], None]) -> Position:
-    """The position to continue from: the checkpoint's, restored into ``parts`` and ``meter``, or the start."""
+    """The position to continue from: the checkpoint's, restored into ``parts`` and ``meter``, or the
+    start. Settings changed against the checkpoint's are checked and recorded in ``Position.changes``."""
     if not out_dir:
         raise ValueError("resume needs an output directory")
     path = os.path.join(out_dir, CHECKPOINT_NAME)
@@ -199,39 +203,49 @@ def _resume(parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: st
     if state is None:
         log(f"no checkpoint at {path}; starting from scratch")
         return Position()
-    checkpointing.check_identity(state["config"], config, path)
+    changed = checkpointing.resume_changes(state["config"], config, state["epoch"], state["step"], path)
     pos = checkpointing.restore(state, parts, meter, path, log)
     log(f"resumed from {path} at epoch {pos.epoch + 1}, step {pos.step} (global step {pos.global_step})")
+    if changed:
+        pos.changes.append({"epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
+                            "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                            "changed": changed})
+        log("changed on resume (recorded in config.json): "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     return pos
 
 
-def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, checkpoint_every: int = 0,
-        stop_after_steps: int | None = None, progress: bool = True, bundle: data_mod.DataBundle | None = None,
-        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, overwrite: bool = False,
+        checkpoint_every: int = 0, stop_after_steps: int | None = None, progress: bool = True,
+        bundle: data_mod.DataBundle | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``cfg`` (see :mod:`anl_fused.experiments.train`). Returns ``{"config", "history", "stopped",
     "global_step", "model", "epoch", "step"}``; with ``out_dir``, writes config, metrics and checkpoints there.
 
+    ``out_dir`` is held for the run (:mod:`.rundir`): another process that holds it, or a run already
+    in it, is refused (:class:`~.rundir.RunDirError`) unless ``resume`` (continue it; settings may
+    change only as :func:`~.checkpointing.resume_changes` allows) or ``overwrite`` (delete it first).
     ``stop_after_steps``: stop (with a checkpoint) once this many optimizer steps have been taken in
     total, as an interruption would. ``bundle``: preloaded data (the demo reuses one)."""
     from tqdm.auto import tqdm
 
-    cfg = cfg.resolved()
-    rank, _ = process_group()
+    given, cfg = cfg, cfg.resolved()
+    rank, world = process_group()
     if rank:  # under torchrun only rank 0 logs and writes
         log, progress = (lambda s: None), False
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
-    parts = build_parts(cfg, bundle)
-    config = dataclasses.asdict(cfg)
-    meter = EpochMeter(parts.device)
-    if out_dir and rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-    pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
-    if out_dir and rank == 0:
-        write_config(out_dir, config, parts)
-        MetricsFile(out_dir).rewrite(pos.history)
-    loop = _Loop(parts, config, pos, meter, out_dir, checkpoint_every=checkpoint_every,
-                 stop_after_steps=stop_after_steps, progress=progress, log=log)
-    stopped = loop.run()
+    with rundir.claimed(out_dir, resume=resume, overwrite=overwrite, world=world, log=log):
+        if noise_note(given, cfg):
+            log(noise_note(given, cfg))
+        parts = build_parts(cfg, bundle)
+        config = dataclasses.asdict(cfg)
+        meter = EpochMeter(parts.device)
+        pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
+        if out_dir and rank == 0:
+            rundir.write_config(out_dir, config, parts, pos.changes)
+            MetricsFile(out_dir).rewrite(pos.history)
+        loop = _Loop(parts, config, pos, meter, out_dir, checkpoint_every=checkpoint_every,
+                     stop_after_steps=stop_after_steps, progress=progress, log=log)
+        stopped = loop.run()
     if stopped == "interrupt" and out_dir:
         log(f"stopped at epoch {pos.epoch + 1}, step {pos.step}; checkpoint {loop.ckpt_path}; continue with --resume")
     return {"config": config, "history": pos.history, "stopped": stopped, "global_step": pos.global_step,

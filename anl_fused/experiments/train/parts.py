@@ -16,22 +16,23 @@ from .. import data as data_mod
 from .. import launch
 from ..files import resolve_device
 from ..models import MODELS, build
-from .config import NOISE_VARIANTS, TrainConfig
+from .config import NOISE_VARIANTS, TrainConfig, input_layer_eps
 from .schedule import make_schedule
 
 __all__ = ["Parts", "build_parts", "make_model", "process_group"]
 
 
 def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """The zoo model with the variant's ANL (``cfg`` must be resolved)."""
+    """The zoo model with the variant's ANL (``cfg`` must be resolved; the input layer's eps is
+    :func:`~.config.input_layer_eps`: ``input_eps`` in pixel units with ``input_sign``)."""
     from ... import insert_anl
 
     model = build(cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.variant == "dropout")
     if cfg.variant in NOISE_VARIANTS:
-        insert_anl(model, cfg.eps, input_eps=cfg.input_eps, input_sign=cfg.input_sign,
+        insert_anl(model, cfg.eps, input_eps=input_layer_eps(cfg), input_sign=cfg.input_sign,
                    after=MODELS[cfg.model].anl_after,
                    noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
-                   scale_by_std=cfg.scale_by_std)
+                   scale_by_std=cfg.scale_by_std, norm=cfg.norm)
     return model
 
 
