@@ -21,7 +21,7 @@ RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bf
 def interpreted() -> bool:
     """True when ``triton.jit`` kernels run in the interpreter (TRITON_INTERPRET was set)."""
     mod = importlib.import_module("anl_fused.kernels.std")
-    return not isinstance(mod._std_partial_kernel, triton.runtime.jit.JITFunction)
+    return not isinstance(mod._std_kernel, triton.runtime.jit.JITFunction)
 
 
 def kernel_device() -> str:

@@ -183,6 +183,7 @@ def test_hypothesis(B, rest, h_dtype, g_dtype, channels_last):
 
 _TRACE_SCRIPT = textwrap.dedent(
     """
+    import re
     import torch
     from torch._dynamo.backends.common import aot_autograd
     from anl_fused import kernels
@@ -198,29 +199,33 @@ _TRACE_SCRIPT = textwrap.dedent(
             raise Traced  # traced and captured; running needs a GPU
         return run
 
-    def step(h, z):
+    def step(h, z, stats):
         s = kernels.std(h)
         out = torch.relu(h)
-        scale, norm = kernels.noise_scale(out, z, s, 0.25)
-        sign_scale, _ = kernels.noise_scale(out, None, None, -0.5)
-        return kernels.add_noise(h, out.to(torch.bfloat16), scale + sign_scale), norm
+        scale, norm = kernels.noise_scale(out, z, s, 0.25, stats=stats)
+        sign_scale, _ = kernels.noise_scale(out, None, None, -0.5, layer_norm=True)
+        gauss = kernels.add_noise(h, out, s, alpha=0.125)
+        return kernels.add_noise(gauss, out.to(torch.bfloat16), scale + sign_scale), norm
 
     h = torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
     fn = torch.compile(step, fullgraph=True, backend=aot_autograd(fw_compiler=capture))
     try:
-        fn(h, torch.randn(4))
+        fn(h, torch.randn(4), torch.zeros(2, dtype=torch.int64))
     except Traced:
         pass
     code = graphs[0].code
-    assert code.count("triton_kernel_wrapper_functional(") == 7, code
+    # one launch per op call: std, noise_scale (twice), add_noise (twice)
+    assert code.count("triton_kernel_wrapper_functional(") == 5, code
+    assert re.search(r"'stats_ptr': (arg|primals)\w+", code), code  # stats is the graph input, updated in place
     print("TRACED_OK")
     """
 )
 
 
 def test_compile_traces_fullgraph_on_cpu():
-    """torch.compile(fullgraph=True) of std -> ReLU -> noise_scale (with and without
-    z and s) -> add_noise traces into one graph holding the seven Triton kernel launches (no graph break, no opaque op). Runs in a
+    """torch.compile(fullgraph=True) of std -> ReLU -> noise_scale (with and without z, s, stats,
+    layer_norm) -> add_noise (Gaussian form, then adversarial) traces into one graph holding one
+    Triton kernel launch per op call (no graph break, no opaque op). Runs in a
     subprocess without TRITON_INTERPRET, since interpreted kernels cannot be traced; the captured
     graph is not run (compiled Triton needs a GPU: see TestGPU for that)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ANL_FUSED_BACKEND")}
