@@ -67,6 +67,35 @@ def poisoned_allocations():
         mp.undo()
 
 
+@contextlib.contextmanager
+def shuffled_programs(seed: int = 0):
+    """Under the interpreter, run the programs of every launch in a random order (the grid loop
+    maps its index through a permutation): a kernel whose result depends on which program runs
+    last (or first) then gives other results."""
+    from triton.runtime.interpreter import interpreter_builder
+
+    real_dim, real_idx = interpreter_builder.set_grid_dim, interpreter_builder.set_grid_idx
+    gen = torch.Generator().manual_seed(seed)
+    perm = []
+
+    def set_grid_dim(x, y, z):
+        perm[:] = torch.randperm(x, generator=gen).tolist()
+        if x > 1 and perm[-1] == x - 1:  # the program that runs last is never the last one
+            perm[0], perm[-1] = perm[-1], perm[0]
+        return real_dim(x, y, z)
+
+    def set_grid_idx(x, y, z):
+        return real_idx(perm[x], y, z)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(interpreter_builder, "set_grid_dim", set_grid_dim)
+    mp.setattr(interpreter_builder, "set_grid_idx", set_grid_idx)
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
 def rand(shape, dtype, device, *, layout="contiguous", mean=0.0, std=1.0, gen=None):
     """Random (never zero) data of ``shape`` in ``layout``: contiguous, channels_last, or strided
     (a non-contiguous view: every other element of the last dimension of a larger tensor)."""
