@@ -43,8 +43,8 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ._math import div_rn
-from ._layout import FLOAT_DTYPES, acc_dtype, check_float, counter, dense, fresh_counter, next_pow2, sample_block, \
-    split_f64
+from ._layout import (FLOAT_DTYPES, cdiv, check_float, dense, fresh_counter, next_pow2, sample_block, split_f64,
+                      workspace)
 
 MAX_BLOCK = 4096  # elements of one sample per tile of the max pass
 PART_BLOCK = 1024  # partials per tile of the last program's finalize ([samples, chunks] tiles)
@@ -58,9 +58,9 @@ def _config(B: int, M: int) -> tuple[int, int, int, int, int]:
     """``(BLOCK, tiles per program, chunks per sample, samples per finalize tile, chunks per
     finalize tile)`` for ``B`` samples of ``M`` elements."""
     block = sample_block(M, MAX_BLOCK)
-    tiles_per_sample = max(1, triton.cdiv(M, block))
-    tiles = triton.cdiv(B * tiles_per_sample, MAX_PARTS)
-    chunks = triton.cdiv(tiles_per_sample, tiles)
+    tiles_per_sample = max(1, cdiv(M, block))
+    tiles = cdiv(B * tiles_per_sample, MAX_PARTS)
+    chunks = cdiv(tiles_per_sample, tiles)
     cb = min(next_pow2(chunks), PART_BLOCK)
     sb = max(1, min(PART_BLOCK // cb, FINAL_SAMPLES, next_pow2(B)))
     return block, tiles, chunks, sb, cb
@@ -134,7 +134,8 @@ def _noise_scale_kernel(
             tl.store(norm_ptr + rows, norm, mask=rmask)
             finite = norm < float("inf")  # False for NaN (norm >= 0)
             if HAS_STATS:
-                n_bad += tl.sum((rmask & ~finite).to(tl.int32), axis=0)
+                bad = (norm != norm) | (norm == float("inf"))  # not finite (norm >= 0)
+                n_bad += tl.sum((rmask & bad).to(tl.int32), axis=0)
                 n_zero += tl.sum((rmask & (norm == 0.0)).to(tl.int32), axis=0)
             if LAYER_NORM:
                 layer = tl.maximum(layer, tl.max(tl.where(rmask & finite, norm, 0.0), axis=0))
@@ -150,11 +151,10 @@ def _noise_scale_kernel(
             norm = tl.load(norm_ptr + rows, mask=rmask, other=0.0)
             finite = norm < float("inf")
             if LAYER_NORM:
-                valid = finite & (layer > 0.0)
                 divisor = tl.zeros([SB], acc_ty) + layer
             else:
-                valid = finite & (norm > 0.0)
                 divisor = norm
+            valid = finite & (divisor > 0.0)
             r = _r(z_ptr, rows, rmask, eps, HAS_Z) * s
             q = div_rn(r, tl.where(valid, divisor, 1.0))
             q = tl.minimum(tl.maximum(q, -MAX_SCALE), MAX_SCALE)
@@ -170,14 +170,15 @@ _MAX = {torch.float32: torch.finfo(torch.float32).max, torch.float64: torch.finf
 
 
 def _launch(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, layer_norm: bool,
-            stats: Optional[Tensor], kernel, count) -> Tuple[Tensor, Tensor]:
-    """Check the small arguments, allocate, launch ``kernel`` (the JITFunction, or its ``wrap_triton``
-    wrapper when traced; ``count`` is then a callable giving the counter). ``g`` is dense."""
+            stats: Optional[Tensor], kernel, ws) -> Tuple[Tensor, Tensor]:
+    """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
+    the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
+    fresh partials and a fresh zeroed counter)."""
     if g.dim() < 1:
         raise ValueError("g must have a batch dimension (dim >= 1)")
     B = g.shape[0]
     M = g.numel() // B if B > 0 else 0
-    acc = acc_dtype(g.dtype)
+    acc = torch.float64 if g.dtype is torch.float64 else torch.float32
     if z is not None:
         if z.numel() != B:
             raise ValueError(f"z must hold one value per sample ({B}), got shape {tuple(z.shape)}")
@@ -185,7 +186,8 @@ def _launch(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, lay
             z = z.reshape(B).contiguous()
     if s is not None and s.numel() != 1:
         raise ValueError(f"s must be a single value, got shape {tuple(s.shape)}")
-    if stats is not None and (stats.dtype != torch.int64 or stats.shape != (2,) or not stats.is_contiguous()):
+    if stats is not None and (stats.dtype is not torch.int64 or stats.dim() != 1 or stats.numel() != 2
+                              or not stats.is_contiguous()):
         raise ValueError(f"stats must be a contiguous int64 tensor of shape [2], got {stats.dtype} "
                          f"{tuple(stats.shape)}")
     eps_hi, eps_lo = split_f64(eps)
@@ -200,12 +202,14 @@ def _launch(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, lay
         if len(_CONFIGS) < 4096:
             _CONFIGS[key] = cfg
     block, tiles, chunks, sb, cb = cfg
-    part = torch.empty(B * chunks, dtype=acc, device=g.device)
+    if ws is None:
+        part, count = torch.empty(B * chunks, dtype=acc, device=g.device), fresh_counter(g.device)
+    else:
+        part, count = ws.partials(acc, B * chunks), ws.counters[COUNTER_SLOT]
     # an absent z / s / stats is never read: the partials stand in for its pointer
     kernel[(B * chunks,)](
         g, part if z is None else z, part if s is None else s, part, scale, norm,
-        part if stats is None else stats, count if not callable(count) else count(g.device),
-        B, M, chunks, tiles, eps_hi, eps_lo,
+        part if stats is None else stats, count, B, M, chunks, tiles, eps_hi, eps_lo,
         HAS_Z=z is not None, HAS_S=s is not None, HAS_STATS=stats is not None, LAYER_NORM=bool(layer_norm),
         MAX_SCALE=_MAX[acc], BLOCK=block, SB=sb, CB=cb, num_warps=NUM_WARPS,
     )
@@ -216,10 +220,10 @@ def _launch(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, lay
 def noise_scale_op(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, layer_norm: bool = False,
                    stats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The ``anl_fused::noise_scale`` operator (see the module docstring); the path ``torch.compile``
-    traces. Its counter is a fresh zeroed int32 (an allocation and a fill in the graph)."""
+    traces. Fresh partials and a fresh zeroed counter (an allocation and a fill in the graph)."""
     check_float(g, "g")
     g, _ = dense(g)
-    return _launch(g, z, s, eps, layer_norm, stats, wrap_triton(_noise_scale_kernel), fresh_counter)
+    return _launch(g, z, s, eps, layer_norm, stats, wrap_triton(_noise_scale_kernel), None)
 
 
 def noise_scale(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, *, layer_norm: bool = False,
@@ -231,7 +235,7 @@ def noise_scale(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float,
     ``s = 1`` when None. ``stats`` (int64 ``[2]``), when given, is incremented in place by the number
     of samples whose norm is not finite and the number whose norm is 0.
 
-    Eager calls launch the kernel directly (cheap host path, persistent counter); under
+    Eager calls launch the kernel directly (cheap host path, persistent workspace); under
     ``torch.compile`` this is the ``anl_fused::noise_scale`` op."""
     if torch.compiler.is_compiling():
         return torch.ops.anl_fused.noise_scale(
@@ -241,4 +245,5 @@ def noise_scale(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float,
         check_float(g, "g")
     if not g.is_contiguous():
         g, _ = dense(g)
-    return _launch(g, z, s, float(eps), layer_norm, stats, _noise_scale_kernel, counter(g.device, COUNTER_SLOT))
+    return _launch(g, z, s, eps if type(eps) is float else float(eps), layer_norm, stats, _noise_scale_kernel,  # noqa: E721
+                   workspace(g.device))

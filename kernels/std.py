@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ._math import div_rn, sqrt_rn
-from ._layout import FLOAT_DTYPES, acc_dtype, check_float, counter, dense, fresh_counter
+from ._layout import FLOAT_DTYPES, cdiv, check_float, dense, fresh_counter, workspace
 
 BLOCK = 4096  # elements per tile of the main pass (a quarter of it for tensors under 1024 blocks)
 PART_BLOCK = 1024  # partials per iteration of the last program's combine
@@ -46,9 +46,9 @@ COUNTER_SLOT = 0  # this op's int32 slot in the device workspace
 def _config(n: int) -> tuple[int, int, int, int]:
     """``(BLOCK, tiles per program, programs, num_warps)`` for ``n`` elements (cached by the caller)."""
     block = BLOCK if n >= 1024 * BLOCK else max(1, BLOCK // 4)
-    tiles_total = max(1, triton.cdiv(n, block))
-    tiles = triton.cdiv(tiles_total, MAX_PARTS)
-    parts = triton.cdiv(tiles_total, tiles)
+    tiles_total = max(1, cdiv(n, block))
+    tiles = cdiv(tiles_total, MAX_PARTS)
+    parts = cdiv(tiles_total, tiles)
     return block, tiles, parts, (8 if block >= 4096 else 4)
 
 
@@ -114,9 +114,10 @@ def _std_kernel(h_ptr, part_ptr, s_ptr, count_ptr, n, tiles, BLOCK: tl.constexpr
 _CONFIGS: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
 
 
-def _launch(h: Tensor, kernel, count: Tensor) -> Tensor:
-    """Allocate the result and the partials, launch ``kernel`` (the JITFunction, or its
-    ``wrap_triton`` wrapper when traced). ``h`` is dense."""
+def _launch(h: Tensor, kernel, ws) -> Tensor:
+    """Allocate the result, launch ``kernel`` on dense ``h``: the JITFunction with the device's
+    workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced: fresh
+    partials and a fresh zeroed counter)."""
     n = h.numel()
     key = (n, BLOCK, MAX_PARTS)  # the module constants are part of the key (tests shrink them)
     cfg = _CONFIGS.get(key)
@@ -125,9 +126,12 @@ def _launch(h: Tensor, kernel, count: Tensor) -> Tensor:
         if len(_CONFIGS) < 4096:  # bounded: one entry per tensor size seen
             _CONFIGS[key] = cfg
     block, tiles, parts, warps = cfg
-    acc = acc_dtype(h.dtype)
+    acc = torch.float64 if h.dtype is torch.float64 else torch.float32
     s = torch.empty((), dtype=acc, device=h.device)
-    part = torch.empty(2 * parts, dtype=acc, device=h.device)
+    if ws is None:
+        part, count = torch.empty(2 * parts, dtype=acc, device=h.device), fresh_counter(h.device)
+    else:
+        part, count = ws.partials(acc, 2 * parts), ws.counters[COUNTER_SLOT]
     kernel[(parts,)](h, part, s, count, n, tiles, BLOCK=block, PART_BLOCK=PART_BLOCK, num_warps=warps)
     return s
 
@@ -135,17 +139,18 @@ def _launch(h: Tensor, kernel, count: Tensor) -> Tensor:
 @triton_op("anl_fused::std", mutates_args=())
 def std_op(h: Tensor) -> Tensor:
     """The ``anl_fused::std`` operator (see the module docstring); the path ``torch.compile``
-    traces. Functional: its counter is a fresh zeroed int32 (an allocation and a fill in the graph)."""
+    traces. Functional: fresh partials and a fresh zeroed counter (an allocation and a fill in the
+    graph)."""
     check_float(h, "h")
     h, _ = dense(h)
-    return _launch(h, wrap_triton(_std_kernel), fresh_counter(h.device))
+    return _launch(h, wrap_triton(_std_kernel), None)
 
 
 def std(h: Tensor) -> Tensor:
     """``std(h)`` over all elements (correction 1, 0 when ``h`` has at most one element): a 0-d
     float32 tensor (float64 for float64 ``h``) without gradient.
 
-    Eager calls launch the kernel directly (cheap host path, persistent counter); under
+    Eager calls launch the kernel directly (cheap host path, persistent workspace); under
     ``torch.compile`` this is the ``anl_fused::std`` op."""
     if torch.compiler.is_compiling():
         return torch.ops.anl_fused.std(h.detach())
@@ -153,4 +158,4 @@ def std(h: Tensor) -> Tensor:
         check_float(h, "h")
     if not h.is_contiguous():
         h, _ = dense(h)
-    return _launch(h, _std_kernel, counter(h.device, COUNTER_SLOT))
+    return _launch(h, _std_kernel, workspace(h.device))

@@ -43,9 +43,14 @@ def gpu_compiled_or_skip() -> None:
 
 @contextlib.contextmanager
 def poisoned_allocations():
-    """Every ``torch.empty`` / ``torch.empty_like`` made inside is filled with NaN (ints: -7), so a
-    kernel that leaves any output element (or partial) unwritten makes the result wrong."""
+    """Every ``torch.empty`` / ``torch.empty_like`` made inside is filled with NaN (ints: -7), and so
+    are the reusable partials buffers of the kernels' device workspaces, so a kernel that leaves
+    any output element (or partial) unwritten makes the result wrong."""
     real_empty, real_empty_like = torch.empty, torch.empty_like
+    layout = importlib.import_module("anl_fused.kernels._layout")
+    for ws in layout._WORKSPACE.values():
+        for buf in ws.partials_by_dtype.values():
+            buf.fill_(float("nan"))
 
     def fill(t):
         if t.numel():
