@@ -287,8 +287,10 @@ def build_report(args, per_dtype: dict, compiled: dict) -> dict:
     report = {"date": dt.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
               "python": platform.python_version(), "model": args.model, "batch": args.batch, "size": args.size,
               "step_batch": args.step_batch, "gpus": GPUS, "launch_us": LAUNCH_US, "dtypes": {}, "kernels": {}}
-    for key, archs in compiled.items():
-        report["kernels"][key] = archs
+    ids = {}
+    for key, archs in compiled.items():  # short ids for the distinct specializations
+        ids[key] = f"k{len(ids)}"
+        report["kernels"][ids[key]] = {"launch_key": key, **{f"sm_{a}": info for a, info in archs.items()}}
     for name, rec in per_dtype.items():
         launches = []
         seen_calls: dict[str, int] = {}
@@ -300,7 +302,7 @@ def build_report(args, per_dtype: dict, compiled: dict) -> dict:
                 launches.append({"layer": layer, "op": call["op"], "kernel": launch["kernel"],
                                  "input_shape": call["args"][0]["shape"], "grid": launch["grid"][0],
                                  "num_warps": launch["num_warps"], "constexprs": launch["constexprs"],
-                                 "specialization": _spec_facts(launch), "key": aot.launch_key(launch),
+                                 "specialization": _spec_facts(launch), "kernel_id": ids[aot.launch_key(launch)],
                                  "bytes": moved, "min_bytes": minimum,
                                  "grid_per_sm": {g: launch["grid"][0] / v["sms"] for g, v in GPUS.items()}})
         layers = []
@@ -371,11 +373,11 @@ def markdown(report: dict) -> str:
     seen = set()
     for d in report["dtypes"].values():
         for e in d["launches"]:
-            if e["key"] in seen:
+            if e["kernel_id"] in seen:
                 continue
-            seen.add(e["key"])
-            k = report["kernels"][e["key"]]
-            a80, a90 = k["80"], k["90"]
+            seen.add(e["kernel_id"])
+            k = report["kernels"][e["kernel_id"]]
+            a80, a90 = k["sm_80"], k["sm_90"]
             dts = ",".join(sorted({v.split("*")[-1] for n, v in a90["signature"].items()
                                    if v.startswith("*") and n in ("h_ptr", "g_ptr")}))
             ce = ", ".join(f"{n}={v}" for n, v in e["constexprs"].items() if n != "MAX_SCALE")
