@@ -28,6 +28,12 @@ def dev():
     return kernel_device()
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test draws the same random data whatever ran before it (failures reproduce)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Tiny blocks so that small tensors need many partials and several combine iterations."""
