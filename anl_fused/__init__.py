@@ -6,9 +6,10 @@
 """
 
 from .engine import TwoRound
+from .eps_rule import auto_eps
 from .functional import anl2d
 from .insert import anl_layers, insert_anl, set_anl_enabled, strip_anl
 from .layer import ANL2d
 
-__all__ = ["ANL2d", "TwoRound", "anl2d", "anl_layers", "insert_anl", "set_anl_enabled", "strip_anl"]
+__all__ = ["ANL2d", "TwoRound", "anl2d", "anl_layers", "auto_eps", "insert_anl", "set_anl_enabled", "strip_anl"]
 __version__ = "0.1.0"

@@ -1,25 +1,36 @@
-"""The ``anl-fused`` command: one subcommand a module, each with ``configure(parser)`` and ``run(args)``."""
+"""The ``anl-fused`` command: a dispatcher over subcommands.
+
+Convention: every subcommand is one module with ``configure(parser)`` (adds its arguments) and
+``run(args) -> int`` (exit code; 2 for a usage or input error, printed as one line). Modules are
+imported only when their command runs. Numbers are checked by argparse (``anl_fused.experiments.cli_types``):
+every ``type=float`` option of every subcommand rejects ``nan`` and ``inf``, and the subcommands use
+the shared range validators there.
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "demo": ("anl_fused.demo", "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
-    "train": ("anl_fused.train", "train a model of the zoo with the paper's protocol"),
-    "models": ("anl_fused.models.cli", "list the model zoo with parameter counts and the paper's eps"),
-    "figures": ("anl_fused.figures", "draw the paper's figures as PNG"),
-    "attack": ("anl_fused.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
-    "bench": ("anl_fused.benchmark", "CPU/GPU step benchmark: plain vs naive vs reference vs TwoRound"),
+    "demo": ("anl_fused.experiments.demo", "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
+    "train": ("anl_fused.experiments.train.cli", "train a model of the zoo with the paper's protocol"),
+    "models": ("anl_fused.experiments.models.cli", "list the model zoo with parameter counts and the paper's eps"),
+    "figures": ("anl_fused.experiments.figures", "draw the paper's figures as PNG"),
+    "attack": ("anl_fused.experiments.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
+    "bench": ("anl_fused.benchmarks.step", "step benchmark: plain vs naive double pass vs reference vs TwoRound"),
 }
+
+DESCRIPTION = ("anl-fused: train CNNs with Adversarial Noise Layers (You et al.) at a fraction of the naive "
+               "double pass's cost, and run the paper's experiments. `anl-fused COMMAND --help` for details.")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .experiments.cli_types import ArgumentParser  # the commands are the experiments' (and bench's)
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="anl-fused", description=__doc__)
+    parser = ArgumentParser(prog="anl-fused", description=DESCRIPTION)  # every float option rejects nan / inf
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -38,19 +38,17 @@ What the engine does with a DDP model:
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .insert import _CHILD, _apply_child_anl
-from .layer import ANL2d
 from ._dtypes import acc_dtype
+from .insert import fused_act_entry, restore_hooks
+from .layer import ANL2d
 
-__all__ = ["STD_OVER", "any_rank", "broadcast_buffers", "convert_sync_batchnorm", "init_from_env", "shard_batches",
-           "shard_block", "unwrap"]
+__all__ = ["STD_OVER", "GlobalStd", "convert_sync_batchnorm", "is_distributed", "unwrap"]
 
 STD_OVER = ("local", "global")
 
@@ -170,91 +168,15 @@ class GlobalStd:
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps the ANL layers of ``insert_anl``
     working: torch's converter copies the children of each BatchNorm (the ``anl`` layer) but not its
-    forward hooks, which apply the layer. Returns the converted model (call it before wrapping in DDP)."""
-    hooked = {name for name, m in model.named_modules()
-              if isinstance(getattr(m, _CHILD, None), ANL2d) and _apply_child_anl in m._forward_hooks.values()}
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
-    for name, m in model.named_modules():
-        if name in hooked and _apply_child_anl not in m._forward_hooks.values():
-            m.register_forward_hook(_apply_child_anl)
-    return model
+    forward hooks, which apply the layer. Returns the converted model (call it before wrapping in DDP).
 
-
-# ----------------------------------------------------------------------------------------------
-# Launching with torchrun: the helpers of ``anl-fused train``
-
-
-def launched_by_torchrun() -> bool:
-    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE > 1``)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def init_from_env(device: str = "auto") -> bool:
-    """Under ``torchrun`` (``WORLD_SIZE > 1``), initialize the default process group from the
-    environment torchrun sets (``env://``): NCCL when the run uses CUDA (``device`` ``auto`` with a
-    GPU, or ``cuda...``), each process on GPU ``LOCAL_RANK``; gloo otherwise. Returns whether it
-    initialized the group (then the caller destroys it)."""
-    if not launched_by_torchrun() or is_distributed():
-        return False
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        if torch.cuda.device_count() <= local_rank():
-            raise RuntimeError(f"LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} CUDA devices: "
-                               "start at most one process per GPU (torchrun --nproc_per_node)")
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return True
-
-
-def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> Tensor:
-    """This rank's part of every batch of ``order`` (consecutive batches of ``batch_size``), concatenated.
-
-    Each global batch is padded to a multiple of ``world`` by repeating its first samples (as
-    ``DistributedSampler`` pads an epoch; only a smaller last batch needs it) and cut into ``world``
-    equal contiguous parts; rank ``r`` gets part ``r``. Every rank takes the same number of steps with
-    the same number of samples, the ranks' batches of a step put together are the single-process
-    batch, and the data order does not depend on the number of processes (resuming with another
-    number of processes continues the same epoch).
-    """
-    if batch_size % world:
-        raise ValueError(f"the global batch size {batch_size} must be a multiple of the number of processes {world}")
-    parts = []
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        per = -(-len(chunk) // world)
-        if per * world != len(chunk):
-            chunk = chunk.repeat(world)[:per * world]
-        parts.append(chunk[rank * per:(rank + 1) * per])
-    return torch.cat(parts) if parts else order[:0]
-
-
-def shard_block(order: Tensor, rank: int, world: int) -> Tensor:
-    """Rank ``r``'s contiguous block of ``order`` (sizes differ by at most one; no padding): for
-    evaluation, whose sums are all-reduced."""
-    n = len(order)
-    return order[rank * n // world:(rank + 1) * n // world]
-
-
-def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
-    """Every buffer of ``model`` from rank ``src`` (what DDP does at the start of its next forward),
-    so that evaluation sees the same BatchNorm statistics on every rank."""
-    with torch.no_grad():
-        for b in model.buffers():
-            dist.broadcast(b, src)
-
-
-def cpu_group():
-    """A gloo group for small host-side agreements (``None``: the default group is gloo already)."""
-    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-
-
-def any_rank(flag: bool, group=None) -> bool:
-    """Whether ``flag`` is true on any rank (a MAX all-reduce of one CPU integer: the host waits for
-    the other processes, the GPU does not; used to stop every rank at the same step on Ctrl-C)."""
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return bool(t[0])
+    Norms fused with their activation (timm's ``BatchNormAct2d``) are refused: torch's converter would
+    turn them into plain ``SyncBatchNorm`` and silently drop the activation; timm's converter keeps it."""
+    fused = sorted({type(m).__name__ for m in model.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and fused_act_entry(m) is not None
+                    and not isinstance(m, nn.SyncBatchNorm)})
+    if fused:
+        raise ValueError(f"model has norms fused with their activation ({', '.join(fused)}), which torch's "
+                         "SyncBatchNorm converter would drop: use timm.layers.convert_sync_batchnorm(model), "
+                         "then anl_fused.insert.restore_hooks(model)")
+    return restore_hooks(nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group))

@@ -15,6 +15,7 @@ Nothing here reads a device value on the host: no ``.item()``, no branching on t
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -22,10 +23,10 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import distributed, ops
-from .functional import draw_z, noise_terms
+from . import distributed, ops, rng
+from .functional import draw_step, noise_terms, z_spec
 from .insert import anl_layers
-from .layer import ANL2d
+from .layer import ANL2d, attached
 
 __all__ = ["TwoRound"]
 
@@ -45,19 +46,6 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
     if backward:
         loss.backward()
     return loss
-
-
-class GlobalRngState:
-    """The global RNG state of the CPU and of every initialized CUDA device, to replay a round."""
-
-    def __init__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
 
 
 @contextlib.contextmanager
@@ -82,15 +70,19 @@ def eager():
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def attached(layers: list[ANL2d], round_):
-    for layer in layers:
-        layer._round = round_
-    try:
-        yield round_
-    finally:
-        for layer in layers:
-            layer._round = None
+#: round 1's loss scale when an ANL layer's input is float16 and ``probe_loss_scale`` is ``None``
+AUTO_PROBE_LOSS_SCALE = 2.0**15
+
+
+def _check_probe_loss_scale(scale):
+    """``None``, a positive finite float, or an object with a ``scale(tensor)`` method (a GradScaler)."""
+    if scale is None or callable(getattr(scale, "scale", None)):
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"probe_loss_scale must be None, a number or a GradScaler, got {scale!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"probe_loss_scale must be a positive finite number, got {scale!r}")
+    return float(scale)
 
 
 class _Probe:
@@ -165,6 +157,23 @@ class TwoRound:
             batch of all processes of ``process_group`` (one all-reduce a step for all layers).
         process_group: the group of ``std_over="global"``; default: the DDP model's group, or the
             default group.
+        probe_loss_scale: what round 1 multiplies its loss by before asking autograd for ``dJ/dh``, so
+            that float16 activation gradients do not underflow to zero (which would turn the noise off
+            for those samples). The noise does not depend on it (``g / ||g||_inf``). ``None``
+            (default): ``2**15`` when an ANL layer's input is float16 (autocast or a ``.half()``
+            model), else 1. A number: always that scale. A ``torch.amp.GradScaler`` (or anything with
+            a ``scale(tensor)`` method): ``scaler.scale(loss)``, the scale that round 2's backward
+            uses (no host sync).
+
+    Round-1 loss scaling: an unscaled float16 gradient underflows below ``2**-24`` (about 6e-8), and the
+    activation gradients of a batch-mean loss are often that small. Scaling must not overflow either
+    (float16 max 65504): round-1 gradients that overflow to inf give zero noise and are counted in
+    ``nonfinite_samples``. ``2**15`` keeps the loss's own gradient representable in float16 and the
+    logits' gradients (at most ``2**15 / B`` for a mean cross-entropy) finite. With a ``GradScaler``,
+    pass it: its scale is the one the scaler keeps just below overflow for round 2's backward, which
+    computes the same activation gradients (plus the weight gradients) from the same batch, so a
+    step where round 1 overflows is, but for the noise's small change, a step where round 2 overflows
+    too, and the scaler skips that step and lowers the scale.
 
     Under ``DistributedDataParallel`` pass the DDP model (``TwoRound(ddp_model)``) and call it in the
     closure: round 1 then runs under ``ddp_model.no_sync()`` and round 2 is an ordinary DDP
@@ -172,19 +181,22 @@ class TwoRound:
     global rank (each rank draws its own ``z``). See :mod:`anl_fused.distributed`.
 
     Attributes:
-        nonfinite_samples: 0-d int64 tensor on the activations' device: how many (layer, sample)
-            pairs got zero noise because their round-1 gradient was not finite (cumulative).
+        nonfinite_samples, zero_samples: 0-d int64 tensors on the activations' device: how many
+            (layer, sample) pairs got zero noise because their round-1 gradient was not finite, or was
+            exactly zero (cumulative; read them when you log, they are not synchronized).
         last_stds: ``{module name: std(h)}`` of every ANL layer that ran in round 1 of the last step.
     """
 
     def __init__(self, model: nn.Module, generator: torch.Generator | None = None, *,
-                 noise_dtype: torch.dtype | None = None, std_over: str = "local", process_group=None):
+                 noise_dtype: torch.dtype | None = None, std_over: str = "local", process_group=None,
+                 probe_loss_scale=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
             raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
+        self.probe_loss_scale = _check_probe_loss_scale(probe_loss_scale)
         self.process_group = distributed.check_std_over(std_over, process_group, model)
         self.std_over = std_over
         self.model = model
@@ -196,7 +208,7 @@ class TwoRound:
             generator.manual_seed(seed % 2**63)
         self.generator = generator
         self.noise_dtype = noise_dtype
-        self.nonfinite_samples: Tensor | None = None
+        self._stats: Tensor | None = None
         self._last_stds: list[tuple[ANL2d, Tensor]] = []
 
     @property
@@ -211,7 +223,7 @@ class TwoRound:
         if not layers:
             return training_round(closure, backward)
 
-        rng = GlobalRngState()
+        rng_state = rng.capture()
         need_grad = any(layer.needs_grad for layer in layers)
         with frozen_batchnorm_stats(self.model), distributed.probe_context(self.model), \
                 attached(layers, _Probe(means=self.std_over == "global")) as probe, eager(), \
@@ -219,7 +231,7 @@ class TwoRound:
             loss = checked_loss(closure())
         noise = self._noise(layers, probe, loss)
         del loss, probe
-        rng.restore()
+        rng.restore(rng_state)
 
         with attached(layers, _Perturb(noise)):
             return training_round(closure, backward)
@@ -236,20 +248,23 @@ class TwoRound:
         if self.std_over == "global":  # every rank, even one that reached no layer, takes part
             device = records[reached[0]][0].device if reached else self.generator.device
             pending = distributed.GlobalStd(layers, records, probe.means, self.process_group, device)
+        if wanted:
+            loss = self._probe_loss(loss, [records[layer][0].dtype for layer in reached])
         grads = iter(torch.autograd.grad(loss, wanted, materialize_grads=True) if wanted else ())
         stds = pending.wait() if pending is not None else {}
+        if reached:
+            self._check_generator(records[reached[0]][0])
+        zs = draw_step([z_spec(layer.noise, layer.sign, records[layer][0]) for layer in reached], self.generator,
+                       self.generator.device)
         self._last_stds = []
         noise = {}
-        for layer in reached:
+        for layer, z in zip(reached, zs):
             h, s = records[layer]
             s = stds.get(layer, s)
-            self._check_generator(h)
             g = next(grads) if layer.needs_grad else None
-            z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, self.generator, h.device)
-            direction, scale, norm = noise_terms(layer.noise, layer.sign, layer.eps, g, z,
-                                                 s if layer.scale_by_std else None, h.shape[0])
-            if norm is not None:
-                self._count_nonfinite(norm)
+            direction, scale = noise_terms(layer.noise, layer.sign, layer.eps, g, None if z is None else z.to(h.device),
+                                           s if layer.scale_by_std else None, h.shape[0],
+                                           layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
             if self.noise_dtype is not None:
                 direction = direction.to(self.noise_dtype)
             noise[layer] = (direction, scale)
@@ -262,9 +277,32 @@ class TwoRound:
                              f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "
                              "TwoRound after moving the model")
 
-    def _count_nonfinite(self, norm: Tensor) -> None:
-        bad = (~torch.isfinite(norm)).sum()
-        self.nonfinite_samples = bad if self.nonfinite_samples is None else self.nonfinite_samples + bad
+    def _probe_loss(self, loss: Tensor, dtypes: list[torch.dtype]) -> Tensor:
+        """Round 1's loss times ``probe_loss_scale`` (see the class docstring)."""
+        scale = self.probe_loss_scale
+        if scale is None:
+            return loss * AUTO_PROBE_LOSS_SCALE if torch.float16 in dtypes else loss
+        if isinstance(scale, float):
+            return loss if scale == 1.0 else loss * scale
+        return scale.scale(loss)
+
+    def _stats_on(self, device: torch.device) -> Tensor:
+        """The step counters ``[non-finite samples, zero-gradient samples]`` (int64, cumulative)."""
+        if self._stats is None or self._stats.device != device:
+            self._stats = torch.zeros(2, dtype=torch.int64, device=device)
+        return self._stats
+
+    @property
+    def nonfinite_samples(self) -> Tensor | None:
+        """0-d int64 tensor: (layer, sample) pairs that got zero noise because their round-1 gradient was
+        not finite, over all steps so far (``None`` before the first adversarial layer ran)."""
+        return None if self._stats is None else self._stats[0]
+
+    @property
+    def zero_samples(self) -> Tensor | None:
+        """0-d int64 tensor: (layer, sample) pairs whose round-1 gradient was exactly zero (no noise; e.g. an
+        underflowed float16 gradient), over all steps so far."""
+        return None if self._stats is None else self._stats[1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, {len(anl_layers(self._root))} ANL layers)"

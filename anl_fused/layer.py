@@ -9,23 +9,45 @@ round 2 returns ``h + eta``. Outside such a step a training-mode layer is the id
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
-from typing import Protocol
+from typing import Iterable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ANL2d", "NOISE_KINDS", "check_eps"]
+__all__ = ["ANL2d", "NOISE_KINDS", "NORMS", "Round", "attached", "check_eps"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
+NORMS = ("sample", "layer")
 
 
 class Round(Protocol):
-    """What a two-round step attaches to a layer for one forward."""
+    """What a two-round step attaches to a layer for one forward (see :func:`attached`)."""
 
     def forward(self, layer: "ANL2d", h: Tensor) -> Tensor: ...
+
+
+@contextlib.contextmanager
+def attached(layers: Iterable["ANL2d"], round_: Round) -> Iterator[Round]:
+    """For the duration of the ``with`` block, every layer of ``layers`` hands its input to
+    ``round_.forward(layer, h)`` (in training mode, when active) instead of returning it.
+
+    This is how a two-round step (``anl_fused.TwoRound``, ``anl_fused.reference``) drives the layers."""
+    layers = list(layers)
+    busy = [layer for layer in layers if layer._round is not None]
+    if busy:
+        raise RuntimeError(f"{busy[0]!r} is already in a two-round step: a step cannot run inside another step "
+                           "on the same layers (e.g. a second engine's step() called in the closure)")
+    for layer in layers:
+        layer._round = round_
+    try:
+        yield round_
+    finally:
+        for layer in layers:
+            layer._round = None
 
 
 def check_eps(eps, name: str = "eps") -> float:
@@ -57,20 +79,27 @@ class ANL2d(nn.Module):
             :math:`\eta = s(h)\,|\epsilon|/4\,z` with elementwise :math:`z \sim \mathcal N(0, I)`.
         scale_by_std: multiply by :math:`s(h)` (Eq. 5); ``False`` gives Eq. 4.
         sign: :math:`\eta = \epsilon\,\mathrm{sign}(g)` (Eq. 8, adversarial training on the input).
+        norm: ``"sample"``: :math:`\|g_b\|_\infty` per sample (the authors' code: every sample's noise
+            reaches :math:`r_b s`); ``"layer"``: one norm :math:`\max_b \|g_b\|_\infty` for the whole layer
+            (Algorithm 1's reading: samples with smaller gradients get proportionally smaller noise).
 
     Shape: input and output ``(N, C, H, W)``.
     """
 
-    def __init__(self, eps: float, *, noise: str = "adversarial", scale_by_std: bool = True, sign: bool = False):
+    def __init__(self, eps: float, *, noise: str = "adversarial", scale_by_std: bool = True, sign: bool = False,
+                 norm: str = "sample"):
         super().__init__()
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if sign and noise != "adversarial":
             raise ValueError(f"sign=True needs noise='adversarial', got noise={noise!r}")
         self.eps = eps
         self.noise = noise
         self.scale_by_std = bool(scale_by_std)
         self.sign = bool(sign)
+        self.norm = norm
         self.enabled = True
         self._round: Round | None = None
         self._warned = False
@@ -117,6 +146,8 @@ class ANL2d(nn.Module):
             parts.append("scale_by_std=False")
         if self.sign:
             parts.append("sign=True")
+        if self.norm != "sample":
+            parts.append(f"norm={self.norm!r}")
         if not self.enabled:
             parts.append("enabled=False")
         return ", ".join(parts)

@@ -114,8 +114,9 @@ def _torch_noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float
     if g.numel() == 0:  # no sample, or samples without elements (norm 0)
         norm = torch.zeros(B, dtype=acc, device=g.device)
     else:
-        dims = tuple(range(1, g.dim()))  # max|g| as max(max g, -min g): two fast reductions (NaN propagates);
-        norm = (torch.maximum(g.amax(dims), g.amin(dims).neg()) if dims else g.abs()).to(acc)  # vector_norm(inf) is ~10x slower on CPU
+        dims = tuple(range(1, g.dim()))
+        # max|g| as max(max g, -min g): two fast reductions, NaN propagates (vector_norm(inf) is ~10x slower on CPU)
+        norm = (torch.maximum(g.amax(dims), g.amin(dims).neg()) if dims else g.abs()).to(acc)
     if z is None:
         r = torch.full_like(norm, eps)
     else:

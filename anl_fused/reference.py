@@ -1,7 +1,10 @@
 """The oracle: a literal, slow transcription of the paper's Algorithm 1 (full double pass).
 
-It shares nothing with the fast path but the layer's configuration and the noise-draw contract
-(:func:`anl_fused.functional.draw_z`): round 1 adds a zero leaf tensor to every ANL layer's output
+It imports nothing from the fast path (``engine``, ``ops``, ``functional``): only the layer (its
+configuration, and :func:`anl_fused.layer.attached`, the seam every two-round step drives the layers
+through) and :func:`anl_fused.anl_layers` (the layer order of the RNG contract). Everything else, the
+noise-draw contract included, is written out here again on purpose, so that a bug in the fast path
+cannot hide in the oracle too. Round 1 adds a zero leaf tensor to every ANL layer's output
 (the authors' way of reading ``dJ/dh`` that survives later in-place ops) and runs a full backward
 that also computes every parameter's gradient, which is thrown away; every buffer of the model is
 saved before round 1 and written back after it; the noise is computed sample by sample with
@@ -16,10 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .engine import GlobalRngState, attached, checked_loss, training_round
-from .functional import draw_z
 from .insert import anl_layers
-from .layer import ANL2d
+from .layer import ANL2d, attached
 
 __all__ = ["two_round_step"]
 
@@ -35,7 +36,7 @@ class _ZeroLeaf:
         return h + leaf
 
 
-class AddEta:
+class _AddEta:
     """Round 2 of a literal double pass: ``h + eta`` with ``eta`` given per layer."""
 
     def __init__(self, etas: dict[ANL2d, Tensor]):
@@ -43,6 +44,30 @@ class AddEta:
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
         return h + self.etas.pop(layer)
+
+
+def _loss(closure: Callable[[], Tensor]) -> Tensor:
+    loss = closure()
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        raise TypeError(f"closure must return a scalar (0-d) loss tensor, got {loss!r}")
+    return loss
+
+
+def _draw(layers: list[ANL2d], hs: list[Tensor], generator: torch.Generator) -> list[Tensor | None]:
+    """The RNG contract: one ``torch.randn`` call per step for all reached layers (in ``anl_layers``
+    order), of ``B`` numbers per adversarial layer, ``numel(h)`` per Gaussian layer (in ``h``'s shape),
+    none for the sign form; float64 if any activation is float64, else float32."""
+    sizes = [0 if layer.sign else (h.shape[0] if layer.noise == "adversarial" else h.numel())
+             for layer, h in zip(layers, hs)]
+    if sum(sizes) == 0:
+        return [None] * len(layers)
+    dtype = torch.float64 if any(h.dtype == torch.float64 for h in hs) else torch.float32
+    flat = torch.randn(sum(sizes), generator=generator, device=generator.device, dtype=dtype)
+    out = []
+    for layer, h, n in zip(layers, hs, sizes):
+        z, flat = flat[:n], flat[n:]
+        out.append(None if layer.sign else z.reshape(h.shape[:1] if layer.noise == "adversarial" else h.shape))
+    return out
 
 
 def _std(h: Tensor) -> float:
@@ -54,21 +79,24 @@ def _std(h: Tensor) -> float:
     return math.sqrt(float(((values - mean) ** 2).sum()) / (values.numel() - 1))
 
 
-def _eta(layer: ANL2d, h: Tensor, g: Tensor | None, z: Tensor | None) -> Tensor:
+def _eta(layer: ANL2d, h: Tensor, g: Tensor, z: Tensor | None) -> Tensor:
+    """Eq. 2 and 5 (Eq. 4 without ``s``, Eq. 8 for the sign form), sample by sample in float64."""
     eps = layer.eps
-    if layer.noise == "gaussian":
-        s = _std(h) if layer.scale_by_std else 1.0
-        return (s * abs(eps) / 4 * z.double()).to(h.dtype)
     s = _std(h) if layer.scale_by_std else 1.0
+    if layer.noise == "gaussian":
+        return (s * abs(eps) / 4 * z.double()).to(h.dtype)
+    finite = [bool(torch.isfinite(g[b]).all()) for b in range(h.shape[0])]
+    norms = [float(g[b].double().abs().max()) if finite[b] else math.nan for b in range(h.shape[0])]
+    layer_norm = max([n for n, ok in zip(norms, finite) if ok], default=0.0)  # Algorithm 1: one norm per layer
     eta = torch.zeros(h.shape, dtype=torch.float64)
     for b in range(h.shape[0]):
         gb = g[b].double().cpu()
-        if not bool(torch.isfinite(gb).all()):
+        if not finite[b]:
             continue  # non-finite gradient: no noise for this sample
         if layer.sign:
             eta[b] = eps * torch.sign(gb)
             continue
-        norm = float(gb.abs().max())
+        norm = layer_norm if layer.norm == "layer" else norms[b]
         if norm == 0.0:
             continue
         r = min(max(eps / 2 + abs(eps) / 4 * float(z[b]), min(0.0, eps)), max(0.0, eps))
@@ -82,14 +110,18 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
     ``backward=False``). Same contract as :meth:`anl_fused.TwoRound.step`."""
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
-        return training_round(closure, backward)
+        loss = _loss(closure)
+        if backward:
+            loss.backward()
+        return loss
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    rng = GlobalRngState()
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     # Round 1: eta = 0, full forward and backward.
     with attached(layers, _ZeroLeaf()) as probe:
-        loss = checked_loss(closure())
+        loss = _loss(closure)
     reached = [layer for layer in layers if layer in probe.records]
     leaves = [probe.records[layer][1] for layer in reached]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -99,15 +131,18 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
-    rng.restore()
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
 
     # The noise, layer by layer in anl_layers order, sample by sample.
-    etas = {}
-    for layer, g in zip(reached, grads):
-        h = probe.records[layer][0]
-        z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, generator, h.device)
-        etas[layer] = _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
+    hs = [probe.records[layer][0] for layer in reached]
+    etas = {layer: _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
+            for layer, h, g, z in zip(reached, hs, grads, _draw(reached, hs, generator))}
 
     # Round 2: the loss with noise, which trains the model.
-    with attached(layers, AddEta(etas)):
-        return training_round(closure, backward)
+    with attached(layers, _AddEta(etas)):
+        loss = _loss(closure)
+    if backward:
+        loss.backward()
+    return loss

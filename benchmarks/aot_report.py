@@ -173,7 +173,6 @@ def per_layer_counts(step: dict) -> dict:
 
 def replay(calls: list[dict], batch: int, step_batch: int) -> list[dict]:
     """Re-run every recorded op call at ``batch`` (kernels not run): ``[{"op", "launches"}]``."""
-    import torch
 
     from anl_fused import ops
     from anl_fused.kernels import aot
@@ -234,9 +233,12 @@ def _record_main(argv) -> None:
 
 
 def _strip(launches):
-    return [{k: v for k, v in launch.items() if k != "args"} | {"args": {n: {k: v for k, v in d.items() if k != "align16"}
-                                                                        for n, d in launch["args"].items()}}
-            for launch in launches]
+    """The launches without the argument addresses' alignment (allocation-dependent)."""
+    out = []
+    for launch in launches:
+        args = {n: {k: v for k, v in d.items() if k != "align16"} for n, d in launch["args"].items()}
+        out.append({k: v for k, v in launch.items() if k != "args"} | {"args": args})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +354,8 @@ def markdown(report: dict) -> str:
              f"{report['model']} --dtypes {' '.join(report['dtypes'])} --batch {report['batch']} "
              f"--size {report['size']} --out DIR`.",
              "", "## Launches per ANL layer per step", "",
-             "| dtype | ANL layers | std | noise_scale | add_noise | torch ops inside the ops | total per layer | replay = step |",
+             "| dtype | ANL layers | std | noise_scale | add_noise | torch ops inside the ops | total per layer "
+             "| replay = step |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, d in report["dtypes"].items():
         c = d["counts"]
@@ -381,7 +384,8 @@ def markdown(report: dict) -> str:
             dts = ",".join(sorted({v.split("*")[-1] for n, v in a90["signature"].items()
                                    if v.startswith("*") and n in ("h_ptr", "g_ptr")}))
             ce = ", ".join(f"{n}={v}" for n, v in e["constexprs"].items() if n != "MAX_SCALE")
-            lines.append(f"| {e['kernel']} | {dts} | {ce} | {e['specialization']} | {e['num_warps']} | {a80['registers']} | "
+            lines.append(f"| {e['kernel']} | {dts} | {ce} | {e['specialization']} | {e['num_warps']} | "
+                         f"{a80['registers']} | "
                          f"{a80['spill_stores']}+{a80['spill_loads']} | {a90['registers']} | "
                          f"{a90['spill_stores']}+{a90['spill_loads']} | {a90['shared_bytes']} | "
                          f"{_fmt_vec(a90['vectors']['ld'])} | {_fmt_vec(a90['vectors']['st'])} |")

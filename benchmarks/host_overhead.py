@@ -75,8 +75,8 @@ def measure(number: int, repeats: int, shape=(8, 16, 4, 4)) -> dict:
         out[name] = {"best_us": round(times[0], 2), "median_us": round(times[len(times) // 2], 2)}
     import triton
 
-    return {"torch": torch.__version__, "triton": triton.__version__, "anl_fused": kernels.__file__, "shape": list(shape),
-            "results": out}
+    return {"torch": torch.__version__, "triton": triton.__version__, "anl_fused": kernels.__file__,
+            "shape": list(shape), "results": out}
 
 
 def main(argv=None) -> dict:

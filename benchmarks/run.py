@@ -20,6 +20,8 @@ import sys
 
 import torch
 
+from anl_fused.experiments.files import atomic_write
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -37,7 +39,7 @@ def run_tests(out_dir: str, cuda: bool) -> dict:
 
 
 def run_steps(out_dir: str, cuda: bool, tag: str) -> list[str]:
-    from anl_fused import benchmark
+    from anl_fused.benchmarks import step as benchmark
 
     if cuda:
         gpu = ["--models", "vgg11", "vgg16", "resnet18", "--batch", "128", "--methods", "naive", "tworound"]
@@ -66,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["tests"] = run_tests(args.out, cuda)
     summary["step_results"] = [os.path.basename(p) for p in run_steps(args.out, cuda, tag)]
     path = os.path.join(args.out, f"suite-{tag}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, json.dumps(summary, indent=2))
     print(f"wrote {path}")
     return 0 if summary.get("tests", {}).get("returncode", 0) == 0 else 1
 

@@ -1,6 +1,6 @@
 """pytest-benchmark suite of one training step: plain vs naive double pass vs reference vs TwoRound.
 
-    pytest benchmarks/test_bench_step.py --benchmark-enable --benchmark-json=steps.json
+    pytest --benchmark benchmarks/test_bench_step.py --benchmark-json=steps.json
 
 Grouped by model so pytest-benchmark prints the methods of one model side by side. (The runner
 ``benchmarks/run.py`` / ``anl-fused bench`` interleaves the methods and reports ratios; prefer it for
@@ -10,8 +10,8 @@ numbers you quote.)
 import pytest
 import torch
 
-from anl_fused.benchmark import METHODS, make_step
-from anl_fused.models import build
+from anl_fused.benchmarks.step import METHODS, make_step
+from anl_fused.experiments.models import build
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = 128 if DEVICE == "cuda" else 32

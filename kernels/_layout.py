@@ -55,7 +55,7 @@ def split_f64(x, name: str = "eps") -> tuple[float, float]:
     (about 48 significant bits) when it works in float64. Non-float scalars (symbolic floats under
     ``torch.compile``) are passed unsplit.
     """
-    pair = _SPLITS.get(x) if type(x) is float else None  # noqa: E721  (not a float subclass or a SymFloat)
+    pair = _SPLITS.get(x) if type(x) is float else None
     if pair is not None:
         return pair
     if not isinstance(x, float):
@@ -108,7 +108,7 @@ PARTIALS_CAPACITY = 16384  # elements of the reusable partials buffer (larger ne
 class Workspace:
     """The persistent per-device state of the single-launch reductions (see above)."""
 
-    __slots__ = ("device", "counters", "partials_by_dtype")
+    __slots__ = ("counters", "device", "partials_by_dtype")
 
     def __init__(self, device: torch.device):
         self.device = device

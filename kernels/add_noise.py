@@ -18,7 +18,6 @@ Autograd: ``d out / d h = I`` (grad_out passes through unchanged); ``g`` and ``s
 constants (no gradient).
 """
 
-from typing import Optional
 
 import torch
 import triton
@@ -59,7 +58,7 @@ def _add_noise_kernel(h_ptr, g_ptr, scale_ptr, out_ptr, M, chunks, alpha_hi, alp
 _BLOCKS: dict = {}
 
 
-def _launch(h: Tensor, g: Tensor, scale: Optional[Tensor], alpha: float, kernel) -> Tensor:
+def _launch(h: Tensor, g: Tensor, scale: Tensor | None, alpha: float, kernel) -> Tensor:
     """Check, allocate and launch ``kernel`` (the JITFunction, or its ``wrap_triton`` wrapper when
     traced). ``h`` and ``g`` are float tensors."""
     if h.dim() < 1:
@@ -105,7 +104,7 @@ def _launch(h: Tensor, g: Tensor, scale: Optional[Tensor], alpha: float, kernel)
 
 
 @triton_op("anl_fused::add_noise", mutates_args=())
-def add_noise_op(h: Tensor, g: Tensor, scale: Optional[Tensor], alpha: float = 1.0) -> Tensor:
+def add_noise_op(h: Tensor, g: Tensor, scale: Tensor | None, alpha: float = 1.0) -> Tensor:
     """The ``anl_fused::add_noise`` operator (see the module docstring); the path ``torch.compile``
     traces."""
     check_float(h, "h")
@@ -136,7 +135,7 @@ class _AddNoise(torch.autograd.Function):
         return grad_out, None, None, None
 
 
-def add_noise(h: Tensor, g: Tensor, scale: Optional[Tensor], *, alpha: float = 1.0) -> Tensor:
+def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0) -> Tensor:
     """``out = h + alpha * scale[b] * g`` (non-finite ``g`` entries count as 0; ``scale`` of ``B``
     values, or one value for all samples, or None for 1), in ``h``'s dtype and memory format; the
     gradient reaches ``h`` unchanged, never ``g`` or ``scale``.

@@ -56,8 +56,8 @@ def in_kernel() -> bool:
 
 def _describe(value):
     if isinstance(value, torch.Tensor):
-        return {"kind": "tensor", "dtype": str(value.dtype).removeprefix("torch."), "align16": value.data_ptr() % 16 == 0,
-                "numel": value.numel()}
+        return {"kind": "tensor", "dtype": str(value.dtype).removeprefix("torch."),
+                "align16": value.data_ptr() % 16 == 0, "numel": value.numel()}
     if isinstance(value, bool):
         return {"kind": "bool", "value": value}
     if isinstance(value, int):

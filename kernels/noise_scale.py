@@ -34,7 +34,6 @@ Workspace: the counter is one int32 of the device's persistent workspace (``_lay
 memset per call; calls sharing it must not run concurrently (one stream per device at a time).
 """
 
-from typing import Optional, Tuple
 
 import torch
 import triton
@@ -42,9 +41,18 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from ._layout import (
+    FLOAT_DTYPES,
+    cdiv,
+    check_float,
+    dense,
+    fresh_counter,
+    next_pow2,
+    sample_block,
+    split_f64,
+    workspace,
+)
 from ._math import div_rn
-from ._layout import (FLOAT_DTYPES, cdiv, check_float, dense, fresh_counter, next_pow2, sample_block, split_f64,
-                      workspace)
 
 MAX_BLOCK = 4096  # elements of one sample per tile of the max pass
 PART_BLOCK = 1024  # partials per tile of the last program's finalize ([samples, chunks] tiles)
@@ -169,8 +177,8 @@ _CONFIGS: dict = {}
 _MAX = {torch.float32: torch.finfo(torch.float32).max, torch.float64: torch.finfo(torch.float64).max}
 
 
-def _launch(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, layer_norm: bool,
-            stats: Optional[Tensor], kernel, ws) -> Tuple[Tensor, Tensor]:
+def _launch(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool,
+            stats: Tensor | None, kernel, ws) -> tuple[Tensor, Tensor]:
     """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
     the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
     fresh partials and a fresh zeroed counter)."""
@@ -217,8 +225,8 @@ def _launch(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, lay
 
 
 @triton_op("anl_fused::noise_scale", mutates_args=("stats",))
-def noise_scale_op(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, layer_norm: bool = False,
-                   stats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def noise_scale_op(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool = False,
+                   stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The ``anl_fused::noise_scale`` operator (see the module docstring); the path ``torch.compile``
     traces. Fresh partials and a fresh zeroed counter (an allocation and a fill in the graph)."""
     check_float(g, "g")
@@ -226,8 +234,8 @@ def noise_scale_op(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: flo
     return _launch(g, z, s, eps, layer_norm, stats, wrap_triton(_noise_scale_kernel), None)
 
 
-def noise_scale(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float, *, layer_norm: bool = False,
-                stats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False,
+                stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(scale, norm)``, both ``[B]`` float32 (float64 for float64 ``g``), without gradient:
     ``norm_b = max|g_b|`` and ``scale_b = r_b * s / norm_b`` (0 where ``norm_b`` is 0 or not
     finite; with ``layer_norm=True`` the divisor is the largest finite norm of the layer),
@@ -245,5 +253,5 @@ def noise_scale(g: Tensor, z: Optional[Tensor], s: Optional[Tensor], eps: float,
         check_float(g, "g")
     if not g.is_contiguous():
         g, _ = dense(g)
-    return _launch(g, z, s, eps if type(eps) is float else float(eps), layer_norm, stats, _noise_scale_kernel,  # noqa: E721
+    return _launch(g, z, s, eps if type(eps) is float else float(eps), layer_norm, stats, _noise_scale_kernel,
                    workspace(g.device))

@@ -34,8 +34,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ._math import div_rn, sqrt_rn
 from ._layout import FLOAT_DTYPES, cdiv, check_float, dense, fresh_counter, workspace
+from ._math import div_rn, sqrt_rn
 
 BLOCK = 4096  # elements per tile of the main pass (a quarter of it for tensors under 1024 blocks)
 PART_BLOCK = 1024  # partials per iteration of the last program's combine

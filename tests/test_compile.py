@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import anl_fused
-from _nets import assert_grads_close, small_vgg
+from ._nets import assert_grads_close, small_vgg
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,156 @@
+"""``anl-fused attack``: the paper's Table 3 / Figure 5 for checkpoints of ``anl-fused train``.
+
+    anl-fused attack --models plain=runs/plain/checkpoint.pt anl=runs/anl/checkpoint.pt --dataset digits --out attack/
+
+Every model attacks every model (FGSM and IFGSM with the paper's settings unless told otherwise) on
+the test split; the diagonal is the white-box attack. Writes ``transfer.md`` (the table),
+``transfer.json`` and ``transfer.png`` (heatmaps) under ``--out`` and prints the table.
+
+Recipe for the paper's six VGG-16 models of Table 3 (input eps / hidden eps: 0/0, 0/0.05,
+0.05/0.05, 0.1/0.1, 0.2/0, 0.2/0.2) on CIFAR-10 (input ANL of Eq. 5: its eps is a fraction of
+std(x), like the hidden layers'; with ``--input-sign`` it would be in pixel units, e.g. 16/255)::
+
+    T="anl-fused train --preset paper --model vgg16 --dataset cifar10"
+    $T --variant plain --out runs/i0-h0
+    $T --variant anl --eps 0.05 --out runs/i0-h0.05
+    $T --variant input --input-eps 0.05 --eps 0.05 --out runs/i0.05-h0.05
+    $T --variant input --input-eps 0.1 --eps 0.1 --out runs/i0.1-h0.1
+    $T --variant input --input-eps 0.2 --eps 0 --out runs/i0.2-h0
+    $T --variant input --input-eps 0.2 --eps 0.2 --out runs/i0.2-h0.2
+    anl-fused attack --dataset cifar10 --models i0-h0=runs/i0-h0/checkpoint.pt ... --out attack/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from torch import nn
+
+from . import attacks
+from . import checkpoint as ckpt
+from . import data as data_mod
+from .cli_types import fraction, number, positive_int
+from .files import DirLock, DirLockedError, atomic_write, clean_temp_files, resolve_device
+from .train import TrainConfig, make_model
+from .train.config import config_from_dict, upgrade_stored
+
+
+def load_trained(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """The model of a ``anl-fused train`` checkpoint, in eval mode, and its resolved config."""
+    state = ckpt.load(path, map_location=device, required=("config", "model", "num_classes", "in_channels"))
+    cfg = config_from_dict(upgrade_stored(state["config"])).resolved()
+    model = make_model(cfg, state["in_channels"], state["num_classes"]).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+_step_size = number(float, low=0.0, high=1.0, low_open=True, name="step size")
+
+
+def _named(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {spec!r}")
+    return name, path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", type=_named, required=True, metavar="NAME=CHECKPOINT",
+                        help="checkpoints of anl-fused train, in table order")
+    parser.add_argument("--dataset", default="digits", help="dataset of the test split (default digits)")
+    parser.add_argument("--data-dir", default="./data")
+    parser.add_argument("--limit", type=positive_int, default=None, help="attack only the first N test images")
+    parser.add_argument("--fgsm-eps", type=fraction, default=attacks.PAPER_FGSM["eps"],
+                        help="pixel units, images in [0, 1] (default 16/255)")
+    parser.add_argument("--ifgsm-eps", type=fraction, default=attacks.PAPER_IFGSM["eps"],
+                        help="pixel units (default 16/255)")
+    parser.add_argument("--ifgsm-alpha", type=_step_size, default=attacks.PAPER_IFGSM["alpha"],
+                        help="pixel units (default 1/255)")
+    parser.add_argument("--ifgsm-steps", type=positive_int, default=attacks.PAPER_IFGSM["steps"], help="default 16")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="./attack_out",
+                        help="output directory (transfer.md, transfer.json, transfer.png); checked before any work")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+class _Refused(Exception):
+    """A bad input: printed as one line, exit code 2."""
+
+
+def _load_models(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
+    names = [n for n, _ in args.models]
+    if len(set(names)) != len(names):
+        raise _Refused(f"model names must be unique, got {names}")
+    models = {}
+    for name, path in args.models:
+        model, cfg = load_trained(path, device)
+        if data_mod.canonical_name(cfg.dataset) != data_mod.canonical_name(args.dataset):
+            raise _Refused(f"{path} was trained on {cfg.dataset}, not {args.dataset} (--dataset)")
+        models[name] = model
+    return models
+
+
+def _evaluate(args: argparse.Namespace, models: dict[str, nn.Module], device: torch.device) -> dict:
+    from tqdm.auto import tqdm
+
+    bundle = data_mod.load(args.dataset, args.data_dir)
+    x, y = _pixels(bundle.test.x), bundle.test.y
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    specs = {
+        f"FGSM eps={args.fgsm_eps * 255:g}/255": {"method": "fgsm", "eps": args.fgsm_eps},
+        f"IFGSM eps={args.ifgsm_eps * 255:g}/255 alpha={args.ifgsm_alpha * 255:g}/255 k={args.ifgsm_steps}":
+            {"method": "ifgsm", "eps": args.ifgsm_eps, "alpha": args.ifgsm_alpha, "steps": args.ifgsm_steps},
+    }
+    with tqdm(total=1 + len(specs) * len(models), desc="attack", file=sys.stderr, dynamic_ncols=True,
+              disable=args.no_progress) as bar:
+        def advance(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update(1)
+
+        result = attacks.evaluate_transfer(models, x.to(device), y.to(device), specs, mean=bundle.info.mean,
+                                           std=bundle.info.std, batch_size=args.batch_size, progress=advance)
+    result["checkpoints"] = dict(args.models)
+    result["dataset"] = bundle.name
+    return result
+
+
+def _write(out: str, result: dict) -> str:
+    table = attacks.transfer_markdown(result)
+    for fname, text in (("transfer.md", table + "\n"), ("transfer.json", json.dumps(result, indent=2))):
+        atomic_write(os.path.join(out, fname), text)
+    attacks.plot_transfer_heatmap(result, os.path.join(out, "transfer.png"))
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    try:
+        lock = DirLock(args.out, "attack.lock").acquire()  # creates --out, proves it writable, before any work
+    except (OSError, DirLockedError) as e:
+        print(f"anl-fused attack: error: cannot use --out {args.out!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        clean_temp_files(args.out)  # what a killed earlier run left
+        result = _evaluate(args, _load_models(args, device), device)
+        table = _write(args.out, result)
+    except (_Refused, ckpt.CheckpointError, data_mod.DatasetNotFoundError, ValueError) as e:
+        print(f"anl-fused attack: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk: each file is whole or absent (atomic writes)
+        print(f"anl-fused attack: error: writing the results to {args.out!r} failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
+    print(table)
+    print(f"wrote {os.path.join(args.out, 'transfer.md')}, transfer.json, transfer.png")
+    return 0

@@ -1,0 +1,297 @@
+"""Datasets for the paper's experiments, held as tensors, with batched on-device augmentation.
+
+``load(name, data_dir)`` returns a :class:`DataBundle` with ``train`` / ``val`` / ``test``
+:class:`Split` s (images as ``uint8`` or ``float32`` in [0, 1], NCHW) for
+
+- ``cifar10``, ``cifar100``: torchvision's CIFAR files under ``data_dir`` (never downloaded unless
+  ``download=True``); 5,000 training images are held out (seeded, fixed) as the validation split the
+  learning-rate scheduler watches; the test split is the official test set.
+- ``fashion-mnist``: torchvision's FashionMNIST files under ``data_dir``; 5,000 held out likewise.
+- ``digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, shipped with
+  scikit-learn, no download), scaled to [0, 1] (pixel / 16) and split train 897 / val 300 /
+  test 600 with a fixed seed, stratified by class. The offline default. The test split is large on
+  purpose: one test image is 0.17% of test error, so differences between methods are measurable.
+
+:class:`Batches` turns a split into device batches. Its order and its augmentation are functions
+of ``(seed, epoch)`` only (their own ``torch.Generator`` s, never the global RNG), and an epoch
+can start at any step: that is what lets ``anl-fused train --resume`` continue a run exactly.
+Augmentation (CIFAR, as in the paper, sec. 4.2.1): zero-pad by 4 pixels, random 32x32 crop,
+random horizontal flip, done for a whole batch at once on the batch's device, then normalization.
+
+``torchvision_transforms(name)`` gives the same augmentation as a torchvision pipeline for users
+of ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["DATASETS", "Batches", "DataBundle", "DatasetNotFoundError", "Split", "derive_seed", "load",
+           "torchvision_transforms"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not under the data directory (and downloading was not asked for)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    augment: str  # "crop-flip" or "none"
+    val_size: int
+    files: tuple  # relative to data_dir, for the error message
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
+        tuple(f"cifar-10-batches-py/{f}" for f in
+              ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+               "batches.meta")),
+        "CIFAR-10 (torchvision.datasets.CIFAR10 layout)"),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
+        ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+        "CIFAR-100 (torchvision.datasets.CIFAR100 layout)"),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000,
+        tuple(f"FashionMNIST/raw/{f}" for f in
+              ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")),
+        "Fashion-MNIST (torchvision.datasets.FashionMNIST layout, uncompressed raw files)"),
+    "digits": DatasetInfo(
+        "digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300, (),
+        "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline"),
+}
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+@dataclass
+class Split:
+    """Images ``x`` (N, C, H, W; ``uint8`` 0..255 or ``float32`` 0..1) and labels ``y`` (N,) int64."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class DataBundle:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return self.info.in_channels
+
+
+def canonical_name(name: str) -> str:
+    key = name.lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return key
+
+
+def _missing_error(info: DatasetInfo, data_dir: str, reason: str = "") -> DatasetNotFoundError:
+    root = os.path.abspath(data_dir)
+    missing = [f for f in info.files if not os.path.exists(os.path.join(root, f))]
+    lines = "\n".join(f"  {os.path.join(root, f)}{'  (missing)' if f in missing else ''}" for f in info.files)
+    tv = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "fashion-mnist": "FashionMNIST"}[info.name]
+    return DatasetNotFoundError(
+        f"{info.description} not found, incomplete or corrupted in data directory {root!r}"
+        f"{f' (torchvision: {reason})' if reason else ''}.\n"
+        f"Expected files:\n{lines}\n"
+        f"Downloading is off by default (and impossible without internet). On a machine with internet run\n"
+        f"  python -c \"import torchvision; torchvision.datasets.{tv}({root!r}, download=True)\"\n"
+        f"and copy the directory here, pass --download, or use --dataset digits (offline, ships with scikit-learn)."
+    )
+
+
+def _split_holdout(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.RandomState(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+           "fashion-mnist": torchvision.datasets.FashionMNIST}[info.name]
+    try:
+        train = cls(data_dir, train=True, download=download)
+        test = cls(data_dir, train=False, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. ..."
+        if download:
+            raise
+        raise _missing_error(info, data_dir, str(e)) from e
+
+    def to_tensors(ds) -> tuple[Tensor, Tensor]:
+        x = ds.data
+        x = torch.as_tensor(np.asarray(x))
+        if x.dim() == 3:  # (N, H, W) grey
+            x = x.unsqueeze(1)
+        else:  # (N, H, W, C)
+            x = x.permute(0, 3, 1, 2)
+        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+        return x.contiguous().to(torch.uint8), y
+
+    return to_tensors(train), to_tensors(test)
+
+
+def _load_digits() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    y = d.target.astype(np.int64)
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=600, random_state=0, stratify=y)
+    train, val = train_test_split(rest, test_size=300, random_state=1, stratify=y[rest])
+    t = lambda i: (torch.from_numpy(x[np.sort(i)]).contiguous(), torch.from_numpy(y[np.sort(i)]))  # noqa: E731
+    return t(train), t(val), t(test)
+
+
+def load(name: str = "digits", data_dir: str = "./data", *, val_size: int | None = None, download: bool = False,
+         split_seed: int = 0) -> DataBundle:
+    """Load dataset ``name`` (see module docstring). ``val_size``: how many training images to hold
+    out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 360 split).
+    ``split_seed`` fixes which images are held out (kept fixed across runs on purpose)."""
+    info = DATASETS[canonical_name(name)]
+    if info.name == "digits":
+        (xtr, ytr), (xva, yva), (xte, yte) = _load_digits()
+        if val_size is not None and val_size != len(yva):
+            raise ValueError(f"digits has a fixed validation split of {len(yva)} images; got val_size={val_size}")
+        return DataBundle(info, Split(xtr, ytr), Split(xva, yva), Split(xte, yte))
+    (x, y), (xte, yte) = _load_torchvision(info, data_dir, download)
+    k = info.val_size if val_size is None else int(val_size)
+    if not 0 <= k < len(y):
+        raise ValueError(f"val_size must be in [0, {len(y)}), got {k}")
+    tr, va = _split_holdout(len(y), k, split_seed)
+    return DataBundle(info, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xte, yte))
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and platforms)."""
+    h = 0x345678
+    for p in parts:
+        h = (h * 1000003) ^ (int(p) & 0xFFFFFFFFFFFF)
+        h &= (1 << 63) - 1
+    return h
+
+
+class Batches:
+    """Device batches of a split: shuffled per epoch, optionally augmented, normalized.
+
+    ``for x, y in batches.epoch(e, start=k)`` yields the batches of epoch ``e`` from step ``k`` on.
+    Everything random depends on ``(seed, epoch)`` only. The split is moved to ``device`` once.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, mean, std, device="cpu", shuffle: bool = True,
+                 augment: str = "none", seed: int = 0, drop_last: bool = False, channels_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if augment not in ("none", "crop-flip"):
+            raise ValueError(f"augment must be 'none' or 'crop-flip', got {augment!r}")
+        self.device = torch.device(device)
+        self.split = split.to(self.device)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        c = split.x.shape[1]
+        mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        if mean.numel() == 1:
+            mean, std = mean.expand(c), std.expand(c)
+        self.mean = mean.view(1, c, 1, 1).to(self.device)
+        self.std = std.view(1, c, 1, 1).to(self.device)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        n = len(self.split)
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 1))
+        return torch.randperm(n, generator=g)
+
+    def _aug_params(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
+        n = len(self.split)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 2))
+        oy = torch.randint(0, 9, (n,), generator=g)
+        ox = torch.randint(0, 9, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        return oy.to(self.device), ox.to(self.device), flip.to(self.device)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.order(epoch).to(self.device)
+        aug = self._aug_params(epoch) if self.augment == "crop-flip" else None
+        for step in range(start, len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            x = self.split.x.index_select(0, idx)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            if aug is not None:
+                x = crop_flip(x, *(a.index_select(0, idx) for a in aug))
+            x = (x - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.split.y.index_select(0, idx)
+
+
+def crop_flip(x: Tensor, oy: Tensor, ox: Tensor, flip: Tensor, pad: int = 4) -> Tensor:
+    """Zero-pad ``x`` (N, C, H, W) by ``pad``, crop H x W at per-sample offsets ``(oy, ox)`` in
+    [0, 2*pad], and flip horizontally where ``flip``: torchvision's ``RandomCrop(padding=4)`` +
+    ``RandomHorizontalFlip`` for a whole batch in three tensor ops."""
+    n, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = (oy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = ox.view(n, 1) + torch.arange(w, device=x.device)
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols).view(n, 1, 1, w)
+    b = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    ch = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return xp[b, ch, rows, cols]
+
+
+def torchvision_transforms(name: str, train: bool = True):
+    """The equivalent torchvision pipeline (PIL image -> normalized tensor) for dataset ``name``."""
+    from torchvision import transforms as T
+
+    info = DATASETS[canonical_name(name)]
+    steps = []
+    if train and info.augment == "crop-flip":
+        steps += [T.RandomCrop(info.image_size, padding=4), T.RandomHorizontalFlip()]
+    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
+    return T.Compose(steps)

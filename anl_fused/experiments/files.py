@@ -1,0 +1,192 @@
+"""Result files and output directories that a crash or a second process never spoils.
+
+``atomic_write(path, data)`` writes to a temporary file in the target's directory, flushes it to
+disk and renames it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The file gets the
+permissions any new file would get (the process umask), not ``mkstemp``'s private 0600. A process
+killed mid-write leaves its temporary file (``NAME.XXXXXXXX.tmp``) behind; ``clean_temp_files``
+removes them, by whoever holds the directory's :class:`DirLock` (no other writer is active then).
+
+:class:`DirLock`: one process at a time writes an output directory. It holds ``fcntl.flock`` on a
+lock file in the directory for its life (the kernel drops it when the process dies, so a crash
+never leaves a stale lock), writes its pid, host, start time and command line into it so that a
+second process can say who holds it, and deletes the file when it is done. POSIX only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import IO
+
+__all__ = ["DirLock", "DirLockedError", "atomic_write", "clean_temp_files", "lock_holder", "resolve_device"]
+
+_TEMP = re.compile(r".+\.[a-z0-9_]{8}\.tmp")  # atomic_write's temporary files (tempfile.mkstemp names)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (other threads may create files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
+    """Atomically replace ``path`` by ``data``: text (UTF-8), bytes, or a function that writes to a
+    binary file object (e.g. ``lambda f: torch.save(obj, f)``). Creates missing parent directories."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def resolve_device(device: str):
+    """``"auto"``: CUDA when available, else the CPU; anything else as ``torch.device(device)``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def clean_temp_files(directory: str | os.PathLike) -> list[str]:
+    """Remove the temporary files that writers killed mid-write left in ``directory`` (only
+    ``atomic_write``'s ``NAME.XXXXXXXX.tmp``); returns their names. Call it while holding the
+    directory's :class:`DirLock`, so that no live writer's file is taken."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in sorted(os.listdir(directory)):
+            if _TEMP.fullmatch(name) and os.path.isfile(os.path.join(directory, name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+                    removed.append(name)
+    return removed
+
+
+class DirLockedError(RuntimeError):
+    """The directory is locked by another live process; the message names both."""
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process (it has not written its details yet)"
+
+
+def lock_holder(directory: str | os.PathLike, name: str) -> str | None:
+    """Who holds ``directory``'s lock file ``name`` now (a description), or ``None``; changes nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            return _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class DirLock:
+    """An exclusive lock on ``directory`` (created if missing) for as long as it is held::
+
+        with DirLock("runs/a", "train.lock"):   # raises DirLockedError naming the holder
+            ...
+    """
+
+    def __init__(self, directory: str | os.PathLike, name: str):
+        self.directory, self.name = os.fspath(directory), name
+        self.path = os.path.join(self.directory, name)
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        import fcntl
+
+        os.makedirs(self.directory, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise DirLockedError(f"{self.directory!r} is in use by {holder} "
+                                         f"(lock file {self.path!r})") from None
+                raise
+            if self._same_file(fd):  # not a file that its last holder unlinked while we waited for it
+                break
+            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
+                "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        return self
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            a, b = os.fstat(fd), os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def release(self) -> None:
+        """Delete the lock file, then drop the lock (in this order, so that nobody locks a deleted file)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,75 @@
+"""``anl-fused models``: the zoo with parameter counts next to the paper's (Table 2) and eps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+import torch
+
+from ...eps_rule import PARAM_RANGE, auto_eps
+from . import MODELS, build, count_params
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=int, default=10, help="classifier size (default 10, CIFAR-10)")
+    parser.add_argument("--in-channels", type=int, default=3, help="input channels (3 CIFAR, 1 grey)")
+    parser.add_argument("--dropout", action="store_true", help="count the Table 2 '+Dropout' variants")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.add_argument("names", nargs="*", help="models to list (default: all)")
+
+
+def rows(names=None, num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> list[dict]:
+    out = []
+    for name in names or list(MODELS):
+        spec = MODELS[name]
+        with torch.device("meta"):  # shapes only: no memory, no initialization work
+            n = count_params(build(name, num_classes=num_classes, in_channels=in_channels, dropout=dropout))
+        out.append({
+            "model": name,
+            "params": n,
+            "paper_params": spec.paper_params,
+            "ratio": None if spec.paper_params is None else n / spec.paper_params,
+            "eps": spec.eps,
+            "auto_eps": _quiet_auto_eps(n),
+            "auto_eps_clamped": not PARAM_RANGE[0] <= n <= PARAM_RANGE[1],
+            "anl_after": spec.anl_after,
+            "dropout": spec.dropout,
+            "description": spec.description,
+        })
+    return out
+
+
+def _quiet_auto_eps(n: int) -> float:
+    with warnings.catch_warnings():  # the table marks counts outside the fitted range instead
+        warnings.simplefilter("ignore")
+        return auto_eps(n)
+
+
+def _fmt_m(v) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f}M"
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [n for n in args.names if n not in MODELS]
+    if unknown:
+        print(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        return 2
+    table = rows(args.names, args.num_classes, args.in_channels, args.dropout)
+    if args.json:
+        for r in table:
+            print(json.dumps(r))
+        return 0
+    print(f"{'model':<14} {'#params':>9} {'paper':>8} {'ratio':>6} {'eps':>5} {'auto':>7}  {'ANL after':<9}  "
+          "description")
+    for r in table:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        auto = f"{r['auto_eps']:.3f}{'*' if r['auto_eps_clamped'] else ' '}"
+        print(f"{r['model']:<14} {_fmt_m(r['params']):>9} {_fmt_m(r['paper_params']):>8} {ratio:>6} "
+              f"{r['eps']:>5.2f} {auto:>7}  {r['anl_after']:<9}  {r['description']}")
+    print(f"(counts for num_classes={args.num_classes}, in_channels={args.in_channels}"
+          f"{', dropout variant' if args.dropout else ''}; paper: Table 2, CIFAR-10; eps of LeNet-5 from Table 1;\n"
+          " auto: eps='auto', a rule fitted to Table 2 (anl_fused.auto_eps); *: outside the fitted "
+          f"{PARAM_RANGE[0] / 1e6:g}M-{PARAM_RANGE[1] / 1e6:g}M parameters, the nearer end's eps)")
+    return 0

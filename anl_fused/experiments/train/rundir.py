@@ -1,0 +1,139 @@
+"""A run directory is never lost: one writer at a time, never overwritten by accident, and its ``config.json``.
+
+:func:`claimed` is what ``fit`` holds for a run's life. Under torchrun rank 0 decides and holds the
+lock; every rank learns the outcome. It refuses (:class:`RunDirError`, nothing in the directory
+changed)
+
+- when another process holds the directory's lock file ``train.lock`` (the message names it: pid,
+  host, start, command line);
+- when the directory holds a run (``config.json``, ``metrics.jsonl`` or ``checkpoint.pt``) and
+  neither ``resume`` nor ``overwrite`` was asked for.
+
+Otherwise it takes the lock (deleted again when the run ends; a crash drops it with the process),
+removes temporary files that a killed writer left, and with ``overwrite`` deletes the old run's
+three files before anything new is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import checkpoint as ckpt
+from .. import launch
+from ..files import DirLock, DirLockedError, atomic_write, clean_temp_files, lock_holder
+from .checkpointing import CHECKPOINT_NAME
+from .config import input_layer_eps, upgrade_stored
+from .metrics import METRICS_NAME
+from .parts import Parts
+
+__all__ = ["CONFIG_NAME", "LOCK_NAME", "RUN_FILES", "RunDirError", "claimed", "describe_run", "local_config",
+           "stored_config", "write_config"]
+
+CONFIG_NAME = "config.json"
+LOCK_NAME = "train.lock"
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked; the message names it and says what to do."""
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def describe_run(out_dir: str) -> str | None:
+    """What run ``out_dir`` holds ("finished: 12 of 12 epochs", "interrupted after 3 of 45 epochs"), or ``None``."""
+    present = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
+    if not present:
+        return None
+    config = _read_json(os.path.join(out_dir, CONFIG_NAME)) or {}
+    total = int(config.get("epochs", 0) or 0) + int(config.get("finetune_epochs", 0) or 0)
+    done = 0
+    with contextlib.suppress(OSError), open(os.path.join(out_dir, METRICS_NAME)) as f:
+        done = sum(1 for line in f if line.strip().endswith("}"))
+    if total and done >= total:
+        return f"finished: {done} of {total} epochs"
+    return f"interrupted after {done} of {total or '?'} epochs ({', '.join(present)})"
+
+
+def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], None]) -> DirLock:
+    holder = lock_holder(out_dir, LOCK_NAME)
+    if holder:
+        raise RunDirError(f"run directory {out_dir!r} is in use by a running anl-fused train ({holder}); wait for "
+                          "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out")
+    run = describe_run(out_dir)
+    if run and not resume and not overwrite:
+        raise RunDirError(f"run directory {out_dir!r} already holds a run ({run}); continue it with --resume, or "
+                          f"start over with --overwrite (deletes its {', '.join(RUN_FILES)}), or use another --out")
+    try:
+        lock = DirLock(out_dir, LOCK_NAME).acquire()
+    except DirLockedError as e:
+        raise RunDirError(f"run directory {e}; use another --out") from None
+    removed = clean_temp_files(out_dir)
+    if removed:
+        log(f"removed temporary files a killed writer left in {out_dir}: {', '.join(removed)}")
+    if overwrite and run:
+        for name in RUN_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out_dir, name))
+        log(f"--overwrite: deleted the previous run in {out_dir} ({run})")
+    return lock
+
+
+@contextlib.contextmanager
+def claimed(out_dir: str | None, *, resume: bool, overwrite: bool, world: int,
+            log: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``out_dir`` for a run (see the module docstring); ``None``: no directory, nothing to hold."""
+    if out_dir is None:
+        yield
+        return
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start over")
+    held: list[DirLock] = []
+    launch.on_rank0(lambda: held.append(_claim(out_dir, resume, overwrite, log)), world)
+    try:
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def local_config(out_dir: str) -> dict[str, Any] | None:
+    """``out_dir/config.json`` as this process sees it (``None``: missing or unreadable)."""
+    config = _read_json(os.path.join(out_dir, CONFIG_NAME))
+    return config if isinstance(config, dict) else None
+
+
+def stored_config(out_dir: str, world: int) -> dict[str, Any] | None:
+    """The settings of the run in ``out_dir`` (its ``config.json``, else its checkpoint's copy), or
+    ``None`` when it holds no run. Under torchrun rank 0 reads and broadcasts them."""
+
+    def read() -> dict[str, Any] | None:
+        config = local_config(out_dir)
+        path = os.path.join(out_dir, CHECKPOINT_NAME)
+        if not isinstance(config, dict) and os.path.exists(path):
+            config = ckpt.load(path, required=("config",))["config"]
+        return upgrade_stored(config) if isinstance(config, dict) else None
+
+    return launch.on_rank0(read, world)
+
+
+def write_config(out_dir: str, config: dict[str, Any], parts: Parts, changes: list[dict[str, Any]]) -> None:
+    """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
+    split sizes, the augmentation, the input ANL layer's eps on the normalized input and the settings
+    changed on resume."""
+    b = parts.bundle
+    atomic_write(os.path.join(out_dir, CONFIG_NAME), json.dumps({
+        **config, "device_used": str(parts.device), "world_size": parts.world, "augment": b.info.augment,
+        "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
+        "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
+        "resume_changes": changes}, indent=2))

@@ -1,0 +1,121 @@
+"""Bandwidth benchmark of the three kernels against the unfused torch sequences (CUDA only).
+
+For every ANL activation shape of VGG-16 and ResNet-18 on 32x32 inputs (one ANL after every
+BatchNorm) at batch 128, in float32 and bfloat16, each op is timed with ``triton.testing.do_bench``
+(median) both as the fused Triton kernel and as the torch sequence of ``anl_fused.ops``' torch
+backend. Achieved bandwidth counts the bytes the op must move at least::
+
+    std          read h                       N e_h
+    noise_scale  read g                       N e_g
+    add_noise    read h, read g, write out    N (2 e_h + e_g)
+
+and is compared with the device's copy bandwidth (a large ``copy_``, bytes read + written).
+
+    python -m anl_fused.benchmarks.kernels          # prints a table
+"""
+
+import contextlib
+import os
+
+import torch
+
+# ANL activation shapes (C, H, W) of each model at 32x32 input, with how many layers have each.
+MODEL_SHAPES = {
+    "vgg16": [((64, 32, 32), 2), ((128, 16, 16), 2), ((256, 8, 8), 3), ((512, 4, 4), 3), ((512, 2, 2), 3)],
+    "resnet18": [((64, 32, 32), 5), ((128, 16, 16), 5), ((256, 8, 8), 5), ((512, 4, 4), 5)],
+}
+BATCH = 128
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def torch_backend():
+    """``anl_fused.ops`` uses its torch implementation inside (``ANL_FUSED_BACKEND=torch``)."""
+    old = os.environ.get("ANL_FUSED_BACKEND")
+    os.environ["ANL_FUSED_BACKEND"] = "torch"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["ANL_FUSED_BACKEND"]
+        else:
+            os.environ["ANL_FUSED_BACKEND"] = old
+
+
+def _bench(fn) -> float:
+    """Median milliseconds of ``fn`` (triton.testing.do_bench, L2 flushed between runs)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
+    """The device's copy bandwidth in GB/s (bytes read + written) from one large ``copy_``."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    return 2 * nbytes / ms / 1e6
+
+
+def op_cases(shape, dtype, device):
+    """(op, bytes moved, fused fn, torch fn) for one activation shape and dtype. The torch fns are
+    ``anl_fused.ops`` calls: run them inside ``torch_backend()``."""
+    from anl_fused import kernels, ops
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+    g = torch.randn(shape, generator=gen, device=device, dtype=dtype) * 1e-3
+    z = torch.randn(shape[0], generator=gen, device=device)
+    s = h.float().std()
+    scale, _ = kernels.noise_scale(g, z, s, 0.1)
+    n, e = h.numel(), h.element_size()
+    return [
+        ("std", n * e, lambda: kernels.std(h), lambda: ops.std(h)),
+        ("noise_scale", n * e, lambda: kernels.noise_scale(g, z, s, 0.1), lambda: ops.noise_scale(g, z, s, 0.1)),
+        ("add_noise", 3 * n * e, lambda: kernels.add_noise(h, g, scale), lambda: ops.add_noise(h, g, scale)),
+    ]
+
+
+def kernel_benchmarks(device="cuda") -> list:
+    """One dict per (model, shape, dtype, op): times (ms, median), GB/s of the fused kernel and of
+    the torch sequence, the fused kernel's fraction of the copy bandwidth, and the speedup.
+    Returns ``[]`` when ``device`` is not a CUDA device (nothing to measure)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return []
+    copy_gbps = copy_bandwidth(device)
+    rows = []
+    for model, shapes in MODEL_SHAPES.items():
+        for chw, layers in shapes:
+            shape = (BATCH, *chw)
+            for dname, dtype in DTYPES.items():
+                for op, nbytes, fused, unfused in op_cases(shape, dtype, device):
+                    ms_fused = _bench(fused)
+                    with torch_backend():
+                        ms_torch = _bench(unfused)
+                    rows.append({
+                        "model": model, "shape": list(shape), "layers": layers, "dtype": dname, "op": op,
+                        "bytes": nbytes, "ms_fused": ms_fused, "ms_torch": ms_torch,
+                        "gbps_fused": nbytes / ms_fused / 1e6, "gbps_torch": nbytes / ms_torch / 1e6,
+                        "copy_gbps": copy_gbps, "frac_of_copy": nbytes / ms_fused / 1e6 / copy_gbps,
+                        "speedup": ms_torch / ms_fused,
+                    })
+    return rows
+
+
+def format_rows(rows) -> str:
+    head = f"{'model':9}{'shape':>20}{'dtype':>6}{'op':>13}{'fused GB/s':>12}{'torch GB/s':>12}{'of copy':>9}{'speedup':>9}"
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['model']:9}{str(tuple(r['shape'])):>20}{r['dtype']:>6}{r['op']:>13}"
+            f"{r['gbps_fused']:12.0f}{r['gbps_torch']:12.0f}{r['frac_of_copy']:9.2f}{r['speedup']:9.2f}"
+        )
+    if rows:
+        lines.append(f"copy bandwidth: {rows[0]['copy_gbps']:.0f} GB/s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    results = kernel_benchmarks()
+    print(format_rows(results) if results else "no CUDA device: nothing measured")

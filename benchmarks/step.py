@@ -1,0 +1,280 @@
+"""Step benchmark: plain training vs the authors'-style naive double pass vs the reference vs
+``TwoRound``, measured side by side in one run and written as JSON with the machine's details.
+
+    anl-fused bench --models vgg11 resnet18 --batch 64 --out results.json
+
+Every method runs the same model (same weights, same batch) through one training step's
+forward/backward (gradients zeroed first, no optimizer update). Methods are timed in interleaved
+rounds (each round times every method once, in rotating order) so that a slow spell of the machine
+hits all of them alike; the median over rounds is reported, and ratios are taken between medians
+of the same run (``ratios``). Each round also gives a paired ratio (two methods timed back to
+back); their min / median / max over the rounds (``ratio_stats``) show how far one number can be
+trusted, and a warning is printed when max / min exceeds :data:`SPREAD_WARN` (a busy machine: run
+more ``--repeats``, or on an idle one). On CUDA each timed sample is ``--inner`` steps between two
+synchronizations. Nothing is written unless ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anl_fused import TwoRound, anl_layers, insert_anl, reference
+from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
+from anl_fused.experiments.files import atomic_write, resolve_device
+from anl_fused.experiments.models import build
+
+from . import naive
+
+METHODS = ("plain", "naive", "reference", "tworound")
+
+
+def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05,
+              amp: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
+    """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    model = copy.deepcopy(model).train()
+    if method != "plain":
+        insert_anl(model, eps)
+    device_type = x.device.type
+
+    def closure():
+        with torch.autocast(device_type, dtype=amp) if amp is not None else contextlib.nullcontext():
+            return F.cross_entropy(model(x), y)
+
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    engine = TwoRound(model, generator)
+    runs = {
+        "plain": lambda: closure().backward(),
+        "naive": lambda: naive.naive_step(model, closure, generator),
+        "reference": lambda: reference.two_round_step(model, closure, generator),
+        "tworound": lambda: engine.step(closure),
+    }
+    run = runs[method]
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        return run()
+
+    step.model = model
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_methods(steps: dict[str, Callable], device: torch.device, repeats: int, warmup: int = 1,
+                 inner: int = 1) -> dict[str, list[float]]:
+    """Seconds per step of each method, ``repeats`` interleaved samples each."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    _sync(device)
+    names = list(steps)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(inner):
+                steps[name]()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / inner)
+    return times
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                            cwd=os.path.dirname(__file__), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    return info
+
+
+def benchmark_model(name: str, batch: int, size: int, device: torch.device, methods, repeats: int, inner: int,
+                    amp: torch.dtype | None, eps: float) -> dict:
+    torch.manual_seed(0)
+    model = build(name).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp) for m in methods}
+    times = time_methods(steps, device, repeats, inner=inner)
+    median = {m: statistics.median(t) for m, t in times.items()}
+    pairs = _ratio_pairs(list(median))
+    ratios = {f"{a}/{b}": median[a] / median[b] for a, b in pairs}
+    return {"model": name, "batch": batch, "size": size, "amp": str(amp) if amp else None, "eps": eps,
+            "median_s": median, "times_s": times, "ratios": ratios, "ratio_stats": ratio_stats(times, pairs)}
+
+
+def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    pairs = [(a, "plain") for a in methods if a != "plain" and "plain" in methods]
+    return pairs + ([("naive", "tworound")] if "naive" in methods and "tworound" in methods else [])
+
+
+def ratio_stats(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Min / median / max over the rounds of each paired ratio ``a/b`` (round ``r``'s two samples),
+    and ``spread`` = max / min."""
+    out = {}
+    for a, b in pairs:
+        per_round = [ta / tb for ta, tb in zip(times[a], times[b])]
+        lo, hi = min(per_round), max(per_round)
+        out[f"{a}/{b}"] = {"min": lo, "median": statistics.median(per_round), "max": hi, "spread": hi / lo}
+    return out
+
+
+SPREAD_WARN = 1.5  # max / min of a paired ratio over the rounds beyond which a result is flagged
+
+
+def spread_warnings(results: list[dict]) -> list[str]:
+    """One line per ratio whose rounds disagree by more than :data:`SPREAD_WARN` (or too few rounds to tell)."""
+    lines = []
+    for r in results:
+        for k, st in r["ratio_stats"].items():
+            rounds = len(next(iter(r["times_s"].values())))
+            if rounds < 3:
+                lines.append(f"warning: {r['model']} {k}: {rounds} round(s) cannot show the spread; use --repeats >= 3")
+                break
+            if st["spread"] > SPREAD_WARN:
+                lines.append(f"warning: {r['model']} {k} varied from {st['min']:.2f}x to {st['max']:.2f}x over "
+                             f"{rounds} rounds (median {st['median']:.2f}x): the machine was busy; do not trust one "
+                             "number, repeat with more --repeats or on an idle machine")
+    return lines
+
+
+def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict:
+    """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
+    ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
+    also measured as the peak allocated memory of one step each way."""
+    torch.manual_seed(0)
+    model = insert_anl(build(name), 0.05).to(device).eval()  # eval: same shapes, no training-mode warning
+    numels = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
+             for layer in anl_layers(model)]
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    model.train()
+    report = {"model": name, "batch": batch, "anl_layers": len(numels),
+              "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)}}
+    if device.type == "cuda":
+        peaks = {}
+        for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+            engine = TwoRound(model, torch.Generator(device).manual_seed(0), noise_dtype=dtype)
+            model.zero_grad(set_to_none=True)
+            engine.step(lambda: F.cross_entropy(model(x), y))  # warm-up: allocator, grads
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            engine.step(lambda: F.cross_entropy(model(x), y))
+            torch.cuda.synchronize(device)
+            peaks[label] = torch.cuda.max_memory_allocated(device)
+        report["peak_step_bytes"] = peaks
+    return report
+
+
+def format_table(results: list[dict]) -> str:
+    """Median step times and the two ratios: ratio of the medians, then [min, max] of the rounds' paired ratios."""
+    lines = ["| model | batch | amp | " + " | ".join(f"{m} (ms)" for m in METHODS)
+             + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] |",
+             "|---|---|---|" + "---|" * (len(METHODS) + 2)]
+    for r in results:
+        med = r["median_s"]
+        cells = [f"{med[m] * 1e3:.1f}" if m in med else "-" for m in METHODS]
+        for k in ("tworound/plain", "naive/tworound"):
+            st = r.get("ratio_stats", {}).get(k)
+            v = r["ratios"].get(k)
+            cells.append("-" if v is None else f"{v:.2f}x" + (f" [{st['min']:.2f}, {st['max']:.2f}]" if st else ""))
+        lines.append(f"| {r['model']} | {r['batch']} | {r['amp'] or 'fp32'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], help="zoo names (anl-fused models)")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeats", type=positive_int, default=7,
+                        help="interleaved rounds: timed samples per method; their paired ratios give min / median / "
+                             "max (default 7)")
+    parser.add_argument("--inner", type=positive_int, default=None,
+                        help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
+    parser.add_argument("--eps", type=finite_float, default=0.05)
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: none, the table is printed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    inner = args.inner or (10 if device.type == "cuda" else 1)
+    methods = list(dict.fromkeys(["plain", *args.methods]))
+    results = []
+    for name in args.models:
+        print(f"benchmarking {name} batch {args.batch} on {device} ...", flush=True)
+        results.append(benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp,
+                                       args.eps))
+    report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+              "steps": results}
+    report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
+    if args.kernels:
+        from .kernels import kernel_benchmarks
+
+        report["kernels"] = kernel_benchmarks(device)
+    print(format_table(results))
+    for line in spread_warnings(results):
+        print(line, file=sys.stderr)
+    if args.out:
+        atomic_write(args.out, json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="anl-fused bench", description=__doc__.split("\n\n")[0])
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

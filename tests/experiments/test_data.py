@@ -1,0 +1,167 @@
+"""Datasets: digits split, torchvision layouts (faked on disk), missing-file errors, batches."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from anl_fused.experiments import data
+
+
+def test_digits_split_is_fixed_and_complete():
+    a, b = data.load("digits"), data.load("digits")
+    assert (len(a.train), len(a.val), len(a.test)) == (897, 300, 600)
+    for s, t in ((a.train, b.train), (a.val, b.val), (a.test, b.test)):
+        assert torch.equal(s.x, t.x) and torch.equal(s.y, t.y)
+        assert s.x.dtype == torch.float32 and s.x.shape[1:] == (1, 8, 8)
+        assert s.x.min() >= 0 and s.x.max() <= 1
+        assert s.y.dtype == torch.int64 and set(s.y.tolist()) == set(range(10))  # stratified
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    ours = torch.cat([a.train.x, a.val.x, a.test.x]).flatten(1) * 16
+    ref = torch.from_numpy(d.images.reshape(len(d.images), -1).astype(np.float32))
+    # the three splits are a partition of the 1,797 images (compare as sorted multisets of rows)
+    key = lambda t: sorted(map(tuple, t.round().long().tolist()))  # noqa: E731
+    assert key(ours) == key(ref)
+    assert a.num_classes == 10 and a.in_channels == 1
+
+
+@pytest.mark.parametrize("name,files", [
+    ("cifar10", ["cifar-10-batches-py", "data_batch_1", "test_batch"]),
+    ("cifar100", ["cifar-100-python", "train", "meta"]),
+    ("fashion-mnist", ["FashionMNIST", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+])
+def test_missing_dataset_error_names_directory_and_files(tmp_path, name, files):
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load(name, str(tmp_path / "nowhere"))
+    msg = str(e.value)
+    assert str(tmp_path / "nowhere") in msg
+    for f in files:
+        assert f in msg
+    assert "download" in msg and "digits" in msg
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load("imagenet")
+    assert data.canonical_name("Fashion_MNIST") == "fashion-mnist"
+
+
+def _write_idx(path, arr: np.ndarray) -> None:
+    code = {1: 0x0801, 3: 0x0803}[arr.ndim]
+    with open(path, "wb") as f:
+        f.write(code.to_bytes(4, "big"))
+        for d in arr.shape:
+            f.write(int(d).to_bytes(4, "big"))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_raw_files(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    xtr, ytr = rng.randint(0, 256, (30, 28, 28)), rng.randint(0, 10, 30)
+    xte, yte = rng.randint(0, 256, (12, 28, 28)), rng.randint(0, 10, 12)
+    _write_idx(raw / "train-images-idx3-ubyte", xtr)
+    _write_idx(raw / "train-labels-idx1-ubyte", ytr)
+    _write_idx(raw / "t10k-images-idx3-ubyte", xte)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", yte)
+    b = data.load("fashion-mnist", str(tmp_path), val_size=10)
+    assert (len(b.train), len(b.val), len(b.test)) == (20, 10, 12)
+    assert b.train.x.dtype == torch.uint8 and b.train.x.shape[1:] == (1, 28, 28)
+    assert torch.equal(b.test.x[:, 0], torch.from_numpy(xte.astype(np.uint8)))
+    allx = torch.cat([b.train.x, b.val.x])[:, 0].flatten(1).tolist()
+    assert sorted(allx) == sorted(torch.from_numpy(xtr.astype(np.uint8)).flatten(1).tolist())
+    assert b.info.augment == "none" and b.in_channels == 1
+
+
+def test_cifar10_from_batches(tmp_path, monkeypatch):
+    """The torchvision CIFAR layout (checksums bypassed for the fake files): HWC -> CHW, uint8."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", {**torchvision.datasets.CIFAR10.meta, "md5": None})
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.RandomState(0)
+    imgs = {}
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        x = rng.randint(0, 256, (4, 3072)).astype(np.uint8)
+        imgs[name] = x
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": x, "labels": rng.randint(0, 10, 4).tolist()}, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    b = data.load("cifar10", str(tmp_path), val_size=5)
+    assert (len(b.train), len(b.val), len(b.test)) == (15, 5, 4)
+    assert b.test.x.dtype == torch.uint8 and b.test.x.shape == (4, 3, 32, 32)
+    assert torch.equal(b.test.x, torch.from_numpy(imgs["test_batch"].reshape(4, 3, 32, 32)))
+    assert b.info.augment == "crop-flip" and b.num_classes == 10
+
+
+def _split(n=23, c=3, size=32):
+    g = torch.Generator().manual_seed(0)
+    return data.Split(torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8),
+                      torch.arange(n) % 10)
+
+
+def test_batches_order_is_a_function_of_seed_and_epoch():
+    s = _split()
+    b = data.Batches(s, 5, mean=(0.5,), std=(0.25,), seed=3, augment="crop-flip")
+    assert len(b) == 5
+    e0 = list(b.epoch(0))
+    e0_again = list(data.Batches(s, 5, mean=(0.5,), std=(0.25,), seed=3, augment="crop-flip").epoch(0))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(e0, e0_again))
+    ys = torch.cat([y for _, y in e0])
+    assert sorted(ys.tolist()) == sorted(s.y.tolist()) and [len(y) for _, y in e0] == [5, 5, 5, 5, 3]
+    assert not torch.equal(b.order(0), b.order(1))
+    assert not torch.equal(b.order(0), data.Batches(s, 5, mean=(0.5,), std=(0.25,), seed=4).order(0))
+    tail = list(b.epoch(0, start=2))  # resuming mid-epoch gives exactly the remaining batches
+    assert len(tail) == 3 and all(torch.equal(a[0], c[0]) for a, c in zip(tail, e0[2:]))
+    assert len(data.Batches(s, 5, mean=(0.5,), std=(0.25,), drop_last=True)) == 4
+
+
+def test_batches_without_augmentation_normalize():
+    s = _split()
+    b = data.Batches(s, 23, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), shuffle=False)
+    (x, y), = list(b.epoch(0))
+    ref = (s.x.float() / 255 - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / 0.5
+    torch.testing.assert_close(x, ref)
+    assert torch.equal(y, s.y)
+
+
+def test_crop_flip_matches_torchvision():
+    import torchvision.transforms.functional as TF
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    oy, ox = torch.randint(0, 9, (6,), generator=g), torch.randint(0, 9, (6,), generator=g)
+    flip = torch.tensor([True, False, True, True, False, False])
+    out = data.crop_flip(x, oy, ox, flip)
+    for i in range(6):
+        ref = TF.crop(TF.pad(x[i], 4), int(oy[i]), int(ox[i]), 32, 32)
+        ref = TF.hflip(ref) if flip[i] else ref
+        assert torch.equal(out[i], ref)
+
+
+def test_augmented_batches_are_crops_of_the_padded_images():
+    s = _split(n=8)
+    b = data.Batches(s, 8, mean=(0.0,), std=(1.0,), augment="crop-flip", seed=0, shuffle=False)
+    (x, _), = list(b.epoch(0))
+    (x2, _), = list(b.epoch(1))
+    assert not torch.equal(x, x2)  # new crops each epoch
+    assert x.shape == (8, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
+
+
+def test_torchvision_transforms():
+    from PIL import Image
+
+    t = data.torchvision_transforms("cifar10", train=True)
+    img = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert t(img).shape == (3, 32, 32)
+    assert "RandomCrop" in repr(t) and "RandomHorizontalFlip" in repr(t)
+    assert "RandomCrop" not in repr(data.torchvision_transforms("cifar10", train=False))

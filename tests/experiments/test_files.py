@@ -1,0 +1,95 @@
+"""experiments.files: the directory lock (one writer at a time, holder named, no stale locks) and the
+clean-up of temporary files that killed writers leave."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from anl_fused.experiments import checkpoint
+from anl_fused.experiments.files import DirLock, DirLockedError, atomic_write, clean_temp_files, lock_holder
+
+HOLD = """
+import sys, time
+from anl_fused.experiments.files import DirLock
+DirLock(sys.argv[1], "x.lock").acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(directory):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_locker_is_refused_with_the_holders_pid_and_the_lock_goes_with_its_process(tmp_path):
+    d = tmp_path / "run"
+    proc = _holder(d)
+    try:
+        with pytest.raises(DirLockedError, match=rf"{d}.* pid {proc.pid} on .*x\.lock"):
+            DirLock(d, "x.lock").acquire()
+        assert f"pid {proc.pid}" in lock_holder(d, "x.lock")
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a crash: no clean-up ran
+        proc.wait()
+    assert (d / "x.lock").exists() and lock_holder(d, "x.lock") is None  # the kernel dropped the lock
+    with DirLock(d, "x.lock") as lock:
+        assert f"pid {os.getpid()}" in lock_holder(d, "x.lock")
+        with pytest.raises(DirLockedError):  # flock: a second open file in the same process conflicts too
+            DirLock(d, "x.lock").acquire()
+    assert not (d / "x.lock").exists()  # released: deleted
+    lock.release()  # twice is harmless
+
+
+def test_lock_holder_changes_nothing(tmp_path):
+    assert lock_holder(tmp_path / "missing", "x.lock") is None
+    assert lock_holder(tmp_path, "x.lock") is None
+    assert not (tmp_path / "missing").exists() and not list(tmp_path.iterdir())
+
+
+def test_clean_temp_files_takes_only_atomic_writes_leftovers(tmp_path):
+    keep = ["notes.tmp", "a.b.tmp", "checkpoint.pt", "x.ABCDEFGH.tmp"]
+    orphans = ["checkpoint.pt.k2_x9abq.tmp", "metrics.jsonl.0a1b2c3d.tmp"]
+    for name in keep + orphans:
+        (tmp_path / name).write_text("x")
+    assert clean_temp_files(tmp_path) == sorted(orphans)
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
+    assert clean_temp_files(tmp_path / "missing") == []
+
+
+def test_a_killed_writer_leaves_a_temp_file_that_clean_temp_files_removes(tmp_path):
+    code = ("import sys, time; from anl_fused.experiments.files import atomic_write\n"
+            "def slow(f):\n    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(120)\n"
+            "atomic_write(sys.argv[1], slow)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "checkpoint.pt")], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith("checkpoint.pt.") and left.endswith(".tmp")
+    assert clean_temp_files(tmp_path) == [left] and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_files_follow_the_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+        checkpoint.save(tmp_path / "c.pt", {"w": torch.ones(1)})
+        with DirLock(tmp_path / "d", "x.lock"):
+            lock_mode = os.stat(tmp_path / "d" / "x.lock").st_mode & 0o777
+        assert os.umask(mask) == mask  # reading the umask did not change it
+    finally:
+        os.umask(old)
+    for name in ("a.json", "c.pt"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~mask, name
+    assert lock_mode == 0o666 & ~mask
+

@@ -1,0 +1,311 @@
+"""TwoRound: each rule of the semantics (docs/semantics.md) has a test here that fails when the rule is
+broken; then the engine's argument, closure and layer errors and noise_dtype."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import anl_fused
+from anl_fused import ANL2d, TwoRound, insert_anl, reference
+
+from ._nets import assert_buffers_equal, assert_grads_close, flat_grads, small_vgg, twins
+
+
+def data(b=6, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, 8, 8, dtype=dtype, generator=g), torch.randint(0, 10, (b,), generator=g)
+
+
+def anl_model(eps=0.5, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return anl_fused.insert_anl(small_vgg(**kw).to(dtype), eps=eps)
+
+
+def test_round1_never_touches_parameter_grad_and_accumulation_works():
+    model = anl_model()
+    fast, ref = twins(model)
+    engine, ref_gen = anl_fused.TwoRound(fast, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(1)
+    for i, (x, y) in enumerate([data(6, seed=1), data(4, seed=2)]):  # two micro-batches, no zero_grad between
+        torch.manual_seed(i)
+        engine.step(lambda: F.cross_entropy(fast(x), y))
+        torch.manual_seed(i)
+        reference.two_round_step(ref, lambda: F.cross_entropy(ref(x), y), ref_gen)
+    assert_grads_close(fast, ref, 1e-10)
+
+    sentinel = [torch.full_like(p, 7.0) for p in fast.parameters()]
+    for p, s in zip(fast.parameters(), sentinel):
+        p.grad = s.clone()
+    x, y = data()
+    loss = engine.step(lambda: F.cross_entropy(fast(x), y), backward=False)
+    assert loss.requires_grad
+    for p, s in zip(fast.parameters(), sentinel):
+        assert torch.equal(p.grad, s), "round 1 (or step with backward=False) changed a parameter's .grad"
+
+
+def test_batchnorm_statistics_move_once_per_step():
+    model = anl_model()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    x, y = data()
+    plain = copy.deepcopy(model)
+    anl_fused.TwoRound(model).step(lambda: F.cross_entropy(model(x), y))
+    for bn in bns:
+        assert bn.num_batches_tracked.item() == 1
+        assert bn.track_running_stats  # restored after round 1
+    # Zero noise: round 2 is the plain forward, so the statistics equal one plain forward's.
+    zero = copy.deepcopy(plain)
+    for layer in anl_fused.anl_layers(zero):
+        layer.eps = 1e-300  # active, but the noise underflows to nothing
+    anl_fused.TwoRound(zero).step(lambda: F.cross_entropy(zero(x), y))
+    with pytest.warns(UserWarning, match="outside a two-round step"):
+        F.cross_entropy(plain(x), y)
+    assert_buffers_equal(zero, plain, 1e-12)
+
+
+def test_round2_replays_dropout_masks():
+    model = anl_model()
+    masks = []
+    dropout = next(m for m in model.modules() if isinstance(m, nn.Dropout))
+    dropout.register_forward_hook(lambda m, i, o: masks.append((i[0] != 0, o == 0)))
+    x, y = data()
+    anl_fused.TwoRound(model).step(lambda: F.cross_entropy(model(x), y))
+    assert len(masks) == 2
+    (live1, dropped1), (live2, dropped2) = masks
+    live = live1 & live2  # where the input is 0 a dropped unit cannot be told from a kept one
+    assert live.sum() > 20 and (dropped1 & live).any()
+    assert torch.equal(dropped1 & live, dropped2 & live)
+
+
+def test_inplace_relu_after_anl_gives_the_out_of_place_result():
+    torch.manual_seed(0)
+    inplace = anl_fused.insert_anl(small_vgg(inplace=True).double(), eps=0.5)
+    outplace = anl_fused.insert_anl(small_vgg(inplace=False).double(), eps=0.5)
+    outplace.load_state_dict(inplace.state_dict())
+    x, y = data()
+    for model in (inplace, outplace):
+        torch.manual_seed(3)
+        anl_fused.TwoRound(model, torch.Generator().manual_seed(5)).step(lambda: F.cross_entropy(model(x), y))
+    assert_grads_close(inplace, outplace, 1e-12)
+
+
+def test_batch_size_may_change_between_steps():
+    fast, ref = twins(anl_model())
+    engine, ref_gen = anl_fused.TwoRound(fast, torch.Generator().manual_seed(2)), torch.Generator().manual_seed(2)
+    for b in (6, 3, 1, 5):
+        x, y = data(b, seed=b)
+        for m in (fast, ref):
+            m.zero_grad()
+        torch.manual_seed(b)
+        engine.step(lambda: F.cross_entropy(fast(x), y))
+        torch.manual_seed(b)
+        reference.two_round_step(ref, lambda: F.cross_entropy(ref(x), y), ref_gen)
+        assert_grads_close(fast, ref, 1e-10)
+
+
+@pytest.mark.parametrize("how", ["eval", "disabled", "eps0"])
+def test_inactive_anl_is_one_plain_step(how):
+    model = anl_model(dropout=False)
+    if how == "eval":
+        model.eval()
+    elif how == "disabled":
+        anl_fused.set_anl_enabled(model, False)
+    else:
+        for layer in anl_fused.anl_layers(model):
+            layer.eps = 0.0
+    fast, plain = twins(model)
+    calls = []
+    x, y = data()
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    anl_fused.TwoRound(fast, gen).step(lambda: calls.append(1) or F.cross_entropy(fast(x), y))
+    F.cross_entropy(plain(x), y).backward()
+    assert calls == [1], "an inactive model must run one forward"
+    assert torch.equal(flat_grads(fast), flat_grads(plain))
+    assert torch.equal(gen.get_state(), state), "no noise may be drawn"
+
+
+def test_eval_forward_is_identity_and_returns_the_same_tensor():
+    layer = anl_fused.ANL2d(0.1).eval()
+    x = torch.randn(2, 3, 4, 4)
+    assert layer(x) is x
+
+
+def test_training_outside_tworound_is_identity_and_warns_once():
+    layer = anl_fused.ANL2d(0.1)
+    x = torch.randn(2, 3, 4, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert layer(x) is x
+        assert layer(x) is x
+    assert len([w for w in caught if "outside a two-round step" in str(w.message)]) == 1
+
+
+def test_same_generator_seed_same_noise_other_seed_other_noise():
+    results = []
+    for seed in (4, 4, 5):
+        model = anl_model(dropout=False)
+        x, y = data()
+        anl_fused.TwoRound(model, torch.Generator().manual_seed(seed)).step(lambda: F.cross_entropy(model(x), y))
+        results.append(flat_grads(model))
+    assert torch.equal(results[0], results[1])
+    assert not torch.allclose(results[0], results[2])
+
+
+def test_nonfinite_round1_gradient_gives_zero_noise_for_that_sample_and_is_counted():
+    class PoisonFirstBackward(torch.autograd.Function):
+        calls = 0
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            PoisonFirstBackward.calls += 1
+            if PoisonFirstBackward.calls == 1:  # round 1 only: sample 0 gets a NaN gradient
+                g = g.clone()
+                g[0] = float("nan")
+            return g
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_vgg(dropout=False).double()
+
+        def forward(self, x):
+            h = self.body[:2](x)
+            return self.body[2:](PoisonFirstBackward.apply(h))
+
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(Net(), eps=0.5)
+    x, y = data()
+    outputs = []
+    model.body[1].register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
+    engine = anl_fused.TwoRound(model)
+    loss = engine.step(lambda: F.cross_entropy(model(x), y))
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert engine.nonfinite_samples.item() == 1
+    round1, round2 = outputs
+    assert torch.equal(round1[0], round2[0]), "the poisoned sample must get zero noise"
+    assert not torch.equal(round1[1], round2[1]), "the other samples get noise"
+
+
+def test_zero_round1_gradient_gives_zero_noise_and_is_counted():
+    """A sample whose round-1 gradient is exactly zero (as an underflowed float16 gradient would be) gets
+    no noise and is counted in zero_samples, not in nonfinite_samples."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_vgg(dropout=False).double()
+            self.register_buffer("mask", torch.tensor([0.0, 1, 1, 1, 1, 1], dtype=torch.float64).view(6, 1, 1, 1))
+
+        def forward(self, x):
+            return self.body[2:](self.body[:2](x) * self.mask)  # sample 0 no longer reaches the loss
+
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(Net(), eps=0.5)
+    engine = anl_fused.TwoRound(model)
+    x, y = data()
+    for step in range(2):
+        engine.step(lambda: F.cross_entropy(model(x), y))
+    assert engine.zero_samples.item() == 2 and engine.nonfinite_samples.item() == 0
+
+
+def test_no_host_sync_inside_the_step(monkeypatch):
+    model = anl_fused.insert_anl(small_vgg().double(), eps=0.5, input_eps=0.1)
+    x, y = data()
+    engine = anl_fused.TwoRound(model)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync inside TwoRound.step")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    engine.step(lambda: F.cross_entropy(model(x), y))
+    monkeypatch.undo()
+    assert engine.nonfinite_samples.item() == 0
+
+
+def test_last_stds_are_the_round1_stds():
+    model = anl_model()
+    seen = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_hook(lambda mod, i, o, name=name: seen.setdefault(name + ".anl", o.detach().std())
+                                    and None)
+    x, y = data()
+    engine = anl_fused.TwoRound(model)
+    engine.step(lambda: F.cross_entropy(model(x), y))
+    assert set(engine.last_stds) == set(seen) and len(seen) == 3
+    for name, s in engine.last_stds.items():
+        torch.testing.assert_close(s, seen[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", [{}, {"input_eps": 0.1}, {"noise": "gaussian"}], ids=["anl", "input", "gaussian"])
+def test_no_host_sync_on_cuda(kw):
+    """On CUDA (Triton kernels), a step issues no device-to-host copy or synchronization."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(), eps=0.5, **kw).cuda()
+    x, y = torch.randn(6, 3, 8, 8, device="cuda"), torch.randint(0, 10, (6,), device="cuda")
+    engine = anl_fused.TwoRound(model)
+    engine.step(lambda: F.cross_entropy(model(x), y))  # warm-up: kernel compilation, lazy CUDA init
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.step(lambda: F.cross_entropy(model(x), y))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+
+@pytest.mark.parametrize("result,err,match", [
+    (1.5, TypeError, "float"),
+    (None, TypeError, "NoneType"),
+    (torch.ones(3), ValueError, r"shape \(3,\)"),
+])
+def test_closure_must_return_a_scalar_tensor(result, err, match):
+    model = insert_anl(small_vgg(), 0.1)
+    for m in (model, model.eval()):
+        with pytest.raises(err, match=match):
+            TwoRound(m).step(lambda: (m(torch.randn(2, 3, 8, 8)), result)[1])
+
+
+
+def test_engine_argument_errors_and_generator_device():
+    model = insert_anl(small_vgg(), 0.1)
+    with pytest.raises(TypeError, match="generator"):
+        TwoRound(model, generator=1)
+    with pytest.raises(TypeError, match="noise_dtype"):
+        TwoRound(model, noise_dtype=torch.int8)
+    with pytest.raises(TypeError, match="nn.Module"):
+        TwoRound(lambda x: x)
+
+
+
+def test_layer_called_twice_is_an_error():
+    layer = ANL2d(0.3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), layer, nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), layer,
+                          nn.Flatten(), nn.Linear(144, 2))
+    with pytest.raises(RuntimeError, match="twice"):
+        TwoRound(model).step(lambda: model(torch.randn(2, 3, 8, 8)).sum())
+
+
+
+def test_noise_dtype_bfloat16_keeps_gradient_close():
+    torch.manual_seed(0)
+    model = insert_anl(small_vgg(dropout=False), 0.5)
+    a, b = model, copy.deepcopy(model)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    for m, dt in ((a, None), (b, torch.bfloat16)):
+        TwoRound(m, torch.Generator().manual_seed(0), noise_dtype=dt).step(lambda: F.cross_entropy(m(x), y))
+    ga = torch.cat([p.grad.flatten() for p in a.parameters()])
+    gb = torch.cat([p.grad.flatten() for p in b.parameters()])
+    assert (ga - gb).norm() <= 2e-2 * ga.norm()
+
