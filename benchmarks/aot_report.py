@@ -364,8 +364,8 @@ def markdown(report: dict) -> str:
                      f"{pl.get('add_noise', 0):g} | {pl['torch_ops']:g} | {pl['total']:g} | "
                      f"{d['replay_matches_step']} |")
     lines += ["", "Counted: every Triton kernel launch of the step plus every torch op that does work inside "
-              "`anl_fused.ops` (the engine's own `randn` for z and its non-finite counting are not ops of "
-              "this package and are not counted here).", "",
+              "`anl_fused.ops` (the engine's own draw of z, one `randn` per step for all layers, is not an op "
+              "of this package and is not counted; the non-finite / zero counting is inside `noise_scale`).", "",
               "## Kernels (per distinct specialization)", "",
               "Registers / spill stores+loads (bytes) / shared memory (bytes) from Triton's cubin and `ptxas -v`; "
               "global loads and stores from the PTX, as access width x number of instructions "
