@@ -8,20 +8,31 @@ use them (it is the independent oracle).
     one element), accumulated in float32 (float64 for float64 input), a 0-d tensor without gradient.
 
 ``noise_scale(g, z, s, eps, *, layer_norm=False, stats=None) -> (scale, norm)``
-    Round 1, after the backward. ``norm_b = max_i |g_b,i|`` and
-    ``scale_b = r_b * s / norm_b`` with ``r_b = clamp(eps/2 + |eps|/4 * z_b, min(0, eps), max(0, eps))``;
-    ``z=None`` means ``r_b = eps`` (the sign form, Eq. 8), ``s=None`` means ``s = 1`` (Eq. 4).
-    ``scale_b = 0`` where ``norm_b`` is 0 or not finite. ``layer_norm=True`` divides by one norm for
-    the whole layer instead, ``n = max_b norm_b`` over the samples with a finite norm (Algorithm 1's
-    reading): ``scale_b = r_b * s / n``, 0 where ``norm_b`` is not finite or ``n == 0``. Both results are
-    float32 (float64 for float64 ``g``), shape ``[B]``. ``stats`` (int64 ``[2]``), when given, is
-    incremented in place by the number of samples whose norm is not finite and whose norm is 0.
+    Round 1, after the backward. ``norm_b = max_i |g_b,i|`` (NaN if ``g_b`` holds a NaN) and
+    ``r_b = clamp(eps/2 + |eps|/4 * z_b, min(0, eps), max(0, eps))``; ``z=None`` means ``r_b = eps``
+    (the sign form, Eq. 8), ``s=None`` means ``s = 1`` (Eq. 4).
 
-``add_noise(h, g, scale) -> out``
-    Round 2, forward. ``out = h + scale[b] * g'`` where ``g'`` is ``g`` with its non-finite entries
-    set to 0, so ``eta_b = 0`` wherever ``scale_b == 0`` even if ``g_b`` holds inf/NaN. Math in
-    float32 (float64 for float64 ``h``) on the Triton backend; ``g`` may have another float dtype than
-    ``h`` (``noise_dtype``). ``d out / d h = I``; no gradient reaches ``g`` or ``scale``.
+    - ``layer_norm=False`` (per sample, the authors' code): ``scale_b = r_b * s / norm_b``, and
+      ``scale_b = 0`` where ``norm_b`` is 0 or not finite.
+    - ``layer_norm=True`` (Algorithm 1's reading, one norm per layer):
+      ``n = max{norm_b : norm_b finite}`` (0 if no sample has a finite norm),
+      ``scale_b = r_b * s / n``, and ``scale_b = 0`` where ``norm_b`` is not finite or ``n == 0``.
+
+    ``scale_b`` is clamped to +-(largest finite value of its dtype), so a subnormal norm gives a huge
+    but finite scale (``scale_b * g_b,i`` stays finite: ``|g_b,i| <= norm_b``). ``stats``, when given,
+    is an int64 tensor of shape ``[2]`` incremented in place: ``stats[0] +=`` the number of samples
+    whose ``norm_b`` is not finite, ``stats[1] +=`` the number whose ``norm_b == 0`` (no extra launch
+    on the Triton backend). ``norm`` always holds the per-sample norms. Both results are float32
+    (float64 for float64 ``g``), shape ``[B]``.
+
+``add_noise(h, g, scale, *, alpha=1.0) -> out``
+    Round 2, forward. ``out = h + alpha * scale[b] * g'`` where ``g'`` is ``g`` with its non-finite
+    entries set to 0, so ``eta_b = 0`` wherever ``scale_b == 0`` even if ``g_b`` holds inf/NaN.
+    ``scale`` holds ``B`` values, or a single value for every sample, or is None (1); Gaussian noise
+    is ``add_noise(h, z, s, alpha=|eps|/4)``. Math in float32 (float64 for float64 ``h``), rounded
+    once to ``h``'s dtype (on both backends: a float16 ``h`` never sees a float16 scale overflow);
+    ``g`` may have another float dtype than ``h`` (``noise_dtype``). ``d out / d h = I``; no gradient
+    reaches ``g`` or ``scale``.
 
 Backends: CUDA tensors use the Triton kernels of ``anl_fused.kernels``; other tensors use torch
 ops. ``ANL_FUSED_BACKEND=triton|torch`` forces one (``triton`` on CPU tensors needs
@@ -52,10 +63,16 @@ def backend_for(t: Tensor) -> str:
     return "triton" if t.is_cuda else "torch"
 
 
-def _triton():
-    from anl_fused import kernels  # imported lazily: triton is optional off Linux
+_KERNELS = None
 
-    return kernels
+
+def _triton():
+    global _KERNELS
+    if _KERNELS is None:
+        from anl_fused import kernels  # imported lazily: triton is optional off Linux
+
+        _KERNELS = kernels
+    return _KERNELS
 
 
 def std(h: Tensor) -> Tensor:
@@ -67,50 +84,14 @@ def std(h: Tensor) -> Tensor:
 def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False,
                 stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
     if backend_for(g) == "triton":
-        scale, norm = _triton().noise_scale(g, z, s, eps)
-        if layer_norm:  # TODO(kernels): in the kernel; here from the per-sample scale (r_b s = scale_b norm_b)
-            scale = _per_layer(scale * norm, norm)
-        if stats is not None:
-            _count(norm, stats)
-        return scale, norm
-    acc = acc_dtype(g.dtype)
-    g = g.detach()
-    dims = tuple(range(1, g.dim()))  # max|g| as max(max g, -min g): two fast reductions (NaN propagates);
-    norm = (torch.maximum(g.amax(dims), g.amin(dims).neg()) if dims else g.abs()).to(acc)  # vector_norm(inf) is ~10x slower on CPU
-    if z is None:
-        r = torch.full_like(norm, eps)
-    else:
-        r = (eps / 2 + abs(eps) / 4 * z.to(acc)).clamp(min(0.0, eps), max(0.0, eps))
-    if s is not None:
-        r = r * s.to(acc)
-    if stats is not None:
-        _count(norm, stats)
-    if layer_norm:
-        return _per_layer(r, norm), norm
-    valid = torch.isfinite(norm) & (norm > 0)
-    return torch.where(valid, r / norm, torch.zeros_like(r)), norm
+        return _triton().noise_scale(g, z, s, eps, layer_norm=layer_norm, stats=stats)
+    return _torch_noise_scale(g, z, s, eps, layer_norm, stats)
 
 
-def _per_layer(rs: Tensor, norm: Tensor) -> Tensor:
-    """``rs_b / n`` with ``n`` the largest finite ``norm_b``; 0 for samples whose norm is not finite
-    (and for all when ``n`` is 0)."""
-    finite = torch.isfinite(norm)
-    n = torch.where(finite, norm, torch.zeros_like(norm)).amax() if norm.numel() else norm.new_zeros(())
-    valid = finite & (n > 0)
-    return torch.where(valid, rs / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(rs))
-
-
-def _count(norm: Tensor, stats: Tensor) -> None:
-    """``stats += [samples with a non-finite norm, samples with a zero norm]`` (in place, on the device)."""
-    stats += torch.stack([(~torch.isfinite(norm)).sum(), (norm == 0).sum()]).to(stats.dtype)
-
-
-def add_noise(h: Tensor, g: Tensor, scale: Tensor) -> Tensor:
+def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0) -> Tensor:
     if backend_for(h) == "triton":
-        return _triton().add_noise(h, g, scale)
-    shape = (-1,) + (1,) * (h.dim() - 1)
-    g = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-    return torch.addcmul(h, scale.detach().view(shape).to(h.dtype), g.to(h.dtype))
+        return _triton().add_noise(h, g, scale, alpha=alpha)
+    return _torch_add_noise(h, g, scale, alpha)
 
 
 def _torch_std(h: Tensor) -> Tensor:
@@ -119,3 +100,64 @@ def _torch_std(h: Tensor) -> Tensor:
     if h.numel() <= 1:
         return torch.zeros((), dtype=acc, device=h.device)
     return h.to(acc).std()
+
+
+def _torch_noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool,
+                       stats: Tensor | None) -> tuple[Tensor, Tensor]:
+    acc = acc_dtype(g.dtype)
+    g = g.detach()
+    if stats is not None and (stats.dtype != torch.int64 or stats.shape != (2,)):
+        raise ValueError(f"stats must be an int64 tensor of shape [2], got {stats.dtype} {tuple(stats.shape)}")
+    if g.dim() < 1:
+        raise ValueError("g must have a batch dimension (dim >= 1)")
+    B = g.shape[0]
+    if g.numel() == 0:  # no sample, or samples without elements (norm 0)
+        norm = torch.zeros(B, dtype=acc, device=g.device)
+    else:
+        dims = tuple(range(1, g.dim()))
+        # max|g| as max(max g, -min g): two fast reductions, NaN propagates (vector_norm(inf) is ~10x slower on CPU)
+        norm = (torch.maximum(g.amax(dims), g.amin(dims).neg()) if dims else g.abs()).to(acc)
+    if z is None:
+        r = torch.full_like(norm, eps)
+    else:
+        r = (eps / 2 + abs(eps) / 4 * z.detach().reshape(B).to(acc)).clamp(min(0.0, eps), max(0.0, eps))
+    rs = r if s is None else r * s.detach().reshape(()).to(acc)
+    finite = torch.isfinite(norm)
+    if layer_norm:
+        n = torch.where(finite, norm, 0.0).amax() if B else torch.zeros((), dtype=acc, device=g.device)
+        valid = finite & (n > 0)
+        divisor = torch.where(n > 0, n, 1.0)
+    else:
+        valid = finite & (norm > 0)
+        divisor = torch.where(valid, norm, 1.0)
+    big = torch.finfo(acc).max  # a subnormal norm: huge but finite scale
+    scale = torch.where(valid, (rs / divisor).clamp(-big, big), 0.0)
+    if stats is not None:
+        stats.add_(torch.stack([(~finite).sum(), (norm == 0).sum()]))
+    return scale, norm
+
+
+def _torch_add_noise(h: Tensor, g: Tensor, scale: Tensor | None, alpha: float) -> Tensor:
+    acc = acc_dtype(h.dtype)
+    if h.dim() < 1:
+        raise ValueError("h must have a batch dimension (dim >= 1)")
+    if g.shape != h.shape:
+        raise ValueError(f"g must have h's shape {tuple(h.shape)}, got {tuple(g.shape)}")
+    B = h.shape[0]
+    if scale is None:
+        factor = torch.full((), alpha, dtype=acc, device=h.device)
+    else:
+        scale = scale.detach()
+        if scale.numel() not in (1, B):
+            raise ValueError(f"scale must hold one value per sample ({B}) or a single value, got shape "
+                             f"{tuple(scale.shape)}")
+        shape = (-1,) + (1,) * (h.dim() - 1) if scale.numel() == B else ()
+        factor = scale.reshape(shape).to(acc)
+        if alpha != 1.0:
+            factor = factor * alpha
+    g = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0).to(acc)
+    # in the accumulation dtype, rounded once to h's dtype: a float16 scale could overflow to inf
+    # (tiny max|g|), and inf * 0 is NaN
+    if h.dtype == acc:
+        return torch.addcmul(h, factor, g)
+    return torch.addcmul(h.to(acc), factor, g).to(h.dtype)

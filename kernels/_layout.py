@@ -45,19 +45,33 @@ def like_layout(t: Tensor, fmt: torch.memory_format) -> Tensor:
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
-def split_f64(x) -> tuple[float, float]:
+_SPLITS: dict = {}
+
+
+def split_f64(x, name: str = "eps") -> tuple[float, float]:
     """Split a Python float into ``hi + lo`` with both exactly representable in float32.
 
     Triton passes Python floats to kernels as float32; the kernel rebuilds ``hi + lo`` in float64
     (about 48 significant bits) when it works in float64. Non-float scalars (symbolic floats under
     ``torch.compile``) are passed unsplit.
     """
+    pair = _SPLITS.get(x) if type(x) is float else None
+    if pair is not None:
+        return pair
     if not isinstance(x, float):
         return x, 0.0
     if not abs(x) < 3.0e38:
-        raise ValueError(f"eps must be finite and representable in float32, got {x!r}")
+        raise ValueError(f"{name} must be finite and representable in float32, got {x!r}")
     hi = struct.unpack("f", struct.pack("f", x))[0]
-    return hi, float(x - hi)
+    pair = (hi, float(x - hi))
+    if len(_SPLITS) < 1024:  # a handful of eps values per run
+        _SPLITS[x] = pair
+    return pair
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (``triton.cdiv`` costs microseconds per call on the host)."""
+    return -(-a // b)
 
 
 def next_pow2(n: int) -> int:
@@ -68,3 +82,73 @@ def sample_block(m: int, max_block: int, min_block: int = 128) -> int:
     """Block size for per-sample kernels: a power of two, at least ``min_block``, covering small
     samples in one block and splitting larger ones into ``max_block`` pieces."""
     return max(min(min_block, max_block), min(max_block, next_pow2(m)))
+
+
+# --- the persistent workspace of the single-launch reductions -------------------------------------
+#
+# ``std`` and ``noise_scale`` end with a "last program finishes" step: every program stores its
+# partial result, then takes a ticket from an int32 counter (atomic add, acquire-release); the
+# program that draws the last ticket combines the partials and stores 0 back into the counter. So a
+# counter is 0 before and after every launch and needs no memset per call. Each device has one
+# ``Workspace``: a small int32 tensor of such counters, zeroed once when it is created, and one
+# buffer per accumulation dtype for the partials (read back by the same launch, so it can be reused
+# by the next one: no allocation per call). Nothing in it is ever freed or replaced, so a CUDA graph
+# that captured these ops stays valid; create it before capture (the warm-up call Triton's
+# compilation needs anyway does; one created during capture also works, its zero fill becomes part
+# of the graph). Assumption: launches that share a device's workspace do not run concurrently,
+# i.e. these ops run on one stream per device at a time (as a training step does).
+# ``torch.compile`` traces the functional ``triton_op`` instead: a fresh zeroed counter and fresh
+# partials per call.
+
+WORKSPACE_SLOTS = 8
+_SLOT_STRIDE = 4  # int32s between slots: every counter 16-byte aligned, in its own 16 bytes
+PARTIALS_CAPACITY = 16384  # elements of the reusable partials buffer (larger needs: allocated per call)
+
+
+class Workspace:
+    """The persistent per-device state of the single-launch reductions (see above)."""
+
+    __slots__ = ("counters", "device", "partials_by_dtype")
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        ws = torch.zeros(WORKSPACE_SLOTS * _SLOT_STRIDE, dtype=torch.int32, device=device)
+        self.counters = [ws[i * _SLOT_STRIDE:i * _SLOT_STRIDE + 1] for i in range(WORKSPACE_SLOTS)]
+        self.partials_by_dtype: dict = {}
+
+    def partials(self, dtype: torch.dtype, n: int) -> Tensor:
+        """A buffer of at least ``n`` elements of ``dtype`` whose contents the caller's launch
+        overwrites before it reads them."""
+        if n > PARTIALS_CAPACITY:
+            return torch.empty(n, dtype=dtype, device=self.device)
+        buf = self.partials_by_dtype.get(dtype)
+        if buf is None:
+            buf = self.partials_by_dtype[dtype] = torch.empty(PARTIALS_CAPACITY, dtype=dtype, device=self.device)
+        return buf
+
+
+_WORKSPACE: dict = {}
+
+
+def workspace(device: torch.device) -> Workspace:
+    """``device``'s workspace, created on first use."""
+    ws = _WORKSPACE.get(device)
+    if ws is None:
+        ws = _WORKSPACE[device] = Workspace(device)
+    return ws
+
+
+def counter(device: torch.device, slot: int) -> Tensor:
+    """Slot ``slot`` (a 1-element int32 view) of ``device``'s persistent counters."""
+    return workspace(device).counters[slot]
+
+
+def fresh_counter(device: torch.device) -> Tensor:
+    """A new zeroed counter (the functional path traced by ``torch.compile``)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def reset_workspace() -> None:
+    """Forget every device's workspace (recreated, zeroed, on next use): for tests, and for recovery
+    after a launch that was aborted midway. Not while a CUDA graph that used it can still replay."""
+    _WORKSPACE.clear()

@@ -184,7 +184,7 @@ def test_triton_backend_equals_reference(variant, monkeypatch):
     calls = []
     for op in ("std", "noise_scale", "add_noise"):
         fn = getattr(kernels, op)
-        monkeypatch.setattr(kernels, op, lambda *a, fn=fn, op=op: calls.append(op) or fn(*a))
+        monkeypatch.setattr(kernels, op, lambda *a, fn=fn, op=op, **k: calls.append(op) or fn(*a, **k))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model = anl_fused.insert_anl(small_vgg().double(), **VARIANTS[variant]).to(device)

@@ -21,7 +21,7 @@ RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bf
 def interpreted() -> bool:
     """True when ``triton.jit`` kernels run in the interpreter (TRITON_INTERPRET was set)."""
     mod = importlib.import_module("anl_fused.kernels.std")
-    return not isinstance(mod._std_partial_kernel, triton.runtime.jit.JITFunction)
+    return not isinstance(mod._std_kernel, triton.runtime.jit.JITFunction)
 
 
 def kernel_device() -> str:
@@ -43,9 +43,14 @@ def gpu_compiled_or_skip() -> None:
 
 @contextlib.contextmanager
 def poisoned_allocations():
-    """Every ``torch.empty`` / ``torch.empty_like`` made inside is filled with NaN (ints: -7), so a
-    kernel that leaves any output element (or partial) unwritten makes the result wrong."""
+    """Every ``torch.empty`` / ``torch.empty_like`` made inside is filled with NaN (ints: -7), and so
+    are the reusable partials buffers of the kernels' device workspaces, so a kernel that leaves
+    any output element (or partial) unwritten makes the result wrong."""
     real_empty, real_empty_like = torch.empty, torch.empty_like
+    layout = importlib.import_module("anl_fused.kernels._layout")
+    for ws in layout._WORKSPACE.values():
+        for buf in ws.partials_by_dtype.values():
+            buf.fill_(float("nan"))
 
     def fill(t):
         if t.numel():
@@ -61,6 +66,35 @@ def poisoned_allocations():
     mp = pytest.MonkeyPatch()
     mp.setattr(torch, "empty", empty)
     mp.setattr(torch, "empty_like", empty_like)
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
+@contextlib.contextmanager
+def shuffled_programs(seed: int = 0):
+    """Under the interpreter, run the programs of every launch in a random order (the grid loop
+    maps its index through a permutation): a kernel whose result depends on which program runs
+    last (or first) then gives other results."""
+    from triton.runtime.interpreter import interpreter_builder
+
+    real_dim, real_idx = interpreter_builder.set_grid_dim, interpreter_builder.set_grid_idx
+    gen = torch.Generator().manual_seed(seed)
+    perm = []
+
+    def set_grid_dim(x, y, z):
+        perm[:] = torch.randperm(x, generator=gen).tolist()
+        if x > 1 and perm[-1] == x - 1:  # the program that runs last is never the last one
+            perm[0], perm[-1] = perm[-1], perm[0]
+        return real_dim(x, y, z)
+
+    def set_grid_idx(x, y, z):
+        return real_idx(perm[x], y, z)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(interpreter_builder, "set_grid_dim", set_grid_dim)
+    mp.setattr(interpreter_builder, "set_grid_idx", set_grid_idx)
     try:
         yield
     finally:

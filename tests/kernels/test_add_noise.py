@@ -13,10 +13,13 @@ import torch
 if not torch.cuda.is_available():  # as tests/conftest.py: before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ._helpers import (  # noqa: E402
+from anl_fused import kernels, ops
+
+from . import _helpers as helpers
+from ._helpers import (
     DTYPES,
     RTOL,
     gpu_compiled_or_skip,
@@ -24,7 +27,6 @@ from ._helpers import (  # noqa: E402
     poisoned_allocations,
     rand,
 )
-from anl_fused import kernels, ops  # noqa: E402
 
 an_mod = importlib.import_module("anl_fused.kernels.add_noise")
 
@@ -34,6 +36,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy in th
 @pytest.fixture
 def dev():
     return kernel_device()
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test draws the same random data whatever ran before it (failures reproduce)."""
+    torch.manual_seed(0)
 
 
 def truth(h, g, scale):
@@ -88,7 +96,11 @@ def test_same_as_torch_backend(dev, monkeypatch):
     monkeypatch.setenv("ANL_FUSED_BACKEND", "triton")
     got = ops.add_noise(h, g, sc)
     monkeypatch.setenv("ANL_FUSED_BACKEND", "torch")
-    torch.testing.assert_close(got, ops.add_noise(h, g, sc), rtol=1e-6, atol=1e-7)
+    want = ops.add_noise(h, g, sc)
+    # one float32 rounding of h + scale*g each (the CPU may fuse the multiply-add): an ulp of the
+    # summands, not of the (possibly cancelling) result
+    h64, eta = truth(h, g, sc)
+    assert ((got.double().cpu() - want.double().cpu()).abs() <= 2 * RTOL[torch.float32] * (h64.abs() + eta.abs())).all()
 
 
 def test_zero_scale_ignores_non_finite_g(dev):
@@ -142,6 +154,8 @@ def test_bad_arguments(dev):
         kernels.add_noise(h, rand((3, 5), torch.float32, dev), scales(3, dev))
     with pytest.raises(ValueError, match="one value per sample"):
         kernels.add_noise(h, h, scales(4, dev))
+    with pytest.raises(ValueError, match="alpha"):
+        kernels.add_noise(h, h, scales(3, dev), alpha=float("nan"))
     with pytest.raises(TypeError):
         kernels.add_noise(h.to(torch.int64), h, scales(3, dev))
 
@@ -181,8 +195,125 @@ def test_hypothesis(B, rest, h_dtype, g_dtype, channels_last):
         check(rand(shape, h_dtype, dev, layout=layout), rand(shape, g_dtype, dev), scales(B, dev))
 
 
+def extreme_gradients(dtype, dev, shape=(5, 3, 8, 8)):
+    """g in ``dtype`` whose samples are: all zero; zero but one subnormal element; zero but one
+    element at the largest finite value; huge everywhere; ordinary. The 4x3x8x8 float16 case of
+    issue #12 is sample 1 (a single 6e-8)."""
+    g = rand(shape, dtype, dev, std=1e-2)
+    fin = torch.finfo(dtype)
+    g[0] = 0
+    g[1] = 0
+    g[1, 2, 3, 4] = fin.smallest_normal * fin.eps  # the smallest subnormal (6e-8 in float16)
+    g[2] = 0
+    g[2, 0, 0, 0] = fin.max
+    g[3] = rand(shape[1:], dtype, dev) * (fin.max / 8)
+    return g
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_extreme_gradients_give_finite_outputs(dev, monkeypatch, backend, dtype, layer_norm):
+    """Issue #12: the torch backend cast scale to float16 before the multiply, so a tiny max|g|
+    overflowed scale to inf and inf * 0 made every output NaN. Both backends compute in float32
+    and round once; with zero, subnormal and huge gradients the output is finite wherever h is,
+    and equals h + r_b * s * g_b / norm_b up to rounding where that is representable."""
+    monkeypatch.setenv("ANL_FUSED_BACKEND", backend)
+    h = rand((5, 3, 8, 8), dtype, dev, mean=0.5)
+    h[4, 0, 0, 0] = float("inf")  # not finite in h: may stay so
+    g = extreme_gradients(dtype, dev)
+    z, s = torch.randn(5, device=dev), ops.std(h[:4])
+    scale, _ = ops.noise_scale(g, z, s, 0.3, layer_norm=layer_norm)
+    out = ops.add_noise(h, g, scale)
+    assert out.dtype == dtype
+    assert torch.isfinite(out[torch.isfinite(h)]).all(), out
+    interp_bf16 = backend == "triton" and dtype == torch.bfloat16 and helpers.interpreted()
+    if not layer_norm and not interp_bf16:  # (the interpreter flushes bfloat16 subnormals)
+        # every sample with a finite, nonzero norm gets noise of size |r_b| * s at its max element
+        for b in (1, 2, 3):
+            i = g[b].abs().argmax()
+            eta = (out[b].flatten()[i].double() - h[b].flatten()[i].double()).abs()
+            want = scale[b].double().abs() * g[b].flatten()[i].double().abs()
+            assert eta <= want * 1.01 + 4 * RTOL[dtype] * h[b].abs().max().double()
+    assert torch.equal(out[0], h[0])  # zero gradient: no noise
+
+
+def test_issue_12_float16_case(monkeypatch):
+    """The exact case of the issue on the torch backend: h 4x3x8x8 half, g zero but one 6e-8."""
+    monkeypatch.setenv("ANL_FUSED_BACKEND", "torch")
+    h = torch.randn(4, 3, 8, 8).half()
+    g = torch.zeros_like(h)
+    g[1, 2, 3, 4] = 6e-8
+    scale, _ = ops.noise_scale(g, torch.randn(4), ops.std(h), 0.1)
+    out = ops.add_noise(h, g, scale)
+    assert torch.isfinite(out).all()
+    assert out[1, 2, 3, 4] != h[1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("h_dtype", DTYPES)
+def test_alpha_and_shared_scale(dev, h_dtype):
+    """Gaussian noise as one launch: add_noise(h, z, s, alpha=|eps|/4) is what
+    noise_terms computes with torch ops (scale_b = full(|eps|/4) * s), bit for bit."""
+    acc = ops.acc_dtype(h_dtype)
+    h = rand((4, 3, 5, 7), h_dtype, dev, mean=1.0)
+    z = torch.randn(h.shape, device=dev, dtype=acc)
+    s = torch.tensor(0.37, device=dev, dtype=acc)
+    eps = -0.3
+    want = kernels.add_noise(h, z, torch.full((4,), abs(eps) / 4, dtype=acc, device=dev) * s)
+    with poisoned_allocations():
+        got = kernels.add_noise(h, z, s, alpha=abs(eps) / 4)
+    if h_dtype == torch.float64:  # alpha travels as a float32 pair (~48 bits)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    else:
+        assert torch.equal(got, want)
+    check(h, z, (s * abs(eps) / 4).expand(4))
+    # no scale: alpha alone
+    torch.testing.assert_close(kernels.add_noise(h, z, None, alpha=0.5), kernels.add_noise(h, z, s.new_full((4,), 0.5)),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("form", ["per_sample", "shared", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_backends_agree(dev, monkeypatch, form, dtype):
+    h = rand((3, 4, 5, 6), dtype, dev, layout="channels_last")
+    g = rand((3, 4, 5, 6), torch.bfloat16, dev)
+    g[1, 0, 0, 0] = float("nan")
+    sc = {"per_sample": scales(3, dev), "shared": torch.tensor([0.7], device=dev), "none": None}[form]
+    outs = []
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("ANL_FUSED_BACKEND", backend)
+        outs.append(ops.add_noise(h, g, sc, alpha=0.25))
+    assert outs[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outs[0], outs[1])  # float32 math on both (the CPU may fuse a multiply-add)
+
+
+def test_eager_autograd_paths(dev):
+    """With grad enabled the direct launch goes through a light autograd.Function; without, no
+    graph is built; the compile path (the triton_op) gives the same values and gradient."""
+    h = rand((3, 2, 4, 5), torch.float32, dev).requires_grad_()
+    g, sc = rand((3, 2, 4, 5), torch.float32, dev), scales(3, dev)
+    out = kernels.add_noise(h, g, sc)
+    op_out = torch.ops.anl_fused.add_noise(h, g, sc, 1.0)
+    assert torch.equal(out, op_out) and out.requires_grad
+    w = torch.randn_like(out)
+    (gh,) = torch.autograd.grad(out, h, w)
+    (gop,) = torch.autograd.grad(op_out, h, w)
+    assert torch.equal(gh, w) and torch.equal(gop, w)
+    with torch.no_grad():
+        assert not kernels.add_noise(h, g, sc).requires_grad
+
+
+def test_repeated_calls_are_bitwise_equal(dev):
+    h, g = rand((5, 3, 7, 7), torch.bfloat16, dev), rand((5, 3, 7, 7), torch.float32, dev)
+    sc = scales(5, dev)
+    first = kernels.add_noise(h, g, sc)
+    for _ in range(2):
+        assert torch.equal(kernels.add_noise(h, g, sc), first)
+
+
 _TRACE_SCRIPT = textwrap.dedent(
     """
+    import re
     import torch
     from torch._dynamo.backends.common import aot_autograd
     from anl_fused import kernels
@@ -198,29 +329,33 @@ _TRACE_SCRIPT = textwrap.dedent(
             raise Traced  # traced and captured; running needs a GPU
         return run
 
-    def step(h, z):
+    def step(h, z, stats):
         s = kernels.std(h)
         out = torch.relu(h)
-        scale, norm = kernels.noise_scale(out, z, s, 0.25)
-        sign_scale, _ = kernels.noise_scale(out, None, None, -0.5)
-        return kernels.add_noise(h, out.to(torch.bfloat16), scale + sign_scale), norm
+        scale, norm = kernels.noise_scale(out, z, s, 0.25, stats=stats)
+        sign_scale, _ = kernels.noise_scale(out, None, None, -0.5, layer_norm=True)
+        gauss = kernels.add_noise(h, out, s, alpha=0.125)
+        return kernels.add_noise(gauss, out.to(torch.bfloat16), scale + sign_scale), norm
 
     h = torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
     fn = torch.compile(step, fullgraph=True, backend=aot_autograd(fw_compiler=capture))
     try:
-        fn(h, torch.randn(4))
+        fn(h, torch.randn(4), torch.zeros(2, dtype=torch.int64))
     except Traced:
         pass
     code = graphs[0].code
-    assert code.count("triton_kernel_wrapper_functional(") == 7, code
+    # one launch per op call: std, noise_scale (twice), add_noise (twice)
+    assert code.count("triton_kernel_wrapper_functional(") == 5, code
+    assert re.search(r"'stats_ptr': (arg|primals)\\w+", code), code  # stats is the graph input, updated in place
     print("TRACED_OK")
     """
 )
 
 
 def test_compile_traces_fullgraph_on_cpu():
-    """torch.compile(fullgraph=True) of std -> ReLU -> noise_scale (with and without
-    z and s) -> add_noise traces into one graph holding the seven Triton kernel launches (no graph break, no opaque op). Runs in a
+    """torch.compile(fullgraph=True) of std -> ReLU -> noise_scale (with and without z, s, stats,
+    layer_norm) -> add_noise (Gaussian form, then adversarial) traces into one graph holding one
+    Triton kernel launch per op call (no graph break, no opaque op). Runs in a
     subprocess without TRITON_INTERPRET, since interpreted kernels cannot be traced; the captured
     graph is not run (compiled Triton needs a GPU: see TestGPU for that)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ANL_FUSED_BACKEND")}

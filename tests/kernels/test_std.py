@@ -9,12 +9,16 @@ import torch
 if not torch.cuda.is_available():  # as tests/conftest.py: before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ._helpers import DTYPES, gpu_compiled_or_skip, kernel_device, poisoned_allocations, rand  # noqa: E402
-from anl_fused import kernels, ops  # noqa: E402
+from anl_fused import kernels, ops
+
+from . import _helpers as helpers
+from ._helpers import DTYPES, gpu_compiled_or_skip, kernel_device, poisoned_allocations, rand
+
 std_mod = importlib.import_module("anl_fused.kernels.std")  # the module (the package exports the function)
+layout_mod = importlib.import_module("anl_fused.kernels._layout")
 
 # std in float32 accumulation of data exactly representable in the dtype: a few float32 ulps.
 S_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
@@ -25,11 +29,26 @@ def dev():
     return kernel_device()
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test draws the same random data whatever ran before it (failures reproduce)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Tiny blocks so that small tensors need many partials and several combine iterations."""
     monkeypatch.setattr(std_mod, "BLOCK", 64)
     monkeypatch.setattr(std_mod, "PART_BLOCK", 4)
+
+
+@pytest.fixture
+def multi_tile(monkeypatch):
+    """Tiny blocks and at most 6 programs: each program merges several tiles (Chan) before the
+    last one combines the partials."""
+    monkeypatch.setattr(std_mod, "BLOCK", 64)
+    monkeypatch.setattr(std_mod, "PART_BLOCK", 4)
+    monkeypatch.setattr(std_mod, "MAX_PARTS", 6)
 
 
 def check(h, torch_rtol=None):
@@ -60,7 +79,7 @@ def test_matches_torch(dev, dtype, layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_larger_than_one_block(dev, dtype):
     h = rand((2, 3, 41, 43), dtype, dev)  # 10578 elements: 11 blocks of 1024, the last partial
-    assert h.numel() > std_mod._block(h.numel())
+    assert h.numel() > std_mod._config(h.numel())[0]
     check(h)
 
 
@@ -125,6 +144,54 @@ def test_rejects_integer_input(dev):
         kernels.std(torch.ones(3, 4, dtype=torch.int32, device=dev))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [7, 1000, 2999])
+def test_programs_with_several_tiles(dev, multi_tile, dtype, n):
+    _, tiles, parts, _ = std_mod._config(n)
+    assert n < 64 or (parts > 1 and (n < 600 or tiles > 1))
+    check(rand((n,), dtype, dev, mean=2.5, std=0.7))
+
+
+def test_many_programs_default_blocks(dev):
+    """The real block size (1024 below 4M elements) with ~300 programs."""
+    h = rand((3, 17, 73, 81), torch.float32, dev, layout="channels_last", mean=-1.0)
+    assert std_mod._config(h.numel())[2] > 256
+    check(h)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_one_odd_sizes(dev, small_blocks, layout):
+    check(rand((1, 3, 13, 7), torch.bfloat16, dev, layout=layout, mean=0.3))
+
+
+def test_repeated_calls_are_bitwise_equal(dev, multi_tile):
+    """The counter is back at 0 after every call: three calls give the same bits."""
+    h = rand((5, 7, 11, 13), torch.float32, dev, mean=4.0)
+    first = kernels.std(h)
+    for _ in range(2):
+        assert torch.equal(kernels.std(h), first)
+    assert int(layout_mod.counter(h.device, std_mod.COUNTER_SLOT)) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_result_does_not_depend_on_which_program_is_last(dev, multi_tile, dtype):
+    """Programs run in a shuffled order (the interpreter's grid loop, permuted): another program
+    is the last to finish and combines the partials, in the same order, to the same bits."""
+    if not helpers.interpreted():
+        pytest.skip("reorders the interpreter's programs")
+    h = rand((3, 5, 9, 11), dtype, dev, mean=-7.0)
+    want = kernels.std(h)
+    with helpers.shuffled_programs(seed=1):
+        got = kernels.std(h)
+    assert torch.equal(got, want)
+
+
+def test_compile_path_matches_eager(dev):
+    """The triton_op that torch.compile traces (fresh counter each call) gives the eager bits."""
+    h = rand((4, 3, 9, 10), torch.float32, dev, mean=1.5)
+    assert torch.equal(torch.ops.anl_fused.std(h), kernels.std(h))
+
+
 @pytest.mark.gpu
 class TestGPU:
     @pytest.mark.parametrize("dtype", DTYPES)
@@ -132,6 +199,40 @@ class TestGPU:
         gpu_compiled_or_skip()
         h = rand((128, 64, 32, 32), dtype, "cuda", layout="channels_last", mean=3.0)
         check(h)
+
+    def test_cuda_repeated_calls_bitwise(self):
+        """Thousands of programs finish in a different order on every launch; the result must not."""
+        gpu_compiled_or_skip()
+        for shape in ((256, 64, 32, 32), (4096, 512, 16, 16)):  # the second: several tiles per program
+            h = rand(shape, torch.bfloat16, "cuda", mean=0.5)
+            first = kernels.std(h)
+            for _ in range(20):
+                assert torch.equal(kernels.std(h), first)
+
+    def test_cuda_graph_capture(self):
+        """The three ops captured in a CUDA graph (counters created before capture, as the warm-up
+        makes them) replay to the eager results, again and again."""
+        gpu_compiled_or_skip()
+        h = rand((64, 32, 16, 16), torch.float32, "cuda", mean=1.0)
+        g = rand((64, 32, 16, 16), torch.float32, "cuda", std=1e-3)
+        z = torch.randn(64, device="cuda")
+        stats = torch.zeros(2, dtype=torch.int64, device="cuda")
+
+        def step():
+            s = kernels.std(h)
+            scale, _ = kernels.noise_scale(g, z, s, 0.3, stats=stats)
+            return kernels.add_noise(h, g, scale)
+
+        want = step()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, want)
+        assert stats.tolist() == [0, 0]
 
     def test_compile_fullgraph(self):
         gpu_compiled_or_skip()
