@@ -22,7 +22,7 @@ from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
 from ..models import MODELS
-from .config import PRESETS, VARIANTS, TrainConfig, arg_type, auto_eps_of, config_from_dict, preset_values
+from .config import PRESETS, PROBE_DTYPES, VARIANTS, TrainConfig, arg_type, auto_eps_of, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -81,6 +81,10 @@ def _what(g) -> None:
     _opt(g, "--no-scale-by-std", "paper Eq. 4 instead of 5", dest="scale_by_std", action="store_false")
     _opt(g, "--norm", "the hidden layers' gradient norm: sample (each sample's max|g|, the authors' code) or "
          "layer (one max|g| for the whole layer, Algorithm 1's reading)", choices=NORMS)
+    _opt(g, "--probe-dtype", "round 1 (the probe that measures the noise's gradient) in fp32 as the model, or under "
+         "bf16 / fp16 autocast: cheaper where the hardware has fast low-precision math, and an approximation of "
+         "the fp32 noise (see docs/semantics.md); changes the noise, so part of the run's identity",
+         choices=tuple(PROBE_DTYPES))
     _opt(g, "--val-size", "training images held out for validation, >= 1: the schedule watches their loss "
          "(default: the dataset's, 5000; digits has a fixed 300)", type=arg_type("val_size"))
     _opt(g, "--seed", "same seed: same initial weights and data order for every variant", type=arg_type("seed"))

@@ -17,13 +17,15 @@ from .. import data as data_mod
 from ..cli_types import number, out_of_range
 from ..models import MODELS, build, count_params, get_spec
 
-__all__ = ["IDENTITY", "INPUT_EPS_UNITS", "LENGTH", "NOISE_VARIANTS", "PRESETS", "RANGES", "RUNTIME", "VARIANTS",
-           "TrainConfig", "arg_type", "auto_eps_of", "config_from_dict", "input_layer_eps", "noise_note",
+__all__ = ["IDENTITY", "INPUT_EPS_UNITS", "LENGTH", "NOISE_VARIANTS", "PRESETS", "PROBE_DTYPES", "RANGES", "RUNTIME",
+           "VARIANTS", "TrainConfig", "probe_torch_dtype", "arg_type", "auto_eps_of", "config_from_dict", "input_layer_eps", "noise_note",
            "preset_values", "upgrade_stored"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
 INPUT_EPS_UNITS = ("pixel", "normalized", None)
+# round 1's dtype (TwoRound's probe_dtype): fp32 = as the model is (exact); bf16 / fp16 = under autocast
+PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # the numeric fields' kinds and ranges: TrainConfig.resolved checks them, the CLI's argparse types come from here
 RANGES: dict[str, dict[str, Any]] = {
@@ -58,6 +60,7 @@ class TrainConfig:
     input_eps_unit: str | None = "pixel"
     scale_by_std: bool = True
     norm: str = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
+    probe_dtype: str = "fp32"  # round 1 under autocast in bf16 / fp16 (an approximate noise): part of the identity
     epochs: int = 10
     finetune_epochs: int = 0
     finetune_lr: str = "auto"  # auto | floor | continue
@@ -99,6 +102,8 @@ class TrainConfig:
         _check_numbers(c)
         if c.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {c.norm!r}")
+        if c.probe_dtype not in PROBE_DTYPES:
+            raise ValueError(f"probe_dtype must be one of {tuple(PROBE_DTYPES)}, got {c.probe_dtype!r}")
         if c.std_over not in distributed.STD_OVER:
             raise ValueError(f"std_over must be one of {distributed.STD_OVER}, got {c.std_over!r}")
         _resolve_noise(c)
@@ -154,7 +159,7 @@ def _resolve_noise(c: TrainConfig) -> None:
     elif c.input_eps_unit is None:
         c.input_eps_unit = "pixel"
     if c.variant in ("plain", "dropout"):
-        c.eps, c.input_eps, c.input_sign = 0.0, 0.0, False
+        c.eps, c.input_eps, c.input_sign, c.probe_dtype = 0.0, 0.0, False, "fp32"  # no round 1
         return
     if c.eps is None:
         eps = MODELS[c.model].eps
@@ -236,11 +241,18 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     return "; ".join(notes) or None
 
 
+def probe_torch_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    """``TwoRound``'s ``probe_dtype`` of the config (``None`` for fp32)."""
+    return PROBE_DTYPES[cfg.probe_dtype]
+
+
 def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
-    existed implicitly had: ``norm`` ("sample"), ``input_eps_unit`` ("normalized" for input-sign runs)."""
+    existed implicitly had: ``norm`` ("sample"), ``probe_dtype`` ("fp32"), ``input_eps_unit`` ("normalized"
+    for input-sign runs)."""
     d = dict(d)
     d.setdefault("norm", "sample")
+    d.setdefault("probe_dtype", "fp32")
     if "input_eps_unit" not in d:
         d["input_eps_unit"] = "normalized" if d.get("variant") == "input" and d.get("input_sign") else None
     return d

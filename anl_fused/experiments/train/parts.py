@@ -16,7 +16,7 @@ from .. import data as data_mod
 from .. import launch
 from ..files import resolve_device
 from ..models import MODELS, build
-from .config import NOISE_VARIANTS, TrainConfig, input_layer_eps
+from .config import NOISE_VARIANTS, TrainConfig, input_layer_eps, probe_torch_dtype
 from .schedule import make_schedule
 
 __all__ = ["Parts", "build_parts", "make_model", "process_group"]
@@ -164,7 +164,8 @@ def build_parts(cfg: TrainConfig, bundle: data_mod.DataBundle | None = None) -> 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = make_schedule(optimizer, cfg)
     generator = torch.Generator(device=device).manual_seed((data_mod.derive_seed(cfg.seed, 3) + rank) % 2**63)
-    engine = TwoRound(train_model, generator=generator, std_over=cfg.std_over if world > 1 else "local")
+    engine = TwoRound(train_model, generator=generator, std_over=cfg.std_over if world > 1 else "local",
+                      probe_dtype=probe_torch_dtype(cfg))
     flags = launch.cpu_group() if world > 1 else None
     return Parts(cfg, rank, world, device, bundle, model, run_model, eval_model, optimizer, scheduler, generator,
                  engine, *_batches(cfg, bundle, device, rank, world), flags)
