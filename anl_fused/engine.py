@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -225,9 +225,9 @@ class TwoRound:
             that float16 activation gradients do not underflow to zero (which would turn the noise off
             for those samples). The noise does not depend on it (``g / ||g||_inf``). ``None``
             (default): ``2**15`` when an ANL layer's input is float16 (autocast or a ``.half()``
-            model) or ``probe_dtype`` is float16, else 1. A number: always that scale. A ``torch.amp.GradScaler`` (or anything with
-            a ``scale(tensor)`` method): ``scaler.scale(loss)``, the scale that round 2's backward
-            uses (no host sync).
+            model) or ``probe_dtype`` is float16, else 1. A number: always that scale. A
+            ``torch.amp.GradScaler`` (or anything with a ``scale(tensor)`` method): ``scaler.scale(loss)``,
+            the scale that round 2's backward uses (no host sync).
 
     Round-1 loss scaling: an unscaled float16 gradient underflows below ``2**-24`` (about 6e-8), and the
     activation gradients of a batch-mean loss are often that small. Scaling must not overflow either

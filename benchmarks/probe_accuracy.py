@@ -115,11 +115,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
+    from anl_fused.benchmarks.step import machine_info
     from anl_fused.experiments import data as data_mod
     from anl_fused.experiments.files import atomic_write
     from anl_fused.experiments.train import TrainConfig, fit
-
-    from anl_fused.benchmarks.step import machine_info
 
     torch.set_num_threads(args.threads)
     protocol = dict(PROTOCOLS[args.protocol])

@@ -18,8 +18,8 @@ from ..cli_types import number, out_of_range
 from ..models import MODELS, build, count_params, get_spec
 
 __all__ = ["IDENTITY", "INPUT_EPS_UNITS", "LENGTH", "NOISE_VARIANTS", "PRESETS", "PROBE_DTYPES", "RANGES", "RUNTIME",
-           "VARIANTS", "TrainConfig", "probe_torch_dtype", "arg_type", "auto_eps_of", "config_from_dict", "input_layer_eps", "noise_note",
-           "preset_values", "upgrade_stored"]
+           "VARIANTS", "TrainConfig", "arg_type", "auto_eps_of", "config_from_dict", "input_layer_eps", "noise_note",
+           "preset_values", "probe_torch_dtype", "upgrade_stored"]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
