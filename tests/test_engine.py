@@ -13,6 +13,7 @@ import anl_fused
 from anl_fused import ANL2d, TwoRound, insert_anl, reference
 
 from ._nets import assert_buffers_equal, assert_grads_close, flat_grads, small_vgg, twins
+from ._sync import VARIANTS, NoHostSync
 
 
 def data(b=6, dtype=torch.float64, seed=0):
@@ -250,13 +251,16 @@ def test_last_stds_are_the_round1_stds():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kw", [{}, {"input_eps": 0.1}, {"noise": "gaussian"}], ids=["anl", "input", "gaussian"])
-def test_no_host_sync_on_cuda(kw):
-    """On CUDA (Triton kernels), a step issues no device-to-host copy or synchronization."""
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_no_host_sync_on_cuda(variant):
+    """On CUDA (Triton kernels), a step issues no device-to-host copy or synchronization: neither CUDA's
+    sync debug mode nor the dispatch mode of tests/_sync.py (every variant of tests/test_engine_sync.py)
+    sees one."""
+    insert_kw, engine_kw = VARIANTS[variant]
     torch.manual_seed(0)
-    model = anl_fused.insert_anl(small_vgg(), eps=0.5, **kw).cuda()
+    model = anl_fused.insert_anl(small_vgg(), eps=0.5, **insert_kw).cuda()
     x, y = torch.randn(6, 3, 8, 8, device="cuda"), torch.randint(0, 10, (6,), device="cuda")
-    engine = anl_fused.TwoRound(model)
+    engine = anl_fused.TwoRound(model, torch.Generator("cuda").manual_seed(0), **engine_kw)
     engine.step(lambda: F.cross_entropy(model(x), y))  # warm-up: kernel compilation, lazy CUDA init
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -264,8 +268,11 @@ def test_no_host_sync_on_cuda(kw):
         engine.step(lambda: F.cross_entropy(model(x), y))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    model.zero_grad(set_to_none=True)
+    with NoHostSync() as mode:
+        engine.step(lambda: F.cross_entropy(model(x), y))
+    assert mode.calls > 100
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
 
 
 @pytest.mark.parametrize("result,err,match", [
