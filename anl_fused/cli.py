@@ -14,12 +14,14 @@ import sys
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "demo": ("anl_fused.experiments.demo", "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
+    "demo": ("anl_fused.experiments.demo",
+             "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
     "train": ("anl_fused.experiments.train.cli", "train a model of the zoo with the paper's protocol"),
     "models": ("anl_fused.experiments.models.cli", "list the model zoo with parameter counts and the paper's eps"),
     "figures": ("anl_fused.experiments.figures", "draw the paper's figures as PNG"),
     "attack": ("anl_fused.experiments.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
-    "bench": ("anl_fused.benchmarks.step", "step benchmark: plain vs naive double pass vs reference vs TwoRound"),
+    "bench": ("anl_fused.benchmarks.step",
+              "step benchmark: plain vs naive double pass vs reference vs TwoRound (+ its bf16 probe)"),
 }
 
 DESCRIPTION = ("anl-fused: train CNNs with Adversarial Noise Layers (You et al.) at a fraction of the naive "

@@ -1,5 +1,6 @@
 """Step benchmark: plain training vs the authors'-style naive double pass vs the reference vs
-``TwoRound``, measured side by side in one run and written as JSON with the machine's details.
+``TwoRound`` vs ``TwoRound(probe_dtype=torch.bfloat16)`` (``tworound-bf16probe``: round 1 under bfloat16
+autocast), measured side by side in one run and written as JSON with the machine's details.
 
     anl-fused bench --models vgg11 resnet18 --batch 64 --out results.json
 
@@ -41,7 +42,9 @@ from anl_fused.experiments.models import build
 
 from . import naive
 
-METHODS = ("plain", "naive", "reference", "tworound")
+METHODS = ("plain", "naive", "reference", "tworound", "tworound-bf16probe")
+#: the TwoRound keywords of each engine method
+ENGINES = {"tworound": {}, "tworound-bf16probe": {"probe_dtype": torch.bfloat16}}
 
 
 def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05,
@@ -59,14 +62,15 @@ def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
             return F.cross_entropy(model(x), y)
 
     generator = torch.Generator(device=x.device).manual_seed(0)
-    engine = TwoRound(model, generator)
-    runs = {
-        "plain": lambda: closure().backward(),
-        "naive": lambda: naive.naive_step(model, closure, generator),
-        "reference": lambda: reference.two_round_step(model, closure, generator),
-        "tworound": lambda: engine.step(closure),
-    }
-    run = runs[method]
+    if method in ENGINES:
+        engine = TwoRound(model, generator, **ENGINES[method])
+        run = lambda: engine.step(closure)
+    else:
+        run = {
+            "plain": lambda: closure().backward(),
+            "naive": lambda: naive.naive_step(model, closure, generator),
+            "reference": lambda: reference.two_round_step(model, closure, generator),
+        }[method]
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -146,7 +150,8 @@ def benchmark_model(name: str, batch: int, size: int, device: torch.device, meth
 
 def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
     pairs = [(a, "plain") for a in methods if a != "plain" and "plain" in methods]
-    return pairs + ([("naive", "tworound")] if "naive" in methods and "tworound" in methods else [])
+    more = [("naive", "tworound"), ("tworound-bf16probe", "tworound")]
+    return pairs + [(a, b) for a, b in more if a in methods and b in methods]
 
 
 def ratio_stats(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
@@ -214,13 +219,14 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
 
 def format_table(results: list[dict]) -> str:
     """Median step times and the two ratios: ratio of the medians, then [min, max] of the rounds' paired ratios."""
+    ratios = ("tworound/plain", "naive/tworound", "tworound-bf16probe/plain")
     lines = ["| model | batch | amp | " + " | ".join(f"{m} (ms)" for m in METHODS)
-             + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] |",
-             "|---|---|---|" + "---|" * (len(METHODS) + 2)]
+             + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] | bf16-probe/plain [min, max] |",
+             "|---|---|---|" + "---|" * (len(METHODS) + len(ratios))]
     for r in results:
         med = r["median_s"]
         cells = [f"{med[m] * 1e3:.1f}" if m in med else "-" for m in METHODS]
-        for k in ("tworound/plain", "naive/tworound"):
+        for k in ratios:
             st = r.get("ratio_stats", {}).get(k)
             v = r["ratios"].get(k)
             cells.append("-" if v is None else f"{v:.2f}x" + (f" [{st['min']:.2f}, {st['max']:.2f}]" if st else ""))
@@ -232,7 +238,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], help="zoo names (anl-fused models)")
     parser.add_argument("--batch", type=positive_int, default=64)
     parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="default: all; tworound-bf16probe is TwoRound(probe_dtype=torch.bfloat16)")
     parser.add_argument("--repeats", type=positive_int, default=7,
                         help="interleaved rounds: timed samples per method; their paired ratios give min / median / "
                              "max (default 7)")

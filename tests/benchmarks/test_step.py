@@ -16,9 +16,10 @@ def test_bench_writes_json_with_all_methods(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {"torch", "device", "date", "cpu_count", "git_commit"} <= set(report["machine"])
     (steps,) = report["steps"]
-    assert set(steps["median_s"]) == {"plain", "naive", "reference", "tworound"}
+    assert set(steps["median_s"]) == {"plain", "naive", "reference", "tworound", "tworound-bf16probe"}
     assert all(len(t) == 3 for t in steps["times_s"].values())
-    assert {"tworound/plain", "naive/tworound"} <= set(steps["ratios"])
+    assert {"tworound/plain", "naive/tworound", "tworound-bf16probe/plain", "tworound-bf16probe/tworound"} \
+        <= set(steps["ratios"])
     for k, st in steps["ratio_stats"].items():
         assert st["min"] <= st["median"] <= st["max"] and st["spread"] == st["max"] / st["min"], k
     (mem,) = report["noise_memory"]
