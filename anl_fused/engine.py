@@ -340,10 +340,14 @@ class TwoRound:
                 return loss
 
     def _probe_autocast(self):
-        """Round 1's forward: under ``torch.autocast(device_type, probe_dtype)``, or as written (``None``)."""
+        """Round 1's forward: under ``torch.autocast(device_type, probe_dtype)``, or as written (``None``).
+
+        Without autocast's weight cache: round 1 casts each weight once anyway, and a cache that lives
+        for the length of a region is what PyTorch says not to use inside a CUDA graph capture
+        (``cache_enabled=False``, "CUDA Graphs" notes on autocast)."""
         if self.probe_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self._device_type(), dtype=self.probe_dtype)
+        return torch.autocast(self._device_type(), dtype=self.probe_dtype, cache_enabled=False)
 
     def _device_type(self) -> str:
         """The device type of the model's first parameter (or buffer), else of the noise generator."""

@@ -77,6 +77,7 @@ def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
         return run()
 
     step.model = model
+    step.engine = engine if method in ENGINES else None
     return step
 
 

@@ -1,0 +1,90 @@
+"""The GPU campaign (``benchmarks/run.py``) end to end on a CPU at toy size (``--device cpu --smoke``): the
+parts run or are skipped with their reason, a failing part does not lose the others, the time budget skips
+what would start after it, and the results directory holds the few files a device call can bring back.
+(Benchmarks are not tests: nothing here looks at time.)"""
+
+import json
+import os
+
+import pytest
+
+from anl_fused.benchmarks import run
+
+SMOKE = ["--device", "cpu", "--smoke"]
+
+
+def read(out):
+    summary = json.loads((out / "summary.json").read_text())
+    return summary, (out / "summary.md").read_text()
+
+
+def test_campaign_smoke_runs_the_cpu_parts_and_records_why_the_others_did_not(tmp_path):
+    out = tmp_path / "campaign"
+    assert run.main(SMOKE + ["--skip", "tests", "graphs", "aot", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["summary.json", "summary.md"]
+    summary, md = read(out)
+    meta = summary["meta"]
+    assert {"date", "python", "torch", "triton", "cuda", "cudnn", "device", "git_commit", "source_digest"} <= set(meta)
+    parts = summary["parts"]
+    assert list(parts) == list(run.PARTS)
+    assert {n: p["status"] for n, p in parts.items()} == {
+        "tests": "skipped", "steps": "ok", "graphs": "skipped", "kernels": "skipped", "aot": "skipped", "memory": "ok"}
+    assert parts["kernels"]["reason"] == "the kernel bandwidth benchmark needs a CUDA device"
+    assert parts["tests"]["reason"] == "--skip"
+    (steps,) = parts["steps"]["result"]["steps"]
+    assert set(steps["median_s"]) == {"plain", "naive", "tworound", "tworound-bf16probe"}
+    assert {"tworound/plain", "tworound-bf16probe/plain", "tworound-bf16probe/tworound"} <= set(steps["ratios"])
+    (mem,) = parts["memory"]["result"]["memory"]
+    assert mem["held"]["held_bytes"]["float32"] > 0 and "needs a CUDA device" in mem["peaks"]
+    assert "| steps | ok |" in md and "| vgg_tiny | 4 | fp32 |" in md and "needs a CUDA device" in md
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("the steps part broke")
+
+    monkeypatch.setitem(run.PART_FUNCS, "steps", broken)
+    out = tmp_path / "c"
+    assert run.main(SMOKE + ["--parts", "steps", "memory", "--out", str(out)]) == 1
+    summary, md = read(out)
+    assert summary["parts"]["steps"]["status"] == "error"
+    assert summary["parts"]["steps"]["error"] == "RuntimeError: the steps part broke"
+    assert "Traceback" in summary["parts"]["steps"]["traceback"]
+    assert summary["parts"]["memory"]["status"] == "ok"
+    assert "| steps | error: RuntimeError: the steps part broke |" in md
+
+
+def test_time_budget_skips_the_parts_that_would_start_after_it(tmp_path):
+    out = tmp_path / "c"
+    assert run.main(SMOKE + ["--budget-s", "0", "--out", str(out)]) == 0
+    summary, _ = read(out)
+    assert {p["status"] for p in summary["parts"].values()} == {"skipped"}
+    assert summary["parts"]["steps"]["reason"] == "time budget of 0 s spent before steps"
+
+
+def test_the_command_in_the_docstring_and_the_readme_is_the_same():
+    readme = open(os.path.join(run.ROOT, "README.md")).read()
+    assert run.COMMAND in run.__doc__ and run.COMMAND in readme
+
+
+@pytest.mark.slow
+def test_whole_smoke_campaign_with_a_failing_capture(tmp_path):
+    """Every part at toy size, pytest on one small file, the AOT report of vgg_tiny; the graph part's child
+    processes with an injected failure of TwoRound's capture: recorded, retried without the RNG replay in a
+    fresh child, and the bf16 probe still measured (about a minute on this machine)."""
+    out = tmp_path / "campaign"
+    code = run.main(SMOKE + ["--pytest-args", "tests/test_layer.py", "--_fail-method", "tworound",
+                             "--out", str(out)])
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["aot.json", "aot.md", "pytest.txt", "summary.json", "summary.md"]
+    summary, md = read(out)
+    parts = summary["parts"]
+    assert parts["tests"]["result"]["returncode"] == 0 and "passed" in parts["tests"]["result"]["summary"]
+    assert "passed" in (out / "pytest.txt").read_text()
+    graphs = parts["graphs"]["result"]
+    (row,) = graphs["graphs"]
+    assert row["methods"]["tworound"]["error"] == "RuntimeError: injected failure of tworound"
+    assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {m for m, r in row["methods"].items() if "eager_ms" in r}
+    assert graphs["child_processes"] == 2
+    assert parts["aot"]["status"] == "ok" and "# AOT report" in (out / "aot.md").read_text()
+    assert "capture failed" not in md and "not measured: RuntimeError: injected failure of tworound" in md
