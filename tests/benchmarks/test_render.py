@@ -24,3 +24,29 @@ def test_a_stale_table_is_detected_and_rewritten(tmp_path, monkeypatch):
     assert "| VGG-11 | 8 | fp32 | 200 ms | 500 ms | - | 300 ms | 1.50x | 1.67x | 18% |" in text
     assert text.startswith("text\n") and text.endswith("<!-- /render -->\nmore\n") and "stale" not in text
     assert render.main([str(doc), "--check"]) == 0
+
+
+def test_probe_tables_render_their_json(tmp_path, monkeypatch):
+    steps = {"steps": [{"model": "resnet18", "batch": 64, "median_s": {"plain": 1.0, "tworound": 1.7,
+                                                                        "tworound-bf16probe": 1.5},
+                        "ratios": {"tworound/plain": 1.7, "tworound-bf16probe/plain": 1.5,
+                                   "tworound-bf16probe/tworound": 1.5 / 1.7},
+                        "ratio_stats": {"tworound-bf16probe/plain": {"min": 1.4, "max": 1.6}}}]}
+    arm = lambda mean: {"test_err_pct": {"mean": mean, "std": 0.5}}
+    accuracy = {"protocol": {"dataset": "digits", "model": "vgg_tiny"}, "seeds": [0, 1, 2],
+                "summary": {"arms": {"plain": arm(1.0), "anl-fp32": arm(0.7), "anl-bf16": arm(0.75)},
+                            "paired": {"anl-bf16 - anl-fp32": {"mean": 0.05, "se": 0.1, "better": 1, "same": 1,
+                                                               "worse": 1}}}}
+    s = {"layers": 8, "cos_mean_median": 0.96, "cos_mean_min": 0.95, "cos_min": 0.9, "norm_err_max": 0.03}
+    agreement = {"summary": {"vgg11": {"bf16": s, "fp16": {**s, "cos_mean_median": 0.995, "cos_mean_min": 0.99},
+                                       "sgd-1e-4": {**s, "cos_mean_median": 0.91},
+                                       "sgd-0.1": {**s, "cos_mean_median": 0.01}}}}
+    for name, data in (("s.json", steps), ("a.json", accuracy), ("g.json", agreement)):
+        (tmp_path / name).write_text(json.dumps(data))
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    assert render.RENDERERS["probe-steps"](["s.json"]).splitlines()[2] == (
+        "| ResNet-18 | 64 | 1000 ms | 1700 ms | 1500 ms | 1.70x | 1.50x [1.40, 1.60] | 0.88x |")
+    assert render.RENDERERS["probe-accuracy"](["a.json"]).splitlines()[2] == (
+        "| digits, vgg_tiny | 3 | 1.00 ± 0.50% | 0.70 ± 0.50% | 0.75 ± 0.50% | +0.05 ± 0.10 pp (1/1/1) | - |")
+    assert render.RENDERERS["probe-agreement"](["g.json"]).splitlines()[2] == (
+        "| VGG-11 | 8 | 0.960 [0.950] | 0.900 | 3.0% | 0.995 [0.990] | 0.910 / 0.010 |")
