@@ -342,3 +342,26 @@ def test_norm_goes_to_every_hidden_layer_and_is_part_of_the_runs_identity(tmp_pa
     now = dict(vars(TrainConfig(model="lenet5").resolved()))
     saved = {k: v for k, v in now.items() if k not in ("norm", "input_eps_unit")}
     assert resume_changes(saved, now, 0, 1, "x.pt") == {}
+
+
+def test_probe_dtype_reaches_the_engine_and_is_part_of_the_runs_identity(tmp_path, capsys):
+    from anl_fused.experiments.train.checkpointing import resume_changes
+    from anl_fused.experiments.train.parts import build_parts
+
+    bf16 = TrainConfig(model="lenet5", probe_dtype="bf16").resolved()
+    assert build_parts(bf16).engine.probe_dtype is torch.bfloat16
+    assert build_parts(TrainConfig(model="lenet5").resolved()).engine.probe_dtype is None
+    assert TrainConfig(model="lenet5", variant="plain", probe_dtype="bf16").resolved().probe_dtype == "fp32"
+    with pytest.raises(ValueError, match="probe_dtype must be one of \\('fp32', 'bf16', 'fp16'\\), got 'fp64'"):
+        TrainConfig(probe_dtype="fp64").resolved()
+    out = tmp_path / "run"
+    assert main(BASE + ["--probe-dtype", "bf16", "--epochs", "1", "--stop-after-steps", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["probe_dtype"] == "bf16"
+    assert main(["train", "--out", str(out), "--resume", "--probe-dtype", "fp32", "--no-progress"]) == 2
+    assert "differing settings probe_dtype: checkpoint 'bf16' vs now 'fp32'" in capsys.readouterr().err
+    # a run made before the field existed had an exact (fp32) probe
+    now = dict(vars(TrainConfig(model="lenet5").resolved()))
+    saved = {k: v for k, v in now.items() if k != "probe_dtype"}
+    assert resume_changes(saved, now, 0, 1, "x.pt") == {}
+    with pytest.raises(checkpoint.CheckpointError, match="probe_dtype: checkpoint 'fp32' vs now 'bf16'"):
+        resume_changes(saved, {**now, "probe_dtype": "bf16"}, 0, 1, "x.pt")
