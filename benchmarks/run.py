@@ -240,7 +240,8 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
 def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float, fail: str | None) -> int:
     """Run capture jobs ``[model, method]`` in order in this (child) process, one JSON line per job on stdout;
     stop at the first failure (a failed capture can leave the CUDA context unusable). ``method`` ending in
-    ``-norng``: TwoRound with its global-RNG replay patched out. ``fail``: a method that raises (for tests)."""
+    ``-norng``: TwoRound with its global-RNG replay patched out. ``fail``: a method that raises, or with
+    ``crash:`` before it, that kills this process (for tests)."""
     from anl_fused.benchmarks.step import make_step
     from anl_fused.experiments.models import build
 
@@ -259,7 +260,9 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
         base = method.removesuffix("-norng")
         try:
             with _no_rng_replay() if method.endswith("-norng") else contextlib.nullcontext():
-                if method == fail:
+                if fail in (method, "crash:" + method):
+                    if fail.startswith("crash:"):
+                        os._exit(9)  # a child that dies without a word (a segfault, the OOM killer)
                     raise RuntimeError(f"injected failure of {method}")
                 result = capture_step(make_step(base, model, x, y), device, cfg["graph_replays"])
         except Exception as e:  # one failure must not lose the others: recorded
@@ -288,24 +291,31 @@ def part_graphs(ctx: dict) -> dict:
                "--device", str(ctx["device"]), "--_deadline", str(time.time() + ctx["budget_left"]())]
         cmd += ["--smoke"] if ctx["smoke"] else []
         cmd += ["--_fail-method", ctx["fail_method"]] if ctx.get("fail_method") else []
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              timeout=max(30.0, ctx["budget_left"]() + 60))
-        done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=max(30.0, ctx["budget_left"]() + 60))
+            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:
+            stdout, stderr, code = e.stdout or "", e.stderr or "", "timeout"
+            stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+            stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+        done = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         for d in done:
             results[d["model"]][d["method"]] = d.get("result") or {k: d[k] for k in ("error", "traceback", "skipped")
                                                                     if k in d}
-        if len(done) == len(jobs):
-            rest = []
-        elif not done or "error" not in done[-1]:  # the child died without saying why
-            results[jobs[len(done)][0]][jobs[len(done)][1]] = {
-                "error": f"child exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-            rest = jobs[len(done) + 1:]
-        else:
-            rest = jobs[len(done):]
         failed = done[-1] if done and "error" in done[-1] else None
-        if failed and failed["method"] != "plain" and not failed["method"].endswith("-norng"):
-            rest = [[failed["model"], failed["method"] + "-norng"]] + rest
-        jobs = rest
+        if len(done) < len(jobs) and failed is None:  # the child died (or hung) without saying why
+            name, method = jobs[len(done)]
+            failed = {"model": name, "method": method, "error": f"child exited {code}: {stderr.strip()[-2000:]}"}
+            results[name][method] = {"error": failed["error"]}
+            done.append(failed)
+        jobs = jobs[len(done):]
+        if code == "timeout":
+            for name, method in jobs:
+                results[name][method] = {"skipped": "the graph part ran out of time"}
+            jobs = []
+        elif failed and failed["method"] != "plain" and not failed["method"].endswith("-norng"):
+            jobs = [[failed["model"], failed["method"] + "-norng"]] + jobs
     rows = []
     for name, methods in results.items():
         base = methods.get("plain", {})

@@ -63,7 +63,8 @@ def test_time_budget_skips_the_parts_that_would_start_after_it(tmp_path):
 
 
 def test_the_command_in_the_docstring_and_the_readme_is_the_same():
-    readme = open(os.path.join(run.ROOT, "README.md")).read()
+    with open(os.path.join(run.ROOT, "README.md")) as f:
+        readme = f.read()
     assert run.COMMAND in run.__doc__ and run.COMMAND in readme
 
 
@@ -84,7 +85,21 @@ def test_whole_smoke_campaign_with_a_failing_capture(tmp_path):
     graphs = parts["graphs"]["result"]
     (row,) = graphs["graphs"]
     assert row["methods"]["tworound"]["error"] == "RuntimeError: injected failure of tworound"
-    assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {m for m, r in row["methods"].items() if "eager_ms" in r}
+    measured = {m for m, r in row["methods"].items() if "eager_ms" in r}
+    assert {"plain", "tworound-norng", "tworound-bf16probe"} <= measured
     assert graphs["child_processes"] == 2
     assert parts["aot"]["status"] == "ok" and "# AOT report" in (out / "aot.md").read_text()
     assert "capture failed" not in md and "not measured: RuntimeError: injected failure of tworound" in md
+
+
+@pytest.mark.slow
+def test_a_graph_child_that_dies_is_recorded_and_the_rest_still_runs():
+    """A child process killed in the middle of a capture (a segfault, the OOM killer): its job is recorded
+    with the exit code, a TwoRound method is retried without the RNG replay, and the others run in a new
+    child."""
+    ctx = {"cfg": run.SMOKE, "device": "cpu", "cuda": False, "smoke": True, "budget_left": lambda: 300.0,
+           "fail_method": "crash:tworound"}
+    (row,) = run.part_graphs(ctx)["graphs"]
+    assert row["methods"]["tworound"]["error"].startswith("child exited 9")
+    assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {m for m, r in row["methods"].items()
+                                                                 if "eager_ms" in r}
