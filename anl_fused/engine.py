@@ -170,11 +170,11 @@ class _Perturb:
                                    "or the closure takes a different path in each round)") from None
         if terms is None:
             return h
-        direction, scale = terms
+        direction, scale, alpha = terms
         if direction.shape != h.shape:
             raise RuntimeError(f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
                                "round 2: the closure must compute the same batch in both rounds")
-        return ops.add_noise(h, direction, scale)
+        return ops.add_noise(h, direction, scale, alpha=alpha)
 
 
 class TwoRound:
@@ -357,12 +357,13 @@ class TwoRound:
                 noise[layer] = None
                 self._stats_on(h.device)[1] += h.shape[0]  # counted as zero-gradient samples
                 continue
-            direction, scale = noise_terms(layer.noise, layer.sign, layer.eps, g, None if z is None else z.to(h.device),
-                                           s if layer.scale_by_std else None, h.shape[0],
-                                           layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
+            direction, scale, alpha = noise_terms(layer.noise, layer.sign, layer.eps, g,
+                                                  None if z is None else z.to(h.device),
+                                                  s if layer.scale_by_std else None,
+                                                  layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
             if self.noise_dtype is not None:
                 direction = direction.to(self.noise_dtype)
-            noise[layer] = (direction, scale)
+            noise[layer] = (direction, scale, alpha)
         return noise
 
     def _check_generator(self, h: Tensor) -> None:
