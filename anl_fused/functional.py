@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .layer import NORMS, NOISE_KINDS, check_eps
+from .layer import NOISE_KINDS, NORMS, check_eps
 
 __all__ = ["ZSpec", "anl2d", "draw_step", "noise_terms", "z_spec"]
 
