@@ -186,11 +186,11 @@ class _Perturb:
                                    "or the closure takes a different path in each round)") from None
         if terms is None:
             return h
-        direction, scale = terms
+        direction, scale, alpha = terms
         if direction.shape != h.shape:
             raise RuntimeError(f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
                                "round 2: the closure must compute the same batch in both rounds")
-        return ops.add_noise(h, direction, scale)
+        return ops.add_noise(h, direction, scale, alpha=alpha)
 
 
 class TwoRound:
@@ -208,7 +208,9 @@ class TwoRound:
         model: a model with ANL layers (``insert_anl`` or ``ANL2d`` modules).
         generator: the ``torch.Generator`` of the noise draws ``z`` (on the activations' device).
             Default: a new one on the device of the model's first parameter, seeded from
-            ``torch.initial_seed()``. The same seed gives the same noise on every backend.
+            ``torch.initial_seed()``; if the model has moved to another device by the first step (as
+            Lightning and Accelerate move it), the default generator follows it there with the same seed.
+            The same seed gives the same noise on every backend.
         noise_dtype: keep round 1's gradient in this dtype between the rounds (``torch.bfloat16``
             halves the extra memory); ``None`` keeps the activations' dtype.
         std_over: ``"local"``: ``s = std(h)`` of this process's batch; ``"global"``: of the global
@@ -276,12 +278,14 @@ class TwoRound:
         self.std_over = std_over
         self.model = model
         self._root = distributed.unwrap(model)  # the module that holds the ANL layers, as in one process
-        if generator is None:
+        own_generator = generator is None
+        if own_generator:
             param = next(model.parameters(), None)
             generator = torch.Generator(device=param.device if param is not None else "cpu")
             seed = torch.initial_seed() + 0x9E3779B97F4A7C15 + distributed.default_seed_offset()
             generator.manual_seed(seed % 2**63)
         self.generator = generator
+        self._generator_movable = own_generator  # the default generator may follow the model before its first draw
         self.noise_dtype = noise_dtype
         self._stats: Tensor | None = None
         self._last_stds: list[tuple[ANL2d, Tensor]] = []
@@ -407,15 +411,19 @@ class TwoRound:
                 noise[layer] = None
                 self._stats_on(h.device)[1] += h.shape[0]  # counted as zero-gradient samples
                 continue
-            direction, scale = noise_terms(layer.noise, layer.sign, layer.eps, g, None if z is None else z.to(h.device),
-                                           s if layer.scale_by_std else None, h.shape[0],
-                                           layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
+            direction, scale, alpha = noise_terms(layer.noise, layer.sign, layer.eps, g,
+                                                  None if z is None else z.to(h.device),
+                                                  s if layer.scale_by_std else None,
+                                                  layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
             if self.noise_dtype is not None:
                 direction = direction.to(self.noise_dtype)
-            noise[layer] = (direction, scale)
+            noise[layer] = (direction, scale, alpha)
         return noise
 
     def _check_generator(self, h: Tensor) -> None:
+        if self.generator.device.type != h.device.type and self._generator_movable:
+            self.generator = torch.Generator(device=h.device).manual_seed(self.generator.initial_seed())
+        self._generator_movable = False
         if self.generator.device.type != h.device.type:
             raise ValueError(f"TwoRound's generator is on {self.generator.device} but the activations are on "
                              f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .layer import NORMS, NOISE_KINDS, check_eps
+from .layer import NOISE_KINDS, NORMS, check_eps
 
 __all__ = ["ZSpec", "anl2d", "draw_step", "noise_terms", "z_spec"]
 
@@ -84,24 +84,24 @@ def anl2d(input: Tensor, grad: Tensor | None, eps: float, *, z: Tensor | None = 
     if noise == "adversarial" and (grad is None or grad.shape != input.shape):
         raise ValueError(f"grad must have the input's shape {tuple(input.shape)}, got "
                          f"{None if grad is None else tuple(grad.shape)}")
-    direction, scale = noise_terms(noise, sign, eps, grad, z, s, input.shape[0], layer_norm=norm == "layer")
-    return ops.add_noise(input, direction, scale)
+    direction, scale, alpha = noise_terms(noise, sign, eps, grad, z, s, layer_norm=norm == "layer")
+    return ops.add_noise(input, direction, scale, alpha=alpha)
 
 
-def noise_terms(noise: str, sign: bool, eps: float, grad: Tensor | None, z: Tensor | None, s: Tensor | None,
-                batch: int, *, layer_norm: bool = False, stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(direction, scale)`` with ``eta_b = scale_b * direction_b``.
+def noise_terms(noise: str, sign: bool, eps: float, grad: Tensor | None, z: Tensor | None, s: Tensor | None, *,
+                layer_norm: bool = False, stats: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
+    """``(direction, scale, alpha)`` with ``eta_b = alpha * scale_b * direction_b`` (``ops.add_noise``'s
+    arguments; ``scale`` may be ``[B]``, one shared value, or ``None`` for 1).
 
     Adversarial: ``direction = g`` and ``scale_b = r_b s / ||g_b||_inf`` (``/ max_b ||g_b||_inf`` with
     ``layer_norm``) from :func:`anl_fused.ops.noise_scale`, which also counts the samples whose gradient is
-    not finite or zero into ``stats`` (int64 ``[2]``) when given. Gaussian: ``direction = z`` and
-    ``scale_b = s |eps| / 4``. Sign form: ``direction = sign(g)``, ``scale_b = eps`` (0 where ``g_b`` is
-    zero or not finite).
+    not finite or zero into ``stats`` (int64 ``[2]``) when given. Gaussian: ``direction = z``, ``scale = s``
+    and ``alpha = |eps| / 4`` (no extra launch). Sign form: ``direction = sign(g)``, ``scale_b = eps`` (0 where
+    ``g_b`` is zero or not finite).
     """
     if noise == "gaussian":
-        scale = torch.full((batch,), abs(eps) / 4, dtype=z.dtype, device=z.device)
-        return z, (scale if s is None else scale * s.to(z.dtype))
+        return z, s, abs(eps) / 4
     scale, _ = ops.noise_scale(grad, z, s, eps, layer_norm=layer_norm and not sign, stats=stats)
     if sign:  # eta_b = eps * sign(g_b), zero where g_b is zero or not finite (there scale_b is 0)
-        return torch.sign(grad), (scale != 0).to(scale.dtype) * eps
-    return grad, scale
+        return torch.sign(grad), (scale != 0).to(scale.dtype), eps
+    return grad, scale, 1.0

@@ -14,12 +14,13 @@ import math
 import numbers
 import threading
 import warnings
-from typing import Iterable, Iterator, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ANL2d", "NOISE_KINDS", "NORMS", "Round", "attached", "check_eps", "step_scope"]
+__all__ = ["NOISE_KINDS", "NORMS", "ANL2d", "Round", "attached", "check_eps", "step_scope"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
 NORMS = ("sample", "layer")
@@ -28,11 +29,11 @@ NORMS = ("sample", "layer")
 class Round(Protocol):
     """What a two-round step attaches to a layer for one forward (see :func:`attached`)."""
 
-    def forward(self, layer: "ANL2d", h: Tensor) -> Tensor: ...
+    def forward(self, layer: ANL2d, h: Tensor) -> Tensor: ...
 
 
 @contextlib.contextmanager
-def attached(layers: Iterable["ANL2d"], round_: Round) -> Iterator[Round]:
+def attached(layers: Iterable[ANL2d], round_: Round) -> Iterator[Round]:
     """For the duration of the ``with`` block, every layer of ``layers`` hands its input to
     ``round_.forward(layer, h)`` (in training mode, when active) instead of returning it.
 

@@ -14,7 +14,7 @@ Python scalars, exactly as Eq. 2 and Eq. 5 read. Slow on purpose; use it in test
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -104,11 +104,12 @@ def kernel_benchmarks(device="cuda") -> list:
 
 
 def format_rows(rows) -> str:
-    head = f"{'model':9}{'shape':>20}{'dtype':>6}{'op':>13}{'fused GB/s':>12}{'torch GB/s':>12}{'of copy':>9}{'speedup':>9}"
+    head = (f"{'model':9}{'shape':>20}{'dtype':>6}{'op':>13}{'fused GB/s':>12}{'torch GB/s':>12}{'of copy':>9}"
+            f"{'speedup':>9}")
     lines = [head]
     for r in rows:
         lines.append(
-            f"{r['model']:9}{str(tuple(r['shape'])):>20}{r['dtype']:>6}{r['op']:>13}"
+            f"{r['model']:9}{tuple(r['shape'])!s:>20}{r['dtype']:>6}{r['op']:>13}"
             f"{r['gbps_fused']:12.0f}{r['gbps_torch']:12.0f}{r['frac_of_copy']:9.2f}{r['speedup']:9.2f}"
         )
     if rows:

@@ -10,7 +10,7 @@ round 1. The noise itself is vectorized, as theirs is.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

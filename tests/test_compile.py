@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import anl_fused
+
 from ._nets import assert_f32_grads_close, small_vgg
 
 

@@ -28,6 +28,7 @@ from anl_fused import distributed as anl_dist
 from anl_fused import engine as anl_engine
 from anl_fused import reference
 from anl_fused.engine import frozen_batchnorm_stats
+
 from ._nets import small_vgg
 
 WORLD = 2
@@ -328,7 +329,11 @@ def _run(names):
         got = []
         for r in range(WORLD):
             path = os.path.join(out, f"rank{r}.json")
-            got.append(json.load(open(path)) if os.path.exists(path) else {})
+            if os.path.exists(path):
+                with open(path) as f:
+                    got.append(json.load(f))
+            else:
+                got.append({})
         return got, crash
 
 
@@ -360,12 +365,12 @@ def test_under_ddp_slow(name):
 
 def test_std_over_validation():
     model = anl_fused.insert_anl(small_vgg(), eps=0.1)
-    with pytest.raises(ValueError, match="std_over must be one of .*'globl'"):
+    with pytest.raises(ValueError, match=r"std_over must be one of .*'globl'"):
         anl_fused.TwoRound(model, std_over="globl")
     with pytest.raises(ValueError, match="only used with std_over='global'"):
         anl_fused.TwoRound(model, process_group=object())
     assert not dist.is_initialized()
-    with pytest.raises(RuntimeError, match="needs torch.distributed initialized"):
+    with pytest.raises(RuntimeError, match=r"needs torch\.distributed initialized"):
         anl_fused.TwoRound(model, std_over="global")
     assert anl_fused.TwoRound(model).std_over == "local"
 

@@ -525,3 +525,23 @@ def test_step_without_active_layer_warns_once_per_engine(how, match):
             assert messages == []
         else:
             assert len(messages) == 1 and match in messages[0] and "without noise" in messages[0], messages
+
+
+@pytest.mark.gpu
+def test_default_generator_follows_the_model_to_the_gpu():
+    """Frameworks (Lightning, Accelerate) move the model after the user built the engine: the default
+    generator follows it before its first draw, with the same seed; an explicit generator does not."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(dropout=False), eps=0.5)
+    late = TwoRound(model)
+    model.cuda()
+    early = TwoRound(copy.deepcopy(model))
+    assert late.generator.initial_seed() == early.generator.initial_seed()
+    x, y = (t.cuda() for t in data(dtype=torch.float32))
+    for engine in (late, early):
+        engine.model.zero_grad()
+        engine.step(lambda engine=engine: F.cross_entropy(engine.model(x), y))
+    assert late.generator.device.type == "cuda"
+    assert torch.equal(flat_grads(late.model), flat_grads(early.model))
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        TwoRound(model, torch.Generator()).step(lambda: F.cross_entropy(model(x), y))

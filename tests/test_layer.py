@@ -39,7 +39,7 @@ def test_bad_options():
         ANL2d(0.1, noise="gaussian", sign=True)
     with pytest.raises(ValueError, match="'linear'"):
         insert_anl(small_vgg(), 0.1, after="linear")
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         insert_anl("model", 0.1)
 
 

@@ -45,11 +45,12 @@ U = {torch.float64: 2.0**-51, torch.float32: 2.0**-22, torch.float16: 2.0**-9, t
 ACC = {torch.float64: 1e-12, torch.float32: 2e-5}  # by accumulation dtype (ops.acc_dtype)
 STD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 TINY = {dt: torch.finfo(dt).smallest_normal * torch.finfo(dt).eps for dt in DTYPES}
-# log10 of a sample's largest |g|, per dtype of g, and at least this for a float16 h: the torch backend rounds
-# scale = r s / n and g to float16 (a scale above 65504 overflows; the kernels branch fixes that, issue #9
-# item 3; subnormal norms likewise overflow a float32 scale there). Widen to subnormal norms once merged.
-G_EXP = {torch.float64: (-200, 200), torch.float32: (-30, 30), torch.bfloat16: (-30, 30), torch.float16: (-2, 4)}
-F16_H_G_EXP = (-2, 4)
+# log10 of a sample's largest |g|, per dtype of g (float16 down to its subnormals), and for a float16 h. Both
+# backends compute scale * g in float32 and round once (issue #9 item 3). Below ~1e-37 a float32 scale
+# r s / n would overflow and is clamped to the largest float32 (documented in ops.noise_scale), so the noise
+# is smaller than the formula's there: not fuzzed.
+G_EXP = {torch.float64: (-200, 200), torch.float32: (-36, 30), torch.bfloat16: (-36, 30), torch.float16: (-7, 4)}
+F16_H_G_EXP = (-36, 30)
 VARIANTS = ("sample", "layer", "eq4", "sign", "gaussian")
 KINDS = ("normal", "normal", "normal", "zero", "nan", "inf", "-inf", "nan_inf")
 Z_SPECIAL = (None, None, None, -2.0, -7.5, 6.0, 0.0)
@@ -127,9 +128,11 @@ def fast_path(h, g, z, eps, variant):
     """The engine's composition of the ops for one layer: ``(s, out, direction, scale)``."""
     s = ops.std(h)
     noise = "gaussian" if variant == "gaussian" else "adversarial"
-    direction, scale = noise_terms(noise, variant == "sign", eps, g, z, None if variant in ("eq4", "sign") else s,
-                                   h.shape[0], layer_norm=variant == "layer")
-    return s, ops.add_noise(h, direction, scale), direction, scale
+    direction, scale, alpha = noise_terms(noise, variant == "sign", eps, g, z,
+                                          None if variant in ("eq4", "sign") else s, layer_norm=variant == "layer")
+    out = ops.add_noise(h, direction, scale, alpha=alpha)
+    per_sample = torch.ones(h.shape[0], dtype=torch.float64) if scale is None else scale.double().expand(h.shape[0])
+    return s, out, direction, alpha * per_sample
 
 
 def oracle(h, g, z, eps, variant):

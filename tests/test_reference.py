@@ -7,8 +7,17 @@ import torchvision
 
 import anl_fused
 from anl_fused import reference
-from ._nets import (F32_STEP_RTOL, assert_buffers_equal, assert_f32_buffers_close, assert_f32_grads_close,
-                    assert_grads_close, flat_grads, small_vgg, twins)
+
+from ._nets import (
+    F32_STEP_RTOL,
+    assert_buffers_equal,
+    assert_f32_buffers_close,
+    assert_f32_grads_close,
+    assert_grads_close,
+    flat_grads,
+    small_vgg,
+    twins,
+)
 
 VARIANTS = {
     "adversarial": dict(eps=0.5),

@@ -252,8 +252,8 @@ def test_issue_12_float16_case(monkeypatch):
 
 @pytest.mark.parametrize("h_dtype", DTYPES)
 def test_alpha_and_shared_scale(dev, h_dtype):
-    """Gaussian noise as one launch: add_noise(h, z, s, alpha=|eps|/4) is what
-    noise_terms computes with torch ops (scale_b = full(|eps|/4) * s), bit for bit."""
+    """Gaussian noise in one launch (what noise_terms hands to add_noise): add_noise(h, z, s, alpha=|eps|/4)
+    equals the per-sample form scale_b = full(|eps|/4) * s, bit for bit."""
     acc = ops.acc_dtype(h_dtype)
     h = rand((4, 3, 5, 7), h_dtype, dev, mean=1.0)
     z = torch.randn(h.shape, device=dev, dtype=acc)

@@ -5,6 +5,8 @@ kuangliu / authors' code). ReLU is out-of-place there (``F.relu``), kept so.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,7 @@ class DWBlock(nn.Module):
 
 
 class MobileNet(nn.Module):
-    cfg = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
+    cfg: ClassVar[list] = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, dropout: bool = False):
         super().__init__()
@@ -78,7 +80,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     # (expansion, out_planes, num_blocks, stride); CIFAR: stride 1 in the stem and the 2nd stage
-    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    cfg: ClassVar[list] = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                           (6, 320, 1, 1)]
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, dropout: bool = False):
         super().__init__()

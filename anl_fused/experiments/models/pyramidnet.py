@@ -53,7 +53,7 @@ class PyramidNet(nn.Module):
             blocks = []
             for i in range(n):
                 dim += addrate
-                out = int(round(dim))
+                out = round(dim)
                 blocks.append(PyramidBlock(c, out, 2 if (i == 0 and stage > 0) else 1))
                 c = out
             stages.append(nn.Sequential(*blocks))
@@ -62,7 +62,8 @@ class PyramidNet(nn.Module):
         self.relu_final = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         if dropout:
-            self.fc = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes))
+            self.fc = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                    nn.Linear(512, num_classes))
         else:
             self.fc = nn.Linear(c, num_classes)
 

@@ -43,7 +43,7 @@ class WideResNet(nn.Module):
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         c, stages = widths[0], []
-        for i, (w, s) in enumerate(zip(widths[1:], (1, 2, 2))):
+        for w, s in zip(widths[1:], (1, 2, 2)):
             blocks = []
             for j in range(n):
                 blocks.append(WideBlock(c, w, s if j == 0 else 1, drop))

@@ -147,7 +147,11 @@ class _Loop:
             return F.cross_entropy(out, y)
 
         self.parts.optimizer.zero_grad(set_to_none=True)
-        loss = self.parts.engine.step(closure)
+        if self.parts.noisy:
+            loss = self.parts.engine.step(closure)
+        else:  # plain / dropout: no ANL layer, an ordinary step
+            loss = closure()
+            loss.backward()
         self.parts.optimizer.step()
         stds = self.parts.engine.last_stds if (self.parts.noisy and in_anl_phase) else None
         self.meter.update(loss, held["out"], y, stds)
