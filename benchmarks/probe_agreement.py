@@ -45,9 +45,10 @@ def _step_noise(model, x, y, probe_dtype=None) -> tuple[list, dict]:
     seen = []
     add_noise = ops.add_noise
 
-    def spy(h, g, scale, **kw):
-        seen.append(scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
-        return add_noise(h, g, scale, **kw)
+    def spy(h, g, scale, alpha=1.0):
+        seen.append(alpha * scale.double()[:, None]
+                    * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
+        return add_noise(h, g, scale, alpha=alpha)
 
     net = copy.deepcopy(model)
     engine = TwoRound(net, torch.Generator().manual_seed(0), probe_dtype=probe_dtype)

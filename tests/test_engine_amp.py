@@ -23,14 +23,15 @@ SMALL = 1e-4
 
 @pytest.fixture
 def etas(monkeypatch):
-    """The noise of every ``ops.add_noise`` call, ``scale[b] * g_b`` flattened per sample, in float64
+    """The noise of every ``ops.add_noise`` call, ``alpha * scale[b] * g_b`` flattened per sample, in float64
     (``g``'s non-finite entries count as 0, as in ``add_noise``)."""
     seen = []
     add_noise = ops.add_noise
 
-    def spy(h, g, scale):
-        seen.append(scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
-        return add_noise(h, g, scale)
+    def spy(h, g, scale, alpha=1.0):
+        seen.append(alpha * scale.double()[:, None]
+                    * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
+        return add_noise(h, g, scale, alpha=alpha)
 
     monkeypatch.setattr(ops, "add_noise", spy)
     return seen

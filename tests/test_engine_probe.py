@@ -36,9 +36,10 @@ def noise_and_grads(model, x, y, weight=1.0, device="cpu", **engine_kw):
     seen = []
     add_noise = ops.add_noise
 
-    def spy(h, g, scale, **kw):
-        seen.append(scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
-        return add_noise(h, g, scale, **kw)
+    def spy(h, g, scale, alpha=1.0):
+        seen.append(alpha * scale.double()[:, None]
+                    * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
+        return add_noise(h, g, scale, alpha=alpha)
 
     net = copy.deepcopy(model).to(device)
     x, y = x.to(device), y.to(device)
