@@ -23,7 +23,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import distributed, ops, rng
-from .functional import draw_z, noise_terms
+from .functional import draw_step, noise_terms, z_spec
 from .insert import anl_layers
 from .layer import ANL2d, attached
 
@@ -148,8 +148,9 @@ class TwoRound:
     global rank (each rank draws its own ``z``). See :mod:`anl_fused.distributed`.
 
     Attributes:
-        nonfinite_samples: 0-d int64 tensor on the activations' device: how many (layer, sample)
-            pairs got zero noise because their round-1 gradient was not finite (cumulative).
+        nonfinite_samples, zero_samples: 0-d int64 tensors on the activations' device: how many
+            (layer, sample) pairs got zero noise because their round-1 gradient was not finite, or was
+            exactly zero (cumulative; read them when you log, they are not synchronized).
         last_stds: ``{module name: std(h)}`` of every ANL layer that ran in round 1 of the last step.
     """
 
@@ -172,7 +173,7 @@ class TwoRound:
             generator.manual_seed(seed % 2**63)
         self.generator = generator
         self.noise_dtype = noise_dtype
-        self.nonfinite_samples: Tensor | None = None
+        self._stats: Tensor | None = None
         self._last_stds: list[tuple[ANL2d, Tensor]] = []
 
     @property
@@ -214,18 +215,19 @@ class TwoRound:
             pending = distributed.GlobalStd(layers, records, probe.means, self.process_group, device)
         grads = iter(torch.autograd.grad(loss, wanted, materialize_grads=True) if wanted else ())
         stds = pending.wait() if pending is not None else {}
+        if reached:
+            self._check_generator(records[reached[0]][0])
+        zs = draw_step([z_spec(layer.noise, layer.sign, records[layer][0]) for layer in reached], self.generator,
+                       self.generator.device)
         self._last_stds = []
         noise = {}
-        for layer in reached:
+        for layer, z in zip(reached, zs):
             h, s = records[layer]
             s = stds.get(layer, s)
-            self._check_generator(h)
             g = next(grads) if layer.needs_grad else None
-            z = draw_z(layer.noise, layer.sign, h.shape, h.dtype, self.generator, h.device)
-            direction, scale, norm = noise_terms(layer.noise, layer.sign, layer.eps, g, z,
-                                                 s if layer.scale_by_std else None, h.shape[0])
-            if norm is not None:
-                self._count_nonfinite(norm)
+            direction, scale = noise_terms(layer.noise, layer.sign, layer.eps, g, None if z is None else z.to(h.device),
+                                           s if layer.scale_by_std else None, h.shape[0],
+                                           layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
             if self.noise_dtype is not None:
                 direction = direction.to(self.noise_dtype)
             noise[layer] = (direction, scale)
@@ -238,9 +240,23 @@ class TwoRound:
                              f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "
                              "TwoRound after moving the model")
 
-    def _count_nonfinite(self, norm: Tensor) -> None:
-        bad = (~torch.isfinite(norm)).sum()
-        self.nonfinite_samples = bad if self.nonfinite_samples is None else self.nonfinite_samples + bad
+    def _stats_on(self, device: torch.device) -> Tensor:
+        """The step counters ``[non-finite samples, zero-gradient samples]`` (int64, cumulative)."""
+        if self._stats is None or self._stats.device != device:
+            self._stats = torch.zeros(2, dtype=torch.int64, device=device)
+        return self._stats
+
+    @property
+    def nonfinite_samples(self) -> Tensor | None:
+        """0-d int64 tensor: (layer, sample) pairs that got zero noise because their round-1 gradient was
+        not finite, over all steps so far (``None`` before the first adversarial layer ran)."""
+        return None if self._stats is None else self._stats[0]
+
+    @property
+    def zero_samples(self) -> Tensor | None:
+        """0-d int64 tensor: (layer, sample) pairs whose round-1 gradient was exactly zero (no noise; e.g. an
+        underflowed float16 gradient), over all steps so far."""
+        return None if self._stats is None else self._stats[1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, {len(anl_layers(self._root))} ANL layers)"

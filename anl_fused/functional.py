@@ -4,35 +4,60 @@
 activation ``h``, the round-1 gradient ``grad = dJ/dh`` and the standard-normal draws ``z``, it returns
 ``h + eta`` (``eta`` carries no gradient). The engine computes exactly this, split across the two
 rounds so that nothing is computed twice.
+
+The draw contract (``draw_step``): one step draws ALL its standard-normal numbers with ONE call,
+``torch.randn(n_1 + ... + n_L, generator=...)``, and layer ``l`` (the layers that ran in round 1, in
+``anl_fused.anl_layers`` order) takes the next ``n_l`` of them: ``n_l = B`` (one ``z_b`` per sample) for
+adversarial noise, ``n_l = numel(h)`` (reshaped to ``h``'s shape) for Gaussian noise, ``n_l = 0`` for the
+sign form. The draw is float64 when any of the layers' activations is float64, float32 otherwise.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import ops
-from .layer import NOISE_KINDS, check_eps
+from .layer import NORMS, NOISE_KINDS, check_eps
 
-__all__ = ["anl2d", "draw_z", "noise_terms"]
+__all__ = ["ZSpec", "anl2d", "draw_step", "noise_terms", "z_spec"]
 
 
-def draw_z(noise: str, sign: bool, h_shape: torch.Size, h_dtype: torch.dtype, generator: torch.Generator | None,
-           device: torch.device) -> Tensor | None:
-    """The standard-normal draws of one layer for one step (the RNG contract).
+class ZSpec(NamedTuple):
+    """What one layer draws in a step: ``shape`` (``None``: nothing) and its activations' dtype."""
 
-    Adversarial noise draws ``torch.randn(B)`` (one ``z_b`` per sample), Gaussian noise draws
-    ``torch.randn(h.shape)``, the sign form draws nothing. The dtype is the accumulation dtype
-    (float64 for float64 activations, float32 otherwise). Layers draw in ``anl_layers(model)`` order.
-    """
+    shape: torch.Size | None
+    dtype: torch.dtype
+
+
+def z_spec(noise: str, sign: bool, h: Tensor) -> ZSpec:
+    """The draws of one layer: ``[B]`` for adversarial noise, ``h.shape`` for Gaussian, none for the sign form."""
     if sign:
-        return None
-    shape = h_shape[:1] if noise == "adversarial" else h_shape
-    return torch.randn(shape, generator=generator, device=device, dtype=ops.acc_dtype(h_dtype))
+        return ZSpec(None, h.dtype)
+    return ZSpec(h.shape[:1] if noise == "adversarial" else h.shape, h.dtype)
+
+
+def draw_step(specs: list[ZSpec], generator: torch.Generator | None, device: torch.device) -> list[Tensor | None]:
+    """All standard-normal draws of one step in one ``torch.randn`` call (the RNG contract, see the
+    module docstring); returns one tensor (a view of the draw) or ``None`` per spec, in order."""
+    sizes = [0 if s.shape is None else s.shape.numel() for s in specs]
+    total = sum(sizes)
+    if total == 0:
+        return [None] * len(specs)
+    dtype = torch.float64 if any(s.dtype == torch.float64 for s in specs) else torch.float32
+    flat = torch.randn(total, generator=generator, device=device, dtype=dtype)
+    out, start = [], 0
+    for spec, n in zip(specs, sizes):
+        out.append(None if spec.shape is None else flat[start:start + n].view(spec.shape))
+        start += n
+    return out
 
 
 def anl2d(input: Tensor, grad: Tensor | None, eps: float, *, z: Tensor | None = None, noise: str = "adversarial",
-          scale_by_std: bool = True, sign: bool = False, generator: torch.Generator | None = None) -> Tensor:
+          scale_by_std: bool = True, sign: bool = False, norm: str = "sample",
+          generator: torch.Generator | None = None) -> Tensor:
     r"""``input + eta`` for one ANL layer (see :class:`anl_fused.ANL2d` for the formula).
 
     Args:
@@ -40,37 +65,43 @@ def anl2d(input: Tensor, grad: Tensor | None, eps: float, *, z: Tensor | None = 
         grad: ``dJ/dh`` from round 1 (same shape); unused for ``noise="gaussian"``.
         eps: noise magnitude.
         z: standard-normal draws, ``[N]`` for adversarial noise, ``input.shape`` for Gaussian noise,
-            unused for ``sign=True``; drawn from ``generator`` by :func:`draw_z` when ``None``.
+            unused for ``sign=True``; drawn from ``generator`` by :func:`draw_step` when ``None``.
+        norm: ``"sample"`` (each sample's gradient divided by its own ``max|g_b|``) or ``"layer"``
+            (divided by the largest ``max|g_b|`` of the batch).
     """
     eps = check_eps(eps)
     if noise not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if input.dim() != 4:
         raise ValueError(f"anl2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}")
     if eps == 0.0:
         return input
     if z is None:
-        z = draw_z(noise, sign, input.shape, input.dtype, generator, input.device)
+        (z,) = draw_step([z_spec(noise, sign, input)], generator, input.device)
     s = ops.std(input) if (scale_by_std and not sign) else None
     if noise == "adversarial" and (grad is None or grad.shape != input.shape):
         raise ValueError(f"grad must have the input's shape {tuple(input.shape)}, got "
                          f"{None if grad is None else tuple(grad.shape)}")
-    direction, scale, _ = noise_terms(noise, sign, eps, grad, z, s, input.shape[0])
+    direction, scale = noise_terms(noise, sign, eps, grad, z, s, input.shape[0], layer_norm=norm == "layer")
     return ops.add_noise(input, direction, scale)
 
 
 def noise_terms(noise: str, sign: bool, eps: float, grad: Tensor | None, z: Tensor | None, s: Tensor | None,
-                batch: int) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(direction, scale, norm)`` with ``eta_b = scale_b * direction_b``.
+                batch: int, *, layer_norm: bool = False, stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(direction, scale)`` with ``eta_b = scale_b * direction_b``.
 
-    Adversarial: ``direction = g`` and ``scale_b = r_b s / ||g_b||_inf``
-    from :func:`anl_fused.ops.noise_scale`, which also returns the norms. Gaussian:
-    ``direction = z`` and ``scale_b = s |eps| / 4``; no norm. Sign form: ``direction = sign(g)``, ``scale_b = eps``.
+    Adversarial: ``direction = g`` and ``scale_b = r_b s / ||g_b||_inf`` (``/ max_b ||g_b||_inf`` with
+    ``layer_norm``) from :func:`anl_fused.ops.noise_scale`, which also counts the samples whose gradient is
+    not finite or zero into ``stats`` (int64 ``[2]``) when given. Gaussian: ``direction = z`` and
+    ``scale_b = s |eps| / 4``. Sign form: ``direction = sign(g)``, ``scale_b = eps`` (0 where ``g_b`` is
+    zero or not finite).
     """
     if noise == "gaussian":
         scale = torch.full((batch,), abs(eps) / 4, dtype=z.dtype, device=z.device)
-        return z, (scale if s is None else scale * s.to(z.dtype)), None
-    scale, norm = ops.noise_scale(grad, z, s, eps)
+        return z, (scale if s is None else scale * s.to(z.dtype))
+    scale, _ = ops.noise_scale(grad, z, s, eps, layer_norm=layer_norm and not sign, stats=stats)
     if sign:  # eta_b = eps * sign(g_b), zero where g_b is zero or not finite (there scale_b is 0)
-        return torch.sign(grad), (scale != 0).to(scale.dtype) * eps, norm
-    return grad, scale, norm
+        return torch.sign(grad), (scale != 0).to(scale.dtype) * eps
+    return grad, scale

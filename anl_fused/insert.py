@@ -39,7 +39,8 @@ def anl_layers(model: nn.Module) -> list[ANL2d]:
 
 
 def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_sign: bool = False,
-               after: str = "batchnorm", noise: str = "adversarial", scale_by_std: bool = True) -> nn.Module:
+               after: str = "batchnorm", noise: str = "adversarial", scale_by_std: bool = True,
+               norm: str = "sample") -> nn.Module:
     """Add ANL after every ``BatchNorm2d`` or ``SyncBatchNorm`` (``after="conv"``: every ``Conv2d``) and, with
     ``input_eps != 0`` or ``input_sign``, on the model's input. Never after ``Linear``.
 
@@ -51,7 +52,8 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
         input_eps: noise magnitude on the input image (Table 3); 0 adds no input layer.
         input_sign: input noise ``input_eps * sign(g)`` (Eq. 8, adversarial training).
         after: ``"batchnorm"`` (the paper's placement) or ``"conv"`` (for models without BN).
-        noise, scale_by_std: passed to every hidden :class:`ANL2d`.
+        noise, scale_by_std, norm: passed to every hidden :class:`ANL2d` (``norm="layer"``: one
+            ``max|g|`` per layer, Algorithm 1's reading; ``"sample"``: per sample, the authors' code).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -61,6 +63,7 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
     input_eps = check_eps(input_eps, "input_eps")
     if anl_layers(model):
         raise ValueError("model already has ANL layers; call strip_anl(model) first")
+    ANL2d(eps, noise=noise, scale_by_std=scale_by_std, norm=norm)  # validates the options before any change
     targets = [m for m in model.modules() if isinstance(m, _PLACES[after])]
     if not targets:
         raise ValueError(f"model has no {_PLACES[after][0].__name__} to put ANL after (after={after!r}); "
@@ -68,7 +71,7 @@ def insert_anl(model: nn.Module, eps: float, *, input_eps: float = 0.0, input_si
     for target in targets:
         if hasattr(target, _CHILD):
             raise ValueError(f"{type(target).__name__} already has an attribute {_CHILD!r}")
-        target.add_module(_CHILD, ANL2d(eps, noise=noise, scale_by_std=scale_by_std))
+        target.add_module(_CHILD, ANL2d(eps, noise=noise, scale_by_std=scale_by_std, norm=norm))
         target.register_forward_hook(_apply_child_anl)
     if input_eps != 0.0 or input_sign:
         layer = ANL2d(input_eps, sign=input_sign)

@@ -18,9 +18,10 @@ from typing import Iterable, Iterator, Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ANL2d", "NOISE_KINDS", "Round", "attached", "check_eps"]
+__all__ = ["ANL2d", "NOISE_KINDS", "NORMS", "Round", "attached", "check_eps"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
+NORMS = ("sample", "layer")
 
 
 class Round(Protocol):
@@ -78,20 +79,27 @@ class ANL2d(nn.Module):
             :math:`\eta = s(h)\,|\epsilon|/4\,z` with elementwise :math:`z \sim \mathcal N(0, I)`.
         scale_by_std: multiply by :math:`s(h)` (Eq. 5); ``False`` gives Eq. 4.
         sign: :math:`\eta = \epsilon\,\mathrm{sign}(g)` (Eq. 8, adversarial training on the input).
+        norm: ``"sample"``: :math:`\|g_b\|_\infty` per sample (the authors' code: every sample's noise
+            reaches :math:`r_b s`); ``"layer"``: one norm :math:`\max_b \|g_b\|_\infty` for the whole layer
+            (Algorithm 1's reading: samples with smaller gradients get proportionally smaller noise).
 
     Shape: input and output ``(N, C, H, W)``.
     """
 
-    def __init__(self, eps: float, *, noise: str = "adversarial", scale_by_std: bool = True, sign: bool = False):
+    def __init__(self, eps: float, *, noise: str = "adversarial", scale_by_std: bool = True, sign: bool = False,
+                 norm: str = "sample"):
         super().__init__()
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if sign and noise != "adversarial":
             raise ValueError(f"sign=True needs noise='adversarial', got noise={noise!r}")
         self.eps = eps
         self.noise = noise
         self.scale_by_std = bool(scale_by_std)
         self.sign = bool(sign)
+        self.norm = norm
         self.enabled = True
         self._round: Round | None = None
         self._warned = False
@@ -138,6 +146,8 @@ class ANL2d(nn.Module):
             parts.append("scale_by_std=False")
         if self.sign:
             parts.append("sign=True")
+        if self.norm != "sample":
+            parts.append(f"norm={self.norm!r}")
         if not self.enabled:
             parts.append("enabled=False")
         return ", ".join(parts)

@@ -7,12 +7,15 @@ use them (it is the independent oracle).
     Round 1, forward. ``s = std(h)`` over all elements with correction 1 (0 when ``h`` has at most
     one element), accumulated in float32 (float64 for float64 input), a 0-d tensor without gradient.
 
-``noise_scale(g, z, s, eps) -> (scale, norm)``
+``noise_scale(g, z, s, eps, *, layer_norm=False, stats=None) -> (scale, norm)``
     Round 1, after the backward. ``norm_b = max_i |g_b,i|`` and
     ``scale_b = r_b * s / norm_b`` with ``r_b = clamp(eps/2 + |eps|/4 * z_b, min(0, eps), max(0, eps))``;
     ``z=None`` means ``r_b = eps`` (the sign form, Eq. 8), ``s=None`` means ``s = 1`` (Eq. 4).
-    ``scale_b = 0`` where ``norm_b`` is 0 or not finite. Both results are float32 (float64 for float64
-    ``g``), shape ``[B]``.
+    ``scale_b = 0`` where ``norm_b`` is 0 or not finite. ``layer_norm=True`` divides by one norm for
+    the whole layer instead, ``n = max_b norm_b`` over the samples with a finite norm (Algorithm 1's
+    reading): ``scale_b = r_b * s / n``, 0 where ``norm_b`` is not finite or ``n == 0``. Both results are
+    float32 (float64 for float64 ``g``), shape ``[B]``. ``stats`` (int64 ``[2]``), when given, is
+    incremented in place by the number of samples whose norm is not finite and whose norm is 0.
 
 ``add_noise(h, g, scale) -> out``
     Round 2, forward. ``out = h + scale[b] * g'`` where ``g'`` is ``g`` with its non-finite entries
@@ -61,9 +64,15 @@ def std(h: Tensor) -> Tensor:
     return _torch_std(h)
 
 
-def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False,
+                stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
     if backend_for(g) == "triton":
-        return _triton().noise_scale(g, z, s, eps)
+        scale, norm = _triton().noise_scale(g, z, s, eps)
+        if layer_norm:  # TODO(kernels): in the kernel; here from the per-sample scale (r_b s = scale_b norm_b)
+            scale = _per_layer(scale * norm, norm)
+        if stats is not None:
+            _count(norm, stats)
+        return scale, norm
     acc = acc_dtype(g.dtype)
     g = g.detach()
     dims = tuple(range(1, g.dim()))  # max|g| as max(max g, -min g): two fast reductions (NaN propagates);
@@ -72,9 +81,28 @@ def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float) -> tu
         r = torch.full_like(norm, eps)
     else:
         r = (eps / 2 + abs(eps) / 4 * z.to(acc)).clamp(min(0.0, eps), max(0.0, eps))
-    scale = r / norm if s is None else r * s.to(acc) / norm
+    if s is not None:
+        r = r * s.to(acc)
+    if stats is not None:
+        _count(norm, stats)
+    if layer_norm:
+        return _per_layer(r, norm), norm
     valid = torch.isfinite(norm) & (norm > 0)
-    return torch.where(valid, scale, torch.zeros_like(scale)), norm
+    return torch.where(valid, r / norm, torch.zeros_like(r)), norm
+
+
+def _per_layer(rs: Tensor, norm: Tensor) -> Tensor:
+    """``rs_b / n`` with ``n`` the largest finite ``norm_b``; 0 for samples whose norm is not finite
+    (and for all when ``n`` is 0)."""
+    finite = torch.isfinite(norm)
+    n = torch.where(finite, norm, torch.zeros_like(norm)).amax() if norm.numel() else norm.new_zeros(())
+    valid = finite & (n > 0)
+    return torch.where(valid, rs / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(rs))
+
+
+def _count(norm: Tensor, stats: Tensor) -> None:
+    """``stats += [samples with a non-finite norm, samples with a zero norm]`` (in place, on the device)."""
+    stats += torch.stack([(~torch.isfinite(norm)).sum(), (norm == 0).sum()]).to(stats.dtype)
 
 
 def add_noise(h: Tensor, g: Tensor, scale: Tensor) -> Tensor:

@@ -53,15 +53,21 @@ def _loss(closure: Callable[[], Tensor]) -> Tensor:
     return loss
 
 
-def _draw_z(layer: ANL2d, h: Tensor, generator: torch.Generator) -> Tensor | None:
-    """The RNG contract: per reached layer in ``anl_layers`` order, ``randn(B)`` for adversarial noise,
-    ``randn(h.shape)`` for Gaussian noise, nothing for the sign form; float64 for float64 activations,
-    float32 otherwise."""
-    if layer.sign:
-        return None
-    shape = h.shape[:1] if layer.noise == "adversarial" else h.shape
-    dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-    return torch.randn(shape, generator=generator, device=h.device, dtype=dtype)
+def _draw(layers: list[ANL2d], hs: list[Tensor], generator: torch.Generator) -> list[Tensor | None]:
+    """The RNG contract: one ``torch.randn`` call per step for all reached layers (in ``anl_layers``
+    order), of ``B`` numbers per adversarial layer, ``numel(h)`` per Gaussian layer (in ``h``'s shape),
+    none for the sign form; float64 if any activation is float64, else float32."""
+    sizes = [0 if layer.sign else (h.shape[0] if layer.noise == "adversarial" else h.numel())
+             for layer, h in zip(layers, hs)]
+    if sum(sizes) == 0:
+        return [None] * len(layers)
+    dtype = torch.float64 if any(h.dtype == torch.float64 for h in hs) else torch.float32
+    flat = torch.randn(sum(sizes), generator=generator, device=generator.device, dtype=dtype)
+    out = []
+    for layer, h, n in zip(layers, hs, sizes):
+        z, flat = flat[:n], flat[n:]
+        out.append(None if layer.sign else z.reshape(h.shape[:1] if layer.noise == "adversarial" else h.shape))
+    return out
 
 
 def _std(h: Tensor) -> float:
@@ -73,21 +79,24 @@ def _std(h: Tensor) -> float:
     return math.sqrt(float(((values - mean) ** 2).sum()) / (values.numel() - 1))
 
 
-def _eta(layer: ANL2d, h: Tensor, g: Tensor | None, z: Tensor | None) -> Tensor:
+def _eta(layer: ANL2d, h: Tensor, g: Tensor, z: Tensor | None) -> Tensor:
+    """Eq. 2 and 5 (Eq. 4 without ``s``, Eq. 8 for the sign form), sample by sample in float64."""
     eps = layer.eps
-    if layer.noise == "gaussian":
-        s = _std(h) if layer.scale_by_std else 1.0
-        return (s * abs(eps) / 4 * z.double()).to(h.dtype)
     s = _std(h) if layer.scale_by_std else 1.0
+    if layer.noise == "gaussian":
+        return (s * abs(eps) / 4 * z.double()).to(h.dtype)
+    finite = [bool(torch.isfinite(g[b]).all()) for b in range(h.shape[0])]
+    norms = [float(g[b].double().abs().max()) if finite[b] else math.nan for b in range(h.shape[0])]
+    layer_norm = max([n for n, ok in zip(norms, finite) if ok], default=0.0)  # Algorithm 1: one norm per layer
     eta = torch.zeros(h.shape, dtype=torch.float64)
     for b in range(h.shape[0]):
         gb = g[b].double().cpu()
-        if not bool(torch.isfinite(gb).all()):
+        if not finite[b]:
             continue  # non-finite gradient: no noise for this sample
         if layer.sign:
             eta[b] = eps * torch.sign(gb)
             continue
-        norm = float(gb.abs().max())
+        norm = layer_norm if layer.norm == "layer" else norms[b]
         if norm == 0.0:
             continue
         r = min(max(eps / 2 + abs(eps) / 4 * float(z[b]), min(0.0, eps)), max(0.0, eps))
@@ -127,10 +136,9 @@ def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: t
         torch.cuda.set_rng_state_all(cuda_rng)
 
     # The noise, layer by layer in anl_layers order, sample by sample.
-    etas = {}
-    for layer, g in zip(reached, grads):
-        h = probe.records[layer][0]
-        etas[layer] = _eta(layer, h, torch.zeros_like(h) if g is None else g, _draw_z(layer, h, generator))
+    hs = [probe.records[layer][0] for layer in reached]
+    etas = {layer: _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
+            for layer, h, g, z in zip(reached, hs, grads, _draw(reached, hs, generator))}
 
     # Round 2: the loss with noise, which trains the model.
     with attached(layers, _AddEta(etas)):

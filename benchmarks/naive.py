@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from anl_fused import rng
 from anl_fused.engine import checked_loss, training_round
-from anl_fused.functional import draw_z
+from anl_fused.functional import draw_step, z_spec
 from anl_fused.insert import anl_layers
 from anl_fused.layer import ANL2d, attached
 
@@ -45,6 +45,9 @@ def _eta(layer: ANL2d, s: float, g: Tensor, z: Tensor | None) -> Tensor:
     if layer.sign:
         return (valid.to(g.dtype) * eps).view(-1, 1, 1, 1) * torch.sign(g)
     r = (eps / 2 + abs(eps) / 4 * z).clamp(min(0.0, eps), max(0.0, eps))
+    if layer.norm == "layer":  # one norm for the layer: the largest finite per-sample norm
+        norm = torch.where(valid, norm, 0.0).amax().expand_as(norm)
+        valid = valid & (norm > 0)
     scale = torch.where(valid, r * (s if layer.scale_by_std else 1.0) / norm, 0.0)
     return scale.view(-1, 1, 1, 1).to(g.dtype) * g
 
@@ -82,14 +85,12 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
             b.copy_(saved)
     rng.restore(rng_state)
 
-    etas = {}
-    for layer in layers:
-        if layer not in probe.records:
-            continue
-        s, leaf = probe.records[layer]
-        g = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-        z = draw_z(layer.noise, layer.sign, g.shape, g.dtype, generator, g.device)
-        etas[layer] = _eta(layer, s, g, z)
+    reached = [layer for layer in layers if layer in probe.records]
+    grads = [probe.records[layer][1].grad for layer in reached]
+    grads = [torch.zeros_like(probe.records[layer][1]) if g is None else g for layer, g in zip(reached, grads)]
+    zs = draw_step([z_spec(layer.noise, layer.sign, g) for layer, g in zip(reached, grads)], generator,
+                   generator.device)
+    etas = {layer: _eta(layer, probe.records[layer][0], g, z) for layer, g, z in zip(reached, grads, zs)}
 
     with attached(layers, _AddEta(etas)):
         return training_round(closure, backward)

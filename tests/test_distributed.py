@@ -160,11 +160,13 @@ def scenario_global_std_equals_one_process(rank):
         single_engine = anl_fused.TwoRound(single, torch.Generator().manual_seed(5))
         oracle_gen = torch.Generator().manual_seed(5)
         opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (ddp, single, oracle)]
-        original = anl_engine.draw_z
+        original = anl_engine.draw_step
 
-        def draw_slice(noise, sign, shape, dtype, generator, device):
-            z = original(noise, sign, torch.Size((shape[0] * WORLD, *shape[1:])), dtype, generator, device)
-            return None if z is None else z[rank * shape[0]:(rank + 1) * shape[0]]
+        def draw_slice(specs, generator, device):  # the draws of the concatenated batch, this rank's rows
+            whole = [s if s.shape is None else s._replace(shape=torch.Size((s.shape[0] * WORLD, *s.shape[1:])))
+                     for s in specs]
+            zs = original(whole, generator, device)
+            return [None if z is None else z[rank * s.shape[0]:(rank + 1) * s.shape[0]] for z, s in zip(zs, specs)]
 
         matched = True
         for step in range(2):
@@ -172,11 +174,11 @@ def scenario_global_std_equals_one_process(rank):
             mine = slice(rank * b, (rank + 1) * b)
             for opt in opts:
                 opt.zero_grad()
-            anl_engine.draw_z = draw_slice
+            anl_engine.draw_step = draw_slice
             try:
                 engine.step(lambda: F.cross_entropy(ddp(x[mine]), y[mine]))
             finally:
-                anl_engine.draw_z = original
+                anl_engine.draw_step = original
             single_engine.step(lambda: F.cross_entropy(single(x), y))
             reference.two_round_step(oracle, lambda: F.cross_entropy(oracle(x), y), oracle_gen)
             if std_over == "global":

@@ -194,6 +194,28 @@ def test_nonfinite_round1_gradient_gives_zero_noise_for_that_sample_and_is_count
     assert not torch.equal(round1[1], round2[1]), "the other samples get noise"
 
 
+def test_zero_round1_gradient_gives_zero_noise_and_is_counted():
+    """A sample whose round-1 gradient is exactly zero (as an underflowed float16 gradient would be) gets
+    no noise and is counted in zero_samples, not in nonfinite_samples."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_vgg(dropout=False).double()
+            self.register_buffer("mask", torch.tensor([0.0, 1, 1, 1, 1, 1], dtype=torch.float64).view(6, 1, 1, 1))
+
+        def forward(self, x):
+            return self.body[2:](self.body[:2](x) * self.mask)  # sample 0 no longer reaches the loss
+
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(Net(), eps=0.5)
+    engine = anl_fused.TwoRound(model)
+    x, y = data()
+    for step in range(2):
+        engine.step(lambda: F.cross_entropy(model(x), y))
+    assert engine.zero_samples.item() == 2 and engine.nonfinite_samples.item() == 0
+
+
 def test_no_host_sync_inside_the_step(monkeypatch):
     model = anl_fused.insert_anl(small_vgg().double(), eps=0.5, input_eps=0.1)
     x, y = data()

@@ -17,6 +17,8 @@ VARIANTS = {
     "input": dict(eps=0.5, input_eps=0.2),
     "input_sign": dict(eps=0.5, input_eps=0.05, input_sign=True),
     "input_only": dict(eps=0.0, input_eps=0.2),
+    "layer_norm": dict(eps=0.5, norm="layer"),
+    "layer_norm_opposite_input": dict(eps=-0.5, norm="layer", input_eps=0.2),
 }
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -64,6 +66,35 @@ def test_noise_changes_the_gradients():
     F.cross_entropy(plain(x), y).backward()
     with pytest.raises(AssertionError):
         assert_grads_close(fast, plain, 1e-6)
+
+
+def test_layer_norm_differs_from_sample_norm():
+    """Guard: norm="layer" is not silently the per-sample norm (the samples' gradients differ in size)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
+    grads = []
+    for norm in ("sample", "layer"):
+        torch.manual_seed(0)
+        model = anl_fused.insert_anl(small_vgg(dropout=False).double(), eps=0.5, norm=norm)
+        anl_fused.TwoRound(model, torch.Generator().manual_seed(0)).step(lambda: F.cross_entropy(model(x), y))
+        grads.append(flat_grads(model))
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-6)
+
+
+def test_one_draw_per_step(monkeypatch):
+    """The RNG contract: a step makes one torch.randn call for all its layers."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg().double(), eps=0.5, input_eps=0.2)
+    anl_fused.anl_layers(model)[1].noise = "gaussian"  # mixed kinds: one draw covers B numbers and a whole activation
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
+    engine = anl_fused.TwoRound(model, torch.Generator().manual_seed(0))
+    calls = []
+    real = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: calls.append(a) or real(*a, **k))
+    engine.step(lambda: F.cross_entropy(model(x), y))
+    monkeypatch.undo()
+    # input layer (6) + first hidden layer Gaussian (6*8*8*8) + two adversarial layers (6 each)
+    assert calls == [(6 + 6 * 8 * 8 * 8 + 6 + 6,)]
 
 
 def _resnet18(dtype):
