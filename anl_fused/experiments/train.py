@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed, rng
+from ..layer import NORMS
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import launch
@@ -70,7 +71,7 @@ METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.json"
 
 # config fields that must match when resuming (others, such as epochs or device, may change)
-_IDENTITY = ("model", "dataset", "variant", "eps", "input_eps", "input_sign", "scale_by_std", "batch_size",
+_IDENTITY = ("model", "dataset", "variant", "eps", "input_eps", "input_sign", "scale_by_std", "norm", "batch_size",
              "lr", "momentum", "weight_decay", "lr_factor", "patience", "cooldown", "min_lr", "val_size", "seed",
              "drop_last")
 
@@ -86,6 +87,7 @@ class TrainConfig:
     input_eps: float = 0.0
     input_sign: bool = False
     scale_by_std: bool = True
+    norm: str = "sample"  # ||g||_inf per sample (the authors' code) or over the whole layer (Algorithm 1)
     epochs: int = 10
     finetune_epochs: int = 0
     finetune_lr: str = "auto"  # auto | floor | continue
@@ -124,8 +126,12 @@ class TrainConfig:
                 raise ValueError(f"{k} must be >= 0, got {getattr(c, k)}")
         if c.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
+        if c.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {c.norm!r}")
         if c.std_over not in distributed.STD_OVER:
             raise ValueError(f"std_over must be one of {distributed.STD_OVER}, got {c.std_over!r}")
+        if c.variant in ("plain", "dropout", "gaussian"):
+            c.norm = "sample"  # no gradient, no norm: one identity for these runs
         if c.variant in ("plain", "dropout"):
             c.eps, c.input_eps, c.input_sign = 0.0, 0.0, False
         else:
@@ -154,7 +160,7 @@ def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Modul
         insert_anl(model, cfg.eps, input_eps=cfg.input_eps, input_sign=cfg.input_sign,
                    after=MODELS[cfg.model].anl_after,
                    noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
-                   scale_by_std=cfg.scale_by_std)
+                   scale_by_std=cfg.scale_by_std, norm=cfg.norm)
     return model
 
 
@@ -569,6 +575,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--input-eps", type=float, default=0.0, help="input ANL eps (variant input)")
     p.add_argument("--input-sign", action="store_true", help="input noise eps*sign(g) (Eq. 8, variant input)")
     p.add_argument("--no-scale-by-std", dest="scale_by_std", action="store_false", help="paper Eq. 4 instead of 5")
+    p.add_argument("--norm", default="sample", choices=NORMS,
+                   help="||g||_inf per sample (default, the authors' code) or over the whole layer (Algorithm 1)")
     p.add_argument("--epochs", type=int, default=10, help="epochs with ANL on (phase 1)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="epochs with ANL off after phase 1 (phase 2)")
     p.add_argument("--finetune-lr", default="auto", choices=("auto", "floor", "continue"),

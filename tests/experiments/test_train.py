@@ -228,3 +228,17 @@ def test_compile_option_trains(tmp_path):
     out = tmp_path / "c"
     assert main(BASE + ["--epochs", "1", "--compile", "--lr", "0.01", "--out", str(out)]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_norm_reaches_every_anl_layer(tmp_path):
+    """TrainConfig.norm / --norm: "layer" (Algorithm 1's one ||g||_inf per layer) or "sample"."""
+    for norm in ("sample", "layer"):
+        model = make_model(TrainConfig(model="lenet5", variant="anl", norm=norm).resolved(), 1, 10)
+        assert [layer.norm for layer in anl_layers(model)] == [norm, norm]
+    assert TrainConfig(variant="plain", norm="layer").resolved().norm == "sample"  # no gradient, no norm
+    with pytest.raises(ValueError, match="'rows'"):
+        TrainConfig(norm="rows").resolved()
+    out = tmp_path / "run"
+    assert main(BASE + ["--variant", "opposite", "--eps", "0.03", "--norm", "layer", "--epochs", "1",
+                        "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["norm"] == "layer"
