@@ -14,7 +14,7 @@ import sys
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     "demo": ("anl_fused.experiments.demo", "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
-    "train": ("anl_fused.experiments.train", "train a model of the zoo with the paper's protocol"),
+    "train": ("anl_fused.experiments.train.cli", "train a model of the zoo with the paper's protocol"),
     "models": ("anl_fused.experiments.models.cli", "list the model zoo with parameter counts and the paper's eps"),
     "table1": ("anl_fused.experiments.table1",
                "the paper's Table 1: baseline, Gaussian, ANL and opposite ANL over seeds, resumable"),

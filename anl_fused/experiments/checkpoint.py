@@ -17,10 +17,11 @@ import torch
 
 from .files import atomic_write
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "load", "save"]
+__all__ = ["FORMAT", "READABLE", "VERSION", "CheckpointError", "load", "save"]
 
 FORMAT = "anl-fused-train"
-VERSION = 1
+VERSION = 2  # 2: the sec. 4.2.1 learning-rate schedule (train.schedule.PlateauSchedule); 1: ReduceLROnPlateau
+READABLE = (1, 2)  # versions whose model weights load (resuming a run needs VERSION)
 
 
 class CheckpointError(RuntimeError):
@@ -33,8 +34,10 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; ``required``: keys that must be present."""
+def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[str, ...] = (),
+         versions: tuple[int, ...] = READABLE) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; ``required``: keys that must be present;
+    ``versions``: the format versions accepted (resuming a run accepts only :data:`VERSION`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file {path!r} does not exist")
@@ -52,10 +55,12 @@ def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[
             f"checkpoint file {path!r} is not an anl-fused training checkpoint (found {what}, "
             f"expected format={FORMAT!r})"
         )
-    if state.get("version") != VERSION:
-        raise CheckpointError(
-            f"checkpoint file {path!r} has version {state.get('version')!r}; this anl-fused reads version {VERSION}"
-        )
+    version = state.get("version")
+    if version not in versions:
+        what = f"versions {', '.join(map(str, versions))}" if len(versions) > 1 else f"version {versions[0]}"
+        older = (" (an older anl-fused: its learning-rate schedule and state differ, so the run cannot continue "
+                 "exactly; its weights still load, e.g. in anl-fused attack)" if version in READABLE else "")
+        raise CheckpointError(f"checkpoint file {path!r} has version {version!r}{older}; this needs {what}")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint file {path!r} lacks the entries {missing}")

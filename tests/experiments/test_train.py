@@ -230,6 +230,24 @@ def test_compile_option_trains(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_checkpoint_of_the_old_schedule_loads_weights_but_does_not_resume(tmp_path, capsys):
+    """Version 1 checkpoints (ReduceLROnPlateau) cannot continue exactly under the sec. 4.2.1 schedule:
+    resuming one is refused with a clear line; its weights still load (anl-fused attack)."""
+    from anl_fused.experiments.attack_cli import load_trained
+
+    out = _first_run(tmp_path)
+    path = out / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["version"] = 1
+    torch.save(state, path)
+    capsys.readouterr()
+    assert main(BASE + ["--epochs", "1", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "version 1" in err and "older anl-fused" in err and "weights_only=False" not in err
+    model, cfg = load_trained(str(path))
+    assert cfg.model == "lenet5" and not model.training
+
+
 def test_norm_reaches_every_anl_layer(tmp_path):
     """TrainConfig.norm / --norm: "layer" (Algorithm 1's one ||g||_inf per layer) or "sample"."""
     for norm in ("sample", "layer"):

@@ -1,0 +1,111 @@
+"""What a training checkpoint holds, and saving, reading and resuming from it.
+
+A checkpoint (``checkpoint.pt``, the file format of :mod:`anl_fused.experiments.checkpoint`: atomic,
+weights-only) holds the config, the model, optimizer and schedule, every process's noise generator,
+global RNG states and partial-epoch meter, the position (epoch, step, global step) and the metric
+history. The data order and augmentation are functions of (seed, epoch), so restoring these
+continues a run bitwise. Under torchrun rank 0 gathers every rank's streams and writes; on resume
+rank 0 reads the file and broadcasts it (no shared file system needed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.distributed as dist
+
+from ... import rng
+from .. import checkpoint as ckpt
+from .config import IDENTITY
+from .metrics import EpochMeter, merged_meter_state
+from .parts import Parts
+
+__all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "check_identity", "read", "restore", "save"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED = ("config", "model", "optimizer", "scheduler", "generator", "rng", "epoch", "step", "global_step", "meter",
+            "history")
+
+
+@dataclass
+class Position:
+    """Where a run is: ``epoch`` epochs finished, ``step`` steps into the next, ``global_step`` in total."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read(path: str, world: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``None``: there is none). Under torchrun rank 0 reads it and
+    broadcasts it, or its error, to the others: only rank 0's file system needs it."""
+    found: tuple[str, Any] = ("none", None)
+    if world == 1 or dist.get_rank() == 0:
+        try:
+            if os.path.exists(path):
+                found = ("ok", ckpt.load(path, map_location="cpu", required=REQUIRED, versions=(ckpt.VERSION,)))
+        except ckpt.CheckpointError as e:
+            found = ("error", str(e))
+    if world > 1:
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    if found[0] == "error":
+        raise ckpt.CheckpointError(found[1])
+    return found[1]
+
+
+def check_identity(saved: dict[str, Any], now: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint whose run had other identity settings than ``now``."""
+    diff = {k: (saved.get(k), now[k]) for k in IDENTITY if saved.get(k) != now[k]}
+    if diff:
+        raise ckpt.CheckpointError(
+            f"checkpoint file {path!r} belongs to a different run; differing settings "
+            + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items()))
+
+
+def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str,
+            log: Callable[[str], None]) -> Position:
+    """Load ``state`` into ``parts`` and ``meter``; returns the run's position."""
+    try:
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ckpt.CheckpointError(f"checkpoint file {path!r} does not fit this model: {e}") from e
+    parts.scheduler.load_state_dict(state["scheduler"])
+    rank, world = parts.rank, parts.world
+    saved = state.get("ranks") or [{k: state[k] for k in ("generator", "rng", "meter")}]
+    if rank < len(saved):  # a rank the checkpoint does not know keeps its fresh noise and RNG seeds
+        parts.generator.set_state(saved[rank]["generator"])
+        rng.restore(saved[rank]["rng"])
+    if len(saved) == world:
+        meter.load_state_dict(saved[rank]["meter"])
+    else:
+        log(f"the checkpoint was written by {len(saved)} process(es), now {world}: same data order, "
+            "other noise draws and dropout masks from here on")
+        if rank == 0:  # the epoch's partial sums of all old processes; the others start at 0
+            meter.load_state_dict(merged_meter_state([r["meter"] for r in saved]))
+    return Position(int(state["epoch"]), int(state["step"]), int(state["global_step"]), list(state["history"]))
+
+
+def save(path: str, parts: Parts, meter: EpochMeter, pos: Position, config: dict[str, Any]) -> None:
+    """Write the checkpoint (a collective under torchrun: every rank's streams go to rank 0, which writes)."""
+    mine = {"generator": parts.generator.get_state(), "rng": rng.capture(host_libraries=True),
+            "meter": meter.state_dict()}
+    ranks = None
+    if parts.world > 1:
+        ranks = [None] * parts.world if parts.rank == 0 else None
+        dist.gather_object(mine, ranks, dst=0)
+        if parts.rank:
+            return
+    ckpt.save(path, {
+        "config": config, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(), **mine,
+        "epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
+        "history": pos.history, "num_classes": parts.bundle.num_classes, "in_channels": parts.bundle.in_channels,
+        **({"ranks": ranks} if ranks else {}),
+    })

@@ -1,0 +1,238 @@
+"""``fit``: the epoch / step loop of a training run.
+
+Phase 1 runs ``epochs`` epochs with the variant's noise on; phase 2 runs ``finetune_epochs`` more
+with ANL disabled (``set_anl_enabled(model, False)``), at the floor learning rate
+(``finetune_lr="floor"``) or continuing the schedule (``"continue"``). Each epoch ends with
+evaluation, the schedule's step, a line of ``metrics.jsonl`` and a checkpoint; with
+``checkpoint_every`` also every K steps, and on Ctrl-C at the next step boundary. The loop never
+reads a device value per step: metrics are accumulated on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import data as data_mod
+from .. import launch
+from . import checkpointing
+from .checkpointing import CHECKPOINT_NAME, Position
+from .config import TrainConfig
+from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
+from .parts import Parts, build_parts, process_group
+from .rundir import write_config
+
+__all__ = ["fit"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class _Loop:
+    """The epochs of one run from ``pos`` on; ``run()`` returns why it stopped early (or ``None``)."""
+
+    def __init__(self, parts: Parts, config: dict[str, Any], pos: Position, meter: EpochMeter, out_dir: str | None,
+                 *, checkpoint_every: int, stop_after_steps: int | None, progress: bool, log: Callable[[str], None]):
+        self.parts, self.cfg, self.config, self.pos, self.meter = parts, parts.cfg, config, pos, meter
+        self.ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
+        self.metrics = MetricsFile(out_dir) if out_dir and parts.rank == 0 else None
+        self.checkpoint_every, self.stop_after_steps = checkpoint_every, stop_after_steps
+        self.progress, self.log = progress, log
+        self.total_epochs = self.cfg.epochs + self.cfg.finetune_epochs
+        self.stopped: str | None = None
+        self._t0 = 0.0
+
+    def run(self) -> str | None:
+        self.parts.model.train()
+        with _GracefulInterrupt() as self.interrupt:
+            while self.pos.epoch < self.total_epochs and self.stopped is None:
+                in_anl_phase = self._start_epoch()
+                if not self._train_epoch():
+                    break  # stopped mid-epoch, checkpoint written
+                self._end_epoch(in_anl_phase)
+        return self.stopped
+
+    def save(self) -> None:
+        if self.ckpt_path:
+            checkpointing.save(self.ckpt_path, self.parts, self.meter, self.pos, self.config)
+
+    def _clock(self) -> None:
+        """Add the time since the last call to the epoch's training time."""
+        _sync(self.parts.device)
+        now = time.perf_counter()
+        self.meter.train_time += now - self._t0
+        self._t0 = now
+
+    def _start_epoch(self) -> bool:
+        """ANL on or off and the phase-2 learning rate; returns whether this epoch is in phase 1."""
+        from ... import set_anl_enabled
+
+        in_anl_phase = self.pos.epoch < self.cfg.epochs
+        if self.parts.noisy:
+            set_anl_enabled(self.parts.model, in_anl_phase)
+        if not in_anl_phase and self.cfg.finetune_lr == "floor":
+            self.parts.scheduler.to_floor()
+        self.parts.model.train()
+        return in_anl_phase
+
+    def _train_epoch(self) -> bool:
+        """The epoch's remaining steps; returns whether the epoch is complete."""
+        from tqdm.auto import tqdm
+
+        p, pos = self.parts, self.pos
+        desc = f"{self.cfg.model}/{self.cfg.variant} epoch {pos.epoch + 1}/{self.total_epochs}"
+        bar = tqdm(total=len(p.train_batches), initial=pos.step, disable=not self.progress, leave=False,
+                   file=sys.stderr, desc=desc, dynamic_ncols=True)
+        _sync(p.device)
+        self._t0 = time.perf_counter()
+        for x, y in p.train_batches.epoch(pos.epoch, start=pos.step):
+            self._step(x, y, in_anl_phase=pos.epoch < self.cfg.epochs)
+            bar.update(1)
+            self._stop_or_checkpoint()
+            if self.stopped and pos.step < len(p.train_batches):
+                break
+        bar.close()
+        if pos.step < len(p.train_batches):
+            return False
+        self._clock()
+        return True
+
+    def _step(self, x: Tensor, y: Tensor, in_anl_phase: bool) -> None:
+        held: dict[str, Tensor] = {}
+
+        def closure() -> Tensor:
+            out = self.parts.run_model(x)
+            held["out"] = out
+            return F.cross_entropy(out, y)
+
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        loss = self.parts.engine.step(closure)
+        self.parts.optimizer.step()
+        stds = self.parts.engine.last_stds if (self.parts.noisy and in_anl_phase) else None
+        self.meter.update(loss, held["out"], y, stds)
+        self.pos.step += 1
+        self.pos.global_step += 1
+
+    def _stop_or_checkpoint(self) -> None:
+        """After a step: stop on Ctrl-C (on any rank) or ``stop_after_steps``; checkpoint every K steps
+        and when stopping mid-epoch (an epoch's end checkpoints anyway)."""
+        p, pos = self.parts, self.pos
+        boundary = self.checkpoint_every and pos.global_step % self.checkpoint_every == 0
+        requested = self.interrupt.requested if p.world == 1 else launch.any_rank(self.interrupt.requested, p.flags)
+        if requested or (self.stop_after_steps is not None and pos.global_step >= self.stop_after_steps):
+            self.stopped = "interrupt" if requested else "stop_after_steps"
+        if (boundary or self.stopped) and pos.step < len(p.train_batches):
+            self._clock()
+            self.save()
+            self._t0 = time.perf_counter()
+
+    def _end_epoch(self, in_anl_phase: bool) -> None:
+        """Evaluate, step the schedule, record, checkpoint."""
+        p, pos = self.parts, self.pos
+        summary = (self.meter if p.world == 1 else all_ranks(self.meter)).summary()
+        if p.world > 1:
+            launch.broadcast_buffers(p.model)  # every rank evaluates rank 0's model
+        val = evaluate(p.eval_model, p.val_batches, all_reduce=p.world > 1)
+        _, test_acc = evaluate(p.eval_model, p.test_batches, all_reduce=p.world > 1)
+        lr_used = p.optimizer.param_groups[0]["lr"]
+        if in_anl_phase or self.cfg.finetune_lr == "continue":
+            p.scheduler.step(val[0])
+        phase = ("anl" if p.noisy else "train") if in_anl_phase else "finetune"
+        record = epoch_record(epoch=pos.epoch + 1, phase=phase, anl_enabled=bool(p.noisy and in_anl_phase),
+                              global_step=pos.global_step, summary=summary, val=val, test_acc=test_acc, lr=lr_used,
+                              meter=self.meter)
+        pos.history.append(record)
+        if self.metrics:
+            self.metrics.append(record)
+        self.log(format_record(record, self.total_epochs))
+        pos.epoch += 1
+        pos.step = 0
+        self.meter = EpochMeter(p.device)
+        self.save()
+
+
+def _resume(parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: str | None,
+            log: Callable[[str], None]) -> Position:
+    """The position to continue from: the checkpoint's, restored into ``parts`` and ``meter``, or the start."""
+    if not out_dir:
+        raise ValueError("resume needs an output directory")
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    state = checkpointing.read(path, parts.world)
+    if state is None:
+        log(f"no checkpoint at {path}; starting from scratch")
+        return Position()
+    checkpointing.check_identity(state["config"], config, path)
+    pos = checkpointing.restore(state, parts, meter, path, log)
+    log(f"resumed from {path} at epoch {pos.epoch + 1}, step {pos.step} (global step {pos.global_step})")
+    return pos
+
+
+def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, checkpoint_every: int = 0,
+        stop_after_steps: int | None = None, progress: bool = True, bundle: data_mod.DataBundle | None = None,
+        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` (see :mod:`anl_fused.experiments.train`). Returns ``{"config", "history", "stopped",
+    "global_step", "model", "epoch", "step"}``; with ``out_dir``, writes config, metrics and checkpoints there.
+
+    ``stop_after_steps``: stop (with a checkpoint) once this many optimizer steps have been taken in
+    total, as an interruption would. ``bundle``: preloaded data (the demo reuses one)."""
+    from tqdm.auto import tqdm
+
+    cfg = cfg.resolved()
+    rank, _ = process_group()
+    if rank:  # under torchrun only rank 0 logs and writes
+        log, progress = (lambda s: None), False
+    log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    parts = build_parts(cfg, bundle)
+    config = dataclasses.asdict(cfg)
+    meter = EpochMeter(parts.device)
+    if out_dir and rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
+    if out_dir and rank == 0:
+        write_config(out_dir, config, parts)
+        MetricsFile(out_dir).rewrite(pos.history)
+    loop = _Loop(parts, config, pos, meter, out_dir, checkpoint_every=checkpoint_every,
+                 stop_after_steps=stop_after_steps, progress=progress, log=log)
+    stopped = loop.run()
+    if stopped == "interrupt" and out_dir:
+        log(f"stopped at epoch {pos.epoch + 1}, step {pos.step}; checkpoint {loop.ckpt_path}; continue with --resume")
+    return {"config": config, "history": pos.history, "stopped": stopped, "global_step": pos.global_step,
+            "model": parts.model, "epoch": pos.epoch, "step": pos.step}

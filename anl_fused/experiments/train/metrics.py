@@ -1,0 +1,159 @@
+"""What a run measures: the per-epoch training meter, evaluation, and ``metrics.jsonl``.
+
+Training metrics are accumulated on the device (:class:`EpochMeter`) and read on the host once per
+epoch; under torchrun their sums are all-reduced first (:func:`all_ranks`), so every process sees
+the same numbers and takes the same learning-rate decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import data as data_mod
+from ..files import atomic_write
+
+__all__ = ["METRICS_NAME", "EpochMeter", "MetricsFile", "all_ranks", "epoch_record", "evaluate", "format_record",
+           "merged_meter_state"]
+
+METRICS_NAME = "metrics.jsonl"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: data_mod.Batches, all_reduce: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over ``batches`` (eval mode, one host read); ``all_reduce``:
+    over the batches of every process (each holding its part of the split)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
+    correct = torch.zeros((), dtype=torch.int64, device=batches.device)
+    n = 0
+    for x, y in batches.epoch(0):
+        out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+        n += y.numel()
+    model.train(was_training)
+    totals = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, n)])
+    if all_reduce:
+        torch.distributed.all_reduce(totals)
+    loss, right, n = totals.tolist()
+    return loss / max(n, 1), right / max(n, 1)
+
+
+class EpochMeter:
+    """Per-epoch training metrics, accumulated on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+        self.steps = 0
+        self.train_time = 0.0
+        self.std_names: list[str] = []
+        self.std_sum: Tensor | None = None
+        self.std_steps = 0
+
+    def update(self, loss: Tensor, out: Tensor, y: Tensor, stds: dict[str, Tensor] | None) -> None:
+        self.loss_sum += loss.detach().double() * y.numel()
+        self.correct += (out.detach().argmax(1) == y).sum()
+        self.count += y.numel()
+        self.steps += 1
+        if stds:
+            if self.std_sum is None:
+                self.std_names = list(stds)
+                self.std_sum = torch.zeros(len(stds), dtype=torch.float64, device=self.device)
+            if list(stds) == self.std_names:
+                self.std_sum += torch.stack([s.detach().double().reshape(()) for s in stds.values()])
+                self.std_steps += 1
+
+    def summary(self) -> dict[str, Any]:
+        parts = [self.loss_sum, self.correct.double()] + ([self.std_sum] if self.std_sum is not None else [])
+        flat = torch.cat([p.reshape(-1) for p in parts]).tolist()  # the one host read of the epoch
+        n = max(self.count, 1)
+        out = {"train_loss": flat[0] / n, "train_acc": flat[1] / n}
+        if self.std_sum is not None and self.std_steps:
+            out["anl_std"] = {k: v / self.std_steps for k, v in zip(self.std_names, flat[2:])}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "count": self.count,
+                "steps": self.steps, "train_time": self.train_time, "std_names": list(self.std_names),
+                "std_sum": None if self.std_sum is None else self.std_sum.cpu(), "std_steps": self.std_steps}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.loss_sum = s["loss_sum"].to(self.device)
+        self.correct = s["correct"].to(self.device)
+        self.count, self.steps, self.train_time = int(s["count"]), int(s["steps"]), float(s["train_time"])
+        self.std_names = list(s["std_names"])
+        self.std_sum = None if s["std_sum"] is None else s["std_sum"].to(self.device)
+        self.std_steps = int(s["std_steps"])
+
+
+def all_ranks(meter: EpochMeter) -> EpochMeter:
+    """The meter of every process together: sums all-reduced (one collective, one host read);
+    steps and time are this process's."""
+    out = EpochMeter(meter.device)
+    out.steps, out.train_time, out.std_names = meter.steps, meter.train_time, list(meter.std_names)
+    head = torch.stack([meter.loss_sum, meter.correct.double(), torch.full_like(meter.loss_sum, meter.count),
+                        torch.full_like(meter.loss_sum, meter.std_steps)])
+    vec = head if meter.std_sum is None else torch.cat([head, meter.std_sum])
+    torch.distributed.all_reduce(vec)
+    count, std_steps = vec[2:4].tolist()
+    out.loss_sum, out.correct = vec[0], vec[1].round().long()
+    out.count, out.std_steps = int(count), int(std_steps)
+    out.std_sum = None if meter.std_sum is None else vec[4:]
+    return out
+
+
+def merged_meter_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One meter state holding the sums of several processes' (resuming with another process count)."""
+    out = dict(states[0])
+    for k in ("loss_sum", "correct", "count", "std_steps"):
+        out[k] = sum(s[k] for s in states[1:]) + states[0][k]
+    if out["std_sum"] is not None:
+        out["std_sum"] = sum((s["std_sum"] for s in states[1:] if s["std_sum"] is not None), states[0]["std_sum"])
+    return out
+
+
+def epoch_record(*, epoch: int, phase: str, anl_enabled: bool, global_step: int, summary: dict[str, Any],
+                 val: tuple[float, float], test_acc: float, lr: float, meter: EpochMeter) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``."""
+    record = {
+        "epoch": epoch, "phase": phase, "anl_enabled": anl_enabled, "global_step": global_step,
+        "train_loss": summary["train_loss"], "train_acc": summary["train_acc"],
+        "val_loss": val[0], "val_acc": val[1], "test_acc": test_acc, "test_err": 1.0 - test_acc,
+        "lr": lr, "steps": meter.steps, "epoch_train_time_s": meter.train_time,
+        "time_per_step_s": meter.train_time / max(meter.steps, 1),
+    }
+    if "anl_std" in summary:
+        record["anl_std"] = summary["anl_std"]
+    return record
+
+
+def format_record(r: dict[str, Any], total_epochs: int) -> str:
+    """The log line of an epoch."""
+    return (f"epoch {r['epoch']}/{total_epochs} [{r['phase']}] train loss {r['train_loss']:.4f} "
+            f"acc {r['train_acc']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | test err "
+            f"{r['test_err'] * 100:.2f}% | lr {r['lr']:.4g} | {r['time_per_step_s'] * 1e3:.1f} ms/step")
+
+
+class MetricsFile:
+    """``metrics.jsonl`` of a run directory: one JSON object per finished epoch."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, METRICS_NAME)
+
+    def rewrite(self, history: list[dict[str, Any]]) -> None:
+        """The file holding exactly ``history`` (on resume: drops the lines past the checkpoint)."""
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in history))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,101 @@
+"""The learning-rate schedule of the paper's section 4.2.1, as a small scheduler with exact resume."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+
+__all__ = ["PlateauSchedule", "make_schedule"]
+
+
+class PlateauSchedule:
+    """Halve the learning rate when the validation loss stops finding new bests (paper, sec. 4.2.1).
+
+    The paper: "The learning rate starts from 0.1 and would be divided by 2 until the most recent 5
+    epoch validation loss reach lower value than the best ever see. Each learning rate stays at
+    least 5 epoch and the minimum of learning rate is 0.001."
+
+    Our reading, applied by :meth:`step` once per epoch with that epoch's validation loss:
+
+    - a loss strictly lower than every earlier one (of this run, all rates) is a *new best*;
+    - when none of the last ``patience`` (5) epochs was a new best, *and* the current rate has been
+      used for at least ``hold`` (5) epochs, every parameter group's rate is multiplied by
+      ``factor`` (0.5), but not below ``min_lr`` (1e-3); a rate already at the floor stays;
+    - the best is never reset, so under a lasting plateau the rate halves every ``hold`` epochs
+      (epochs 6, 11, 16, ... of a run that never improves after epoch 1) until it reaches the floor.
+
+    This differs from ``torch.optim.lr_scheduler.ReduceLROnPlateau(patience=5)`` (what this project
+    used before), which halves after 6 epochs without improvement (epochs 7, 13, 19, ... under a
+    lasting plateau) and counts an improvement only beyond a relative threshold of 1e-4.
+    A non-finite loss is never a new best. :meth:`to_floor` sets the rate to ``min_lr`` (the
+    fine-tuning phase). ``state_dict`` / ``load_state_dict`` make a resumed run take the same
+    decisions as an uninterrupted one (the rates themselves live in the optimizer's state).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float = 0.5, patience: int = 5, hold: int = 5,
+                 min_lr: float = 1e-3):
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        if patience < 1 or hold < 1:
+            raise ValueError(f"patience and hold must be >= 1 epoch, got patience={patience!r}, hold={hold!r}")
+        if not (math.isfinite(min_lr) and min_lr >= 0.0):
+            raise ValueError(f"min_lr must be a finite number >= 0, got {min_lr!r}")
+        self.optimizer = optimizer
+        self.factor, self.patience, self.hold, self.min_lr = float(factor), int(patience), int(hold), float(min_lr)
+        self.best = math.inf
+        self.epochs_since_best = 0  # epochs after the last new best
+        self.epochs_at_rate = 0  # epochs the current rate has been used for
+        self.epochs = 0  # epochs seen
+
+    @property
+    def lrs(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def step(self, val_loss: float) -> bool:
+        """Account for one epoch's validation loss; returns whether the rate was lowered."""
+        self.epochs += 1
+        self.epochs_at_rate += 1
+        if val_loss < self.best:  # False for nan
+            self.best, self.epochs_since_best = float(val_loss), 0
+        else:
+            self.epochs_since_best += 1
+        if self.epochs_since_best < self.patience or self.epochs_at_rate < self.hold:
+            return False
+        lowered = False
+        for g in self.optimizer.param_groups:
+            if g["lr"] > self.min_lr:
+                g["lr"] = max(g["lr"] * self.factor, self.min_lr)
+                lowered = True
+        if lowered:
+            self.epochs_at_rate = 0
+        return lowered
+
+    def to_floor(self) -> None:
+        """Every group's rate to ``min_lr`` (the fine-tuning phase of sec. 4.2.1)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.min_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"factor": self.factor, "patience": self.patience, "hold": self.hold, "min_lr": self.min_lr,
+                "best": self.best, "epochs_since_best": self.epochs_since_best,
+                "epochs_at_rate": self.epochs_at_rate, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [k for k in ("best", "epochs_since_best", "epochs_at_rate", "epochs") if k not in state]
+        if missing:
+            raise KeyError(f"not a PlateauSchedule state (lacks {missing}); ReduceLROnPlateau states do not load")
+        self.factor, self.patience = float(state["factor"]), int(state["patience"])
+        self.hold, self.min_lr = int(state["hold"]), float(state["min_lr"])
+        self.best = float(state["best"])
+        self.epochs_since_best, self.epochs_at_rate = int(state["epochs_since_best"]), int(state["epochs_at_rate"])
+        self.epochs = int(state["epochs"])
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> PlateauSchedule:
+    """The run's :class:`PlateauSchedule` (factor, patience, hold and floor from ``cfg``)."""
+    return PlateauSchedule(optimizer, factor=cfg.lr_factor, patience=cfg.patience, hold=cfg.hold_epochs,
+                           min_lr=cfg.min_lr)
