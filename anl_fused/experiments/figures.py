@@ -105,7 +105,7 @@ def _save(fig, out: str) -> None:
 
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
 _SWEEP_SETTINGS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience",
-                   "cooldown", "min_lr", "val_size", "drop_last", "scale_by_std")
+                   "cooldown", "hold_epochs", "min_lr", "val_size", "drop_last", "scale_by_std")
 
 
 def is_finished(cfg: dict, hist: list[dict]) -> bool:

@@ -284,8 +284,8 @@ def render_markdown(result: dict) -> str:
     lines += [
         "",
         f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
-        f"(lr {p['lr']}, momentum 0.9, weight decay 5e-4), learning rate halved on a validation-loss plateau "
-        f"(anl-fused train's schedule, floor 1e-3), no augmentation. Noise methods: {p['epochs']} epochs with "
+        f"(lr {p['lr']}, momentum 0.9, weight decay 5e-4), learning rate halved when the last 5 epochs found no "
+        f"new best validation loss, each rate kept at least 5 epochs, floor 1e-3 (sec. 4.2.1), no augmentation. Noise methods: {p['epochs']} epochs with "
         f"the noise on, then {p['finetune_epochs']} with it off at the floor rate 1e-3; {base} "
         f"{p['epochs'] + p['finetune_epochs']} epochs"
         + (" (the paper's protocol: 100 + 100, baseline 200)." if (p["epochs"], p["finetune_epochs"]) == (100, 100)
