@@ -154,3 +154,20 @@ def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     assert states.count("finished") == 5 and states.count("partial") == 1
     assert main(argv + ["--report-only"]) == 0
     assert "started" not in capsys.readouterr().out
+
+
+def test_readme_renderer_writes_the_table_from_the_json(tmp_path, monkeypatch):
+    from anl_fused.benchmarks import render
+
+    proto = table1.Protocol("lenet5", "fashion-mnist", 2, 1)
+    specs = table1.plan([0], [0.03], ["sample"], variants=("plain", "anl"))
+    for spec, err in zip(specs, (10.0, 9.0)):
+        _fake_run(tmp_path, spec, proto, [50.0, 30.0, err])
+    base, result = table1.report(specs, proto, str(tmp_path), str(tmp_path / "out"), [0], "cmd")
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"<!-- render:table1 out/{proto.tag}.json -->\nold\n<!-- /render -->\n")
+    assert render.main([str(doc)]) == 0
+    text = doc.read_text()
+    assert table1.render_markdown(result) in text and "old" not in text
+    assert "| +ANL eps=0.03, norm=sample | 9.17 | 9.00 ± 0.00 | 1 | 9.00 | -1.00 ± 0.00 (1/0) |" in text
