@@ -18,10 +18,10 @@ weights with ``seed``; the batches are a function of ``(seed, epoch)``), as the 
 initialization condition". Each run lives in ``RUNS_DIR/<model>-<dataset>-<protocol>/<method>-seed<k>``;
 running the command again skips finished runs and resumes interrupted ones from their checkpoints
 (``anl-fused train --resume``), so a campaign survives being stopped (Ctrl-C checkpoints every
-running child) or a reboot.
+running child; so does ``kill`` of the command, SIGTERM) or a reboot.
 
-Writes ``OUT/<model>-<dataset>-<protocol>.json`` (every run's final test error, time, protocol) and
-``.md`` (mean ± std over seeds, the paired difference to the baseline of the same seed, the paper's
+Writes ``OUT/<model>-<dataset>-<protocol>.json`` (or ``OUT/<--name>.json``: every run's final test
+error, time, protocol) and ``.md`` (mean ± std over seeds, the paired difference to the baseline of the same seed, the paper's
 number beside ours, and the protocol). ``--report-only`` writes them from whatever has finished.
 ``--eps`` takes several values (an eps sweep, Figure 4's shape): one ANL / opposite row per value.
 """
@@ -185,6 +185,17 @@ class _Runner:
             time.sleep(1.0)
 
     def run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        # SIGTERM (kill PID, e.g. of a nohup'ed campaign, whose SIGINT a shell may ignore) stops like Ctrl-C
+        old = signal.signal(signal.SIGTERM, stop)
+        try:
+            self._run(todo)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    def _run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
         try:
             for spec, run_dir, args in todo:
                 while len(self.running) >= self.jobs:
@@ -300,7 +311,7 @@ def render_markdown(result: dict) -> str:
 
 
 def report(specs: list[RunSpec], proto: Protocol, runs_dir: str, out_dir: str, seeds: list[int],
-           command: str) -> tuple[str, dict]:
+           command: str, name: str | None = None) -> tuple[str, dict]:
     result = collect(specs, proto, runs_dir)
     sizes = "?"
     for r in result["runs"]:
@@ -320,9 +331,9 @@ def report(specs: list[RunSpec], proto: Protocol, runs_dir: str, out_dir: str, s
         r["dir"] = os.path.relpath(r["dir"], runs_dir)
     md = render_markdown(result)
     os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, proto.tag)
+    base = os.path.join(out_dir, name or proto.tag)
     atomic_write(base + ".json", json.dumps(result, indent=2) + "\n")
-    atomic_write(base + ".md", f"## Table 1: {proto.model} on {proto.dataset}\n\n{md}")
+    atomic_write(base + ".md", f"## {name or 'Table 1'}: {proto.model} on {proto.dataset}\n\n{md}")
     return base, result
 
 
@@ -353,6 +364,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--nice", type=int, default=10, help="niceness of the trainings (default 10)")
     p.add_argument("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
     p.add_argument("--out", default="benchmarks/results/table1", help="where the table goes")
+    p.add_argument("--name", default=None,
+                   help="file name of the table (default: the protocol, e.g. lenet5-fashion-mnist-e20f20-b128)")
     p.add_argument("--report-only", action="store_true", help="train nothing; write the table from finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state, train nothing")
 
@@ -424,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
             runner.run(todo)
         except KeyboardInterrupt:
             return 130
-    base, result = report(specs, proto, args.runs_dir, args.out, seeds, _command(args, proto))
+    base, result = report(specs, proto, args.runs_dir, args.out, seeds, _command(args, proto), args.name)
     print(render_markdown(result))
     log(f"wrote {base}.md and {base}.json ({result['finished']} of {result['planned']} runs finished)")
     return 1 if runner.failed else 0
