@@ -87,10 +87,12 @@ class Protocol:
     finetune_epochs: int  # phase 2: noise off, floor learning rate
     batch_size: int = 128
     lr: float = 0.1
+    val_size: int | None = None  # None: the dataset's default (5,000 for Fashion-MNIST)
 
     @property
     def tag(self) -> str:
-        return f"{self.model}-{self.dataset}-e{self.epochs}f{self.finetune_epochs}-b{self.batch_size}"
+        val = "" if self.val_size is None else f"-v{self.val_size}"
+        return f"{self.model}-{self.dataset}-e{self.epochs}f{self.finetune_epochs}-b{self.batch_size}{val}"
 
     @property
     def total(self) -> int:
@@ -125,6 +127,8 @@ def train_args(spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | 
         args += ["--norm", spec.norm]
     if data_dir:
         args += ["--data-dir", data_dir]
+    if proto.val_size is not None:
+        args += ["--val-size", str(proto.val_size)]
     return args
 
 
@@ -358,6 +362,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="methods (default: all four of Table 1)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--val-size", type=int, default=None,
+                   help="training images held out for validation (default: the dataset's, 5,000 for Fashion-MNIST)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per training (default 1)")
@@ -391,7 +397,8 @@ def _protocol(args: argparse.Namespace) -> Protocol:
     for e in args.eps:
         if not (e == e and abs(e) != float("inf")) or e == 0:
             raise ValueError(f"--eps values must be finite and non-zero, got {e}")
-    return Protocol(get_spec(args.model).name, canonical_name(args.dataset), epochs, finetune, args.batch_size, args.lr)
+    return Protocol(get_spec(args.model).name, canonical_name(args.dataset), epochs, finetune, args.batch_size, args.lr,
+                    args.val_size)
 
 
 def _command(args: argparse.Namespace, proto: Protocol) -> str:
@@ -400,6 +407,10 @@ def _command(args: argparse.Namespace, proto: Protocol) -> str:
              f"--epochs {proto.epochs}", f"--finetune-epochs {proto.finetune_epochs}",
              "--eps " + " ".join(f"{e:g}" for e in args.eps), "--norms " + " ".join(args.norms),
              f"--batch-size {proto.batch_size}", f"--lr {proto.lr:g}", f"--device {args.device}"]
+    if proto.val_size is not None:
+        parts.append(f"--val-size {proto.val_size}")
+    if args.data_dir:
+        parts.append(f"--data-dir {args.data_dir}")
     if list(args.variants) != list(VARIANTS):
         parts.append("--variants " + " ".join(args.variants))
     return " ".join(parts)
