@@ -254,3 +254,13 @@ def test_read_idx_rejects_corrupted_files(tmp_path):
     bad.write_bytes(bad.read_bytes()[:-5])
     with pytest.raises(data.DatasetNotFoundError, match="unreadable"):
         data.load("fashion-mnist", str(tmp_path / "d"))
+
+
+@pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
+def test_write_idx_round_trips(tmp_path, name):
+    x = np.random.RandomState(0).randint(0, 256, (5, 28, 28)).astype(np.uint8)
+    data.write_idx(str(tmp_path / name), x)
+    back = data.read_idx(str(tmp_path / name))
+    assert back.dtype == np.uint8 and np.array_equal(back, x)
+    with pytest.raises(ValueError, match="cannot write"):
+        data.write_idx(str(tmp_path / "b"), np.zeros(3, dtype=np.complex64))
