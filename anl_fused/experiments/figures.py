@@ -127,37 +127,40 @@ def sweep_table(runs: list[str], warn=None) -> dict:
     """Final test errors of plain / anl / opposite runs grouped by settings:
     ``{panel: {series: {eps: [(seed, test error %)]}}}``. A panel holds runs of one model, dataset,
     total epoch count and optimizer / schedule settings; a series, the ANL runs of one norm and one
-    ANL-phase length (plain runs are the eps = 0 point of every series of their panel). Unfinished
-    runs are skipped with a warning."""
+    ANL-phase length. Its eps = 0 point is the plain runs trained in the same two phases (``--finetune-lr
+    floor``), or, where there are none, the plain runs of one continuous schedule; those also form the
+    series ``"baseline, one schedule"`` (drawn as a line). Unfinished runs are skipped with a warning."""
     warn = warn or (lambda s: print(f"warning: {s}", file=sys.stderr))
     panels: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     plain: dict[tuple, list] = defaultdict(list)
+    two_phase: dict[tuple, list] = defaultdict(list)
     for r in runs:
         cfg, hist = read_run(r)
         variant = cfg.get("variant", "anl")
         if variant not in ("plain", "anl", "opposite") or cfg.get("input_eps", 0.0):
             continue  # gaussian / dropout / input are not points of the eps axis
+        e, f = int(cfg.get("epochs", 0)), int(cfg.get("finetune_epochs", 0))
         if not is_finished(cfg, hist):
-            total = int(cfg.get("epochs", 0)) + int(cfg.get("finetune_epochs", 0))
-            warn(f"skipping unfinished run {r} ({len(hist)} of {total} epochs)")
+            warn(f"skipping unfinished run {r} ({len(hist)} of {e + f} epochs)")
             continue
-        total = int(cfg.get("epochs", 0)) + int(cfg.get("finetune_epochs", 0))
-        panel = (*(cfg.get(k) for k in _SWEEP_SETTINGS), total)
+        panel = (*(cfg.get(k) for k in _SWEEP_SETTINGS), e + f)
         point = (int(cfg.get("seed", 0)), hist[-1]["test_err"] * 100)
-        if variant == "plain":
+        if variant == "plain" and f and cfg.get("finetune_lr") == "floor":
+            two_phase[(panel, e, f)].append(point)
+        elif variant == "plain":
             plain[panel].append(point)
         else:
-            series = (int(cfg.get("epochs", 0)), int(cfg.get("finetune_epochs", 0)), cfg.get("norm", "sample"))
-            panels[panel][series][float(cfg.get("eps", 0.0))].append(point)
+            panels[panel][(e, f, cfg.get("norm", "sample"))][float(cfg.get("eps", 0.0))].append(point)
     out = {}
     for panel in sorted(set(panels) | set(plain), key=str):
         model, dataset, batch = panel[0], panel[1], panel[2]
         label = f"{model} on {dataset}, {panel[-1]} epochs, batch {batch}"
-        series = panels.get(panel) or {(panel[-1], 0, "-"): {}}
         out[label] = {}
-        for (e, f, norm), pts in sorted(series.items(), key=str):
-            name = f"norm={norm}, {e} + {f} epochs" if norm != "-" else "plain only"
-            out[label][name] = {**({0.0: plain[panel]} if plain.get(panel) else {}), **pts}
+        for (e, f, norm), pts in sorted(panels.get(panel, {}).items(), key=str):
+            zero = two_phase.get((panel, e, f)) or plain.get(panel)
+            out[label][f"norm={norm}, {e} + {f} epochs"] = {**({0.0: zero} if zero else {}), **pts}
+        if plain.get(panel):
+            out[label]["baseline, one schedule"] = {0.0: plain[panel]}
     return out
 
 
@@ -172,7 +175,8 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
         all_seeds = []
-        for i, (name, pts) in enumerate(series.items()):
+        curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
+        for i, (name, pts) in enumerate(curves.items()):
             c = colors[i % len(colors)]
             eps = sorted(pts)
             errs = [[e for _, e in pts[x]] for x in eps]
@@ -184,10 +188,10 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
             best = min(range(len(eps)), key=lambda j: means[j])
             ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
             all_seeds += [s for x in eps if x != 0.0 for s, _ in pts[x]]
-        base = next((pts[0.0] for pts in series.values() if 0.0 in pts), None)
+        base = series.get("baseline, one schedule", {}).get(0.0)
         if base:
             ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1,
-                       label=f"baseline (eps=0), {_seeds_label([s for s, _ in base])}")
+                       label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}")
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
                      f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}", fontsize=9)

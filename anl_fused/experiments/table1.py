@@ -8,6 +8,8 @@ For every seed it trains, with ``anl-fused train`` in child processes (``--jobs`
 with ``--threads`` intra-op threads and ``nice --nice``):
 
 - ``baseline``: no noise, ``E + F`` epochs (the paper: 200);
+- ``baseline-two-phase`` (``plain2``, a control the paper does not have): no noise, ``E`` epochs then ``F``
+  at the floor learning rate, the noise methods' schedule, so that the noise is the only difference;
 - ``gaussian``: ``eta = s(h) |eps|/4 z`` for ``E`` epochs, then ``F`` epochs with the noise off at the
   floor learning rate (the paper: 100 + 100);
 - ``anl`` with ``eps`` and ``opposite`` with ``-eps``, the same two phases, once per ``--norms`` entry
@@ -51,8 +53,10 @@ PAPER_TABLE1 = {
     ("vgg16", "cifar10"): {"plain": 7.47, "gaussian": 7.62, "anl": 6.18, "opposite": 55.49},
 }
 PAPER_EPS = 0.03  # Table 1's eps for every row
-VARIANTS = ("plain", "gaussian", "anl", "opposite")
-LABELS = {"plain": "baseline", "gaussian": "Gaussian", "anl": "+ANL", "opposite": "+ANL opposite"}
+#: plain2: a control the paper does not have, the baseline trained in the noise methods' two phases
+#: (E epochs, then F at the floor rate), so that the noise is the only difference to it
+VARIANTS = ("plain", "plain2", "gaussian", "anl", "opposite")
+NO_NOISE = ("plain", "plain2")
 PRESETS = {"paper": (100, 100)}  # section 4.2.1: 100 epochs with ANL, 100 with ANL off at 1e-3; baseline 200
 
 
@@ -69,6 +73,8 @@ class RunSpec:
     def name(self) -> str:
         if self.variant == "plain":
             return f"baseline-seed{self.seed}"
+        if self.variant == "plain2":
+            return f"baseline-two-phase-seed{self.seed}"
         if self.variant == "gaussian":
             return f"gaussian-eps{self.eps:g}-seed{self.seed}"
         return f"{self.variant}-eps{self.eps:g}-{self.norm}-seed{self.seed}"
@@ -104,8 +110,8 @@ def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS
     out = []
     for seed in seeds:
         for v in variants:
-            if v == "plain":
-                out.append(RunSpec("plain", seed))
+            if v in NO_NOISE:
+                out.append(RunSpec(v, seed))
             elif v == "gaussian":
                 out += [RunSpec("gaussian", seed, abs(e)) for e in eps]
             else:
@@ -117,11 +123,14 @@ def train_args(spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | 
                threads: int) -> list[str]:
     """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase)."""
     epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
-    args = ["train", "--model", proto.model, "--dataset", proto.dataset, "--variant", spec.variant,
+    args = ["train", "--model", proto.model, "--dataset", proto.dataset,
+            "--variant", "plain" if spec.variant == "plain2" else spec.variant,
             "--epochs", str(epochs), "--finetune-epochs", str(finetune), "--batch-size", str(proto.batch_size),
             "--lr", str(proto.lr), "--seed", str(spec.seed), "--device", device, "--threads", str(threads),
             "--out", out_dir, "--resume", "--no-progress"]
-    if spec.variant != "plain":
+    if spec.variant == "plain2":
+        args += ["--finetune-lr", "floor"]
+    elif spec.variant != "plain":
         args += ["--eps", repr(spec.eps)]
     if spec.variant in ("anl", "opposite"):
         args += ["--norm", spec.norm]
@@ -245,6 +254,7 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         runs.append(row)
     done = [r for r in runs if r["finished"]]
     base = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain"}
+    base2 = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain2"}
     rows: dict[str, dict] = {}
     for r in done:
         rows.setdefault(r["row"], {"variant": r["variant"], "eps": r["eps"], "norm": r["norm"], "errs": {}})
@@ -253,10 +263,10 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         seeds = sorted(row["errs"])
         row["seeds"] = seeds
         row["test_err"] = _stats([row["errs"][s] for s in seeds])
-        paired = [row["errs"][s] - base[s] for s in seeds if s in base]
-        if row["variant"] != "plain" and paired:
-            row["vs_baseline"] = {**_stats(paired), "better": sum(d < 0 for d in paired),
-                                  "worse": sum(d > 0 for d in paired)}
+        for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
+            paired = [row["errs"][s] - ref[s] for s in seeds if s in ref]
+            if row["variant"] != own and paired:
+                row[key] = {**_stats(paired), "better": sum(d < 0 for d in paired), "worse": sum(d > 0 for d in paired)}
         row.pop("errs")
     return {"runs": runs, "rows": rows, "finished": len(done), "planned": len(runs)}
 
@@ -265,6 +275,8 @@ def _row_label(row: dict) -> str:
     v = row["variant"]
     if v == "plain":
         return "baseline"
+    if v == "plain2":
+        return "baseline, two phases (control)"
     if v == "gaussian":
         return f"Gaussian, eps={row['eps']:g}"
     sign = "-" if v == "opposite" else ""
@@ -281,21 +293,27 @@ def render_markdown(result: dict) -> str:
     p = result["protocol"]
     paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
     seeds_planned = result["seeds"]
+    two = any("vs_two_phase" in row for row in result["rows"].values())
     lines = [
         "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | per seed | vs baseline, same seed "
-        "(mean ± std; better/worse) |",
-        "|---|---|---|---|---|---|",
+        "(mean ± std; better/worse) |" + (" vs two-phase baseline, same seed |" if two else ""),
+        "|---|---|---|---|---|---|" + ("---|" if two else ""),
     ]
+
+    def paired(vs):
+        return "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['std']:.2f} ({vs['better']}/{vs['worse']})"
+
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
-        vs = row.get("vs_baseline")
-        vs_txt = "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['std']:.2f} ({vs['better']}/{vs['worse']})"
         per_seed = ", ".join(f"{v:.2f}" for v in t["values"])
         lines.append(f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-                     f"{t['mean']:.2f} ± {t['std']:.2f} | {t['n']} | {per_seed} | {vs_txt} |")
+                     f"{t['mean']:.2f} ± {t['std']:.2f} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
+                     + (f" {paired(row.get('vs_two_phase'))} |" if two else ""))
     missing = result["planned"] - result["finished"]
     base = "the baseline" if p["finetune_epochs"] else "every method"
+    control = (f" The two-phase baseline (a control, not in the paper) trains without noise in the same {p['epochs']}"
+               f" + {p['finetune_epochs']} epochs as the noise methods." if two else "")
     lines += [
         "",
         f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
@@ -306,7 +324,7 @@ def render_markdown(result: dict) -> str:
         + (" (the paper's protocol: 100 + 100, baseline 200)." if (p["epochs"], p["finetune_epochs"]) == (100, 100)
            else f" (the paper's 100 + 100 / 200 scaled by {p['epochs'] / 100:g}).")
         + f" Test error at the last epoch. Seeds {', '.join(map(str, seeds_planned))}: the same seed gives every "
-        "method the same initial weights and data order.",
+        "method the same initial weights and data order." + control,
     ]
     if missing:
         lines.append(f"Incomplete: {result['finished']} of {result['planned']} runs finished; rows count finished "

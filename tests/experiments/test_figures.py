@@ -61,13 +61,20 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     _copy_run(runs / "anl-0.03-0", extra / "other-model", model="vgg_tiny")
     _copy_run(runs / "anl-0.03-0", extra / "interrupted", finetune_epochs=3)  # 2 of 5 epochs done
     _copy_run(runs / "anl-0.03-0", extra / "layer-norm", norm="layer")
+    _copy_run(runs / "anl-0.03-1", extra / "two-phase-anl", epochs=1, finetune_epochs=1)
+    _copy_run(runs / "plain-0.0-0", extra / "two-phase-plain", epochs=1, finetune_epochs=1, finetune_lr="floor")
     warnings = []
     table = figures.eps_sweep(figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
                               str(tmp_path / "s.png"), warn=warnings.append)
     assert warnings == [f"skipping unfinished run {extra / 'interrupted'} (2 of 5 epochs)"]
     assert set(table) == {"lenet5 on digits, 2 epochs, batch 256", "vgg_tiny on digits, 2 epochs, batch 256"}
     lenet = table["lenet5 on digits, 2 epochs, batch 256"]
-    assert set(lenet) == {"norm=sample, 2 + 0 epochs", "norm=layer, 2 + 0 epochs"}
+    assert set(lenet) == {"norm=sample, 2 + 0 epochs", "norm=layer, 2 + 0 epochs", "norm=sample, 1 + 1 epochs",
+                          "baseline, one schedule"}
+    # the eps = 0 point of a two-phase series is the plain run trained in the same two phases
+    two_phase_err = json.loads((extra / "two-phase-plain" / "metrics.jsonl").read_text().splitlines()[-1])["test_err"]
+    assert lenet["norm=sample, 1 + 1 epochs"][0.0] == [(0, two_phase_err * 100)]
+    assert lenet["norm=sample, 2 + 0 epochs"][0.0] == lenet["baseline, one schedule"][0.0]
     assert [s for s, _ in lenet["norm=sample, 2 + 0 epochs"][0.03]] == [0, 0, 0]
     assert [s for s, _ in lenet["norm=layer, 2 + 0 epochs"][0.03]] == [0]
     assert 0.0 in lenet["norm=layer, 2 + 0 epochs"]  # the baseline is every series' eps = 0 point

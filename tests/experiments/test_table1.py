@@ -17,11 +17,13 @@ TINY = ["table1", "--model", "lenet5", "--dataset", "digits", "--seeds", "1", "-
 
 def test_plan_covers_every_method_per_seed_and_norm():
     specs = table1.plan([0, 1], [0.03], ["sample", "layer"])
-    assert len(specs) == 2 * (1 + 1 + 2 + 2)
+    assert len(specs) == 2 * (1 + 1 + 1 + 2 + 2)
     names = [s.name for s in specs]
     assert len(set(names)) == len(names)
-    assert names[:6] == ["baseline-seed0", "gaussian-eps0.03-seed0", "anl-eps0.03-sample-seed0",
-                         "anl-eps0.03-layer-seed0", "opposite-eps0.03-sample-seed0", "opposite-eps0.03-layer-seed0"]
+    assert names[:7] == ["baseline-seed0", "baseline-two-phase-seed0", "gaussian-eps0.03-seed0",
+                         "anl-eps0.03-sample-seed0", "anl-eps0.03-layer-seed0", "opposite-eps0.03-sample-seed0",
+                         "opposite-eps0.03-layer-seed0"]
+    specs = [s for s in specs if s.variant != "plain2"]
     proto = table1.Protocol("lenet5", "fashion-mnist", 30, 20)
     args = dict(data_dir=None, device="cpu", threads=1)
     base = table1.train_args(specs[0], proto, "d", **args)
@@ -30,12 +32,15 @@ def test_plan_covers_every_method_per_seed_and_norm():
     opp = table1.train_args(specs[5], proto, "d", **args)
     assert opp[opp.index("--variant") + 1] == "opposite" and opp[opp.index("--eps") + 1] == "0.03"
     assert opp[opp.index("--norm") + 1] == "layer" and opp[opp.index("--finetune-epochs") + 1] == "20"
+    two = table1.train_args(table1.RunSpec("plain2", 0), proto, "d", **args)
+    assert two[two.index("--variant") + 1] == "plain" and two[two.index("--finetune-lr") + 1] == "floor"
+    assert two[two.index("--epochs") + 1] == "30" and two[two.index("--finetune-epochs") + 1] == "20"
 
 
 def test_same_seed_same_initial_weights_for_every_method():
     """The paper trains its Table 1 models 'under same initialization condition'."""
     init, bundle = {}, data.load("digits")
-    for variant in table1.VARIANTS:
+    for variant in ("plain", "gaussian", "anl", "opposite"):
         res = fit(TrainConfig(model="lenet5", variant=variant, eps=0.03, epochs=0, seed=4), progress=False,
                   log=lambda s: None, bundle=bundle)
         init[variant] = res["model"].state_dict()
@@ -128,30 +133,35 @@ def _fake_run(root, spec, proto, errs):
 
 def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     proto = table1.Protocol("lenet5", "fashion-mnist", 2, 1)
-    specs = table1.plan([0, 1, 2], [0.03], ["sample"], variants=("plain", "anl"))
-    final = {("plain", 0): 10.0, ("plain", 1): 11.0, ("plain", 2): 12.0, ("anl", 0): 9.5, ("anl", 1): 11.5}
+    specs = table1.plan([0, 1, 2], [0.03], ["sample"], variants=("plain", "plain2", "anl"))
+    final = {("plain", 0): 10.0, ("plain", 1): 11.0, ("plain", 2): 12.0, ("anl", 0): 9.5, ("anl", 1): 11.5,
+             ("plain2", 0): 9.0, ("plain2", 1): 12.0, ("plain2", 2): 12.0}
     for spec in specs:
         if (spec.variant, spec.seed) in final:
             _fake_run(tmp_path, spec, proto, [50.0, 30.0, final[spec.variant, spec.seed]])
         else:  # anl seed 2 was interrupted after 2 of 3 epochs: not in the table
             _fake_run(tmp_path, spec, proto, [50.0, 1.0])
     base, result = table1.report(specs, proto, str(tmp_path), str(tmp_path / "out"), [0, 1, 2], "cmd")
-    assert result["finished"] == 5 and result["planned"] == 6
+    assert result["finished"] == 8 and result["planned"] == 9
     anl = result["rows"]["anl-eps0.03-sample"]
     assert anl["seeds"] == [0, 1] and anl["test_err"]["values"] == [9.5, 11.5]
     vs = anl["vs_baseline"]
     assert vs["values"] == [-0.5, 0.5] and (vs["better"], vs["worse"]) == (1, 1)
+    vs2 = anl["vs_two_phase"]
+    assert vs2["values"] == [0.5, -0.5] and "vs_two_phase" not in result["rows"]["baseline-two-phase"]
+    assert result["rows"]["baseline"]["vs_two_phase"]["values"] == [1.0, -1.0, 0.0]
     assert result["rows"]["baseline"]["test_err"]["mean"] == 11.0
     with open(base + ".md") as f:
         md = f.read()
-    assert "5 of 6 runs finished" in md and "| baseline | 9.44 | 11.00 ± 1.00 | 3 |" in md
+    assert "8 of 9 runs finished" in md and "| baseline | 9.44 | 11.00 ± 1.00 | 3 |" in md
+    assert "| baseline, two phases (control) | - | 11.00 ± 1.73 | 3 |" in md and "two-phase baseline" in md
     with open(base + ".json") as f:
         assert json.load(f)["command"] == "cmd"
     argv = ["table1", "--dataset", "fashion-mnist", "--seeds", "3", "--epochs", "2", "--finetune-epochs", "1",
-            "--variants", "plain", "anl", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "o2")]
+            "--variants", "plain", "plain2", "anl", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "o2")]
     assert main(argv + ["--dry-run"]) == 0
     states = capsys.readouterr().out.split()
-    assert states.count("finished") == 5 and states.count("partial") == 1
+    assert states.count("finished") == 8 and states.count("partial") == 1
     assert main(argv + ["--report-only"]) == 0
     assert "started" not in capsys.readouterr().out
 
