@@ -23,8 +23,8 @@ running the command again skips finished runs and resumes interrupted ones from 
 running child; so does ``kill`` of the command, SIGTERM) or a reboot.
 
 Writes ``OUT/<model>-<dataset>-<protocol>.json`` (or ``OUT/<--name>.json``: every run's final test
-error, time, protocol) and ``.md`` (mean ± std over seeds, the paired difference to the baseline of the same seed, the paper's
-number beside ours, and the protocol). ``--report-only`` writes them from whatever has finished.
+error, time, protocol) and ``.md`` (mean ± std over seeds, the paired difference to the baseline of
+the same seed, the paper's number beside ours, and the protocol). ``--report-only`` writes them from whatever has finished.
 ``--eps`` takes several values (an eps sweep, Figure 4's shape): one ANL / opposite row per value.
 """
 
@@ -318,7 +318,8 @@ def render_markdown(result: dict) -> str:
         "",
         f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
         f"(lr {p['lr']}, momentum 0.9, weight decay 5e-4), learning rate halved when the last 5 epochs found no "
-        f"new best validation loss, each rate kept at least 5 epochs, floor 1e-3 (sec. 4.2.1), no augmentation. Noise methods: {p['epochs']} epochs with "
+        f"new best validation loss, each rate kept at least 5 epochs, floor 1e-3 (sec. 4.2.1), no augmentation. "
+        f"Noise methods: {p['epochs']} epochs with "
         f"the noise on, then {p['finetune_epochs']} with it off at the floor rate 1e-3; {base} "
         f"{p['epochs'] + p['finetune_epochs']} epochs"
         + (" (the paper's protocol: 100 + 100, baseline 200)." if (p["epochs"], p["finetune_epochs"]) == (100, 100)

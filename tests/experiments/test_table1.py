@@ -173,7 +173,7 @@ def test_readme_renderer_writes_the_table_from_the_json(tmp_path, monkeypatch):
     specs = table1.plan([0], [0.03], ["sample"], variants=("plain", "anl"))
     for spec, err in zip(specs, (10.0, 9.0)):
         _fake_run(tmp_path, spec, proto, [50.0, 30.0, err])
-    base, result = table1.report(specs, proto, str(tmp_path), str(tmp_path / "out"), [0], "cmd")
+    _, result = table1.report(specs, proto, str(tmp_path), str(tmp_path / "out"), [0], "cmd")
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
     doc = tmp_path / "doc.md"
     doc.write_text(f"<!-- render:table1 out/{proto.tag}.json -->\nold\n<!-- /render -->\n")
