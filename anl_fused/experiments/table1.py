@@ -25,7 +25,8 @@ running child; so does ``kill`` of the command, SIGTERM) or a reboot.
 Writes ``OUT/<model>-<dataset>-<protocol>.json`` (or ``OUT/<--name>.json``: every run's final test
 error, time, protocol) and ``.md`` (mean ± std over seeds, the paired difference to the baseline of
 the same seed, the paper's number beside ours, and the protocol). ``--report-only`` writes them from
-whatever has finished. ``--eps`` takes several values (an eps sweep, Figure 4's shape): one ANL / opposite row per value.
+whatever has finished. ``--eps`` takes several values (an eps sweep, Figure 4's shape): one ANL / opposite row per
+value.
 """
 
 from __future__ import annotations
