@@ -54,6 +54,7 @@ PAPER_TABLE1 = {
     ("vgg16", "cifar10"): {"plain": 7.47, "gaussian": 7.62, "anl": 6.18, "opposite": 55.49},
 }
 PAPER_EPS = 0.03  # Table 1's eps for every row
+DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
 #: plain2: a control the paper does not have, the baseline trained in the noise methods' two phases
 #: (E epochs, then F at the floor rate), so that the noise is the only difference to it
 VARIANTS = ("plain", "plain2", "gaussian", "anl", "opposite")
@@ -264,8 +265,14 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         seeds = sorted(row["errs"])
         row["seeds"] = seeds
         row["test_err"] = _stats([row["errs"][s] for s in seeds])
+        row["diverged_seeds"] = [s for s in seeds if row["errs"][s] >= DIVERGED]
+        kept = [row["errs"][s] for s in seeds if s not in row["diverged_seeds"]]
+        if row["diverged_seeds"] and kept:
+            row["test_err_without_diverged"] = _stats(kept)
         for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
-            paired = [row["errs"][s] - ref[s] for s in seeds if s in ref]
+            # paired over the seeds where neither run diverged (a diverged run's difference says nothing more)
+            paired = [row["errs"][s] - ref[s] for s in seeds
+                      if s in ref and row["errs"][s] < DIVERGED and ref[s] < DIVERGED]
             if row["variant"] != own and paired:
                 row[key] = {**_stats(paired), "better": sum(d < 0 for d in paired), "worse": sum(d > 0 for d in paired)}
         row.pop("errs")
@@ -307,9 +314,13 @@ def render_markdown(result: dict) -> str:
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
-        per_seed = ", ".join(f"{v:.2f}" for v in t["values"])
+        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if v >= DIVERGED else "") for v in t["values"])
+        mean = f"{t['mean']:.2f} ± {t['std']:.2f}"
+        if row.get("diverged_seeds"):
+            k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
+            mean += f"; without the {k} diverged: " + (f"{w['mean']:.2f} ± {w['std']:.2f}" if w else "-")
         lines.append(f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-                     f"{t['mean']:.2f} ± {t['std']:.2f} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
+                     f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
                      + (f" {paired(row.get('vs_two_phase'))} |" if two else ""))
     missing = result["planned"] - result["finished"]
     base = "the baseline" if p["finetune_epochs"] else "every method"
@@ -328,6 +339,11 @@ def render_markdown(result: dict) -> str:
         + f" Test error at the last epoch. Seeds {', '.join(map(str, seeds_planned))}: the same seed gives every "
         "method the same initial weights and data order." + control,
     ]
+    diverged = sorted({f"{_row_label(r)} seed {s}" for r in result["rows"].values()
+                       for s in r.get("diverged_seeds", [])})
+    if diverged:
+        lines.append(f"Diverged (final test error >= {DIVERGED:g}%, a network stuck at chance): "
+                     + "; ".join(diverged) + ". The paired columns leave out seeds where either run diverged.")
     if missing:
         lines.append(f"Incomplete: {result['finished']} of {result['planned']} runs finished; rows count finished "
                      "runs only.")

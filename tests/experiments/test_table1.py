@@ -135,7 +135,7 @@ def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     proto = table1.Protocol("lenet5", "fashion-mnist", 2, 1)
     specs = table1.plan([0, 1, 2], [0.03], ["sample"], variants=("plain", "plain2", "anl"))
     final = {("plain", 0): 10.0, ("plain", 1): 11.0, ("plain", 2): 12.0, ("anl", 0): 9.5, ("anl", 1): 11.5,
-             ("plain2", 0): 9.0, ("plain2", 1): 12.0, ("plain2", 2): 12.0}
+             ("plain2", 0): 9.0, ("plain2", 1): 12.0, ("plain2", 2): 90.0}
     for spec in specs:
         if (spec.variant, spec.seed) in final:
             _fake_run(tmp_path, spec, proto, [50.0, 30.0, final[spec.variant, spec.seed]])
@@ -149,12 +149,16 @@ def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     assert vs["values"] == [-0.5, 0.5] and (vs["better"], vs["worse"]) == (1, 1)
     vs2 = anl["vs_two_phase"]
     assert vs2["values"] == [0.5, -0.5] and "vs_two_phase" not in result["rows"]["baseline-two-phase"]
-    assert result["rows"]["baseline"]["vs_two_phase"]["values"] == [1.0, -1.0, 0.0]
+    assert result["rows"]["baseline"]["vs_two_phase"]["values"] == [1.0, -1.0]  # seed 2's control diverged
+    two = result["rows"]["baseline-two-phase"]
+    assert two["diverged_seeds"] == [2] and two["test_err_without_diverged"]["values"] == [9.0, 12.0]
     assert result["rows"]["baseline"]["test_err"]["mean"] == 11.0
     with open(base + ".md") as f:
         md = f.read()
     assert "8 of 9 runs finished" in md and "| baseline | 9.44 | 11.00 ± 1.00 | 3 |" in md
-    assert "| baseline, two phases (control) | - | 11.00 ± 1.73 | 3 |" in md and "two-phase baseline" in md
+    assert "| baseline, two phases (control) | - | 37.00 ± 45.92; without the 1 diverged: 10.50 ± 2.12 | 3 | " \
+           "9.00, 12.00, 90.00 (diverged) |" in md and "two-phase baseline" in md
+    assert "Diverged (final test error >= 80%, a network stuck at chance): baseline, two phases (control) seed 2" in md
     with open(base + ".json") as f:
         assert json.load(f)["command"] == "cmd"
     argv = ["table1", "--dataset", "fashion-mnist", "--seeds", "3", "--epochs", "2", "--finetune-epochs", "1",
