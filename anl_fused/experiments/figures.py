@@ -103,6 +103,8 @@ def _save(fig, out: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+DIVERGED = 80.0  # final test error (%) of a run stuck at chance (10 classes: 90%): marked, not averaged
+
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
 _SWEEP_SETTINGS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience",
                    "cooldown", "hold_epochs", "min_lr", "val_size", "drop_last", "scale_by_std")
@@ -176,10 +178,14 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
         all_seeds = []
         curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
+        diverged = []
         for i, (name, pts) in enumerate(curves.items()):
             c = colors[i % len(colors)]
-            eps = sorted(pts)
-            errs = [[e for _, e in pts[x]] for x in eps]
+            diverged += [(x, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
+            eps = [x for x in sorted(pts) if any(e < DIVERGED for _, e in pts[x])]
+            errs = [[e for _, e in pts[x] if e < DIVERGED] for x in eps]  # diverged runs: marked, not averaged
+            if not eps:
+                continue
             means = [statistics.fmean(v) for v in errs]
             stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
             for x, v in zip(eps, errs):
@@ -192,13 +198,20 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
         if base:
             ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1,
                        label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}")
+        if diverged:
+            top = ax.get_ylim()[1]
+            for x, c in diverged:
+                ax.scatter([x], [top], marker="x", s=40, color=c, zorder=6, clip_on=False)
+            ax.text(0.01, 0.99, f"x: {len(diverged)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
+                    transform=ax.transAxes, fontsize=7, va="top")
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
                      f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}", fontsize=9)
         ax.set_xlabel("eps (negative: opposite noise)")
         ax.set_ylabel("test error (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -416,9 +429,12 @@ def run(args: argparse.Namespace) -> int:
             for panel, series in table.items():
                 for name, pts in series.items():
                     for eps, points in sorted(pts.items()):
-                        errs = [e for _, e in points]
-                        print(f"{panel} | {name} | eps={eps:g}: test error {statistics.fmean(errs):.2f}% over "
-                              f"{_seeds_label([s for s, _ in points])}")
+                        errs = [e for _, e in points if e < DIVERGED]
+                        mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
+                        bad = len(points) - len(errs)
+                        bad = f", {bad} diverged (not averaged)" if bad else ""
+                        print(f"{panel} | {name} | eps={eps:g}: test error {mean} over "
+                              f"{_seeds_label([s for s, _ in points])}{bad}")
         elif args.figure == "whitebox":
             result = whitebox(runs, args.out, args.title, args.data_dir, args.limit)
             for m, rs in result.items():

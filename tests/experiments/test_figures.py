@@ -63,6 +63,11 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     _copy_run(runs / "anl-0.03-0", extra / "layer-norm", norm="layer")
     _copy_run(runs / "anl-0.03-1", extra / "two-phase-anl", epochs=1, finetune_epochs=1)
     _copy_run(runs / "plain-0.0-0", extra / "two-phase-plain", epochs=1, finetune_epochs=1, finetune_lr="floor")
+    _copy_run(runs / "anl-0.1-0", extra / "diverged", norm="layer")
+    lines = (extra / "diverged" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["test_err"] = 0.9
+    (extra / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
     warnings = []
     table = figures.eps_sweep(figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
                               str(tmp_path / "s.png"), warn=warnings.append)
@@ -84,6 +89,7 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     assert main(["figures", "eps-sweep", "--runs", str(extra), "--out", str(tmp_path / "t.png")]) == 0
     captured = capsys.readouterr()
     assert "3 runs" not in captured.out and "2 runs, 1 seed (0, 0)" in captured.out
+    assert "norm=layer, 2 + 0 epochs | eps=0.1: test error - over 1 seed (0), 1 diverged (not averaged)" in captured.out
     assert "skipping unfinished run" in captured.err
 
 
