@@ -383,6 +383,9 @@ def whitebox(runs: list[str], out: str, title: str | None = None, data_dir: str 
         if not is_finished(cfg, hist):
             warn(f"skipping unfinished run {r}")
             continue
+        if hist[-1]["test_err"] * 100 >= DIVERGED:
+            warn(f"skipping diverged run {r} (test error {hist[-1]['test_err'] * 100:.2f}%)")
+            continue
         model, cfg, bundle = _load_run_model(r, data_dir)
         x, y = bundle.test.x, bundle.test.y
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
