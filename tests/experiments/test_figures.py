@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
     specs = [("plain", 0.0, 0), ("gaussian", 0.03, 0), ("anl", 0.03, 0), ("anl", 0.03, 1), ("anl", 0.1, 0),
              ("opposite", 0.03, 0)]
     for variant, eps, seed in specs:
-        fit(TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=256, lr=0.01, seed=seed),
+        fit(TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=64, lr=0.05, seed=seed),
             str(root / f"{variant}-{eps}-{seed}"), progress=False, log=lambda s: None)
     return root
 
@@ -39,7 +39,7 @@ def test_eps_sweep(runs, tmp_path, capsys):
     assert main(["figures", "eps-sweep", "--runs", str(runs), "--out", str(out)]) == 0
     _png(out)
     text = capsys.readouterr().out
-    panel = "lenet5 on digits, 2 epochs, batch 256 | norm=sample, 2 + 0 epochs"
+    panel = "lenet5 on digits, 2 epochs, batch 64 | norm=sample, 2 + 0 epochs"
     assert f"{panel} | eps=0.03: test error" in text and "over 2 seeds (0, 1)" in text
     assert f"{panel} | eps=0:" in text and "eps=-0.03" in text and "eps=0.1" in text
 
@@ -72,8 +72,8 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     table = figures.eps_sweep(figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
                               str(tmp_path / "s.png"), warn=warnings.append)
     assert warnings == [f"skipping unfinished run {extra / 'interrupted'} (2 of 5 epochs)"]
-    assert set(table) == {"lenet5 on digits, 2 epochs, batch 256", "vgg_tiny on digits, 2 epochs, batch 256"}
-    lenet = table["lenet5 on digits, 2 epochs, batch 256"]
+    assert set(table) == {"lenet5 on digits, 2 epochs, batch 64", "vgg_tiny on digits, 2 epochs, batch 64"}
+    lenet = table["lenet5 on digits, 2 epochs, batch 64"]
     assert set(lenet) == {"norm=sample, 2 + 0 epochs", "norm=layer, 2 + 0 epochs", "norm=sample, 1 + 1 epochs",
                           "baseline, one schedule"}
     # the eps = 0 point of a two-phase series is the plain run trained in the same two phases
@@ -83,7 +83,7 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     assert [s for s, _ in lenet["norm=sample, 2 + 0 epochs"][0.03]] == [0, 0, 0]
     assert [s for s, _ in lenet["norm=layer, 2 + 0 epochs"][0.03]] == [0]
     assert 0.0 in lenet["norm=layer, 2 + 0 epochs"]  # the baseline is every series' eps = 0 point
-    assert 0.0 not in table["vgg_tiny on digits, 2 epochs, batch 256"]["norm=sample, 2 + 0 epochs"]
+    assert 0.0 not in table["vgg_tiny on digits, 2 epochs, batch 64"]["norm=sample, 2 + 0 epochs"]
     assert figures._seeds_label([0, 0, 0]) == "3 runs, 1 seed (0, 0, 0)"
     assert figures._seeds_label([2, 0, 1]) == "3 seeds (0, 1, 2)"
     assert main(["figures", "eps-sweep", "--runs", str(extra), "--out", str(tmp_path / "t.png")]) == 0
@@ -144,6 +144,15 @@ def test_whitebox(runs, tmp_path, capsys):
         for r in rs:
             assert r["n"] == 40 and 0 <= r["ifgsm"] <= r["clean"] <= 100 and 0 <= r["fgsm"] <= 100
     assert "lenet5: baseline: clean" in capsys.readouterr().out
+    _copy_run(runs / "anl-0.03-1", tmp_path / "diverged")
+    lines = (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["test_err"] = 0.9
+    (tmp_path / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    warnings = []
+    result = figures.whitebox([str(runs / "plain-0.0-0"), str(tmp_path / "diverged")], str(out), limit=8,
+                              warn=warnings.append)
+    assert list(result) == ["lenet5: baseline"] and "skipping diverged run" in warnings[0]
 
 
 def test_missing_runs_are_reported(tmp_path, capsys):
