@@ -45,6 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p = sub.add_parser("whitebox-plot", help="Fig. 5 again from the JSON of `figures whitebox --json`")
+    p.add_argument("--json", required=True, help="the numbers written by `figures whitebox --json`")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--title", default=None, help="figure title")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,33 +403,45 @@ def whitebox(runs: list[str], out: str, title: str | None = None, data_dir: str 
         methods[f"{cfg.get('model')}: {_method_label(cfg)}"].append(res)
     if not methods:
         raise FigureError("no finished runs with checkpoints among --runs")
+    plot_whitebox(methods, out, title)
+    return {m: rs for m, rs in methods.items()}
+
+
+def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = None) -> None:
+    """Draw :func:`whitebox`'s numbers (also as read back from its ``--json``): clean, FGSM and IFGSM
+    accuracy per method, bars the mean over runs, dots the runs (with their count under the name)."""
     plt = _plt()
     names = list(methods)
-    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 1.3 * len(names) * 3), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * len(names) * 3 + 2.0), 4.0), squeeze=False)
     panels = (("clean", "clean test images"), ("fgsm", "(a) FGSM, δ=16"), ("ifgsm", "(b) IFGSM, δ=16, k=16, α=1"))
+    labels = [f"{m.split(': ', 1)[-1]} ({len(methods[m])})" for m in names]
     for ax, (key, name) in zip(axes[0], panels):
         means = [statistics.fmean(r[key] for r in methods[m]) for m in names]
         ax.bar(range(len(names)), means, color="tab:blue", alpha=0.6)
         for i, m in enumerate(names):
             vals = [r[key] for r in methods[m]]
-            ax.scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
-            ax.text(i, means[i], f"{means[i]:.1f}", ha="center", va="bottom", fontsize=7)
+            ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
+            ax.text(i, means[i], f"{means[i]:.1f}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([m.split(": ", 1)[1] for m in names], rotation=40, ha="right", fontsize=8)
-        ax.set_title(name, fontsize=10)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3, axis="y")
     seeds = sorted({r["seed"] for rs in methods.values() for r in rs}, key=str)
     first = next(iter(methods.values()))[0]
-    fig.suptitle(title or f"white-box attacks on {first['model']} / {first['dataset']} ({first['n']} test images; "
-                 f"bars: mean over seeds {', '.join(map(str, seeds))}, dots: runs)", fontsize=10)
+    fig.suptitle(title or f"white-box attacks, {first['model']} on {first['dataset']}, {first['n']} test images "
+                 f"(bars: mean over runs of seeds {', '.join(map(str, seeds))}; dots: runs; (n): runs)", fontsize=9)
     fig.tight_layout()
     _save(fig, out)
-    return {m: rs for m, rs in methods.items()}
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.figure == "whitebox-plot":
+            with open(args.json) as f:
+                plot_whitebox(json.load(f), args.out, args.title)
+            print(f"wrote {args.out}")
+            return 0
         runs = find_runs(args.runs)
         if args.figure == "eps-sweep":
             table = eps_sweep(runs, args.out, args.title)

@@ -144,6 +144,9 @@ def test_whitebox(runs, tmp_path, capsys):
         for r in rs:
             assert r["n"] == 40 and 0 <= r["ifgsm"] <= r["clean"] <= 100 and 0 <= r["fgsm"] <= 100
     assert "lenet5: baseline: clean" in capsys.readouterr().out
+    again = tmp_path / "again.png"
+    assert main(["figures", "whitebox-plot", "--json", str(js), "--out", str(again)]) == 0
+    _png(again)
     _copy_run(runs / "anl-0.03-1", tmp_path / "diverged")
     lines = (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()
     last = json.loads(lines[-1])
