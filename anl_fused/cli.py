@@ -18,6 +18,8 @@ COMMANDS = {
              "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
     "train": ("anl_fused.experiments.train.cli", "train a model of the zoo with the paper's protocol"),
     "models": ("anl_fused.experiments.models.cli", "list the model zoo with parameter counts and the paper's eps"),
+    "table1": ("anl_fused.experiments.table1",
+               "the paper's Table 1: baseline, Gaussian, ANL and opposite ANL over seeds, resumable"),
     "figures": ("anl_fused.experiments.figures", "draw the paper's figures as PNG"),
     "attack": ("anl_fused.experiments.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
     "bench": ("anl_fused.benchmarks.step",

@@ -143,6 +143,14 @@ def probe_agreement_table(paths: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@renderer("table1")
+def table1_table(paths: list[str]) -> str:
+    """The paper's Table 1 next to ours, with the protocol (one ``anl-fused table1`` JSON per path)."""
+    from anl_fused.experiments.table1 import render_markdown
+
+    return "\n".join(render_markdown(load_json(path)) for path in paths)
+
+
 def render_text(text: str) -> tuple[str, list[str]]:
     """``text`` with every block re-rendered, and the names of the blocks that changed."""
     changed = []

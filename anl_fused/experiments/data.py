@@ -6,7 +6,12 @@
 - ``cifar10``, ``cifar100``: torchvision's CIFAR files under ``data_dir`` (never downloaded unless
   ``download=True``); 5,000 training images are held out (seeded, fixed) as the validation split the
   learning-rate scheduler watches; the test split is the official test set.
-- ``fashion-mnist``: torchvision's FashionMNIST files under ``data_dir``; 5,000 held out likewise.
+- ``fashion-mnist``: the four IDX files (``train-images-idx3-ubyte`` ..., gzipped or not), found
+  without any flag where the Debian package ``dataset-fashion-mnist`` puts them
+  (:data:`FASHION_MNIST_SYSTEM_DIR`), or in ``data_dir`` itself, or in torchvision's layout
+  ``data_dir/FashionMNIST/raw/`` (see :func:`find_fashion_mnist`); read with numpy, no
+  torchvision needed; 5,000 training images held out likewise. No augmentation (the paper names
+  crop + flip for CIFAR only).
 - ``digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, shipped with
   scikit-learn, no download), scaled to [0, 1] (pixel / 16) and split train 897 / val 300 /
   test 600 with a fixed seed, stratified by class. The offline default. The test split is large on
@@ -24,6 +29,7 @@ of ``torch.utils.data.DataLoader``.
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -32,8 +38,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "Batches", "DataBundle", "DatasetNotFoundError", "Split", "derive_seed", "load",
-           "torchvision_transforms"]
+__all__ = ["DATASETS", "FASHION_MNIST_SYSTEM_DIR", "Batches", "DataBundle", "DatasetNotFoundError", "Split",
+           "derive_seed", "find_fashion_mnist", "load", "read_idx", "torchvision_transforms", "write_idx"]
+
+#: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST's four gzipped IDX files
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -70,7 +81,7 @@ DATASETS: dict[str, DatasetInfo] = {
         tuple(f"FashionMNIST/raw/{f}" for f in
               ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")),
-        "Fashion-MNIST (torchvision.datasets.FashionMNIST layout, uncompressed raw files)"),
+        "Fashion-MNIST (four IDX files, gzipped or not)"),
     "digits": DatasetInfo(
         "digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300, (),
         "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline"),
@@ -99,6 +110,7 @@ class DataBundle:
     train: Split
     val: Split
     test: Split
+    source: str = ""  # where the files were read from ("" for digits)
 
     @property
     def name(self) -> str:
@@ -125,7 +137,7 @@ def _missing_error(info: DatasetInfo, data_dir: str, reason: str = "") -> Datase
     root = os.path.abspath(data_dir)
     missing = [f for f in info.files if not os.path.exists(os.path.join(root, f))]
     lines = "\n".join(f"  {os.path.join(root, f)}{'  (missing)' if f in missing else ''}" for f in info.files)
-    tv = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "fashion-mnist": "FashionMNIST"}[info.name]
+    tv = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[info.name]
     return DatasetNotFoundError(
         f"{info.description} not found, incomplete or corrupted in data directory {root!r}"
         f"{f' (torchvision: {reason})' if reason else ''}.\n"
@@ -144,8 +156,7 @@ def _split_holdout(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
     import torchvision
 
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
-           "fashion-mnist": torchvision.datasets.FashionMNIST}[info.name]
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[info.name]
     try:
         train = cls(data_dir, train=True, download=download)
         test = cls(data_dir, train=False, download=download)
@@ -165,6 +176,104 @@ def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
         return x.contiguous().to(torch.uint8), y
 
     return to_tensors(train), to_tensors(test)
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format: 2 zero bytes, a type code, the number of dimensions, the
+    sizes as big-endian int32, then the data), gzipped when ``path`` ends in ``.gz``."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ValueError(f"{path!r} is not an IDX file (header {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"{path!r} is truncated or corrupted: header says {shape}, "
+                         f"{len(raw) - offset} data bytes follow")
+    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file (gzipped when ``path`` ends in ``.gz``): the inverse of
+    :func:`read_idx`, e.g. for a subset of Fashion-MNIST that ``--data-dir`` can read."""
+    array = np.ascontiguousarray(array)
+    codes = {np.dtype(v).str.lstrip("<>|="): k for k, v in _IDX_DTYPES.items()}
+    code = codes.get(array.dtype.str.lstrip("<>|="))
+    if code is None or not 1 <= array.ndim <= 255:
+        raise ValueError(f"cannot write dtype {array.dtype} with {array.ndim} dimensions as IDX")
+    head = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    body = array.astype(np.dtype(_IDX_DTYPES[code]), copy=False).tobytes()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(head + body)
+
+
+def _idx_files_in(folder: str) -> list[str] | None:
+    """The four Fashion-MNIST files in ``folder`` (each uncompressed, else gzipped), or None."""
+    found = []
+    for name in FASHION_MNIST_FILES:
+        for candidate in (name, name + ".gz"):
+            if os.path.isfile(os.path.join(folder, candidate)):
+                found.append(os.path.join(folder, candidate))
+                break
+        else:
+            return None
+    return found
+
+
+def find_fashion_mnist(data_dir: str | None = None) -> list[str] | None:
+    """The paths of Fashion-MNIST's four IDX files (train images, train labels, test images, test
+    labels), looked for in this order: ``data_dir`` itself, torchvision's layout
+    ``data_dir/FashionMNIST/raw``, then the Debian package's :data:`FASHION_MNIST_SYSTEM_DIR`.
+    ``None`` when none of them holds all four."""
+    folders = [] if data_dir is None else [data_dir, os.path.join(data_dir, "FashionMNIST", "raw")]
+    for folder in folders + [FASHION_MNIST_SYSTEM_DIR]:
+        files = _idx_files_in(folder)
+        if files is not None:
+            return files
+    return None
+
+
+def _fashion_mnist_missing(data_dir: str) -> DatasetNotFoundError:
+    root = os.path.abspath(data_dir)
+    names = ", ".join(f + ".gz" for f in FASHION_MNIST_FILES)
+    return DatasetNotFoundError(
+        f"Fashion-MNIST not found (looked in {root!r}, {os.path.join(root, 'FashionMNIST', 'raw')!r} and "
+        f"{FASHION_MNIST_SYSTEM_DIR!r}); three ways to provide it: (1) install the Debian package "
+        f"(apt-get install dataset-fashion-mnist; found with no flag), (2) --data-dir DIR with the four IDX files "
+        f"{names} (gzipped or not) in DIR, (3) --data-dir DIR in torchvision's layout DIR/FashionMNIST/raw/ "
+        f"(e.g. torchvision.datasets.FashionMNIST(DIR, download=True) on a machine with internet, or --download); "
+        f"or use --dataset digits (offline, ships with scikit-learn)")
+
+
+def _load_fashion_mnist(data_dir: str, download: bool):
+    files = find_fashion_mnist(data_dir)
+    if files is None and download:
+        import torchvision
+
+        torchvision.datasets.FashionMNIST(data_dir, train=True, download=True)
+        files = find_fashion_mnist(data_dir)
+    if files is None:
+        raise _fashion_mnist_missing(data_dir)
+    try:
+        xtr, ytr, xte, yte = (read_idx(f) for f in files)
+    except ValueError as e:
+        raise DatasetNotFoundError(f"Fashion-MNIST in {os.path.dirname(files[0])!r} is unreadable: {e}") from e
+    for x, y, f in ((xtr, ytr, files[0]), (xte, yte, files[2])):
+        if x.dtype != np.uint8 or x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DatasetNotFoundError(f"{f!r}: expected N uint8 images and N labels, got images {x.shape} "
+                                       f"{x.dtype} and labels {y.shape}")
+
+    def t(x, y):
+        return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+
+    return t(xtr, ytr), t(xte, yte), os.path.dirname(os.path.abspath(files[0]))
 
 
 def _load_digits() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -192,12 +301,16 @@ def load(name: str = "digits", data_dir: str = "./data", *, val_size: int | None
         if val_size is not None and val_size != len(yva):
             raise ValueError(f"digits has a fixed validation split of {len(yva)} images; got val_size={val_size}")
         return DataBundle(info, Split(xtr, ytr), Split(xva, yva), Split(xte, yte))
-    (x, y), (xte, yte) = _load_torchvision(info, data_dir, download)
+    if info.name == "fashion-mnist":
+        (x, y), (xte, yte), source = _load_fashion_mnist(data_dir, download)
+    else:
+        (x, y), (xte, yte) = _load_torchvision(info, data_dir, download)
+        source = os.path.abspath(data_dir)
     k = info.val_size if val_size is None else int(val_size)
     if not 0 <= k < len(y):
         raise ValueError(f"val_size must be in [0, {len(y)}), got {k}")
     tr, va = _split_holdout(len(y), k, split_seed)
-    return DataBundle(info, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xte, yte))
+    return DataBundle(info, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xte, yte), source)
 
 
 def derive_seed(*parts: int) -> int:

@@ -1,11 +1,18 @@
 """``anl-fused figures``: the paper's figures as PNG, from ``anl-fused train`` run directories.
 
-- ``eps-sweep`` (Fig. 4): final test error against eps, one panel per model; runs with the same
-  model and eps (several seeds) are averaged (mean ± std, seeds as dots); plain runs sit at eps = 0.
+- ``eps-sweep`` (Fig. 4): final test error against eps, one panel per group of like runs (model,
+  dataset, epochs, optimizer settings); runs with the same eps (several seeds) are averaged (mean ±
+  std, runs as dots); plain runs sit at eps = 0.
 - ``layer-std`` (Fig. 2): the standard deviation of every ANL layer's input over the epochs
   (``anl_std`` in ``metrics.jsonl``, the per-epoch mean of ``TwoRound.last_stds``).
 - ``feature-maps`` (Fig. 3): the first conv layer's output (through a sigmoid, noise layers off) for
   one test image, one row per run (e.g. plain / Gaussian / ANL / opposite-ANL checkpoints).
+- ``whitebox`` (Fig. 5): accuracy under white-box FGSM and IFGSM (the paper's delta = 16) per method,
+  bars averaged over seeds, from the runs' checkpoints.
+
+``eps-sweep`` and ``whitebox`` average only like runs: unfinished (interrupted) runs are skipped with a
+warning, and ``eps-sweep`` groups runs by model, dataset, epochs and optimizer settings, with one
+line per norm; the labels count runs and distinct seeds as they are.
 
 ``--runs`` takes run directories (holding ``metrics.jsonl``) or directories of run directories.
 """
@@ -34,6 +41,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--image-index", type=int, default=0, help="which test image (default 0)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--max-channels", type=int, default=8, help="show at most this many channels")
+    p = sub.add_parser("whitebox", parents=[common], help="Fig. 5: white-box FGSM / IFGSM accuracy per method")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
+    p.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p = sub.add_parser("whitebox-plot", help="Fig. 5 again from the JSON of `figures whitebox --json`")
+    p.add_argument("--json", required=True, help="the numbers written by `figures whitebox --json`")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--title", default=None, help="figure title")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,46 +107,120 @@ def _save(fig, out: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
-    """Fig. 4. Returns ``{model: {eps: [test errors %]}}``."""
-    table: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+DIVERGED = 80.0  # final test error (%) of a run stuck at chance (10 classes: 90%): marked, not averaged
+
+#: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
+_SWEEP_SETTINGS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience",
+                   "cooldown", "hold_epochs", "min_lr", "val_size", "drop_last", "scale_by_std")
+
+
+def is_finished(cfg: dict, hist: list[dict]) -> bool:
+    """Whether a run trained all the epochs its config asks for (an interrupted run did not)."""
+    total = int(cfg.get("epochs", 0)) + int(cfg.get("finetune_epochs", 0))
+    return bool(hist) and hist[-1].get("epoch", len(hist)) >= total
+
+
+def _seeds_label(seeds: list[int]) -> str:
+    """``3 seeds (0, 1, 2)``, or ``3 runs, 1 seed (0, 0, 0)`` when seeds repeat: never more seeds than there are."""
+    distinct = sorted(set(seeds))
+    listed = ", ".join(str(s) for s in sorted(seeds))
+    if len(distinct) == len(seeds):
+        return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({listed})"
+    return f"{len(seeds)} runs, {len(distinct)} seed{'s' if len(distinct) != 1 else ''} ({listed})"
+
+
+def sweep_table(runs: list[str], warn=None) -> dict:
+    """Final test errors of plain / anl / opposite runs grouped by settings:
+    ``{panel: {series: {eps: [(seed, test error %)]}}}``. A panel holds runs of one model, dataset,
+    total epoch count and optimizer / schedule settings; a series, the ANL runs of one norm and one
+    ANL-phase length. Its eps = 0 point is the plain runs trained in the same two phases (``--finetune-lr
+    floor``), or, where there are none, the plain runs of one continuous schedule; those also form the
+    series ``"baseline, one schedule"`` (drawn as a line). Unfinished runs are skipped with a warning."""
+    warn = warn or (lambda s: print(f"warning: {s}", file=sys.stderr))
+    panels: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    plain: dict[tuple, list] = defaultdict(list)
+    two_phase: dict[tuple, list] = defaultdict(list)
     for r in runs:
         cfg, hist = read_run(r)
         variant = cfg.get("variant", "anl")
-        if variant not in ("plain", "anl", "opposite"):
+        if variant not in ("plain", "anl", "opposite") or cfg.get("input_eps", 0.0):
             continue  # gaussian / dropout / input are not points of the eps axis
-        eps = 0.0 if variant == "plain" else float(cfg.get("eps", 0.0))
-        table[cfg.get("model", "?")][eps].append(hist[-1]["test_err"] * 100)
+        e, f = int(cfg.get("epochs", 0)), int(cfg.get("finetune_epochs", 0))
+        if not is_finished(cfg, hist):
+            warn(f"skipping unfinished run {r} ({len(hist)} of {e + f} epochs)")
+            continue
+        panel = (*(cfg.get(k) for k in _SWEEP_SETTINGS), e + f)
+        point = (int(cfg.get("seed", 0)), hist[-1]["test_err"] * 100)
+        if variant == "plain" and f and cfg.get("finetune_lr") == "floor":
+            two_phase[(panel, e, f)].append(point)
+        elif variant == "plain":
+            plain[panel].append(point)
+        else:
+            panels[panel][(e, f, cfg.get("norm", "sample"))][float(cfg.get("eps", 0.0))].append(point)
+    out = {}
+    for panel in sorted(set(panels) | set(plain), key=str):
+        model, dataset, batch = panel[0], panel[1], panel[2]
+        label = f"{model} on {dataset}, {panel[-1]} epochs, batch {batch}"
+        out[label] = {}
+        for (e, f, norm), pts in sorted(panels.get(panel, {}).items(), key=str):
+            zero = two_phase.get((panel, e, f)) or plain.get(panel)
+            out[label][f"norm={norm}, {e} + {f} epochs"] = {**({0.0: zero} if zero else {}), **pts}
+        if plain.get(panel):
+            out[label]["baseline, one schedule"] = {0.0: plain[panel]}
+    return out
+
+
+def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) -> dict:
+    """Fig. 4: final test error against eps, one panel per group of like runs (see :func:`sweep_table`),
+    one line per series, mean ± std over seeds with each run as a dot. Returns :func:`sweep_table`."""
+    table = sweep_table(runs, warn)
     if not table:
-        raise FigureError("no plain / anl / opposite runs among --runs")
+        raise FigureError("no finished plain / anl / opposite runs among --runs")
     plt = _plt()
-    models = sorted(table)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False)
-    for ax, model, letter in zip(axes[0], models, "abcdefghij"):
-        pts = sorted(table[model].items())
-        xs = [e for e, _ in pts]
-        means = [statistics.fmean(v) for _, v in pts]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
-        for e, v in pts:
-            ax.scatter([e] * len(v), v, color="tab:blue", alpha=0.35, s=14, zorder=3)
-        ax.errorbar(xs, means, yerr=stds, fmt="-o", color="tab:blue", capsize=4, zorder=4, label="mean ± std")
-        if 0.0 in table[model]:
-            ax.axhline(statistics.fmean(table[model][0.0]), color="tab:gray", ls="--", lw=1, label="plain (eps=0)")
-        best = min(range(len(xs)), key=lambda i: means[i])
-        ax.scatter([xs[best]], [means[best]], marker="*", s=160, color="tab:orange", zorder=5,
-                   label=f"best eps={xs[best]:g}")
-        n = max(len(v) for _, v in pts)
-        ax.set_title(f"({letter}) {model}  (up to {n} seed{'s' if n > 1 else ''} per eps)", fontsize=10)
-        ax.set_xlabel("eps")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=5))
+    fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 4.0), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
+        all_seeds = []
+        curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
+        diverged = []
+        for i, (name, pts) in enumerate(curves.items()):
+            c = colors[i % len(colors)]
+            diverged += [(x, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
+            eps = [x for x in sorted(pts) if any(e < DIVERGED for _, e in pts[x])]
+            errs = [[e for _, e in pts[x] if e < DIVERGED] for x in eps]  # diverged runs: marked, not averaged
+            if not eps:
+                continue
+            means = [statistics.fmean(v) for v in errs]
+            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
+            for x, v in zip(eps, errs):
+                ax.scatter([x] * len(v), v, color=c, alpha=0.35, s=14, zorder=3)
+            ax.errorbar(eps, means, yerr=stds, fmt="-o", color=c, capsize=4, zorder=4, label=f"{name}, mean ± std")
+            best = min(range(len(eps)), key=lambda j: means[j])
+            ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
+            all_seeds += [s for x in eps if x != 0.0 for s, _ in pts[x]]
+        base = series.get("baseline, one schedule", {}).get(0.0)
+        if base:
+            ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1,
+                       label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}")
+        if diverged:
+            top = ax.get_ylim()[1]
+            for x, c in diverged:
+                ax.scatter([x], [top], marker="x", s=40, color=c, zorder=6, clip_on=False)
+            ax.text(0.01, 0.99, f"x: {len(diverged)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
+                    transform=ax.transAxes, fontsize=7, va="top")
+        per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
+        ax.set_title(f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
+                     f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}", fontsize=9)
+        ax.set_xlabel("eps (negative: opposite noise)")
         ax.set_ylabel("test error (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     _save(fig, out)
-    return {m: dict(v) for m, v in table.items()}
+    return table
 
 
 def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12) -> None:
@@ -174,45 +263,75 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
 def _run_label(cfg: dict) -> str:
     v = cfg.get("variant", "?")
     eps = cfg.get("eps", 0)
-    return {"plain": "(a) baseline", "gaussian": f"(b) Gaussian eps={eps:g}", "anl": f"(c) ANL eps={eps:g}",
-            "opposite": f"(d) opposite eps={eps:g}"}.get(v, f"{v} eps={eps:g}")
+    norm = f"\nnorm={cfg.get('norm', 'sample')}"
+    return {"plain": "(a) baseline", "gaussian": f"(b) Gaussian eps={eps:g}", "anl": f"(c) ANL eps={eps:g}{norm}",
+            "opposite": f"(d) opposite eps={eps:g}{norm}"}.get(v, f"{v} eps={eps:g}")
 
 
-def feature_maps(runs: list[str], out: str, title: str | None = None, image_index: int = 0,
-                 data_dir: str | None = None, max_channels: int = 8) -> None:
-    """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint."""
+def first_conv_output(model, x):
+    """The first ``Conv2d``'s output for ``x`` (eval mode: noise layers off), copied inside the forward
+    hook: the conv's output tensor itself is rewritten by a later in-place op such as LeNet's
+    ``ReLU(inplace=True)``, so a view of it (``o.detach()``) would show ``ReLU(conv)``; and the hook
+    returns nothing (a hook that returns a tensor, as ``lambda ...: d.setdefault(k, t)`` does, makes
+    that tensor the module's output, which the in-place ReLU then rewrites, copy or not)."""
     import torch
 
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        raise FigureError(f"{type(model).__name__} has no Conv2d layer")
+    got = {}
+
+    def keep(module, args, output) -> None:  # returns None: a hook's return value would replace the output
+        got.setdefault("fm", output.detach().clone())
+
+    handle = conv.register_forward_hook(keep)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return got["fm"]
+
+
+def _load_run_model(run_dir: str, data_dir: str | None):
+    """``(model in eval mode, config dict, data bundle)`` of a run directory's checkpoint."""
     from . import checkpoint as ckpt
     from . import data as data_mod
     from .train import TrainConfig, make_model
 
+    state = ckpt.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", required=("config", "model"))
+    cfg = state["config"]
+    tc = TrainConfig(**{k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__})
+    bundle = data_mod.load(tc.dataset, data_dir or tc.data_dir, val_size=tc.val_size)
+    model = make_model(tc.resolved(), bundle.in_channels, bundle.num_classes)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg, bundle
+
+
+def feature_maps(runs: list[str], out: str, title: str | None = None, image_index: int = 0,
+                 data_dir: str | None = None, max_channels: int = 8) -> list:
+    """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint.
+    Returns the rows ``(config, image, sigmoid maps)``."""
+    import torch
+
+    from . import data as data_mod
+
     rows = []
     for r in runs:
-        path = os.path.join(r, "checkpoint.pt")
-        state = ckpt.load(path, map_location="cpu", required=("config", "model"))
-        cfg = state["config"]
-        names = {f for f in TrainConfig.__dataclass_fields__}
-        tc = TrainConfig(**{k: v for k, v in cfg.items() if k in names})
-        bundle = data_mod.load(tc.dataset, data_dir or tc.data_dir, val_size=tc.val_size)
-        model = make_model(tc.resolved(), bundle.in_channels, bundle.num_classes)
-        model.load_state_dict(state["model"])
-        model.eval()  # ANL layers are the identity in eval mode: the noise layers are wiped out
+        model, cfg, bundle = _load_run_model(r, data_dir)
         if not 0 <= image_index < len(bundle.test):
             raise FigureError(f"--image-index must be in [0, {len(bundle.test)}), got {image_index}")
         batches = data_mod.Batches(data_mod.Split(bundle.test.x[image_index:image_index + 1],
                                                   bundle.test.y[image_index:image_index + 1]),
                                    1, mean=bundle.info.mean, std=bundle.info.std, shuffle=False)
         (x, _), = list(batches.epoch(0))
-        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-        got = {}
-        handle = conv.register_forward_hook(lambda m, a, o: got.setdefault("fm", o.detach()))
-        with torch.no_grad():
-            model(x)
-        handle.remove()
+        fm = first_conv_output(model, x)
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
-        rows.append((cfg, raw, torch.sigmoid(got["fm"][0])[:max_channels]))
+        rows.append((cfg, raw, torch.sigmoid(fm[0])[:max_channels]))
 
     plt = _plt()
     ncol = 1 + max(fm.shape[0] for _, _, fm in rows)
@@ -237,16 +356,113 @@ def feature_maps(runs: list[str], out: str, title: str | None = None, image_inde
                  f"test image {image_index}", fontsize=10)
     fig.tight_layout()
     _save(fig, out)
+    return rows
+
+
+def _method_label(cfg: dict) -> str:
+    """A short name of a run's method: ``baseline``, ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
+    v, eps = cfg.get("variant", "?"), cfg.get("eps", 0)
+    if v == "plain":
+        return "baseline"
+    if v == "gaussian":
+        return f"Gaussian {eps:g}"
+    if v in ("anl", "opposite"):
+        return f"ANL {eps:g} {cfg.get('norm', 'sample')}"
+    return f"{v} {eps:g}"
+
+
+def whitebox(runs: list[str], out: str, title: str | None = None, data_dir: str | None = None,
+             limit: int | None = None, batch_size: int = 500, warn=None) -> dict:
+    """Fig. 5: white-box accuracy under FGSM and IFGSM (the paper's settings, delta = 16/255; IFGSM
+    k = 16, alpha = 1/255) of each run's checkpoint on the test split, as bars per method (mean
+    over seeds, one dot per run), clean accuracy beside. Returns the numbers."""
+    import torch
+
+    from . import attacks
+
+    warn = warn or (lambda s: print(f"warning: {s}", file=sys.stderr))
+    methods: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        cfg, hist = read_run(r)
+        if not is_finished(cfg, hist):
+            warn(f"skipping unfinished run {r}")
+            continue
+        if hist[-1]["test_err"] * 100 >= DIVERGED:
+            warn(f"skipping diverged run {r} (test error {hist[-1]['test_err'] * 100:.2f}%)")
+            continue
+        model, cfg, bundle = _load_run_model(r, data_dir)
+        x, y = bundle.test.x, bundle.test.y
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        kw = dict(mean=bundle.info.mean, std=bundle.info.std, batch_size=batch_size)
+        res = {"run": r, "seed": cfg.get("seed"), "model": cfg.get("model"), "dataset": cfg.get("dataset"),
+               "n": len(y), "clean": attacks.accuracy(model, x, y, **kw) * 100,
+               "fgsm": attacks.accuracy(model, attacks.fgsm(model, x, y, **attacks.PAPER_FGSM, **kw), y, **kw) * 100,
+               "ifgsm": attacks.accuracy(model, attacks.ifgsm(model, x, y, **attacks.PAPER_IFGSM, **kw), y, **kw) * 100}
+        methods[f"{cfg.get('model')}: {_method_label(cfg)}"].append(res)
+    if not methods:
+        raise FigureError("no finished runs with checkpoints among --runs")
+    plot_whitebox(methods, out, title)
+    return {m: rs for m, rs in methods.items()}
+
+
+def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = None) -> None:
+    """Draw :func:`whitebox`'s numbers (also as read back from its ``--json``): clean, FGSM and IFGSM
+    accuracy per method, bars the mean over runs, dots the runs (with their count under the name)."""
+    plt = _plt()
+    names = list(methods)
+    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * len(names) * 3 + 2.0), 4.0), squeeze=False)
+    panels = (("clean", "clean test images"), ("fgsm", "(a) FGSM, δ=16"), ("ifgsm", "(b) IFGSM, δ=16, k=16, α=1"))
+    labels = [f"{m.split(': ', 1)[-1]} ({len(methods[m])})" for m in names]
+    for ax, (key, name) in zip(axes[0], panels):
+        means = [statistics.fmean(r[key] for r in methods[m]) for m in names]
+        ax.bar(range(len(names)), means, color="tab:blue", alpha=0.6)
+        for i, m in enumerate(names):
+            vals = [r[key] for r in methods[m]]
+            ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
+            ax.text(i, means[i], f"{means[i]:.1f}", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3, axis="y")
+    seeds = sorted({r["seed"] for rs in methods.values() for r in rs}, key=str)
+    first = next(iter(methods.values()))[0]
+    fig.suptitle(title or f"white-box attacks, {first['model']} on {first['dataset']}, {first['n']} test images "
+                 f"(bars: mean over runs of seeds {', '.join(map(str, seeds))}; dots: runs; (n): runs)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.figure == "whitebox-plot":
+            with open(args.json) as f:
+                plot_whitebox(json.load(f), args.out, args.title)
+            print(f"wrote {args.out}")
+            return 0
         runs = find_runs(args.runs)
         if args.figure == "eps-sweep":
             table = eps_sweep(runs, args.out, args.title)
-            for model, pts in sorted(table.items()):
-                for eps, errs in sorted(pts.items()):
-                    print(f"{model} eps={eps:g}: test error {statistics.fmean(errs):.2f}% over {len(errs)} run(s)")
+            for panel, series in table.items():
+                for name, pts in series.items():
+                    for eps, points in sorted(pts.items()):
+                        errs = [e for _, e in points if e < DIVERGED]
+                        mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
+                        bad = len(points) - len(errs)
+                        bad = f", {bad} diverged (not averaged)" if bad else ""
+                        print(f"{panel} | {name} | eps={eps:g}: test error {mean} over "
+                              f"{_seeds_label([s for s, _ in points])}{bad}")
+        elif args.figure == "whitebox":
+            result = whitebox(runs, args.out, args.title, args.data_dir, args.limit)
+            for m, rs in result.items():
+                print(f"{m}: " + ", ".join(f"{k} {statistics.fmean(r[k] for r in rs):.2f}%"
+                                           for k in ("clean", "fgsm", "ifgsm")) + f" over {len(rs)} run(s)")
+            if args.json:
+                from .files import atomic_write
+
+                atomic_write(args.json, json.dumps(result, indent=2) + "\n")
         elif args.figure == "layer-std":
             layer_std(runs, args.out, args.title, args.max_legend)
         else:

@@ -35,7 +35,8 @@ def test_digits_split_is_fixed_and_complete():
     ("cifar100", ["cifar-100-python", "train", "meta"]),
     ("fashion-mnist", ["FashionMNIST", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
 ])
-def test_missing_dataset_error_names_directory_and_files(tmp_path, name, files):
+def test_missing_dataset_error_names_directory_and_files(tmp_path, monkeypatch, name, files):
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-package"))
     with pytest.raises(data.DatasetNotFoundError) as e:
         data.load(name, str(tmp_path / "nowhere"))
     msg = str(e.value)
@@ -60,7 +61,8 @@ def _write_idx(path, arr: np.ndarray) -> None:
         f.write(arr.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_from_raw_files(tmp_path):
+def test_fashion_mnist_from_raw_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-package"))
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.RandomState(0)
@@ -165,3 +167,100 @@ def test_torchvision_transforms():
     assert t(img).shape == (3, 32, 32)
     assert "RandomCrop" in repr(t) and "RandomHorizontalFlip" in repr(t)
     assert "RandomCrop" not in repr(data.torchvision_transforms("cifar10", train=False))
+
+
+def _fake_fashion(folder, gz: bool, seed: int = 0, n_train: int = 30, n_test: int = 12):
+    """Four random IDX files (gzipped when ``gz``) in ``folder``; returns the arrays."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    arrays = {"train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28)),
+              "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
+              "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)),
+              "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test)}
+    for name, arr in arrays.items():
+        path = folder / name
+        _write_idx(path, arr)
+        if gz:
+            with open(path, "rb") as f, gzip.open(str(path) + ".gz", "wb") as g:
+                g.write(f.read())
+            path.unlink()
+    return arrays
+
+
+@pytest.mark.parametrize("layout", ["flat-gz", "flat-raw", "torchvision-gz", "debian"])
+def test_fashion_mnist_layouts(tmp_path, monkeypatch, layout):
+    """The four IDX files straight in --data-dir (gzipped or not), in torchvision's layout, or with no
+    flag where the Debian package puts them."""
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    folder = {"flat-gz": data_dir, "flat-raw": data_dir, "torchvision-gz": data_dir / "FashionMNIST" / "raw",
+              "debian": system}[layout]
+    arrays = _fake_fashion(folder, gz=layout != "flat-raw")
+    b = data.load("fashion-mnist", str(data_dir), val_size=10)
+    assert b.source == str(folder)
+    assert (len(b.train), len(b.val), len(b.test)) == (20, 10, 12)
+    assert b.test.x.dtype == torch.uint8 and b.test.x.shape == (12, 1, 28, 28)
+    assert torch.equal(b.test.x[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.uint8)))
+    assert torch.equal(b.test.y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)))
+    labels = torch.cat([b.train.y, b.val.y]).sort().values
+    assert torch.equal(labels, torch.from_numpy(np.sort(arrays["train-labels-idx1-ubyte"]).astype(np.int64)))
+
+
+def test_data_dir_wins_over_the_debian_package(tmp_path, monkeypatch):
+    system, mine = tmp_path / "system", tmp_path / "mine"
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    _fake_fashion(system, gz=True, seed=1)
+    arrays = _fake_fashion(mine, gz=True, seed=2)
+    b = data.load("fashion-mnist", str(mine), val_size=10)
+    assert b.source == str(mine)
+    assert torch.equal(b.test.x[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.uint8)))
+
+
+def test_fashion_mnist_missing_is_one_line_listing_three_ways(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-package"))
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load("fashion-mnist", str(tmp_path / "empty"))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("dataset-fashion-mnist", "--data-dir", "train-images-idx3-ubyte.gz", "FashionMNIST/raw",
+                 str(tmp_path / "no-debian-package"), str(tmp_path / "empty")):
+        assert part in msg
+    from anl_fused.cli import main
+
+    rc = main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "empty"), "--model", "lenet5",
+               "--eps", "0.03", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("anl-fused train: error: Fashion-MNIST not found") and "dataset-fashion-mnist" in err
+
+
+def test_read_idx_rejects_corrupted_files(tmp_path):
+    good = tmp_path / "x-idx3-ubyte"
+    _write_idx(good, np.arange(2 * 3 * 4).reshape(2, 3, 4))
+    assert data.read_idx(str(good)).shape == (2, 3, 4)
+    raw = good.read_bytes()
+    (tmp_path / "short").write_bytes(raw[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_idx(str(tmp_path / "short"))
+    (tmp_path / "junk").write_bytes(b"\x1f\x8b" + raw)
+    with pytest.raises(ValueError, match="not an IDX file"):
+        data.read_idx(str(tmp_path / "junk"))
+    bad = tmp_path / "d" / "train-images-idx3-ubyte"
+    _fake_fashion(tmp_path / "d", gz=False)
+    bad.write_bytes(bad.read_bytes()[:-5])
+    with pytest.raises(data.DatasetNotFoundError, match="unreadable"):
+        data.load("fashion-mnist", str(tmp_path / "d"))
+
+
+@pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
+def test_write_idx_round_trips(tmp_path, name):
+    x = np.random.RandomState(0).randint(0, 256, (5, 28, 28)).astype(np.uint8)
+    data.write_idx(str(tmp_path / name), x)
+    back = data.read_idx(str(tmp_path / name))
+    assert back.dtype == np.uint8 and np.array_equal(back, x)
+    with pytest.raises(ValueError, match="cannot write"):
+        data.write_idx(str(tmp_path / "b"), np.zeros(3, dtype=np.complex64))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
+import torch
+from torch import nn
 
 from anl_fused.cli import main
+from anl_fused.experiments import figures
 from anl_fused.experiments.train import TrainConfig, fit
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -17,7 +23,7 @@ def runs(tmp_path_factory):
     specs = [("plain", 0.0, 0), ("gaussian", 0.03, 0), ("anl", 0.03, 0), ("anl", 0.03, 1), ("anl", 0.1, 0),
              ("opposite", 0.03, 0)]
     for variant, eps, seed in specs:
-        fit(TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=256, lr=0.01, seed=seed),
+        fit(TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=64, lr=0.05, seed=seed),
             str(root / f"{variant}-{eps}-{seed}"), progress=False, log=lambda s: None)
     return root
 
@@ -33,8 +39,58 @@ def test_eps_sweep(runs, tmp_path, capsys):
     assert main(["figures", "eps-sweep", "--runs", str(runs), "--out", str(out)]) == 0
     _png(out)
     text = capsys.readouterr().out
-    assert "lenet5 eps=0.03: test error" in text and "over 2 run(s)" in text
-    assert "eps=0:" in text and "eps=-0.03" in text and "eps=0.1" in text
+    panel = "lenet5 on digits, 2 epochs, batch 64 | norm=sample, 2 + 0 epochs"
+    assert f"{panel} | eps=0.03: test error" in text and "over 2 seeds (0, 1)" in text
+    assert f"{panel} | eps=0:" in text and "eps=-0.03" in text and "eps=0.1" in text
+
+
+def _copy_run(src, dst, **config):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config)
+    (dst / "config.json").write_text(json.dumps(cfg))
+
+
+def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully(runs, tmp_path, capsys):
+    """Issue #9: unlike runs (another model, another epoch count) were averaged, an interrupted run
+    counted, and three seed-0 runs were called "3 seeds"."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    _copy_run(runs / "anl-0.03-0", extra / "dup1")  # same settings, same seed
+    _copy_run(runs / "anl-0.03-0", extra / "dup2")
+    _copy_run(runs / "anl-0.03-0", extra / "other-model", model="vgg_tiny")
+    _copy_run(runs / "anl-0.03-0", extra / "interrupted", finetune_epochs=3)  # 2 of 5 epochs done
+    _copy_run(runs / "anl-0.03-0", extra / "layer-norm", norm="layer")
+    _copy_run(runs / "anl-0.03-1", extra / "two-phase-anl", epochs=1, finetune_epochs=1)
+    _copy_run(runs / "plain-0.0-0", extra / "two-phase-plain", epochs=1, finetune_epochs=1, finetune_lr="floor")
+    _copy_run(runs / "anl-0.1-0", extra / "diverged", norm="layer")
+    lines = (extra / "diverged" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["test_err"] = 0.9
+    (extra / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    warnings = []
+    table = figures.eps_sweep(figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
+                              str(tmp_path / "s.png"), warn=warnings.append)
+    assert warnings == [f"skipping unfinished run {extra / 'interrupted'} (2 of 5 epochs)"]
+    assert set(table) == {"lenet5 on digits, 2 epochs, batch 64", "vgg_tiny on digits, 2 epochs, batch 64"}
+    lenet = table["lenet5 on digits, 2 epochs, batch 64"]
+    assert set(lenet) == {"norm=sample, 2 + 0 epochs", "norm=layer, 2 + 0 epochs", "norm=sample, 1 + 1 epochs",
+                          "baseline, one schedule"}
+    # the eps = 0 point of a two-phase series is the plain run trained in the same two phases
+    two_phase_err = json.loads((extra / "two-phase-plain" / "metrics.jsonl").read_text().splitlines()[-1])["test_err"]
+    assert lenet["norm=sample, 1 + 1 epochs"][0.0] == [(0, two_phase_err * 100)]
+    assert lenet["norm=sample, 2 + 0 epochs"][0.0] == lenet["baseline, one schedule"][0.0]
+    assert [s for s, _ in lenet["norm=sample, 2 + 0 epochs"][0.03]] == [0, 0, 0]
+    assert [s for s, _ in lenet["norm=layer, 2 + 0 epochs"][0.03]] == [0]
+    assert 0.0 in lenet["norm=layer, 2 + 0 epochs"]  # the baseline is every series' eps = 0 point
+    assert 0.0 not in table["vgg_tiny on digits, 2 epochs, batch 64"]["norm=sample, 2 + 0 epochs"]
+    assert figures._seeds_label([0, 0, 0]) == "3 runs, 1 seed (0, 0, 0)"
+    assert figures._seeds_label([2, 0, 1]) == "3 seeds (0, 1, 2)"
+    assert main(["figures", "eps-sweep", "--runs", str(extra), "--out", str(tmp_path / "t.png")]) == 0
+    captured = capsys.readouterr()
+    assert "3 runs" not in captured.out and "2 runs, 1 seed (0, 0)" in captured.out
+    assert "norm=layer, 2 + 0 epochs | eps=0.1: test error - over 1 seed (0), 1 diverged (not averaged)" in captured.out
+    assert "skipping unfinished run" in captured.err
 
 
 def test_layer_std(runs, tmp_path):
@@ -55,6 +111,51 @@ def test_feature_maps(runs, tmp_path):
     assert main(["figures", "feature-maps", "--runs", *[str(runs / r) for r in order], "--out", str(out),
                  "--image-index", "3"]) == 0
     _png(out)
+    rows = figures.feature_maps([str(runs / r) for r in order], str(out), image_index=3)
+    for _, _, maps in rows:  # sigmoid(conv): negative pre-activations show as values below 0.5
+        assert maps.shape[0] == 6 and (maps < 0.5).any() and (maps > 0.5).any()
+
+
+def test_first_conv_output_is_the_conv_not_what_an_inplace_relu_made_of_it():
+    """Fig. 3 plotted sigmoid(ReLU(conv)): the hook kept a view of the conv's output, which
+    LeNet's ReLU(inplace=True) then overwrote."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(2, 1, 8, 8)
+    model(x)  # materialize the lazy layer
+    got = figures.first_conv_output(model.train(), x)
+    with torch.no_grad():
+        want = model[0](x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (got < 0).float().mean() > 0.2  # negative pre-activations reach the figure
+    assert model.training  # mode restored
+
+
+def test_whitebox(runs, tmp_path, capsys):
+    out, js = tmp_path / "wb.png", tmp_path / "wb.json"
+    order = ["plain-0.0-0", "anl-0.03-0", "anl-0.03-1", "opposite-0.03-0"]
+    assert main(["figures", "whitebox", "--runs", *[str(runs / r) for r in order], "--out", str(out),
+                 "--limit", "40", "--json", str(js)]) == 0
+    _png(out)
+    result = json.loads(js.read_text())
+    assert list(result) == ["lenet5: baseline", "lenet5: ANL 0.03 sample", "lenet5: ANL -0.03 sample"]
+    assert [r["seed"] for r in result["lenet5: ANL 0.03 sample"]] == [0, 1]
+    for rs in result.values():
+        for r in rs:
+            assert r["n"] == 40 and 0 <= r["ifgsm"] <= r["clean"] <= 100 and 0 <= r["fgsm"] <= 100
+    assert "lenet5: baseline: clean" in capsys.readouterr().out
+    again = tmp_path / "again.png"
+    assert main(["figures", "whitebox-plot", "--json", str(js), "--out", str(again)]) == 0
+    _png(again)
+    _copy_run(runs / "anl-0.03-1", tmp_path / "diverged")
+    lines = (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["test_err"] = 0.9
+    (tmp_path / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    warnings = []
+    result = figures.whitebox([str(runs / "plain-0.0-0"), str(tmp_path / "diverged")], str(out), limit=8,
+                              warn=warnings.append)
+    assert list(result) == ["lenet5: baseline"] and "skipping diverged run" in warnings[0]
 
 
 def test_missing_runs_are_reported(tmp_path, capsys):

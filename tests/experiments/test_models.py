@@ -88,6 +88,50 @@ def test_lenet5_is_conv_anl_relu_pool():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def _footnote_1_lenet(in_channels: int = 1) -> nn.Sequential:
+    """The paper's LeNet-5 written out literally: CONV(6, 5x5, pad 2)-RELU-POOL-CONV(16, 5x5)-RELU-POOL-
+    FC(120)-RELU-FC(84)-RELU-FC(10) for 28x28 inputs (ANL layers are the identity at inference)."""
+    return nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def test_lenet5_is_the_footnote_1_network_on_28x28():
+    torch.manual_seed(0)
+    model = build("lenet5", in_channels=1).eval()
+    assert count_params(model) == 61_706
+    ref = _footnote_1_lenet().eval()
+    assert count_params(ref) == 61_706
+    ref.load_state_dict(dict(zip(ref.state_dict(), model.state_dict().values())))  # same order, same shapes
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
+    assert model.classifier[0].in_features == 400 and model.conv2.padding == (0, 0)
+
+
+def test_lenet5_pads_small_inputs_to_28x28():
+    """Documented: inputs smaller than 28x28 (8x8 digits) are zero-padded, centred, to 28x28."""
+    torch.manual_seed(0)
+    model = build("lenet5", in_channels=1).eval()
+    x = torch.randn(3, 1, 8, 8)
+    padded = torch.zeros(3, 1, 28, 28)
+    padded[..., 10:18, 10:18] = x
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(padded), rtol=0, atol=0)
+        assert model(torch.randn(2, 1, 27, 9)).shape == (2, 10)
+
+
+def test_models_cli_counts_lenet5_on_grey_28x28(capsys):
+    from anl_fused.cli import main
+
+    assert main(["models", "lenet5"]) == 0
+    out = capsys.readouterr().out
+    assert "61,706" in out and " 1 " in out
+    row = models_cli.rows(["lenet5"])[0]
+    assert row["params"] == 61_706 and row["in_channels"] == 1
+    assert models_cli.rows(["lenet5"], in_channels=3)[0]["params"] == 61_706 + 2 * 6 * 25
+
+
 def test_insert_keeps_state_dict_keys():
     plain = build("resnet18")
     keys = list(plain.state_dict())

@@ -5,8 +5,9 @@
 or use ``build_anl``. ``MODELS`` maps each name to a :class:`ModelSpec` with the builder, the
 paper's parameter count and its eps (Table 2; Table 1 / Fig. 3 for LeNet-5).
 
-Every model accepts inputs of any size >= 8x8 (adaptive pooling before the classifier), and
-``in_channels=1`` for grey images (Fashion-MNIST, digits).
+Every model accepts inputs of any size >= 8x8 (adaptive pooling before the classifier; LeNet-5
+zero-pads inputs smaller than its 28x28 to 28x28, see ``lenet.py``), and ``in_channels=1`` for grey
+images (Fashion-MNIST, digits).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ModelSpec:
     anl_after: where insert_anl puts the layers ("batchnorm", or "conv" for nets without BN).
     dropout: what dropout=True does (Table 2 "+Dropout").
     large: too big for the fast CPU test suite.
+    in_channels: input channels of the dataset the paper trains it on (1: Fashion-MNIST, 3: CIFAR);
+        what ``anl-fused models`` counts with unless told otherwise.
     """
 
     name: str
@@ -44,6 +47,7 @@ class ModelSpec:
     dropout: str = "p=0.5 between FC layers"
     large: bool = False
     description: str = ""
+    in_channels: int = 3
     aliases: tuple = field(default_factory=tuple)
 
 
@@ -64,8 +68,9 @@ def _vgg_builder(name: str):
     return b
 
 
-register(ModelSpec("lenet5", _lenet.lenet5, None, 0.03, anl_after="conv",
-                   description="LeNet-5 (Fig. 3, Table 1), ANL after each conv"))
+register(ModelSpec("lenet5", _lenet.lenet5, None, 0.03, anl_after="conv", in_channels=1,
+                   description="LeNet-5 of footnote 1 (Fig. 3, Table 1; 400 features into FC(120) on 28x28 "
+                               "grey images), ANL after each conv"))
 register(ModelSpec("mobilenet", _mobilenet.mobilenet, 3.2e6, 0.02, description="MobileNet v1, CIFAR strides"))
 register(ModelSpec("mobilenet_v2", _mobilenet.mobilenet_v2, 2.3e6, 0.02, description="MobileNetV2, CIFAR strides"))
 register(ModelSpec("vgg_tiny", _vgg_builder("vgg_tiny"), None, 0.02,

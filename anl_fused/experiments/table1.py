@@ -1,0 +1,490 @@
+"""``anl-fused table1``: the paper's Table 1 (test error of baseline, Gaussian, ANL and opposite ANL).
+
+    anl-fused table1 --dataset fashion-mnist --model lenet5 --seeds 3 --preset paper --jobs 2
+    anl-fused table1 --dataset fashion-mnist --model lenet5 --seeds 3 --epochs 30 --finetune-epochs 30 \\
+        --norms sample layer --jobs 2 --runs-dir runs/table1 --out benchmarks/results/table1
+
+For every seed it trains, with ``anl-fused train`` in child processes (``--jobs`` at a time, each
+with ``--threads`` intra-op threads and ``nice --nice``):
+
+- ``baseline``: no noise, ``E + F`` epochs (the paper: 200);
+- ``baseline-two-phase`` (``plain2``, a control the paper does not have): no noise, ``E`` epochs then ``F``
+  at the floor learning rate, the noise methods' schedule, so that the noise is the only difference;
+- ``gaussian``: ``eta = s(h) |eps|/4 z`` for ``E`` epochs, then ``F`` epochs with the noise off at the
+  floor learning rate (the paper: 100 + 100);
+- ``anl`` with ``eps`` and ``opposite`` with ``-eps``, the same two phases, once per ``--norms`` entry
+  (``sample``: the authors' per-sample ``||g||_inf``; ``layer``: Algorithm 1's one norm per layer).
+
+Same seed, same initial weights and the same data order for every method (``fit`` seeds the
+weights with ``seed``; the batches are a function of ``(seed, epoch)``), as the paper's "same
+initialization condition". Each run lives in ``RUNS_DIR/<model>-<dataset>-<protocol>/<method>-seed<k>``;
+running the command again skips finished runs and resumes interrupted ones from their checkpoints
+(``anl-fused train --resume``), so a campaign survives being stopped (Ctrl-C checkpoints every
+running child; so does ``kill`` of the command, SIGTERM) or a reboot.
+
+Writes ``OUT/<model>-<dataset>-<protocol>.json`` (or ``OUT/<--name>.json``: every run's final test
+error, time, protocol) and ``.md`` (mean ± std over seeds, the paired difference to the baseline of
+the same seed, the paper's number beside ours, and the protocol). ``--report-only`` writes them from
+whatever has finished. ``--eps`` takes several values (an eps sweep, Figure 4's shape): one ANL / opposite row per
+value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from ..layer import NORMS
+from .files import atomic_write
+
+#: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
+PAPER_TABLE1 = {
+    ("lenet5", "fashion-mnist"): {"plain": 9.44, "gaussian": 9.49, "anl": 9.17, "opposite": 12.00},
+    ("vgg16", "fashion-mnist"): {"plain": 5.93, "gaussian": 5.96, "anl": 5.47, "opposite": 7.02},
+    ("vgg16", "cifar10"): {"plain": 7.47, "gaussian": 7.62, "anl": 6.18, "opposite": 55.49},
+}
+PAPER_EPS = 0.03  # Table 1's eps for every row
+DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
+#: plain2: a control the paper does not have, the baseline trained in the noise methods' two phases
+#: (E epochs, then F at the floor rate), so that the noise is the only difference to it
+VARIANTS = ("plain", "plain2", "gaussian", "anl", "opposite")
+NO_NOISE = ("plain", "plain2")
+PRESETS = {"paper": (100, 100)}  # section 4.2.1: 100 epochs with ANL, 100 with ANL off at 1e-3; baseline 200
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the campaign."""
+
+    variant: str
+    seed: int
+    eps: float = 0.0  # |eps| (opposite negates it)
+    norm: str = "sample"
+
+    @property
+    def name(self) -> str:
+        if self.variant == "plain":
+            return f"baseline-seed{self.seed}"
+        if self.variant == "plain2":
+            return f"baseline-two-phase-seed{self.seed}"
+        if self.variant == "gaussian":
+            return f"gaussian-eps{self.eps:g}-seed{self.seed}"
+        return f"{self.variant}-eps{self.eps:g}-{self.norm}-seed{self.seed}"
+
+    @property
+    def column(self) -> str:
+        """The table row this run belongs to (seeds pooled)."""
+        return self.name.rsplit("-seed", 1)[0]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    model: str
+    dataset: str
+    epochs: int  # phase 1: noise on
+    finetune_epochs: int  # phase 2: noise off, floor learning rate
+    batch_size: int = 128
+    lr: float = 0.1
+    val_size: int | None = None  # None: the dataset's default (5,000 for Fashion-MNIST)
+
+    @property
+    def tag(self) -> str:
+        val = "" if self.val_size is None else f"-v{self.val_size}"
+        return f"{self.model}-{self.dataset}-e{self.epochs}f{self.finetune_epochs}-b{self.batch_size}{val}"
+
+    @property
+    def total(self) -> int:
+        return self.epochs + self.finetune_epochs
+
+
+def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS) -> list[RunSpec]:
+    """The runs, seed by seed (so that early results cover every method), baseline first."""
+    out = []
+    for seed in seeds:
+        for v in variants:
+            if v in NO_NOISE:
+                out.append(RunSpec(v, seed))
+            elif v == "gaussian":
+                out += [RunSpec("gaussian", seed, abs(e)) for e in eps]
+            else:
+                out += [RunSpec(v, seed, abs(e), n) for e in eps for n in norms]
+    return out
+
+
+def train_args(spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str,
+               threads: int) -> list[str]:
+    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase)."""
+    epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
+    args = ["train", "--model", proto.model, "--dataset", proto.dataset,
+            "--variant", "plain" if spec.variant == "plain2" else spec.variant,
+            "--epochs", str(epochs), "--finetune-epochs", str(finetune), "--batch-size", str(proto.batch_size),
+            "--lr", str(proto.lr), "--seed", str(spec.seed), "--device", device, "--threads", str(threads),
+            "--out", out_dir, "--resume", "--no-progress"]
+    if spec.variant == "plain2":
+        args += ["--finetune-lr", "floor"]
+    elif spec.variant != "plain":
+        args += ["--eps", repr(spec.eps)]
+    if spec.variant in ("anl", "opposite"):
+        args += ["--norm", spec.norm]
+    if data_dir:
+        args += ["--data-dir", data_dir]
+    if proto.val_size is not None:
+        args += ["--val-size", str(proto.val_size)]
+    return args
+
+
+def read_history(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def is_finished(run_dir: str, spec: RunSpec, proto: Protocol) -> bool:
+    hist = read_history(run_dir)
+    return len(hist) >= proto.total and hist[-1].get("epoch") == proto.total
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+class _Runner:
+    """At most ``jobs`` child processes; Ctrl-C forwards SIGINT (each child checkpoints and stops)."""
+
+    def __init__(self, jobs: int, nice: int, log=print):
+        self.jobs, self.nice, self.log = jobs, nice, log
+        self.running: dict[subprocess.Popen, tuple[RunSpec, str, float, object]] = {}
+        self.failed: list[tuple[RunSpec, int]] = []
+
+    def _start(self, spec: RunSpec, run_dir: str, args: list[str]) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        logf = open(os.path.join(run_dir, "train.log"), "a")  # noqa: SIM115 - closed when the child ends
+        logf.write(f"# {dt.datetime.now().isoformat(timespec='seconds')} anl-fused {' '.join(args)}\n")
+        logf.flush()
+        nice = self.nice
+        proc = subprocess.Popen([sys.executable, "-m", "anl_fused.cli", *args], stdout=logf, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        self.running[proc] = (spec, run_dir, time.time(), logf)
+        self.log(f"started  {spec.name} (pid {proc.pid})")
+
+    def _reap(self, block: bool) -> None:
+        while self.running:
+            for proc in list(self.running):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                spec, run_dir, t0, logf = self.running.pop(proc)
+                logf.close()
+                hist = read_history(run_dir)
+                err = f"test err {hist[-1]['test_err'] * 100:.2f}% at epoch {hist[-1]['epoch']}" if hist else "no epoch"
+                if rc:
+                    self.failed.append((spec, rc))
+                    self.log(f"FAILED   {spec.name} (exit {rc}, {err}); see {os.path.join(run_dir, 'train.log')}")
+                else:
+                    self.log(f"finished {spec.name} in {(time.time() - t0) / 60:.1f} min, {err}")
+                return
+            if not block:
+                return
+            time.sleep(1.0)
+
+    def run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        # SIGTERM (kill PID, e.g. of a nohup'ed campaign, whose SIGINT a shell may ignore) stops like Ctrl-C
+        old = signal.signal(signal.SIGTERM, stop)
+        try:
+            self._run(todo)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    def _run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
+        try:
+            for spec, run_dir, args in todo:
+                while len(self.running) >= self.jobs:
+                    self._reap(block=True)
+                self._start(spec, run_dir, args)
+            while self.running:
+                self._reap(block=True)
+        except KeyboardInterrupt:
+            self.log("interrupt: asking the running trainings to checkpoint and stop (run again to resume)")
+            for proc in self.running:
+                proc.send_signal(signal.SIGINT)
+            for proc, (_, _, _, logf) in self.running.items():
+                proc.wait()
+                logf.close()
+            raise
+
+
+# ----------------------------------------------------------------------------------------------
+# the table
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
+    """Every run's result and the per-row statistics (only finished runs count)."""
+    root = os.path.join(runs_dir, proto.tag)
+    runs = []
+    for spec in specs:
+        d = os.path.join(root, spec.name)
+        hist = read_history(d)
+        finished = is_finished(d, spec, proto)
+        row = {**dataclasses.asdict(spec), "name": spec.name, "row": spec.column, "dir": d, "finished": finished,
+               "epochs_done": len(hist)}
+        if hist:
+            phase1 = hist[:proto.total if spec.variant == "plain" else proto.epochs]
+            row.update(test_err=hist[-1]["test_err"] * 100, train_err=(1 - hist[-1]["train_acc"]) * 100,
+                       train_time_s=sum(h.get("epoch_train_time_s", 0.0) for h in hist),
+                       time_per_step_s=statistics.median(h["time_per_step_s"] for h in phase1),
+                       lr_end_phase1=phase1[-1]["lr"])
+        runs.append(row)
+    done = [r for r in runs if r["finished"]]
+    base = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain"}
+    base2 = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain2"}
+    rows: dict[str, dict] = {}
+    for r in done:
+        rows.setdefault(r["row"], {"variant": r["variant"], "eps": r["eps"], "norm": r["norm"], "errs": {}})
+        rows[r["row"]]["errs"][r["seed"]] = r["test_err"]
+    for row in rows.values():
+        seeds = sorted(row["errs"])
+        row["seeds"] = seeds
+        row["test_err"] = _stats([row["errs"][s] for s in seeds])
+        row["diverged_seeds"] = [s for s in seeds if row["errs"][s] >= DIVERGED]
+        kept = [row["errs"][s] for s in seeds if s not in row["diverged_seeds"]]
+        if row["diverged_seeds"] and kept:
+            row["test_err_without_diverged"] = _stats(kept)
+        for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
+            # paired over the seeds where neither run diverged (a diverged run's difference says nothing more)
+            paired = [row["errs"][s] - ref[s] for s in seeds
+                      if s in ref and row["errs"][s] < DIVERGED and ref[s] < DIVERGED]
+            if row["variant"] != own and paired:
+                row[key] = {**_stats(paired), "better": sum(d < 0 for d in paired), "worse": sum(d > 0 for d in paired)}
+        row.pop("errs")
+    return {"runs": runs, "rows": rows, "finished": len(done), "planned": len(runs)}
+
+
+def _row_label(row: dict) -> str:
+    v = row["variant"]
+    if v == "plain":
+        return "baseline"
+    if v == "plain2":
+        return "baseline, two phases (control)"
+    if v == "gaussian":
+        return f"Gaussian, eps={row['eps']:g}"
+    sign = "-" if v == "opposite" else ""
+    return f"+ANL eps={sign}{row['eps']:g}{' (opposite)' if v == 'opposite' else ''}, norm={row['norm']}"
+
+
+def _row_order(name_row: tuple[str, dict]) -> tuple:
+    _, row = name_row
+    return (VARIANTS.index(row["variant"]), row["eps"], NORMS.index(row["norm"]) if row["norm"] in NORMS else 9)
+
+
+def render_markdown(result: dict) -> str:
+    """The table, the paper's numbers beside ours, and the protocol, as Markdown."""
+    p = result["protocol"]
+    paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
+    seeds_planned = result["seeds"]
+    two = any("vs_two_phase" in row for row in result["rows"].values())
+    lines = [
+        "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | per seed | vs baseline, same seed "
+        "(mean ± std; better/worse) |" + (" vs two-phase baseline, same seed |" if two else ""),
+        "|---|---|---|---|---|---|" + ("---|" if two else ""),
+    ]
+
+    def paired(vs):
+        return "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['std']:.2f} ({vs['better']}/{vs['worse']})"
+
+    for _, row in sorted(result["rows"].items(), key=_row_order):
+        t = row["test_err"]
+        paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
+        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if v >= DIVERGED else "") for v in t["values"])
+        mean = f"{t['mean']:.2f} ± {t['std']:.2f}"
+        if row.get("diverged_seeds"):
+            k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
+            mean += f"; without the {k} diverged: " + (f"{w['mean']:.2f} ± {w['std']:.2f}" if w else "-")
+        lines.append(f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
+                     f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
+                     + (f" {paired(row.get('vs_two_phase'))} |" if two else ""))
+    missing = result["planned"] - result["finished"]
+    base = "the baseline" if p["finetune_epochs"] else "every method"
+    control = (f" The two-phase baseline (a control, not in the paper) trains without noise in the same {p['epochs']}"
+               f" + {p['finetune_epochs']} epochs as the noise methods." if two else "")
+    lines += [
+        "",
+        f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
+        f"(lr {p['lr']}, momentum 0.9, weight decay 5e-4), learning rate halved when the last 5 epochs found no "
+        f"new best validation loss, each rate kept at least 5 epochs, floor 1e-3 (sec. 4.2.1), no augmentation. "
+        f"Noise methods: {p['epochs']} epochs with "
+        f"the noise on, then {p['finetune_epochs']} with it off at the floor rate 1e-3; {base} "
+        f"{p['epochs'] + p['finetune_epochs']} epochs"
+        + (" (the paper's protocol: 100 + 100, baseline 200)." if (p["epochs"], p["finetune_epochs"]) == (100, 100)
+           else f" (the paper's 100 + 100 / 200 scaled by {p['epochs'] / 100:g}).")
+        + f" Test error at the last epoch. Seeds {', '.join(map(str, seeds_planned))}: the same seed gives every "
+        "method the same initial weights and data order." + control,
+    ]
+    diverged = sorted({f"{_row_label(r)} seed {s}" for r in result["rows"].values()
+                       for s in r.get("diverged_seeds", [])})
+    if diverged:
+        lines.append(f"Diverged (final test error >= {DIVERGED:g}%, a network stuck at chance): "
+                     + "; ".join(diverged) + ". The paired columns leave out seeds where either run diverged.")
+    if missing:
+        lines.append(f"Incomplete: {result['finished']} of {result['planned']} runs finished; rows count finished "
+                     "runs only.")
+    return "\n".join(lines) + "\n"
+
+
+def report(specs: list[RunSpec], proto: Protocol, runs_dir: str, out_dir: str, seeds: list[int],
+           command: str, name: str | None = None) -> tuple[str, dict]:
+    result = collect(specs, proto, runs_dir)
+    sizes = "?"
+    for r in result["runs"]:
+        cfg_path = os.path.join(r["dir"], "config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                s = json.load(f).get("dataset_sizes")
+            if s:
+                sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}"
+                break
+    result.update(protocol=dataclasses.asdict(proto), seeds=seeds, dataset_sizes=sizes, command=command,
+                  paper=PAPER_TABLE1.get((proto.model, proto.dataset)),
+                  written=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  machine={"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count()})
+    for r in result["runs"]:
+        r["dir"] = os.path.relpath(r["dir"], runs_dir)
+    md = render_markdown(result)
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, name or proto.tag)
+    atomic_write(base + ".json", json.dumps(result, indent=2) + "\n")
+    atomic_write(base + ".md", f"## {name or 'Table 1'}: {proto.model} on {proto.dataset}\n\n{md}")
+    return base, result
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--model", default="lenet5", help="zoo model (default lenet5; the paper: lenet5, vgg16)")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: anl-fused train's)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs with the noise on (phase 1)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="epochs with the noise off at 1e-3 (phase 2)")
+    p.add_argument("--eps", type=float, nargs="+", default=[PAPER_EPS],
+                   help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep")
+    p.add_argument("--norms", nargs="+", default=["sample"], choices=NORMS, help="ANL norms to run (default sample)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                   help="methods (default: all four of Table 1)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--val-size", type=int, default=None,
+                   help="training images held out for validation (default: the dataset's, 5,000 for Fashion-MNIST)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per training (default 1)")
+    p.add_argument("--nice", type=int, default=10, help="niceness of the trainings (default 10)")
+    p.add_argument("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
+    p.add_argument("--out", default="benchmarks/results/table1", help="where the table goes")
+    p.add_argument("--name", default=None,
+                   help="file name of the table (default: the protocol, e.g. lenet5-fashion-mnist-e20f20-b128)")
+    p.add_argument("--report-only", action="store_true", help="train nothing; write the table from finished runs")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their state, train nothing")
+
+
+def _protocol(args: argparse.Namespace) -> Protocol:
+    from .data import canonical_name
+    from .models import get_spec
+
+    if args.preset and (args.epochs is not None or args.finetune_epochs is not None):
+        raise ValueError("give either --preset or --epochs/--finetune-epochs, not both")
+    if args.preset:
+        epochs, finetune = PRESETS[args.preset]
+    elif args.epochs is None:
+        raise ValueError("give --preset paper or --epochs E [--finetune-epochs F]")
+    else:
+        epochs, finetune = args.epochs, args.finetune_epochs or 0
+    if epochs < 1 or finetune < 0:
+        raise ValueError(f"--epochs must be >= 1 and --finetune-epochs >= 0, got {epochs} and {finetune}")
+    for name, v in (("--seeds", args.seeds), ("--jobs", args.jobs), ("--threads", args.threads),
+                    ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    for e in args.eps:
+        if not (e == e and abs(e) != float("inf")) or e == 0:
+            raise ValueError(f"--eps values must be finite and non-zero, got {e}")
+    return Protocol(get_spec(args.model).name, canonical_name(args.dataset), epochs, finetune, args.batch_size, args.lr,
+                    args.val_size)
+
+
+def _command(args: argparse.Namespace, proto: Protocol) -> str:
+    """The command that reproduces this table (its protocol spelled out)."""
+    parts = ["anl-fused table1", f"--model {proto.model}", f"--dataset {proto.dataset}", f"--seeds {args.seeds}",
+             f"--epochs {proto.epochs}", f"--finetune-epochs {proto.finetune_epochs}",
+             "--eps " + " ".join(f"{e:g}" for e in args.eps), "--norms " + " ".join(args.norms),
+             f"--batch-size {proto.batch_size}", f"--lr {proto.lr:g}", f"--device {args.device}"]
+    if proto.val_size is not None:
+        parts.append(f"--val-size {proto.val_size}")
+    if args.data_dir:
+        parts.append(f"--data-dir {args.data_dir}")
+    if list(args.variants) != list(VARIANTS):
+        parts.append("--variants " + " ".join(args.variants))
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        proto = _protocol(args)
+    except (ValueError, KeyError) as e:
+        print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    seeds = list(range(args.seeds))
+    specs = plan(seeds, args.eps, args.norms, args.variants)
+    root = os.path.join(args.runs_dir, proto.tag)
+    todo = []
+    for spec in specs:
+        d = os.path.join(root, spec.name)
+        state = "finished" if is_finished(d, spec, proto) else ("partial" if read_history(d) or
+                                                               os.path.exists(os.path.join(d, "checkpoint.pt"))
+                                                               else "new")
+        if args.dry_run:
+            print(f"{state:<8} {d}")
+        if state != "finished":
+            todo.append((spec, d, train_args(spec, proto, d, data_dir=args.data_dir, device=args.device,
+                                             threads=args.threads)))
+    if args.dry_run:
+        return 0
+    stamp = lambda: dt.datetime.now().strftime("%H:%M:%S")
+    log = lambda s: print(f"[{stamp()}] {s}", flush=True)
+    runner = _Runner(args.jobs, args.nice, log)
+    if todo and not args.report_only:
+        log(f"{proto.tag}: {len(specs) - len(todo)} of {len(specs)} runs finished; {len(todo)} to go, "
+            f"{args.jobs} at a time")
+        try:
+            runner.run(todo)
+        except KeyboardInterrupt:
+            return 130
+    base, result = report(specs, proto, args.runs_dir, args.out, seeds, _command(args, proto), args.name)
+    print(render_markdown(result))
+    log(f"wrote {base}.md and {base}.json ({result['finished']} of {result['planned']} runs finished)")
+    return 1 if runner.failed else 0
