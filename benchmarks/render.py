@@ -20,7 +20,7 @@ import os
 import re
 import statistics
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+)(?P<args>[^>]*?)-->\n)(?P<body>.*?)(<!-- /render -->)", re.S)
@@ -70,7 +70,8 @@ def steps_table(paths: list[str]) -> str:
 @renderer("memory")
 def memory_table(paths: list[str]) -> str:
     """The memory TwoRound keeps between the rounds (``noise_memory`` of ``anl-fused bench``)."""
-    lines = ["| model | batch | ANL layers | held in float32 | held with noise_dtype=bfloat16 |", "|---|---|---|---|---|"]
+    lines = ["| model | batch | ANL layers | held in float32 | held with noise_dtype=bfloat16 |",
+             "|---|---|---|---|---|"]
     for path in paths:
         for m in load_json(path)["noise_memory"]:
             held = m["held_bytes"]

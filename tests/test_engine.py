@@ -215,7 +215,7 @@ def test_zero_round1_gradient_gives_zero_noise_and_is_counted():
     model = anl_fused.insert_anl(Net(), eps=0.5)
     engine = anl_fused.TwoRound(model)
     x, y = data()
-    for step in range(2):
+    for _step in range(2):
         engine.step(lambda: F.cross_entropy(model(x), y))
     assert engine.zero_samples.item() == 2 and engine.nonfinite_samples.item() == 0
 
@@ -295,7 +295,7 @@ def test_engine_argument_errors_and_generator_device():
         TwoRound(model, generator=1)
     with pytest.raises(TypeError, match="noise_dtype"):
         TwoRound(model, noise_dtype=torch.int8)
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         TwoRound(lambda x: x)
 
 

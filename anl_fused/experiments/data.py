@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -286,7 +286,7 @@ def _load_digits() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=600, random_state=0, stratify=y)
     train, val = train_test_split(rest, test_size=300, random_state=1, stratify=y[rest])
-    t = lambda i: (torch.from_numpy(x[np.sort(i)]).contiguous(), torch.from_numpy(y[np.sort(i)]))  # noqa: E731
+    t = lambda i: (torch.from_numpy(x[np.sort(i)]).contiguous(), torch.from_numpy(y[np.sort(i)]))
     return t(train), t(val), t(test)
 
 

@@ -72,7 +72,7 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
+    import matplotlib.ticker
 
     colors = {"plain": "tab:gray", "anl": "tab:blue", "opposite": "tab:red", "gaussian": "tab:green",
               "dropout": "tab:purple"}

@@ -467,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
             layer_std(runs, args.out, args.title, args.max_legend)
         else:
             feature_maps(runs, args.out, args.title, args.image_index, args.data_dir, args.max_channels)
-    except Exception as e:  # noqa: BLE001 - report any failure as a one-line CLI error
+    except Exception as e:
         from .checkpoint import CheckpointError
         from .data import DatasetNotFoundError
 

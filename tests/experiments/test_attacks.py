@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from anl_fused.experiments.attacks import (
@@ -128,10 +128,10 @@ def test_normalization_matches_torchattacks(data, method, digits, random_data):
     model, x, y = _case(data, digits, random_data)
     mean, std = _norm_stats(data)
     if method == "fgsm":
-        make = lambda m: torchattacks.FGSM(m, eps=EPS)  # noqa: E731
+        make = lambda m: torchattacks.FGSM(m, eps=EPS)
         ours = fgsm(model, x, y, EPS, mean=mean, std=std)
     else:
-        make = lambda m: torchattacks.BIM(m, **PAPER_IFGSM)  # noqa: E731
+        make = lambda m: torchattacks.BIM(m, **PAPER_IFGSM)
         ours = ifgsm(model, x, y, **PAPER_IFGSM, mean=mean, std=std)
 
     # 1. torchattacks on the model with the normalization inside it: bit-identical.
@@ -389,7 +389,7 @@ def test_transfer_shape_and_json(transfer, two_models):
     assert transfer["models"] == names
     assert transfer["n"] == x.shape[0]
     assert list(transfer["transfer"]) == list(paper_attacks())
-    for a, rows in transfer["transfer"].items():
+    for _a, rows in transfer["transfer"].items():
         assert list(rows) == names
         for s in names:
             assert list(rows[s]) == names

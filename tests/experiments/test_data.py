@@ -25,7 +25,7 @@ def test_digits_split_is_fixed_and_complete():
     ours = torch.cat([a.train.x, a.val.x, a.test.x]).flatten(1) * 16
     ref = torch.from_numpy(d.images.reshape(len(d.images), -1).astype(np.float32))
     # the three splits are a partition of the 1,797 images (compare as sorted multisets of rows)
-    key = lambda t: sorted(map(tuple, t.round().long().tolist()))  # noqa: E731
+    key = lambda t: sorted(map(tuple, t.round().long().tolist()))
     assert key(ours) == key(ref)
     assert a.num_classes == 10 and a.in_channels == 1
 

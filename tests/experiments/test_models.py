@@ -20,7 +20,7 @@ PAPER_MODELS = {"lenet5", "vgg11", "vgg16", "resnet18", "resnet34", "mobilenet",
 
 
 def test_registry_has_the_paper_models():
-    assert PAPER_MODELS <= set(MODELS)
+    assert set(MODELS) >= PAPER_MODELS
     for name, spec in MODELS.items():
         assert spec.name == name
         assert spec.eps > 0
@@ -81,7 +81,7 @@ def test_lenet5_is_conv_anl_relu_pool():
     model = build_anl("lenet5", in_channels=1)
     assert MODELS["lenet5"].eps == 0.03
     layers = anl_layers(model)
-    assert len(layers) == 2 and all(l.eps == 0.03 for l in layers)
+    assert len(layers) == 2 and all(layer.eps == 0.03 for layer in layers)
     assert model.conv1.anl is layers[0] and model.conv2.anl is layers[1]
     fcs = [m for m in model.classifier if isinstance(m, nn.Linear)]
     assert [f.out_features for f in fcs] == [120, 84, 10]

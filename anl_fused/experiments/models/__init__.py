@@ -12,8 +12,8 @@ images (Fashion-MNIST, digits).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
