@@ -22,8 +22,11 @@ Off CUDA they run only under the Triton interpreter (``TRITON_INTERPRET=1`` set 
 is imported); ``anl_fused.ops`` picks torch ops for CPU tensors by default.
 """
 
+from ._compat import patch_interpreter
 from .add_noise import add_noise
 from .noise_scale import noise_scale
 from .std import std
+
+patch_interpreter()  # before any kernel runs: the one Triton-version workaround (see _compat)
 
 __all__ = ["add_noise", "noise_scale", "std"]
