@@ -104,20 +104,30 @@ def source_digest() -> str:
 
 
 def meta(device: torch.device) -> dict:
-    """Device, driver, versions, commit and date."""
+    """Device, driver, versions, commit and date. What cannot be read is recorded as ``meta_error`` (the
+    campaign runs on)."""
     info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": sys.version.split()[0],
-            "platform": platform.platform(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "device": str(device), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "git_commit": _run_text(["git", "rev-parse", "HEAD"]) or os.environ.get("ANL_FUSED_COMMIT"),
-            "git_dirty": bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
-            "source_digest": source_digest()}
+            "platform": platform.platform(), "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None,
+            "triton": None, "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "git_commit": None, "git_dirty": False, "source_digest": None}
+    try:
+        _device_meta(info, device)
+    except Exception as e:  # the versions must not cost the measurements
+        info["meta_error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+def _device_meta(info: dict, device: torch.device) -> None:
+    info.update(cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                git_commit=_run_text(["git", "rev-parse", "HEAD"]) or os.environ.get("ANL_FUSED_COMMIT"),
+                git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
+                source_digest=source_digest())
     try:
         import triton
 
         info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
+    except Exception as e:  # not installed, or an install that does not import
+        info["triton"] = None if isinstance(e, ModuleNotFoundError) else f"import failed: {type(e).__name__}: {e}"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
@@ -125,7 +135,6 @@ def meta(device: torch.device) -> dict:
         smi = _run_text(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
                          "--format=csv,noheader"])
         info["driver"] = smi.splitlines()[0] if smi else None
-    return info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,6 +417,8 @@ def markdown(summary: dict) -> str:
              f"Triton {m['triton']}; driver {m.get('driver')}; commit {m['git_commit']}"
              f"{' (dirty)' if m['git_dirty'] else ''}, sources {m['source_digest']}. Command: `{summary['command']}`.",
              "", "| part | status | seconds |", "| --- | --- | --- |"]
+    if summary.get("import_error"):
+        lines[2:2] = [f"**anl_fused did not import**: `{summary['import_error'].strip().splitlines()[-1]}`", ""]
     for name, p in summary["parts"].items():
         status = p["status"] + (f": {p['reason']}" if p.get("reason") else "")
         if p.get("error"):
@@ -460,6 +471,25 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_replacing(path: str, text: str) -> None:
+    """Stand-in for ``atomic_write`` when the package does not import: a temporary file renamed over ``path``."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _library_io():
+    """``(atomic_write, resolve_device, None)`` from ``anl_fused``; if the package does not import (an API
+    this torch lacks), stand-ins and the traceback, so that the campaign still runs and records every part."""
+    try:
+        from anl_fused.experiments.files import atomic_write, resolve_device
+    except Exception:
+        device = lambda name: torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+        return _write_replacing, device, traceback.format_exc()
+    return atomic_write, resolve_device, None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="results directory (created; at most 5 files are written)")
@@ -481,10 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.graph_child is not None:
         return graph_child(json.loads(args.graph_child), args.smoke, args.device, args.deadline, args.fail_method)
 
-    from anl_fused.experiments.files import atomic_write, resolve_device
-
     if args.out is None:
         ap.error("--out is required")
+    atomic_write, resolve_device, import_error = _library_io()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     os.makedirs(args.out, exist_ok=True)
@@ -500,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
            "tests_timeout": args.tests_timeout, "pytest_args": args.pytest_args, "fail_method": args.fail_method}
     summary = {"meta": meta(device), "command": "python benchmarks/run.py " + " ".join(
         argv if argv is not None else sys.argv[1:]), "smoke": args.smoke, "budget_s": args.budget_s, "parts": {}}
+    if import_error:
+        summary["import_error"] = import_error
+        print(f"anl_fused does not import (each part records its own error):\n{import_error}", flush=True)
     summary_path = os.path.join(args.out, "summary.json")
     print(f"campaign on {summary['meta'].get('gpu') or device}, parts {args.parts}", flush=True)
     for name in args.parts:
@@ -512,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["result"] = PART_FUNCS[name](ctx)
         except Skipped as e:
             entry = {"status": "skipped", "reason": str(e)}
-        except Exception as e:  # one failure must not lose the others: recorded
+        except (Exception, SystemExit) as e:  # one failure (an argparse exit too) must not lose the others: recorded
             entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         entry["seconds"] = time.perf_counter() - t0
         summary["parts"][name] = entry
@@ -525,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
     print(f"wrote {summary_path} and summary.md ({summary['seconds']:.0f} s)")
-    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"]
+    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
     tests = summary["parts"].get("tests", {}).get("result") or {}
     return 1 if errors or tests.get("returncode", 0) != 0 else 0
 

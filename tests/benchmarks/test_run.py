@@ -5,6 +5,7 @@ what would start after it, and the results directory holds the few files a devic
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -52,6 +53,51 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, monkeypat
     assert "Traceback" in summary["parts"]["steps"]["traceback"]
     assert summary["parts"]["memory"]["status"] == "ok"
     assert "| steps | error: RuntimeError: the steps part broke |" in md
+
+
+def _part_that_fails_to_import(tmp_path, monkeypatch):
+    """A part whose module raises at import time, as one would on a torch without an API it uses."""
+    (tmp_path / "anl_broken_part.py").write_text("from torch.library import no_such_api_in_this_torch\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def part(ctx):
+        import anl_broken_part  # noqa: F401
+
+    return part, "ImportError: cannot import name 'no_such_api_in_this_torch' from 'torch.library'"
+
+
+def _part_that_exits(tmp_path, monkeypatch):
+    """A part that calls a command-line ``main`` whose argparse rejects an argument (``SystemExit``)."""
+    def part(ctx):
+        run.argparse.ArgumentParser(prog="aot_report").parse_args(["--no-such-flag"])
+
+    return part, "SystemExit: 2"
+
+
+@pytest.mark.parametrize("make_part", [_part_that_fails_to_import, _part_that_exits])
+def test_a_part_that_fails_to_import_or_exits_is_recorded_and_the_next_still_runs(tmp_path, monkeypatch, make_part):
+    part, error = make_part(tmp_path, monkeypatch)
+    monkeypatch.setitem(run.PART_FUNCS, "steps", part)
+    out = tmp_path / "c"
+    assert run.main(SMOKE + ["--parts", "steps", "memory", "--out", str(out)]) == 1
+    summary, md = read(out)
+    assert summary["parts"]["steps"]["status"] == "error"
+    assert summary["parts"]["steps"]["error"].startswith(error)
+    assert summary["parts"]["memory"]["status"] == "ok"
+    assert "| steps | error: " + error in md
+
+
+def test_a_library_that_does_not_import_is_recorded_and_every_part_still_runs(tmp_path, monkeypatch):
+    """``anl_fused`` itself failing to import (e.g. a torch API missing at import time): the campaign writes its
+    summary with the traceback, and each part records its own outcome."""
+    monkeypatch.setitem(sys.modules, "anl_fused.experiments.files", None)  # the import run.main makes fails
+    out = tmp_path / "c"
+    assert run.main(SMOKE + ["--parts", "steps", "kernels", "--out", str(out)]) == 1
+    summary, md = read(out)
+    assert "Error: import of anl_fused.experiments.files halted" in summary["import_error"]
+    assert summary["parts"]["steps"]["status"] == "ok"  # the parts do not need that module
+    assert summary["parts"]["kernels"]["status"] == "skipped"
+    assert "**anl_fused did not import**" in md and "| steps | ok |" in md
 
 
 def test_time_budget_skips_the_parts_that_would_start_after_it(tmp_path):
