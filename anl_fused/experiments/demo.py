@@ -15,8 +15,8 @@ each variant and 5 seeds, using the paper's protocol (sec. 4.2.1) scaled down:
 Every variant, plain included, gets the same schedule (the same fine-tuning phase at the floor
 rate), so the only difference between them is the noise. Same seed = same initial weights and the
 same data order for every variant. ANL's eps is 0.1, not ``anl-fused train``'s default for vgg_tiny
-(0.02, ``anl-fused models``): 0.1 was the best of a 10-seed sweep on this split, chosen on test
-error, so ANL's number is slightly optimistic.
+(0.02, ``anl-fused models``): 0.1 was the best of a 10-seed sweep on this split (made with the
+earlier ReduceLROnPlateau schedule), chosen on test error, so ANL's number is slightly optimistic.
 
 Prints a table of test errors (mean, standard deviation and range over seeds, the paired difference
 to plain) and the measured time per training step of each variant, writes ``demo.png``,
@@ -60,9 +60,9 @@ def _eps_list(text: str) -> list[float]:
 
 
 EPS_HELP = (f"ANL eps, or several separated by commas for a sweep (opposite uses -eps). Default {DEMO_EPS:g}: "
-            "the best of a 10-seed eps sweep of this demo on this digits split, chosen on test error (so ANL's "
-            "number is slightly optimistic). `anl-fused train` defaults to the model's eps instead (vgg_tiny: "
-            "0.02, listed by `anl-fused models`)")
+            "the best of a 10-seed eps sweep of this demo on this digits split (made with the earlier "
+            "ReduceLROnPlateau schedule), chosen on test error (so ANL's number is slightly optimistic). "
+            "`anl-fused train` defaults to the model's eps instead (vgg_tiny: 0.02, listed by `anl-fused models`)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
