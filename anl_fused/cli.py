@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == [name]:
             importlib.import_module(module).configure(p)
     args = parser.parse_args(argv)
+    args._argv = argv  # the command line as given (the demo records it)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

@@ -145,10 +145,10 @@ class ANL2d(nn.Module):
         return self.noise == "adversarial"
 
     def forward(self, input: Tensor) -> Tensor:
+        if not self.active:  # the identity: any input (an unbatched (C, H, W) image in eval mode included)
+            return input
         if input.dim() != 4:
             raise ValueError(f"ANL2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}")
-        if not self.active:
-            return input
         if self._round is None:
             if not self._warned and not torch.compiler.is_compiling():  # Dynamo cannot trace warn()
                 self._warned = True

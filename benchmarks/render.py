@@ -152,6 +152,15 @@ def table1_table(paths: list[str]) -> str:
     return "\n".join(render_markdown(load_json(path)) for path in paths)
 
 
+@renderer("demo")
+def demo_table(paths: list[str]) -> str:
+    """What ``anl-fused demo`` printed, from its ``results.json`` (one per path), as a text block: the demo's
+    own formatting (:func:`anl_fused.experiments.demo.format_table`)."""
+    from anl_fused.experiments.demo import format_table
+
+    return "".join(f"```text\n{format_table(load_json(path))}\n```\n" for path in paths)
+
+
 def render_text(text: str) -> tuple[str, list[str]]:
     """``text`` with every block re-rendered, and the names of the blocks that changed."""
     changed = []

@@ -1,5 +1,5 @@
 """torch.compile(fullgraph=True) of a model with ANL layers: every mode traces and gives the eager
-result. On CPU the layers use the torch backend (DESIGN section 4); the compiled Triton path is in the
+result. On CPU the layers use the torch backend (anl_fused/ops.py); the compiled Triton path is in the
 GPU-marked tests of the kernel files."""
 
 import copy

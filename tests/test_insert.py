@@ -165,6 +165,20 @@ def test_input_anl_when_inactive_does_no_hook_work(monkeypatch):
     assert calls == []
 
 
+def test_inactive_layers_of_a_sequential_take_unbatched_input():
+    """An nn.Sequential's input ANL is a child layer, not a hook: inactive (eval mode, or disabled), it is
+    the identity for any input, an unbatched (C, H, W) image included; active, it still wants (N, C, H, W)."""
+    torch.manual_seed(0)
+    model = insert_anl(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), 0.1, input_eps=0.1, after="conv")
+    x = torch.randn(2, 3, 8, 8)
+    for inactive in (lambda: model.eval(), lambda: set_anl_enabled(model.train(), False)):
+        inactive()
+        torch.testing.assert_close(model(x[0]), model.eval()(x)[0])
+    set_anl_enabled(model.train(), True)
+    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\) input, got shape \(3, 8, 8\)"):
+        TwoRound(model).step(lambda: model(x[0]).sum())
+
+
 def test_input_anl_applies_to_the_first_argument_passed_by_keyword():
     torch.manual_seed(0)
     model = insert_anl(Keyword(), 0.1, input_eps=0.3, after="conv")

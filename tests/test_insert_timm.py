@@ -71,7 +71,7 @@ def test_timm_models_get_anl_between_norm_and_activation(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_two_round_step_equals_the_oracle(name):
-    """In float64 (DESIGN section 6: 1e-10): these untrained nets, at 32x32 with 4 samples (1x1 maps
+    """In float64 (1e-10, as tests/test_reference.py): these untrained nets, at 32x32 with 4 samples (1x1 maps
     at the end), amplify float32 rounding to 1e-3 of the gradients (efficientnet_b0)."""
     model = insert_anl(build(name), eps=0.1).double()
     oracle = copy.deepcopy(model)

@@ -45,12 +45,16 @@ def test_bad_options():
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4), (1, 2, 3, 4, 5)])
-def test_non_4d_input_is_an_error_in_every_mode(shape):
+def test_non_4d_input_is_an_error_when_active_and_passes_through_when_inactive(shape):
+    """Active (training mode, enabled) the layer needs (N, C, H, W); inactive it is the identity for any
+    input, so a model that takes unbatched images keeps taking them in eval mode."""
     layer = ANL2d(0.1)
-    for mode in (layer.train, layer.eval):
-        mode()
-        with pytest.raises(ValueError, match=r"4-D .*" + re.escape(str(shape))):
-            layer(torch.randn(shape))
+    with pytest.raises(ValueError, match=r"4-D .*" + re.escape(str(shape))):
+        layer.train()(torch.randn(shape))
+    x = torch.randn(shape)
+    assert layer.eval()(x) is x
+    layer.train().enabled = False
+    assert layer(x) is x
 
 
 

@@ -1,32 +1,68 @@
 """``anl-fused demo``: plain vs ANL vs opposite-ANL on real handwritten digits, on a CPU, in minutes.
 
 Trains the same small CNN (``vgg_tiny``: a VGG-style net with BatchNorm, ANL after every BN) on
-scikit-learn's 8x8 digits (offline, no download) with each variant and several seeds, using the
-paper's protocol scaled down: SGD + ReduceLROnPlateau on the validation loss, an ANL phase, then a
-fine-tuning phase with ANL off at the floor learning rate. Every variant, plain included, gets the
-same schedule (the same fine-tuning phase at the floor rate), so the only difference between them is
-the noise. Same seed = same initial weights and the same data order for every variant.
+scikit-learn's 8x8 digits (offline, no download; train 897 / validation 300 / test 600 images) with
+each variant and 5 seeds, using the paper's protocol (sec. 4.2.1) scaled down:
 
-Prints a table of test errors (mean, standard deviation and range over seeds) and the measured
-time per training step of each variant, writes ``demo.png``, ``results.json`` and each run's
-``metrics.jsonl`` / ``checkpoint.pt`` under ``--out`` (default ``./demo_out``).
+- SGD, momentum 0.9, weight decay 5e-4, batch 64, learning rate 0.1 at the start;
+- the rate is halved when none of the last 5 epochs (``patience``) found a new best validation
+  loss, each rate is used for at least 5 epochs (``hold_epochs``), never below the floor 1e-3
+  (``min_lr``): :class:`anl_fused.experiments.train.schedule.PlateauSchedule`, the schedule of
+  ``anl-fused train``, not ``ReduceLROnPlateau``;
+- 20 epochs with the variant's noise, then 10 fine-tuning epochs with the noise off at the floor
+  rate 1e-3.
+
+Every variant, plain included, gets the same schedule (the same fine-tuning phase at the floor
+rate), so the only difference between them is the noise. Same seed = same initial weights and the
+same data order for every variant. ANL's eps is 0.1, not ``anl-fused train``'s default for vgg_tiny
+(0.02, ``anl-fused models``): 0.1 was the best of a 10-seed sweep on this split (made with the
+earlier ReduceLROnPlateau schedule), chosen on test error, so ANL's number is slightly optimistic.
+
+Prints a table of test errors (mean, standard deviation and range over seeds, the paired difference
+to plain) and the measured time per training step of each variant, writes ``demo.png``,
+``results.json`` (everything the table shows, the protocol and the machine; :func:`format_table`
+prints it again, and ``benchmarks/render.py``'s ``demo`` renderer puts it in the README),
+``results.txt`` and each run's ``metrics.jsonl`` / ``checkpoint.pt`` under ``--out`` (default
+``./demo_out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
 
 import torch
 
+from . import cli_types
+
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
 NOISY = ("anl", "opposite", "gaussian")
+DEMO_EPS = 0.1  # vgg_tiny on digits: the best of a 10-seed sweep, chosen on test error
+MIN_LR = 1e-3  # the schedule's floor and the fine-tuning rate (TrainConfig.min_lr, the paper's)
+
+
+def _eps_list(text: str) -> list[float]:
+    """``--eps``: one or more eps separated by commas, each a positive finite number."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items) or not all(items):
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    try:
+        return [cli_types.positive_float(t) for t in items]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"every eps {str(e).rsplit(', got ', 1)[0]}, got {text!r}") from None
+
+
+EPS_HELP = (f"ANL eps, or several separated by commas for a sweep (opposite uses -eps). Default {DEMO_EPS:g}: "
+            "the best of a 10-seed eps sweep of this demo on this digits split (made with the earlier "
+            "ReduceLROnPlateau schedule), chosen on test error (so ANL's number is slightly optimistic). "
+            "`anl-fused train` defaults to the model's eps instead (vgg_tiny: 0.02, listed by `anl-fused models`)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,22 +70,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vgg_tiny", help="zoo model (default vgg_tiny, ~0.07M parameters)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help="comma-separated: plain, anl, opposite, gaussian, dropout (default plain,anl,opposite)")
-    p.add_argument("--eps", default="0.1",
-                   help="ANL eps, or several separated by commas for a sweep (opposite uses -eps); default 0.1, the "
-                        "best of a 10-seed sweep over 0.02..0.4 on this split (chosen on test error, so the ANL "
-                        "number is slightly optimistic)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default 5)")
-    p.add_argument("--epochs", type=int, default=20, help="ANL-phase epochs (default 20)")
-    p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs with ANL off (default 10)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (paper: 0.1)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: fastest for a tiny model on a small CPU)")
+    p.add_argument("--eps", type=_eps_list, default=[DEMO_EPS], help=EPS_HELP)
+    p.add_argument("--seeds", type=cli_types.positive_int, default=5,
+                   help="seeds per variant, >= 1 (default 5; the paired differences need >= 2)")
+    p.add_argument("--epochs", type=cli_types.positive_int, default=20,
+                   help="epochs with the variant's noise, >= 1 (default 20)")
+    p.add_argument("--finetune-epochs", type=cli_types.nonneg_int, default=10,
+                   help=f"then epochs with the noise off at the floor rate {MIN_LR:g}, >= 0 (default 10)")
+    p.add_argument("--batch-size", type=cli_types.positive_int, default=64,
+                   help="training batch, 1 to the training set's size (digits: 897; default 64)")
+    p.add_argument("--lr", type=cli_types.number(float, low=MIN_LR, name="lr"), default=0.1,
+                   help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
+                        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs, "
+                        f"floor {MIN_LR:g} (sec. 4.2.1)")
+    p.add_argument("--threads", type=cli_types.positive_int, default=1,
+                   help="torch intra-op threads, >= 1 (default 1: fastest for a tiny model on a small CPU)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--out", default="./demo_out", help="output directory (default ./demo_out)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
-
-
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
@@ -122,20 +160,94 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     plt.close(fig)
 
 
-def _parse_eps(text: str) -> list[float]:
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
     try:
-        vals = [float(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        vals = []
-    if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
-        raise ValueError(f"--eps must be positive finite numbers separated by commas, got {text!r}")
-    return vals
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(args: argparse.Namespace) -> dict:
+    """Where and when the demo ran, and the command that ran it."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    argv = getattr(args, "_argv", None)
+    argv = ["demo", *sys.argv[1:]] if argv is None else argv
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["anl-fused", *argv]), "device": args.device, "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "triton": triton_version, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _eps_note(protocol: dict) -> str:
+    """Where the eps comes from, and ``anl-fused train``'s default for the model."""
+    eps = ", ".join(f"{e:g}" for e in protocol["eps"])
+    train = f"`anl-fused train` defaults to eps {protocol['train_default_eps']:g} for {protocol['model']} " \
+            "(`anl-fused models`)"
+    if protocol["eps"] == [DEMO_EPS] and protocol["model"] == "vgg_tiny":
+        return (f"eps {eps}: the best of a 10-seed eps sweep on this split, chosen on test error (so ANL's number "
+                f"is slightly optimistic);\n{train}.")
+    return f"eps {eps} (--eps); {train}."
+
+
+def format_table(results: dict) -> str:
+    """The demo's printout (header, table, notes) from its ``results.json``: what ``anl-fused demo``
+    prints and what ``benchmarks/render.py`` puts in the README."""
+    p, m, n = results["protocol"], results["machine"], results["dataset_sizes"]
+    summary = results["summary"]
+    lines = [
+        f"anl-fused demo: {p['model']} on scikit-learn digits (8x8 grey, train {n['train']} / val {n['val']} / "
+        f"test {n['test']}), {p['seeds']} seed(s) per variant",
+        f"protocol: SGD lr {p['lr']:g}, momentum {p['momentum']:g}, wd {p['weight_decay']:g}, batch "
+        f"{p['batch_size']}; {p['epochs']} epochs with noise + {p['finetune_epochs']} noise off at lr "
+        f"{p['min_lr']:g} (all variants)",
+        f"schedule (sec. 4.2.1): lr x{p['lr_factor']:g} when the last {p['patience']} epochs found no new best val "
+        f"loss, each rate kept >= {p['hold_epochs']} epochs, floor {p['min_lr']:g}",
+        _eps_note(p),
+        f"{m['date']}, device {m['device']}, torch {m['torch']}, triton {m['triton'] or '-'}, {m['threads']} "
+        f"thread(s), {m['cpu_count']} CPU(s), {m['cpu']}",
+        "",
+        f"{'variant':<22} {'test error %':>16} {'[min, max]':>14} {'vs plain, paired':>22} "
+        f"{'train err %':>11} {'ms/step':>8} {'vs plain':>8}",
+    ]
+    for s in summary.values():
+        t, d = s["test_err"], s.get("paired_diff_vs_plain")
+        ratio = s.get("time_ratio_vs_plain")
+        span = f"[{t['min']:.2f}, {t['max']:.2f}]"
+        paired = f"{d['mean']:+.2f} ± {d['se']:.2f} ({d['better']}/{d['same']}/{d['worse']})" if d else "-"
+        lines.append(f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std']:<6.2f} {span:>14} {paired:>22} "
+                     f"{s['final_train_err']:>11.2f} {s['time_per_step_ms']:>8.2f} "
+                     f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8}")
+    lines += [
+        "",
+        f"test error: after the last epoch, over {n['test']} test images (one image = {100 / n['test']:.2f}%); "
+        "mean ± std over seeds.",
+        "vs plain, paired: mean over seeds of (error - plain's error with the same seed) ± its standard error "
+        "(better/same/worse seeds).",
+        "ms/step: median wall time of one optimizer step in the noise phase (epoch 1 excluded), measured here.",
+        f"total wall time {results['wall_time_s']:.1f} s. A paired difference within about two standard errors of "
+        "0 is not evidence either way.",
+    ]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from . import data as data_mod
+    from .files import atomic_write
+    from .models import MODELS
     from .train import TrainConfig, fit
 
     if args.quick:
@@ -145,18 +257,19 @@ def run(args: argparse.Namespace) -> int:
     if bad or not variants:
         print(f"anl-fused demo: error: unknown variant(s) {bad}", file=sys.stderr)
         return 2
-    try:
-        eps_list = _parse_eps(args.eps)
-    except ValueError as e:
-        print(f"anl-fused demo: error: {e}", file=sys.stderr)
+    if args.model not in MODELS:
+        print(f"anl-fused demo: error: unknown --model {args.model!r} (known: {', '.join(MODELS)})", file=sys.stderr)
         return 2
-    if args.seeds < 1:
-        print("anl-fused demo: error: --seeds must be >= 1", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    eps_list = list(args.eps)
     bundle = data_mod.load("digits")
+    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
+    problem = cli_types.out_of_range(args.batch_size, low=1, high=n_tr)
+    if problem:  # larger than the training set: not one full batch an epoch
+        print(f"anl-fused demo: error: argument --batch-size: {problem.rsplit(', got ', 1)[0]} (the training "
+              f"images), got {args.batch_size!r}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
 
     # one entry per (variant, eps); variants without noise run once
     entries: list[tuple[str, str, float]] = []
@@ -172,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         for key, v, eps in entries:
             cfg = TrainConfig(model=args.model, dataset="digits", variant=v, eps=eps, epochs=args.epochs,
                               finetune_epochs=args.finetune_epochs, finetune_lr="floor", batch_size=args.batch_size,
-                              lr=args.lr, seed=seed, device=args.device)
+                              lr=args.lr, min_lr=MIN_LR, seed=seed, device=args.device)
             res = fit(cfg, os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}"), progress=False,
                       bundle=bundle, log=lambda s: None, overwrite=True)
             runs[key].append(res["history"])
@@ -196,54 +309,28 @@ def run(args: argparse.Namespace) -> int:
                         "final_train_err": statistics.fmean(100 - hist[-1]["train_acc"] * 100 for hist in runs[key])}
     plain = summary.get("plain")
     for key, s in summary.items():  # same seed = same initial weights and data order: compare pairwise
+        if plain:
+            s["time_ratio_vs_plain"] = s["time_per_step_ms"] / plain["time_per_step_ms"]
         if plain and key != "plain" and len(s["test_errs"]) > 1:
             d = [a - b for a, b in zip(s["test_errs"], plain["test_errs"])]
             s["paired_diff_vs_plain"] = {"mean": statistics.fmean(d),
-                                         "se": statistics.stdev(d) / math.sqrt(len(d)),
+                                         "se": statistics.stdev(d) / len(d) ** 0.5,
                                          "better": sum(x < 0 for x in d), "same": sum(x == 0 for x in d),
                                          "worse": sum(x > 0 for x in d)}
 
-    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
-    lines = [
-        f"anl-fused demo: {args.model} on scikit-learn digits (8x8 grey, train {n_tr} / val {n_va} / test {n_te}), "
-        f"{args.seeds} seed(s) per variant",
-        f"protocol: SGD lr {args.lr} (momentum 0.9, wd 5e-4, halved on val-loss plateau), batch {args.batch_size}, "
-        f"{args.epochs} epochs with noise + {args.finetune_epochs} epochs noise off at lr 1e-3 (all variants)",
-        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}",
-        "",
-        f"{'variant':<22} {'test error %':>16} {'[min, max]':>14} {'vs plain, paired':>22} "
-        f"{'train err %':>11} {'ms/step':>8} {'vs plain':>8}",
-    ]
-    base = plain["time_per_step_ms"] if plain else None
-    for key in summary:
-        s = summary[key]
-        t = s["test_err"]
-        ratio = f"{s['time_per_step_ms'] / base:.2f}x" if base else "-"
-        span = f"[{t['min']:.2f}, {t['max']:.2f}]"
-        p = s.get("paired_diff_vs_plain")
-        paired = f"{p['mean']:+.2f} ± {p['se']:.2f} ({p['better']}/{p['same']}/{p['worse']})" if p else "-"
-        lines.append(f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std']:<6.2f} {span:>14} {paired:>22} "
-                     f"{s['final_train_err']:>11.2f} {s['time_per_step_ms']:>8.2f} {ratio:>8}")
-    lines += [
-        "",
-        f"test error: after the last epoch, over {n_te} test images (one image = {100 / n_te:.2f}%); mean ± std over "
-        "seeds.",
-        "vs plain, paired: mean over seeds of (error - plain's error with the same seed) ± its standard error "
-        "(better/same/worse seeds).",
-        "ms/step: median wall time of one optimizer step in the noise phase (epoch 1 excluded), measured here.",
-        f"total wall time {wall:.1f} s. A paired difference within about two standard errors of 0 is not evidence "
-        "either way.",
-    ]
-    text = "\n".join(lines)
+    c = next(iter(configs.values()))  # the protocol every variant shares
+    protocol = {"model": args.model, "dataset": "digits", "variants": variants, "eps": eps_list,
+                "train_default_eps": MODELS[args.model].eps, "seeds": args.seeds,
+                **{k: c[k] for k in ("epochs", "finetune_epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                     "lr_factor", "patience", "hold_epochs", "min_lr")}}
+    results = {"summary": summary, "protocol": protocol, "machine": _machine(args), "wall_time_s": wall,
+               "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te},
+               "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    text = format_table(results)
     print(text)
     png = os.path.join(args.out, "demo.png")
     _plot(png, summary, runs, args.epochs, n_te)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"summary": summary, "wall_time_s": wall, "args": {k: v for k, v in vars(args).items()
-                                                                      if not k.startswith("_")},
-                   "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te}}, f, indent=2)
-    with open(os.path.join(args.out, "results.txt"), "w") as f:
-        f.write(text + "\n")
+    atomic_write(os.path.join(args.out, "results.json"), json.dumps(results, indent=2) + "\n")
+    atomic_write(os.path.join(args.out, "results.txt"), text + "\n")
     print(f"wrote {png}, {os.path.join(args.out, 'results.json')}, runs under {os.path.join(args.out, 'runs')}")
     return 0

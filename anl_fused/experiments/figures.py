@@ -360,10 +360,11 @@ def feature_maps(runs: list[str], out: str, title: str | None = None, image_inde
 
 
 def _method_label(cfg: dict) -> str:
-    """A short name of a run's method: ``baseline``, ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
+    """A short name of a run's method: ``baseline``, ``baseline two-phase`` (plain training with the noise
+    methods' fine-tuning phase), ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
     v, eps = cfg.get("variant", "?"), cfg.get("eps", 0)
     if v == "plain":
-        return "baseline"
+        return "baseline two-phase" if cfg.get("finetune_epochs") else "baseline"
     if v == "gaussian":
         return f"Gaussian {eps:g}"
     if v in ("anl", "opposite"):

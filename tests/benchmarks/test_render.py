@@ -3,6 +3,7 @@
 import json
 
 from anl_fused.benchmarks import render
+from anl_fused.experiments import demo
 
 
 def test_readme_tables_are_up_to_date():
@@ -50,3 +51,42 @@ def test_probe_tables_render_their_json(tmp_path, monkeypatch):
         "| digits, vgg_tiny | 3 | 1.00 ± 0.50% | 0.70 ± 0.50% | 0.75 ± 0.50% | +0.05 ± 0.10 pp (1/1/1) | - |")
     assert render.RENDERERS["probe-agreement"](["g.json"]).splitlines()[2] == (
         "| VGG-11 | 8 | 0.960 [0.950] | 0.900 | 3.0% | 0.995 [0.990] | 0.910 / 0.010 |")
+
+
+def test_demo_table_renders_the_demos_printout(tmp_path, monkeypatch):
+    """The ``demo`` renderer prints the demo's own table (format_table) from its results.json, as a text block;
+    these rows are the ones the demo printed before its README block was rendered."""
+    def variant(label, errs, ms, ratio, train_err, paired=None):
+        v = {"label": label, "test_err": dict(zip(("mean", "std", "min", "max", "n"), errs)),
+             "time_per_step_ms": ms, "time_ratio_vs_plain": ratio, "final_train_err": train_err}
+        if paired:
+            v["paired_diff_vs_plain"] = dict(zip(("mean", "se", "better", "same", "worse"), paired))
+        return v
+
+    results = {"summary": {"plain": variant("plain", (0.97, 0.32, 0.5, 1.33, 5), 7.75, 1.0, 0.0),
+                           "anl": variant("ANL eps=0.1", (0.70, 0.07, 0.67, 0.83, 5), 15.58, 2.01, 0.0,
+                                          (-0.27, 0.15, 3, 1, 1)),
+                           "opposite": variant("opposite eps=-0.1", (1.67, 0.31, 1.17, 2.0, 5), 15.84, 2.04, 0.04,
+                                               (0.70, 0.21, 0, 0, 5))},
+               "protocol": {"model": "vgg_tiny", "eps": [0.1], "train_default_eps": 0.02, "seeds": 5, "epochs": 20,
+                            "finetune_epochs": 10, "batch_size": 64, "lr": 0.1, "momentum": 0.9,
+                            "weight_decay": 5e-4, "lr_factor": 0.5, "patience": 5, "hold_epochs": 5, "min_lr": 1e-3},
+               "machine": {"date": "2026-11-24 10:00 UTC", "device": "cpu", "torch": "2.14.1", "triton": "3.8.0",
+                           "threads": 1, "cpu_count": 2, "cpu": "Some CPU"},
+               "dataset_sizes": {"train": 897, "val": 300, "test": 600}, "wall_time_s": 91.26}
+    (tmp_path / "d.json").write_text(json.dumps(results))
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    text = render.RENDERERS["demo"](["d.json"])
+    lines = text.splitlines()
+    assert lines[0] == "```text" and lines[-1] == "```" and text.endswith("```\n")
+    assert "\n".join(lines[1:-1]) == demo.format_table(results)
+    assert lines.index("variant                    test error %     [min, max]       vs plain, paired train err %  "
+                       "ms/step vs plain") + 3 == lines.index(
+        "opposite eps=-0.1         1.67 ± 0.31     [1.17, 2.00]   +0.70 ± 0.21 (0/0/5)        0.04    15.84    2.04x")
+    for row in ("plain                     0.97 ± 0.32     [0.50, 1.33]                      -        0.00     7.75"
+                "    1.00x",
+                "ANL eps=0.1               0.70 ± 0.07     [0.67, 0.83]   -0.27 ± 0.15 (3/1/1)        0.00    15.58"
+                "    2.01x"):
+        assert row in lines
+    assert "2026-11-24 10:00 UTC, device cpu, torch 2.14.1, triton 3.8.0, 1 thread(s), 2 CPU(s), Some CPU" in lines
+    assert "total wall time 91.3 s." in text
