@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .files import atomic_write
+from .files import save_figure
 
 __all__ = [
     "PAPER_FGSM",
@@ -562,5 +562,5 @@ def plot_transfer_heatmap(result: Mapping[str, Any], path, *, dpi: int = 120):
     ax.set_yticks(range(k), names, fontsize=8)
     fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.8)
     fig.suptitle(f"Accuracy on adversarial images ({result['n']} images); red: white-box", fontsize=10)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))  # never a half-written PNG
+    save_figure(fig, path, dpi=dpi, format="png")
     return path

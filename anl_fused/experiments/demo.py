@@ -41,6 +41,7 @@ import time
 import torch
 
 from . import cli_types
+from .files import save_figure
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
 NOISY = ("anl", "opposite", "gaussian")
@@ -156,7 +157,7 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     fig.suptitle(f"{summary[variants[0]]['model']} on scikit-learn digits (8x8), "
                  f"{summary[variants[0]]['test_err']['n']} seeds", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

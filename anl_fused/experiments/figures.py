@@ -115,9 +115,9 @@ def _plt():
 
 
 def _save(fig, out: str) -> None:
-    d = os.path.dirname(os.path.abspath(out))
-    os.makedirs(d, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    from .files import save_figure
+
+    save_figure(fig, out, dpi=110)  # creates the directory; never a half-written PNG
     _plt().close(fig)
 
 
