@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
@@ -189,3 +190,18 @@ def test_a_run_without_a_finished_epoch_is_skipped_with_a_warning(runs, tmp_path
     assert f"warning: skipping unfinished run {started}" in err and "error" not in err
     assert main(["figures", figure, "--runs", str(started), "--out", str(tmp_path / "g.png"), *extra]) == 2
     assert "anl-fused figures: error: no " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps", "whitebox", "whitebox-plot"])
+def test_every_figure_command_describes_itself_and_its_options(figure, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["figures", figure, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "\nFig. " in text  # the description under the usage
+    parser = argparse.ArgumentParser()
+    figures.configure(parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[figure]
+    assert sub.description
+    for action in sub._actions:
+        assert action.help, f"figures {figure} {action.option_strings}: no help text"
