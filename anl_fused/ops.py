@@ -1,42 +1,13 @@
 """The three per-layer operations of a two-round step, and the choice of backend.
 
-Every fast path of the engine is built from these three functions; ``anl_fused.reference`` does not
-use them (it is the independent oracle).
+Every fast path of the engine is built from :func:`std` (round 1, forward), :func:`noise_scale`
+(round 1, after the backward) and :func:`add_noise` (round 2, forward); each function's docstring
+gives its shapes, dtypes and math. ``anl_fused.reference`` does not use them (it is the independent
+oracle).
 
-``std(h) -> s``
-    Round 1, forward. ``s = std(h)`` over all elements with correction 1 (0 when ``h`` has at most
-    one element), accumulated in float32 (float64 for float64 input), a 0-d tensor without gradient.
-
-``noise_scale(g, z, s, eps, *, layer_norm=False, stats=None) -> (scale, norm)``
-    Round 1, after the backward. ``norm_b = max_i |g_b,i|`` (NaN if ``g_b`` holds a NaN) and
-    ``r_b = clamp(eps/2 + |eps|/4 * z_b, min(0, eps), max(0, eps))``; ``z=None`` means ``r_b = eps``
-    (the sign form, Eq. 8), ``s=None`` means ``s = 1`` (Eq. 4).
-
-    - ``layer_norm=False`` (per sample, the authors' code): ``scale_b = r_b * s / norm_b``, and
-      ``scale_b = 0`` where ``norm_b`` is 0 or not finite.
-    - ``layer_norm=True`` (Algorithm 1's reading, one norm per layer):
-      ``n = max{norm_b : norm_b finite}`` (0 if no sample has a finite norm),
-      ``scale_b = r_b * s / n``, and ``scale_b = 0`` where ``norm_b`` is not finite or ``n == 0``.
-
-    ``scale_b`` is clamped to +-(largest finite value of its dtype), so a subnormal norm gives a huge
-    but finite scale (``scale_b * g_b,i`` stays finite: ``|g_b,i| <= norm_b``). ``stats``, when given,
-    is an int64 tensor of shape ``[2]`` incremented in place: ``stats[0] +=`` the number of samples
-    whose ``norm_b`` is not finite, ``stats[1] +=`` the number whose ``norm_b == 0`` (no extra launch
-    on the Triton backend). ``norm`` always holds the per-sample norms. Both results are float32
-    (float64 for float64 ``g``), shape ``[B]``.
-
-``add_noise(h, g, scale, *, alpha=1.0) -> out``
-    Round 2, forward. ``out = h + alpha * scale[b] * g'`` where ``g'`` is ``g`` with its non-finite
-    entries set to 0, so ``eta_b = 0`` wherever ``scale_b == 0`` even if ``g_b`` holds inf/NaN.
-    ``scale`` holds ``B`` values, or a single value for every sample, or is None (1); Gaussian noise
-    is ``add_noise(h, z, s, alpha=|eps|/4)``. Math in float32 (float64 for float64 ``h``), rounded
-    once to ``h``'s dtype (on both backends: a float16 ``h`` never sees a float16 scale overflow);
-    ``g`` may have another float dtype than ``h`` (``noise_dtype``). ``d out / d h = I``; no gradient
-    reaches ``g`` or ``scale``.
-
-Backends: CUDA tensors use the Triton kernels of ``anl_fused.kernels``; other tensors use torch
-ops. ``ANL_FUSED_BACKEND=triton|torch`` forces one (``triton`` on CPU tensors needs
-``TRITON_INTERPRET=1`` set before ``triton`` is imported).
+Backends (:func:`backend_for`): CUDA tensors use the Triton kernels of ``anl_fused.kernels``; other
+tensors use torch ops. ``ANL_FUSED_BACKEND=triton|torch`` forces one (``triton`` on CPU tensors needs
+``TRITON_INTERPRET=1`` set before ``triton`` is imported). Both backends compute the same math.
 """
 
 from __future__ import annotations
@@ -76,6 +47,18 @@ def _triton():
 
 
 def std(h: Tensor) -> Tensor:
+    """Round 1, forward: ``s = std(h)``, the standard deviation over all elements of ``h``.
+
+    Args:
+        h: an activation of any shape (``[B, C, H, W]`` in a CNN) and float dtype; not differentiated.
+
+    Returns a 0-d tensor without gradient: ``s = sqrt(sum_i (h_i - mean(h))^2 / (n - 1))`` with
+    correction 1 over all ``n`` elements (0 when ``h`` has at most one element), accumulated in
+    float32 (float64 for float64 ``h``) and returned in that dtype.
+
+    Backend: the Triton kernel ``anl_fused.kernels.std`` for a CUDA tensor, torch ops otherwise
+    (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
+    """
     if backend_for(h) == "triton":
         return _triton().std(h)
     return _torch_std(h)
@@ -83,12 +66,61 @@ def std(h: Tensor) -> Tensor:
 
 def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False,
                 stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Round 1, after the backward: the per-sample factor of the noise, ``(scale, norm)``.
+
+    Args:
+        g: round 1's gradient at the layer, shape ``[B, ...]`` (batch first), any float dtype.
+        z: ``[B]`` standard normal draws, or None for ``r_b = eps`` (the sign form, Eq. 8).
+        s: the 0-d :func:`std` of the layer's input, or None for ``s = 1`` (Eq. 4).
+        eps: the layer's eps (negative: opposite noise).
+        layer_norm: one norm per layer (Algorithm 1's reading) instead of one per sample.
+        stats: None, or an int64 tensor of shape ``[2]`` incremented in place: ``stats[0] +=`` the
+            number of samples whose ``norm_b`` is not finite, ``stats[1] +=`` the number whose
+            ``norm_b == 0`` (no extra launch on the Triton backend).
+
+    Math: ``norm_b = max_i |g_b,i|`` (NaN if ``g_b`` holds a NaN) and
+    ``r_b = clamp(eps/2 + |eps|/4 * z_b, min(0, eps), max(0, eps))``.
+
+    - ``layer_norm=False`` (per sample, the authors' code): ``scale_b = r_b * s / norm_b``, and
+      ``scale_b = 0`` where ``norm_b`` is 0 or not finite.
+    - ``layer_norm=True``: ``n = max{norm_b : norm_b finite}`` (0 if no sample has a finite norm),
+      ``scale_b = r_b * s / n``, and ``scale_b = 0`` where ``norm_b`` is not finite or ``n == 0``.
+
+    ``scale_b`` is clamped to +-(largest finite value of its dtype), so a subnormal norm gives a huge
+    but finite scale (``scale_b * g_b,i`` stays finite: ``|g_b,i| <= norm_b``).
+
+    Returns ``(scale, norm)``, both of shape ``[B]``, float32 (float64 for float64 ``g``), without
+    gradient; ``norm`` always holds the per-sample norms.
+
+    Backend: the Triton kernel ``anl_fused.kernels.noise_scale`` for a CUDA tensor, torch ops otherwise
+    (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
+    """
     if backend_for(g) == "triton":
         return _triton().noise_scale(g, z, s, eps, layer_norm=layer_norm, stats=stats)
     return _torch_noise_scale(g, z, s, eps, layer_norm, stats)
 
 
 def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0) -> Tensor:
+    """Round 2, forward: ``out = h + alpha * scale[b] * g'``, the noisy activation.
+
+    Args:
+        h: the activation, shape ``[B, ...]`` (batch first), any float dtype.
+        g: round 1's gradient, ``h``'s shape; may have another float dtype than ``h`` (``noise_dtype``).
+        scale: ``B`` values (one per sample, from :func:`noise_scale`), a single value for every
+            sample, or None (1). Gaussian noise is ``add_noise(h, z, s, alpha=|eps|/4)``.
+        alpha: a constant factor.
+
+    Math: ``g'`` is ``g`` with its non-finite entries set to 0, so ``eta_b = 0`` wherever
+    ``scale_b == 0`` even if ``g_b`` holds inf/NaN. Computed in float32 (float64 for float64 ``h``),
+    rounded once to ``h``'s dtype (on both backends: a float16 ``h`` never sees a float16 scale
+    overflow).
+
+    Returns a tensor of ``h``'s shape and dtype. ``d out / d h = I``; no gradient reaches ``g`` or
+    ``scale``.
+
+    Backend: the Triton kernel ``anl_fused.kernels.add_noise`` for a CUDA tensor, torch ops otherwise
+    (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
+    """
     if backend_for(h) == "triton":
         return _triton().add_noise(h, g, scale, alpha=alpha)
     return _torch_add_noise(h, g, scale, alpha)

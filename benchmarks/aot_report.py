@@ -419,7 +419,8 @@ def _subprocess_env(interpret: bool) -> dict:
     return env
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line of :func:`main` (``anl-fused bench --aot`` builds one too)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="vgg16")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=list(DTYPES))
@@ -428,7 +429,11 @@ def main(argv=None) -> dict:
     p.add_argument("--step-batch", type=int, default=4,
                    help="batch of the real step under the interpreter (its op calls are replayed at --batch)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def make_report(args: argparse.Namespace) -> dict:
+    """Record the step of every dtype (a subprocess each), compile the specializations, build the report."""
     per_dtype = {}
     for name in args.dtypes:
         cmd = [sys.executable, os.path.abspath(__file__), "--_record", "--model", args.model, "--dtype", name,
@@ -442,15 +447,25 @@ def main(argv=None) -> dict:
 
     launches = [launch for rec in per_dtype.values() for call in rec["calls"] for launch in call["launches"]]
     compiled = aot.compile_in_subprocess(launches, archs=(80, 90))
-    report = build_report(args, per_dtype, compiled)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "aot-report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, "aot-report.md"), "w") as f:
-        f.write(markdown(report))
-    print(f"wrote {os.path.join(args.out, 'aot-report.json')} and aot-report.md")
-    return report
+    return build_report(args, per_dtype, compiled)
 
+
+def write_report(report: dict, out: str) -> tuple[str, str]:
+    """``aot-report.json`` and ``aot-report.md`` in the directory ``out`` (atomic writes); their paths."""
+    from anl_fused.experiments.files import atomic_write
+
+    paths = os.path.join(out, "aot-report.json"), os.path.join(out, "aot-report.md")
+    atomic_write(paths[0], json.dumps(report, indent=1))
+    atomic_write(paths[1], markdown(report))
+    return paths
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    report = make_report(args)
+    json_path, _ = write_report(report, args.out)
+    print(f"wrote {json_path} and aot-report.md")
+    return report
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_record":

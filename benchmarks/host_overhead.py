@@ -119,8 +119,9 @@ def main(argv=None) -> dict:
                 data = json.load(f)
         data["note"] = " ".join(__doc__.strip().split("\n\n")[2].split())
         data.setdefault("runs", {})[args.label] = run
-        with open(args.out, "w") as f:
-            json.dump(data, f, indent=1)
+        from anl_fused.experiments.files import atomic_write
+
+        atomic_write(args.out, json.dumps(data, indent=1))
     return run
 
 

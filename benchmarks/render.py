@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         new, changed = render_text(text)
         stale += [f"{path}: {c}" for c in changed]
         if changed and not args.check:
-            with open(path, "w") as f:
-                f.write(new)
+            from anl_fused.experiments.files import atomic_write
+
+            atomic_write(path, new)
     for s in stale:
         print(("out of date: " if args.check else "rendered: ") + s)
     return 1 if (stale and args.check) else 0

@@ -44,11 +44,9 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -158,8 +156,9 @@ def part_tests(ctx: dict) -> dict:
         proc.kill()
         out, _ = proc.communicate()
         timed_out = True
-    with open(os.path.join(ctx["out"], "pytest.txt"), "w") as f:
-        f.write(out)
+    from anl_fused.experiments.files import atomic_write
+
+    atomic_write(os.path.join(ctx["out"], "pytest.txt"), out)
     lines = out.strip().splitlines()
     counted = [line for line in lines if " in " in line and any(w in line for w in ("passed", "failed", "error"))]
     tail = counted[-1] if counted else (lines[-1] if lines else "")
@@ -358,11 +357,11 @@ def part_kernels(ctx: dict) -> dict:
 
 def part_aot(ctx: dict) -> dict:
     from anl_fused.benchmarks import aot_report
+    from anl_fused.experiments.files import atomic_write
 
-    with tempfile.TemporaryDirectory() as tmp:
-        report = aot_report.main(ctx["cfg"]["aot"] + ["--out", tmp])
-        shutil.copyfile(os.path.join(tmp, "aot-report.md"), os.path.join(ctx["out"], "aot.md"))
-        shutil.copyfile(os.path.join(tmp, "aot-report.json"), os.path.join(ctx["out"], "aot.json"))
+    report = aot_report.make_report(aot_report.parse_args(ctx["cfg"]["aot"]))
+    atomic_write(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
+    atomic_write(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
     totals = {k: v for k, v in report.items() if k in ("args", "versions", "totals", "date")}
     return {"files": ["aot.md", "aot.json"], **totals}
 

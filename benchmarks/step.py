@@ -3,6 +3,7 @@
 autocast), measured side by side in one run and written as JSON with the machine's details.
 
     anl-fused bench --models vgg11 resnet18 --batch 64 --out results.json
+    anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU
 
 Every method runs the same model (same weights, same batch) through one training step's
 forward/backward (gradients zeroed first, no optimizer update). Methods are timed in interleaved
@@ -38,7 +39,7 @@ from torch import nn
 from anl_fused import TwoRound, anl_layers, insert_anl, reference
 from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
 from anl_fused.experiments.files import atomic_write, resolve_device
-from anl_fused.experiments.models import build
+from anl_fused.experiments.models import build, names
 
 from . import naive
 
@@ -236,8 +237,9 @@ def format_table(results: list[dict]) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], help="zoo names (anl-fused models)")
-    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], choices=names(), metavar="MODEL",
+                        help="zoo names (anl-fused models; default vgg11 resnet18)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="batch size (default 64)")
     parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="default: all; tworound-bf16probe is TwoRound(probe_dtype=torch.bfloat16)")
@@ -250,10 +252,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
-    parser.add_argument("--out", default=None, help="JSON file to write (default: none, the table is printed)")
+    parser.add_argument("--out", default=None,
+                        help="JSON file to write (default: none, the table is printed); with --aot a directory")
+    parser.add_argument("--aot", action="store_true",
+                        help="instead of timing: the AOT report of the ANL kernels for sm_80 / sm_90 (benchmarks/"
+                             "aot_report.py; no GPU needed) of each --models at --batch and --size, printed as "
+                             "markdown, or written to --out DIR (aot-report.json / .md; DIR/MODEL/ for several "
+                             "models); the timing options are not used")
+    parser.add_argument("--aot-dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"],
+                        metavar="DTYPE", help="with --aot: the model dtypes to record (default fp32 bf16 fp16)")
+
+
+def run_aot(args: argparse.Namespace) -> int:
+    """``--aot``: :mod:`.aot_report` for each of ``--models`` (its recording, compilation and files)."""
+    from . import aot_report
+
+    for name in args.models:
+        argv = ["--model", name, "--batch", str(args.batch), "--size", str(args.size),
+                "--step-batch", str(min(4, args.batch)), "--dtypes", *args.aot_dtypes]
+        print(f"AOT report of {name} batch {args.batch} ({' '.join(args.aot_dtypes)}) ...", flush=True)
+        try:
+            report = aot_report.make_report(aot_report.parse_args(argv))
+        except RuntimeError as e:  # a recording subprocess failed: its last line says why
+            last = [line for line in str(e).splitlines() if line.strip()]
+            print(f"anl-fused bench: error: AOT report of {name}: {last[0]} {last[-1] if len(last) > 1 else ''}",
+                  file=sys.stderr)
+            return 1
+        if args.out:
+            out = args.out if len(args.models) == 1 else os.path.join(args.out, name)
+            json_path, md_path = aot_report.write_report(report, out)
+            print(f"wrote {json_path} and {md_path}")
+        else:
+            print(aot_report.markdown(report))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.aot:
+        return run_aot(args)
     device = resolve_device(args.device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     inner = args.inner or (10 if device.type == "cuda" else 1)

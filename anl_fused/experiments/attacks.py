@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .files import atomic_write
+from .files import save_figure
 
 __all__ = [
     "PAPER_FGSM",
@@ -423,6 +423,33 @@ def evaluate_transfer(
 
         Accuracies are fractions in ``[0, 1]``.
     """
+    prepared, batch_size, n = _check_transfer_args(models, x, y, attacks, mean, std, batch_size)
+    norm = dict(mean=mean, std=std, batch_size=batch_size)
+    done = progress or (lambda what: None)
+    clean = {name: _correct(m, x, y, mean, std, batch_size) / n for name, m in models.items()}
+    done("clean accuracy")
+    transfer: dict[str, dict[str, dict[str, float]]] = {}
+    for aname, (run, desc) in prepared.items():
+        rows: dict[str, dict[str, float]] = {}
+        for sname, source in models.items():
+            x_adv = _adversarial(aname, run, desc, source, x, y, norm)
+            rows[sname] = {
+                tname: _correct(target, x_adv, y, mean, std, batch_size) / n for tname, target in models.items()
+            }
+            done(f"{aname} from {sname}")
+        transfer[aname] = rows
+    return {
+        "models": list(models),
+        "attacks": {aname: desc for aname, (_, desc) in prepared.items()},
+        "n": n,
+        "clean": clean,
+        "transfer": transfer,
+    }
+
+
+def _check_transfer_args(models, x, y, attacks, mean, std, batch_size) -> tuple[dict[str, tuple], int, int]:
+    """:func:`evaluate_transfer`'s arguments checked: ``(prepared attacks {name: (run, description)},
+    batch size, number of images)``."""
     if not isinstance(models, Mapping) or not models:
         raise ValueError(f"models must be a non-empty dict name -> nn.Module, got {models!r}")
     for name, model in models.items():
@@ -445,36 +472,19 @@ def evaluate_transfer(
         if not isinstance(aname, str):
             raise TypeError(f"attack names must be str, got {aname!r}")
         prepared[aname] = _attack_spec(aname, spec)
+    return prepared, batch_size, n
 
-    norm = dict(mean=mean, std=std, batch_size=batch_size)
-    done = progress or (lambda what: None)
-    clean = {name: _correct(m, x, y, mean, std, batch_size) / n for name, m in models.items()}
-    done("clean accuracy")
-    transfer: dict[str, dict[str, dict[str, float]]] = {}
-    for aname, (run, desc) in prepared.items():
-        rows: dict[str, dict[str, float]] = {}
-        for sname, source in models.items():
-            if desc["method"] == "callable":
-                x_adv = run(source, x, y)
-                _check_inputs(x_adv, y, integer_labels=True)
-                if x_adv.shape != x.shape:
-                    raise ValueError(
-                        f"attack {aname!r} returned shape {tuple(x_adv.shape)} for x of shape {tuple(x.shape)}"
-                    )
-            else:
-                x_adv = run(source, x, y, **norm)
-            rows[sname] = {
-                tname: _correct(target, x_adv, y, mean, std, batch_size) / n for tname, target in models.items()
-            }
-            done(f"{aname} from {sname}")
-        transfer[aname] = rows
-    return {
-        "models": list(models),
-        "attacks": {aname: desc for aname, (_, desc) in prepared.items()},
-        "n": n,
-        "clean": clean,
-        "transfer": transfer,
-    }
+
+def _adversarial(aname: str, run: Callable, desc: dict, source: nn.Module, x: Tensor, y: Tensor,
+                 norm: dict) -> Tensor:
+    """The adversarial images of attack ``aname`` made on ``source`` (a callable attack's output checked)."""
+    if desc["method"] != "callable":
+        return run(source, x, y, **norm)
+    x_adv = run(source, x, y)
+    _check_inputs(x_adv, y, integer_labels=True)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"attack {aname!r} returned shape {tuple(x_adv.shape)} for x of shape {tuple(x.shape)}")
+    return x_adv
 
 
 def _md_escape(text: str) -> str:
@@ -562,5 +572,5 @@ def plot_transfer_heatmap(result: Mapping[str, Any], path, *, dpi: int = 120):
     ax.set_yticks(range(k), names, fontsize=8)
     fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.8)
     fig.suptitle(f"Accuracy on adversarial images ({result['n']} images); red: white-box", fontsize=10)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))  # never a half-written PNG
+    save_figure(fig, path, dpi=dpi, format="png")
     return path

@@ -41,6 +41,7 @@ import time
 import torch
 
 from . import cli_types
+from .files import save_figure
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
 NOISY = ("anl", "opposite", "gaussian")
@@ -156,7 +157,7 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     fig.suptitle(f"{summary[variants[0]]['model']} on scikit-learn digits (8x8), "
                  f"{summary[variants[0]]['test_err']['n']} seeds", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -242,42 +243,42 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from . import data as data_mod
-    from .files import atomic_write
+def _check_args(args: argparse.Namespace, n_train: int) -> list[str] | None:
+    """The variants asked for, or ``None`` after printing the one-line usage error."""
     from .models import MODELS
-    from .train import TrainConfig, fit
 
-    if args.quick:
-        args.seeds, args.epochs, args.finetune_epochs, args.batch_size = 2, 1, 1, 128
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in ("plain", "anl", "opposite", "gaussian", "dropout")]
     if bad or not variants:
         print(f"anl-fused demo: error: unknown variant(s) {bad}", file=sys.stderr)
-        return 2
+        return None
     if args.model not in MODELS:
         print(f"anl-fused demo: error: unknown --model {args.model!r} (known: {', '.join(MODELS)})", file=sys.stderr)
-        return 2
-    eps_list = list(args.eps)
-    bundle = data_mod.load("digits")
-    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
-    problem = cli_types.out_of_range(args.batch_size, low=1, high=n_tr)
+        return None
+    problem = cli_types.out_of_range(args.batch_size, low=1, high=n_train)
     if problem:  # larger than the training set: not one full batch an epoch
         print(f"anl-fused demo: error: argument --batch-size: {problem.rsplit(', got ', 1)[0]} (the training "
               f"images), got {args.batch_size!r}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+        return None
+    return variants
 
-    # one entry per (variant, eps); variants without noise run once
-    entries: list[tuple[str, str, float]] = []
+
+def _entries(variants: list[str], eps_list: list[float]) -> list[tuple[str, str, float]]:
+    """One ``(key, variant, eps)`` per run of a seed; variants without noise run once."""
+    entries = []
     for v in variants:
         for eps in (eps_list if v in NOISY else [0.0]):
             key = v if (v not in NOISY or len(eps_list) == 1) else f"{v}@{eps:g}"
             entries.append((key, v, eps))
-    t_start = time.perf_counter()
+    return entries
+
+
+def _train_all(args: argparse.Namespace, entries: list, bundle) -> tuple[dict, dict]:
+    """Every entry for every seed: ``({key: [history per seed]}, {key: resolved config})``."""
+    from tqdm.auto import tqdm
+
+    from .train import TrainConfig, fit
+
     runs: dict[str, list] = {k: [] for k, _, _ in entries}
     configs = {}
     bar = tqdm(total=len(entries) * args.seeds, desc="demo runs", file=sys.stderr, dynamic_ncols=True)
@@ -293,8 +294,12 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{key} seed {seed}: test err {res['history'][-1]['test_err'] * 100:.2f}%")
             bar.update(1)
     bar.close()
-    wall = time.perf_counter() - t_start
+    return runs, configs
 
+
+def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dict) -> dict:
+    """Per entry: its label, test errors over seeds, time per step and train error; the paired
+    differences to plain (same seed = same initial weights and data order)."""
     summary = {}
     for key, v, _ in entries:
         errs = [hist[-1]["test_err"] * 100 for hist in runs[key]]
@@ -317,14 +322,40 @@ def run(args: argparse.Namespace) -> int:
                                          "se": statistics.stdev(d) / len(d) ** 0.5,
                                          "better": sum(x < 0 for x in d), "same": sum(x == 0 for x in d),
                                          "worse": sum(x > 0 for x in d)}
+    return summary
 
-    c = next(iter(configs.values()))  # the protocol every variant shares
-    protocol = {"model": args.model, "dataset": "digits", "variants": variants, "eps": eps_list,
-                "train_default_eps": MODELS[args.model].eps, "seeds": args.seeds,
-                **{k: c[k] for k in ("epochs", "finetune_epochs", "batch_size", "lr", "momentum", "weight_decay",
-                                     "lr_factor", "patience", "hold_epochs", "min_lr")}}
-    results = {"summary": summary, "protocol": protocol, "machine": _machine(args), "wall_time_s": wall,
-               "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te},
+
+def _protocol(args: argparse.Namespace, variants: list[str], configs: dict) -> dict:
+    """The protocol every variant shares (from a resolved config)."""
+    from .models import MODELS
+
+    c = next(iter(configs.values()))
+    return {"model": args.model, "dataset": "digits", "variants": variants, "eps": list(args.eps),
+            "train_default_eps": MODELS[args.model].eps, "seeds": args.seeds,
+            **{k: c[k] for k in ("epochs", "finetune_epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                 "lr_factor", "patience", "hold_epochs", "min_lr")}}
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import data as data_mod
+    from .files import atomic_write
+
+    if args.quick:
+        args.seeds, args.epochs, args.finetune_epochs, args.batch_size = 2, 1, 1, 128
+    bundle = data_mod.load("digits")
+    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
+    variants = _check_args(args, n_tr)
+    if variants is None:
+        return 2
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    entries = _entries(variants, list(args.eps))
+    t_start = time.perf_counter()
+    runs, configs = _train_all(args, entries, bundle)
+    wall = time.perf_counter() - t_start
+    summary = _summarize(args, entries, runs, configs)
+    results = {"summary": summary, "protocol": _protocol(args, variants, configs), "machine": _machine(args),
+               "wall_time_s": wall, "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te},
                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
     text = format_table(results)
     print(text)

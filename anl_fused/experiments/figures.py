@@ -12,7 +12,8 @@
 
 ``eps-sweep`` and ``whitebox`` average only like runs: unfinished (interrupted) runs are skipped with a
 warning, and ``eps-sweep`` groups runs by model, dataset, epochs and optimizer settings, with one
-line per norm; the labels count runs and distinct seeds as they are.
+line per norm; the labels count runs and distinct seeds as they are. A run that has started but finished
+no epoch yet (an empty ``metrics.jsonl``) is skipped with a warning by every figure.
 
 ``--runs`` takes run directories (holding ``metrics.jsonl``) or directories of run directories.
 """
@@ -34,18 +35,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--runs", nargs="+", required=True, help="run directories (or directories of runs)")
     common.add_argument("--out", required=True, help="output PNG file")
     common.add_argument("--title", default=None, help="figure title")
-    sub.add_parser("eps-sweep", parents=[common], help="Fig. 4: test error vs eps")
-    p = sub.add_parser("layer-std", parents=[common], help="Fig. 2: per-layer std of ANL inputs over epochs")
+    def add(name, help_text, **kw):  # the help line is also the subcommand's --help description
+        return sub.add_parser(name, help=help_text, description=help_text, **kw)
+
+    add("eps-sweep", "Fig. 4: test error vs eps", parents=[common])
+    p = add("layer-std", "Fig. 2: per-layer std of ANL inputs over epochs", parents=[common])
     p.add_argument("--max-legend", type=int, default=12, help="name layers in a legend up to this many (else colorbar)")
-    p = sub.add_parser("feature-maps", parents=[common], help="Fig. 3: first-conv feature maps per run")
+    p = add("feature-maps", "Fig. 3: first-conv feature maps per run", parents=[common])
     p.add_argument("--image-index", type=int, default=0, help="which test image (default 0)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--max-channels", type=int, default=8, help="show at most this many channels")
-    p = sub.add_parser("whitebox", parents=[common], help="Fig. 5: white-box FGSM / IFGSM accuracy per method")
+    p = add("whitebox", "Fig. 5: white-box FGSM / IFGSM accuracy per method", parents=[common])
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p = sub.add_parser("whitebox-plot", help="Fig. 5 again from the JSON of `figures whitebox --json`")
+    p = add("whitebox-plot", "Fig. 5 again from the JSON of `figures whitebox --json` (no attack runs)")
     p.add_argument("--json", required=True, help="the numbers written by `figures whitebox --json`")
     p.add_argument("--out", required=True, help="output PNG file")
     p.add_argument("--title", default=None, help="figure title")
@@ -76,6 +80,7 @@ def find_runs(paths: list[str]) -> list[str]:
 
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
+    """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
     cfg_path = os.path.join(path, "config.json")
     cfg = {}
     if os.path.isfile(cfg_path):
@@ -83,9 +88,24 @@ def read_run(path: str) -> tuple[dict, list[dict]]:
             cfg = json.load(f)
     with open(os.path.join(path, "metrics.jsonl")) as f:
         hist = [json.loads(line) for line in f if line.strip()]
-    if not hist:
-        raise FigureError(f"{os.path.join(path, 'metrics.jsonl')!r} is empty (the run finished no epoch)")
     return cfg, hist
+
+
+def _warn_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def started_runs(runs: list[str], warn=None) -> list[str]:
+    """The runs that finished at least one epoch; the others (started, nothing in ``metrics.jsonl`` yet)
+    are skipped with a warning."""
+    warn = warn or _warn_stderr
+    out = []
+    for r in runs:
+        if read_run(r)[1]:
+            out.append(r)
+        else:
+            warn(f"skipping unfinished run {r} (no finished epoch yet)")
+    return out
 
 
 def _plt():
@@ -98,9 +118,9 @@ def _plt():
 
 
 def _save(fig, out: str) -> None:
-    d = os.path.dirname(os.path.abspath(out))
-    os.makedirs(d, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    from .files import save_figure
+
+    save_figure(fig, out, dpi=110)  # creates the directory; never a half-written PNG
     _plt().close(fig)
 
 
@@ -136,7 +156,7 @@ def sweep_table(runs: list[str], warn=None) -> dict:
     ANL-phase length. Its eps = 0 point is the plain runs trained in the same two phases (``--finetune-lr
     floor``), or, where there are none, the plain runs of one continuous schedule; those also form the
     series ``"baseline, one schedule"`` (drawn as a line). Unfinished runs are skipped with a warning."""
-    warn = warn or (lambda s: print(f"warning: {s}", file=sys.stderr))
+    warn = warn or _warn_stderr
     panels: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     plain: dict[tuple, list] = defaultdict(list)
     two_phase: dict[tuple, list] = defaultdict(list)
@@ -223,10 +243,14 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     return table
 
 
-def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12) -> None:
-    """Fig. 2: std of each ANL layer's input per epoch; one panel per run."""
+def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12, warn=None) -> None:
+    """Fig. 2: std of each ANL layer's input per epoch; one panel per run (runs without a finished epoch
+    are skipped with a warning)."""
     plt = _plt()
     data = []
+    runs = started_runs(runs, warn)
+    if not runs:
+        raise FigureError("no run among --runs has finished an epoch")
     for r in runs:
         cfg, hist = read_run(r)
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
@@ -312,14 +336,17 @@ def _load_run_model(run_dir: str, data_dir: str | None):
 
 
 def feature_maps(runs: list[str], out: str, title: str | None = None, image_index: int = 0,
-                 data_dir: str | None = None, max_channels: int = 8) -> list:
-    """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint.
-    Returns the rows ``(config, image, sigmoid maps)``."""
+                 data_dir: str | None = None, max_channels: int = 8, warn=None) -> list:
+    """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint
+    (runs without a finished epoch are skipped with a warning). Returns the rows ``(config, image, sigmoid maps)``."""
     import torch
 
     from . import data as data_mod
 
     rows = []
+    runs = started_runs(runs, warn)
+    if not runs:
+        raise FigureError("no run among --runs has finished an epoch")
     for r in runs:
         model, cfg, bundle = _load_run_model(r, data_dir)
         if not 0 <= image_index < len(bundle.test):
@@ -381,7 +408,7 @@ def whitebox(runs: list[str], out: str, title: str | None = None, data_dir: str 
 
     from . import attacks
 
-    warn = warn or (lambda s: print(f"warning: {s}", file=sys.stderr))
+    warn = warn or _warn_stderr
     methods: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         cfg, hist = read_run(r)

@@ -5,6 +5,7 @@ disk and renames it over ``path`` (``os.replace`` is atomic on POSIX and Windows
 permissions any new file would get (the process umask), not ``mkstemp``'s private 0600. A process
 killed mid-write leaves its temporary file (``NAME.XXXXXXXX.tmp``) behind; ``clean_temp_files``
 removes them, by whoever holds the directory's :class:`DirLock` (no other writer is active then).
+``save_figure(fig, path)`` writes a matplotlib figure the same way.
 
 :class:`DirLock`: one process at a time writes an output directory. It holds ``fcntl.flock`` on a
 lock file in the directory for its life (the kernel drops it when the process dies, so a crash
@@ -26,7 +27,8 @@ import tempfile
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["DirLock", "DirLockedError", "atomic_write", "clean_temp_files", "lock_holder", "resolve_device"]
+__all__ = ["DirLock", "DirLockedError", "atomic_write", "clean_temp_files", "lock_holder", "resolve_device",
+           "save_figure"]
 
 _TEMP = re.compile(r".+\.[a-z0-9_]{8}\.tmp")  # atomic_write's temporary files (tempfile.mkstemp names)
 
@@ -74,6 +76,13 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes
             os.close(dfd)
     except OSError:
         pass
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: float = 110, format: str | None = None) -> None:
+    """Write the matplotlib figure ``fig`` to ``path`` atomically (never a half-written image), in
+    ``format`` (default: from the file name's extension, else PNG)."""
+    fmt = format or os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
 
 
 def resolve_device(device: str):

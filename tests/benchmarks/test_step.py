@@ -5,6 +5,8 @@ without ``--out``. (Benchmarks are not tests: nothing here looks at time.)"""
 import json
 import os
 
+import pytest
+
 from anl_fused.benchmarks import step
 from anl_fused.cli import main
 
@@ -49,3 +51,50 @@ def test_ratio_stats_and_the_spread_warning():
     calm = {"plain": [1.0, 1.1, 0.9], "tworound": [1.7, 1.8, 1.6]}
     assert step.spread_warnings([{"model": "m", "times_s": calm,
                                   "ratio_stats": step.ratio_stats(calm, [("tworound", "plain")])}]) == []
+
+
+def test_bench_aot_runs_the_aot_report_with_bench_options(tmp_path, monkeypatch, capsys):
+    """``--aot`` hands --models / --batch / --size / --aot-dtypes to aot_report and writes its files into
+    ``--out`` (one directory per model when there are several); without --out it prints the markdown."""
+    from anl_fused.benchmarks import aot_report
+
+    seen = []
+
+    def fake_make_report(args):
+        seen.append(args)
+        return {"model": args.model}
+
+    monkeypatch.setattr(aot_report, "make_report", fake_make_report)
+    monkeypatch.setattr(aot_report, "markdown", lambda report: f"# AOT report: {report['model']}\n")
+    assert main(["bench", "--aot", "--models", "vgg_tiny", "lenet5", "--batch", "3", "--size", "8",
+                 "--aot-dtypes", "bf16", "--out", str(tmp_path)]) == 0
+    assert [(a.model, a.batch, a.size, a.step_batch, a.dtypes) for a in seen] == \
+        [("vgg_tiny", 3, 8, 3, ["bf16"]), ("lenet5", 3, 8, 3, ["bf16"])]
+    for name in ("vgg_tiny", "lenet5"):
+        assert json.loads((tmp_path / name / "aot-report.json").read_text()) == {"model": name}
+        assert (tmp_path / name / "aot-report.md").read_text() == f"# AOT report: {name}\n"
+    seen.clear()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    assert main(["bench", "--aot", "--models", "vgg_tiny"]) == 0
+    assert seen[0].batch == 64 and seen[0].step_batch == 4 and seen[0].dtypes == ["fp32", "bf16", "fp16"]
+    assert "# AOT report: vgg_tiny" in capsys.readouterr().out
+    assert os.listdir(".") == []  # nothing written without --out
+
+
+def test_bench_rejects_an_unknown_model(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--aot", "--models", "nosuch"])
+    assert e.value.code == 2 and "invalid choice: 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_aot_end_to_end(tmp_path):
+    """The real AOT report of a small model in one dtype (record under the interpreter, compile for
+    sm_80 / sm_90 on this CPU): ~15 s of CPU."""
+    assert main(["bench", "--aot", "--models", "vgg_tiny", "--batch", "4", "--size", "8", "--aot-dtypes", "fp32",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "aot-report.json").read_text())
+    assert report["model"] == "vgg_tiny" and report["batch"] == 4 and list(report["dtypes"]) == ["fp32"]
+    assert report["dtypes"]["fp32"]["replay_matches_step"] and report["dtypes"]["fp32"]["counts"]["layers"] > 0
+    assert (tmp_path / "aot-report.md").read_text().startswith("# AOT report: vgg_tiny, batch 4, 8x8")

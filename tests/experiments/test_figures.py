@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
@@ -171,3 +172,36 @@ def test_method_labels_tell_the_two_phase_baseline_apart():
     assert figures._method_label({"variant": "anl", "eps": 0.03, "norm": "layer"}) == "ANL 0.03 layer"
     assert figures._method_label({"variant": "opposite", "eps": -0.03}) == "ANL -0.03 sample"
     assert figures._method_label({"variant": "gaussian", "eps": 0.03}) == "Gaussian 0.03"
+
+
+@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps", "whitebox"])
+def test_a_run_without_a_finished_epoch_is_skipped_with_a_warning(runs, tmp_path, capsys, figure):
+    """A run that has started (config.json, an empty metrics.jsonl) is unfinished, not an error: `figures
+    eps-sweep --runs runs/*` stopped with "'r4/metrics.jsonl' is empty"."""
+    started = tmp_path / "started"
+    _copy_run(runs / "anl-0.03-1", started)
+    (started / "metrics.jsonl").write_text("")
+    extra = ["--limit", "8"] if figure == "whitebox" else []
+    out = tmp_path / "f.png"
+    assert main(["figures", figure, "--runs", str(runs / "anl-0.03-0"), str(started), "--out", str(out),
+                 *extra]) == 0
+    _png(out)
+    err = capsys.readouterr().err
+    assert f"warning: skipping unfinished run {started}" in err and "error" not in err
+    assert main(["figures", figure, "--runs", str(started), "--out", str(tmp_path / "g.png"), *extra]) == 2
+    assert "anl-fused figures: error: no " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps", "whitebox", "whitebox-plot"])
+def test_every_figure_command_describes_itself_and_its_options(figure, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["figures", figure, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "\nFig. " in text  # the description under the usage
+    parser = argparse.ArgumentParser()
+    figures.configure(parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[figure]
+    assert sub.description
+    for action in sub._actions:
+        assert action.help, f"figures {figure} {action.option_strings}: no help text"

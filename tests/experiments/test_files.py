@@ -93,3 +93,62 @@ def test_files_follow_the_umask(tmp_path, mask):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~mask, name
     assert lock_mode == 0o666 & ~mask
 
+
+
+def _partial_then_fail(fig, target, **kwargs):
+    """A ``savefig`` that dies mid-write (a full disk, a kill): some bytes, then an error."""
+    if hasattr(target, "write"):
+        target.write(b"partial")
+    else:
+        with open(target, "wb") as f:
+            f.write(b"partial")
+    raise OSError("disk full")
+
+
+def test_save_figure_never_leaves_a_half_written_image(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    from anl_fused.experiments import figures
+    from anl_fused.experiments.files import save_figure
+
+    fig = plt.figure()
+    out = tmp_path / "deep" / "f.png"
+    save_figure(fig, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    save_figure(fig, tmp_path / "f.svg")
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _partial_then_fail)
+    for save in (save_figure, figures._save):
+        out.write_bytes(b"old")
+        with pytest.raises(OSError, match="disk full"):
+            save(plt.figure(), str(out))
+        assert out.read_bytes() == b"old"
+        assert sorted(os.listdir(out.parent)) == ["f.png"]  # no temporary file left either
+
+
+def test_result_files_are_written_atomically():
+    """Every result file of the experiments and the benchmarks goes through atomic_write / save_figure:
+    no ``open(..., "w")`` and no ``savefig`` on a path outside files.py."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in [*(root / "anl_fused" / "experiments").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
+        if path.name == "files.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "savefig":
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} savefig")
+            if isinstance(func, ast.Name) and func.id == "open":
+                modes = [a for a in node.args[1:2]] + [k.value for k in node.keywords if k.arg == "mode"]
+                if any(isinstance(m, ast.Constant) and set(str(m.value)) & set("wx") for m in modes):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} open for writing")
+    assert offenders == []

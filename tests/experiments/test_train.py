@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -365,3 +366,31 @@ def test_probe_dtype_reaches_the_engine_and_is_part_of_the_runs_identity(tmp_pat
     assert resume_changes(saved, now, 0, 1, "x.pt") == {}
     with pytest.raises(checkpoint.CheckpointError, match="probe_dtype: checkpoint 'fp32' vs now 'bf16'"):
         resume_changes(saved, {**now, "probe_dtype": "bf16"}, 0, 1, "x.pt")
+
+
+def test_eps_auto_out_of_range_warns_in_one_line_and_config_records_the_rule(tmp_path, capsys):
+    """``--eps auto`` for a model outside the rule's fitted range: one line ``anl-fused train: warning: ...``
+    (not a Python warning with its source line); config.json says eps came from the rule, and keeps
+    saying it on resume (whose settings hold the resolved eps: the run's identity is unchanged)."""
+    out = tmp_path / "auto"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--model", "lenet5", "--variant", "anl", "--eps", "auto", "--epochs", "1",
+                     "--out", str(out), "--stop-after-steps", "1", "--no-progress"]) == 0
+    assert [str(w.message) for w in caught if "eps='auto'" in str(w.message)] == []
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "eps='auto'" in line]
+    assert len(lines) == 1 and lines[0].startswith("anl-fused train: warning: eps='auto': 0.0617M trainable "
+                                                   "parameters is outside the range"), captured.err
+    assert "eps=auto: 0.0617M trainable parameters -> eps=0.013" in captured.out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["eps"] == 0.013
+    assert cfg["eps_auto"] == {"rule": "anl_fused.auto_eps", "trainable_params": 61706, "eps": 0.013}
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--stop-after-steps", "2",
+                 "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["eps"] == 0.013 and cfg["eps_auto"]["trainable_params"] == 61706
+    assert cfg["resume_changes"][0]["changed"] == {"epochs": [1, 2]}
+    assert main(["train", "--model", "lenet5", "--variant", "anl", "--eps", "0.02", "--epochs", "1", "--out",
+                 str(tmp_path / "fixed"), "--stop-after-steps", "1", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "fixed" / "config.json").read_text())["eps_auto"] is None

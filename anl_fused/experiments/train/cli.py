@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -161,14 +162,23 @@ def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     return config_from_args(args, base)
 
 
+AUTO_EPS_WARNING = "eps='auto'"  # how anl_fused.auto_eps's warnings begin
+
+
 def _auto_eps(cfg: TrainConfig, rank: int) -> TrainConfig:
-    """``--eps auto`` resolved, and said (stdout), before training."""
+    """``--eps auto`` said before training: the eps it gives (stdout), and the rule's warning (a model
+    outside its fitted range) as one line ``anl-fused train: warning: ...`` (stderr). Returns ``cfg`` as
+    given: ``fit`` resolves it and records in config.json that eps came from the rule (``eps_auto``)."""
     if cfg.eps != "auto" or cfg.variant in ("plain", "dropout"):
         return cfg
-    n, _ = auto_eps_of(cfg)
-    cfg = cfg.resolved()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n, _ = auto_eps_of(cfg)
+        eps = cfg.resolved().eps
     if rank == 0:
-        print(f"eps=auto: {n / 1e6:.3g}M trainable parameters -> eps={cfg.eps:g} "
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            print(f"anl-fused train: warning: {message}", file=sys.stderr, flush=True)
+        print(f"eps=auto: {n / 1e6:.3g}M trainable parameters -> eps={eps:g} "
               "(a rule fitted to the paper's Table 2; see anl_fused.auto_eps)", flush=True)
     return cfg
 
@@ -195,9 +205,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         started = launch.init_from_env(_device_hint(args))
         rank, world = (dist.get_rank(), dist.get_world_size()) if started else (0, 1)
-        result = fit(_auto_eps(_config(args, world), rank), args.out, resume=args.resume, overwrite=args.overwrite,
-                     checkpoint_every=args.checkpoint_every, stop_after_steps=args.stop_after_steps,
-                     progress=not args.no_progress)
+        cfg = _auto_eps(_config(args, world), rank)
+        with warnings.catch_warnings():  # the rule's warning was printed above as one line
+            warnings.filterwarnings("ignore", message=AUTO_EPS_WARNING)
+            result = fit(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                         checkpoint_every=args.checkpoint_every, stop_after_steps=args.stop_after_steps,
+                         progress=not args.no_progress)
         if started:
             dist.barrier()  # nobody leaves while rank 0 still receives the last checkpoint's states
     except (ckpt.CheckpointError, data_mod.DatasetNotFoundError, RunDirError, ValueError, KeyError) as e:

@@ -28,7 +28,7 @@ from .. import data as data_mod
 from .. import launch
 from . import checkpointing, rundir
 from .checkpointing import CHECKPOINT_NAME, Position
-from .config import TrainConfig, noise_note
+from .config import NOISE_VARIANTS, TrainConfig, auto_eps_of, noise_note
 from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
 from .parts import Parts, build_parts, process_group
 
@@ -219,6 +219,16 @@ def _resume(parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: st
     return pos
 
 
+def _eps_auto(given: TrainConfig, cfg: TrainConfig, out_dir: str, resume: bool) -> dict[str, Any] | None:
+    """Where the run's eps came from when it was ``"auto"`` (the rule and its input), for config.json:
+    ``{"rule", "trainable_params", "eps"}``, kept on resume (whose settings hold the resolved eps); None
+    otherwise. Not a setting: the run's identity (``IDENTITY``) is the resolved eps."""
+    if given.eps == "auto" and cfg.variant in NOISE_VARIANTS:
+        return {"rule": "anl_fused.auto_eps", "trainable_params": auto_eps_of(given)[0], "eps": cfg.eps}
+    stored = rundir.local_config(out_dir) if resume else None
+    return (stored or {}).get("eps_auto")
+
+
 def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, overwrite: bool = False,
         checkpoint_every: int = 0, stop_after_steps: int | None = None, progress: bool = True,
         bundle: data_mod.DataBundle | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -245,7 +255,7 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, o
         meter = EpochMeter(parts.device)
         pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
         if out_dir and rank == 0:
-            rundir.write_config(out_dir, config, parts, pos.changes)
+            rundir.write_config(out_dir, config, parts, pos.changes, eps_auto=_eps_auto(given, cfg, out_dir, resume))
             MetricsFile(out_dir).rewrite(pos.history)
         loop = _Loop(parts, config, pos, meter, out_dir, checkpoint_every=checkpoint_every,
                      stop_after_steps=stop_after_steps, progress=progress, log=log)

@@ -127,13 +127,14 @@ def stored_config(out_dir: str, world: int) -> dict[str, Any] | None:
     return launch.on_rank0(read, world)
 
 
-def write_config(out_dir: str, config: dict[str, Any], parts: Parts, changes: list[dict[str, Any]]) -> None:
+def write_config(out_dir: str, config: dict[str, Any], parts: Parts, changes: list[dict[str, Any]],
+                 eps_auto: dict[str, Any] | None = None) -> None:
     """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
-    split sizes, the augmentation, the input ANL layer's eps on the normalized input and the settings
-    changed on resume."""
+    split sizes, the augmentation, the input ANL layer's eps on the normalized input, the settings
+    changed on resume and, for ``eps="auto"``, the rule's input and result (``eps_auto``)."""
     b = parts.bundle
     atomic_write(os.path.join(out_dir, CONFIG_NAME), json.dumps({
         **config, "device_used": str(parts.device), "world_size": parts.world, "augment": b.info.augment,
         "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
         "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
-        "resume_changes": changes}, indent=2))
+        "resume_changes": changes, "eps_auto": eps_auto}, indent=2))
