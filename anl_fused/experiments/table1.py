@@ -395,8 +395,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep")
     p.add_argument("--norms", nargs="+", default=["sample"], choices=NORMS, help="ANL norms to run (default sample)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-                   help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, the "
-                        "control that trains without noise on the noise methods' two-phase schedule)")
+                   help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, "
+                        "the control that trains without noise on the noise methods' two-phase schedule)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--val-size", type=int, default=None,
