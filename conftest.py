@@ -13,8 +13,12 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark
 
 
 def pytest_addoption(parser):
-    parser.addoption("--benchmark", action="store_true", default=False,
-                     help="run the benchmark suites under benchmarks/ with pytest-benchmark enabled")
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        default=False,
+        help="run the benchmark suites under benchmarks/ with pytest-benchmark enabled",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)

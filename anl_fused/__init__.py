@@ -1,8 +1,8 @@
 """anl-fused: Adversarial Noise Layers (You et al.) with a cheap two-round training step.
 
-    model = anl_fused.insert_anl(model, eps=0.05)   # ANL after every BatchNorm2d
-    engine = anl_fused.TwoRound(model)
-    loss = engine.step(lambda: F.cross_entropy(model(x), y))   # both rounds + backward
+model = anl_fused.insert_anl(model, eps=0.05)   # ANL after every BatchNorm2d
+engine = anl_fused.TwoRound(model)
+loss = engine.step(lambda: F.cross_entropy(model(x), y))   # both rounds + backward
 """
 
 from .engine import TwoRound

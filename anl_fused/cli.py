@@ -14,20 +14,28 @@ import sys
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "demo": ("anl_fused.experiments.demo",
-             "train plain / ANL / opposite-ANL models on digits and compare (the main job)"),
+    "demo": (
+        "anl_fused.experiments.demo",
+        "train plain / ANL / opposite-ANL models on digits and compare (the main job)",
+    ),
     "train": ("anl_fused.experiments.train.cli", "train a model of the zoo with the paper's protocol"),
     "models": ("anl_fused.experiments.models.cli", "list the model zoo with parameter counts and the paper's eps"),
-    "table1": ("anl_fused.experiments.table1",
-               "the paper's Table 1: baseline, Gaussian, ANL and opposite ANL over seeds, resumable"),
+    "table1": (
+        "anl_fused.experiments.table1",
+        "the paper's Table 1: baseline, Gaussian, ANL and opposite ANL over seeds, resumable",
+    ),
     "figures": ("anl_fused.experiments.figures", "draw the paper's figures as PNG"),
     "attack": ("anl_fused.experiments.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
-    "bench": ("anl_fused.benchmarks.step",
-              "step benchmark: plain vs naive double pass vs reference vs TwoRound (+ its bf16 probe)"),
+    "bench": (
+        "anl_fused.benchmarks.step",
+        "step benchmark: plain vs naive double pass vs reference vs TwoRound (+ its bf16 probe)",
+    ),
 }
 
-DESCRIPTION = ("anl-fused: train CNNs with Adversarial Noise Layers (You et al.) at a fraction of the naive "
-               "double pass's cost, and run the paper's experiments. `anl-fused COMMAND --help` for details.")
+DESCRIPTION = (
+    "anl-fused: train CNNs with Adversarial Noise Layers (You et al.) at a fraction of the naive "
+    "double pass's cost, and run the paper's experiments. `anl-fused COMMAND --help` for details."
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,8 +97,10 @@ def check_not_syncing() -> None:
         return
     active = getattr(DistributedDataParallel, "_active_ddp_module", None)
     if active is not None and active.require_backward_grad_sync:
-        raise RuntimeError("round 1 of TwoRound ran inside a synchronizing DistributedDataParallel forward: "
-                           "pass the DDP model itself, TwoRound(ddp_model), not the module it wraps")
+        raise RuntimeError(
+            "round 1 of TwoRound ran inside a synchronizing DistributedDataParallel forward: "
+            "pass the DDP model itself, TwoRound(ddp_model), not the module it wraps"
+        )
 
 
 def check_std_over(std_over, process_group, model: nn.Module):
@@ -111,8 +113,10 @@ def check_std_over(std_over, process_group, model: nn.Module):
             raise ValueError("process_group is only used with std_over='global'")
         return None
     if not is_distributed():
-        raise RuntimeError("std_over='global' needs torch.distributed initialized (init_process_group, or "
-                           "torchrun) before TwoRound is created; use std_over='local' in a single process")
+        raise RuntimeError(
+            "std_over='global' needs torch.distributed initialized (init_process_group, or "
+            "torchrun) before TwoRound is created; use std_over='local' in a single process"
+        )
     if process_group is None and isinstance(model, DistributedDataParallel):
         process_group = model.process_group
     return process_group
@@ -161,8 +165,11 @@ class GlobalStd:
             mean = (n * m).sum(0) / total.clamp(min=1)
             m2 = m2.sum(0) + (n * (m - mean).square()).sum(0)
             std = torch.where(total > 1, (m2 / (total - 1).clamp(min=1)).sqrt(), torch.zeros_like(m2))
-        return {layer: std[i].to(self.records[layer][1].dtype)
-                for i, layer in enumerate(self.layers) if layer in self.records}
+        return {
+            layer: std[i].to(self.records[layer][1].dtype)
+            for i, layer in enumerate(self.layers)
+            if layer in self.records
+        }
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
@@ -172,11 +179,19 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
 
     Norms fused with their activation (timm's ``BatchNormAct2d``) are refused: torch's converter would
     turn them into plain ``SyncBatchNorm`` and silently drop the activation; timm's converter keeps it."""
-    fused = sorted({type(m).__name__ for m in model.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and fused_act_entry(m) is not None
-                    and not isinstance(m, nn.SyncBatchNorm)})
+    fused = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and fused_act_entry(m) is not None
+            and not isinstance(m, nn.SyncBatchNorm)
+        }
+    )
     if fused:
-        raise ValueError(f"model has norms fused with their activation ({', '.join(fused)}), which torch's "
-                         "SyncBatchNorm converter would drop: use timm.layers.convert_sync_batchnorm(model), "
-                         "then anl_fused.insert.restore_hooks(model)")
+        raise ValueError(
+            f"model has norms fused with their activation ({', '.join(fused)}), which torch's "
+            "SyncBatchNorm converter would drop: use timm.layers.convert_sync_batchnorm(model), "
+            "then anl_fused.insert.restore_hooks(model)"
+        )
     return restore_hooks(nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group))

@@ -86,8 +86,9 @@ def _check_probe_dtype(dtype):
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"probe_dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r} "
-                        f"({type(dtype).__name__})")
+        raise TypeError(
+            f"probe_dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r} ({type(dtype).__name__})"
+        )
     if dtype not in PROBE_DTYPES:
         raise ValueError(f"probe_dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
     return dtype
@@ -148,10 +149,12 @@ class _Probe:
 
 
 def _no_grad_message(layer: ANL2d, round_: int) -> str:
-    return (f"{layer!r} ran with autograd disabled in round {round_} of a two-round step: the closure runs it under "
-            "torch.no_grad() (or inside a custom autograd.Function), or it is inside a reentrant activation "
-            "checkpoint, torch.utils.checkpoint.checkpoint(..., use_reentrant=True), which TwoRound does not "
-            "support (its backward would write parameter gradients in round 1); use use_reentrant=False")
+    return (
+        f"{layer!r} ran with autograd disabled in round {round_} of a two-round step: the closure runs it under "
+        "torch.no_grad() (or inside a custom autograd.Function), or it is inside a reentrant activation "
+        "checkpoint, torch.utils.checkpoint.checkpoint(..., use_reentrant=True), which TwoRound does not "
+        "support (its backward would write parameter gradients in round 1); use use_reentrant=False"
+    )
 
 
 class _Perturb:
@@ -172,9 +175,11 @@ class _Perturb:
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
         if self.in_backward:
             if layer not in self.keep:
-                raise RuntimeError(f"{layer!r} was recomputed by activation checkpointing in round 2's backward but "
-                                   "not in round 1's; TwoRound supports torch.utils.checkpoint(use_reentrant=False) "
-                                   "with the default early stop (torch.utils.checkpoint.set_checkpoint_early_stop)")
+                raise RuntimeError(
+                    f"{layer!r} was recomputed by activation checkpointing in round 2's backward but "
+                    "not in round 1's; TwoRound supports torch.utils.checkpoint(use_reentrant=False) "
+                    "with the default early stop (torch.utils.checkpoint.set_checkpoint_early_stop)"
+                )
             terms = self.keep[layer]
         else:
             if self.grad_enabled and not torch.is_grad_enabled():
@@ -182,14 +187,18 @@ class _Perturb:
             try:
                 terms = self.noise.pop(layer)
             except KeyError:
-                raise RuntimeError(f"{layer!r} ran in round 2 without a round-1 measurement (twice in one forward, "
-                                   "or the closure takes a different path in each round)") from None
+                raise RuntimeError(
+                    f"{layer!r} ran in round 2 without a round-1 measurement (twice in one forward, "
+                    "or the closure takes a different path in each round)"
+                ) from None
         if terms is None:
             return h
         direction, scale, alpha = terms
         if direction.shape != h.shape:
-            raise RuntimeError(f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
-                               "round 2: the closure must compute the same batch in both rounds")
+            raise RuntimeError(
+                f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
+                "round 2: the closure must compute the same batch in both rounds"
+            )
         return ops.add_noise(h, direction, scale, alpha=alpha)
 
 
@@ -263,9 +272,17 @@ class TwoRound:
         last_stds: ``{module name: std(h)}`` of every ANL layer that ran in round 1 of the last step.
     """
 
-    def __init__(self, model: nn.Module, generator: torch.Generator | None = None, *,
-                 noise_dtype: torch.dtype | None = None, std_over: str = "local", process_group=None,
-                 probe_loss_scale=None, probe_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        generator: torch.Generator | None = None,
+        *,
+        noise_dtype: torch.dtype | None = None,
+        std_over: str = "local",
+        process_group=None,
+        probe_loss_scale=None,
+        probe_dtype: torch.dtype | None = None,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -298,8 +315,10 @@ class TwoRound:
         return {names.get(layer, "?"): s for layer, s in self._last_stds}
 
     def __call__(self, *args, **kwargs):
-        raise TypeError("a TwoRound engine is not called: run a training step with engine.step(closure), "
-                        "e.g. engine.step(lambda: F.cross_entropy(model(x), y))")
+        raise TypeError(
+            "a TwoRound engine is not called: run a training step with engine.step(closure), "
+            "e.g. engine.step(lambda: F.cross_entropy(model(x), y))"
+        )
 
     def step(self, closure: Callable[[], Tensor], backward: bool = True) -> Tensor:
         """Run both rounds; returns round 2's loss, on which ``backward()`` was called unless
@@ -313,8 +332,10 @@ class TwoRound:
             need_grad = any(layer.needs_grad for layer in layers)
             if (backward or need_grad) and not torch.is_grad_enabled():
                 where = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
-                raise RuntimeError(f"TwoRound.step() called with autograd disabled ({where}): round 1 needs the "
-                                   "gradient dJ/dh and round 2's loss is backpropagated; call step() outside it")
+                raise RuntimeError(
+                    f"TwoRound.step() called with autograd disabled ({where}): round 1 needs the "
+                    "gradient dJ/dh and round 2's loss is backpropagated; call step() outside it"
+                )
             if not layers:
                 self._warn_inactive()
                 return training_round(closure, backward)
@@ -322,8 +343,13 @@ class TwoRound:
             rng_state = rng.capture()
             state = Round1State(self._root)
             probe = _Probe(means=self.std_over == "global")
-            with frozen_batchnorm_stats(self.model), distributed.probe_context(self.model), \
-                    attached(layers, probe), eager(), torch.set_grad_enabled(need_grad):
+            with (
+                frozen_batchnorm_stats(self.model),
+                distributed.probe_context(self.model),
+                attached(layers, probe),
+                eager(),
+                torch.set_grad_enabled(need_grad),
+            ):
                 with self._probe_autocast():
                     loss = checked_loss(closure())
                 probe.in_backward = True  # from here on, a layer that runs is recomputed by checkpointing
@@ -332,8 +358,10 @@ class TwoRound:
             self._buffer_warnings(state.restore())
             rng.restore(rng_state)
             if probe.recomputed and not backward:
-                raise RuntimeError("activation checkpointing needs TwoRound.step(closure, backward=True): round 2's "
-                                   "backward recomputes checkpointed layers, which must get the same noise again")
+                raise RuntimeError(
+                    "activation checkpointing needs TwoRound.step(closure, backward=True): round 2's "
+                    "backward recomputes checkpointed layers, which must get the same noise again"
+                )
 
             perturb = _Perturb(noise, probe.recomputed, torch.is_grad_enabled())
             del probe, noise
@@ -376,8 +404,12 @@ class TwoRound:
         else:
             return  # disabled with set_anl_enabled: fine-tuning without ANL, as intended
         self._warned_inactive = True
-        warnings.warn(f"TwoRound.step: {why}, so this step and the next are ordinary training without noise "
-                      "(warned once per engine)", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"TwoRound.step: {why}, so this step and the next are ordinary training without noise "
+            "(warned once per engine)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor] | None]:
         """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``, or ``None`` for
@@ -386,8 +418,10 @@ class TwoRound:
         reached = [layer for layer in layers if layer in records]
         wanted = [probe.edges[layer] for layer in reached if layer.needs_grad]
         if wanted and not loss.requires_grad:
-            raise RuntimeError("the closure's loss does not depend on the ANL layers' outputs with autograd on; "
-                               "do not compute it under torch.no_grad() or detach it")
+            raise RuntimeError(
+                "the closure's loss does not depend on the ANL layers' outputs with autograd on; "
+                "do not compute it under torch.no_grad() or detach it"
+            )
         pending = None
         if self.std_over == "global":  # every rank, even one that reached no layer, takes part
             device = records[reached[0]][0].device if reached else self.generator.device
@@ -398,8 +432,11 @@ class TwoRound:
         stds = pending.wait() if pending is not None else {}
         if reached:
             self._check_generator(records[reached[0]][0])
-        zs = draw_step([z_spec(layer.noise, layer.sign, records[layer][0]) for layer in reached], self.generator,
-                       self.generator.device)
+        zs = draw_step(
+            [z_spec(layer.noise, layer.sign, records[layer][0]) for layer in reached],
+            self.generator,
+            self.generator.device,
+        )
         self._last_stds = []
         noise = {}
         for layer, z in zip(reached, zs):
@@ -411,10 +448,16 @@ class TwoRound:
                 noise[layer] = None
                 self._stats_on(h.device)[1] += h.shape[0]  # counted as zero-gradient samples
                 continue
-            direction, scale, alpha = noise_terms(layer.noise, layer.sign, layer.eps, g,
-                                                  None if z is None else z.to(h.device),
-                                                  s if layer.scale_by_std else None,
-                                                  layer_norm=layer.norm == "layer", stats=self._stats_on(h.device))
+            direction, scale, alpha = noise_terms(
+                layer.noise,
+                layer.sign,
+                layer.eps,
+                g,
+                None if z is None else z.to(h.device),
+                s if layer.scale_by_std else None,
+                layer_norm=layer.norm == "layer",
+                stats=self._stats_on(h.device),
+            )
             if self.noise_dtype is not None:
                 direction = direction.to(self.noise_dtype)
             noise[layer] = (direction, scale, alpha)
@@ -425,9 +468,11 @@ class TwoRound:
             self.generator = torch.Generator(device=h.device).manual_seed(self.generator.initial_seed())
         self._generator_movable = False
         if self.generator.device.type != h.device.type:
-            raise ValueError(f"TwoRound's generator is on {self.generator.device} but the activations are on "
-                             f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "
-                             "TwoRound after moving the model")
+            raise ValueError(
+                f"TwoRound's generator is on {self.generator.device} but the activations are on "
+                f"{h.device}: pass generator=torch.Generator(device={str(h.device)!r}) or create "
+                "TwoRound after moving the model"
+            )
 
     def _probe_loss(self, loss: Tensor, dtypes: list[torch.dtype]) -> Tensor:
         """Round 1's loss times ``probe_loss_scale`` (see the class docstring)."""

@@ -77,9 +77,12 @@ def auto_eps(model_or_params: nn.Module | int) -> float:
         raise ValueError(f"auto_eps needs a model with trainable parameters, got {params} parameters")
     lo, hi = PARAM_RANGE
     if not lo <= params <= hi:
-        warnings.warn(f"eps='auto': {params / 1e6:.3g}M trainable parameters is outside the range the rule was "
-                      f"fitted on (the paper's Table 2, {lo / 1e6:g}M-{hi / 1e6:g}M); using the eps of "
-                      f"{(lo if params < lo else hi) / 1e6:g}M. Tune eps for this model.", stacklevel=2)
+        warnings.warn(
+            f"eps='auto': {params / 1e6:.3g}M trainable parameters is outside the range the rule was "
+            f"fitted on (the paper's Table 2, {lo / 1e6:g}M-{hi / 1e6:g}M); using the eps of "
+            f"{(lo if params < lo else hi) / 1e6:g}M. Tune eps for this model.",
+            stacklevel=2,
+        )
     clamped = min(max(params, lo), hi)
     eps = round(COEFFICIENT * (clamped / 1e6) ** EXPONENT, 3)
     logger.info("eps='auto': %.3gM trainable parameters -> eps=%g (fit to the paper's Table 2)", params / 1e6, eps)

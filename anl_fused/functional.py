@@ -50,14 +50,23 @@ def draw_step(specs: list[ZSpec], generator: torch.Generator | None, device: tor
     flat = torch.randn(total, generator=generator, device=device, dtype=dtype)
     out, start = [], 0
     for spec, n in zip(specs, sizes):
-        out.append(None if spec.shape is None else flat[start:start + n].view(spec.shape))
+        out.append(None if spec.shape is None else flat[start : start + n].view(spec.shape))
         start += n
     return out
 
 
-def anl2d(input: Tensor, grad: Tensor | None, eps: float, *, z: Tensor | None = None, noise: str = "adversarial",
-          scale_by_std: bool = True, sign: bool = False, norm: str = "sample",
-          generator: torch.Generator | None = None) -> Tensor:
+def anl2d(
+    input: Tensor,
+    grad: Tensor | None,
+    eps: float,
+    *,
+    z: Tensor | None = None,
+    noise: str = "adversarial",
+    scale_by_std: bool = True,
+    sign: bool = False,
+    norm: str = "sample",
+    generator: torch.Generator | None = None,
+) -> Tensor:
     r"""``input + eta`` for one ANL layer (see :class:`anl_fused.ANL2d` for the formula).
 
     Args:
@@ -82,14 +91,24 @@ def anl2d(input: Tensor, grad: Tensor | None, eps: float, *, z: Tensor | None = 
         (z,) = draw_step([z_spec(noise, sign, input)], generator, input.device)
     s = ops.std(input) if (scale_by_std and not sign) else None
     if noise == "adversarial" and (grad is None or grad.shape != input.shape):
-        raise ValueError(f"grad must have the input's shape {tuple(input.shape)}, got "
-                         f"{None if grad is None else tuple(grad.shape)}")
+        raise ValueError(
+            f"grad must have the input's shape {tuple(input.shape)}, got {None if grad is None else tuple(grad.shape)}"
+        )
     direction, scale, alpha = noise_terms(noise, sign, eps, grad, z, s, layer_norm=norm == "layer")
     return ops.add_noise(input, direction, scale, alpha=alpha)
 
 
-def noise_terms(noise: str, sign: bool, eps: float, grad: Tensor | None, z: Tensor | None, s: Tensor | None, *,
-                layer_norm: bool = False, stats: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
+def noise_terms(
+    noise: str,
+    sign: bool,
+    eps: float,
+    grad: Tensor | None,
+    z: Tensor | None,
+    s: Tensor | None,
+    *,
+    layer_norm: bool = False,
+    stats: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, float]:
     """``(direction, scale, alpha)`` with ``eta_b = alpha * scale_b * direction_b`` (``ops.add_noise``'s
     arguments; ``scale`` may be ``[B]``, one shared value, or ``None`` for 1).
 

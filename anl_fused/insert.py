@@ -48,8 +48,10 @@ def _apply_input_anl(module: nn.Module, args, kwargs=None):
         return args if kwargs is None else (args, kwargs)
     name = next(iter(inspect.signature(module.forward).parameters), None)
     if kwargs is None or name not in kwargs:
-        raise TypeError(f"input ANL applies to the first argument of {type(module).__name__}.forward"
-                        f"{'' if name is None else f' ({name!r})'}, which this call does not pass")
+        raise TypeError(
+            f"input ANL applies to the first argument of {type(module).__name__}.forward"
+            f"{'' if name is None else f' ({name!r})'}, which this call does not pass"
+        )
     return args, {**kwargs, name: layer(kwargs[name])}
 
 
@@ -86,8 +88,10 @@ def _hook(target: nn.Module) -> None:
         target.register_forward_hook(_apply_child_anl)
         return
     if _before_act_hooks(entry):
-        raise ValueError(f"the 'drop' child of {type(target).__name__} already applies an ANL layer "
-                         "(is it shared by several norm layers?)")
+        raise ValueError(
+            f"the 'drop' child of {type(target).__name__} already applies an ANL layer "
+            "(is it shared by several norm layers?)"
+        )
     entry.register_forward_pre_hook(_BeforeAct(layer))
 
 
@@ -99,8 +103,11 @@ def _is_hooked(target: nn.Module) -> bool:
     return any(fn.layer is layer for fn in entry._forward_pre_hooks.values() if isinstance(fn, _BeforeAct))
 
 
-_NORMS = tuple(t for t in (_NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.LocalResponseNorm)
-               if t is not None)
+_NORMS = tuple(
+    t
+    for t in (_NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.LocalResponseNorm)
+    if t is not None
+)
 
 
 def _nothing_to_hook(model: nn.Module, after: str) -> str:
@@ -114,8 +121,10 @@ def _nothing_to_hook(model: nn.Module, after: str) -> str:
     n_other = sum(isinstance(m, _PLACES[other]) for m in model.modules())
     if n_other:
         return msg + f". Pass after={other!r} to put ANL after each of its {n_other} {_PLACES[other][0].__name__}"
-    return msg + (f" and no {' or '.join(t.__name__ for t in _PLACES[other])} either. ANL needs 4-D (N, C, H, W) "
-                  "activations: put anl_fused.ANL2d(eps) modules into the model by hand where the noise should go")
+    return msg + (
+        f" and no {' or '.join(t.__name__ for t in _PLACES[other])} either. ANL needs 4-D (N, C, H, W) "
+        "activations: put anl_fused.ANL2d(eps) modules into the model by hand where the noise should go"
+    )
 
 
 def anl_layers(model: nn.Module) -> list[ANL2d]:
@@ -128,9 +137,17 @@ def anl_layers(model: nn.Module) -> list[ANL2d]:
     return ([inp] if isinstance(inp, ANL2d) else []) + rest
 
 
-def insert_anl(model: nn.Module, eps: float | str, *, input_eps: float = 0.0, input_sign: bool = False,
-               after: str = "batchnorm", noise: str = "adversarial", scale_by_std: bool = True,
-               norm: str = "sample") -> nn.Module:
+def insert_anl(
+    model: nn.Module,
+    eps: float | str,
+    *,
+    input_eps: float = 0.0,
+    input_sign: bool = False,
+    after: str = "batchnorm",
+    noise: str = "adversarial",
+    scale_by_std: bool = True,
+    norm: str = "sample",
+) -> nn.Module:
     """Add ANL after every ``BatchNorm2d`` or ``SyncBatchNorm`` (``after="conv"``: every ``Conv2d``) and, with
     ``input_eps != 0`` or ``input_sign``, on the model's input. Never after ``Linear``. A norm fused with
     its activation (timm's ``BatchNormAct2d``) gets its ANL between norm and activation.
@@ -193,8 +210,11 @@ def strip_anl(model: nn.Module) -> nn.Module:
         for name, child in list(module._modules.items()):
             if not isinstance(child, ANL2d):
                 continue
-            hooks, hook = ((module._forward_pre_hooks, _apply_input_anl) if name == _INPUT_CHILD
-                           else (module._forward_hooks, _apply_child_anl))
+            hooks, hook = (
+                (module._forward_pre_hooks, _apply_input_anl)
+                if name == _INPUT_CHILD
+                else (module._forward_hooks, _apply_child_anl)
+            )
             hooked = [k for k, fn in hooks.items() if fn is hook]
             for k in hooked:
                 del hooks[k]

@@ -41,8 +41,10 @@ def attached(layers: Iterable[ANL2d], round_: Round) -> Iterator[Round]:
     layers = list(layers)
     busy = [layer for layer in layers if layer._round is not None]
     if busy:
-        raise RuntimeError(f"{busy[0]!r} is already in a two-round step: a step cannot run inside another step "
-                           "on the same layers (e.g. a second engine's step() called in the closure)")
+        raise RuntimeError(
+            f"{busy[0]!r} is already in a two-round step: a step cannot run inside another step "
+            "on the same layers (e.g. a second engine's step() called in the closure)"
+        )
     for layer in layers:
         layer._round = round_
     try:
@@ -63,8 +65,10 @@ def step_scope(name: str) -> Iterator[None]:
     statistics would move twice. This holds for any two steps, also on disjoint sets of layers."""
     outer = getattr(_thread, "step", None)
     if outer is not None:
-        raise RuntimeError(f"{name}() called inside {outer}(): a two-round step cannot run inside another (e.g. a "
-                           "second engine's step() called in the closure); run the steps one after the other")
+        raise RuntimeError(
+            f"{name}() called inside {outer}(): a two-round step cannot run inside another (e.g. a "
+            "second engine's step() called in the closure); run the steps one after the other"
+        )
     _thread.step = name
     try:
         yield
@@ -108,8 +112,15 @@ class ANL2d(nn.Module):
     Shape: input and output ``(N, C, H, W)``.
     """
 
-    def __init__(self, eps: float, *, noise: str = "adversarial", scale_by_std: bool = True, sign: bool = False,
-                 norm: str = "sample"):
+    def __init__(
+        self,
+        eps: float,
+        *,
+        noise: str = "adversarial",
+        scale_by_std: bool = True,
+        sign: bool = False,
+        norm: str = "sample",
+    ):
         super().__init__()
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")

@@ -64,8 +64,9 @@ def std(h: Tensor) -> Tensor:
     return _torch_std(h)
 
 
-def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False,
-                stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def noise_scale(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False, stats: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Round 1, after the backward: the per-sample factor of the noise, ``(scale, norm)``.
 
     Args:
@@ -134,8 +135,9 @@ def _torch_std(h: Tensor) -> Tensor:
     return h.to(acc).std()
 
 
-def _torch_noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool,
-                       stats: Tensor | None) -> tuple[Tensor, Tensor]:
+def _torch_noise_scale(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool, stats: Tensor | None
+) -> tuple[Tensor, Tensor]:
     acc = acc_dtype(g.dtype)
     g = g.detach()
     if stats is not None and (stats.dtype != torch.int64 or stats.shape != (2,)):
@@ -181,8 +183,9 @@ def _torch_add_noise(h: Tensor, g: Tensor, scale: Tensor | None, alpha: float) -
     else:
         scale = scale.detach()
         if scale.numel() not in (1, B):
-            raise ValueError(f"scale must hold one value per sample ({B}) or a single value, got shape "
-                             f"{tuple(scale.shape)}")
+            raise ValueError(
+                f"scale must hold one value per sample ({B}) or a single value, got shape {tuple(scale.shape)}"
+            )
         shape = (-1,) + (1,) * (h.dim() - 1) if scale.numel() == B else ()
         factor = scale.reshape(shape).to(acc)
         if alpha != 1.0:

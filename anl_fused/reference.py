@@ -57,8 +57,9 @@ def _draw(layers: list[ANL2d], hs: list[Tensor], generator: torch.Generator) -> 
     """The RNG contract: one ``torch.randn`` call per step for all reached layers (in ``anl_layers``
     order), of ``B`` numbers per adversarial layer, ``numel(h)`` per Gaussian layer (in ``h``'s shape),
     none for the sign form; float64 if any activation is float64, else float32."""
-    sizes = [0 if layer.sign else (h.shape[0] if layer.noise == "adversarial" else h.numel())
-             for layer, h in zip(layers, hs)]
+    sizes = [
+        0 if layer.sign else (h.shape[0] if layer.noise == "adversarial" else h.numel()) for layer, h in zip(layers, hs)
+    ]
     if sum(sizes) == 0:
         return [None] * len(layers)
     dtype = torch.float64 if any(h.dtype == torch.float64 for h in hs) else torch.float32
@@ -79,8 +80,17 @@ def std(h: Tensor) -> float:
     return math.sqrt(float(((values - mean) ** 2).sum()) / (values.numel() - 1))
 
 
-def eta(h: Tensor, g: Tensor | None, z: Tensor | None, eps: float, *, noise: str = "adversarial",
-        scale_by_std: bool = True, sign: bool = False, norm: str = "sample") -> Tensor:
+def eta(
+    h: Tensor,
+    g: Tensor | None,
+    z: Tensor | None,
+    eps: float,
+    *,
+    noise: str = "adversarial",
+    scale_by_std: bool = True,
+    sign: bool = False,
+    norm: str = "sample",
+) -> Tensor:
     """One layer's noise, Eq. 2 and 5 (Eq. 4 without ``s``, Eq. 8 for the sign form), sample by sample with
     Python floats; float64, on the CPU. ``g``: round 1's gradient (unused for Gaussian noise); ``z``: the
     layer's draws (``[B]``, or ``h``'s shape for Gaussian noise, ``None`` for the sign form)."""
@@ -107,21 +117,22 @@ def eta(h: Tensor, g: Tensor | None, z: Tensor | None, eps: float, *, noise: str
 
 
 def _eta(layer: ANL2d, h: Tensor, g: Tensor, z: Tensor | None) -> Tensor:
-    e = eta(h, g, z, layer.eps, noise=layer.noise, scale_by_std=layer.scale_by_std, sign=layer.sign,
-            norm=layer.norm)
+    e = eta(h, g, z, layer.eps, noise=layer.noise, scale_by_std=layer.scale_by_std, sign=layer.sign, norm=layer.norm)
     return e.to(device=h.device, dtype=h.dtype)
 
 
-def two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
-                   backward: bool = True) -> Tensor:
+def two_round_step(
+    model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator, backward: bool = True
+) -> Tensor:
     """One training step of Algorithm 1 on ``model``; returns round 2's loss (backpropagated unless
     ``backward=False``). Same contract as :meth:`anl_fused.TwoRound.step`."""
     with step_scope("reference.two_round_step"):
         return _two_round_step(model, closure, generator, backward)
 
 
-def _two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
-                    backward: bool) -> Tensor:
+def _two_round_step(
+    model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator, backward: bool
+) -> Tensor:
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
         loss = _loss(closure)
@@ -151,8 +162,10 @@ def _two_round_step(model: nn.Module, closure: Callable[[], Tensor], generator: 
 
     # The noise, layer by layer in anl_layers order, sample by sample.
     hs = [probe.records[layer][0] for layer in reached]
-    etas = {layer: _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
-            for layer, h, g, z in zip(reached, hs, grads, _draw(reached, hs, generator))}
+    etas = {
+        layer: _eta(layer, h, torch.zeros_like(h) if g is None else g, z)
+        for layer, h, g, z in zip(reached, hs, grads, _draw(reached, hs, generator))
+    }
 
     # Round 2: the loss with noise, which trains the model.
     with attached(layers, _AddEta(etas)):

@@ -62,8 +62,11 @@ class Round1State:
 
     def restore(self) -> list[str]:
         """Write the saved vectors back; the names of the other buffers round 1 changed (usually none)."""
-        changed = [(module, key) for module, key, b, version in self.versions
-                   if module._buffers.get(key) is not b or b._version != version]
+        changed = [
+            (module, key)
+            for module, key, b, version in self.versions
+            if module._buffers.get(key) is not b or b._version != version
+        ]
         with torch.no_grad():
             for b, value in self.saved:
                 b.copy_(value)
@@ -84,7 +87,10 @@ class BufferWarnings:
         if not new:
             return
         self.seen.update(new)
-        warnings.warn(f"round 1 of the two-round step changed the buffer(s) {', '.join(new)}: TwoRound freezes "
-                      "BatchNorm statistics and restores spectral norm's vectors, but not this state, so it is "
-                      "updated in both rounds, twice per step instead of once as in ordinary training",
-                      RuntimeWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"round 1 of the two-round step changed the buffer(s) {', '.join(new)}: TwoRound freezes "
+            "BatchNorm statistics and restores spectral norm's vectors, but not this state, so it is "
+            "updated in both rounds, twice per step instead of once as in ordinary training",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )

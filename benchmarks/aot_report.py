@@ -37,17 +37,44 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-GPUS = {"A100": {"arch": 80, "sms": 108, "bw": None},
-        "H100": {"arch": 90, "sms": 132, "bw": 3.35e12},
-        "H200": {"arch": 90, "sms": 132, "bw": 4.8e12}}
+GPUS = {
+    "A100": {"arch": 80, "sms": 108, "bw": None},
+    "H100": {"arch": 90, "sms": 132, "bw": 3.35e12},
+    "H200": {"arch": 90, "sms": 132, "bw": 4.8e12},
+}
 LAUNCH_US = (3.0, 5.0)  # host + driver cost of one kernel launch, for comparison
 OPS = ("std", "noise_scale", "add_noise")
 # which positional arguments of each op carry the batch dimension (replayed at another batch)
 BATCH_ARGS = {"std": (0,), "noise_scale": (0, 1), "add_noise": (0, 1, 2)}
 # aten ops that launch nothing on a GPU (allocation, aliasing, metadata)
-FREE_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias", "lift_fresh",
-            "_unsafe_view", "view", "reshape", "as_strided", "expand", "t", "permute", "squeeze", "unsqueeze", "slice",
-            "select", "_reshape_alias", "unbind", "split", "is_same_size", "sym_size", "sym_stride", "sym_numel"}
+FREE_OPS = {
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "detach",
+    "alias",
+    "lift_fresh",
+    "_unsafe_view",
+    "view",
+    "reshape",
+    "as_strided",
+    "expand",
+    "t",
+    "permute",
+    "squeeze",
+    "unsqueeze",
+    "slice",
+    "select",
+    "_reshape_alias",
+    "unbind",
+    "split",
+    "is_same_size",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,17 +120,22 @@ class OpRecorder:
 
         def wrap(name, real):
             def op(*args, **kwargs):
-                call = {"op": name, "args": [_describe_arg(a) for a in args],
-                        "kwargs": {k: _describe_arg(v) for k, v in kwargs.items()}, "torch_ops": [],
-                        "first_launch": len(launches)}
+                call = {
+                    "op": name,
+                    "args": [_describe_arg(a) for a in args],
+                    "kwargs": {k: _describe_arg(v) for k, v in kwargs.items()},
+                    "torch_ops": [],
+                    "first_launch": len(launches),
+                }
                 self.active.append(call)
                 try:
                     return real(*args, **kwargs)
                 finally:
                     self.active.pop()
-                    call["launches"] = launches[call.pop("first_launch"):]
+                    call["launches"] = launches[call.pop("first_launch") :]
                     if not self.active:
                         self.calls.append(call)
+
             return op
 
         reals = {name: getattr(ops, name) for name in OPS}
@@ -121,8 +153,11 @@ def _describe_arg(a):
     import torch
 
     if isinstance(a, torch.Tensor):
-        fmt = "channels_last" if (a.dim() == 4 and not a.is_contiguous()
-                                  and a.is_contiguous(memory_format=torch.channels_last)) else "contiguous"
+        fmt = (
+            "channels_last"
+            if (a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last))
+            else "contiguous"
+        )
         return {"tensor": True, "shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch."), "format": fmt}
     if isinstance(a, (bool, int, float, str)) or a is None:
         return a
@@ -164,11 +199,20 @@ def per_layer_counts(step: dict) -> dict:
             torch_ops[name] = torch_ops.get(name, 0) + 1
     kernels = len(step["launches"])
     extra = sum(torch_ops.values())
-    return {"layers": layers, "kernel_launches": kernels, "torch_ops_in_ops": extra, "op_calls": by_op,
-            "by_kernel": by_kernel, "torch_ops": torch_ops,
-            "per_layer": {"kernels": kernels / max(layers, 1), "torch_ops": extra / max(layers, 1),
-                          "total": (kernels + extra) / max(layers, 1),
-                          **{k: v / max(layers, 1) for k, v in by_kernel.items()}}}
+    return {
+        "layers": layers,
+        "kernel_launches": kernels,
+        "torch_ops_in_ops": extra,
+        "op_calls": by_op,
+        "by_kernel": by_kernel,
+        "torch_ops": torch_ops,
+        "per_layer": {
+            "kernels": kernels / max(layers, 1),
+            "torch_ops": extra / max(layers, 1),
+            "total": (kernels + extra) / max(layers, 1),
+            **{k: v / max(layers, 1) for k, v in by_kernel.items()},
+        },
+    }
 
 
 def replay(calls: list[dict], batch: int, step_batch: int) -> list[dict]:
@@ -189,8 +233,10 @@ def replay(calls: list[dict], batch: int, step_batch: int) -> list[dict]:
                 args.append(t)
             else:
                 args.append(a)
-        kwargs = {k: (_make(v["shape"], v["dtype"], v["format"]) if isinstance(v, dict) and v.get("tensor") else v)
-                  for k, v in call["kwargs"].items()}
+        kwargs = {
+            k: (_make(v["shape"], v["dtype"], v["format"]) if isinstance(v, dict) and v.get("tensor") else v)
+            for k, v in call["kwargs"].items()
+        }
         with aot.record(execute=False) as launches:
             getattr(ops, call["op"])(*args, **kwargs)
         out.append({"op": call["op"], "launches": list(launches), "args": [_describe_arg(a) for a in args]})
@@ -272,8 +318,11 @@ def traffic(op: str, launch: dict) -> tuple[int, int]:
         B = grid // chunks
         n = B * M
         minimum = n * (2 * e("h_ptr") + e("g_ptr"))
-        scale = e("scale_ptr") * (B if launch["constexprs"].get("PER_SAMPLE") else 1) if launch["constexprs"].get(
-            "HAS_SCALE") else 0
+        scale = (
+            e("scale_ptr") * (B if launch["constexprs"].get("PER_SAMPLE") else 1)
+            if launch["constexprs"].get("HAS_SCALE")
+            else 0
+        )
         moved = minimum + scale
     else:
         raise KeyError(op)
@@ -286,9 +335,20 @@ def build_report(args, per_dtype: dict, compiled: dict) -> dict:
 
     from anl_fused.kernels import aot
 
-    report = {"date": dt.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
-              "python": platform.python_version(), "model": args.model, "batch": args.batch, "size": args.size,
-              "step_batch": args.step_batch, "gpus": GPUS, "launch_us": LAUNCH_US, "dtypes": {}, "kernels": {}}
+    report = {
+        "date": dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "model": args.model,
+        "batch": args.batch,
+        "size": args.size,
+        "step_batch": args.step_batch,
+        "gpus": GPUS,
+        "launch_us": LAUNCH_US,
+        "dtypes": {},
+        "kernels": {},
+    }
     ids = {}
     for key, archs in compiled.items():  # short ids for the distinct specializations
         ids[key] = f"k{len(ids)}"
@@ -301,26 +361,53 @@ def build_report(args, per_dtype: dict, compiled: dict) -> dict:
             seen_calls[call["op"]] = layer + 1
             for launch in call["launches"]:
                 moved, minimum = traffic(call["op"], launch)
-                launches.append({"layer": layer, "op": call["op"], "kernel": launch["kernel"],
-                                 "input_shape": call["args"][0]["shape"], "grid": launch["grid"][0],
-                                 "num_warps": launch["num_warps"], "constexprs": launch["constexprs"],
-                                 "specialization": _spec_facts(launch), "kernel_id": ids[aot.launch_key(launch)],
-                                 "bytes": moved, "min_bytes": minimum,
-                                 "grid_per_sm": {g: launch["grid"][0] / v["sms"] for g, v in GPUS.items()}})
+                launches.append(
+                    {
+                        "layer": layer,
+                        "op": call["op"],
+                        "kernel": launch["kernel"],
+                        "input_shape": call["args"][0]["shape"],
+                        "grid": launch["grid"][0],
+                        "num_warps": launch["num_warps"],
+                        "constexprs": launch["constexprs"],
+                        "specialization": _spec_facts(launch),
+                        "kernel_id": ids[aot.launch_key(launch)],
+                        "bytes": moved,
+                        "min_bytes": minimum,
+                        "grid_per_sm": {g: launch["grid"][0] / v["sms"] for g, v in GPUS.items()},
+                    }
+                )
         layers = []
         for k in range(max(seen_calls.values(), default=0)):
             mine = [e for e in launches if e["layer"] == k]
             moved = sum(e["bytes"] for e in mine)
-            layers.append({"layer": k, "shape": mine[0]["input_shape"], "grids": {e["op"]: e["grid"] for e in mine},
-                           "launches": len(mine), "bytes": moved, "min_bytes": sum(e["min_bytes"] for e in mine),
-                           "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
-                           "launch_us": [len(mine) * c for c in LAUNCH_US]})
+            layers.append(
+                {
+                    "layer": k,
+                    "shape": mine[0]["input_shape"],
+                    "grids": {e["op"]: e["grid"] for e in mine},
+                    "launches": len(mine),
+                    "bytes": moved,
+                    "min_bytes": sum(e["min_bytes"] for e in mine),
+                    "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
+                    "launch_us": [len(mine) * c for c in LAUNCH_US],
+                }
+            )
         moved = sum(e["bytes"] for e in launches)
-        totals = {"launches": len(launches), "moved": moved, "min": sum(e["min_bytes"] for e in launches),
-                  "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
-                  "launch_us": [len(launches) * c for c in LAUNCH_US]}
-        report["dtypes"][name] = {"counts": rec["counts"], "replay_matches_step": rec["replay_matches_step"],
-                                  "layers": layers, "launches": launches, "totals": totals}
+        totals = {
+            "launches": len(launches),
+            "moved": moved,
+            "min": sum(e["min_bytes"] for e in launches),
+            "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
+            "launch_us": [len(launches) * c for c in LAUNCH_US],
+        }
+        report["dtypes"][name] = {
+            "counts": rec["counts"],
+            "replay_matches_step": rec["replay_matches_step"],
+            "layers": layers,
+            "launches": launches,
+            "totals": totals,
+        }
     return report
 
 
@@ -344,35 +431,47 @@ def _fmt_vec(d: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# AOT report: {report['model']}, batch {report['batch']}, {report['size']}x{report['size']}",
-             "",
-             f"Date {report['date']}; torch {report['torch']}, Triton {report['triton']}, Python {report['python']}. "
-             "Made on a CPU machine: launches recorded from a real `TwoRound` step under the Triton interpreter "
-             f"(batch {report['step_batch']}), replayed at batch {report['batch']}; every specialization "
-             "compiled for sm_80 and sm_90 with Triton's own compiler (`anl_fused.kernels.aot`). "
-             "Command: `python benchmarks/aot_report.py --model "
-             f"{report['model']} --dtypes {' '.join(report['dtypes'])} --batch {report['batch']} "
-             f"--size {report['size']} --out DIR`.",
-             "", "## Launches per ANL layer per step", "",
-             "| dtype | ANL layers | std | noise_scale | add_noise | torch ops inside the ops | total per layer "
-             "| replay = step |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# AOT report: {report['model']}, batch {report['batch']}, {report['size']}x{report['size']}",
+        "",
+        f"Date {report['date']}; torch {report['torch']}, Triton {report['triton']}, Python {report['python']}. "
+        "Made on a CPU machine: launches recorded from a real `TwoRound` step under the Triton interpreter "
+        f"(batch {report['step_batch']}), replayed at batch {report['batch']}; every specialization "
+        "compiled for sm_80 and sm_90 with Triton's own compiler (`anl_fused.kernels.aot`). "
+        "Command: `python benchmarks/aot_report.py --model "
+        f"{report['model']} --dtypes {' '.join(report['dtypes'])} --batch {report['batch']} "
+        f"--size {report['size']} --out DIR`.",
+        "",
+        "## Launches per ANL layer per step",
+        "",
+        "| dtype | ANL layers | std | noise_scale | add_noise | torch ops inside the ops | total per layer "
+        "| replay = step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, d in report["dtypes"].items():
         c = d["counts"]
         pl = c["per_layer"]
-        lines.append(f"| {name} | {c['layers']} | {pl.get('std', 0):g} | {pl.get('noise_scale', 0):g} | "
-                     f"{pl.get('add_noise', 0):g} | {pl['torch_ops']:g} | {pl['total']:g} | "
-                     f"{d['replay_matches_step']} |")
-    lines += ["", "Counted: every Triton kernel launch of the step plus every torch op that does work inside "
-              "`anl_fused.ops` (the engine's own draw of z, one `randn` per step for all layers, is not an op "
-              "of this package and is not counted; the non-finite / zero counting is inside `noise_scale`).", "",
-              "## Kernels (per distinct specialization)", "",
-              "Registers / spill stores+loads (bytes) / shared memory (bytes) from Triton's cubin and `ptxas -v`; "
-              "global loads and stores from the PTX, as access width x number of instructions "
-              "(16B = `ld.global.v4.b32`: 4 floats or 8 halves).", "",
-              "| kernel | dtype(s) | constexprs | specialized | warps | sm_80 regs | sm_80 spills | sm_90 regs | "
-              "sm_90 spills | smem | loads (sm_90) | stores (sm_90) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {name} | {c['layers']} | {pl.get('std', 0):g} | {pl.get('noise_scale', 0):g} | "
+            f"{pl.get('add_noise', 0):g} | {pl['torch_ops']:g} | {pl['total']:g} | "
+            f"{d['replay_matches_step']} |"
+        )
+    lines += [
+        "",
+        "Counted: every Triton kernel launch of the step plus every torch op that does work inside "
+        "`anl_fused.ops` (the engine's own draw of z, one `randn` per step for all layers, is not an op "
+        "of this package and is not counted; the non-finite / zero counting is inside `noise_scale`).",
+        "",
+        "## Kernels (per distinct specialization)",
+        "",
+        "Registers / spill stores+loads (bytes) / shared memory (bytes) from Triton's cubin and `ptxas -v`; "
+        "global loads and stores from the PTX, as access width x number of instructions "
+        "(16B = `ld.global.v4.b32`: 4 floats or 8 halves).",
+        "",
+        "| kernel | dtype(s) | constexprs | specialized | warps | sm_80 regs | sm_80 spills | sm_90 regs | "
+        "sm_90 spills | smem | loads (sm_90) | stores (sm_90) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     seen = set()
     for d in report["dtypes"].values():
         for e in d["launches"]:
@@ -381,32 +480,51 @@ def markdown(report: dict) -> str:
             seen.add(e["kernel_id"])
             k = report["kernels"][e["kernel_id"]]
             a80, a90 = k["sm_80"], k["sm_90"]
-            dts = ",".join(sorted({v.split("*")[-1] for n, v in a90["signature"].items()
-                                   if v.startswith("*") and n in ("h_ptr", "g_ptr")}))
+            dts = ",".join(
+                sorted(
+                    {
+                        v.split("*")[-1]
+                        for n, v in a90["signature"].items()
+                        if v.startswith("*") and n in ("h_ptr", "g_ptr")
+                    }
+                )
+            )
             ce = ", ".join(f"{n}={v}" for n, v in e["constexprs"].items() if n != "MAX_SCALE")
-            lines.append(f"| {e['kernel']} | {dts} | {ce} | {e['specialization']} | {e['num_warps']} | "
-                         f"{a80['registers']} | "
-                         f"{a80['spill_stores']}+{a80['spill_loads']} | {a90['registers']} | "
-                         f"{a90['spill_stores']}+{a90['spill_loads']} | {a90['shared_bytes']} | "
-                         f"{_fmt_vec(a90['vectors']['ld'])} | {_fmt_vec(a90['vectors']['st'])} |")
+            lines.append(
+                f"| {e['kernel']} | {dts} | {ce} | {e['specialization']} | {e['num_warps']} | "
+                f"{a80['registers']} | "
+                f"{a80['spill_stores']}+{a80['spill_loads']} | {a90['registers']} | "
+                f"{a90['spill_stores']}+{a90['spill_loads']} | {a90['shared_bytes']} | "
+                f"{_fmt_vec(a90['vectors']['ld'])} | {_fmt_vec(a90['vectors']['st'])} |"
+            )
     for name, d in report["dtypes"].items():
         t = d["totals"]
-        lines += ["", f"## Per ANL layer, {name}", "",
-                  "Grids in programs (A100: 108 SMs, H100/H200: 132). Ideal time: the layer's bytes at the HBM "
-                  "bandwidth (H100 3.35 TB/s, H200 4.8 TB/s), next to the cost of launching its kernels "
-                  f"({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us each).", "",
-                  "| layer | input | grids std / noise_scale / add_noise | launches | MB moved | MB minimum | "
-                  "ideal us H100 | ideal us H200 | launch us |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## Per ANL layer, {name}",
+            "",
+            "Grids in programs (A100: 108 SMs, H100/H200: 132). Ideal time: the layer's bytes at the HBM "
+            "bandwidth (H100 3.35 TB/s, H200 4.8 TB/s), next to the cost of launching its kernels "
+            f"({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us each).",
+            "",
+            "| layer | input | grids std / noise_scale / add_noise | launches | MB moved | MB minimum | "
+            "ideal us H100 | ideal us H200 | launch us |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for e in d["layers"]:
             grids = " / ".join(str(e["grids"].get(op, "-")) for op in OPS)
-            lines.append(f"| {e['layer']} | {'x'.join(map(str, e['shape']))} | {grids} | {e['launches']} | "
-                         f"{e['bytes'] / 1e6:.3f} | {e['min_bytes'] / 1e6:.3f} | {e['ideal_us']['H100']:.2f} | "
-                         f"{e['ideal_us']['H200']:.2f} | {e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f} |")
-        lines += ["", f"Step total ({name}): {t['launches']} launches, {t['moved'] / 1e6:.2f} MB moved "
-                  f"({t['min'] / 1e6:.2f} MB minimum, {100 * (t['moved'] / max(t['min'], 1) - 1):.3f}% over); "
-                  f"ideal {t['ideal_us']['H100']:.1f} us (H100) / {t['ideal_us']['H200']:.1f} us (H200) against "
-                  f"{t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us of launch cost."]
+            lines.append(
+                f"| {e['layer']} | {'x'.join(map(str, e['shape']))} | {grids} | {e['launches']} | "
+                f"{e['bytes'] / 1e6:.3f} | {e['min_bytes'] / 1e6:.3f} | {e['ideal_us']['H100']:.2f} | "
+                f"{e['ideal_us']['H200']:.2f} | {e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f} |"
+            )
+        lines += [
+            "",
+            f"Step total ({name}): {t['launches']} launches, {t['moved'] / 1e6:.2f} MB moved "
+            f"({t['min'] / 1e6:.2f} MB minimum, {100 * (t['moved'] / max(t['min'], 1) - 1):.3f}% over); "
+            f"ideal {t['ideal_us']['H100']:.1f} us (H100) / {t['ideal_us']['H200']:.1f} us (H200) against "
+            f"{t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us of launch cost.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -426,8 +544,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=list(DTYPES))
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--step-batch", type=int, default=4,
-                   help="batch of the real step under the interpreter (its op calls are replayed at --batch)")
+    p.add_argument(
+        "--step-batch",
+        type=int,
+        default=4,
+        help="batch of the real step under the interpreter (its op calls are replayed at --batch)",
+    )
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     return p.parse_args(argv)
 
@@ -436,8 +558,21 @@ def make_report(args: argparse.Namespace) -> dict:
     """Record the step of every dtype (a subprocess each), compile the specializations, build the report."""
     per_dtype = {}
     for name in args.dtypes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--_record", "--model", args.model, "--dtype", name,
-               "--batch", str(args.batch), "--step-batch", str(args.step_batch), "--size", str(args.size)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_record",
+            "--model",
+            args.model,
+            "--dtype",
+            name,
+            "--batch",
+            str(args.batch),
+            "--step-batch",
+            str(args.step_batch),
+            "--size",
+            str(args.size),
+        ]
         res = subprocess.run(cmd, env=_subprocess_env(True), capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"recording {name} failed:\n{res.stderr[-5000:]}")
@@ -466,6 +601,7 @@ def main(argv=None) -> dict:
     json_path, _ = write_report(report, args.out)
     print(f"wrote {json_path} and aot-report.md")
     return report
+
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_record":

@@ -75,8 +75,13 @@ def measure(number: int, repeats: int, shape=(8, 16, 4, 4)) -> dict:
         out[name] = {"best_us": round(times[0], 2), "median_us": round(times[len(times) // 2], 2)}
     import triton
 
-    return {"torch": torch.__version__, "triton": triton.__version__, "anl_fused": kernels.__file__,
-            "shape": list(shape), "results": out}
+    return {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "anl_fused": kernels.__file__,
+        "shape": list(shape),
+        "results": out,
+    }
 
 
 def main(argv=None) -> dict:
@@ -95,8 +100,15 @@ def main(argv=None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if args.src:
         env["PYTHONPATH"] = os.path.abspath(args.src) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--number", str(args.number),
-           "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_child",
+        "--number",
+        str(args.number),
+        "--repeats",
+        str(args.repeats),
+    ]
     runs = []
     for _ in range(args.runs):  # the machine may be shared: keep each case's best over fresh processes
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=args.src or ROOT)
@@ -105,11 +117,18 @@ def main(argv=None) -> dict:
         runs.append(json.loads(res.stdout))
     run = runs[0]
     for name in run["results"]:
-        run["results"][name] = {"best_us": min(r["results"][name]["best_us"] for r in runs),
-                                "median_us": sorted(r["results"][name]["median_us"] for r in runs)[len(runs) // 2]}
-    run.update(label=args.label, date=dt.date.today().isoformat(), python=platform.python_version(),
-               machine=platform.machine(), cpus=os.cpu_count(),
-               command="python benchmarks/host_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        run["results"][name] = {
+            "best_us": min(r["results"][name]["best_us"] for r in runs),
+            "median_us": sorted(r["results"][name]["median_us"] for r in runs)[len(runs) // 2],
+        }
+    run.update(
+        label=args.label,
+        date=dt.date.today().isoformat(),
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        command="python benchmarks/host_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
     for name, r in run["results"].items():
         print(f"{args.label:>8}  {name:40s} best {r['best_us']:7.2f} us   median {r['median_us']:7.2f} us")
     if args.out:

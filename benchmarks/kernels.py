@@ -93,19 +93,31 @@ def kernel_benchmarks(device="cuda") -> list:
                     ms_fused = _bench(fused)
                     with torch_backend():
                         ms_torch = _bench(unfused)
-                    rows.append({
-                        "model": model, "shape": list(shape), "layers": layers, "dtype": dname, "op": op,
-                        "bytes": nbytes, "ms_fused": ms_fused, "ms_torch": ms_torch,
-                        "gbps_fused": nbytes / ms_fused / 1e6, "gbps_torch": nbytes / ms_torch / 1e6,
-                        "copy_gbps": copy_gbps, "frac_of_copy": nbytes / ms_fused / 1e6 / copy_gbps,
-                        "speedup": ms_torch / ms_fused,
-                    })
+                    rows.append(
+                        {
+                            "model": model,
+                            "shape": list(shape),
+                            "layers": layers,
+                            "dtype": dname,
+                            "op": op,
+                            "bytes": nbytes,
+                            "ms_fused": ms_fused,
+                            "ms_torch": ms_torch,
+                            "gbps_fused": nbytes / ms_fused / 1e6,
+                            "gbps_torch": nbytes / ms_torch / 1e6,
+                            "copy_gbps": copy_gbps,
+                            "frac_of_copy": nbytes / ms_fused / 1e6 / copy_gbps,
+                            "speedup": ms_torch / ms_fused,
+                        }
+                    )
     return rows
 
 
 def format_rows(rows) -> str:
-    head = (f"{'model':9}{'shape':>20}{'dtype':>6}{'op':>13}{'fused GB/s':>12}{'torch GB/s':>12}{'of copy':>9}"
-            f"{'speedup':>9}")
+    head = (
+        f"{'model':9}{'shape':>20}{'dtype':>6}{'op':>13}{'fused GB/s':>12}{'torch GB/s':>12}{'of copy':>9}"
+        f"{'speedup':>9}"
+    )
     lines = [head]
     for r in rows:
         lines.append(

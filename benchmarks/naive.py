@@ -62,8 +62,9 @@ class _AddEta:
         return h + self.etas.pop(layer)
 
 
-def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator,
-               backward: bool = True) -> Tensor:
+def naive_step(
+    model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator, backward: bool = True
+) -> Tensor:
     """One step, same contract as :meth:`anl_fused.TwoRound.step`, at the authors' cost."""
     layers = [layer for layer in anl_layers(model) if layer.active]
     if not layers:
@@ -88,8 +89,9 @@ def naive_step(model: nn.Module, closure: Callable[[], Tensor], generator: torch
     reached = [layer for layer in layers if layer in probe.records]
     grads = [probe.records[layer][1].grad for layer in reached]
     grads = [torch.zeros_like(probe.records[layer][1]) if g is None else g for layer, g in zip(reached, grads)]
-    zs = draw_step([z_spec(layer.noise, layer.sign, g) for layer, g in zip(reached, grads)], generator,
-                   generator.device)
+    zs = draw_step(
+        [z_spec(layer.noise, layer.sign, g) for layer, g in zip(reached, grads)], generator, generator.device
+    )
     etas = {layer: _eta(layer, probe.records[layer][0], g, z) for layer, g, z in zip(reached, grads, zs)}
 
     with attached(layers, _AddEta(etas)):

@@ -37,18 +37,37 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PROTOCOLS = {
-    "digits": {"model": "vgg_tiny", "dataset": "digits", "eps": 0.1, "batch_size": 64, "lr": 0.1, "epochs": 20,
-               "finetune_epochs": 10},
-    "fashion-mnist": {"model": "lenet5", "dataset": "fashion-mnist", "eps": 0.03, "batch_size": 128, "lr": 0.02,
-                      "epochs": 8, "finetune_epochs": 4},
+    "digits": {
+        "model": "vgg_tiny",
+        "dataset": "digits",
+        "eps": 0.1,
+        "batch_size": 64,
+        "lr": 0.1,
+        "epochs": 20,
+        "finetune_epochs": 10,
+    },
+    "fashion-mnist": {
+        "model": "lenet5",
+        "dataset": "fashion-mnist",
+        "eps": 0.03,
+        "batch_size": 128,
+        "lr": 0.02,
+        "epochs": 8,
+        "finetune_epochs": 4,
+    },
 }
 
 
 def _stats(values: list[float]) -> dict:
     n = len(values)
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if n > 1 else 0.0,
-            "se": statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0, "min": min(values), "max": max(values),
-            "n": n}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if n > 1 else 0.0,
+        "se": statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": n,
+    }
 
 
 def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
@@ -59,8 +78,10 @@ def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
         by_arm.setdefault(r["arm"], {})[r["seed"]] = r
     out = {"arms": {}, "paired": {}}
     for arm, seeds in by_arm.items():
-        out["arms"][arm] = {"test_err_pct": _stats([r["test_err_pct"] for r in seeds.values()]),
-                            "ms_per_step": statistics.median(r["ms_per_step"] for r in seeds.values())}
+        out["arms"][arm] = {
+            "test_err_pct": _stats([r["test_err_pct"] for r in seeds.values()]),
+            "ms_per_step": statistics.median(r["ms_per_step"] for r in seeds.values()),
+        }
 
     def paired(a: str, b: str) -> None:
         if a not in by_arm or b not in by_arm:
@@ -69,8 +90,14 @@ def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
         if not common:
             return
         d = [by_arm[a][s]["test_err_pct"] - by_arm[b][s]["test_err_pct"] for s in common]
-        out["paired"][f"{a} - {b}"] = {**_stats(d), "better": sum(x < 0 for x in d), "same": sum(x == 0 for x in d),
-                                       "worse": sum(x > 0 for x in d), "seeds": common, "diffs": d}
+        out["paired"][f"{a} - {b}"] = {
+            **_stats(d),
+            "better": sum(x < 0 for x in d),
+            "same": sum(x == 0 for x in d),
+            "worse": sum(x > 0 for x in d),
+            "seeds": common,
+            "diffs": d,
+        }
 
     for dt in probe_dtypes:
         if dt != "fp32":
@@ -82,23 +109,36 @@ def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
 
 def markdown(report: dict) -> str:
     p, s = report["protocol"], report["summary"]
-    lines = [f"# bf16 probe: test error against the fp32 probe ({report['name']})", "",
-             f"{p['model']} on {p['dataset']} ({report['test_images']} test images, one image = "
-             f"{100 / report['test_images']:.3g}%), eps {p['eps']}, batch {p['batch_size']}, lr {p['lr']}, "
-             f"{p['epochs']} epochs with ANL + {p['finetune_epochs']} without at lr 1e-3; seeds "
-             f"{report['seeds']}; {report['machine']}, torch {report['torch']}, {report['threads']} thread(s), "
-             f"{report['date']}.", "",
-             "| arm | test error % (mean ± std) | [min, max] | ms/step (median) |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# bf16 probe: test error against the fp32 probe ({report['name']})",
+        "",
+        f"{p['model']} on {p['dataset']} ({report['test_images']} test images, one image = "
+        f"{100 / report['test_images']:.3g}%), eps {p['eps']}, batch {p['batch_size']}, lr {p['lr']}, "
+        f"{p['epochs']} epochs with ANL + {p['finetune_epochs']} without at lr 1e-3; seeds "
+        f"{report['seeds']}; {report['machine']}, torch {report['torch']}, {report['threads']} thread(s), "
+        f"{report['date']}.",
+        "",
+        "| arm | test error % (mean ± std) | [min, max] | ms/step (median) |",
+        "| --- | --- | --- | --- |",
+    ]
     for arm, a in s["arms"].items():
         t = a["test_err_pct"]
-        lines.append(f"| {arm} | {t['mean']:.2f} ± {t['std']:.2f} | [{t['min']:.2f}, {t['max']:.2f}] | "
-                     f"{a['ms_per_step']:.1f} |")
-    lines += ["", "Paired by seed (same initial weights, data order and noise draws):", "",
-              "| difference | mean ± standard error (percentage points) | better / same / worse | per seed |",
-              "| --- | --- | --- | --- |"]
+        lines.append(
+            f"| {arm} | {t['mean']:.2f} ± {t['std']:.2f} | [{t['min']:.2f}, {t['max']:.2f}] | {a['ms_per_step']:.1f} |"
+        )
+    lines += [
+        "",
+        "Paired by seed (same initial weights, data order and noise draws):",
+        "",
+        "| difference | mean ± standard error (percentage points) | better / same / worse | per seed |",
+        "| --- | --- | --- | --- |",
+    ]
     for k, d in s["paired"].items():
-        lines.append(f"| {k} | {d['mean']:+.3f} ± {d['se']:.3f} | {d['better']} / {d['same']} / {d['worse']} | "
-                     + ", ".join(f"{x:+.2f}" for x in d["diffs"]) + " |")
+        lines.append(
+            f"| {k} | {d['mean']:+.3f} ± {d['se']:.3f} | {d['better']} / {d['same']} / {d['worse']} | "
+            + ", ".join(f"{x:+.2f}" for x in d["diffs"])
+            + " |"
+        )
     lines += ["", "A mean within about two standard errors of 0 is no evidence of a difference either way.", ""]
     return "\n".join(lines)
 
@@ -141,33 +181,69 @@ def main(argv=None) -> int:
             runs = json.load(f)["runs"]
     done = {(r["arm"], r["seed"]) for r in runs}
     info = machine_info(torch.device("cpu"))
-    report = {"name": args.protocol + args.tag, "protocol": protocol, "seeds": seeds, "test_images": len(bundle.test),
-              "machine": info["cpu"], "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "date": info["date"], "git_commit": info["git_commit"],
-              "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    report = {
+        "name": args.protocol + args.tag,
+        "protocol": protocol,
+        "seeds": seeds,
+        "test_images": len(bundle.test),
+        "machine": info["cpu"],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": info["date"],
+        "git_commit": info["git_commit"],
+        "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for arm, dtype in arms:
                 if (arm, seed) in done:
                     continue
                 variant = "plain" if arm == "plain" else "anl"
-                cfg = TrainConfig(model=protocol["model"], dataset=protocol["dataset"], data_dir=args.data_dir,
-                                  variant=variant, eps=protocol["eps"], epochs=protocol["epochs"],
-                                  finetune_epochs=protocol["finetune_epochs"], finetune_lr="floor",
-                                  batch_size=protocol["batch_size"], lr=protocol["lr"], seed=seed, device="cpu",
-                                  probe_dtype=dtype)
+                cfg = TrainConfig(
+                    model=protocol["model"],
+                    dataset=protocol["dataset"],
+                    data_dir=args.data_dir,
+                    variant=variant,
+                    eps=protocol["eps"],
+                    epochs=protocol["epochs"],
+                    finetune_epochs=protocol["finetune_epochs"],
+                    finetune_lr="floor",
+                    batch_size=protocol["batch_size"],
+                    lr=protocol["lr"],
+                    seed=seed,
+                    device="cpu",
+                    probe_dtype=dtype,
+                )
                 start = time.perf_counter()
-                res = fit(cfg, os.path.join(tmp, f"{arm}-{seed}"), progress=False, bundle=bundle,
-                          log=lambda s: None, overwrite=True)
+                res = fit(
+                    cfg,
+                    os.path.join(tmp, f"{arm}-{seed}"),
+                    progress=False,
+                    bundle=bundle,
+                    log=lambda s: None,
+                    overwrite=True,
+                )
                 hist = res["history"]
-                noisy = hist[1:protocol["epochs"]] or hist[: protocol["epochs"]]
-                runs.append({"arm": arm, "seed": seed, "probe_dtype": dtype, "test_err_pct": hist[-1]["test_err"] * 100,
-                             "ms_per_step": statistics.median(h["time_per_step_s"] for h in noisy) * 1e3,
-                             "wall_s": time.perf_counter() - start,
-                             "history": [{k: h[k] for k in ("epoch", "test_err", "val_loss", "lr", "time_per_step_s")
-                                          if k in h} for h in hist]})
-                print(f"{arm} seed {seed}: test error {runs[-1]['test_err_pct']:.2f}%, "
-                      f"{runs[-1]['ms_per_step']:.1f} ms/step, {runs[-1]['wall_s']:.0f} s", flush=True)
+                noisy = hist[1 : protocol["epochs"]] or hist[: protocol["epochs"]]
+                runs.append(
+                    {
+                        "arm": arm,
+                        "seed": seed,
+                        "probe_dtype": dtype,
+                        "test_err_pct": hist[-1]["test_err"] * 100,
+                        "ms_per_step": statistics.median(h["time_per_step_s"] for h in noisy) * 1e3,
+                        "wall_s": time.perf_counter() - start,
+                        "history": [
+                            {k: h[k] for k in ("epoch", "test_err", "val_loss", "lr", "time_per_step_s") if k in h}
+                            for h in hist
+                        ],
+                    }
+                )
+                print(
+                    f"{arm} seed {seed}: test error {runs[-1]['test_err_pct']:.2f}%, "
+                    f"{runs[-1]['ms_per_step']:.1f} ms/step, {runs[-1]['wall_s']:.0f} s",
+                    flush=True,
+                )
                 report["runs"] = runs
                 report["summary"] = summarize(runs, args.probe_dtypes)
                 atomic_write(path, json.dumps(report, indent=1))

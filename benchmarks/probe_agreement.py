@@ -46,8 +46,9 @@ def _step_noise(model, x, y, probe_dtype=None) -> tuple[list, dict]:
     add_noise = ops.add_noise
 
     def spy(h, g, scale, alpha=1.0):
-        seen.append(alpha * scale.double()[:, None]
-                    * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
+        seen.append(
+            alpha * scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1)
+        )
         return add_noise(h, g, scale, alpha=alpha)
 
     net = copy.deepcopy(model)
@@ -66,9 +67,16 @@ def compare(got: list, ref: list, stds: dict, ref_stds: dict) -> list[dict]:
     for (name, s_ref), a, b in zip(ref_stds.items(), got, ref):
         on = b.norm(dim=1) > 0
         cos = F.cosine_similarity(a[on], b[on], dim=1)
-        rows.append({"layer": name, "samples": int(on.sum()), "cos_mean": cos.mean().item(),
-                     "cos_min": cos.min().item(), "norm_err": (a.norm() / b.norm() - 1).item(),
-                     "std_err": stds[name] / s_ref - 1})
+        rows.append(
+            {
+                "layer": name,
+                "samples": int(on.sum()),
+                "cos_mean": cos.mean().item(),
+                "cos_min": cos.min().item(),
+                "norm_err": (a.norm() / b.norm() - 1).item(),
+                "std_err": stds[name] / s_ref - 1,
+            }
+        )
     return rows
 
 
@@ -114,42 +122,59 @@ def summary(results: list[dict]) -> dict:
         table[model] = {}
         for arm, rows in arms.items():
             means = [row["cos_mean"] for row in rows]
-            table[model][arm] = {"layers": len(rows), "cos_mean_median": statistics.median(means),
-                                 "cos_mean_min": min(means), "cos_min": min(row["cos_min"] for row in rows),
-                                 "norm_err_max": max(abs(row["norm_err"]) for row in rows),
-                                 "norm_err_mean": statistics.fmean(row["norm_err"] for row in rows),
-                                 "std_err_max": max(abs(row["std_err"]) for row in rows)}
+            table[model][arm] = {
+                "layers": len(rows),
+                "cos_mean_median": statistics.median(means),
+                "cos_mean_min": min(means),
+                "cos_min": min(row["cos_min"] for row in rows),
+                "norm_err_max": max(abs(row["norm_err"]) for row in rows),
+                "norm_err_mean": statistics.fmean(row["norm_err"] for row in rows),
+                "std_err_max": max(abs(row["std_err"]) for row in rows),
+            }
     return table
 
 
 def markdown(report: dict) -> str:
     a = report["args"]
-    lines = ["# bf16 probe: noise against the fp32 probe, per ANL layer", "",
-             f"Zoo models with ANL after every BatchNorm (the model's eps), {a['size']}x{a['size']} N(0, 1) images "
-             f"with random labels, batch {a['batch']}, seeds {a['seeds']}, fresh weights; {report['machine']}, "
-             f"torch {report['torch']}, {report['date']}. Command: `{report['command']}`.", "",
-             "cos: cosine of each sample's noise eta_b with the fp32 probe's (same z, same dropout masks); "
-             "norm err: ||eta|| / ||eta_fp32|| - 1 per layer; std err: std(h) / std_fp32(h) - 1. sgd-0.1, sgd-1e-4: "
-             "the fp32 noise of the same batch after one plain SGD step at lr 0.1 / 1e-4 from the same weights, "
-             "for scale.", "",
-             "| model | probe | layers x seeds | layer-mean cos: median | min | worst sample cos | "
-             "max abs norm err | mean norm err | max abs std err |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# bf16 probe: noise against the fp32 probe, per ANL layer",
+        "",
+        f"Zoo models with ANL after every BatchNorm (the model's eps), {a['size']}x{a['size']} N(0, 1) images "
+        f"with random labels, batch {a['batch']}, seeds {a['seeds']}, fresh weights; {report['machine']}, "
+        f"torch {report['torch']}, {report['date']}. Command: `{report['command']}`.",
+        "",
+        "cos: cosine of each sample's noise eta_b with the fp32 probe's (same z, same dropout masks); "
+        "norm err: ||eta|| / ||eta_fp32|| - 1 per layer; std err: std(h) / std_fp32(h) - 1. sgd-0.1, sgd-1e-4: "
+        "the fp32 noise of the same batch after one plain SGD step at lr 0.1 / 1e-4 from the same weights, "
+        "for scale.",
+        "",
+        "| model | probe | layers x seeds | layer-mean cos: median | min | worst sample cos | "
+        "max abs norm err | mean norm err | max abs std err |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for model, arms in report["summary"].items():
         for arm, s in arms.items():
-            lines.append(f"| {model} | {arm} | {s['layers']} | {s['cos_mean_median']:.4f} | {s['cos_mean_min']:.4f} | "
-                         f"{s['cos_min']:.4f} | {s['norm_err_max']:.2%} | {s['norm_err_mean']:+.2%} | "
-                         f"{s['std_err_max']:.2%} |")
+            lines.append(
+                f"| {model} | {arm} | {s['layers']} | {s['cos_mean_median']:.4f} | {s['cos_mean_min']:.4f} | "
+                f"{s['cos_min']:.4f} | {s['norm_err_max']:.2%} | {s['norm_err_mean']:+.2%} | "
+                f"{s['std_err_max']:.2%} |"
+            )
     lines += ["", "Per layer, seed 0:", ""]
     for r in report["results"]:
         if r["seed"] != report["args"]["seeds"][0]:
             continue
-        lines += [f"### {r['model']} (eps {r['eps']})", "",
-                  "| layer | bf16 cos mean | bf16 cos min | bf16 norm err | bf16 std err | fp16 cos mean | "
-                  "sgd-1e-4 cos mean | sgd-0.1 cos mean |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"### {r['model']} (eps {r['eps']})",
+            "",
+            "| layer | bf16 cos mean | bf16 cos min | bf16 norm err | bf16 std err | fp16 cos mean | "
+            "sgd-1e-4 cos mean | sgd-0.1 cos mean |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for b, h, s4, s1 in zip(*(r["arms"][k] for k in ("bf16", "fp16", "sgd-1e-4", "sgd-0.1"))):
-            lines.append(f"| {b['layer']} | {b['cos_mean']:.4f} | {b['cos_min']:.4f} | {b['norm_err']:+.2%} | "
-                         f"{b['std_err']:+.3%} | {h['cos_mean']:.4f} | {s4['cos_mean']:.4f} | {s1['cos_mean']:.4f} |")
+            lines.append(
+                f"| {b['layer']} | {b['cos_mean']:.4f} | {b['cos_min']:.4f} | {b['norm_err']:+.2%} | "
+                f"{b['std_err']:+.3%} | {h['cos_mean']:.4f} | {s4['cos_mean']:.4f} | {s1['cos_mean']:.4f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -170,10 +195,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     info = machine_info(torch.device("cpu"))
     results = [measure(m, seed, args.batch, args.size) for m in args.models for seed in range(args.seeds)]
-    report = {"args": {**vars(args), "seeds": list(range(args.seeds))}, "machine": info["cpu"],
-              "torch": torch.__version__, "date": info["date"], "git_commit": info["git_commit"],
-              "command": "python benchmarks/probe_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "summary": summary(results), "results": results}
+    report = {
+        "args": {**vars(args), "seeds": list(range(args.seeds))},
+        "machine": info["cpu"],
+        "torch": torch.__version__,
+        "date": info["date"],
+        "git_commit": info["git_commit"],
+        "command": "python benchmarks/probe_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "summary": summary(results),
+        "results": results,
+    }
     atomic_write(os.path.join(args.out, "probe-agreement.json"), json.dumps(report, indent=1))
     md = markdown(report)
     atomic_write(os.path.join(args.out, "probe-agreement.md"), md)

@@ -26,14 +26,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+)(?P<args>[^>]*?)-->\n)(?P<body>.*?)(<!-- /render -->)", re.S)
 RENDERERS: dict[str, Callable[[list[str]], str]] = {}
 
-MODEL_NAMES = {"vgg11": "VGG-11", "vgg16": "VGG-16", "resnet18": "ResNet-18", "lenet5": "LeNet-5",
-               "vgg_tiny": "vgg_tiny", "mobilenet_v2": "MobileNetV2"}
+MODEL_NAMES = {
+    "vgg11": "VGG-11",
+    "vgg16": "VGG-16",
+    "resnet18": "ResNet-18",
+    "lenet5": "LeNet-5",
+    "vgg_tiny": "vgg_tiny",
+    "mobilenet_v2": "MobileNetV2",
+}
 
 
 def renderer(name: str):
     def register(fn: Callable[[list[str]], str]) -> Callable[[list[str]], str]:
         RENDERERS[name] = fn
         return fn
+
     return register
 
 
@@ -50,9 +57,12 @@ def _ms(seconds: float) -> str:
 def steps_table(paths: list[str]) -> str:
     """Step times (median of interleaved samples) and the ratios of one ``anl-fused bench`` JSON per path."""
     methods = [("plain", "plain"), ("naive", "naive double pass"), ("reference", "reference"), ("tworound", "TwoRound")]
-    lines = ["| model | batch | amp | " + " | ".join(label for _, label in methods)
-             + " | TwoRound / plain | naive / TwoRound | spread |",
-             "|---|---|---|" + "---|" * (len(methods) + 3)]
+    lines = [
+        "| model | batch | amp | "
+        + " | ".join(label for _, label in methods)
+        + " | TwoRound / plain | naive / TwoRound | spread |",
+        "|---|---|---|" + "---|" * (len(methods) + 3),
+    ]
     for path in paths:
         report = load_json(path)
         for r in report["steps"]:
@@ -62,21 +72,28 @@ def steps_table(paths: list[str]) -> str:
             cells += [f"{v:.2f}x" if v is not None else "-" for v in ratios]
             spread = max((max(t) - min(t)) / statistics.median(t) for t in r["times_s"].values())
             cells.append(f"{spread * 100:.0f}%")
-            lines.append(f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['batch']} | {r['amp'] or 'fp32'} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['batch']} | {r['amp'] or 'fp32'} | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 @renderer("memory")
 def memory_table(paths: list[str]) -> str:
     """The memory TwoRound keeps between the rounds (``noise_memory`` of ``anl-fused bench``)."""
-    lines = ["| model | batch | ANL layers | held in float32 | held with noise_dtype=bfloat16 |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | ANL layers | held in float32 | held with noise_dtype=bfloat16 |",
+        "|---|---|---|---|---|",
+    ]
     for path in paths:
         for m in load_json(path)["noise_memory"]:
             held = m["held_bytes"]
-            lines.append(f"| {MODEL_NAMES.get(m['model'], m['model'])} | {m['batch']} | {m['anl_layers']} | "
-                         f"{held['float32'] / 2**20:.1f} MiB | {held['bfloat16'] / 2**20:.1f} MiB |")
+            lines.append(
+                f"| {MODEL_NAMES.get(m['model'], m['model'])} | {m['batch']} | {m['anl_layers']} | "
+                f"{held['float32'] / 2**20:.1f} MiB | {held['bfloat16'] / 2**20:.1f} MiB |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -92,13 +109,18 @@ def _ratio(r: dict, key: str) -> str:
 def probe_steps_table(paths: list[str]) -> str:
     """Step times of plain, TwoRound and TwoRound with the bf16 probe (``anl-fused bench`` JSON)."""
     methods = [("plain", "plain"), ("tworound", "TwoRound"), ("tworound-bf16probe", "TwoRound, bf16 probe")]
-    lines = ["| model | batch | " + " | ".join(label for _, label in methods)
-             + " | TwoRound / plain | bf16 probe / plain | bf16 probe / TwoRound |", "|---|---|" + "---|" * 6]
+    lines = [
+        "| model | batch | "
+        + " | ".join(label for _, label in methods)
+        + " | TwoRound / plain | bf16 probe / plain | bf16 probe / TwoRound |",
+        "|---|---|" + "---|" * 6,
+    ]
     for path in paths:
         for r in load_json(path)["steps"]:
             cells = [_ms(r["median_s"][m]) if m in r["median_s"] else "-" for m, _ in methods]
-            cells += [_ratio(r, k) for k in ("tworound/plain", "tworound-bf16probe/plain",
-                                             "tworound-bf16probe/tworound")]
+            cells += [
+                _ratio(r, k) for k in ("tworound/plain", "tworound-bf16probe/plain", "tworound-bf16probe/tworound")
+            ]
             lines.append(f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -115,15 +137,21 @@ def _paired(d: dict | None) -> str:
 def probe_accuracy_table(paths: list[str]) -> str:
     """Test error of plain, ANL with the fp32 probe and with the bf16 probe, and the paired differences
     (``benchmarks/probe_accuracy.py`` JSON)."""
-    lines = ["| data, model | seeds | plain | ANL, fp32 probe | ANL, bf16 probe | bf16 - fp32 probe, paired "
-             "(better/same/worse) | ANL fp32 probe - plain, paired |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data, model | seeds | plain | ANL, fp32 probe | ANL, bf16 probe | bf16 - fp32 probe, paired "
+        "(better/same/worse) | ANL fp32 probe - plain, paired |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in paths:
         rep = load_json(path)
         arms, paired, p = rep["summary"]["arms"], rep["summary"]["paired"], rep["protocol"]
         errs = [_err(arms.get(a)) for a in ("plain", "anl-fp32", "anl-bf16")]
         diffs = [_paired(paired.get(k)) for k in ("anl-bf16 - anl-fp32", "anl-fp32 - plain")]
-        lines.append(f"| {p['dataset']}, {MODEL_NAMES.get(p['model'], p['model'])} | {len(rep['seeds'])} | "
-                     + " | ".join(errs + diffs) + " |")
+        lines.append(
+            f"| {p['dataset']}, {MODEL_NAMES.get(p['model'], p['model'])} | {len(rep['seeds'])} | "
+            + " | ".join(errs + diffs)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -131,16 +159,21 @@ def probe_accuracy_table(paths: list[str]) -> str:
 def probe_agreement_table(paths: list[str]) -> str:
     """Per model: the bf16 / fp16 probe's noise against the fp32 probe's, and the fp32 noise after one SGD
     step for scale (``benchmarks/probe_agreement.py`` JSON)."""
-    lines = ["| model | ANL layers x seeds | bf16: cosine, layer means median [min] | bf16: worst sample | "
-             "bf16: max abs norm error | fp16: cosine median [min] | after one SGD step at lr 1e-4 / 0.1: "
-             "cosine median |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | ANL layers x seeds | bf16: cosine, layer means median [min] | bf16: worst sample | "
+        "bf16: max abs norm error | fp16: cosine median [min] | after one SGD step at lr 1e-4 / 0.1: "
+        "cosine median |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in paths:
         for model, arms in load_json(path)["summary"].items():
             b, h = arms["bf16"], arms["fp16"]
-            lines.append(f"| {MODEL_NAMES.get(model, model)} | {b['layers']} | {b['cos_mean_median']:.3f} "
-                         f"[{b['cos_mean_min']:.3f}] | {b['cos_min']:.3f} | {b['norm_err_max']:.1%} | "
-                         f"{h['cos_mean_median']:.3f} [{h['cos_mean_min']:.3f}] | "
-                         f"{arms['sgd-1e-4']['cos_mean_median']:.3f} / {arms['sgd-0.1']['cos_mean_median']:.3f} |")
+            lines.append(
+                f"| {MODEL_NAMES.get(model, model)} | {b['layers']} | {b['cos_mean_median']:.3f} "
+                f"[{b['cos_mean_min']:.3f}] | {b['cos_min']:.3f} | {b['norm_err_max']:.1%} | "
+                f"{h['cos_mean_median']:.3f} [{h['cos_mean_min']:.3f}] | "
+                f"{arms['sgd-1e-4']['cos_mean_median']:.3f} / {arms['sgd-0.1']['cos_mean_median']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -60,13 +60,30 @@ PARTS = ("tests", "steps", "graphs", "kernels", "aot", "memory")
 COMMAND = "pip install --no-deps --no-build-isolation -e . && python benchmarks/run.py --out $OUT/campaign"
 
 # sizes of a real run and of the CPU smoke run
-FULL = {"models": ["vgg11", "vgg16", "resnet18"], "graph_models": ["vgg11", "resnet18"], "batch": 128, "size": 32,
-        "amps": [None, torch.bfloat16], "repeats": 7, "inner": 10, "graph_replays": 20,
-        "methods": ["plain", "naive", "tworound", "tworound-bf16probe"],
-        "aot": ["--model", "vgg16", "--dtypes", "fp32", "bf16", "fp16", "--batch", "128", "--size", "32"]}
-SMOKE = {"models": ["vgg_tiny"], "graph_models": ["vgg_tiny"], "batch": 4, "size": 8, "amps": [None], "repeats": 3,
-         "inner": 1, "graph_replays": 2, "methods": ["plain", "naive", "tworound", "tworound-bf16probe"],
-         "aot": ["--model", "vgg_tiny", "--dtypes", "fp32", "--batch", "8", "--size", "8", "--step-batch", "2"]}
+FULL = {
+    "models": ["vgg11", "vgg16", "resnet18"],
+    "graph_models": ["vgg11", "resnet18"],
+    "batch": 128,
+    "size": 32,
+    "amps": [None, torch.bfloat16],
+    "repeats": 7,
+    "inner": 10,
+    "graph_replays": 20,
+    "methods": ["plain", "naive", "tworound", "tworound-bf16probe"],
+    "aot": ["--model", "vgg16", "--dtypes", "fp32", "bf16", "fp16", "--batch", "128", "--size", "32"],
+}
+SMOKE = {
+    "models": ["vgg_tiny"],
+    "graph_models": ["vgg_tiny"],
+    "batch": 4,
+    "size": 8,
+    "amps": [None],
+    "repeats": 3,
+    "inner": 1,
+    "graph_replays": 2,
+    "methods": ["plain", "naive", "tworound", "tworound-bf16probe"],
+    "aot": ["--model", "vgg_tiny", "--dtypes", "fp32", "--batch", "8", "--size", "8", "--step-batch", "2"],
+}
 
 
 class Skipped(Exception):
@@ -104,10 +121,21 @@ def source_digest() -> str:
 def meta(device: torch.device) -> dict:
     """Device, driver, versions, commit and date. What cannot be read is recorded as ``meta_error`` (the
     campaign runs on)."""
-    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": sys.version.split()[0],
-            "platform": platform.platform(), "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None,
-            "triton": None, "device": str(device), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "git_commit": None, "git_dirty": False, "source_digest": None}
+    info = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": None,
+        "triton": None,
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": None,
+        "git_dirty": False,
+        "source_digest": None,
+    }
     try:
         _device_meta(info, device)
     except Exception as e:  # the versions must not cost the measurements
@@ -116,10 +144,12 @@ def meta(device: torch.device) -> dict:
 
 
 def _device_meta(info: dict, device: torch.device) -> None:
-    info.update(cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                git_commit=_run_text(["git", "rev-parse", "HEAD"]) or os.environ.get("ANL_FUSED_COMMIT"),
-                git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
-                source_digest=source_digest())
+    info.update(
+        cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        git_commit=_run_text(["git", "rev-parse", "HEAD"]) or os.environ.get("ANL_FUSED_COMMIT"),
+        git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
+        source_digest=source_digest(),
+    )
     try:
         import triton
 
@@ -128,10 +158,13 @@ def _device_meta(info: dict, device: torch.device) -> None:
         info["triton"] = None if isinstance(e, ModuleNotFoundError) else f"import failed: {type(e).__name__}: {e}"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
-                    gpu_memory_gib=round(props.total_memory / 2**30, 1))
-        smi = _run_text(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
-                         "--format=csv,noheader"])
+        info.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            sms=props.multi_processor_count,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+        )
+        smi = _run_text(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"])
         info["driver"] = smi.splitlines()[0] if smi else None
 
 
@@ -142,8 +175,18 @@ def _device_meta(info: dict, device: torch.device) -> None:
 def part_tests(ctx: dict) -> dict:
     """``pytest -m "gpu or not slow"`` (``TRITON_INTERPRET=0`` on CUDA), output to ``pytest.txt``."""
     marker = "gpu or not slow" if ctx["cuda"] else "not slow"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", marker, "-p", "no:cacheprovider",
-           "--continue-on-collection-errors", *ctx["pytest_args"]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        marker,
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+        *ctx["pytest_args"],
+    ]
     env = dict(os.environ)
     if ctx["cuda"]:
         env["TRITON_INTERPRET"] = "0"
@@ -163,8 +206,14 @@ def part_tests(ctx: dict) -> dict:
     counted = [line for line in lines if " in " in line and any(w in line for w in ("passed", "failed", "error"))]
     tail = counted[-1] if counted else (lines[-1] if lines else "")
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-    return {"command": " ".join(cmd), "returncode": proc.returncode, "timed_out": timed_out, "timeout_s": timeout,
-            "summary": tail.strip("= "), "failed": failed[:50]}
+    return {
+        "command": " ".join(cmd),
+        "returncode": proc.returncode,
+        "timed_out": timed_out,
+        "timeout_s": timeout,
+        "summary": tail.strip("= "),
+        "failed": failed[:50],
+    }
 
 
 def part_steps(ctx: dict) -> dict:
@@ -174,10 +223,23 @@ def part_steps(ctx: dict) -> dict:
     for amp in cfg["amps"]:
         for name in cfg["models"]:
             ctx["check_budget"](f"steps {name} {amp}")
-            results.append(step.benchmark_model(name, cfg["batch"], cfg["size"], ctx["device"], cfg["methods"],
-                                                cfg["repeats"], cfg["inner"], amp, 0.05))
-            print(f"  steps {name} amp={amp}: " + ", ".join(f"{k} {v:.2f}x" for k, v in results[-1]["ratios"].items()),
-                  flush=True)
+            results.append(
+                step.benchmark_model(
+                    name,
+                    cfg["batch"],
+                    cfg["size"],
+                    ctx["device"],
+                    cfg["methods"],
+                    cfg["repeats"],
+                    cfg["inner"],
+                    amp,
+                    0.05,
+                )
+            )
+            print(
+                f"  steps {name} amp={amp}: " + ", ".join(f"{k} {v:.2f}x" for k, v in results[-1]["ratios"].items()),
+                flush=True,
+            )
     return {"steps": results, "table": step.format_table(results)}
 
 
@@ -226,8 +288,10 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
     graph = torch.cuda.CUDAGraph()
     if engine is not None:
         if not hasattr(graph, "register_generator_state"):
-            raise RuntimeError(f"torch {torch.__version__} has no CUDAGraph.register_generator_state: the noise "
-                               "generator cannot be captured")
+            raise RuntimeError(
+                f"torch {torch.__version__} has no CUDAGraph.register_generator_state: the noise "
+                "generator cannot be captured"
+            )
         graph.register_generator_state(engine.generator)
     with torch.cuda.graph(graph):
         step()
@@ -237,8 +301,10 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
     graph.replay()
     torch.cuda.synchronize(device)
     second = [p.grad for p in params]
-    out = {"grads_finite": all(bool(torch.isfinite(g).all()) for g in second),
-           "consecutive_replays_differ": any(not torch.equal(a, b) for a, b in zip(first, second))}
+    out = {
+        "grads_finite": all(bool(torch.isfinite(g).all()) for g in second),
+        "consecutive_replays_differ": any(not torch.equal(a, b) for a, b in zip(first, second)),
+    }
     eager_s = _time(step, replays, device)
     graph_s = _time(graph.replay, replays, device)
     out.update(eager_ms=eager_s * 1e3, graph_ms=graph_s * 1e3, speedup=eager_s / graph_s)
@@ -261,9 +327,11 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
             continue
         if name not in models:
             torch.manual_seed(0)
-            models[name] = (build(name).to(device), torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"],
-                                                                device=device),
-                            torch.randint(0, 10, (cfg["batch"],), device=device))
+            models[name] = (
+                build(name).to(device),
+                torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device),
+                torch.randint(0, 10, (cfg["batch"],), device=device),
+            )
         model, x, y = models[name]
         base = method.removesuffix("-norng")
         try:
@@ -274,8 +342,17 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
                     raise RuntimeError(f"injected failure of {method}")
                 result = capture_step(make_step(base, model, x, y), device, cfg["graph_replays"])
         except Exception as e:  # one failure must not lose the others: recorded
-            print(json.dumps({"model": name, "method": method, "error": f"{type(e).__name__}: {e}",
-                              "traceback": traceback.format_exc()[-3000:]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": name,
+                        "method": method,
+                        "error": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc()[-3000:],
+                    }
+                ),
+                flush=True,
+            )
             return 3
         print(json.dumps({"model": name, "method": method, "result": result}), flush=True)
     return 0
@@ -295,13 +372,22 @@ def part_graphs(ctx: dict) -> dict:
     children = 0
     while jobs:
         children += 1
-        cmd = [sys.executable, os.path.abspath(__file__), "--_graph-child", json.dumps(jobs),
-               "--device", str(ctx["device"]), "--_deadline", str(time.time() + ctx["budget_left"]())]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_graph-child",
+            json.dumps(jobs),
+            "--device",
+            str(ctx["device"]),
+            "--_deadline",
+            str(time.time() + ctx["budget_left"]()),
+        ]
         cmd += ["--smoke"] if ctx["smoke"] else []
         cmd += ["--_fail-method", ctx["fail_method"]] if ctx.get("fail_method") else []
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=max(30.0, ctx["budget_left"]() + 60))
+            proc = subprocess.run(
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, ctx["budget_left"]() + 60)
+            )
             stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as e:
             stdout, stderr, code = e.stdout or "", e.stderr or "", "timeout"
@@ -309,15 +395,16 @@ def part_graphs(ctx: dict) -> dict:
             stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
         done = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         for d in done:
-            results[d["model"]][d["method"]] = d.get("result") or {k: d[k] for k in ("error", "traceback", "skipped")
-                                                                    if k in d}
+            results[d["model"]][d["method"]] = d.get("result") or {
+                k: d[k] for k in ("error", "traceback", "skipped") if k in d
+            }
         failed = done[-1] if done and "error" in done[-1] else None
         if len(done) < len(jobs) and failed is None:  # the child died (or hung) without saying why
             name, method = jobs[len(done)]
             failed = {"model": name, "method": method, "error": f"child exited {code}: {stderr.strip()[-2000:]}"}
             results[name][method] = {"error": failed["error"]}
             done.append(failed)
-        jobs = jobs[len(done):]
+        jobs = jobs[len(done) :]
         if code == "timeout":
             for name, method in jobs:
                 results[name][method] = {"skipped": "the graph part ran out of time"}
@@ -334,9 +421,14 @@ def part_graphs(ctx: dict) -> dict:
                 if "graph_ms" in r and "graph_ms" in base:
                     ratios[f"{method}/plain"]["graph"] = r["graph_ms"] / base["graph_ms"]
         rows.append({"model": name, "batch": cfg["batch"], "methods": methods, "ratios": ratios})
-        print(f"  graphs {name}: " + ", ".join(f"{m} {r['speedup']:.2f}x" if "speedup" in r else
-                                               f"{m} {'failed' if 'error' in r else 'eager only'}"
-                                               for m, r in methods.items()), flush=True)
+        print(
+            f"  graphs {name}: "
+            + ", ".join(
+                f"{m} {r['speedup']:.2f}x" if "speedup" in r else f"{m} {'failed' if 'error' in r else 'eager only'}"
+                for m, r in methods.items()
+            ),
+            flush=True,
+        )
     return {"graphs": rows, "child_processes": children}
 
 
@@ -349,9 +441,14 @@ def part_kernels(ctx: dict) -> dict:
     by = {}
     for r in rows:
         by.setdefault(f"{r['op']} {r['dtype']}", []).append(r)
-    summary = {k: {"frac_of_copy_median": statistics.median(r["frac_of_copy"] for r in v),
-                   "frac_of_copy_min": min(r["frac_of_copy"] for r in v),
-                   "speedup_vs_torch_median": statistics.median(r["speedup"] for r in v)} for k, v in by.items()}
+    summary = {
+        k: {
+            "frac_of_copy_median": statistics.median(r["frac_of_copy"] for r in v),
+            "frac_of_copy_min": min(r["frac_of_copy"] for r in v),
+            "speedup_vs_torch_median": statistics.median(r["speedup"] for r in v),
+        }
+        for k, v in by.items()
+    }
     return {"copy_gbps": rows[0]["copy_gbps"] if rows else None, "summary": summary, "rows": rows}
 
 
@@ -388,8 +485,11 @@ def part_memory(ctx: dict) -> dict:
                 torch.cuda.reset_peak_memory_stats(device)
                 step()
                 torch.cuda.synchronize(device)
-                peaks[method] = {"before_bytes": before, "peak_bytes": torch.cuda.max_memory_allocated(device),
-                                 "step_bytes": torch.cuda.max_memory_allocated(device) - before}
+                peaks[method] = {
+                    "before_bytes": before,
+                    "peak_bytes": torch.cuda.max_memory_allocated(device),
+                    "step_bytes": torch.cuda.max_memory_allocated(device) - before,
+                }
                 del step
             plain = peaks["plain"]["step_bytes"]
             for p in peaks.values():
@@ -401,8 +501,14 @@ def part_memory(ctx: dict) -> dict:
     return {"memory": rows}
 
 
-PART_FUNCS = {"tests": part_tests, "steps": part_steps, "graphs": part_graphs, "kernels": part_kernels,
-              "aot": part_aot, "memory": part_memory}
+PART_FUNCS = {
+    "tests": part_tests,
+    "steps": part_steps,
+    "graphs": part_graphs,
+    "kernels": part_kernels,
+    "aot": part_aot,
+    "memory": part_memory,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,11 +517,16 @@ PART_FUNCS = {"tests": part_tests, "steps": part_steps, "graphs": part_graphs, "
 
 def markdown(summary: dict) -> str:
     m = summary["meta"]
-    lines = [f"# GPU campaign: {m.get('gpu') or m['device']}", "",
-             f"{m['date']}; Python {m['python']}, torch {m['torch']} (CUDA {m['cuda']}, cuDNN {m['cudnn']}), "
-             f"Triton {m['triton']}; driver {m.get('driver')}; commit {m['git_commit']}"
-             f"{' (dirty)' if m['git_dirty'] else ''}, sources {m['source_digest']}. Command: `{summary['command']}`.",
-             "", "| part | status | seconds |", "| --- | --- | --- |"]
+    lines = [
+        f"# GPU campaign: {m.get('gpu') or m['device']}",
+        "",
+        f"{m['date']}; Python {m['python']}, torch {m['torch']} (CUDA {m['cuda']}, cuDNN {m['cudnn']}), "
+        f"Triton {m['triton']}; driver {m.get('driver')}; commit {m['git_commit']}"
+        f"{' (dirty)' if m['git_dirty'] else ''}, sources {m['source_digest']}. Command: `{summary['command']}`.",
+        "",
+        "| part | status | seconds |",
+        "| --- | --- | --- |",
+    ]
     if summary.get("import_error"):
         lines[2:2] = [f"**anl_fused did not import**: `{summary['import_error'].strip().splitlines()[-1]}`", ""]
     for name, p in summary["parts"].items():
@@ -427,44 +538,71 @@ def markdown(summary: dict) -> str:
     res = lambda k: parts.get(k, {}).get("result") or {}
     if res("tests"):
         t = res("tests")
-        lines += ["", "## Tests", "", f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
-                  f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`."]
+        lines += [
+            "",
+            "## Tests",
+            "",
+            f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
+            f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`.",
+        ]
         lines += [f"- {f}" for f in t["failed"][:20]]
     if res("steps"):
         lines += ["", "## Step times (median of interleaved rounds)", "", res("steps")["table"]]
     if res("graphs"):
-        lines += ["", "## CUDA graphs: whole step captured", "",
-                  "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## CUDA graphs: whole step captured",
+            "",
+            "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         fmt = lambda d, k, f: format(d[k], f) if k in d else "-"
         for row in res("graphs")["graphs"]:
             for method, r in row["methods"].items():
                 ratio = row["ratios"].get(f"{method}/plain", {})
                 if "eager_ms" in r:
-                    lines.append(f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
-                                 f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
-                                 f"{fmt(ratio, 'eager', '.2f')} |")
+                    lines.append(
+                        f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
+                        f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
+                        f"{fmt(ratio, 'eager', '.2f')} |"
+                    )
                 else:
                     why = r.get("error") or r.get("skipped", "?")
                     lines.append(f"| {row['model']} | {method} | not measured: {why.splitlines()[0][:150]} | | | | |")
     if res("kernels"):
         k = res("kernels")
-        lines += ["", f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)", "",
-                  "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
-                  "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)",
+            "",
+            "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
+            "| --- | --- | --- |",
+        ]
         for key, s in k["summary"].items():
-            lines.append(f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
-                         f"{s['speedup_vs_torch_median']:.2f}x |")
+            lines.append(
+                f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
+                f"{s['speedup_vs_torch_median']:.2f}x |"
+            )
     if res("memory"):
-        lines += ["", "## Memory", "", "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Memory",
+            "",
+            "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for row in res("memory")["memory"]:
             held = row["held"]["held_bytes"]
             peaks = row["peaks"]
-            extra = ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items()) \
-                if isinstance(peaks, dict) else peaks
-            lines.append(f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
-                         f"{held['bfloat16'] / 2**20:.1f} | {extra} |")
+            extra = (
+                ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items())
+                if isinstance(peaks, dict)
+                else peaks
+            )
+            lines.append(
+                f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
+                f"{held['bfloat16'] / 2**20:.1f} | {extra} |"
+            )
     if res("aot"):
         lines += ["", "## AOT report", "", "In `aot.md` / `aot.json`."]
     return "\n".join(lines) + "\n"
@@ -496,9 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="toy sizes (a CPU check of the campaign in seconds)")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="default: all, in this order")
     ap.add_argument("--skip", nargs="+", default=[], choices=PARTS, help="parts not to run (recorded as skipped)")
-    ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="skip the parts (and the models within a part) that would start after this many seconds "
-                         "(default 420)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="skip the parts (and the models within a part) that would start after this many seconds (default 420)",
+    )
     ap.add_argument("--tests-timeout", type=float, default=180.0, help="seconds the test part may take (default 180)")
     ap.add_argument("--pytest-args", nargs="+", default=["tests"], help="what pytest runs (default: tests)")
     ap.add_argument("--_graph-child", dest="graph_child", default=None, help=argparse.SUPPRESS)
@@ -523,11 +664,25 @@ def main(argv: list[str] | None = None) -> int:
         if budget_left() <= 0:
             raise Skipped(f"time budget of {args.budget_s:.0f} s spent before {what}")
 
-    ctx = {"cfg": SMOKE if args.smoke else FULL, "device": device, "cuda": cuda, "smoke": args.smoke,
-           "out": args.out, "budget_left": budget_left, "check_budget": check_budget,
-           "tests_timeout": args.tests_timeout, "pytest_args": args.pytest_args, "fail_method": args.fail_method}
-    summary = {"meta": meta(device), "command": "python benchmarks/run.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "smoke": args.smoke, "budget_s": args.budget_s, "parts": {}}
+    ctx = {
+        "cfg": SMOKE if args.smoke else FULL,
+        "device": device,
+        "cuda": cuda,
+        "smoke": args.smoke,
+        "out": args.out,
+        "budget_left": budget_left,
+        "check_budget": check_budget,
+        "tests_timeout": args.tests_timeout,
+        "pytest_args": args.pytest_args,
+        "fail_method": args.fail_method,
+    }
+    summary = {
+        "meta": meta(device),
+        "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "smoke": args.smoke,
+        "budget_s": args.budget_s,
+        "parts": {},
+    }
     if import_error:
         summary["import_error"] = import_error
         print(f"anl_fused does not import (each part records its own error):\n{import_error}", flush=True)
@@ -547,9 +702,11 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         entry["seconds"] = time.perf_counter() - t0
         summary["parts"][name] = entry
-        print(f"{name}: {entry['status']} ({entry['seconds']:.0f} s)"
-              + (f": {entry.get('reason') or entry.get('error', '').splitlines()[0]}" if entry["status"] != "ok"
-                 else ""), flush=True)
+        print(
+            f"{name}: {entry['status']} ({entry['seconds']:.0f} s)"
+            + (f": {entry.get('reason') or entry.get('error', '').splitlines()[0]}" if entry["status"] != "ok" else ""),
+            flush=True,
+        )
         summary["seconds"] = time.perf_counter() - start
         atomic_write(summary_path, json.dumps(summary, indent=1, default=str))
         atomic_write(os.path.join(args.out, "summary.md"), markdown(summary))

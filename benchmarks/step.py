@@ -48,8 +48,9 @@ METHODS = ("plain", "naive", "reference", "tworound", "tworound-bf16probe")
 ENGINES = {"tworound": {}, "tworound-bf16probe": {"probe_dtype": torch.bfloat16}}
 
 
-def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05,
-              amp: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
+def make_step(
+    method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, amp: torch.dtype | None = None
+) -> Callable[[], torch.Tensor]:
     """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -87,8 +88,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_methods(steps: dict[str, Callable], device: torch.device, repeats: int, warmup: int = 1,
-                 inner: int = 1) -> dict[str, list[float]]:
+def time_methods(
+    steps: dict[str, Callable], device: torch.device, repeats: int, warmup: int = 1, inner: int = 1
+) -> dict[str, list[float]]:
     """Seconds per step of each method, ``repeats`` interleaved samples each."""
     for step in steps.values():
         for _ in range(warmup):
@@ -97,7 +99,7 @@ def time_methods(steps: dict[str, Callable], device: torch.device, repeats: int,
     names = list(steps)
     times = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             _sync(device)
             start = time.perf_counter()
             for _ in range(inner):
@@ -128,15 +130,25 @@ def machine_info(device: torch.device) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                            cwd=os.path.dirname(__file__), check=True).stdout.strip()
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__), check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         info["git_commit"] = None
     return info
 
 
-def benchmark_model(name: str, batch: int, size: int, device: torch.device, methods, repeats: int, inner: int,
-                    amp: torch.dtype | None, eps: float) -> dict:
+def benchmark_model(
+    name: str,
+    batch: int,
+    size: int,
+    device: torch.device,
+    methods,
+    repeats: int,
+    inner: int,
+    amp: torch.dtype | None,
+    eps: float,
+) -> dict:
     torch.manual_seed(0)
     model = build(name).to(device)
     x = torch.randn(batch, 3, size, size, device=device)
@@ -146,8 +158,17 @@ def benchmark_model(name: str, batch: int, size: int, device: torch.device, meth
     median = {m: statistics.median(t) for m, t in times.items()}
     pairs = _ratio_pairs(list(median))
     ratios = {f"{a}/{b}": median[a] / median[b] for a, b in pairs}
-    return {"model": name, "batch": batch, "size": size, "amp": str(amp) if amp else None, "eps": eps,
-            "median_s": median, "times_s": times, "ratios": ratios, "ratio_stats": ratio_stats(times, pairs)}
+    return {
+        "model": name,
+        "batch": batch,
+        "size": size,
+        "amp": str(amp) if amp else None,
+        "eps": eps,
+        "median_s": median,
+        "times_s": times,
+        "ratios": ratios,
+        "ratio_stats": ratio_stats(times, pairs),
+    }
 
 
 def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
@@ -180,9 +201,11 @@ def spread_warnings(results: list[dict]) -> list[str]:
                 lines.append(f"warning: {r['model']} {k}: {rounds} round(s) cannot show the spread; use --repeats >= 3")
                 break
             if st["spread"] > SPREAD_WARN:
-                lines.append(f"warning: {r['model']} {k} varied from {st['min']:.2f}x to {st['max']:.2f}x over "
-                             f"{rounds} rounds (median {st['median']:.2f}x): the machine was busy; do not trust one "
-                             "number, repeat with more --repeats or on an idle machine")
+                lines.append(
+                    f"warning: {r['model']} {k} varied from {st['min']:.2f}x to {st['max']:.2f}x over "
+                    f"{rounds} rounds (median {st['median']:.2f}x): the machine was busy; do not trust one "
+                    "number, repeat with more --repeats or on an idle machine"
+                )
     return lines
 
 
@@ -202,8 +225,12 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
         warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
         counter(x)
     del counter
-    report = {"model": name, "batch": batch, "anl_layers": len(numels),
-              "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)}}
+    report = {
+        "model": name,
+        "batch": batch,
+        "anl_layers": len(numels),
+        "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)},
+    }
     if device.type == "cuda":
         peaks = {}
         for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
@@ -222,9 +249,12 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
 def format_table(results: list[dict]) -> str:
     """Median step times and the two ratios: ratio of the medians, then [min, max] of the rounds' paired ratios."""
     ratios = ("tworound/plain", "naive/tworound", "tworound-bf16probe/plain")
-    lines = ["| model | batch | amp | " + " | ".join(f"{m} (ms)" for m in METHODS)
-             + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] | bf16-probe/plain [min, max] |",
-             "|---|---|---|" + "---|" * (len(METHODS) + len(ratios))]
+    lines = [
+        "| model | batch | amp | "
+        + " | ".join(f"{m} (ms)" for m in METHODS)
+        + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] | bf16-probe/plain [min, max] |",
+        "|---|---|---|" + "---|" * (len(METHODS) + len(ratios)),
+    ]
     for r in results:
         med = r["median_s"]
         cells = [f"{med[m] * 1e3:.1f}" if m in med else "-" for m in METHODS]
@@ -237,30 +267,55 @@ def format_table(results: list[dict]) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"], choices=names(), metavar="MODEL",
-                        help="zoo names (anl-fused models; default vgg11 resnet18)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["vgg11", "resnet18"],
+        choices=names(),
+        metavar="MODEL",
+        help="zoo names (anl-fused models; default vgg11 resnet18)",
+    )
     parser.add_argument("--batch", type=positive_int, default=64, help="batch size (default 64)")
     parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                        help="default: all; tworound-bf16probe is TwoRound(probe_dtype=torch.bfloat16)")
-    parser.add_argument("--repeats", type=positive_int, default=7,
-                        help="interleaved rounds: timed samples per method; their paired ratios give min / median / "
-                             "max (default 7)")
-    parser.add_argument("--inner", type=positive_int, default=None,
-                        help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="default: all; tworound-bf16probe is TwoRound(probe_dtype=torch.bfloat16)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=7,
+        help="interleaved rounds: timed samples per method; their paired ratios give min / median / max (default 7)",
+    )
+    parser.add_argument(
+        "--inner", type=positive_int, default=None, help="steps per timed sample (default 1 on CPU, 10 on CUDA)"
+    )
     parser.add_argument("--eps", type=finite_float, default=0.05)
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
-    parser.add_argument("--out", default=None,
-                        help="JSON file to write (default: none, the table is printed); with --aot a directory")
-    parser.add_argument("--aot", action="store_true",
-                        help="instead of timing: the AOT report of the ANL kernels for sm_80 / sm_90 (benchmarks/"
-                             "aot_report.py; no GPU needed) of each --models at --batch and --size, printed as "
-                             "markdown, or written to --out DIR (aot-report.json / .md; DIR/MODEL/ for several "
-                             "models); the timing options are not used")
-    parser.add_argument("--aot-dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"],
-                        metavar="DTYPE", help="with --aot: the model dtypes to record (default fp32 bf16 fp16)")
+    parser.add_argument(
+        "--out", default=None, help="JSON file to write (default: none, the table is printed); with --aot a directory"
+    )
+    parser.add_argument(
+        "--aot",
+        action="store_true",
+        help="instead of timing: the AOT report of the ANL kernels for sm_80 / sm_90 (benchmarks/"
+        "aot_report.py; no GPU needed) of each --models at --batch and --size, printed as "
+        "markdown, or written to --out DIR (aot-report.json / .md; DIR/MODEL/ for several "
+        "models); the timing options are not used",
+    )
+    parser.add_argument(
+        "--aot-dtypes",
+        nargs="+",
+        default=["fp32", "bf16", "fp16"],
+        choices=["fp32", "bf16", "fp16"],
+        metavar="DTYPE",
+        help="with --aot: the model dtypes to record (default fp32 bf16 fp16)",
+    )
 
 
 def run_aot(args: argparse.Namespace) -> int:
@@ -268,15 +323,27 @@ def run_aot(args: argparse.Namespace) -> int:
     from . import aot_report
 
     for name in args.models:
-        argv = ["--model", name, "--batch", str(args.batch), "--size", str(args.size),
-                "--step-batch", str(min(4, args.batch)), "--dtypes", *args.aot_dtypes]
+        argv = [
+            "--model",
+            name,
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--step-batch",
+            str(min(4, args.batch)),
+            "--dtypes",
+            *args.aot_dtypes,
+        ]
         print(f"AOT report of {name} batch {args.batch} ({' '.join(args.aot_dtypes)}) ...", flush=True)
         try:
             report = aot_report.make_report(aot_report.parse_args(argv))
         except RuntimeError as e:  # a recording subprocess failed: its last line says why
             last = [line for line in str(e).splitlines() if line.strip()]
-            print(f"anl-fused bench: error: AOT report of {name}: {last[0]} {last[-1] if len(last) > 1 else ''}",
-                  file=sys.stderr)
+            print(
+                f"anl-fused bench: error: AOT report of {name}: {last[0]} {last[-1] if len(last) > 1 else ''}",
+                file=sys.stderr,
+            )
             return 1
         if args.out:
             out = args.out if len(args.models) == 1 else os.path.join(args.out, name)
@@ -297,10 +364,14 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in args.models:
         print(f"benchmarking {name} batch {args.batch} on {device} ...", flush=True)
-        results.append(benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp,
-                                       args.eps))
-    report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-              "steps": results}
+        results.append(
+            benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps)
+        )
+    report = {
+        "machine": machine_info(device),
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "steps": results,
+    }
     report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
     if args.kernels:
         from .kernels import kernel_benchmarks

@@ -33,6 +33,7 @@ def test_step(benchmark, setup, method):
     step = make_step(method, model, x, y)
     step()  # warm-up
     if DEVICE == "cuda":
+
         def run():
             step()
             torch.cuda.synchronize()

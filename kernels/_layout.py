@@ -113,7 +113,7 @@ class Workspace:
     def __init__(self, device: torch.device):
         self.device = device
         ws = torch.zeros(WORKSPACE_SLOTS * _SLOT_STRIDE, dtype=torch.int32, device=device)
-        self.counters = [ws[i * _SLOT_STRIDE:i * _SLOT_STRIDE + 1] for i in range(WORKSPACE_SLOTS)]
+        self.counters = [ws[i * _SLOT_STRIDE : i * _SLOT_STRIDE + 1] for i in range(WORKSPACE_SLOTS)]
         self.partials_by_dtype: dict = {}
 
     def partials(self, dtype: torch.dtype, n: int) -> Tensor:

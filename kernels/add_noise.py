@@ -18,7 +18,6 @@ Autograd: ``d out / d h = I`` (grad_out passes through unchanged); ``g`` and ``s
 constants (no gradient).
 """
 
-
 import torch
 import triton
 import triton.language as tl
@@ -33,8 +32,19 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _add_noise_kernel(h_ptr, g_ptr, scale_ptr, out_ptr, M, chunks, alpha_hi, alpha_lo,
-                      HAS_SCALE: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+def _add_noise_kernel(
+    h_ptr,
+    g_ptr,
+    scale_ptr,
+    out_ptr,
+    M,
+    chunks,
+    alpha_hi,
+    alpha_lo,
+    HAS_SCALE: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """out[b*M + j] = h[b*M + j] + alpha * scale[b] * finite_or_zero(g[b*M + j]) for j in chunk c."""
     pid = tl.program_id(0)
     b = pid // chunks
@@ -72,8 +82,9 @@ def _launch(h: Tensor, g: Tensor, scale: Tensor | None, alpha: float, kernel) ->
             check_float(scale, "scale")
         k = scale.numel()
         if k != B and k != 1:
-            raise ValueError(f"scale must hold one value per sample ({B}) or a single value, got shape "
-                             f"{tuple(scale.shape)}")
+            raise ValueError(
+                f"scale must hold one value per sample ({B}) or a single value, got shape {tuple(scale.shape)}"
+            )
         per_sample = k != 1
         if per_sample and not scale.is_contiguous():
             scale = scale.reshape(B).contiguous()
@@ -98,8 +109,20 @@ def _launch(h: Tensor, g: Tensor, scale: Tensor | None, alpha: float, kernel) ->
             _BLOCKS[key] = cfg
     block, chunks = cfg
     a_hi, a_lo = split_f64(alpha, "alpha")
-    kernel[(B * chunks,)](h, g, out if scale is None else scale, out, M, chunks, a_hi, a_lo,
-                          HAS_SCALE=scale is not None, PER_SAMPLE=per_sample, BLOCK=block, num_warps=NUM_WARPS)
+    kernel[(B * chunks,)](
+        h,
+        g,
+        out if scale is None else scale,
+        out,
+        M,
+        chunks,
+        a_hi,
+        a_lo,
+        HAS_SCALE=scale is not None,
+        PER_SAMPLE=per_sample,
+        BLOCK=block,
+        num_warps=NUM_WARPS,
+    )
     return out
 
 

@@ -56,8 +56,12 @@ def in_kernel() -> bool:
 
 def _describe(value):
     if isinstance(value, torch.Tensor):
-        return {"kind": "tensor", "dtype": str(value.dtype).removeprefix("torch."),
-                "align16": value.data_ptr() % 16 == 0, "numel": value.numel()}
+        return {
+            "kind": "tensor",
+            "dtype": str(value.dtype).removeprefix("torch."),
+            "align16": value.data_ptr() % 16 == 0,
+            "numel": value.numel(),
+        }
     if isinstance(value, bool):
         return {"kind": "bool", "value": value}
     if isinstance(value, int):
@@ -81,9 +85,15 @@ def _launch_dict(fn, args, kwargs, grid) -> dict:
         else:
             runtime[k] = _describe(v)
     grid = tuple(grid) + (1,) * (3 - len(grid))
-    return {"kernel": _BY_FN_NAME.get(fn.__name__, fn.__name__), "fn": fn.__name__, "grid": list(grid),
-            "num_warps": options.get("num_warps", 4), "options": options, "constexprs": constexprs,
-            "args": runtime}
+    return {
+        "kernel": _BY_FN_NAME.get(fn.__name__, fn.__name__),
+        "fn": fn.__name__,
+        "grid": list(grid),
+        "num_warps": options.get("num_warps", 4),
+        "options": options,
+        "constexprs": constexprs,
+        "args": runtime,
+    }
 
 
 @contextlib.contextmanager
@@ -109,6 +119,7 @@ def record(execute: bool = True):
                 return real[cls](self, *args, grid=grid, warmup=warmup, **kwargs)
             finally:
                 _state.depth -= 1
+
         return run
 
     for cls in real:
@@ -129,11 +140,18 @@ def launch_key(launch: dict) -> str:
             facts[k] = (a["dtype"], a["align16"])
         elif a["kind"] == "int":
             v = a["value"]
-            facts[k] = ("int", v == 1, v % 16 == 0, -2**31 <= v < 2**31)
+            facts[k] = ("int", v == 1, v % 16 == 0, -(2**31) <= v < 2**31)
         else:
             facts[k] = (a["kind"],)
-    return json.dumps([launch["kernel"], sorted(launch["constexprs"].items()), sorted(launch["options"].items()),
-                       sorted(facts.items())], default=str)
+    return json.dumps(
+        [
+            launch["kernel"],
+            sorted(launch["constexprs"].items()),
+            sorted(launch["options"].items()),
+            sorted(facts.items()),
+        ],
+        default=str,
+    )
 
 
 class _Ptr:
@@ -192,8 +210,21 @@ def _ptxas_info(ptx: str, cubin: bytes) -> dict:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        res = subprocess.run([_tool("ptxas"), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={target}", src,
-                              "-o", os.path.join(d, "k.cubin")], capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [
+                _tool("ptxas"),
+                "-lineinfo",
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name={target}",
+                src,
+                "-o",
+                os.path.join(d, "k.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         binary = os.path.join(d, "triton.cubin")
         with open(binary, "wb") as f:
             f.write(cubin)
@@ -241,10 +272,15 @@ def compile_launch(launch: dict, arch: int, keep_ptx: bool = False) -> dict:
     kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options_obj.__dict__)
     ptx = kernel.asm["ptx"]
     info = _ptxas_info(ptx, kernel.asm["cubin"])
-    info.update(arch=arch, kernel=launch["kernel"], num_warps=kernel.metadata.num_warps,
-                shared_bytes=kernel.metadata.shared, vectors=vector_summary(ptx),
-                signature={k: v for k, v in signature.items()},
-                specialized={str(k[0]): v for k, v in attrs.items() if v})
+    info.update(
+        arch=arch,
+        kernel=launch["kernel"],
+        num_warps=kernel.metadata.num_warps,
+        shared_bytes=kernel.metadata.shared,
+        vectors=vector_summary(ptx),
+        signature={k: v for k, v in signature.items()},
+        specialized={str(k[0]): v for k, v in attrs.items() if v},
+    )
     if keep_ptx:
         info["ptx"] = ptx
     return info
@@ -266,8 +302,14 @@ def compile_in_subprocess(launches: list[dict], archs=(80, 90), timeout: float =
     that runs the kernels in the interpreter)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ANL_FUSED_BACKEND")}
     env["PYTHONWARNINGS"] = "ignore"
-    res = subprocess.run([sys.executable, "-m", "anl_fused.kernels.aot"], input=json.dumps(
-        {"launches": launches, "archs": list(archs)}), env=env, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "anl_fused.kernels.aot"],
+        input=json.dumps({"launches": launches, "archs": list(archs)}),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"AOT compile failed ({res.returncode}):\n{res.stderr[-5000:]}")
     return json.loads(res.stdout)

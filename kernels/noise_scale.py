@@ -34,7 +34,6 @@ Workspace: the counter is one int32 of the device's persistent workspace (``_lay
 memset per call; calls sharing it must not run concurrently (one stream per device at a time).
 """
 
-
 import torch
 import triton
 import triton.language as tl
@@ -104,10 +103,28 @@ def _r(z_ptr, rows, rmask, eps, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _noise_scale_kernel(
-    g_ptr, z_ptr, s_ptr, part_ptr, scale_ptr, norm_ptr, stats_ptr, count_ptr,
-    B, M, chunks, tiles, eps_hi, eps_lo,
-    HAS_Z: tl.constexpr, HAS_S: tl.constexpr, HAS_STATS: tl.constexpr, LAYER_NORM: tl.constexpr,
-    MAX_SCALE: tl.constexpr, BLOCK: tl.constexpr, SB: tl.constexpr, CB: tl.constexpr,
+    g_ptr,
+    z_ptr,
+    s_ptr,
+    part_ptr,
+    scale_ptr,
+    norm_ptr,
+    stats_ptr,
+    count_ptr,
+    B,
+    M,
+    chunks,
+    tiles,
+    eps_hi,
+    eps_lo,
+    HAS_Z: tl.constexpr,
+    HAS_S: tl.constexpr,
+    HAS_STATS: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    MAX_SCALE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    SB: tl.constexpr,
+    CB: tl.constexpr,
 ):
     """part[b*chunks + c] = max |g_b| over chunk c; the last program to finish computes norm and
     scale of every sample (and the stats), then resets count_ptr[0] to 0."""
@@ -177,8 +194,9 @@ _CONFIGS: dict = {}
 _MAX = {torch.float32: torch.finfo(torch.float32).max, torch.float64: torch.finfo(torch.float64).max}
 
 
-def _launch(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool,
-            stats: Tensor | None, kernel, ws) -> tuple[Tensor, Tensor]:
+def _launch(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool, stats: Tensor | None, kernel, ws
+) -> tuple[Tensor, Tensor]:
     """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
     the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
     fresh partials and a fresh zeroed counter)."""
@@ -194,10 +212,12 @@ def _launch(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_nor
             z = z.reshape(B).contiguous()
     if s is not None and s.numel() != 1:
         raise ValueError(f"s must be a single value, got shape {tuple(s.shape)}")
-    if stats is not None and (stats.dtype is not torch.int64 or stats.dim() != 1 or stats.numel() != 2
-                              or not stats.is_contiguous()):
-        raise ValueError(f"stats must be a contiguous int64 tensor of shape [2], got {stats.dtype} "
-                         f"{tuple(stats.shape)}")
+    if stats is not None and (
+        stats.dtype is not torch.int64 or stats.dim() != 1 or stats.numel() != 2 or not stats.is_contiguous()
+    ):
+        raise ValueError(
+            f"stats must be a contiguous int64 tensor of shape [2], got {stats.dtype} {tuple(stats.shape)}"
+        )
     eps_hi, eps_lo = split_f64(eps)
     scale = torch.empty(B, dtype=acc, device=g.device)
     norm = torch.empty(B, dtype=acc, device=g.device)
@@ -216,17 +236,37 @@ def _launch(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_nor
         part, count = ws.partials(acc, B * chunks), ws.counters[COUNTER_SLOT]
     # an absent z / s / stats is never read: the partials stand in for its pointer
     kernel[(B * chunks,)](
-        g, part if z is None else z, part if s is None else s, part, scale, norm,
-        part if stats is None else stats, count, B, M, chunks, tiles, eps_hi, eps_lo,
-        HAS_Z=z is not None, HAS_S=s is not None, HAS_STATS=stats is not None, LAYER_NORM=bool(layer_norm),
-        MAX_SCALE=_MAX[acc], BLOCK=block, SB=sb, CB=cb, num_warps=NUM_WARPS,
+        g,
+        part if z is None else z,
+        part if s is None else s,
+        part,
+        scale,
+        norm,
+        part if stats is None else stats,
+        count,
+        B,
+        M,
+        chunks,
+        tiles,
+        eps_hi,
+        eps_lo,
+        HAS_Z=z is not None,
+        HAS_S=s is not None,
+        HAS_STATS=stats is not None,
+        LAYER_NORM=bool(layer_norm),
+        MAX_SCALE=_MAX[acc],
+        BLOCK=block,
+        SB=sb,
+        CB=cb,
+        num_warps=NUM_WARPS,
     )
     return scale, norm
 
 
 @triton_op("anl_fused::noise_scale", mutates_args=("stats",))
-def noise_scale_op(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool = False,
-                   stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def noise_scale_op(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool = False, stats: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The ``anl_fused::noise_scale`` operator (see the module docstring); the path ``torch.compile``
     traces. Fresh partials and a fresh zeroed counter (an allocation and a fill in the graph)."""
     check_float(g, "g")
@@ -234,8 +274,9 @@ def noise_scale_op(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, la
     return _launch(g, z, s, eps, layer_norm, stats, wrap_triton(_noise_scale_kernel), None)
 
 
-def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False,
-                stats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def noise_scale(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, layer_norm: bool = False, stats: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``(scale, norm)``, both ``[B]`` float32 (float64 for float64 ``g``), without gradient:
     ``norm_b = max|g_b|`` and ``scale_b = r_b * s / norm_b`` (0 where ``norm_b`` is 0 or not
     finite; with ``layer_norm=True`` the divisor is the largest finite norm of the layer),
@@ -247,11 +288,17 @@ def noise_scale(g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, *, la
     ``torch.compile`` this is the ``anl_fused::noise_scale`` op."""
     if torch.compiler.is_compiling():
         return torch.ops.anl_fused.noise_scale(
-            g.detach(), None if z is None else z.detach(), None if s is None else s.detach(), float(eps),
-            bool(layer_norm), stats)
+            g.detach(),
+            None if z is None else z.detach(),
+            None if s is None else s.detach(),
+            float(eps),
+            bool(layer_norm),
+            stats,
+        )
     if g.dtype not in FLOAT_DTYPES:
         check_float(g, "g")
     if not g.is_contiguous():
         g, _ = dense(g)
-    return _launch(g, z, s, eps if type(eps) is float else float(eps), layer_norm, stats, _noise_scale_kernel,
-                   workspace(g.device))
+    return _launch(
+        g, z, s, eps if type(eps) is float else float(eps), layer_norm, stats, _noise_scale_kernel, workspace(g.device)
+    )

@@ -9,10 +9,20 @@ from torch import nn
 def small_vgg(inplace: bool = True, dropout: bool = True, in_channels: int = 3) -> nn.Sequential:
     """A VGG-style CNN: conv-BN-ReLU blocks, pooling, dropout before the classifier."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=inplace),
-        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=inplace),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5 if dropout else 0.0), nn.Linear(64, 10),
+        nn.Conv2d(in_channels, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=inplace),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5 if dropout else 0.0),
+        nn.Linear(64, 10),
     )
 
 
@@ -84,8 +94,9 @@ def assert_f32_grads_close(a: nn.Module, b: nn.Module, rtol: float = F32_STEP_RT
         assert err <= rtol, f"{name}: gradients differ by {err:.3g} of their norm (allowed {rtol:.3g})"
 
 
-def assert_f32_buffers_close(a: nn.Module, b: nn.Module, before: dict[str, torch.Tensor],
-                             rtol: float = F32_BUFFER_RTOL) -> None:
+def assert_f32_buffers_close(
+    a: nn.Module, b: nn.Module, before: dict[str, torch.Tensor], rtol: float = F32_BUFFER_RTOL
+) -> None:
     """``a``'s buffers equal ``b``'s in float32, per buffer within ``rtol`` of how far ``b``'s moved from
     ``before`` (name -> tensor); integer buffers (``num_batches_tracked``) exactly."""
     for (name, x), y in zip(a.named_buffers(), b.buffers()):

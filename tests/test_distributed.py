@@ -57,8 +57,13 @@ class ConvNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4, 6, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(24, 5),
         )
 
     def forward(self, x):
@@ -97,8 +102,13 @@ def scenario_ddp_matches_local(rank, *, find_unused, micro, bucket_view=False, s
     model = WithUnused() if find_unused else small_vgg()
     model = anl_fused.insert_anl(model.double(), eps=0.5)
     twin = copy.deepcopy(model)
-    ddp = DDP(model, find_unused_parameters=find_unused, bucket_cap_mb=0.002, gradient_as_bucket_view=bucket_view,
-              static_graph=static_graph)
+    ddp = DDP(
+        model,
+        find_unused_parameters=find_unused,
+        bucket_cap_mb=0.002,
+        gradient_as_bucket_view=bucket_view,
+        static_graph=static_graph,
+    )
     seen = []
 
     def counting_hook(state, bucket):
@@ -124,8 +134,9 @@ def scenario_ddp_matches_local(rank, *, find_unused, micro, bucket_view=False, s
             else:
                 engine.step(lambda: F.cross_entropy(ddp(x), y))
                 indices = sorted(i for i, _ in seen)
-                assert indices == list(range(len(seen))) and sum(last for _, last in seen) == 1, \
+                assert indices == list(range(len(seen))) and sum(last for _, last in seen) == 1, (
                     f"expected each bucket reduced once in the step, got {seen}"
+                )
             torch.manual_seed(step * 7 + i)
             local.step(lambda: F.cross_entropy(twin(x), y))
         expected = grads_of(twin)
@@ -164,10 +175,12 @@ def scenario_global_std_equals_one_process(rank):
         original = anl_engine.draw_step
 
         def draw_slice(specs, generator, device):  # the draws of the concatenated batch, this rank's rows
-            whole = [s if s.shape is None else s._replace(shape=torch.Size((s.shape[0] * WORLD, *s.shape[1:])))
-                     for s in specs]
+            whole = [
+                s if s.shape is None else s._replace(shape=torch.Size((s.shape[0] * WORLD, *s.shape[1:])))
+                for s in specs
+            ]
             zs = original(whole, generator, device)
-            return [None if z is None else z[rank * s.shape[0]:(rank + 1) * s.shape[0]] for z, s in zip(zs, specs)]
+            return [None if z is None else z[rank * s.shape[0] : (rank + 1) * s.shape[0]] for z, s in zip(zs, specs)]
 
         matched = True
         for step in range(2):
@@ -274,12 +287,14 @@ def scenario_compiled_ddp(rank):
 SCENARIOS = {
     "sync": lambda r: scenario_ddp_matches_local(r, find_unused=False, micro=(1, 1, 1)),
     "sync_find_unused": lambda r: scenario_ddp_matches_local(r, find_unused=True, micro=(1, 1, 1)),
-    "no_sync_accumulation":
-        lambda r: scenario_ddp_matches_local(r, find_unused=False, micro=(2, 2, 3), bucket_view=True),
+    "no_sync_accumulation": lambda r: scenario_ddp_matches_local(
+        r, find_unused=False, micro=(2, 2, 3), bucket_view=True
+    ),
     "no_sync_accumulation_find_unused": lambda r: scenario_ddp_matches_local(r, find_unused=True, micro=(2, 2)),
     # static_graph: DDP itself cannot take a no_sync micro-batch in the first iteration
-    "static_graph_no_sync_accumulation":
-        lambda r: scenario_ddp_matches_local(r, find_unused=True, micro=(1, 2, 2), static_graph=True),
+    "static_graph_no_sync_accumulation": lambda r: scenario_ddp_matches_local(
+        r, find_unused=True, micro=(1, 2, 2), static_graph=True
+    ),
     "global_std_equals_one_process": scenario_global_std_equals_one_process,
     "join_uneven_inputs": scenario_join_uneven_inputs,
     "errors_and_defaults": scenario_errors_and_defaults,
@@ -291,8 +306,13 @@ SLOW_SCENARIOS = {"compiled_ddp": scenario_compiled_ddp}
 
 def _worker(rank, port, out_dir, names):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
     results = {}
     path = os.path.join(out_dir, f"rank{rank}.json")
     try:
@@ -378,8 +398,12 @@ def test_std_over_validation():
 def test_global_std_combination_is_exact():
     """Chan's combination of the table GlobalStd.wait reads equals torch.std of the concatenation,
     with a rank that saw nothing and a rank that saw one element."""
-    parts = [torch.randn(3, 2, 4, 4, dtype=torch.float64) * 3 + 5, torch.randn(1, 1, 1, 1, dtype=torch.float64),
-             torch.empty(0, 2, 4, 4, dtype=torch.float64), torch.randn(2, 2, 4, 4, dtype=torch.float64) - 7]
+    parts = [
+        torch.randn(3, 2, 4, 4, dtype=torch.float64) * 3 + 5,
+        torch.randn(1, 1, 1, 1, dtype=torch.float64),
+        torch.empty(0, 2, 4, 4, dtype=torch.float64),
+        torch.randn(2, 2, 4, 4, dtype=torch.float64) - 7,
+    ]
     layer = anl_fused.ANL2d(0.1)
     pending = anl_dist.GlobalStd.__new__(anl_dist.GlobalStd)
     pending.layers, pending.records = [layer], {layer: (parts[0], torch.zeros((), dtype=torch.float64))}

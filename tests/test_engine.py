@@ -240,8 +240,9 @@ def test_last_stds_are_the_round1_stds():
     seen = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.register_forward_hook(lambda mod, i, o, name=name: seen.setdefault(name + ".anl", o.detach().std())
-                                    and None)
+            m.register_forward_hook(
+                lambda mod, i, o, name=name: seen.setdefault(name + ".anl", o.detach().std()) and None
+            )
     x, y = data()
     engine = anl_fused.TwoRound(model)
     engine.step(lambda: F.cross_entropy(model(x), y))
@@ -275,18 +276,20 @@ def test_no_host_sync_on_cuda(variant):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("result,err,match", [
-    (1.5, TypeError, "float"),
-    (None, TypeError, "NoneType"),
-    (torch.ones(3), ValueError, r"shape \(3,\)"),
-])
+@pytest.mark.parametrize(
+    "result,err,match",
+    [
+        (1.5, TypeError, "float"),
+        (None, TypeError, "NoneType"),
+        (torch.ones(3), ValueError, r"shape \(3,\)"),
+    ],
+)
 @pytest.mark.filterwarnings("ignore:TwoRound.step. the model is in eval mode")
 def test_closure_must_return_a_scalar_tensor(result, err, match):
     model = insert_anl(small_vgg(), 0.1)
     for m in (model, model.eval()):
         with pytest.raises(err, match=match):
             TwoRound(m).step(lambda: (m(torch.randn(2, 3, 8, 8)), result)[1])
-
 
 
 def test_engine_argument_errors_and_generator_device():
@@ -299,14 +302,20 @@ def test_engine_argument_errors_and_generator_device():
         TwoRound(lambda x: x)
 
 
-
 def test_layer_called_twice_is_an_error():
     layer = ANL2d(0.3)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), layer, nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), layer,
-                          nn.Flatten(), nn.Linear(144, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        layer,
+        nn.Conv2d(4, 4, 1),
+        nn.BatchNorm2d(4),
+        layer,
+        nn.Flatten(),
+        nn.Linear(144, 2),
+    )
     with pytest.raises(RuntimeError, match="twice"):
         TwoRound(model).step(lambda: model(torch.randn(2, 3, 8, 8)).sum())
-
 
 
 def test_noise_dtype_bfloat16_keeps_gradient_close():
@@ -319,7 +328,6 @@ def test_noise_dtype_bfloat16_keeps_gradient_close():
     ga = torch.cat([p.grad.flatten() for p in a.parameters()])
     gb = torch.cat([p.grad.flatten() for p in b.parameters()])
     assert (ga - gb).norm() <= 2e-2 * ga.norm()
-
 
 
 # ---- Legal inputs: they train, or fail with an error that names the cause (issue #9) ----------------------
@@ -393,7 +401,7 @@ def _nested_cases():
     torch.manual_seed(0)
     m = TwoNets()
     loss_a, loss_b = (lambda: F.cross_entropy(m.a(x), y)), (lambda: F.cross_entropy(m.b(x), y))
-    ref = lambda net, f: (lambda: reference.two_round_step(net, f, torch.Generator()))
+    ref = lambda net, f: lambda: reference.two_round_step(net, f, torch.Generator())
     plain = nn.Linear(3, 2)
     return m, {
         "same layers": lambda: TwoRound(m.a).step(lambda: TwoRound(m.a).step(loss_a)),
@@ -402,7 +410,8 @@ def _nested_cases():
         "reference inside the engine": lambda: TwoRound(m.a).step(lambda: ref(m.b, loss_b)() + loss_a()),
         "engine inside the reference": lambda: ref(m.a, lambda: TwoRound(m.b).step(loss_b) + loss_a())(),
         "inner engine without ANL": lambda: TwoRound(m.a).step(
-            lambda: TwoRound(plain).step(lambda: plain(torch.ones(3)).sum()) + loss_a()),
+            lambda: TwoRound(plain).step(lambda: plain(torch.ones(3)).sum()) + loss_a()
+        ),
         "in round 2 only": lambda: TwoRound(m.a).step(_second_call_steps(lambda: TwoRound(m.b).step(loss_b), loss_a)),
     }
 
@@ -412,9 +421,18 @@ def _second_call_steps(inner, loss):
     return lambda: (calls.append(1), inner() if len(calls) == 2 else 0)[1] + loss()
 
 
-@pytest.mark.parametrize("case", ["same layers", "disjoint layers of one model", "whole model and a part",
-                                  "reference inside the engine", "engine inside the reference",
-                                  "inner engine without ANL", "in round 2 only"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "same layers",
+        "disjoint layers of one model",
+        "whole model and a part",
+        "reference inside the engine",
+        "engine inside the reference",
+        "inner engine without ANL",
+        "in round 2 only",
+    ],
+)
 def test_step_inside_a_step_is_refused(case):
     """A second step in the closure would drop the outer noise and move BatchNorm statistics twice; it is
     refused on any layer sets, and nothing is left attached after the error."""
@@ -501,8 +519,9 @@ def test_calling_the_engine_says_to_call_step():
         TwoRound(model)(lambda: F.cross_entropy(model(x), y))
 
 
-@pytest.mark.parametrize("how,match", [("eval", "eval mode"), ("eps0", "eps == 0"), ("no ANL", "no ANL layer"),
-                                       ("disabled", None)])
+@pytest.mark.parametrize(
+    "how,match", [("eval", "eval mode"), ("eps0", "eps == 0"), ("no ANL", "no ANL layer"), ("disabled", None)]
+)
 def test_step_without_active_layer_warns_once_per_engine(how, match):
     """Eval mode, no ANL layer, eps 0: a mistake, warned once per engine. Layers disabled on purpose
     (set_anl_enabled(model, False), the fine-tuning phase of the paper's protocol): no warning."""

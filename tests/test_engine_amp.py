@@ -29,8 +29,9 @@ def etas(monkeypatch):
     add_noise = ops.add_noise
 
     def spy(h, g, scale, alpha=1.0):
-        seen.append(alpha * scale.double()[:, None]
-                    * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
+        seen.append(
+            alpha * scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1)
+        )
         return add_noise(h, g, scale, alpha=alpha)
 
     monkeypatch.setattr(ops, "add_noise", spy)
@@ -106,17 +107,24 @@ def test_probe_loss_scale_does_not_change_the_noise_in_float32():
     for scale in (None, 2.0**10, 1000.0):
         net = copy.deepcopy(model)
         anl_fused.TwoRound(net, torch.Generator().manual_seed(0), probe_loss_scale=scale).step(
-            lambda net=net: F.cross_entropy(net(x), y))
+            lambda net=net: F.cross_entropy(net(x), y)
+        )
         grads.append([p.grad for p in net.parameters()])
     for a, b, c in zip(*grads):
         torch.testing.assert_close(b, a, rtol=0, atol=0)  # a power of two scales exactly
         torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    (0.0, ValueError, "0.0"), (-2.0, ValueError, "-2.0"), (float("inf"), ValueError, "inf"),
-    ("auto", TypeError, "'auto'"), (True, TypeError, "True"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (0.0, ValueError, "0.0"),
+        (-2.0, ValueError, "-2.0"),
+        (float("inf"), ValueError, "inf"),
+        ("auto", TypeError, "'auto'"),
+        (True, TypeError, "True"),
+    ],
+)
 def test_probe_loss_scale_is_checked(bad, error, match):
     with pytest.raises(error, match=match):
         anl_fused.TwoRound(small_vgg(), probe_loss_scale=bad)
@@ -135,7 +143,7 @@ def test_readme_amp_block_trains_as_the_oracle(monkeypatch):
 
     monkeypatch.setattr(anl_fused, "TwoRound", Recording)
     ns = _readme.run("AMP: autocast + GradScaler")
-    (before, engine, kwargs), = made
+    ((before, engine, kwargs),) = made
     assert isinstance(kwargs["probe_loss_scale"], torch.amp.GradScaler) and int(engine.zero_samples) == 0
     x, y, device = ns["x"], ns["y"], ns["device"]
 

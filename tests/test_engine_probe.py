@@ -37,8 +37,9 @@ def noise_and_grads(model, x, y, weight=1.0, device="cpu", **engine_kw):
     add_noise = ops.add_noise
 
     def spy(h, g, scale, alpha=1.0):
-        seen.append(alpha * scale.double()[:, None]
-                    * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1))
+        seen.append(
+            alpha * scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1)
+        )
         return add_noise(h, g, scale, alpha=alpha)
 
     net = copy.deepcopy(model).to(device)
@@ -64,8 +65,9 @@ def cosines(got, ref):
     return out
 
 
-@pytest.mark.parametrize("backend,device", [("torch", "cpu"), ("triton", "cpu"),
-                                            pytest.param("triton", "cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(
+    "backend,device", [("torch", "cpu"), ("triton", "cpu"), pytest.param("triton", "cuda", marks=pytest.mark.gpu)]
+)
 def test_bf16_probe_noise_points_where_the_fp32_probe_noise_does(monkeypatch, backend, device):
     """Per sample cosine >= 0.9 and per layer mean >= 0.98; size within 1%.
 
@@ -205,11 +207,14 @@ def test_bf16_probe_trains(seed):
     assert abs(losses[torch.bfloat16] - losses[None]) < 0.05 * start
 
 
-@pytest.mark.parametrize("bad,error,match", [
-    (torch.float32, ValueError, "probe_dtype must be None, torch.bfloat16 or torch.float16, got torch.float32"),
-    (torch.int8, ValueError, "got torch.int8"),
-    ("bf16", TypeError, "got 'bf16' \\(str\\)"),
-])
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        (torch.float32, ValueError, "probe_dtype must be None, torch.bfloat16 or torch.float16, got torch.float32"),
+        (torch.int8, ValueError, "got torch.int8"),
+        ("bf16", TypeError, "got 'bf16' \\(str\\)"),
+    ],
+)
 def test_probe_dtype_is_checked(bad, error, match):
     with pytest.raises(error, match=match):
         anl_fused.TwoRound(small_vgg(), probe_dtype=bad)

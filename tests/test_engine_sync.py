@@ -58,8 +58,13 @@ def test_the_mode_catches_a_sync_in_the_step(backend, monkeypatch, sync):
     """A mutant of the step (a host read added to ``ops.noise_scale``, which every backend goes through)
     fails the check on both backends: the test above can fail."""
     real = ops.noise_scale
-    reads = {"item": lambda t: t.item(), "bool": lambda t: bool(t.amax() > 0), "equal": lambda t: torch.equal(t, t),
-             "nonzero": lambda t: t.nonzero(), "float": lambda t: float(t.amax())}
+    reads = {
+        "item": lambda t: t.item(),
+        "bool": lambda t: bool(t.amax() > 0),
+        "equal": lambda t: torch.equal(t, t),
+        "nonzero": lambda t: t.nonzero(),
+        "float": lambda t: float(t.amax()),
+    }
 
     def noise_scale_with_sync(g, *args, **kwargs):
         scale, norm = real(g, *args, **kwargs)

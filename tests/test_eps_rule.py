@@ -19,9 +19,20 @@ from ._nets import small_vgg
 
 def test_table2_is_the_papers():
     assert len(TABLE2) == 10
-    assert sorted(TABLE2.values()) == sorted([
-        (3.20e6, 0.02), (2.30e6, 0.02), (9.20e6, 0.05), (14.7e6, 0.05), (11.2e6, 0.05),
-        (21.3e6, 0.08), (1.80e6, 0.01), (28.4e6, 0.10), (8.90e6, 0.05), (36.5e6, 0.10)])
+    assert sorted(TABLE2.values()) == sorted(
+        [
+            (3.20e6, 0.02),
+            (2.30e6, 0.02),
+            (9.20e6, 0.05),
+            (14.7e6, 0.05),
+            (11.2e6, 0.05),
+            (21.3e6, 0.08),
+            (1.80e6, 0.01),
+            (28.4e6, 0.10),
+            (8.90e6, 0.05),
+            (36.5e6, 0.10),
+        ]
+    )
     assert PARAM_RANGE == (1.8e6, 36.5e6)
 
 
@@ -75,8 +86,20 @@ def test_insert_anl_auto_counts_trainable_parameters_and_logs(caplog):
 
 def test_train_cli_prints_and_uses_the_auto_eps(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--model", "resnet18", "--dataset", "digits", "--eps", "auto", "--epochs", "0",
-            "--no-progress", "--out", str(out)]
+    args = [
+        "train",
+        "--model",
+        "resnet18",
+        "--dataset",
+        "digits",
+        "--eps",
+        "auto",
+        "--epochs",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "eps=auto: 11.2M trainable parameters -> eps=0.049" in printed

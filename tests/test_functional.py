@@ -18,13 +18,13 @@ def test_functional_twin_is_the_formula():
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     assert torch.equal(out[3], h[3])
     # Eq. 4, sign form, gaussian, eps 0
-    torch.testing.assert_close(anl2d(h, g, eps, z=z, scale_by_std=False) - h,
-                               (r / norm).nan_to_num(0, 0, 0)[:, None, None, None] * g)
+    torch.testing.assert_close(
+        anl2d(h, g, eps, z=z, scale_by_std=False) - h, (r / norm).nan_to_num(0, 0, 0)[:, None, None, None] * g
+    )
     torch.testing.assert_close(anl2d(h, g, eps, sign=True) - h, eps * torch.sign(g))
     zg = torch.randn_like(h)
     torch.testing.assert_close(anl2d(h, None, -eps, z=zg, noise="gaussian") - h, h.std() * eps / 4 * zg)
     assert anl2d(h, g, 0.0) is h
-
 
 
 def test_functional_twin_passes_gradient_to_input_only():
@@ -35,10 +35,8 @@ def test_functional_twin_passes_gradient_to_input_only():
     assert torch.equal(h.grad, torch.ones_like(h))
 
 
-
 def test_functional_draws_from_the_generator():
     h, g = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     a = anl2d(h, g, 0.2, generator=torch.Generator().manual_seed(1))
     b = anl2d(h, g, 0.2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, h)
-

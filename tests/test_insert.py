@@ -19,7 +19,6 @@ TORCHVISION = {
 }
 
 
-
 @pytest.mark.parametrize("name", list(TORCHVISION))
 def test_insert_into_torchvision_models_keeps_state_dict_and_trains(name):
     torch.manual_seed(0)
@@ -37,7 +36,6 @@ def test_insert_into_torchvision_models_keeps_state_dict_and_trains(name):
     loss = TwoRound(model).step(lambda: F.cross_entropy(model(x), torch.tensor([1, 2])))
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters())
-
 
 
 def test_never_after_linear_and_conv_placement():
@@ -58,13 +56,11 @@ def test_never_after_linear_and_conv_placement():
         assert "Pass after=" not in str(err.value)
 
 
-
 def test_insert_after_syncbatchnorm():
     model = nn.SyncBatchNorm.convert_sync_batchnorm(small_vgg())
     keys = list(model.state_dict())
     insert_anl(model, 0.1)
     assert len(anl_layers(model)) == 3 and list(model.state_dict()) == keys
-
 
 
 def test_anl_layers_order_input_first_and_twice_is_an_error():
@@ -75,7 +71,6 @@ def test_anl_layers_order_input_first_and_twice_is_an_error():
         insert_anl(model, 0.1)
 
 
-
 class Wrapped(nn.Module):
     def __init__(self):
         super().__init__()
@@ -83,7 +78,6 @@ class Wrapped(nn.Module):
 
     def forward(self, x):
         return self.body(x)
-
 
 
 @pytest.mark.parametrize("factory", [small_vgg, Wrapped], ids=["sequential", "module"])
@@ -106,13 +100,11 @@ def test_input_anl_sees_the_input_and_strip_restores_the_model(factory):
     torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)
 
 
-
 def test_strip_replaces_hand_placed_layers_by_identity():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), ANL2d(0.1), nn.ReLU(), nn.Conv2d(4, 4, 3))
     keys = list(model.state_dict())
     strip_anl(model)
     assert isinstance(model[1], nn.Identity) and list(model.state_dict()) == keys
-
 
 
 def test_hand_placed_layer_trains_under_tworound():
@@ -126,7 +118,6 @@ def test_hand_placed_layer_trains_under_tworound():
     assert torch.equal(h1, o1) and not torch.equal(h2, o2)
 
 
-
 def test_set_anl_enabled():
     model = insert_anl(small_vgg(), 0.1, input_eps=0.1)
     set_anl_enabled(model, False)
@@ -134,8 +125,6 @@ def test_set_anl_enabled():
     assert "enabled=False" in repr(anl_layers(model)[0])
     set_anl_enabled(model, True)
     assert all(layer.active for layer in anl_layers(model))
-
-
 
 
 class Keyword(nn.Module):

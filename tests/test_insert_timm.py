@@ -50,9 +50,11 @@ def test_timm_models_get_anl_between_norm_and_activation(name):
     # What each ANL layer sees in round 1: exactly its norm's output, before the activation.
     owners = owner_of(model)
     norm_in, anl_in = {}, {}
+
     def record(into, key):  # a pre-hook that returns None (a returned value would replace the module's input)
         def hook(module, args):
             into.setdefault(key, args[0].detach().clone())
+
         return hook
 
     for layer, norm in owners.items():
@@ -87,8 +89,9 @@ def test_copies_strip_and_sync_batchnorm_conversion_keep_one_hook_per_layer():
 
     def calls(m: nn.Module) -> dict[ANL2d, int]:
         counts = {layer: 0 for layer in anl_layers(m)}
-        handles = [layer.register_forward_hook(lambda mod, a, o: counts.__setitem__(mod, counts[mod] + 1))
-                   for layer in counts]
+        handles = [
+            layer.register_forward_hook(lambda mod, a, o: counts.__setitem__(mod, counts[mod] + 1)) for layer in counts
+        ]
         with warnings.catch_warnings():  # active layers (inactive ones do no hook work), outside a step:
             warnings.simplefilter("ignore")  # the identity, with a warning
             m.train()(torch.randn(2, 3, 32, 32))

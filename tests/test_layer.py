@@ -24,12 +24,10 @@ def test_nonfinite_eps_is_an_error_naming_the_value(bad):
         layer.eps = bad
 
 
-
 @pytest.mark.parametrize("bad", [True, "0.1", None, torch.tensor(0.1)])
 def test_eps_must_be_a_real_number(bad):
     with pytest.raises(TypeError, match="eps must be a real number"):
         ANL2d(bad)
-
 
 
 def test_bad_options():
@@ -41,7 +39,6 @@ def test_bad_options():
         insert_anl(small_vgg(), 0.1, after="linear")
     with pytest.raises(TypeError, match=r"nn\.Module"):
         insert_anl("model", 0.1)
-
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4), (1, 2, 3, 4, 5)])
@@ -57,10 +54,8 @@ def test_non_4d_input_is_an_error_when_active_and_passes_through_when_inactive(s
     assert layer(x) is x
 
 
-
 def test_negative_eps_is_allowed_and_repr_names_options():
     layer = ANL2d(-0.05, noise="gaussian", scale_by_std=False)
     assert layer.eps == -0.05
     assert repr(layer) == "ANL2d(eps=-0.05, noise='gaussian', scale_by_std=False)"
     assert repr(ANL2d(0.1, sign=True)) == "ANL2d(eps=0.1, sign=True)"
-

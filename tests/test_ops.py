@@ -9,8 +9,15 @@ from anl_fused import ops
 # per op: what its docstring must state (shapes, the math, dtypes, the backend)
 DOCUMENTED = {
     "std": ["0-d", "correction 1", "float32", "Backend"],
-    "noise_scale": ["[B]", "norm_b = max_i |g_b,i|", "scale_b = r_b * s / norm_b", "layer_norm", "stats", "float32",
-                    "Backend"],
+    "noise_scale": [
+        "[B]",
+        "norm_b = max_i |g_b,i|",
+        "scale_b = r_b * s / norm_b",
+        "layer_norm",
+        "stats",
+        "float32",
+        "Backend",
+    ],
     "add_noise": ["[B, ...]", "out = h + alpha * scale[b] * g'", "non-finite", "h``'s shape and dtype", "Backend"],
     "backend_for": ["triton", "ANL_FUSED_BACKEND"],
 }

@@ -68,14 +68,20 @@ def cases(draw):
     if dtype == torch.float16:
         lo, hi = max(lo, F16_H_G_EXP[0]), min(hi, F16_H_G_EXP[1])
     return dict(
-        dtype=dtype, g_dtype=g_dtype, shape=shape,
-        h_layout=draw(st.sampled_from(layouts)), g_layout=draw(st.sampled_from(layouts)),
-        h_std=draw(st.sampled_from([0.0, 1e-2, 1.0, 1e2])), h_mean=draw(st.sampled_from([0.0, 1.0, -10.0])),
+        dtype=dtype,
+        g_dtype=g_dtype,
+        shape=shape,
+        h_layout=draw(st.sampled_from(layouts)),
+        g_layout=draw(st.sampled_from(layouts)),
+        h_std=draw(st.sampled_from([0.0, 1e-2, 1.0, 1e2])),
+        h_mean=draw(st.sampled_from([0.0, 1.0, -10.0])),
         g_exps=draw(st.lists(st.integers(lo, hi), min_size=B, max_size=B)),
         kinds=draw(st.lists(st.sampled_from(KINDS), min_size=B, max_size=B)),
         z_special=draw(st.lists(st.sampled_from(Z_SPECIAL), min_size=B, max_size=B)),
-        eps=draw(st.sampled_from([0.05, -0.05, 1.0, -2.0]) | st.builds(lambda m, sign: sign * m, st.floats(1e-3, 2),
-                                                                         st.sampled_from([1, -1]))),
+        eps=draw(
+            st.sampled_from([0.05, -0.05, 1.0, -2.0])
+            | st.builds(lambda m, sign: sign * m, st.floats(1e-3, 2), st.sampled_from([1, -1]))
+        ),
         variant=draw(st.sampled_from(VARIANTS)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
@@ -128,8 +134,9 @@ def fast_path(h, g, z, eps, variant):
     """The engine's composition of the ops for one layer: ``(s, out, direction, scale)``."""
     s = ops.std(h)
     noise = "gaussian" if variant == "gaussian" else "adversarial"
-    direction, scale, alpha = noise_terms(noise, variant == "sign", eps, g, z,
-                                          None if variant in ("eq4", "sign") else s, layer_norm=variant == "layer")
+    direction, scale, alpha = noise_terms(
+        noise, variant == "sign", eps, g, z, None if variant in ("eq4", "sign") else s, layer_norm=variant == "layer"
+    )
     out = ops.add_noise(h, direction, scale, alpha=alpha)
     per_sample = torch.ones(h.shape[0], dtype=torch.float64) if scale is None else scale.double().expand(h.shape[0])
     return s, out, direction, alpha * per_sample
@@ -138,8 +145,16 @@ def fast_path(h, g, z, eps, variant):
 def oracle(h, g, z, eps, variant):
     """``(s, eta)`` of anl_fused.reference, float64."""
     noise = "gaussian" if variant == "gaussian" else "adversarial"
-    return reference.std(h), reference.eta(h, g, z, eps, noise=noise, scale_by_std=variant not in ("eq4", "sign"),
-                                           sign=variant == "sign", norm="layer" if variant == "layer" else "sample")
+    return reference.std(h), reference.eta(
+        h,
+        g,
+        z,
+        eps,
+        noise=noise,
+        scale_by_std=variant not in ("eq4", "sign"),
+        sign=variant == "sign",
+        norm="layer" if variant == "layer" else "sample",
+    )
 
 
 def bound(h, g, z, eps, variant, s_ref):

@@ -44,7 +44,7 @@ def blocks(text: str) -> list[Block]:
             raise ValueError(f"README.md:{i + 1}: code fence is never closed")
         if m.group(1).lower() in PYTHON:
             marker = NOT_RUN.match(lines[i - 1]) if i > 0 else None
-            found.append(Block(i + 1, "\n".join(lines[i + 1:end]) + "\n", marker.group(1) if marker else None))
+            found.append(Block(i + 1, "\n".join(lines[i + 1 : end]) + "\n", marker.group(1) if marker else None))
         i = end + 1
     return found
 
@@ -98,15 +98,30 @@ def test_readme_python_block_runs(block, tmp_path, monkeypatch):
 
 
 def test_block_parser():
-    text = "\n".join([
-        "```bash", "echo no", "```",
-        "```python", "a = 1", "```",
-        "<!-- not-run: needs torchrun -->", "```python", "b = 2", "```",
-        "<!-- not-run: stray -->", "text",
-        "```py", "c = 3", "```",
-    ])
-    assert blocks(text) == [Block(4, "a = 1\n", None), Block(8, "b = 2\n", "needs torchrun"),
-                            Block(13, "c = 3\n", None)]
+    text = "\n".join(
+        [
+            "```bash",
+            "echo no",
+            "```",
+            "```python",
+            "a = 1",
+            "```",
+            "<!-- not-run: needs torchrun -->",
+            "```python",
+            "b = 2",
+            "```",
+            "<!-- not-run: stray -->",
+            "text",
+            "```py",
+            "c = 3",
+            "```",
+        ]
+    )
+    assert blocks(text) == [
+        Block(4, "a = 1\n", None),
+        Block(8, "b = 2\n", "needs torchrun"),
+        Block(13, "c = 3\n", None),
+    ]
     assert stray_markers(text) == [11]
     assert title(Block(1, "# Lightning: automatic\nimport x\n", None)) == "Lightning: automatic"
     assert "Lightning: automatic and manual optimization" in dedicated_tests()

@@ -63,22 +63,37 @@ def _named(spec: str) -> tuple[str, str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", type=_named, required=True, metavar="NAME=CHECKPOINT",
-                        help="checkpoints of anl-fused train, in table order")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        type=_named,
+        required=True,
+        metavar="NAME=CHECKPOINT",
+        help="checkpoints of anl-fused train, in table order",
+    )
     parser.add_argument("--dataset", default="digits", help="dataset of the test split (default digits)")
     parser.add_argument("--data-dir", default="./data")
     parser.add_argument("--limit", type=positive_int, default=None, help="attack only the first N test images")
-    parser.add_argument("--fgsm-eps", type=fraction, default=attacks.PAPER_FGSM["eps"],
-                        help="pixel units, images in [0, 1] (default 16/255)")
-    parser.add_argument("--ifgsm-eps", type=fraction, default=attacks.PAPER_IFGSM["eps"],
-                        help="pixel units (default 16/255)")
-    parser.add_argument("--ifgsm-alpha", type=_step_size, default=attacks.PAPER_IFGSM["alpha"],
-                        help="pixel units (default 1/255)")
+    parser.add_argument(
+        "--fgsm-eps",
+        type=fraction,
+        default=attacks.PAPER_FGSM["eps"],
+        help="pixel units, images in [0, 1] (default 16/255)",
+    )
+    parser.add_argument(
+        "--ifgsm-eps", type=fraction, default=attacks.PAPER_IFGSM["eps"], help="pixel units (default 16/255)"
+    )
+    parser.add_argument(
+        "--ifgsm-alpha", type=_step_size, default=attacks.PAPER_IFGSM["alpha"], help="pixel units (default 1/255)"
+    )
     parser.add_argument("--ifgsm-steps", type=positive_int, default=attacks.PAPER_IFGSM["steps"], help="default 16")
     parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="./attack_out",
-                        help="output directory (transfer.md, transfer.json, transfer.png); checked before any work")
+    parser.add_argument(
+        "--out",
+        default="./attack_out",
+        help="output directory (transfer.md, transfer.json, transfer.png); checked before any work",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -108,17 +123,31 @@ def _evaluate(args: argparse.Namespace, models: dict[str, nn.Module], device: to
         x, y = x[: args.limit], y[: args.limit]
     specs = {
         f"FGSM eps={args.fgsm_eps * 255:g}/255": {"method": "fgsm", "eps": args.fgsm_eps},
-        f"IFGSM eps={args.ifgsm_eps * 255:g}/255 alpha={args.ifgsm_alpha * 255:g}/255 k={args.ifgsm_steps}":
-            {"method": "ifgsm", "eps": args.ifgsm_eps, "alpha": args.ifgsm_alpha, "steps": args.ifgsm_steps},
+        f"IFGSM eps={args.ifgsm_eps * 255:g}/255 alpha={args.ifgsm_alpha * 255:g}/255 k={args.ifgsm_steps}": {
+            "method": "ifgsm",
+            "eps": args.ifgsm_eps,
+            "alpha": args.ifgsm_alpha,
+            "steps": args.ifgsm_steps,
+        },
     }
-    with tqdm(total=1 + len(specs) * len(models), desc="attack", file=sys.stderr, dynamic_ncols=True,
-              disable=args.no_progress) as bar:
+    with tqdm(
+        total=1 + len(specs) * len(models), desc="attack", file=sys.stderr, dynamic_ncols=True, disable=args.no_progress
+    ) as bar:
+
         def advance(what: str) -> None:
             bar.set_postfix_str(what)
             bar.update(1)
 
-        result = attacks.evaluate_transfer(models, x.to(device), y.to(device), specs, mean=bundle.info.mean,
-                                           std=bundle.info.std, batch_size=args.batch_size, progress=advance)
+        result = attacks.evaluate_transfer(
+            models,
+            x.to(device),
+            y.to(device),
+            specs,
+            mean=bundle.info.mean,
+            std=bundle.info.std,
+            batch_size=args.batch_size,
+            progress=advance,
+        )
     result["checkpoints"] = dict(args.models)
     result["dataset"] = bundle.name
     return result

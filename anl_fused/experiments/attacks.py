@@ -475,8 +475,7 @@ def _check_transfer_args(models, x, y, attacks, mean, std, batch_size) -> tuple[
     return prepared, batch_size, n
 
 
-def _adversarial(aname: str, run: Callable, desc: dict, source: nn.Module, x: Tensor, y: Tensor,
-                 norm: dict) -> Tensor:
+def _adversarial(aname: str, run: Callable, desc: dict, source: nn.Module, x: Tensor, y: Tensor, norm: dict) -> Tensor:
     """The adversarial images of attack ``aname`` made on ``source`` (a callable attack's output checked)."""
     if desc["method"] != "callable":
         return run(source, x, y, **norm)
@@ -549,8 +548,7 @@ def plot_transfer_heatmap(result: Mapping[str, Any], path, *, dpi: int = 120):
     def annotate(ax, values):
         for i, row in enumerate(values):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if v < 50 else "black")
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if v < 50 else "black")
 
     for ax, a in zip(axes[:-1], attacks):
         values = [[100.0 * result["transfer"][a][s][t] for t in names] for s in names]

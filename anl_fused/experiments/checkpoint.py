@@ -35,9 +35,11 @@ def _load_error(path: str, e: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
-        return (f"checkpoint file {path!r} is not an anl-fused training checkpoint: it holds a Python object "
-                f"({found.group(1)}) that torch.load(weights_only=True) does not unpickle, and anl-fused reads "
-                "weights-only checkpoints alone")
+        return (
+            f"checkpoint file {path!r} is not an anl-fused training checkpoint: it holds a Python object "
+            f"({found.group(1)}) that torch.load(weights_only=True) does not unpickle, and anl-fused reads "
+            "weights-only checkpoints alone"
+        )
     found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     reason = f"unreadable pickle data: {found.group(1).strip()}" if found else re.split(r"\.\s|\n", text.strip())[0]
     return f"checkpoint file {path!r} is corrupted or not a PyTorch checkpoint ({type(e).__name__}: {reason})"
@@ -49,8 +51,13 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[str, ...] = (),
-         versions: tuple[int, ...] = READABLE) -> dict[str, Any]:
+def load(
+    path: str | os.PathLike,
+    map_location: Any = "cpu",
+    *,
+    required: tuple[str, ...] = (),
+    versions: tuple[int, ...] = READABLE,
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save`; ``required``: keys that must be present;
     ``versions``: the format versions accepted (resuming a run accepts only :data:`VERSION`)."""
     path = os.fspath(path)
@@ -69,8 +76,12 @@ def load(path: str | os.PathLike, map_location: Any = "cpu", *, required: tuple[
     version = state.get("version")
     if version not in versions:
         what = f"versions {', '.join(map(str, versions))}" if len(versions) > 1 else f"version {versions[0]}"
-        older = (" (an older anl-fused: its learning-rate schedule and state differ, so the run cannot continue "
-                 "exactly; its weights still load, e.g. in anl-fused attack)" if version in READABLE else "")
+        older = (
+            " (an older anl-fused: its learning-rate schedule and state differ, so the run cannot continue "
+            "exactly; its weights still load, e.g. in anl-fused attack)"
+            if version in READABLE
+            else ""
+        )
         raise CheckpointError(f"checkpoint file {path!r} has version {version!r}{older}; this needs {what}")
     missing = [k for k in required if k not in state]
     if missing:

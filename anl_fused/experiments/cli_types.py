@@ -15,12 +15,27 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["ArgumentParser", "finite_float", "fraction", "nonneg_float", "nonneg_int", "number", "out_of_range",
-           "positive_float", "positive_int"]
+__all__ = [
+    "ArgumentParser",
+    "finite_float",
+    "fraction",
+    "nonneg_float",
+    "nonneg_int",
+    "number",
+    "out_of_range",
+    "positive_float",
+    "positive_int",
+]
 
 
-def out_of_range(value: float | int, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False) -> str | None:
+def out_of_range(
+    value: float | int,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> str | None:
     """What is wrong with ``value`` (not finite, or outside ``[low, high]``; ``low_open`` /
     ``high_open`` exclude that end), or ``None``. Shared by the parsers and the configs."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -30,14 +45,24 @@ def out_of_range(value: float | int, *, low: float | None = None, high: float | 
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
     if below or above:
-        bounds = " and ".join(f"{op} {b:g}" for op, b in (((">" if low_open else ">="), low),
-                                                          (("<" if high_open else "<="), high)) if b is not None)
+        bounds = " and ".join(
+            f"{op} {b:g}"
+            for op, b in (((">" if low_open else ">="), low), (("<" if high_open else "<="), high))
+            if b is not None
+        )
         return f"must be {bounds}, got {value!r}"
     return None
 
 
-def number(kind: type = float, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False, name: str | None = None) -> Callable[[str], float | int]:
+def number(
+    kind: type = float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    name: str | None = None,
+) -> Callable[[str], float | int]:
     """A ``type=`` function parsing ``kind`` (``int`` or ``float``, always finite) within
     ``[low, high]`` (``low_open`` / ``high_open``: excluding that end; ``None``: unbounded)."""
 
@@ -46,7 +71,8 @@ def number(kind: type = float, *, low: float | None = None, high: float | None =
             value = kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         problem = out_of_range(value, low=low, high=high, low_open=low_open, high_open=high_open)
         if problem:
             raise argparse.ArgumentTypeError(problem.rsplit(", got ", 1)[0] + f", got {text!r}")

@@ -38,13 +38,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "FASHION_MNIST_SYSTEM_DIR", "Batches", "DataBundle", "DatasetNotFoundError", "Split",
-           "derive_seed", "find_fashion_mnist", "load", "read_idx", "torchvision_transforms", "write_idx"]
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_SYSTEM_DIR",
+    "Batches",
+    "DataBundle",
+    "DatasetNotFoundError",
+    "Split",
+    "derive_seed",
+    "find_fashion_mnist",
+    "load",
+    "read_idx",
+    "torchvision_transforms",
+    "write_idx",
+]
 
 #: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST's four gzipped IDX files
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                       "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -67,27 +83,80 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
-        tuple(f"cifar-10-batches-py/{f}" for f in
-              ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-               "batches.meta")),
-        "CIFAR-10 (torchvision.datasets.CIFAR10 layout)"),
+        "cifar10",
+        10,
+        3,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "crop-flip",
+        5000,
+        tuple(
+            f"cifar-10-batches-py/{f}"
+            for f in (
+                "data_batch_1",
+                "data_batch_2",
+                "data_batch_3",
+                "data_batch_4",
+                "data_batch_5",
+                "test_batch",
+                "batches.meta",
+            )
+        ),
+        "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
+    ),
     "cifar100": DatasetInfo(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
+        "cifar100",
+        100,
+        3,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "crop-flip",
+        5000,
         ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-        "CIFAR-100 (torchvision.datasets.CIFAR100 layout)"),
+        "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
+    ),
     "fashion-mnist": DatasetInfo(
-        "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000,
-        tuple(f"FashionMNIST/raw/{f}" for f in
-              ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte")),
-        "Fashion-MNIST (four IDX files, gzipped or not)"),
+        "fashion-mnist",
+        10,
+        1,
+        28,
+        (0.2860,),
+        (0.3530,),
+        "none",
+        5000,
+        tuple(
+            f"FashionMNIST/raw/{f}"
+            for f in (
+                "train-images-idx3-ubyte",
+                "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte",
+            )
+        ),
+        "Fashion-MNIST (four IDX files, gzipped or not)",
+    ),
     "digits": DatasetInfo(
-        "digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300, (),
-        "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline"),
+        "digits",
+        10,
+        1,
+        8,
+        (0.3058,),
+        (0.3759,),
+        "none",
+        300,
+        (),
+        "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
+    ),
 }
-_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
-            "cifar-10": "cifar10", "cifar-100": "cifar100"}
+_ALIASES = {
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+}
 
 
 @dataclass
@@ -143,7 +212,7 @@ def _missing_error(info: DatasetInfo, data_dir: str, reason: str = "") -> Datase
         f"{f' (torchvision: {reason})' if reason else ''}.\n"
         f"Expected files:\n{lines}\n"
         f"Downloading is off by default (and impossible without internet). On a machine with internet run\n"
-        f"  python -c \"import torchvision; torchvision.datasets.{tv}({root!r}, download=True)\"\n"
+        f'  python -c "import torchvision; torchvision.datasets.{tv}({root!r}, download=True)"\n'
         f"and copy the directory here, pass --download, or use --dataset digits (offline, ships with scikit-learn)."
     )
 
@@ -190,12 +259,13 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise ValueError(f"{path!r} is not an IDX file (header {raw[:4].hex()})")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     offset = 4 + 4 * ndim
     if len(raw) - offset != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"{path!r} is truncated or corrupted: header says {shape}, "
-                         f"{len(raw) - offset} data bytes follow")
+        raise ValueError(
+            f"{path!r} is truncated or corrupted: header says {shape}, {len(raw) - offset} data bytes follow"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
 
 
@@ -249,7 +319,8 @@ def _fashion_mnist_missing(data_dir: str) -> DatasetNotFoundError:
         f"(apt-get install dataset-fashion-mnist; found with no flag), (2) --data-dir DIR with the four IDX files "
         f"{names} (gzipped or not) in DIR, (3) --data-dir DIR in torchvision's layout DIR/FashionMNIST/raw/ "
         f"(e.g. torchvision.datasets.FashionMNIST(DIR, download=True) on a machine with internet, or --download); "
-        f"or use --dataset digits (offline, ships with scikit-learn)")
+        f"or use --dataset digits (offline, ships with scikit-learn)"
+    )
 
 
 def _load_fashion_mnist(data_dir: str, download: bool):
@@ -267,8 +338,9 @@ def _load_fashion_mnist(data_dir: str, download: bool):
         raise DatasetNotFoundError(f"Fashion-MNIST in {os.path.dirname(files[0])!r} is unreadable: {e}") from e
     for x, y, f in ((xtr, ytr, files[0]), (xte, yte, files[2])):
         if x.dtype != np.uint8 or x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DatasetNotFoundError(f"{f!r}: expected N uint8 images and N labels, got images {x.shape} "
-                                       f"{x.dtype} and labels {y.shape}")
+            raise DatasetNotFoundError(
+                f"{f!r}: expected N uint8 images and N labels, got images {x.shape} {x.dtype} and labels {y.shape}"
+            )
 
     def t(x, y):
         return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
@@ -290,8 +362,14 @@ def _load_digits() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[
     return t(train), t(val), t(test)
 
 
-def load(name: str = "digits", data_dir: str = "./data", *, val_size: int | None = None, download: bool = False,
-         split_seed: int = 0) -> DataBundle:
+def load(
+    name: str = "digits",
+    data_dir: str = "./data",
+    *,
+    val_size: int | None = None,
+    download: bool = False,
+    split_seed: int = 0,
+) -> DataBundle:
     """Load dataset ``name`` (see module docstring). ``val_size``: how many training images to hold
     out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 360 split).
     ``split_seed`` fixes which images are held out (kept fixed across runs on purpose)."""
@@ -329,8 +407,20 @@ class Batches:
     Everything random depends on ``(seed, epoch)`` only. The split is moved to ``device`` once.
     """
 
-    def __init__(self, split: Split, batch_size: int, *, mean, std, device="cpu", shuffle: bool = True,
-                 augment: str = "none", seed: int = 0, drop_last: bool = False, channels_last: bool = False):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        mean,
+        std,
+        device="cpu",
+        shuffle: bool = True,
+        augment: str = "none",
+        seed: int = 0,
+        drop_last: bool = False,
+        channels_last: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if augment not in ("none", "crop-flip"):
@@ -373,7 +463,7 @@ class Batches:
         order = self.order(epoch).to(self.device)
         aug = self._aug_params(epoch) if self.augment == "crop-flip" else None
         for step in range(start, len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             x = self.split.x.index_select(0, idx)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if aug is not None:

@@ -60,38 +60,71 @@ def _eps_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"every eps {str(e).rsplit(', got ', 1)[0]}, got {text!r}") from None
 
 
-EPS_HELP = (f"ANL eps, or several separated by commas for a sweep (opposite uses -eps). Default {DEMO_EPS:g}: "
-            "the best of a 10-seed eps sweep of this demo on this digits split (made with the earlier "
-            "ReduceLROnPlateau schedule), chosen on test error (so ANL's number is slightly optimistic). "
-            "`anl-fused train` defaults to the model's eps instead (vgg_tiny: 0.02, listed by `anl-fused models`)")
+EPS_HELP = (
+    f"ANL eps, or several separated by commas for a sweep (opposite uses -eps). Default {DEMO_EPS:g}: "
+    "the best of a 10-seed eps sweep of this demo on this digits split (made with the earlier "
+    "ReduceLROnPlateau schedule), chosen on test error (so ANL's number is slightly optimistic). "
+    "`anl-fused train` defaults to the model's eps instead (vgg_tiny: 0.02, listed by `anl-fused models`)"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("--model", default="vgg_tiny", help="zoo model (default vgg_tiny, ~0.07M parameters)")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated: plain, anl, opposite, gaussian, dropout (default plain,anl,opposite)")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated: plain, anl, opposite, gaussian, dropout (default plain,anl,opposite)",
+    )
     p.add_argument("--eps", type=_eps_list, default=[DEMO_EPS], help=EPS_HELP)
-    p.add_argument("--seeds", type=cli_types.positive_int, default=5,
-                   help="seeds per variant, >= 1 (default 5; the paired differences need >= 2)")
-    p.add_argument("--epochs", type=cli_types.positive_int, default=20,
-                   help="epochs with the variant's noise, >= 1 (default 20)")
-    p.add_argument("--finetune-epochs", type=cli_types.nonneg_int, default=10,
-                   help=f"then epochs with the noise off at the floor rate {MIN_LR:g}, >= 0 (default 10)")
-    p.add_argument("--batch-size", type=cli_types.positive_int, default=64,
-                   help="training batch, 1 to the training set's size (digits: 897; default 64)")
-    p.add_argument("--lr", type=cli_types.number(float, low=MIN_LR, name="lr"), default=0.1,
-                   help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
-                        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs, "
-                        f"floor {MIN_LR:g} (sec. 4.2.1)")
-    p.add_argument("--threads", type=cli_types.positive_int, default=1,
-                   help="torch intra-op threads, >= 1 (default 1: fastest for a tiny model on a small CPU)")
+    p.add_argument(
+        "--seeds",
+        type=cli_types.positive_int,
+        default=5,
+        help="seeds per variant, >= 1 (default 5; the paired differences need >= 2)",
+    )
+    p.add_argument(
+        "--epochs", type=cli_types.positive_int, default=20, help="epochs with the variant's noise, >= 1 (default 20)"
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=cli_types.nonneg_int,
+        default=10,
+        help=f"then epochs with the noise off at the floor rate {MIN_LR:g}, >= 0 (default 10)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli_types.positive_int,
+        default=64,
+        help="training batch, 1 to the training set's size (digits: 897; default 64)",
+    )
+    p.add_argument(
+        "--lr",
+        type=cli_types.number(float, low=MIN_LR, name="lr"),
+        default=0.1,
+        help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
+        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs, "
+        f"floor {MIN_LR:g} (sec. 4.2.1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=cli_types.positive_int,
+        default=1,
+        help="torch intra-op threads, >= 1 (default 1: fastest for a tiny model on a small CPU)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--out", default="./demo_out", help="output directory (default ./demo_out)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
+
+
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def _color(colors: dict, summary: dict, keys: list, key: str):
@@ -113,8 +146,13 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {"plain": "tab:gray", "anl": "tab:blue", "opposite": "tab:red", "gaussian": "tab:green",
-              "dropout": "tab:purple"}
+    colors = {
+        "plain": "tab:gray",
+        "anl": "tab:blue",
+        "opposite": "tab:red",
+        "gaussian": "tab:green",
+        "dropout": "tab:purple",
+    }
     variants = list(summary)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
@@ -147,20 +185,21 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
         ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.axvline(finetune_start + 0.5, color="k", ls="--", lw=0.8)
-    ax2.text(finetune_start + 0.6, 0.03, "noise off,\nlr floor", fontsize=8, va="bottom",
-             transform=ax2.get_xaxis_transform())
+    ax2.text(
+        finetune_start + 0.6, 0.03, "noise off,\nlr floor", fontsize=8, va="bottom", transform=ax2.get_xaxis_transform()
+    )
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("test error (%): mean over seeds, band = range")
     ax2.set_title("test error during training")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{summary[variants[0]]['model']} on scikit-learn digits (8x8), "
-                 f"{summary[variants[0]]['test_err']['n']} seeds", fontsize=11)
+    fig.suptitle(
+        f"{summary[variants[0]]['model']} on scikit-learn digits (8x8), {summary[variants[0]]['test_err']['n']} seeds",
+        fontsize=11,
+    )
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
-
-
 
 
 def _cpu_model() -> str:
@@ -185,20 +224,32 @@ def _machine(args: argparse.Namespace) -> dict:
         triton_version = None
     argv = getattr(args, "_argv", None)
     argv = ["demo", *sys.argv[1:]] if argv is None else argv
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": shlex.join(["anl-fused", *argv]), "device": args.device, "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "triton": triton_version, "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["anl-fused", *argv]),
+        "device": args.device,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _eps_note(protocol: dict) -> str:
     """Where the eps comes from, and ``anl-fused train``'s default for the model."""
     eps = ", ".join(f"{e:g}" for e in protocol["eps"])
-    train = f"`anl-fused train` defaults to eps {protocol['train_default_eps']:g} for {protocol['model']} " \
-            "(`anl-fused models`)"
+    train = (
+        f"`anl-fused train` defaults to eps {protocol['train_default_eps']:g} for {protocol['model']} "
+        "(`anl-fused models`)"
+    )
     if protocol["eps"] == [DEMO_EPS] and protocol["model"] == "vgg_tiny":
-        return (f"eps {eps}: the best of a 10-seed eps sweep on this split, chosen on test error (so ANL's number "
-                f"is slightly optimistic);\n{train}.")
+        return (
+            f"eps {eps}: the best of a 10-seed eps sweep on this split, chosen on test error (so ANL's number "
+            f"is slightly optimistic);\n{train}."
+        )
     return f"eps {eps} (--eps); {train}."
 
 
@@ -227,9 +278,11 @@ def format_table(results: dict) -> str:
         ratio = s.get("time_ratio_vs_plain")
         span = f"[{t['min']:.2f}, {t['max']:.2f}]"
         paired = f"{d['mean']:+.2f} ± {d['se']:.2f} ({d['better']}/{d['same']}/{d['worse']})" if d else "-"
-        lines.append(f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std']:<6.2f} {span:>14} {paired:>22} "
-                     f"{s['final_train_err']:>11.2f} {s['time_per_step_ms']:>8.2f} "
-                     f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8}")
+        lines.append(
+            f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std']:<6.2f} {span:>14} {paired:>22} "
+            f"{s['final_train_err']:>11.2f} {s['time_per_step_ms']:>8.2f} "
+            f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8}"
+        )
     lines += [
         "",
         f"test error: after the last epoch, over {n['test']} test images (one image = {100 / n['test']:.2f}%); "
@@ -257,8 +310,11 @@ def _check_args(args: argparse.Namespace, n_train: int) -> list[str] | None:
         return None
     problem = cli_types.out_of_range(args.batch_size, low=1, high=n_train)
     if problem:  # larger than the training set: not one full batch an epoch
-        print(f"anl-fused demo: error: argument --batch-size: {problem.rsplit(', got ', 1)[0]} (the training "
-              f"images), got {args.batch_size!r}", file=sys.stderr)
+        print(
+            f"anl-fused demo: error: argument --batch-size: {problem.rsplit(', got ', 1)[0]} (the training "
+            f"images), got {args.batch_size!r}",
+            file=sys.stderr,
+        )
         return None
     return variants
 
@@ -267,7 +323,7 @@ def _entries(variants: list[str], eps_list: list[float]) -> list[tuple[str, str,
     """One ``(key, variant, eps)`` per run of a seed; variants without noise run once."""
     entries = []
     for v in variants:
-        for eps in (eps_list if v in NOISY else [0.0]):
+        for eps in eps_list if v in NOISY else [0.0]:
             key = v if (v not in NOISY or len(eps_list) == 1) else f"{v}@{eps:g}"
             entries.append((key, v, eps))
     return entries
@@ -284,11 +340,28 @@ def _train_all(args: argparse.Namespace, entries: list, bundle) -> tuple[dict, d
     bar = tqdm(total=len(entries) * args.seeds, desc="demo runs", file=sys.stderr, dynamic_ncols=True)
     for seed in range(args.seeds):
         for key, v, eps in entries:
-            cfg = TrainConfig(model=args.model, dataset="digits", variant=v, eps=eps, epochs=args.epochs,
-                              finetune_epochs=args.finetune_epochs, finetune_lr="floor", batch_size=args.batch_size,
-                              lr=args.lr, min_lr=MIN_LR, seed=seed, device=args.device)
-            res = fit(cfg, os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}"), progress=False,
-                      bundle=bundle, log=lambda s: None, overwrite=True)
+            cfg = TrainConfig(
+                model=args.model,
+                dataset="digits",
+                variant=v,
+                eps=eps,
+                epochs=args.epochs,
+                finetune_epochs=args.finetune_epochs,
+                finetune_lr="floor",
+                batch_size=args.batch_size,
+                lr=args.lr,
+                min_lr=MIN_LR,
+                seed=seed,
+                device=args.device,
+            )
+            res = fit(
+                cfg,
+                os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}"),
+                progress=False,
+                bundle=bundle,
+                log=lambda s: None,
+                overwrite=True,
+            )
             runs[key].append(res["history"])
             configs[key] = res["config"]
             bar.set_postfix_str(f"{key} seed {seed}: test err {res['history'][-1]['test_err'] * 100:.2f}%")
@@ -304,24 +377,39 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
     for key, v, _ in entries:
         errs = [hist[-1]["test_err"] * 100 for hist in runs[key]]
         # time per step in the first (noise) phase, first epoch excluded (warm-up), median over epochs and seeds
-        tps = [h["time_per_step_s"] for hist in runs[key] for h in hist[1:args.epochs]]
-        tps = tps or [h["time_per_step_s"] for hist in runs[key] for h in hist[:args.epochs]]
+        tps = [h["time_per_step_s"] for hist in runs[key] for h in hist[1 : args.epochs]]
+        tps = tps or [h["time_per_step_s"] for hist in runs[key] for h in hist[: args.epochs]]
         eps = configs[key]["eps"]
-        label = {"plain": "plain", "anl": f"ANL eps={eps:g}", "opposite": f"opposite eps={eps:g}",
-                 "gaussian": f"Gaussian eps={eps:g}", "dropout": "dropout"}[v]
-        summary[key] = {"label": label, "variant": v, "model": args.model, "eps": eps, "test_errs": errs,
-                        "test_err": _stats(errs), "time_per_step_ms": statistics.median(tps) * 1e3,
-                        "final_train_err": statistics.fmean(100 - hist[-1]["train_acc"] * 100 for hist in runs[key])}
+        label = {
+            "plain": "plain",
+            "anl": f"ANL eps={eps:g}",
+            "opposite": f"opposite eps={eps:g}",
+            "gaussian": f"Gaussian eps={eps:g}",
+            "dropout": "dropout",
+        }[v]
+        summary[key] = {
+            "label": label,
+            "variant": v,
+            "model": args.model,
+            "eps": eps,
+            "test_errs": errs,
+            "test_err": _stats(errs),
+            "time_per_step_ms": statistics.median(tps) * 1e3,
+            "final_train_err": statistics.fmean(100 - hist[-1]["train_acc"] * 100 for hist in runs[key]),
+        }
     plain = summary.get("plain")
     for key, s in summary.items():  # same seed = same initial weights and data order: compare pairwise
         if plain:
             s["time_ratio_vs_plain"] = s["time_per_step_ms"] / plain["time_per_step_ms"]
         if plain and key != "plain" and len(s["test_errs"]) > 1:
             d = [a - b for a, b in zip(s["test_errs"], plain["test_errs"])]
-            s["paired_diff_vs_plain"] = {"mean": statistics.fmean(d),
-                                         "se": statistics.stdev(d) / len(d) ** 0.5,
-                                         "better": sum(x < 0 for x in d), "same": sum(x == 0 for x in d),
-                                         "worse": sum(x > 0 for x in d)}
+            s["paired_diff_vs_plain"] = {
+                "mean": statistics.fmean(d),
+                "se": statistics.stdev(d) / len(d) ** 0.5,
+                "better": sum(x < 0 for x in d),
+                "same": sum(x == 0 for x in d),
+                "worse": sum(x > 0 for x in d),
+            }
     return summary
 
 
@@ -330,10 +418,29 @@ def _protocol(args: argparse.Namespace, variants: list[str], configs: dict) -> d
     from .models import MODELS
 
     c = next(iter(configs.values()))
-    return {"model": args.model, "dataset": "digits", "variants": variants, "eps": list(args.eps),
-            "train_default_eps": MODELS[args.model].eps, "seeds": args.seeds,
-            **{k: c[k] for k in ("epochs", "finetune_epochs", "batch_size", "lr", "momentum", "weight_decay",
-                                 "lr_factor", "patience", "hold_epochs", "min_lr")}}
+    return {
+        "model": args.model,
+        "dataset": "digits",
+        "variants": variants,
+        "eps": list(args.eps),
+        "train_default_eps": MODELS[args.model].eps,
+        "seeds": args.seeds,
+        **{
+            k: c[k]
+            for k in (
+                "epochs",
+                "finetune_epochs",
+                "batch_size",
+                "lr",
+                "momentum",
+                "weight_decay",
+                "lr_factor",
+                "patience",
+                "hold_epochs",
+                "min_lr",
+            )
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,9 +461,14 @@ def run(args: argparse.Namespace) -> int:
     runs, configs = _train_all(args, entries, bundle)
     wall = time.perf_counter() - t_start
     summary = _summarize(args, entries, runs, configs)
-    results = {"summary": summary, "protocol": _protocol(args, variants, configs), "machine": _machine(args),
-               "wall_time_s": wall, "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te},
-               "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    results = {
+        "summary": summary,
+        "protocol": _protocol(args, variants, configs),
+        "machine": _machine(args),
+        "wall_time_s": wall,
+        "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te},
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+    }
     text = format_table(results)
     print(text)
     png = os.path.join(args.out, "demo.png")

@@ -35,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--runs", nargs="+", required=True, help="run directories (or directories of runs)")
     common.add_argument("--out", required=True, help="output PNG file")
     common.add_argument("--title", default=None, help="figure title")
+
     def add(name, help_text, **kw):  # the help line is also the subcommand's --help description
         return sub.add_parser(name, help=help_text, description=help_text, **kw)
 
@@ -69,8 +70,9 @@ def find_runs(paths: list[str]) -> list[str]:
         if os.path.isfile(os.path.join(p, "metrics.jsonl")):
             out.append(p)
         elif os.path.isdir(p):
-            subs = sorted(os.path.join(p, d) for d in os.listdir(p)
-                          if os.path.isfile(os.path.join(p, d, "metrics.jsonl")))
+            subs = sorted(
+                os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "metrics.jsonl"))
+            )
             if not subs:
                 raise FigureError(f"{p!r} holds no metrics.jsonl (not a run directory, nor a directory of runs)")
             out += subs
@@ -130,8 +132,22 @@ def _save(fig, out: str) -> None:
 DIVERGED = 80.0  # final test error (%) of a run stuck at chance (10 classes: 90%): marked, not averaged
 
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
-_SWEEP_SETTINGS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience",
-                   "cooldown", "hold_epochs", "min_lr", "val_size", "drop_last", "scale_by_std")
+_SWEEP_SETTINGS = (
+    "model",
+    "dataset",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_factor",
+    "patience",
+    "cooldown",
+    "hold_epochs",
+    "min_lr",
+    "val_size",
+    "drop_last",
+    "scale_by_std",
+)
 
 
 def is_finished(cfg: dict, hist: list[dict]) -> bool:
@@ -220,17 +236,31 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
             all_seeds += [s for x in eps if x != 0.0 for s, _ in pts[x]]
         base = series.get("baseline, one schedule", {}).get(0.0)
         if base:
-            ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1,
-                       label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}")
+            ax.axhline(
+                statistics.fmean(e for _, e in base),
+                color="tab:gray",
+                ls="--",
+                lw=1,
+                label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
+            )
         if diverged:
             top = ax.get_ylim()[1]
             for x, c in diverged:
                 ax.scatter([x], [top], marker="x", s=40, color=c, zorder=6, clip_on=False)
-            ax.text(0.01, 0.99, f"x: {len(diverged)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
-                    transform=ax.transAxes, fontsize=7, va="top")
+            ax.text(
+                0.01,
+                0.99,
+                f"x: {len(diverged)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
+                transform=ax.transAxes,
+                fontsize=7,
+                va="top",
+            )
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
-        ax.set_title(f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
-                     f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}", fontsize=9)
+        ax.set_title(
+            f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
+            f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}",
+            fontsize=9,
+        )
         ax.set_xlabel("eps (negative: opposite noise)")
         ax.set_ylabel("test error (%)")
         ax.grid(alpha=0.3)
@@ -255,8 +285,10 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         cfg, hist = read_run(r)
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
         if not rows:
-            raise FigureError(f"{os.path.join(r, 'metrics.jsonl')!r} has no anl_std entries (a run without ANL, "
-                              "or only its fine-tuning phase)")
+            raise FigureError(
+                f"{os.path.join(r, 'metrics.jsonl')!r} has no anl_std entries (a run without ANL, "
+                "or only its fine-tuning phase)"
+            )
         data.append((r, cfg, rows))
     fig, axes = plt.subplots(1, len(data), figsize=(5.2 * len(data), 3.9), squeeze=False)
     for ax, (r, cfg, rows) in zip(axes[0], data):
@@ -265,8 +297,14 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         cmap = plt.get_cmap("viridis")
         for i, name in enumerate(names):
             ys = [s.get(name, math.nan) for _, s in rows]
-            ax.plot(epochs, ys, color=cmap(i / max(len(names) - 1, 1)), lw=1.2,
-                    label=name if len(names) <= max_legend else None, marker="." if len(epochs) < 30 else None)
+            ax.plot(
+                epochs,
+                ys,
+                color=cmap(i / max(len(names) - 1, 1)),
+                lw=1.2,
+                label=name if len(names) <= max_legend else None,
+                marker="." if len(epochs) < 30 else None,
+            )
         if len(names) > max_legend:
             sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, len(names)))
             fig.colorbar(sm, ax=ax, label="ANL layer (input first, then depth order)")
@@ -288,8 +326,12 @@ def _run_label(cfg: dict) -> str:
     v = cfg.get("variant", "?")
     eps = cfg.get("eps", 0)
     norm = f"\nnorm={cfg.get('norm', 'sample')}"
-    return {"plain": "(a) baseline", "gaussian": f"(b) Gaussian eps={eps:g}", "anl": f"(c) ANL eps={eps:g}{norm}",
-            "opposite": f"(d) opposite eps={eps:g}{norm}"}.get(v, f"{v} eps={eps:g}")
+    return {
+        "plain": "(a) baseline",
+        "gaussian": f"(b) Gaussian eps={eps:g}",
+        "anl": f"(c) ANL eps={eps:g}{norm}",
+        "opposite": f"(d) opposite eps={eps:g}{norm}",
+    }.get(v, f"{v} eps={eps:g}")
 
 
 def first_conv_output(model, x):
@@ -335,8 +377,15 @@ def _load_run_model(run_dir: str, data_dir: str | None):
     return model.eval(), cfg, bundle
 
 
-def feature_maps(runs: list[str], out: str, title: str | None = None, image_index: int = 0,
-                 data_dir: str | None = None, max_channels: int = 8, warn=None) -> list:
+def feature_maps(
+    runs: list[str],
+    out: str,
+    title: str | None = None,
+    image_index: int = 0,
+    data_dir: str | None = None,
+    max_channels: int = 8,
+    warn=None,
+) -> list:
     """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint
     (runs without a finished epoch are skipped with a warning). Returns the rows ``(config, image, sigmoid maps)``."""
     import torch
@@ -351,10 +400,14 @@ def feature_maps(runs: list[str], out: str, title: str | None = None, image_inde
         model, cfg, bundle = _load_run_model(r, data_dir)
         if not 0 <= image_index < len(bundle.test):
             raise FigureError(f"--image-index must be in [0, {len(bundle.test)}), got {image_index}")
-        batches = data_mod.Batches(data_mod.Split(bundle.test.x[image_index:image_index + 1],
-                                                  bundle.test.y[image_index:image_index + 1]),
-                                   1, mean=bundle.info.mean, std=bundle.info.std, shuffle=False)
-        (x, _), = list(batches.epoch(0))
+        batches = data_mod.Batches(
+            data_mod.Split(bundle.test.x[image_index : image_index + 1], bundle.test.y[image_index : image_index + 1]),
+            1,
+            mean=bundle.info.mean,
+            std=bundle.info.std,
+            shuffle=False,
+        )
+        ((x, _),) = list(batches.epoch(0))
         fm = first_conv_output(model, x)
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
@@ -379,8 +432,11 @@ def feature_maps(runs: list[str], out: str, title: str | None = None, image_inde
     for j in range(1, ncol):
         axes[0][j].set_title(f"ch {j}", fontsize=9)
     cfg0 = rows[0][0]
-    fig.suptitle(title or f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, "
-                 f"test image {image_index}", fontsize=10)
+    fig.suptitle(
+        title
+        or f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, test image {image_index}",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, out)
     return rows
@@ -399,8 +455,15 @@ def _method_label(cfg: dict) -> str:
     return f"{v} {eps:g}"
 
 
-def whitebox(runs: list[str], out: str, title: str | None = None, data_dir: str | None = None,
-             limit: int | None = None, batch_size: int = 500, warn=None) -> dict:
+def whitebox(
+    runs: list[str],
+    out: str,
+    title: str | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 500,
+    warn=None,
+) -> dict:
     """Fig. 5: white-box accuracy under FGSM and IFGSM (the paper's settings, delta = 16/255; IFGSM
     k = 16, alpha = 1/255) of each run's checkpoint on the test split, as bars per method (mean
     over seeds, one dot per run), clean accuracy beside. Returns the numbers."""
@@ -424,10 +487,16 @@ def whitebox(runs: list[str], out: str, title: str | None = None, data_dir: str 
         if limit is not None:
             x, y = x[:limit], y[:limit]
         kw = dict(mean=bundle.info.mean, std=bundle.info.std, batch_size=batch_size)
-        res = {"run": r, "seed": cfg.get("seed"), "model": cfg.get("model"), "dataset": cfg.get("dataset"),
-               "n": len(y), "clean": attacks.accuracy(model, x, y, **kw) * 100,
-               "fgsm": attacks.accuracy(model, attacks.fgsm(model, x, y, **attacks.PAPER_FGSM, **kw), y, **kw) * 100,
-               "ifgsm": attacks.accuracy(model, attacks.ifgsm(model, x, y, **attacks.PAPER_IFGSM, **kw), y, **kw) * 100}
+        res = {
+            "run": r,
+            "seed": cfg.get("seed"),
+            "model": cfg.get("model"),
+            "dataset": cfg.get("dataset"),
+            "n": len(y),
+            "clean": attacks.accuracy(model, x, y, **kw) * 100,
+            "fgsm": attacks.accuracy(model, attacks.fgsm(model, x, y, **attacks.PAPER_FGSM, **kw), y, **kw) * 100,
+            "ifgsm": attacks.accuracy(model, attacks.ifgsm(model, x, y, **attacks.PAPER_IFGSM, **kw), y, **kw) * 100,
+        }
         methods[f"{cfg.get('model')}: {_method_label(cfg)}"].append(res)
     if not methods:
         raise FigureError("no finished runs with checkpoints among --runs")
@@ -457,8 +526,12 @@ def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = 
         ax.grid(alpha=0.3, axis="y")
     seeds = sorted({r["seed"] for rs in methods.values() for r in rs}, key=str)
     first = next(iter(methods.values()))[0]
-    fig.suptitle(title or f"white-box attacks, {first['model']} on {first['dataset']}, {first['n']} test images "
-                 f"(bars: mean over runs of seeds {', '.join(map(str, seeds))}; dots: runs; (n): runs)", fontsize=9)
+    fig.suptitle(
+        title
+        or f"white-box attacks, {first['model']} on {first['dataset']}, {first['n']} test images "
+        f"(bars: mean over runs of seeds {', '.join(map(str, seeds))}; dots: runs; (n): runs)",
+        fontsize=9,
+    )
     fig.tight_layout()
     _save(fig, out)
 
@@ -480,13 +553,18 @@ def run(args: argparse.Namespace) -> int:
                         mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
                         bad = len(points) - len(errs)
                         bad = f", {bad} diverged (not averaged)" if bad else ""
-                        print(f"{panel} | {name} | eps={eps:g}: test error {mean} over "
-                              f"{_seeds_label([s for s, _ in points])}{bad}")
+                        print(
+                            f"{panel} | {name} | eps={eps:g}: test error {mean} over "
+                            f"{_seeds_label([s for s, _ in points])}{bad}"
+                        )
         elif args.figure == "whitebox":
             result = whitebox(runs, args.out, args.title, args.data_dir, args.limit)
             for m, rs in result.items():
-                print(f"{m}: " + ", ".join(f"{k} {statistics.fmean(r[k] for r in rs):.2f}%"
-                                           for k in ("clean", "fgsm", "ifgsm")) + f" over {len(rs)} run(s)")
+                print(
+                    f"{m}: "
+                    + ", ".join(f"{k} {statistics.fmean(r[k] for r in rs):.2f}%" for k in ("clean", "fgsm", "ifgsm"))
+                    + f" over {len(rs)} run(s)"
+                )
             if args.json:
                 from .files import atomic_write
 

@@ -27,8 +27,15 @@ import tempfile
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["DirLock", "DirLockedError", "atomic_write", "clean_temp_files", "lock_holder", "resolve_device",
-           "save_figure"]
+__all__ = [
+    "DirLock",
+    "DirLockedError",
+    "atomic_write",
+    "clean_temp_files",
+    "lock_holder",
+    "resolve_device",
+    "save_figure",
+]
 
 _TEMP = re.compile(r".+\.[a-z0-9_]{8}\.tmp")  # atomic_write's temporary files (tempfile.mkstemp names)
 
@@ -144,8 +151,8 @@ def lock_holder(directory: str | os.PathLike, name: str) -> str | None:
 class DirLock:
     """An exclusive lock on ``directory`` (created if missing) for as long as it is held::
 
-        with DirLock("runs/a", "train.lock"):   # raises DirLockedError naming the holder
-            ...
+    with DirLock("runs/a", "train.lock"):   # raises DirLockedError naming the holder
+        ...
     """
 
     def __init__(self, directory: str | os.PathLike, name: str):
@@ -165,14 +172,19 @@ class DirLock:
                 holder = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise DirLockedError(f"{self.directory!r} is in use by {holder} "
-                                         f"(lock file {self.path!r})") from None
+                    raise DirLockedError(
+                        f"{self.directory!r} is in use by {holder} (lock file {self.path!r})"
+                    ) from None
                 raise
             if self._same_file(fd):  # not a file that its last holder unlinked while we waited for it
                 break
             os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
-                "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv)[:300],
+            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd

@@ -15,8 +15,17 @@ from torch import Tensor, nn
 
 from ..distributed import is_distributed
 
-__all__ = ["any_rank", "broadcast_buffers", "cpu_group", "init_from_env", "launched_by_torchrun", "local_rank",
-           "on_rank0", "shard_batches", "shard_block"]
+__all__ = [
+    "any_rank",
+    "broadcast_buffers",
+    "cpu_group",
+    "init_from_env",
+    "launched_by_torchrun",
+    "local_rank",
+    "on_rank0",
+    "shard_batches",
+    "shard_block",
+]
 
 
 def launched_by_torchrun() -> bool:
@@ -38,8 +47,10 @@ def init_from_env(device: str = "auto") -> bool:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         if torch.cuda.device_count() <= local_rank():
-            raise RuntimeError(f"LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} CUDA devices: "
-                               "start at most one process per GPU (torchrun --nproc_per_node)")
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} CUDA devices: "
+                "start at most one process per GPU (torchrun --nproc_per_node)"
+            )
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return True
@@ -59,11 +70,11 @@ def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> Tens
         raise ValueError(f"the global batch size {batch_size} must be a multiple of the number of processes {world}")
     parts = []
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         per = -(-len(chunk) // world)
         if per * world != len(chunk):
-            chunk = chunk.repeat(world)[:per * world]
-        parts.append(chunk[rank * per:(rank + 1) * per])
+            chunk = chunk.repeat(world)[: per * world]
+        parts.append(chunk[rank * per : (rank + 1) * per])
     return torch.cat(parts) if parts else order[:0]
 
 
@@ -71,7 +82,7 @@ def shard_block(order: Tensor, rank: int, world: int) -> Tensor:
     """Rank ``r``'s contiguous block of ``order`` (sizes differ by at most one; no padding): for
     evaluation, whose sums are all-reduced."""
     n = len(order)
-    return order[rank * n // world:(rank + 1) * n // world]
+    return order[rank * n // world : (rank + 1) * n // world]
 
 
 def broadcast_buffers(model: nn.Module, src: int = 0) -> None:

@@ -121,15 +121,38 @@ def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS
     return out
 
 
-def train_args(spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str,
-               threads: int) -> list[str]:
+def train_args(
+    spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str, threads: int
+) -> list[str]:
     """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase)."""
     epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
-    args = ["train", "--model", proto.model, "--dataset", proto.dataset,
-            "--variant", "plain" if spec.variant == "plain2" else spec.variant,
-            "--epochs", str(epochs), "--finetune-epochs", str(finetune), "--batch-size", str(proto.batch_size),
-            "--lr", str(proto.lr), "--seed", str(spec.seed), "--device", device, "--threads", str(threads),
-            "--out", out_dir, "--resume", "--no-progress"]
+    args = [
+        "train",
+        "--model",
+        proto.model,
+        "--dataset",
+        proto.dataset,
+        "--variant",
+        "plain" if spec.variant == "plain2" else spec.variant,
+        "--epochs",
+        str(epochs),
+        "--finetune-epochs",
+        str(finetune),
+        "--batch-size",
+        str(proto.batch_size),
+        "--lr",
+        str(proto.lr),
+        "--seed",
+        str(spec.seed),
+        "--device",
+        device,
+        "--threads",
+        str(threads),
+        "--out",
+        out_dir,
+        "--resume",
+        "--no-progress",
+    ]
     if spec.variant == "plain2":
         args += ["--finetune-lr", "floor"]
     elif spec.variant != "plain":
@@ -174,8 +197,12 @@ class _Runner:
         logf.write(f"# {dt.datetime.now().isoformat(timespec='seconds')} anl-fused {' '.join(args)}\n")
         logf.flush()
         nice = self.nice
-        proc = subprocess.Popen([sys.executable, "-m", "anl_fused.cli", *args], stdout=logf, stderr=subprocess.STDOUT,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anl_fused.cli", *args],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
         self.running[proc] = (spec, run_dir, time.time(), logf)
         self.log(f"started  {spec.name} (pid {proc.pid})")
 
@@ -233,8 +260,12 @@ class _Runner:
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
 
 
 def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
@@ -245,14 +276,23 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         d = os.path.join(root, spec.name)
         hist = read_history(d)
         finished = is_finished(d, spec, proto)
-        row = {**dataclasses.asdict(spec), "name": spec.name, "row": spec.column, "dir": d, "finished": finished,
-               "epochs_done": len(hist)}
+        row = {
+            **dataclasses.asdict(spec),
+            "name": spec.name,
+            "row": spec.column,
+            "dir": d,
+            "finished": finished,
+            "epochs_done": len(hist),
+        }
         if hist:
-            phase1 = hist[:proto.total if spec.variant == "plain" else proto.epochs]
-            row.update(test_err=hist[-1]["test_err"] * 100, train_err=(1 - hist[-1]["train_acc"]) * 100,
-                       train_time_s=sum(h.get("epoch_train_time_s", 0.0) for h in hist),
-                       time_per_step_s=statistics.median(h["time_per_step_s"] for h in phase1),
-                       lr_end_phase1=phase1[-1]["lr"])
+            phase1 = hist[: proto.total if spec.variant == "plain" else proto.epochs]
+            row.update(
+                test_err=hist[-1]["test_err"] * 100,
+                train_err=(1 - hist[-1]["train_acc"]) * 100,
+                train_time_s=sum(h.get("epoch_train_time_s", 0.0) for h in hist),
+                time_per_step_s=statistics.median(h["time_per_step_s"] for h in phase1),
+                lr_end_phase1=phase1[-1]["lr"],
+            )
         runs.append(row)
     done = [r for r in runs if r["finished"]]
     base = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain"}
@@ -271,8 +311,9 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
             row["test_err_without_diverged"] = _stats(kept)
         for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
             # paired over the seeds where neither run diverged (a diverged run's difference says nothing more)
-            paired = [row["errs"][s] - ref[s] for s in seeds
-                      if s in ref and row["errs"][s] < DIVERGED and ref[s] < DIVERGED]
+            paired = [
+                row["errs"][s] - ref[s] for s in seeds if s in ref and row["errs"][s] < DIVERGED and ref[s] < DIVERGED
+            ]
             if row["variant"] != own and paired:
                 row[key] = {**_stats(paired), "better": sum(d < 0 for d in paired), "worse": sum(d > 0 for d in paired)}
         row.pop("errs")
@@ -319,13 +360,19 @@ def render_markdown(result: dict) -> str:
         if row.get("diverged_seeds"):
             k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
             mean += f"; without the {k} diverged: " + (f"{w['mean']:.2f} ± {w['std']:.2f}" if w else "-")
-        lines.append(f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-                     f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
-                     + (f" {paired(row.get('vs_two_phase'))} |" if two else ""))
+        lines.append(
+            f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
+            f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
+            + (f" {paired(row.get('vs_two_phase'))} |" if two else "")
+        )
     missing = result["planned"] - result["finished"]
     base = "the baseline" if p["finetune_epochs"] else "every method"
-    control = (f" The two-phase baseline (a control, not in the paper) trains without noise in the same {p['epochs']}"
-               f" + {p['finetune_epochs']} epochs as the noise methods." if two else "")
+    control = (
+        f" The two-phase baseline (a control, not in the paper) trains without noise in the same {p['epochs']}"
+        f" + {p['finetune_epochs']} epochs as the noise methods."
+        if two
+        else ""
+    )
     lines += [
         "",
         f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
@@ -334,24 +381,39 @@ def render_markdown(result: dict) -> str:
         f"Noise methods: {p['epochs']} epochs with "
         f"the noise on, then {p['finetune_epochs']} with it off at the floor rate 1e-3; {base} "
         f"{p['epochs'] + p['finetune_epochs']} epochs"
-        + (" (the paper's protocol: 100 + 100, baseline 200)." if (p["epochs"], p["finetune_epochs"]) == (100, 100)
-           else f" (the paper's 100 + 100 / 200 scaled by {p['epochs'] / 100:g}).")
+        + (
+            " (the paper's protocol: 100 + 100, baseline 200)."
+            if (p["epochs"], p["finetune_epochs"]) == (100, 100)
+            else f" (the paper's 100 + 100 / 200 scaled by {p['epochs'] / 100:g})."
+        )
         + f" Test error at the last epoch. Seeds {', '.join(map(str, seeds_planned))}: the same seed gives every "
         "method the same initial weights and data order." + control,
     ]
-    diverged = sorted({f"{_row_label(r)} seed {s}" for r in result["rows"].values()
-                       for s in r.get("diverged_seeds", [])})
+    diverged = sorted(
+        {f"{_row_label(r)} seed {s}" for r in result["rows"].values() for s in r.get("diverged_seeds", [])}
+    )
     if diverged:
-        lines.append(f"Diverged (final test error >= {DIVERGED:g}%, a network stuck at chance): "
-                     + "; ".join(diverged) + ". The paired columns leave out seeds where either run diverged.")
+        lines.append(
+            f"Diverged (final test error >= {DIVERGED:g}%, a network stuck at chance): "
+            + "; ".join(diverged)
+            + ". The paired columns leave out seeds where either run diverged."
+        )
     if missing:
-        lines.append(f"Incomplete: {result['finished']} of {result['planned']} runs finished; rows count finished "
-                     "runs only.")
+        lines.append(
+            f"Incomplete: {result['finished']} of {result['planned']} runs finished; rows count finished runs only."
+        )
     return "\n".join(lines) + "\n"
 
 
-def report(specs: list[RunSpec], proto: Protocol, runs_dir: str, out_dir: str, seeds: list[int],
-           command: str, name: str | None = None) -> tuple[str, dict]:
+def report(
+    specs: list[RunSpec],
+    proto: Protocol,
+    runs_dir: str,
+    out_dir: str,
+    seeds: list[int],
+    command: str,
+    name: str | None = None,
+) -> tuple[str, dict]:
     result = collect(specs, proto, runs_dir)
     sizes = "?"
     for r in result["runs"]:
@@ -362,11 +424,15 @@ def report(specs: list[RunSpec], proto: Protocol, runs_dir: str, out_dir: str, s
             if s:
                 sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}"
                 break
-    result.update(protocol=dataclasses.asdict(proto), seeds=seeds, dataset_sizes=sizes, command=command,
-                  paper=PAPER_TABLE1.get((proto.model, proto.dataset)),
-                  written=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  machine={"platform": platform.platform(), "processor": platform.processor(),
-                           "cpus": os.cpu_count()})
+    result.update(
+        protocol=dataclasses.asdict(proto),
+        seeds=seeds,
+        dataset_sizes=sizes,
+        command=command,
+        paper=PAPER_TABLE1.get((proto.model, proto.dataset)),
+        written=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        machine={"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+    )
     for r in result["runs"]:
         r["dir"] = os.path.relpath(r["dir"], runs_dir)
     md = render_markdown(result)
@@ -387,28 +453,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: anl-fused train's)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs with the noise on (phase 1)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="epochs with the noise off at 1e-3 (phase 2)")
-    p.add_argument("--eps", type=float, nargs="+", default=[PAPER_EPS],
-                   help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep")
+    p.add_argument(
+        "--eps",
+        type=float,
+        nargs="+",
+        default=[PAPER_EPS],
+        help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep",
+    )
     p.add_argument("--norms", nargs="+", default=["sample"], choices=NORMS, help="ANL norms to run (default sample)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-                   help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, "
-                        "the control that trains without noise on the noise methods' two-phase schedule)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, "
+        "the control that trains without noise on the noise methods' two-phase schedule)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--val-size", type=int, default=None,
-                   help="training images held out for validation (default: the dataset's, 5,000 for Fashion-MNIST)")
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="training images held out for validation (default: the dataset's, 5,000 for Fashion-MNIST)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per training (default 1)")
     p.add_argument("--nice", type=int, default=10, help="niceness of the trainings (default 10)")
     p.add_argument("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
     p.add_argument("--out", default="benchmarks/results/table1", help="where the table goes")
-    p.add_argument("--name", default=None,
-                   help="file name of the table (default: the protocol, e.g. lenet5-fashion-mnist-e20f20-b128)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="file name of the table (default: the protocol, e.g. lenet5-fashion-mnist-e20f20-b128)",
+    )
     p.add_argument("--report-only", action="store_true", help="train nothing; write the table from finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state, train nothing")
 
@@ -427,23 +514,43 @@ def _protocol(args: argparse.Namespace) -> Protocol:
         epochs, finetune = args.epochs, args.finetune_epochs or 0
     if epochs < 1 or finetune < 0:
         raise ValueError(f"--epochs must be >= 1 and --finetune-epochs >= 0, got {epochs} and {finetune}")
-    for name, v in (("--seeds", args.seeds), ("--jobs", args.jobs), ("--threads", args.threads),
-                    ("--batch-size", args.batch_size)):
+    for name, v in (
+        ("--seeds", args.seeds),
+        ("--jobs", args.jobs),
+        ("--threads", args.threads),
+        ("--batch-size", args.batch_size),
+    ):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     for e in args.eps:
         if not (e == e and abs(e) != float("inf")) or e == 0:
             raise ValueError(f"--eps values must be finite and non-zero, got {e}")
-    return Protocol(get_spec(args.model).name, canonical_name(args.dataset), epochs, finetune, args.batch_size, args.lr,
-                    args.val_size)
+    return Protocol(
+        get_spec(args.model).name,
+        canonical_name(args.dataset),
+        epochs,
+        finetune,
+        args.batch_size,
+        args.lr,
+        args.val_size,
+    )
 
 
 def _command(args: argparse.Namespace, proto: Protocol) -> str:
     """The command that reproduces this table (its protocol spelled out)."""
-    parts = ["anl-fused table1", f"--model {proto.model}", f"--dataset {proto.dataset}", f"--seeds {args.seeds}",
-             f"--epochs {proto.epochs}", f"--finetune-epochs {proto.finetune_epochs}",
-             "--eps " + " ".join(f"{e:g}" for e in args.eps), "--norms " + " ".join(args.norms),
-             f"--batch-size {proto.batch_size}", f"--lr {proto.lr:g}", f"--device {args.device}"]
+    parts = [
+        "anl-fused table1",
+        f"--model {proto.model}",
+        f"--dataset {proto.dataset}",
+        f"--seeds {args.seeds}",
+        f"--epochs {proto.epochs}",
+        f"--finetune-epochs {proto.finetune_epochs}",
+        "--eps " + " ".join(f"{e:g}" for e in args.eps),
+        "--norms " + " ".join(args.norms),
+        f"--batch-size {proto.batch_size}",
+        f"--lr {proto.lr:g}",
+        f"--device {args.device}",
+    ]
     if proto.val_size is not None:
         parts.append(f"--val-size {proto.val_size}")
     if args.data_dir:
@@ -465,22 +572,27 @@ def run(args: argparse.Namespace) -> int:
     todo = []
     for spec in specs:
         d = os.path.join(root, spec.name)
-        state = "finished" if is_finished(d, spec, proto) else ("partial" if read_history(d) or
-                                                               os.path.exists(os.path.join(d, "checkpoint.pt"))
-                                                               else "new")
+        state = (
+            "finished"
+            if is_finished(d, spec, proto)
+            else ("partial" if read_history(d) or os.path.exists(os.path.join(d, "checkpoint.pt")) else "new")
+        )
         if args.dry_run:
             print(f"{state:<8} {d}")
         if state != "finished":
-            todo.append((spec, d, train_args(spec, proto, d, data_dir=args.data_dir, device=args.device,
-                                             threads=args.threads)))
+            todo.append(
+                (spec, d, train_args(spec, proto, d, data_dir=args.data_dir, device=args.device, threads=args.threads))
+            )
     if args.dry_run:
         return 0
     stamp = lambda: dt.datetime.now().strftime("%H:%M:%S")
     log = lambda s: print(f"[{stamp()}] {s}", flush=True)
     runner = _Runner(args.jobs, args.nice, log)
     if todo and not args.report_only:
-        log(f"{proto.tag}: {len(specs) - len(todo)} of {len(specs)} runs finished; {len(todo)} to go, "
-            f"{args.jobs} at a time")
+        log(
+            f"{proto.tag}: {len(specs) - len(todo)} of {len(specs)} runs finished; {len(todo)} to go, "
+            f"{args.jobs} at a time"
+        )
         try:
             runner.run(todo)
         except KeyboardInterrupt:

@@ -11,10 +11,18 @@ def test_readme_tables_are_up_to_date():
 
 
 def test_a_stale_table_is_detected_and_rewritten(tmp_path, monkeypatch):
-    report = {"steps": [{"model": "vgg11", "batch": 8, "amp": None,
-                         "median_s": {"plain": 0.2, "naive": 0.5, "tworound": 0.3},
-                         "times_s": {"plain": [0.2, 0.2], "naive": [0.5, 0.6], "tworound": [0.3, 0.3]},
-                         "ratios": {"tworound/plain": 1.5, "naive/tworound": 5 / 3}}]}
+    report = {
+        "steps": [
+            {
+                "model": "vgg11",
+                "batch": 8,
+                "amp": None,
+                "median_s": {"plain": 0.2, "naive": 0.5, "tworound": 0.3},
+                "times_s": {"plain": [0.2, 0.2], "naive": [0.5, 0.6], "tworound": [0.3, 0.3]},
+                "ratios": {"tworound/plain": 1.5, "naive/tworound": 5 / 3},
+            }
+        ]
+    }
     (tmp_path / "r.json").write_text(json.dumps(report))
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
     doc = tmp_path / "doc.md"
@@ -28,65 +36,122 @@ def test_a_stale_table_is_detected_and_rewritten(tmp_path, monkeypatch):
 
 
 def test_probe_tables_render_their_json(tmp_path, monkeypatch):
-    steps = {"steps": [{"model": "resnet18", "batch": 64, "median_s": {"plain": 1.0, "tworound": 1.7,
-                                                                        "tworound-bf16probe": 1.5},
-                        "ratios": {"tworound/plain": 1.7, "tworound-bf16probe/plain": 1.5,
-                                   "tworound-bf16probe/tworound": 1.5 / 1.7},
-                        "ratio_stats": {"tworound-bf16probe/plain": {"min": 1.4, "max": 1.6}}}]}
+    steps = {
+        "steps": [
+            {
+                "model": "resnet18",
+                "batch": 64,
+                "median_s": {"plain": 1.0, "tworound": 1.7, "tworound-bf16probe": 1.5},
+                "ratios": {
+                    "tworound/plain": 1.7,
+                    "tworound-bf16probe/plain": 1.5,
+                    "tworound-bf16probe/tworound": 1.5 / 1.7,
+                },
+                "ratio_stats": {"tworound-bf16probe/plain": {"min": 1.4, "max": 1.6}},
+            }
+        ]
+    }
     arm = lambda mean: {"test_err_pct": {"mean": mean, "std": 0.5}}
-    accuracy = {"protocol": {"dataset": "digits", "model": "vgg_tiny"}, "seeds": [0, 1, 2],
-                "summary": {"arms": {"plain": arm(1.0), "anl-fp32": arm(0.7), "anl-bf16": arm(0.75)},
-                            "paired": {"anl-bf16 - anl-fp32": {"mean": 0.05, "se": 0.1, "better": 1, "same": 1,
-                                                               "worse": 1}}}}
+    accuracy = {
+        "protocol": {"dataset": "digits", "model": "vgg_tiny"},
+        "seeds": [0, 1, 2],
+        "summary": {
+            "arms": {"plain": arm(1.0), "anl-fp32": arm(0.7), "anl-bf16": arm(0.75)},
+            "paired": {"anl-bf16 - anl-fp32": {"mean": 0.05, "se": 0.1, "better": 1, "same": 1, "worse": 1}},
+        },
+    }
     s = {"layers": 8, "cos_mean_median": 0.96, "cos_mean_min": 0.95, "cos_min": 0.9, "norm_err_max": 0.03}
-    agreement = {"summary": {"vgg11": {"bf16": s, "fp16": {**s, "cos_mean_median": 0.995, "cos_mean_min": 0.99},
-                                       "sgd-1e-4": {**s, "cos_mean_median": 0.91},
-                                       "sgd-0.1": {**s, "cos_mean_median": 0.01}}}}
+    agreement = {
+        "summary": {
+            "vgg11": {
+                "bf16": s,
+                "fp16": {**s, "cos_mean_median": 0.995, "cos_mean_min": 0.99},
+                "sgd-1e-4": {**s, "cos_mean_median": 0.91},
+                "sgd-0.1": {**s, "cos_mean_median": 0.01},
+            }
+        }
+    }
     for name, data in (("s.json", steps), ("a.json", accuracy), ("g.json", agreement)):
         (tmp_path / name).write_text(json.dumps(data))
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
     assert render.RENDERERS["probe-steps"](["s.json"]).splitlines()[2] == (
-        "| ResNet-18 | 64 | 1000 ms | 1700 ms | 1500 ms | 1.70x | 1.50x [1.40, 1.60] | 0.88x |")
+        "| ResNet-18 | 64 | 1000 ms | 1700 ms | 1500 ms | 1.70x | 1.50x [1.40, 1.60] | 0.88x |"
+    )
     assert render.RENDERERS["probe-accuracy"](["a.json"]).splitlines()[2] == (
-        "| digits, vgg_tiny | 3 | 1.00 ± 0.50% | 0.70 ± 0.50% | 0.75 ± 0.50% | +0.05 ± 0.10 pp (1/1/1) | - |")
+        "| digits, vgg_tiny | 3 | 1.00 ± 0.50% | 0.70 ± 0.50% | 0.75 ± 0.50% | +0.05 ± 0.10 pp (1/1/1) | - |"
+    )
     assert render.RENDERERS["probe-agreement"](["g.json"]).splitlines()[2] == (
-        "| VGG-11 | 8 | 0.960 [0.950] | 0.900 | 3.0% | 0.995 [0.990] | 0.910 / 0.010 |")
+        "| VGG-11 | 8 | 0.960 [0.950] | 0.900 | 3.0% | 0.995 [0.990] | 0.910 / 0.010 |"
+    )
 
 
 def test_demo_table_renders_the_demos_printout(tmp_path, monkeypatch):
     """The ``demo`` renderer prints the demo's own table (format_table) from its results.json, as a text block;
     these rows are the ones the demo printed before its README block was rendered."""
+
     def variant(label, errs, ms, ratio, train_err, paired=None):
-        v = {"label": label, "test_err": dict(zip(("mean", "std", "min", "max", "n"), errs)),
-             "time_per_step_ms": ms, "time_ratio_vs_plain": ratio, "final_train_err": train_err}
+        v = {
+            "label": label,
+            "test_err": dict(zip(("mean", "std", "min", "max", "n"), errs)),
+            "time_per_step_ms": ms,
+            "time_ratio_vs_plain": ratio,
+            "final_train_err": train_err,
+        }
         if paired:
             v["paired_diff_vs_plain"] = dict(zip(("mean", "se", "better", "same", "worse"), paired))
         return v
 
-    results = {"summary": {"plain": variant("plain", (0.97, 0.32, 0.5, 1.33, 5), 7.75, 1.0, 0.0),
-                           "anl": variant("ANL eps=0.1", (0.70, 0.07, 0.67, 0.83, 5), 15.58, 2.01, 0.0,
-                                          (-0.27, 0.15, 3, 1, 1)),
-                           "opposite": variant("opposite eps=-0.1", (1.67, 0.31, 1.17, 2.0, 5), 15.84, 2.04, 0.04,
-                                               (0.70, 0.21, 0, 0, 5))},
-               "protocol": {"model": "vgg_tiny", "eps": [0.1], "train_default_eps": 0.02, "seeds": 5, "epochs": 20,
-                            "finetune_epochs": 10, "batch_size": 64, "lr": 0.1, "momentum": 0.9,
-                            "weight_decay": 5e-4, "lr_factor": 0.5, "patience": 5, "hold_epochs": 5, "min_lr": 1e-3},
-               "machine": {"date": "2026-11-24 10:00 UTC", "device": "cpu", "torch": "2.14.1", "triton": "3.8.0",
-                           "threads": 1, "cpu_count": 2, "cpu": "Some CPU"},
-               "dataset_sizes": {"train": 897, "val": 300, "test": 600}, "wall_time_s": 91.26}
+    results = {
+        "summary": {
+            "plain": variant("plain", (0.97, 0.32, 0.5, 1.33, 5), 7.75, 1.0, 0.0),
+            "anl": variant("ANL eps=0.1", (0.70, 0.07, 0.67, 0.83, 5), 15.58, 2.01, 0.0, (-0.27, 0.15, 3, 1, 1)),
+            "opposite": variant(
+                "opposite eps=-0.1", (1.67, 0.31, 1.17, 2.0, 5), 15.84, 2.04, 0.04, (0.70, 0.21, 0, 0, 5)
+            ),
+        },
+        "protocol": {
+            "model": "vgg_tiny",
+            "eps": [0.1],
+            "train_default_eps": 0.02,
+            "seeds": 5,
+            "epochs": 20,
+            "finetune_epochs": 10,
+            "batch_size": 64,
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "lr_factor": 0.5,
+            "patience": 5,
+            "hold_epochs": 5,
+            "min_lr": 1e-3,
+        },
+        "machine": {
+            "date": "2026-11-24 10:00 UTC",
+            "device": "cpu",
+            "torch": "2.14.1",
+            "triton": "3.8.0",
+            "threads": 1,
+            "cpu_count": 2,
+            "cpu": "Some CPU",
+        },
+        "dataset_sizes": {"train": 897, "val": 300, "test": 600},
+        "wall_time_s": 91.26,
+    }
     (tmp_path / "d.json").write_text(json.dumps(results))
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
     text = render.RENDERERS["demo"](["d.json"])
     lines = text.splitlines()
     assert lines[0] == "```text" and lines[-1] == "```" and text.endswith("```\n")
     assert "\n".join(lines[1:-1]) == demo.format_table(results)
-    assert lines.index("variant                    test error %     [min, max]       vs plain, paired train err %  "
-                       "ms/step vs plain") + 3 == lines.index(
-        "opposite eps=-0.1         1.67 ± 0.31     [1.17, 2.00]   +0.70 ± 0.21 (0/0/5)        0.04    15.84    2.04x")
-    for row in ("plain                     0.97 ± 0.32     [0.50, 1.33]                      -        0.00     7.75"
-                "    1.00x",
-                "ANL eps=0.1               0.70 ± 0.07     [0.67, 0.83]   -0.27 ± 0.15 (3/1/1)        0.00    15.58"
-                "    2.01x"):
+    assert lines.index(
+        "variant                    test error %     [min, max]       vs plain, paired train err %  ms/step vs plain"
+    ) + 3 == lines.index(
+        "opposite eps=-0.1         1.67 ± 0.31     [1.17, 2.00]   +0.70 ± 0.21 (0/0/5)        0.04    15.84    2.04x"
+    )
+    for row in (
+        "plain                     0.97 ± 0.32     [0.50, 1.33]                      -        0.00     7.75    1.00x",
+        "ANL eps=0.1               0.70 ± 0.07     [0.67, 0.83]   -0.27 ± 0.15 (3/1/1)        0.00    15.58    2.01x",
+    ):
         assert row in lines
     assert "2026-11-24 10:00 UTC, device cpu, torch 2.14.1, triton 3.8.0, 1 thread(s), 2 CPU(s), Some CPU" in lines
     assert "total wall time 91.3 s." in text

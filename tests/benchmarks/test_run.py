@@ -29,7 +29,13 @@ def test_campaign_smoke_runs_the_cpu_parts_and_records_why_the_others_did_not(tm
     parts = summary["parts"]
     assert list(parts) == list(run.PARTS)
     assert {n: p["status"] for n, p in parts.items()} == {
-        "tests": "skipped", "steps": "ok", "graphs": "skipped", "kernels": "skipped", "aot": "skipped", "memory": "ok"}
+        "tests": "skipped",
+        "steps": "ok",
+        "graphs": "skipped",
+        "kernels": "skipped",
+        "aot": "skipped",
+        "memory": "ok",
+    }
     assert parts["kernels"]["reason"] == "the kernel bandwidth benchmark needs a CUDA device"
     assert parts["tests"]["reason"] == "--skip"
     (steps,) = parts["steps"]["result"]["steps"]
@@ -68,6 +74,7 @@ def _part_that_fails_to_import(tmp_path, monkeypatch):
 
 def _part_that_exits(tmp_path, monkeypatch):
     """A part that calls a command-line ``main`` whose argparse rejects an argument (``SystemExit``)."""
+
     def part(ctx):
         run.argparse.ArgumentParser(prog="aot_report").parse_args(["--no-such-flag"])
 
@@ -120,8 +127,7 @@ def test_whole_smoke_campaign_with_a_failing_capture(tmp_path):
     processes with an injected failure of TwoRound's capture: recorded, retried without the RNG replay in a
     fresh child, and the bf16 probe still measured (about a minute on this machine)."""
     out = tmp_path / "campaign"
-    code = run.main(SMOKE + ["--pytest-args", "tests/test_layer.py", "--_fail-method", "tworound",
-                             "--out", str(out)])
+    code = run.main(SMOKE + ["--pytest-args", "tests/test_layer.py", "--_fail-method", "tworound", "--out", str(out)])
     assert code == 0
     assert sorted(os.listdir(out)) == ["aot.json", "aot.md", "pytest.txt", "summary.json", "summary.md"]
     summary, md = read(out)
@@ -143,9 +149,16 @@ def test_a_graph_child_that_dies_is_recorded_and_the_rest_still_runs():
     """A child process killed in the middle of a capture (a segfault, the OOM killer): its job is recorded
     with the exit code, a TwoRound method is retried without the RNG replay, and the others run in a new
     child."""
-    ctx = {"cfg": run.SMOKE, "device": "cpu", "cuda": False, "smoke": True, "budget_left": lambda: 300.0,
-           "fail_method": "crash:tworound"}
+    ctx = {
+        "cfg": run.SMOKE,
+        "device": "cpu",
+        "cuda": False,
+        "smoke": True,
+        "budget_left": lambda: 300.0,
+        "fail_method": "crash:tworound",
+    }
     (row,) = run.part_graphs(ctx)["graphs"]
     assert row["methods"]["tworound"]["error"].startswith("child exited 9")
-    assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {m for m, r in row["methods"].items()
-                                                                 if "eager_ms" in r}
+    assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {
+        m for m, r in row["methods"].items() if "eager_ms" in r
+    }

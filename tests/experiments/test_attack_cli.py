@@ -26,8 +26,24 @@ def checkpoints(tmp_path_factory):
 def test_attack_matrix_written_and_diagonal_is_white_box(checkpoints, tmp_path, capsys):
     out = tmp_path / "attack"
     models = [f"{k}={v}" for k, v in checkpoints.items()]
-    assert main(["attack", "--models", *models, "--dataset", "digits", "--limit", "64", "--ifgsm-steps", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                "--models",
+                *models,
+                "--dataset",
+                "digits",
+                "--limit",
+                "64",
+                "--ifgsm-steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "transfer.json").read_text())
     assert result["models"] == ["plain", "anl"] and result["n"] == 64
     assert (out / "transfer.png").stat().st_size > 5000
@@ -51,8 +67,10 @@ def test_bad_model_spec_and_foreign_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert main(["attack", "--models", f"x={bad}", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"anl-fused attack: error: checkpoint file {str(bad)!r} is not an anl-fused training checkpoint "
-                   "(found a dict with format=None, expected format='anl-fused-train')"]
+    assert err == [
+        f"anl-fused attack: error: checkpoint file {str(bad)!r} is not an anl-fused training checkpoint "
+        "(found a dict with format=None, expected format='anl-fused-train')"
+    ]
     assert os.listdir(out) == []  # --out was created first; nothing half-written, the lock is gone
 
 
@@ -104,7 +122,10 @@ def test_full_disk_leaves_no_half_written_file(tmp_path, capsys, monkeypatch, ch
     assert main(["attack", "--models", *models, "--limit", "16", "--ifgsm-steps", "1", "--out", str(out)]) == 1
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
-    assert err[-1] == (f"anl-fused attack: error: writing the results to {str(out)!r} failed: [Errno 28] No space "
-                       "left on device") and "Traceback" not in captured.err
+    assert (
+        err[-1]
+        == (f"anl-fused attack: error: writing the results to {str(out)!r} failed: [Errno 28] No space left on device")
+        and "Traceback" not in captured.err
+    )
     assert "5/5" in captured.err  # the progress bar: clean accuracy + 2 attacks x 2 source models
     assert os.listdir(out) == []  # no result, no temporary file (the orphan was cleaned on start)

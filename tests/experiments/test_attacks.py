@@ -239,8 +239,10 @@ def _state(model):
 @pytest.mark.parametrize("attack", ["fgsm", "ifgsm"])
 def test_model_mode_and_grads_untouched(attack, random_data, digits):
     model, x, y = _case("random", digits, random_data)
-    run = (lambda **kw: fgsm(model, x, y, EPS, **kw)) if attack == "fgsm" else (
-        lambda **kw: ifgsm(model, x, y, 8 / 255, 2 / 255, 4, **kw)
+    run = (
+        (lambda **kw: fgsm(model, x, y, EPS, **kw))
+        if attack == "fgsm"
+        else (lambda **kw: ifgsm(model, x, y, 8 / 255, 2 / 255, 4, **kw))
     )
     model.eval()
     reference = run()

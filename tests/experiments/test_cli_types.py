@@ -13,15 +13,26 @@ from anl_fused.experiments import cli_types
 from anl_fused.experiments.train import TrainConfig
 
 
-@pytest.mark.parametrize("parse,text,ok", [
-    (cli_types.finite_float, "-2.5", -2.5), (cli_types.finite_float, "nan", None),
-    (cli_types.finite_float, "-inf", None),
-    (cli_types.positive_float, "1e-3", 1e-3), (cli_types.positive_float, "0", None),
-    (cli_types.nonneg_float, "0", 0.0), (cli_types.nonneg_float, "-1e-9", None),
-    (cli_types.fraction, "1", 1.0), (cli_types.fraction, "1.01", None),
-    (cli_types.positive_int, "3", 3), (cli_types.positive_int, "0", None), (cli_types.positive_int, "2.0", None),
-    (cli_types.nonneg_int, "0", 0), (cli_types.nonneg_int, "-1", None), (cli_types.nonneg_int, "x", None),
-])
+@pytest.mark.parametrize(
+    "parse,text,ok",
+    [
+        (cli_types.finite_float, "-2.5", -2.5),
+        (cli_types.finite_float, "nan", None),
+        (cli_types.finite_float, "-inf", None),
+        (cli_types.positive_float, "1e-3", 1e-3),
+        (cli_types.positive_float, "0", None),
+        (cli_types.nonneg_float, "0", 0.0),
+        (cli_types.nonneg_float, "-1e-9", None),
+        (cli_types.fraction, "1", 1.0),
+        (cli_types.fraction, "1.01", None),
+        (cli_types.positive_int, "3", 3),
+        (cli_types.positive_int, "0", None),
+        (cli_types.positive_int, "2.0", None),
+        (cli_types.nonneg_int, "0", 0),
+        (cli_types.nonneg_int, "-1", None),
+        (cli_types.nonneg_int, "x", None),
+    ],
+)
 def test_validators(parse, text, ok):
     if ok is None:
         with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
@@ -52,20 +63,44 @@ def test_parser_class_makes_every_float_option_finite():
 TRAIN = ["train", "--out", "unused", "--no-progress"]
 
 
-@pytest.mark.parametrize("argv", [
-    TRAIN + ["--lr", "nan"], TRAIN + ["--lr", "-0.1"], TRAIN + ["--lr", "0"], TRAIN + ["--momentum", "2"],
-    TRAIN + ["--momentum", "1"], TRAIN + ["--epochs", "-1"], TRAIN + ["--finetune-epochs", "-3"],
-    TRAIN + ["--eps", "inf"], TRAIN + ["--input-eps", "nan"], TRAIN + ["--weight-decay", "-1e-4"],
-    TRAIN + ["--batch-size", "0"], TRAIN + ["--lr-factor", "1"], TRAIN + ["--min-lr", "nan"],
-    TRAIN + ["--patience", "0"], TRAIN + ["--hold-epochs", "-1"], TRAIN + ["--seed", "-1"],
-    TRAIN + ["--val-size", "-1"], TRAIN + ["--checkpoint-every", "-1"], TRAIN + ["--stop-after-steps", "0"],
-    TRAIN + ["--threads", "0"], TRAIN + ["--eval-batch-size", "1.5"],
-    ["attack", "--models", "a=b.pt", "--fgsm-eps", "nan"], ["attack", "--models", "a=b.pt", "--ifgsm-steps", "0"],
-    ["attack", "--models", "a=b.pt", "--limit", "-5"], ["attack", "--models", "a=b.pt", "--ifgsm-alpha", "0"],
-    ["attack", "--models", "a=b.pt", "--ifgsm-eps", "2"], ["attack", "--models", "a=b.pt", "--batch-size", "0"],
-    ["bench", "--repeats", "0"], ["bench", "--eps", "inf"], ["bench", "--batch", "-1"], ["bench", "--inner", "0"],
-    ["demo", "--lr", "nan"], ["demo", "--lr", "inf"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        TRAIN + ["--lr", "nan"],
+        TRAIN + ["--lr", "-0.1"],
+        TRAIN + ["--lr", "0"],
+        TRAIN + ["--momentum", "2"],
+        TRAIN + ["--momentum", "1"],
+        TRAIN + ["--epochs", "-1"],
+        TRAIN + ["--finetune-epochs", "-3"],
+        TRAIN + ["--eps", "inf"],
+        TRAIN + ["--input-eps", "nan"],
+        TRAIN + ["--weight-decay", "-1e-4"],
+        TRAIN + ["--batch-size", "0"],
+        TRAIN + ["--lr-factor", "1"],
+        TRAIN + ["--min-lr", "nan"],
+        TRAIN + ["--patience", "0"],
+        TRAIN + ["--hold-epochs", "-1"],
+        TRAIN + ["--seed", "-1"],
+        TRAIN + ["--val-size", "-1"],
+        TRAIN + ["--checkpoint-every", "-1"],
+        TRAIN + ["--stop-after-steps", "0"],
+        TRAIN + ["--threads", "0"],
+        TRAIN + ["--eval-batch-size", "1.5"],
+        ["attack", "--models", "a=b.pt", "--fgsm-eps", "nan"],
+        ["attack", "--models", "a=b.pt", "--ifgsm-steps", "0"],
+        ["attack", "--models", "a=b.pt", "--limit", "-5"],
+        ["attack", "--models", "a=b.pt", "--ifgsm-alpha", "0"],
+        ["attack", "--models", "a=b.pt", "--ifgsm-eps", "2"],
+        ["attack", "--models", "a=b.pt", "--batch-size", "0"],
+        ["bench", "--repeats", "0"],
+        ["bench", "--eps", "inf"],
+        ["bench", "--batch", "-1"],
+        ["bench", "--inner", "0"],
+        ["demo", "--lr", "nan"],
+        ["demo", "--lr", "inf"],
+    ],
+)
 def test_cli_rejects_bad_numbers_with_a_usage_error(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -77,12 +112,23 @@ def test_cli_rejects_bad_numbers_with_a_usage_error(argv, capsys, tmp_path, monk
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("lr", math.nan, "lr must be a finite number"), ("lr", -0.1, "lr must be > 0"), ("momentum", 1.0, "momentum"),
-    ("weight_decay", -1.0, "weight_decay"), ("epochs", -1, "epochs must be >= 0"), ("epochs", 2.5, "integer"),
-    ("batch_size", 0, "batch_size"), ("lr_factor", 0.0, "lr_factor"), ("patience", 0, "patience"),
-    ("min_lr", 0.5, r"min_lr .* must be <= lr"), ("eps", math.inf, "eps must be a finite"), ("seed", -2, "seed"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("lr", math.nan, "lr must be a finite number"),
+        ("lr", -0.1, "lr must be > 0"),
+        ("momentum", 1.0, "momentum"),
+        ("weight_decay", -1.0, "weight_decay"),
+        ("epochs", -1, "epochs must be >= 0"),
+        ("epochs", 2.5, "integer"),
+        ("batch_size", 0, "batch_size"),
+        ("lr_factor", 0.0, "lr_factor"),
+        ("patience", 0, "patience"),
+        ("min_lr", 0.5, r"min_lr .* must be <= lr"),
+        ("eps", math.inf, "eps must be a finite"),
+        ("seed", -2, "seed"),
+    ],
+)
 def test_config_rejects_bad_numbers_naming_them(field, value, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(model="lenet5", **{field: value}).resolved()
@@ -92,8 +138,23 @@ def test_val_size_zero_is_refused_because_the_schedule_needs_validation_losses(c
     with pytest.raises(ValueError, match=r"val_size=0 .* learning-rate schedule"):
         TrainConfig(model="lenet5", dataset="cifar10", val_size=0).resolved()
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--val-size", "0", "--out", str(out),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path),
+                "--val-size",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("anl-fused train: error: val_size=0") and "validation loss" in err[0]
     assert not out.exists()
@@ -104,8 +165,11 @@ def test_eps_takes_auto_and_finite_numbers_only(capsys):
 
     eps = arg_type("eps")
     assert eps("auto") == "auto" and eps(" AUTO ") == "auto" and eps("-0.02") == -0.02
-    for text, why in (("inf", "must be a finite number"), ("nan", "must be a finite number"),
-                      ("big", "must be a number or 'auto'")):
+    for text, why in (
+        ("inf", "must be a finite number"),
+        ("nan", "must be a finite number"),
+        ("big", "must be a number or 'auto'"),
+    ):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             eps(text)
     assert TrainConfig(model="resnet18", eps="auto").resolved().eps == 0.049  # the rule, not a range error

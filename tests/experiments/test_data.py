@@ -30,11 +30,14 @@ def test_digits_split_is_fixed_and_complete():
     assert a.num_classes == 10 and a.in_channels == 1
 
 
-@pytest.mark.parametrize("name,files", [
-    ("cifar10", ["cifar-10-batches-py", "data_batch_1", "test_batch"]),
-    ("cifar100", ["cifar-100-python", "train", "meta"]),
-    ("fashion-mnist", ["FashionMNIST", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-])
+@pytest.mark.parametrize(
+    "name,files",
+    [
+        ("cifar10", ["cifar-10-batches-py", "data_batch_1", "test_batch"]),
+        ("cifar100", ["cifar-100-python", "train", "meta"]),
+        ("fashion-mnist", ["FashionMNIST", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    ],
+)
 def test_missing_dataset_error_names_directory_and_files(tmp_path, monkeypatch, name, files):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-package"))
     with pytest.raises(data.DatasetNotFoundError) as e:
@@ -107,8 +110,7 @@ def test_cifar10_from_batches(tmp_path, monkeypatch):
 
 def _split(n=23, c=3, size=32):
     g = torch.Generator().manual_seed(0)
-    return data.Split(torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8),
-                      torch.arange(n) % 10)
+    return data.Split(torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8), torch.arange(n) % 10)
 
 
 def test_batches_order_is_a_function_of_seed_and_epoch():
@@ -130,7 +132,7 @@ def test_batches_order_is_a_function_of_seed_and_epoch():
 def test_batches_without_augmentation_normalize():
     s = _split()
     b = data.Batches(s, 23, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), shuffle=False)
-    (x, y), = list(b.epoch(0))
+    ((x, y),) = list(b.epoch(0))
     ref = (s.x.float() / 255 - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / 0.5
     torch.testing.assert_close(x, ref)
     assert torch.equal(y, s.y)
@@ -153,8 +155,8 @@ def test_crop_flip_matches_torchvision():
 def test_augmented_batches_are_crops_of_the_padded_images():
     s = _split(n=8)
     b = data.Batches(s, 8, mean=(0.0,), std=(1.0,), augment="crop-flip", seed=0, shuffle=False)
-    (x, _), = list(b.epoch(0))
-    (x2, _), = list(b.epoch(1))
+    ((x, _),) = list(b.epoch(0))
+    ((x2, _),) = list(b.epoch(1))
     assert not torch.equal(x, x2)  # new crops each epoch
     assert x.shape == (8, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
 
@@ -175,10 +177,12 @@ def _fake_fashion(folder, gz: bool, seed: int = 0, n_train: int = 30, n_test: in
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(seed)
-    arrays = {"train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28)),
-              "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
-              "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)),
-              "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test),
+    }
     for name, arr in arrays.items():
         path = folder / name
         _write_idx(path, arr)
@@ -197,8 +201,12 @@ def test_fashion_mnist_layouts(tmp_path, monkeypatch, layout):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(system))
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    folder = {"flat-gz": data_dir, "flat-raw": data_dir, "torchvision-gz": data_dir / "FashionMNIST" / "raw",
-              "debian": system}[layout]
+    folder = {
+        "flat-gz": data_dir,
+        "flat-raw": data_dir,
+        "torchvision-gz": data_dir / "FashionMNIST" / "raw",
+        "debian": system,
+    }[layout]
     arrays = _fake_fashion(folder, gz=layout != "flat-raw")
     b = data.load("fashion-mnist", str(data_dir), val_size=10)
     assert b.source == str(folder)
@@ -226,13 +234,35 @@ def test_fashion_mnist_missing_is_one_line_listing_three_ways(tmp_path, monkeypa
         data.load("fashion-mnist", str(tmp_path / "empty"))
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("dataset-fashion-mnist", "--data-dir", "train-images-idx3-ubyte.gz", "FashionMNIST/raw",
-                 str(tmp_path / "no-debian-package"), str(tmp_path / "empty")):
+    for part in (
+        "dataset-fashion-mnist",
+        "--data-dir",
+        "train-images-idx3-ubyte.gz",
+        "FashionMNIST/raw",
+        str(tmp_path / "no-debian-package"),
+        str(tmp_path / "empty"),
+    ):
         assert part in msg
     from anl_fused.cli import main
 
-    rc = main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "empty"), "--model", "lenet5",
-               "--eps", "0.03", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path / "empty"),
+            "--model",
+            "lenet5",
+            "--eps",
+            "0.03",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("anl-fused train: error: Fashion-MNIST not found") and "dataset-fashion-mnist" in err

@@ -32,8 +32,9 @@ def test_demo_quick(tmp_path, capsys):
     assert set(res["summary"]) == {"plain", "anl", "opposite"}
     for v in res["summary"].values():
         assert v["test_err"]["n"] == 2 and 0 <= v["test_err"]["mean"] <= 100 and v["time_per_step_ms"] > 0
-        assert v["time_ratio_vs_plain"] == pytest.approx(v["time_per_step_ms"] / res["summary"]["plain"]
-                                                         ["time_per_step_ms"])
+        assert v["time_ratio_vs_plain"] == pytest.approx(
+            v["time_per_step_ms"] / res["summary"]["plain"]["time_per_step_ms"]
+        )
     for key in ("anl", "opposite"):
         d = res["summary"][key]["paired_diff_vs_plain"]
         assert d["better"] + d["same"] + d["worse"] == 2
@@ -46,15 +47,23 @@ def test_demo_quick(tmp_path, capsys):
     assert m["torch"] == torch.__version__ and m["cpu"] and m["date"] and "triton" in m
     # the header names the sec. 4.2.1 schedule with the run's numbers, why eps 0.1, and train's default eps
     lines = text.splitlines()
-    assert ("schedule (sec. 4.2.1): lr x0.5 when the last 5 epochs found no new best val loss, each rate kept >= 5 "
-            "epochs, floor 0.001") in lines
+    assert (
+        "schedule (sec. 4.2.1): lr x0.5 when the last 5 epochs found no new best val loss, each rate kept >= 5 "
+        "epochs, floor 0.001"
+    ) in lines
     assert any("10-seed eps sweep" in line and "chosen on test error" in line for line in lines)
     assert f"`anl-fused train` defaults to eps {MODELS['vgg_tiny'].eps:g} for vgg_tiny (`anl-fused models`)." in lines
     res["protocol"]["eps"] = [0.05]
     assert "eps 0.05 (--eps); `anl-fused train` defaults to eps 0.02 for vgg_tiny" in demo.format_table(res)
     defaults = train.TrainConfig()
     assert (p["patience"], p["hold_epochs"], p["min_lr"], p["lr_factor"], p["epochs"], p["finetune_epochs"]) == (
-        defaults.patience, defaults.hold_epochs, defaults.min_lr, defaults.lr_factor, 1, 1)
+        defaults.patience,
+        defaults.hold_epochs,
+        defaults.min_lr,
+        defaults.lr_factor,
+        1,
+        1,
+    )
 
 
 def test_help_says_what_runs(capsys):
@@ -73,11 +82,29 @@ def test_demo_rejects_unknown_variant(tmp_path, capsys):
     assert "mixup" in capsys.readouterr().err
 
 
-BAD = [("--seeds", "0"), ("--seeds", "-1"), ("--seeds", "1.5"), ("--epochs", "0"), ("--epochs", "-2"),
-       ("--finetune-epochs", "-1"), ("--batch-size", "0"), ("--batch-size", "898"), ("--threads", "0"),
-       ("--threads", "-2"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "0.0001"), ("--lr", "nan"),
-       ("--eps", "0.1,abc"), ("--eps", "-0.1"), ("--eps", "nan"), ("--eps", "0"), ("--eps", "0.1,,0.2"),
-       ("--eps", "inf"), ("--eps", "")]
+BAD = [
+    ("--seeds", "0"),
+    ("--seeds", "-1"),
+    ("--seeds", "1.5"),
+    ("--epochs", "0"),
+    ("--epochs", "-2"),
+    ("--finetune-epochs", "-1"),
+    ("--batch-size", "0"),
+    ("--batch-size", "898"),
+    ("--threads", "0"),
+    ("--threads", "-2"),
+    ("--lr", "0"),
+    ("--lr", "-0.1"),
+    ("--lr", "0.0001"),
+    ("--lr", "nan"),
+    ("--eps", "0.1,abc"),
+    ("--eps", "-0.1"),
+    ("--eps", "nan"),
+    ("--eps", "0"),
+    ("--eps", "0.1,,0.2"),
+    ("--eps", "inf"),
+    ("--eps", ""),
+]
 
 
 @pytest.mark.parametrize("flag,value", BAD)
@@ -86,8 +113,11 @@ def test_demo_rejects_bad_numbers_before_training(flag, value, tmp_path, capsys,
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained despite a bad argument"))
     out = tmp_path / "out"
     try:
-        code = main(["demo", flag, value, "--seeds", "2", "--out", str(out)] if flag != "--seeds"
-                    else ["demo", flag, value, "--out", str(out)])
+        code = main(
+            ["demo", flag, value, "--seeds", "2", "--out", str(out)]
+            if flag != "--seeds"
+            else ["demo", flag, value, "--out", str(out)]
+        )
     except SystemExit as e:
         code = e.code
     assert code == 2

@@ -11,8 +11,10 @@ from anl_fused.experiments.train import TrainConfig, fit
 
 FILES = data.find_fashion_mnist("./data")
 pytestmark = pytest.mark.skipif(
-    FILES is None, reason=f"Fashion-MNIST is not installed (no IDX files in ./data or {data.FASHION_MNIST_SYSTEM_DIR}; "
-                          "apt-get install dataset-fashion-mnist, as .ci/run does)")
+    FILES is None,
+    reason=f"Fashion-MNIST is not installed (no IDX files in ./data or {data.FASHION_MNIST_SYSTEM_DIR}; "
+    "apt-get install dataset-fashion-mnist, as .ci/run does)",
+)
 
 
 def test_lenet5_learns_real_fashion_mnist():
@@ -20,10 +22,21 @@ def test_lenet5_learns_real_fashion_mnist():
     assert (len(full.train), len(full.val), len(full.test)) == (55_000, 5_000, 10_000)
     assert full.train.x.shape[1:] == (1, 28, 28) and set(full.test.y.tolist()) == set(range(10))
     steps, batch = 300, 64
-    bundle = data.DataBundle(full.info, data.Split(full.train.x[:steps * batch], full.train.y[:steps * batch]),
-                             data.Split(full.val.x[:1000], full.val.y[:1000]), full.test, full.source)
-    res = fit(TrainConfig(model="lenet5", dataset="fashion-mnist", variant="plain", epochs=1, batch_size=batch,
-                          lr=0.05, device="cpu"), bundle=bundle, progress=False, log=lambda s: None)
+    bundle = data.DataBundle(
+        full.info,
+        data.Split(full.train.x[: steps * batch], full.train.y[: steps * batch]),
+        data.Split(full.val.x[:1000], full.val.y[:1000]),
+        full.test,
+        full.source,
+    )
+    res = fit(
+        TrainConfig(
+            model="lenet5", dataset="fashion-mnist", variant="plain", epochs=1, batch_size=batch, lr=0.05, device="cpu"
+        ),
+        bundle=bundle,
+        progress=False,
+        log=lambda s: None,
+    )
     (record,) = res["history"]
     assert record["steps"] == steps
     assert record["test_err"] < 0.30, record  # chance is 0.90; LeNet-5 reaches ~0.20 after 300 steps

@@ -21,11 +21,21 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def runs(tmp_path_factory):
     """Tiny LeNet-5 runs on digits: plain, Gaussian, ANL at two eps (two seeds at one), opposite."""
     root = tmp_path_factory.mktemp("runs")
-    specs = [("plain", 0.0, 0), ("gaussian", 0.03, 0), ("anl", 0.03, 0), ("anl", 0.03, 1), ("anl", 0.1, 0),
-             ("opposite", 0.03, 0)]
+    specs = [
+        ("plain", 0.0, 0),
+        ("gaussian", 0.03, 0),
+        ("anl", 0.03, 0),
+        ("anl", 0.03, 1),
+        ("anl", 0.1, 0),
+        ("opposite", 0.03, 0),
+    ]
     for variant, eps, seed in specs:
-        fit(TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=64, lr=0.05, seed=seed),
-            str(root / f"{variant}-{eps}-{seed}"), progress=False, log=lambda s: None)
+        fit(
+            TrainConfig(model="lenet5", variant=variant, eps=eps, epochs=2, batch_size=64, lr=0.05, seed=seed),
+            str(root / f"{variant}-{eps}-{seed}"),
+            progress=False,
+            log=lambda s: None,
+        )
     return root
 
 
@@ -70,13 +80,20 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     last["test_err"] = 0.9
     (extra / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
     warnings = []
-    table = figures.eps_sweep(figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
-                              str(tmp_path / "s.png"), warn=warnings.append)
+    table = figures.eps_sweep(
+        figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
+        str(tmp_path / "s.png"),
+        warn=warnings.append,
+    )
     assert warnings == [f"skipping unfinished run {extra / 'interrupted'} (2 of 5 epochs)"]
     assert set(table) == {"lenet5 on digits, 2 epochs, batch 64", "vgg_tiny on digits, 2 epochs, batch 64"}
     lenet = table["lenet5 on digits, 2 epochs, batch 64"]
-    assert set(lenet) == {"norm=sample, 2 + 0 epochs", "norm=layer, 2 + 0 epochs", "norm=sample, 1 + 1 epochs",
-                          "baseline, one schedule"}
+    assert set(lenet) == {
+        "norm=sample, 2 + 0 epochs",
+        "norm=layer, 2 + 0 epochs",
+        "norm=sample, 1 + 1 epochs",
+        "baseline, one schedule",
+    }
     # the eps = 0 point of a two-phase series is the plain run trained in the same two phases
     two_phase_err = json.loads((extra / "two-phase-plain" / "metrics.jsonl").read_text().splitlines()[-1])["test_err"]
     assert lenet["norm=sample, 1 + 1 epochs"][0.0] == [(0, two_phase_err * 100)]
@@ -96,8 +113,20 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
 
 def test_layer_std(runs, tmp_path):
     out = tmp_path / "std.png"
-    assert main(["figures", "layer-std", "--runs", str(runs / "anl-0.03-0"), str(runs / "gaussian-0.03-0"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "layer-std",
+                "--runs",
+                str(runs / "anl-0.03-0"),
+                str(runs / "gaussian-0.03-0"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     _png(out)
 
 
@@ -109,8 +138,21 @@ def test_layer_std_without_anl_is_an_error(runs, tmp_path, capsys):
 def test_feature_maps(runs, tmp_path):
     out = tmp_path / "fm.png"
     order = ["plain-0.0-0", "gaussian-0.03-0", "anl-0.03-0", "opposite-0.03-0"]
-    assert main(["figures", "feature-maps", "--runs", *[str(runs / r) for r in order], "--out", str(out),
-                 "--image-index", "3"]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "feature-maps",
+                "--runs",
+                *[str(runs / r) for r in order],
+                "--out",
+                str(out),
+                "--image-index",
+                "3",
+            ]
+        )
+        == 0
+    )
     _png(out)
     rows = figures.feature_maps([str(runs / r) for r in order], str(out), image_index=3)
     for _, _, maps in rows:  # sigmoid(conv): negative pre-activations show as values below 0.5
@@ -135,8 +177,23 @@ def test_first_conv_output_is_the_conv_not_what_an_inplace_relu_made_of_it():
 def test_whitebox(runs, tmp_path, capsys):
     out, js = tmp_path / "wb.png", tmp_path / "wb.json"
     order = ["plain-0.0-0", "anl-0.03-0", "anl-0.03-1", "opposite-0.03-0"]
-    assert main(["figures", "whitebox", "--runs", *[str(runs / r) for r in order], "--out", str(out),
-                 "--limit", "40", "--json", str(js)]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "whitebox",
+                "--runs",
+                *[str(runs / r) for r in order],
+                "--out",
+                str(out),
+                "--limit",
+                "40",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     _png(out)
     result = json.loads(js.read_text())
     assert list(result) == ["lenet5: baseline", "lenet5: ANL 0.03 sample", "lenet5: ANL -0.03 sample"]
@@ -154,8 +211,9 @@ def test_whitebox(runs, tmp_path, capsys):
     last["test_err"] = 0.9
     (tmp_path / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
     warnings = []
-    result = figures.whitebox([str(runs / "plain-0.0-0"), str(tmp_path / "diverged")], str(out), limit=8,
-                              warn=warnings.append)
+    result = figures.whitebox(
+        [str(runs / "plain-0.0-0"), str(tmp_path / "diverged")], str(out), limit=8, warn=warnings.append
+    )
     assert list(result) == ["lenet5: baseline"] and "skipping diverged run" in warnings[0]
 
 
@@ -183,8 +241,7 @@ def test_a_run_without_a_finished_epoch_is_skipped_with_a_warning(runs, tmp_path
     (started / "metrics.jsonl").write_text("")
     extra = ["--limit", "8"] if figure == "whitebox" else []
     out = tmp_path / "f.png"
-    assert main(["figures", figure, "--runs", str(runs / "anl-0.03-0"), str(started), "--out", str(out),
-                 *extra]) == 0
+    assert main(["figures", figure, "--runs", str(runs / "anl-0.03-0"), str(started), "--out", str(out), *extra]) == 0
     _png(out)
     err = capsys.readouterr().err
     assert f"warning: skipping unfinished run {started}" in err and "error" not in err

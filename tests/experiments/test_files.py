@@ -65,11 +65,14 @@ def test_clean_temp_files_takes_only_atomic_writes_leftovers(tmp_path):
 
 
 def test_a_killed_writer_leaves_a_temp_file_that_clean_temp_files_removes(tmp_path):
-    code = ("import sys, time; from anl_fused.experiments.files import atomic_write\n"
-            "def slow(f):\n    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(120)\n"
-            "atomic_write(sys.argv[1], slow)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "checkpoint.pt")], stdout=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys, time; from anl_fused.experiments.files import atomic_write\n"
+        "def slow(f):\n    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(120)\n"
+        "atomic_write(sys.argv[1], slow)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "checkpoint.pt")], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -92,7 +95,6 @@ def test_files_follow_the_umask(tmp_path, mask):
     for name in ("a.json", "c.pt"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~mask, name
     assert lock_mode == 0o666 & ~mask
-
 
 
 def _partial_then_fail(fig, target, **kwargs):
@@ -132,16 +134,28 @@ def test_save_figure_never_leaves_a_half_written_image(tmp_path, monkeypatch):
 
 def test_result_files_are_written_atomically():
     """Every result file of the experiments and the benchmarks goes through atomic_write / save_figure:
-    no ``open(..., "w")`` and no ``savefig`` on a path outside files.py."""
+    no ``open(..., "w")`` and no ``savefig`` on a path outside files.py (and run.py's stand-in for a broken
+    install)."""
     import ast
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[2]
     offenders = []
+    # run.py's stand-in writer (temp file + rename) serves when the package itself fails to import
+    allowed = {("run.py", "_write_replacing")}
     for path in [*(root / "anl_fused" / "experiments").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
         if path.name == "files.py":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skip = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef) and (path.name, f.name) in allowed
+            for n in ast.walk(f)
+        }
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
             if not isinstance(node, ast.Call):
                 continue
             func = node.func

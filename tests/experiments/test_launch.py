@@ -13,7 +13,6 @@ from anl_fused.experiments import launch
 WORLD = 2
 
 
-
 @pytest.mark.parametrize("n,batch,world", [(11, 4, 2), (11, 4, 4), (12, 4, 2), (3, 4, 4), (1, 2, 2), (0, 4, 2)])
 def test_shard_batches_splits_each_global_batch(n, batch, world):
     order = torch.randperm(n)
@@ -21,13 +20,12 @@ def test_shard_batches_splits_each_global_batch(n, batch, world):
     per_step = batch // world
     steps = -(-n // batch)
     for s in range(steps):
-        chunk = order[s * batch:(s + 1) * batch]
+        chunk = order[s * batch : (s + 1) * batch]
         size = -(-len(chunk) // world)
-        got = torch.cat([sh[s * per_step:s * per_step + size] for sh in shards])
-        assert torch.equal(got[:len(chunk)], chunk)  # the ranks' parts put together: the global batch
-        assert set(got[len(chunk):].tolist()) <= set(chunk.tolist())  # padding repeats the batch's samples
+        got = torch.cat([sh[s * per_step : s * per_step + size] for sh in shards])
+        assert torch.equal(got[: len(chunk)], chunk)  # the ranks' parts put together: the global batch
+        assert set(got[len(chunk) :].tolist()) <= set(chunk.tolist())  # padding repeats the batch's samples
     assert len({len(sh) for sh in shards}) == 1
-
 
 
 def test_shard_batches_needs_a_multiple_and_shard_block_partitions():
@@ -38,25 +36,42 @@ def test_shard_batches_needs_a_multiple_and_shard_block_partitions():
     assert torch.equal(torch.cat(blocks), order) and sorted(len(b) for b in blocks) == [3, 3, 4]
 
 
-
-TRAIN = ["train", "--model", "lenet5", "--dataset", "digits", "--batch-size", "128", "--variant", "anl",
-         "--eps", "0.05", "--no-progress"]
-
+TRAIN = [
+    "train",
+    "--model",
+    "lenet5",
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "128",
+    "--variant",
+    "anl",
+    "--eps",
+    "0.05",
+    "--no-progress",
+]
 
 
 def torchrun(args, nproc=WORLD, ok=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "anl_fused.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "anl_fused.cli",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert (done.returncode == 0) == ok, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr[-4000:]}"
     return done
 
 
-
 def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
 
 
 def test_train_under_torchrun_one_epoch(tmp_path):
@@ -87,7 +102,6 @@ def test_train_under_torchrun_one_epoch(tmp_path):
     for k in ("train_loss", "val_loss"):  # other noise draws, same data and schedule: nearly the same run
         assert abs(m[k] - s[k]) < 1e-2, (k, m[k], s[k])
     assert set(m["anl_std"]) == set(s["anl_std"])
-
 
 
 @pytest.mark.slow
@@ -123,7 +137,6 @@ def test_train_under_torchrun_resumes_exactly(tmp_path):
     for p in (down, up):
         assert torch.load(p / "checkpoint.pt", weights_only=True)["global_step"] == 14
         assert [r["steps"] for r in metrics(p)] == [7, 7]
-
 
 
 @pytest.mark.slow

@@ -15,8 +15,19 @@ SMALL = [n for n, s in MODELS.items() if not s.large]
 LARGE = [n for n, s in MODELS.items() if s.large]
 ALL = [pytest.param(n, marks=pytest.mark.slow) if MODELS[n].large else n for n in MODELS]
 
-PAPER_MODELS = {"lenet5", "vgg11", "vgg16", "resnet18", "resnet34", "mobilenet", "mobilenet_v2",
-                "pyramidnet48", "pyramidnet270", "wrn40_4", "wrn28_10"}
+PAPER_MODELS = {
+    "lenet5",
+    "vgg11",
+    "vgg16",
+    "resnet18",
+    "resnet34",
+    "mobilenet",
+    "mobilenet_v2",
+    "pyramidnet48",
+    "pyramidnet270",
+    "wrn40_4",
+    "wrn28_10",
+}
 
 
 def test_registry_has_the_paper_models():
@@ -91,9 +102,20 @@ def test_lenet5_is_conv_anl_relu_pool():
 def _footnote_1_lenet(in_channels: int = 1) -> nn.Sequential:
     """The paper's LeNet-5 written out literally: CONV(6, 5x5, pad 2)-RELU-POOL-CONV(16, 5x5)-RELU-POOL-
     FC(120)-RELU-FC(84)-RELU-FC(10) for 28x28 inputs (ANL layers are the identity at inference)."""
-    return nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
 
 
 def test_lenet5_is_the_footnote_1_network_on_28x28():
@@ -159,7 +181,7 @@ def test_dropout_variant(name):
             for i, k in enumerate(kinds):
                 if k is nn.Dropout:
                     assert nn.Linear in kinds[:i] or i == 0
-                    assert nn.Linear in kinds[i + 1:]
+                    assert nn.Linear in kinds[i + 1 :]
 
 
 def test_dropout_masks_replayed_and_anl_disable_is_plain():

@@ -11,8 +11,25 @@ from anl_fused.cli import main
 from anl_fused.experiments import data, table1
 from anl_fused.experiments.train import TrainConfig, fit
 
-TINY = ["table1", "--model", "lenet5", "--dataset", "digits", "--seeds", "1", "--epochs", "1", "--finetune-epochs",
-        "1", "--batch-size", "256", "--nice", "0", "--jobs", "2"]
+TINY = [
+    "table1",
+    "--model",
+    "lenet5",
+    "--dataset",
+    "digits",
+    "--seeds",
+    "1",
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--batch-size",
+    "256",
+    "--nice",
+    "0",
+    "--jobs",
+    "2",
+]
 
 
 def test_plan_covers_every_method_per_seed_and_norm():
@@ -20,9 +37,15 @@ def test_plan_covers_every_method_per_seed_and_norm():
     assert len(specs) == 2 * (1 + 1 + 1 + 2 + 2)
     names = [s.name for s in specs]
     assert len(set(names)) == len(names)
-    assert names[:7] == ["baseline-seed0", "baseline-two-phase-seed0", "gaussian-eps0.03-seed0",
-                         "anl-eps0.03-sample-seed0", "anl-eps0.03-layer-seed0", "opposite-eps0.03-sample-seed0",
-                         "opposite-eps0.03-layer-seed0"]
+    assert names[:7] == [
+        "baseline-seed0",
+        "baseline-two-phase-seed0",
+        "gaussian-eps0.03-seed0",
+        "anl-eps0.03-sample-seed0",
+        "anl-eps0.03-layer-seed0",
+        "opposite-eps0.03-sample-seed0",
+        "opposite-eps0.03-layer-seed0",
+    ]
     specs = [s for s in specs if s.variant != "plain2"]
     proto = table1.Protocol("lenet5", "fashion-mnist", 30, 20)
     args = dict(data_dir=None, device="cpu", threads=1)
@@ -41,22 +64,33 @@ def test_same_seed_same_initial_weights_for_every_method():
     """The paper trains its Table 1 models 'under same initialization condition'."""
     init, bundle = {}, data.load("digits")
     for variant in ("plain", "gaussian", "anl", "opposite"):
-        res = fit(TrainConfig(model="lenet5", variant=variant, eps=0.03, epochs=0, seed=4), progress=False,
-                  log=lambda s: None, bundle=bundle)
+        res = fit(
+            TrainConfig(model="lenet5", variant=variant, eps=0.03, epochs=0, seed=4),
+            progress=False,
+            log=lambda s: None,
+            bundle=bundle,
+        )
         init[variant] = res["model"].state_dict()
     ref = init.pop("plain")
     for sd in init.values():
         assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
-    other = fit(TrainConfig(model="lenet5", variant="plain", epochs=0, seed=5), progress=False, log=lambda s: None,
-                bundle=bundle)
+    other = fit(
+        TrainConfig(model="lenet5", variant="plain", epochs=0, seed=5),
+        progress=False,
+        log=lambda s: None,
+        bundle=bundle,
+    )
     assert not torch.equal(other["model"].state_dict()["conv1.weight"], ref["conv1.weight"])
 
 
 def test_protocol_errors_are_one_line(tmp_path, capsys):
-    for extra, msg in ((["--preset", "paper", "--epochs", "3"], "not both"), ([], "--preset paper or --epochs"),
-                       (["--epochs", "3", "--seeds", "0"], "--seeds must be >= 1, got 0"),
-                       (["--epochs", "3", "--eps", "0"], "got 0.0"), (["--epochs", "3", "--model", "alexnet"],
-                                                                      "unknown model 'alexnet'")):
+    for extra, msg in (
+        (["--preset", "paper", "--epochs", "3"], "not both"),
+        ([], "--preset paper or --epochs"),
+        (["--epochs", "3", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--epochs", "3", "--eps", "0"], "got 0.0"),
+        (["--epochs", "3", "--model", "alexnet"], "unknown model 'alexnet'"),
+    ):
         argv = ["table1", "--dataset", "digits", "--runs-dir", str(tmp_path), *extra]
         if "--seeds" not in extra:
             argv += ["--seeds", "1"]
@@ -89,8 +123,13 @@ def test_campaign_runs_skips_and_resumes(tmp_path, capsys):
     proto = table1.Protocol("lenet5", "digits", 1, 1, batch_size=256)
     other = tmp_path / "runs2"
     cut = other / tag / spec.name
-    assert main(table1.train_args(spec, proto, str(cut), data_dir=None, device="cpu", threads=1)
-                + ["--stop-after-steps", "3"]) == 0
+    assert (
+        main(
+            table1.train_args(spec, proto, str(cut), data_dir=None, device="cpu", threads=1)
+            + ["--stop-after-steps", "3"]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(TINY + ["--variants", "anl", "--runs-dir", str(other), "--out", str(out), "--dry-run"]) == 0
     assert "partial " in capsys.readouterr().out
@@ -102,18 +141,44 @@ def test_campaign_runs_skips_and_resumes(tmp_path, capsys):
 
 def test_markdown_has_paper_numbers_and_paired_differences():
     rows = {
-        "baseline": {"variant": "plain", "eps": 0.0, "norm": "sample", "seeds": [0, 1],
-                     "test_err": {"mean": 9.5, "std": 0.1, "n": 2, "values": [9.4, 9.6]}},
-        "anl-eps0.03-layer": {"variant": "anl", "eps": 0.03, "norm": "layer", "seeds": [0, 1],
-                              "test_err": {"mean": 9.3, "std": 0.1, "n": 2, "values": [9.2, 9.4]},
-                              "vs_baseline": {"mean": -0.2, "std": 0.0, "n": 2, "values": [-0.2, -0.2],
-                                              "better": 2, "worse": 0}},
-        "opposite-eps0.03-sample": {"variant": "opposite", "eps": 0.03, "norm": "sample", "seeds": [0],
-                                    "test_err": {"mean": 12.5, "std": 0.0, "n": 1, "values": [12.5]}},
+        "baseline": {
+            "variant": "plain",
+            "eps": 0.0,
+            "norm": "sample",
+            "seeds": [0, 1],
+            "test_err": {"mean": 9.5, "std": 0.1, "n": 2, "values": [9.4, 9.6]},
+        },
+        "anl-eps0.03-layer": {
+            "variant": "anl",
+            "eps": 0.03,
+            "norm": "layer",
+            "seeds": [0, 1],
+            "test_err": {"mean": 9.3, "std": 0.1, "n": 2, "values": [9.2, 9.4]},
+            "vs_baseline": {"mean": -0.2, "std": 0.0, "n": 2, "values": [-0.2, -0.2], "better": 2, "worse": 0},
+        },
+        "opposite-eps0.03-sample": {
+            "variant": "opposite",
+            "eps": 0.03,
+            "norm": "sample",
+            "seeds": [0],
+            "test_err": {"mean": 12.5, "std": 0.0, "n": 1, "values": [12.5]},
+        },
     }
-    result = {"protocol": {"model": "lenet5", "dataset": "fashion-mnist", "epochs": 30, "finetune_epochs": 30,
-                           "batch_size": 128, "lr": 0.1}, "rows": rows, "seeds": [0, 1], "planned": 6,
-              "finished": 5, "dataset_sizes": "train 55,000 / val 5,000 / test 10,000"}
+    result = {
+        "protocol": {
+            "model": "lenet5",
+            "dataset": "fashion-mnist",
+            "epochs": 30,
+            "finetune_epochs": 30,
+            "batch_size": 128,
+            "lr": 0.1,
+        },
+        "rows": rows,
+        "seeds": [0, 1],
+        "planned": 6,
+        "finished": 5,
+        "dataset_sizes": "train 55,000 / val 5,000 / test 10,000",
+    }
     md = table1.render_markdown(result)
     assert "| baseline | 9.44 | 9.50 ± 0.10 | 2 | 9.40, 9.60 | - |" in md
     assert "| +ANL eps=0.03, norm=layer | 9.17 | 9.30 ± 0.10 | 2 | 9.20, 9.40 | -0.20 ± 0.00 (2/0) |" in md
@@ -126,16 +191,34 @@ def _fake_run(root, spec, proto, errs):
     """A run directory whose metrics.jsonl holds one line per epoch with these test errors (%)."""
     d = root / proto.tag / spec.name
     d.mkdir(parents=True)
-    lines = [{"epoch": i + 1, "test_err": e / 100, "train_acc": 0.99, "val_loss": 1.0, "lr": 0.1,
-              "time_per_step_s": 0.01, "epoch_train_time_s": 1.0} for i, e in enumerate(errs)]
+    lines = [
+        {
+            "epoch": i + 1,
+            "test_err": e / 100,
+            "train_acc": 0.99,
+            "val_loss": 1.0,
+            "lr": 0.1,
+            "time_per_step_s": 0.01,
+            "epoch_train_time_s": 1.0,
+        }
+        for i, e in enumerate(errs)
+    ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     proto = table1.Protocol("lenet5", "fashion-mnist", 2, 1)
     specs = table1.plan([0, 1, 2], [0.03], ["sample"], variants=("plain", "plain2", "anl"))
-    final = {("plain", 0): 10.0, ("plain", 1): 11.0, ("plain", 2): 12.0, ("anl", 0): 9.5, ("anl", 1): 11.5,
-             ("plain2", 0): 9.0, ("plain2", 1): 12.0, ("plain2", 2): 90.0}
+    final = {
+        ("plain", 0): 10.0,
+        ("plain", 1): 11.0,
+        ("plain", 2): 12.0,
+        ("anl", 0): 9.5,
+        ("anl", 1): 11.5,
+        ("plain2", 0): 9.0,
+        ("plain2", 1): 12.0,
+        ("plain2", 2): 90.0,
+    }
     for spec in specs:
         if (spec.variant, spec.seed) in final:
             _fake_run(tmp_path, spec, proto, [50.0, 30.0, final[spec.variant, spec.seed]])
@@ -156,13 +239,34 @@ def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     with open(base + ".md") as f:
         md = f.read()
     assert "8 of 9 runs finished" in md and "| baseline | 9.44 | 11.00 ± 1.00 | 3 |" in md
-    assert "| baseline, two phases (control) | - | 37.00 ± 45.92; without the 1 diverged: 10.50 ± 2.12 | 3 | " \
-           "9.00, 12.00, 90.00 (diverged) |" in md and "two-phase baseline" in md
+    assert (
+        "| baseline, two phases (control) | - | 37.00 ± 45.92; without the 1 diverged: 10.50 ± 2.12 | 3 | "
+        "9.00, 12.00, 90.00 (diverged) |"
+        in md
+        and "two-phase baseline" in md
+    )
     assert "Diverged (final test error >= 80%, a network stuck at chance): baseline, two phases (control) seed 2" in md
     with open(base + ".json") as f:
         assert json.load(f)["command"] == "cmd"
-    argv = ["table1", "--dataset", "fashion-mnist", "--seeds", "3", "--epochs", "2", "--finetune-epochs", "1",
-            "--variants", "plain", "plain2", "anl", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "o2")]
+    argv = [
+        "table1",
+        "--dataset",
+        "fashion-mnist",
+        "--seeds",
+        "3",
+        "--epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "--variants",
+        "plain",
+        "plain2",
+        "anl",
+        "--runs-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o2"),
+    ]
     assert main(argv + ["--dry-run"]) == 0
     states = capsys.readouterr().out.split()
     assert states.count("finished") == 8 and states.count("partial") == 1

@@ -45,8 +45,18 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, sto
     """Stop after k steps (mid-epoch and at an epoch end, possibly several times) and resume:
     same weights, optimizer, scheduler, noise generator and metrics as one uninterrupted run.
     Covers the phase switch (epoch 2 is fine-tuning with ANL off at the floor lr)."""
-    args = BASE + ["--variant", variant, "--eps", "0.05", "--epochs", "1", "--finetune-epochs", "1",
-                   "--checkpoint-every", "3"]
+    args = BASE + [
+        "--variant",
+        variant,
+        "--eps",
+        "0.05",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--checkpoint-every",
+        "3",
+    ]
     if variant == "input":
         args += ["--input-eps", "0.02"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -73,8 +83,11 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, sto
 
 
 def test_finetune_phase_disables_anl_at_floor_lr(tmp_path):
-    res = fit(TrainConfig(model="lenet5", variant="opposite", eps=0.03, epochs=1, finetune_epochs=1, batch_size=256),
-              progress=False, log=lambda s: None)
+    res = fit(
+        TrainConfig(model="lenet5", variant="opposite", eps=0.03, epochs=1, finetune_epochs=1, batch_size=256),
+        progress=False,
+        log=lambda s: None,
+    )
     h = res["history"]
     assert [r["phase"] for r in h] == ["anl", "finetune"]
     assert res["config"]["eps"] == -0.03
@@ -185,8 +198,11 @@ def test_no_host_sync_per_step(monkeypatch):
 
     def reads(batch_size):
         counts["n"] = 0
-        fit(TrainConfig(model="lenet5", variant="anl", eps=0.03, epochs=1, batch_size=batch_size),
-            progress=False, log=lambda s: None)
+        fit(
+            TrainConfig(model="lenet5", variant="anl", eps=0.03, epochs=1, batch_size=batch_size),
+            progress=False,
+            log=lambda s: None,
+        )
         return counts["n"]
 
     few, many = reads(448), reads(64)  # 2 steps vs 14 steps
@@ -247,15 +263,29 @@ def test_checkpoint_of_the_old_schedule_loads_weights_but_does_not_resume(tmp_pa
     assert cfg.model == "lenet5" and not model.training
 
 
-@pytest.mark.parametrize("variant,length", [("anl", (100, 100, "floor")), ("input", (100, 100, "floor")),
-                                            ("gaussian", (100, 100, "floor")), ("plain", (200, 0, "continue")),
-                                            ("dropout", (200, 0, "continue"))])
+@pytest.mark.parametrize(
+    "variant,length",
+    [
+        ("anl", (100, 100, "floor")),
+        ("input", (100, 100, "floor")),
+        ("gaussian", (100, 100, "floor")),
+        ("plain", (200, 0, "continue")),
+        ("dropout", (200, 0, "continue")),
+    ],
+)
 def test_paper_preset(variant, length):
     """--preset paper is sec. 4.2.1: ANL 100 epochs then 100 with ANL off at 1e-3; baselines 200 epochs."""
     cfg = TrainConfig.from_preset("paper", variant=variant, model="vgg16", input_eps=0.05)
     assert (cfg.epochs, cfg.finetune_epochs, cfg.finetune_lr) == length
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_factor, cfg.patience, cfg.hold_epochs, cfg.min_lr) == (
-        0.1, 0.9, 5e-4, 0.5, 5, 5, 1e-3)
+        0.1,
+        0.9,
+        5e-4,
+        0.5,
+        5,
+        5,
+        1e-3,
+    )
     assert TrainConfig.from_preset("paper", epochs=7).epochs == 7  # explicit settings win
     with pytest.raises(ValueError, match="preset must be one of"):
         TrainConfig.from_preset("cifar")
@@ -263,14 +293,54 @@ def test_paper_preset(variant, length):
 
 def test_preset_on_the_command_line_with_explicit_overrides(tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["train", "--preset", "paper", "--model", "lenet5", "--lr", "0.05", "--out", str(out),
-                 "--stop-after-steps", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "paper",
+                "--model",
+                "lenet5",
+                "--lr",
+                "0.05",
+                "--out",
+                str(out),
+                "--stop-after-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"], cfg["lr"], cfg["weight_decay"]) == (
-        100, 100, "floor", 0.05, 5e-4)
+        100,
+        100,
+        "floor",
+        0.05,
+        5e-4,
+    )
     assert cfg["augment"] == "none"  # digits: no crop / flip (CIFAR gets them)
-    assert main(["train", "--preset", "paper", "--variant", "plain", "--model", "lenet5", "--out", str(out),
-                 "--overwrite", "--stop-after-steps", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "paper",
+                "--variant",
+                "plain",
+                "--model",
+                "lenet5",
+                "--out",
+                str(out),
+                "--overwrite",
+                "--stop-after-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["epochs"], cfg["finetune_epochs"], cfg["finetune_lr"]) == (200, 0, "continue")
 
@@ -287,7 +357,8 @@ def _input_noise(cfg, x_pixels, mean, std):
     x = (x_pixels - mean_t) / std_t
     y = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(1))
     TwoRound(model, generator=torch.Generator().manual_seed(2)).step(
-        lambda: torch.nn.functional.cross_entropy(model(x), y))
+        lambda: torch.nn.functional.cross_entropy(model(x), y)
+    )
     return seen["eta"] * std_t  # round 2's noise, back in pixel units
 
 
@@ -304,8 +375,9 @@ def test_input_sign_eps_is_in_pixel_units():
     assert moved.numel() > 0.9 * eta.numel()
     torch.testing.assert_close(moved, torch.full_like(moved, 16 / 255), rtol=1e-5, atol=0)
     cifar = TrainConfig(model="vgg11", dataset="cifar10", variant="input", input_eps=8 / 255, input_sign=True)
-    assert anl_layers(make_model(cifar.resolved(), 3, 10))[0].eps == pytest.approx(8 / 255 / (sum(
-        DATASETS["cifar10"].std) / 3))
+    assert anl_layers(make_model(cifar.resolved(), 3, 10))[0].eps == pytest.approx(
+        8 / 255 / (sum(DATASETS["cifar10"].std) / 3)
+    )
 
 
 def test_input_eps_without_sign_and_old_runs_are_used_as_they_are(tmp_path):
@@ -314,13 +386,35 @@ def test_input_eps_without_sign_and_old_runs_are_used_as_they_are(tmp_path):
     cfg = TrainConfig(model="lenet5", variant="input", eps=0.05, input_eps=0.1).resolved()  # Eq. 5: a fraction of std
     assert cfg.input_eps_unit is None and anl_layers(make_model(cfg, 1, 10))[0].eps == 0.1
     # a run made before the unit existed: its input-sign eps was on the normalized input, and stays so
-    old = {k: v for k, v in TrainConfig(model="lenet5", variant="input", input_eps=0.2, input_sign=True)
-           .resolved().__dict__.items() if k != "input_eps_unit"}
+    old = {
+        k: v
+        for k, v in TrainConfig(model="lenet5", variant="input", input_eps=0.2, input_sign=True)
+        .resolved()
+        .__dict__.items()
+        if k != "input_eps_unit"
+    }
     cfg = config_from_dict(upgrade_stored(old)).resolved()
     assert cfg.input_eps_unit == "normalized" and anl_layers(make_model(cfg, 1, 10))[0].eps == 0.2
     out = tmp_path / "run"
-    assert main(BASE + ["--variant", "input", "--input-eps", "0.0627", "--input-sign", "--epochs", "1",
-                        "--stop-after-steps", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            BASE
+            + [
+                "--variant",
+                "input",
+                "--input-eps",
+                "0.0627",
+                "--input-sign",
+                "--epochs",
+                "1",
+                "--stop-after-steps",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = json.loads((out / "config.json").read_text())
     assert written["input_eps_unit"] == "pixel" and written["input_layer_eps"] == pytest.approx(0.0627 / 0.3759)
 
@@ -375,22 +469,62 @@ def test_eps_auto_out_of_range_warns_in_one_line_and_config_records_the_rule(tmp
     out = tmp_path / "auto"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["train", "--model", "lenet5", "--variant", "anl", "--eps", "auto", "--epochs", "1",
-                     "--out", str(out), "--stop-after-steps", "1", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    "lenet5",
+                    "--variant",
+                    "anl",
+                    "--eps",
+                    "auto",
+                    "--epochs",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--stop-after-steps",
+                    "1",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     assert [str(w.message) for w in caught if "eps='auto'" in str(w.message)] == []
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if "eps='auto'" in line]
-    assert len(lines) == 1 and lines[0].startswith("anl-fused train: warning: eps='auto': 0.0617M trainable "
-                                                   "parameters is outside the range"), captured.err
+    assert len(lines) == 1 and lines[0].startswith(
+        "anl-fused train: warning: eps='auto': 0.0617M trainable parameters is outside the range"
+    ), captured.err
     assert "eps=auto: 0.0617M trainable parameters -> eps=0.013" in captured.out
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["eps"] == 0.013
     assert cfg["eps_auto"] == {"rule": "anl_fused.auto_eps", "trainable_params": 61706, "eps": 0.013}
-    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--stop-after-steps", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(["train", "--out", str(out), "--resume", "--epochs", "2", "--stop-after-steps", "2", "--no-progress"]) == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["eps"] == 0.013 and cfg["eps_auto"]["trainable_params"] == 61706
     assert cfg["resume_changes"][0]["changed"] == {"epochs": [1, 2]}
-    assert main(["train", "--model", "lenet5", "--variant", "anl", "--eps", "0.02", "--epochs", "1", "--out",
-                 str(tmp_path / "fixed"), "--stop-after-steps", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "lenet5",
+                "--variant",
+                "anl",
+                "--eps",
+                "0.02",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "fixed"),
+                "--stop-after-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "fixed" / "config.json").read_text())["eps_auto"] is None

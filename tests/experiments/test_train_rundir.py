@@ -53,8 +53,9 @@ def test_a_held_run_directory_is_refused_before_anything_is_written(tmp_path, ca
 def test_second_train_on_the_same_out_exits_at_once_naming_the_running_process(tmp_path, capsys):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "anl_fused.cli", *RUN, "--epochs", "500", "--out", str(out)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         for _ in range(1200):  # until it trains (its Ctrl-C handler is in place)
             if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text():
@@ -133,15 +134,18 @@ def test_resume_may_extend_the_run_and_records_it(tmp_path, capsys):
     assert "the run is finished (5 of 5 epochs)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("change,why", [
-    (["--epochs", "1"], "--epochs 1 --finetune-epochs 1 (2 in all): the run has trained (into) 3 epoch(s)"),
-    (["--epochs", "1", "--finetune-epochs", "5"], "phase 1 can change only while the run is still in it"),
-    (["--epochs", "4"], "phase 1 can change only while the run is still in it"),
-    (["--finetune-lr", "continue"], "the fine-tuning phase has begun"),
-    (["--lr", "0.05"], "belongs to a different run; differing settings lr: checkpoint 0.1 vs now 0.05"),
-    (["--variant", "plain"], "differing settings variant"),
-    (["--batch-size", "128"], "differing settings batch_size"),
-])
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        (["--epochs", "1"], "--epochs 1 --finetune-epochs 1 (2 in all): the run has trained (into) 3 epoch(s)"),
+        (["--epochs", "1", "--finetune-epochs", "5"], "phase 1 can change only while the run is still in it"),
+        (["--epochs", "4"], "phase 1 can change only while the run is still in it"),
+        (["--finetune-lr", "continue"], "the fine-tuning phase has begun"),
+        (["--lr", "0.05"], "belongs to a different run; differing settings lr: checkpoint 0.1 vs now 0.05"),
+        (["--variant", "plain"], "differing settings variant"),
+        (["--batch-size", "128"], "differing settings batch_size"),
+    ],
+)
 def test_resume_refuses_changes_that_rewrite_the_run_and_changes_nothing(tmp_path, capsys, change, why):
     out = tmp_path / "run"
     # stopped in epoch 3 of 2 + 1: in the fine-tuning phase

@@ -103,7 +103,8 @@ def test_bad_settings_and_foreign_states_are_refused():
         PlateauSchedule(_optimizer(0.1), patience=0)
     with pytest.raises(KeyError, match="ReduceLROnPlateau"):
         PlateauSchedule(_optimizer(0.1)).load_state_dict(
-            torch.optim.lr_scheduler.ReduceLROnPlateau(_optimizer(0.1)).state_dict())
+            torch.optim.lr_scheduler.ReduceLROnPlateau(_optimizer(0.1)).state_dict()
+        )
 
 
 def test_fit_follows_the_schedule_on_scripted_validation_losses(monkeypatch, tmp_path):
@@ -118,8 +119,12 @@ def test_fit_follows_the_schedule_on_scripted_validation_losses(monkeypatch, tmp
         return (1.0 if calls["n"] % 2 else loss), acc  # the validation loss (odd calls) is flat
 
     monkeypatch.setattr(loop_mod, "evaluate", scripted)
-    res = fit(TrainConfig(model="lenet5", variant="anl", eps=0.03, epochs=8, finetune_epochs=1, batch_size=448),
-              str(tmp_path / "run"), progress=False, log=lambda s: None)
+    res = fit(
+        TrainConfig(model="lenet5", variant="anl", eps=0.03, epochs=8, finetune_epochs=1, batch_size=448),
+        str(tmp_path / "run"),
+        progress=False,
+        log=lambda s: None,
+    )
     assert [r["lr"] for r in res["history"]] == [0.1] * 6 + [0.05] * 2 + [1e-3]
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_loss"] for r in lines[:8]] == [1.0] * 8

@@ -24,7 +24,7 @@ def test_accelerate_loop_equals_a_plain_loop(monkeypatch):
 
     monkeypatch.setattr(accelerate.Accelerator, "prepare", recording_prepare)
     ns = _readme.run("Accelerate")
-    (before, rng_state, loader), = seen
+    ((before, rng_state, loader),) = seen
     assert ns["accelerator"].scaler is None and ns["engine"].probe_loss_scale is None
     assert ns["engine"].nonfinite_samples is not None  # the engine did measure noise
 

@@ -52,8 +52,11 @@ def assert_same(a, b):
 
 
 def differ(a, b) -> float:
-    return max((x.double() - y.double()).abs().max().item()
-               for x, y in zip(a.state_dict().values(), b.state_dict().values()) if x.is_floating_point())
+    return max(
+        (x.double() - y.double()).abs().max().item()
+        for x, y in zip(a.state_dict().values(), b.state_dict().values())
+        if x.is_floating_point()
+    )
 
 
 def test_lightning_automatic_and_manual_optimization_equal_a_plain_loop(lightning_runs):

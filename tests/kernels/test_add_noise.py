@@ -268,8 +268,9 @@ def test_alpha_and_shared_scale(dev, h_dtype):
         assert torch.equal(got, want)
     check(h, z, (s * abs(eps) / 4).expand(4))
     # no scale: alpha alone
-    torch.testing.assert_close(kernels.add_noise(h, z, None, alpha=0.5), kernels.add_noise(h, z, s.new_full((4,), 0.5)),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        kernels.add_noise(h, z, None, alpha=0.5), kernels.add_noise(h, z, s.new_full((4,), 0.5)), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("form", ["per_sample", "shared", "none"])

@@ -30,8 +30,11 @@ ARCHS = (80, 90)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ESIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 # the tensors each kernel streams: (load or store, pointer argument)
-STREAMS = {"std": [("ld", "h_ptr")], "noise_scale": [("ld", "g_ptr")],
-           "add_noise": [("ld", "h_ptr"), ("ld", "g_ptr"), ("st", "out_ptr")]}
+STREAMS = {
+    "std": [("ld", "h_ptr")],
+    "noise_scale": [("ld", "g_ptr")],
+    "add_noise": [("ld", "h_ptr"), ("ld", "g_ptr"), ("st", "out_ptr")],
+}
 
 
 def representative_launches() -> list[dict]:

@@ -11,15 +11,24 @@ from anl_fused.kernels import _compat
 from ._helpers import kernel_device
 
 
-@pytest.mark.parametrize(("version", "expected"), [("3.6.0", (3, 6)), ("3.8.0+git1a2b3c", (3, 8)),
-                                                   ("2.4.0rc1", (2, 4)), ("3", (3, 0))])
+@pytest.mark.parametrize(
+    ("version", "expected"), [("3.6.0", (3, 6)), ("3.8.0+git1a2b3c", (3, 8)), ("2.4.0rc1", (2, 4)), ("3", (3, 0))]
+)
 def test_version_tuple(version, expected):
     assert _compat.version_tuple(version) == expected
 
 
-@pytest.mark.parametrize(("triton_version", "numpy_version", "expected"), [
-    ("3.6.0", "2.4.1", True), ("3.7.1", "2.4.0", True), ("3.6.0", "2.3.5", False), ("3.8.0", "2.4.6", False),
-    ("3.9.0", "3.0.0", False), ("3.6.0", "1.26.4", False)])
+@pytest.mark.parametrize(
+    ("triton_version", "numpy_version", "expected"),
+    [
+        ("3.6.0", "2.4.1", True),
+        ("3.7.1", "2.4.0", True),
+        ("3.6.0", "2.3.5", False),
+        ("3.8.0", "2.4.6", False),
+        ("3.9.0", "3.0.0", False),
+        ("3.6.0", "1.26.4", False),
+    ],
+)
 def test_the_patch_applies_to_old_triton_with_new_numpy_only(triton_version, numpy_version, expected):
     assert _compat.needs_index_patch(triton_version, numpy_version) is expected
 

@@ -178,7 +178,7 @@ def test_many_chunks(dev, small_blocks, M):
 def test_float64_eps_keeps_precision(dev):
     """eps travels as a float32 pair; the float64 result must match to float64 precision."""
     g = rand((3, 20), torch.float64, dev)
-    for eps in (0.1, -1 / 3, 2.0 ** -30 * 1.2345678901234):
+    for eps in (0.1, -1 / 3, 2.0**-30 * 1.2345678901234):
         check(g, rand_z(3, dev).double(), torch.tensor(0.7, dtype=torch.float64, device=dev), eps)
         check(g, None, None, eps)
 
@@ -307,8 +307,7 @@ def test_many_programs(dev, many_programs, dtype, layer_norm):
     _, tiles, chunks, sb, cb = ns_mod._config(B, M)
     assert tiles > 1 and B * chunks > 40 and sb < B and cb < chunks
     g[5, 2, 6, 18] = 40.0  # the maximum in the last tile of one sample
-    _, norm = check(g, rand_z(B, dev), torch.tensor(0.6, device=dev), 0.4, layer_norm=layer_norm,
-                        stats=stats0(dev))
+    _, norm = check(g, rand_z(B, dev), torch.tensor(0.6, device=dev), 0.4, layer_norm=layer_norm, stats=stats0(dev))
     assert norm[5] == 40.0
 
 
@@ -371,8 +370,15 @@ def test_torch_backend_same_contract(dtype, layer_norm):
     g = layer_norm_g(dtype, "cpu")
     g[2, 1, 1, 1] = float("nan")
     g[3] = 0
-    check(g, rand_z(7, "cpu"), torch.tensor(0.8, dtype=ops.acc_dtype(dtype)), 0.25, layer_norm=layer_norm,
-          stats=stats0("cpu"), fn=torch_backend)
+    check(
+        g,
+        rand_z(7, "cpu"),
+        torch.tensor(0.8, dtype=ops.acc_dtype(dtype)),
+        0.25,
+        layer_norm=layer_norm,
+        stats=stats0("cpu"),
+        fn=torch_backend,
+    )
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])

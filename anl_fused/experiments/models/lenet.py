@@ -37,8 +37,12 @@ class LeNet5(nn.Module):
         self.pool2 = nn.MaxPool2d(2, 2)
         drop = (lambda: [nn.Dropout(0.5)]) if dropout else (lambda: [])
         self.classifier = nn.Sequential(
-            nn.Linear(16 * FEATURE_SIZE * FEATURE_SIZE, 120), nn.ReLU(inplace=True), *drop(),
-            nn.Linear(120, 84), nn.ReLU(inplace=True), *drop(),
+            nn.Linear(16 * FEATURE_SIZE * FEATURE_SIZE, 120),
+            nn.ReLU(inplace=True),
+            *drop(),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
+            *drop(),
             nn.Linear(84, num_classes),
         )
 

@@ -38,8 +38,9 @@ class PyramidBlock(nn.Module):
 
 
 class PyramidNet(nn.Module):
-    def __init__(self, depth: int = 110, alpha: float = 48, num_classes: int = 10, in_channels: int = 3,
-                 dropout: bool = False):
+    def __init__(
+        self, depth: int = 110, alpha: float = 48, num_classes: int = 10, in_channels: int = 3, dropout: bool = False
+    ):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"PyramidNet depth must be 6n+2 for basic blocks, got {depth}")
@@ -62,8 +63,9 @@ class PyramidNet(nn.Module):
         self.relu_final = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         if dropout:
-            self.fc = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                                    nn.Linear(512, num_classes))
+            self.fc = nn.Sequential(
+                nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes)
+            )
         else:
             self.fc = nn.Linear(c, num_classes)
 

@@ -74,8 +74,9 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         c = 512 * block.expansion
         if dropout:
-            self.fc = nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                                    nn.Linear(512, num_classes))
+            self.fc = nn.Sequential(
+                nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes)
+            )
         else:
             self.fc = nn.Linear(c, num_classes)
 

@@ -22,8 +22,7 @@ CFG = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
 
@@ -42,8 +41,12 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         if dropout:
             self.classifier = nn.Sequential(
-                nn.Dropout(0.5), nn.Linear(c, 512), nn.ReLU(inplace=True),
-                nn.Dropout(0.5), nn.Linear(512, 512), nn.ReLU(inplace=True),
+                nn.Dropout(0.5),
+                nn.Linear(c, 512),
+                nn.ReLU(inplace=True),
+                nn.Dropout(0.5),
+                nn.Linear(512, 512),
+                nn.ReLU(inplace=True),
                 nn.Linear(512, num_classes),
             )
         else:

@@ -27,8 +27,19 @@ from .parts import Parts
 __all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "read", "restore", "resume_changes", "save"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-REQUIRED = ("config", "model", "optimizer", "scheduler", "generator", "rng", "epoch", "step", "global_step", "meter",
-            "history")
+REQUIRED = (
+    "config",
+    "model",
+    "optimizer",
+    "scheduler",
+    "generator",
+    "rng",
+    "epoch",
+    "step",
+    "global_step",
+    "meter",
+    "history",
+)
 
 
 @dataclass
@@ -55,9 +66,11 @@ def read(path: str, world: int) -> dict[str, Any] | None:
     return launch.on_rank0(load, world)
 
 
-_ALLOWED = ("--resume continues a run with its own settings (config.json); it may change only the length while "
-            "the finished epochs stay as they were (--epochs, --finetune-epochs, --finetune-lr) and where and how "
-            "fast it runs (--device, --compile, --channels-last, --eval-batch-size, --data-dir, --download)")
+_ALLOWED = (
+    "--resume continues a run with its own settings (config.json); it may change only the length while "
+    "the finished epochs stay as they were (--epochs, --finetune-epochs, --finetune-lr) and where and how "
+    "fast it runs (--device, --compile, --channels-last, --eval-batch-size, --data-dir, --download)"
+)
 
 
 def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step: int, path: str) -> dict[str, list]:
@@ -71,7 +84,8 @@ def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step:
         raise ckpt.CheckpointError(
             f"checkpoint file {path!r} belongs to a different run; differing settings "
             + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in identity.items())
-            + f". {_ALLOWED}; for other settings start a new run (another --out, or --overwrite)")
+            + f". {_ALLOWED}; for other settings start a new run (another --out, or --overwrite)"
+        )
     problem = _length_problem(saved, now, epoch + (1 if step else 0))
     if problem:
         raise ckpt.CheckpointError(f"cannot resume {path!r} with {problem}. {_ALLOWED}")
@@ -92,8 +106,7 @@ def _length_problem(saved: dict[str, Any], now: dict[str, Any], touched: int) ->
     return None
 
 
-def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str,
-            log: Callable[[str], None]) -> Position:
+def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str, log: Callable[[str], None]) -> Position:
     """Load ``state`` into ``parts`` and ``meter``; returns the run's position."""
     try:
         parts.model.load_state_dict(state["model"])
@@ -109,29 +122,49 @@ def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str,
     if len(saved) == world:
         meter.load_state_dict(saved[rank]["meter"])
     else:
-        log(f"the checkpoint was written by {len(saved)} process(es), now {world}: same data order, "
-            "other noise draws and dropout masks from here on")
+        log(
+            f"the checkpoint was written by {len(saved)} process(es), now {world}: same data order, "
+            "other noise draws and dropout masks from here on"
+        )
         if rank == 0:  # the epoch's partial sums of all old processes; the others start at 0
             meter.load_state_dict(merged_meter_state([r["meter"] for r in saved]))
-    return Position(int(state["epoch"]), int(state["step"]), int(state["global_step"]), list(state["history"]),
-                    list(state.get("changes", [])))
+    return Position(
+        int(state["epoch"]),
+        int(state["step"]),
+        int(state["global_step"]),
+        list(state["history"]),
+        list(state.get("changes", [])),
+    )
 
 
 def save(path: str, parts: Parts, meter: EpochMeter, pos: Position, config: dict[str, Any]) -> None:
     """Write the checkpoint (a collective under torchrun: every rank's streams go to rank 0, which writes)."""
-    mine = {"generator": parts.generator.get_state(), "rng": rng.capture(host_libraries=True),
-            "meter": meter.state_dict()}
+    mine = {
+        "generator": parts.generator.get_state(),
+        "rng": rng.capture(host_libraries=True),
+        "meter": meter.state_dict(),
+    }
     ranks = None
     if parts.world > 1:
         ranks = [None] * parts.world if parts.rank == 0 else None
         dist.gather_object(mine, ranks, dst=0)
         if parts.rank:
             return
-    ckpt.save(path, {
-        "config": config, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(), **mine,
-        "epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
-        "history": pos.history, "changes": pos.changes,
-        "num_classes": parts.bundle.num_classes, "in_channels": parts.bundle.in_channels,
-        **({"ranks": ranks} if ranks else {}),
-    })
+    ckpt.save(
+        path,
+        {
+            "config": config,
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            **mine,
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "global_step": pos.global_step,
+            "history": pos.history,
+            "changes": pos.changes,
+            "num_classes": parts.bundle.num_classes,
+            "in_channels": parts.bundle.in_channels,
+            **({"ranks": ranks} if ranks else {}),
+        },
+    )

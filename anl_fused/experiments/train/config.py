@@ -17,9 +17,26 @@ from .. import data as data_mod
 from ..cli_types import number, out_of_range
 from ..models import MODELS, build, count_params, get_spec
 
-__all__ = ["IDENTITY", "INPUT_EPS_UNITS", "LENGTH", "NOISE_VARIANTS", "PRESETS", "PROBE_DTYPES", "RANGES", "RUNTIME",
-           "VARIANTS", "TrainConfig", "arg_type", "auto_eps_of", "config_from_dict", "input_layer_eps", "noise_note",
-           "preset_values", "probe_torch_dtype", "upgrade_stored"]
+__all__ = [
+    "IDENTITY",
+    "INPUT_EPS_UNITS",
+    "LENGTH",
+    "NOISE_VARIANTS",
+    "PRESETS",
+    "PROBE_DTYPES",
+    "RANGES",
+    "RUNTIME",
+    "VARIANTS",
+    "TrainConfig",
+    "arg_type",
+    "auto_eps_of",
+    "config_from_dict",
+    "input_layer_eps",
+    "noise_note",
+    "preset_values",
+    "probe_torch_dtype",
+    "upgrade_stored",
+]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
@@ -29,15 +46,21 @@ PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # the numeric fields' kinds and ranges: TrainConfig.resolved checks them, the CLI's argparse types come from here
 RANGES: dict[str, dict[str, Any]] = {
-    "eps": {"kind": float}, "input_eps": {"kind": float},
-    "epochs": {"kind": int, "low": 0}, "finetune_epochs": {"kind": int, "low": 0},
-    "batch_size": {"kind": int, "low": 1}, "eval_batch_size": {"kind": int, "low": 1},
+    "eps": {"kind": float},
+    "input_eps": {"kind": float},
+    "epochs": {"kind": int, "low": 0},
+    "finetune_epochs": {"kind": int, "low": 0},
+    "batch_size": {"kind": int, "low": 1},
+    "eval_batch_size": {"kind": int, "low": 1},
     "lr": {"kind": float, "low": 0.0, "low_open": True},
     "momentum": {"kind": float, "low": 0.0, "high": 1.0, "high_open": True},
     "weight_decay": {"kind": float, "low": 0.0},
     "lr_factor": {"kind": float, "low": 0.0, "high": 1.0, "low_open": True, "high_open": True},
-    "patience": {"kind": int, "low": 1}, "hold_epochs": {"kind": int, "low": 1}, "min_lr": {"kind": float, "low": 0.0},
-    "val_size": {"kind": int, "low": 0}, "seed": {"kind": int, "low": 0},
+    "patience": {"kind": int, "low": 1},
+    "hold_epochs": {"kind": int, "low": 1},
+    "min_lr": {"kind": float, "low": 0.0},
+    "val_size": {"kind": int, "low": 0},
+    "seed": {"kind": int, "low": 0},
 }
 
 # What --resume may change (recorded in the run), by field; every other field is the run's identity.
@@ -125,9 +148,11 @@ def _check_numbers(c: TrainConfig) -> None:
     if c.min_lr > c.lr:
         raise ValueError(f"min_lr (the schedule's floor) must be <= lr, got min_lr={c.min_lr!r}, lr={c.lr!r}")
     if c.val_size == 0:
-        raise ValueError("val_size=0 leaves no validation images, but the learning-rate schedule (sec. 4.2.1) "
-                         "halves on the validation loss: hold out at least 1 image (leave --val-size out for the "
-                         "dataset's default)")
+        raise ValueError(
+            "val_size=0 leaves no validation images, but the learning-rate schedule (sec. 4.2.1) "
+            "halves on the validation loss: hold out at least 1 image (leave --val-size out for the "
+            "dataset's default)"
+        )
 
 
 def arg_type(field: str):
@@ -180,8 +205,9 @@ def auto_eps_of(cfg: TrainConfig) -> tuple[int, float]:
     meta device: no memory, no initialization)."""
     info = data_mod.DATASETS[data_mod.canonical_name(cfg.dataset)]
     with torch.device("meta"):
-        model = build(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                      dropout=cfg.variant == "dropout")
+        model = build(
+            cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, dropout=cfg.variant == "dropout"
+        )
     n = count_params(model)
     return n, auto_eps(n)
 
@@ -191,8 +217,15 @@ IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not i
 # --preset: whole protocols, so that nobody rebuilds them from flags. Settings given explicitly win.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {  # sec. 4.2.1. Augmentation is the dataset's: crop + flip on CIFAR (as the paper), none elsewhere.
-        "all": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_factor": 0.5, "patience": 5, "hold_epochs": 5,
-                "min_lr": 1e-3},
+        "all": {
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "lr_factor": 0.5,
+            "patience": 5,
+            "hold_epochs": 5,
+            "min_lr": 1e-3,
+        },
         "noise": {"epochs": 100, "finetune_epochs": 100, "finetune_lr": "floor"},  # ANL, then 100 with ANL off at 1e-3
         "baseline": {"epochs": 200, "finetune_epochs": 0, "finetune_lr": "continue"},  # plain / dropout: 200 epochs
     },
@@ -230,14 +263,22 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     comes from, and the input eps's unit."""
     notes = []
     if given.eps is None and cfg.variant in NOISE_VARIANTS:
-        notes.append(f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
-                     + ("; `anl-fused demo` uses 0.1, chosen on a digits sweep" if cfg.model == "vgg_tiny" else ""))
+        notes.append(
+            f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
+            + ("; `anl-fused demo` uses 0.1, chosen on a digits sweep" if cfg.model == "vgg_tiny" else "")
+        )
     if cfg.variant == "input":
         layer = input_layer_eps(cfg)
-        notes.append(f"input eps {cfg.input_eps:g} " + (
-            f"in pixel units = {layer:.4g} on the normalized input" if cfg.input_eps_unit == "pixel" else
-            "on the normalized input (a run made before input eps took pixel units)" if cfg.input_eps_unit else
-            "as a fraction of std(x) (Eq. 5, no unit)"))
+        notes.append(
+            f"input eps {cfg.input_eps:g} "
+            + (
+                f"in pixel units = {layer:.4g} on the normalized input"
+                if cfg.input_eps_unit == "pixel"
+                else "on the normalized input (a run made before input eps took pixel units)"
+                if cfg.input_eps_unit
+                else "as a fraction of std(x) (Eq. 5, no unit)"
+            )
+        )
     return "; ".join(notes) or None
 
 

@@ -57,8 +57,7 @@ class _GracefulInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr)
+        print("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -69,8 +68,19 @@ class _GracefulInterrupt:
 class _Loop:
     """The epochs of one run from ``pos`` on; ``run()`` returns why it stopped early (or ``None``)."""
 
-    def __init__(self, parts: Parts, config: dict[str, Any], pos: Position, meter: EpochMeter, out_dir: str | None,
-                 *, checkpoint_every: int, stop_after_steps: int | None, progress: bool, log: Callable[[str], None]):
+    def __init__(
+        self,
+        parts: Parts,
+        config: dict[str, Any],
+        pos: Position,
+        meter: EpochMeter,
+        out_dir: str | None,
+        *,
+        checkpoint_every: int,
+        stop_after_steps: int | None,
+        progress: bool,
+        log: Callable[[str], None],
+    ):
         self.parts, self.cfg, self.config, self.pos, self.meter = parts, parts.cfg, config, pos, meter
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
         self.metrics = MetricsFile(out_dir) if out_dir and parts.rank == 0 else None
@@ -82,8 +92,10 @@ class _Loop:
 
     def run(self) -> str | None:
         if self.pos.epoch >= self.total_epochs:
-            self.log(f"the run is finished ({self.pos.epoch} of {self.total_epochs} epochs): nothing to train "
-                     "(--resume with more --epochs or --finetune-epochs extends it)")
+            self.log(
+                f"the run is finished ({self.pos.epoch} of {self.total_epochs} epochs): nothing to train "
+                "(--resume with more --epochs or --finetune-epochs extends it)"
+            )
         self.parts.model.train()
         with _GracefulInterrupt() as self.interrupt:
             while self.pos.epoch < self.total_epochs and self.stopped is None:
@@ -122,8 +134,15 @@ class _Loop:
 
         p, pos = self.parts, self.pos
         desc = f"{self.cfg.model}/{self.cfg.variant} epoch {pos.epoch + 1}/{self.total_epochs}"
-        bar = tqdm(total=len(p.train_batches), initial=pos.step, disable=not self.progress, leave=False,
-                   file=sys.stderr, desc=desc, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(p.train_batches),
+            initial=pos.step,
+            disable=not self.progress,
+            leave=False,
+            file=sys.stderr,
+            desc=desc,
+            dynamic_ncols=True,
+        )
         _sync(p.device)
         self._t0 = time.perf_counter()
         for x, y in p.train_batches.epoch(pos.epoch, start=pos.step):
@@ -183,9 +202,17 @@ class _Loop:
         if in_anl_phase or self.cfg.finetune_lr == "continue":
             p.scheduler.step(val[0])
         phase = ("anl" if p.noisy else "train") if in_anl_phase else "finetune"
-        record = epoch_record(epoch=pos.epoch + 1, phase=phase, anl_enabled=bool(p.noisy and in_anl_phase),
-                              global_step=pos.global_step, summary=summary, val=val, test_acc=test_acc, lr=lr_used,
-                              meter=self.meter)
+        record = epoch_record(
+            epoch=pos.epoch + 1,
+            phase=phase,
+            anl_enabled=bool(p.noisy and in_anl_phase),
+            global_step=pos.global_step,
+            summary=summary,
+            val=val,
+            test_acc=test_acc,
+            lr=lr_used,
+            meter=self.meter,
+        )
         pos.history.append(record)
         if self.metrics:
             self.metrics.append(record)
@@ -196,8 +223,9 @@ class _Loop:
         self.save()
 
 
-def _resume(parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: str | None,
-            log: Callable[[str], None]) -> Position:
+def _resume(
+    parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: str | None, log: Callable[[str], None]
+) -> Position:
     """The position to continue from: the checkpoint's, restored into ``parts`` and ``meter``, or the
     start. Settings changed against the checkpoint's are checked and recorded in ``Position.changes``."""
     if not out_dir:
@@ -211,11 +239,19 @@ def _resume(parts: Parts, config: dict[str, Any], meter: EpochMeter, out_dir: st
     pos = checkpointing.restore(state, parts, meter, path, log)
     log(f"resumed from {path} at epoch {pos.epoch + 1}, step {pos.step} (global step {pos.global_step})")
     if changed:
-        pos.changes.append({"epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
-                            "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                            "changed": changed})
-        log("changed on resume (recorded in config.json): "
-            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        pos.changes.append(
+            {
+                "epoch": pos.epoch,
+                "step": pos.step,
+                "global_step": pos.global_step,
+                "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "changed": changed,
+            }
+        )
+        log(
+            "changed on resume (recorded in config.json): "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        )
     return pos
 
 
@@ -229,9 +265,18 @@ def _eps_auto(given: TrainConfig, cfg: TrainConfig, out_dir: str, resume: bool) 
     return (stored or {}).get("eps_auto")
 
 
-def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, overwrite: bool = False,
-        checkpoint_every: int = 0, stop_after_steps: int | None = None, progress: bool = True,
-        bundle: data_mod.DataBundle | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def fit(
+    cfg: TrainConfig,
+    out_dir: str | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_every: int = 0,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+    bundle: data_mod.DataBundle | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` (see :mod:`anl_fused.experiments.train`). Returns ``{"config", "history", "stopped",
     "global_step", "model", "epoch", "step"}``; with ``out_dir``, writes config, metrics and checkpoints there.
 
@@ -257,10 +302,26 @@ def fit(cfg: TrainConfig, out_dir: str | None = None, *, resume: bool = False, o
         if out_dir and rank == 0:
             rundir.write_config(out_dir, config, parts, pos.changes, eps_auto=_eps_auto(given, cfg, out_dir, resume))
             MetricsFile(out_dir).rewrite(pos.history)
-        loop = _Loop(parts, config, pos, meter, out_dir, checkpoint_every=checkpoint_every,
-                     stop_after_steps=stop_after_steps, progress=progress, log=log)
+        loop = _Loop(
+            parts,
+            config,
+            pos,
+            meter,
+            out_dir,
+            checkpoint_every=checkpoint_every,
+            stop_after_steps=stop_after_steps,
+            progress=progress,
+            log=log,
+        )
         stopped = loop.run()
     if stopped == "interrupt" and out_dir:
         log(f"stopped at epoch {pos.epoch + 1}, step {pos.step}; checkpoint {loop.ckpt_path}; continue with --resume")
-    return {"config": config, "history": pos.history, "stopped": stopped, "global_step": pos.global_step,
-            "model": parts.model, "epoch": pos.epoch, "step": pos.step}
+    return {
+        "config": config,
+        "history": pos.history,
+        "stopped": stopped,
+        "global_step": pos.global_step,
+        "model": parts.model,
+        "epoch": pos.epoch,
+        "step": pos.step,
+    }

@@ -18,8 +18,16 @@ from torch import Tensor, nn
 from .. import data as data_mod
 from ..files import atomic_write
 
-__all__ = ["METRICS_NAME", "EpochMeter", "MetricsFile", "all_ranks", "epoch_record", "evaluate", "format_record",
-           "merged_meter_state"]
+__all__ = [
+    "METRICS_NAME",
+    "EpochMeter",
+    "MetricsFile",
+    "all_ranks",
+    "epoch_record",
+    "evaluate",
+    "format_record",
+    "merged_meter_state",
+]
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -83,9 +91,16 @@ class EpochMeter:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "count": self.count,
-                "steps": self.steps, "train_time": self.train_time, "std_names": list(self.std_names),
-                "std_sum": None if self.std_sum is None else self.std_sum.cpu(), "std_steps": self.std_steps}
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "count": self.count,
+            "steps": self.steps,
+            "train_time": self.train_time,
+            "std_names": list(self.std_names),
+            "std_sum": None if self.std_sum is None else self.std_sum.cpu(),
+            "std_steps": self.std_steps,
+        }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.loss_sum = s["loss_sum"].to(self.device)
@@ -101,8 +116,14 @@ def all_ranks(meter: EpochMeter) -> EpochMeter:
     steps and time are this process's."""
     out = EpochMeter(meter.device)
     out.steps, out.train_time, out.std_names = meter.steps, meter.train_time, list(meter.std_names)
-    head = torch.stack([meter.loss_sum, meter.correct.double(), torch.full_like(meter.loss_sum, meter.count),
-                        torch.full_like(meter.loss_sum, meter.std_steps)])
+    head = torch.stack(
+        [
+            meter.loss_sum,
+            meter.correct.double(),
+            torch.full_like(meter.loss_sum, meter.count),
+            torch.full_like(meter.loss_sum, meter.std_steps),
+        ]
+    )
     vec = head if meter.std_sum is None else torch.cat([head, meter.std_sum])
     torch.distributed.all_reduce(vec)
     count, std_steps = vec[2:4].tolist()
@@ -122,14 +143,33 @@ def merged_meter_state(states: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def epoch_record(*, epoch: int, phase: str, anl_enabled: bool, global_step: int, summary: dict[str, Any],
-                 val: tuple[float, float], test_acc: float, lr: float, meter: EpochMeter) -> dict[str, Any]:
+def epoch_record(
+    *,
+    epoch: int,
+    phase: str,
+    anl_enabled: bool,
+    global_step: int,
+    summary: dict[str, Any],
+    val: tuple[float, float],
+    test_acc: float,
+    lr: float,
+    meter: EpochMeter,
+) -> dict[str, Any]:
     """One line of ``metrics.jsonl``."""
     record = {
-        "epoch": epoch, "phase": phase, "anl_enabled": anl_enabled, "global_step": global_step,
-        "train_loss": summary["train_loss"], "train_acc": summary["train_acc"],
-        "val_loss": val[0], "val_acc": val[1], "test_acc": test_acc, "test_err": 1.0 - test_acc,
-        "lr": lr, "steps": meter.steps, "epoch_train_time_s": meter.train_time,
+        "epoch": epoch,
+        "phase": phase,
+        "anl_enabled": anl_enabled,
+        "global_step": global_step,
+        "train_loss": summary["train_loss"],
+        "train_acc": summary["train_acc"],
+        "val_loss": val[0],
+        "val_acc": val[1],
+        "test_acc": test_acc,
+        "test_err": 1.0 - test_acc,
+        "lr": lr,
+        "steps": meter.steps,
+        "epoch_train_time_s": meter.train_time,
         "time_per_step_s": meter.train_time / max(meter.steps, 1),
     }
     if "anl_std" in summary:
@@ -139,9 +179,11 @@ def epoch_record(*, epoch: int, phase: str, anl_enabled: bool, global_step: int,
 
 def format_record(r: dict[str, Any], total_epochs: int) -> str:
     """The log line of an epoch."""
-    return (f"epoch {r['epoch']}/{total_epochs} [{r['phase']}] train loss {r['train_loss']:.4f} "
-            f"acc {r['train_acc']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | test err "
-            f"{r['test_err'] * 100:.2f}% | lr {r['lr']:.4g} | {r['time_per_step_s'] * 1e3:.1f} ms/step")
+    return (
+        f"epoch {r['epoch']}/{total_epochs} [{r['phase']}] train loss {r['train_loss']:.4f} "
+        f"acc {r['train_acc']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | test err "
+        f"{r['test_err'] * 100:.2f}% | lr {r['lr']:.4g} | {r['time_per_step_s'] * 1e3:.1f} ms/step"
+    )
 
 
 class MetricsFile:

@@ -29,10 +29,16 @@ def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Modul
 
     model = build(cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.variant == "dropout")
     if cfg.variant in NOISE_VARIANTS:
-        insert_anl(model, cfg.eps, input_eps=input_layer_eps(cfg), input_sign=cfg.input_sign,
-                   after=MODELS[cfg.model].anl_after,
-                   noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
-                   scale_by_std=cfg.scale_by_std, norm=cfg.norm)
+        insert_anl(
+            model,
+            cfg.eps,
+            input_eps=input_layer_eps(cfg),
+            input_sign=cfg.input_sign,
+            after=MODELS[cfg.model].anl_after,
+            noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
+            scale_by_std=cfg.scale_by_std,
+            norm=cfg.norm,
+        )
     return model
 
 
@@ -95,8 +101,10 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
     device = resolve_device(cfg.device)
     if world > 1:
         if cfg.batch_size % world:
-            raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
-                             f"number of processes {world}")
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
+                f"number of processes {world}"
+            )
         if device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())  # GPU LOCAL_RANK (launch.init_from_env)
         elif cfg.sync_bn:
@@ -146,8 +154,15 @@ def _batches(cfg: TrainConfig, bundle: data_mod.DataBundle, device: torch.device
             return data_mod.Batches(split, size, **more, **kw)
         return _RankBatches(split, size, train=train, rank=rank, world=world, **more, **kw)
 
-    train_b = batches(bundle.train, cfg.batch_size, True, shuffle=True, augment=info.augment, seed=cfg.seed,
-                      drop_last=cfg.drop_last and len(bundle.train) >= cfg.batch_size)
+    train_b = batches(
+        bundle.train,
+        cfg.batch_size,
+        True,
+        shuffle=True,
+        augment=info.augment,
+        seed=cfg.seed,
+        drop_last=cfg.drop_last and len(bundle.train) >= cfg.batch_size,
+    )
     val_b = batches(bundle.val, cfg.eval_batch_size, False, shuffle=False)
     test_b = batches(bundle.test, cfg.eval_batch_size, False, shuffle=False)
     return train_b, val_b, test_b
@@ -164,8 +179,26 @@ def build_parts(cfg: TrainConfig, bundle: data_mod.DataBundle | None = None) -> 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = make_schedule(optimizer, cfg)
     generator = torch.Generator(device=device).manual_seed((data_mod.derive_seed(cfg.seed, 3) + rank) % 2**63)
-    engine = TwoRound(train_model, generator=generator, std_over=cfg.std_over if world > 1 else "local",
-                      probe_dtype=probe_torch_dtype(cfg))
+    engine = TwoRound(
+        train_model,
+        generator=generator,
+        std_over=cfg.std_over if world > 1 else "local",
+        probe_dtype=probe_torch_dtype(cfg),
+    )
     flags = launch.cpu_group() if world > 1 else None
-    return Parts(cfg, rank, world, device, bundle, model, run_model, eval_model, optimizer, scheduler, generator,
-                 engine, *_batches(cfg, bundle, device, rank, world), flags)
+    return Parts(
+        cfg,
+        rank,
+        world,
+        device,
+        bundle,
+        model,
+        run_model,
+        eval_model,
+        optimizer,
+        scheduler,
+        generator,
+        engine,
+        *_batches(cfg, bundle, device, rank, world),
+        flags,
+    )

@@ -30,8 +30,17 @@ from .config import input_layer_eps, upgrade_stored
 from .metrics import METRICS_NAME
 from .parts import Parts
 
-__all__ = ["CONFIG_NAME", "LOCK_NAME", "RUN_FILES", "RunDirError", "claimed", "describe_run", "local_config",
-           "stored_config", "write_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "LOCK_NAME",
+    "RUN_FILES",
+    "RunDirError",
+    "claimed",
+    "describe_run",
+    "local_config",
+    "stored_config",
+    "write_config",
+]
 
 CONFIG_NAME = "config.json"
 LOCK_NAME = "train.lock"
@@ -68,12 +77,16 @@ def describe_run(out_dir: str) -> str | None:
 def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], None]) -> DirLock:
     holder = lock_holder(out_dir, LOCK_NAME)
     if holder:
-        raise RunDirError(f"run directory {out_dir!r} is in use by a running anl-fused train ({holder}); wait for "
-                          "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out")
+        raise RunDirError(
+            f"run directory {out_dir!r} is in use by a running anl-fused train ({holder}); wait for "
+            "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out"
+        )
     run = describe_run(out_dir)
     if run and not resume and not overwrite:
-        raise RunDirError(f"run directory {out_dir!r} already holds a run ({run}); continue it with --resume, or "
-                          f"start over with --overwrite (deletes its {', '.join(RUN_FILES)}), or use another --out")
+        raise RunDirError(
+            f"run directory {out_dir!r} already holds a run ({run}); continue it with --resume, or "
+            f"start over with --overwrite (deletes its {', '.join(RUN_FILES)}), or use another --out"
+        )
     try:
         lock = DirLock(out_dir, LOCK_NAME).acquire()
     except DirLockedError as e:
@@ -90,8 +103,9 @@ def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], Non
 
 
 @contextlib.contextmanager
-def claimed(out_dir: str | None, *, resume: bool, overwrite: bool, world: int,
-            log: Callable[[str], None]) -> Iterator[None]:
+def claimed(
+    out_dir: str | None, *, resume: bool, overwrite: bool, world: int, log: Callable[[str], None]
+) -> Iterator[None]:
     """Hold ``out_dir`` for a run (see the module docstring); ``None``: no directory, nothing to hold."""
     if out_dir is None:
         yield
@@ -127,14 +141,30 @@ def stored_config(out_dir: str, world: int) -> dict[str, Any] | None:
     return launch.on_rank0(read, world)
 
 
-def write_config(out_dir: str, config: dict[str, Any], parts: Parts, changes: list[dict[str, Any]],
-                 eps_auto: dict[str, Any] | None = None) -> None:
+def write_config(
+    out_dir: str,
+    config: dict[str, Any],
+    parts: Parts,
+    changes: list[dict[str, Any]],
+    eps_auto: dict[str, Any] | None = None,
+) -> None:
     """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
     split sizes, the augmentation, the input ANL layer's eps on the normalized input, the settings
     changed on resume and, for ``eps="auto"``, the rule's input and result (``eps_auto``)."""
     b = parts.bundle
-    atomic_write(os.path.join(out_dir, CONFIG_NAME), json.dumps({
-        **config, "device_used": str(parts.device), "world_size": parts.world, "augment": b.info.augment,
-        "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
-        "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
-        "resume_changes": changes, "eps_auto": eps_auto}, indent=2))
+    atomic_write(
+        os.path.join(out_dir, CONFIG_NAME),
+        json.dumps(
+            {
+                **config,
+                "device_used": str(parts.device),
+                "world_size": parts.world,
+                "augment": b.info.augment,
+                "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
+                "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
+                "resume_changes": changes,
+                "eps_auto": eps_auto,
+            },
+            indent=2,
+        ),
+    )

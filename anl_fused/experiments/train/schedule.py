@@ -36,8 +36,15 @@ class PlateauSchedule:
     decisions as an uninterrupted one (the rates themselves live in the optimizer's state).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float = 0.5, patience: int = 5, hold: int = 5,
-                 min_lr: float = 1e-3):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        factor: float = 0.5,
+        patience: int = 5,
+        hold: int = 5,
+        min_lr: float = 1e-3,
+    ):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         if patience < 1 or hold < 1:
@@ -80,9 +87,16 @@ class PlateauSchedule:
             g["lr"] = self.min_lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"factor": self.factor, "patience": self.patience, "hold": self.hold, "min_lr": self.min_lr,
-                "best": self.best, "epochs_since_best": self.epochs_since_best,
-                "epochs_at_rate": self.epochs_at_rate, "epochs": self.epochs}
+        return {
+            "factor": self.factor,
+            "patience": self.patience,
+            "hold": self.hold,
+            "min_lr": self.min_lr,
+            "best": self.best,
+            "epochs_since_best": self.epochs_since_best,
+            "epochs_at_rate": self.epochs_at_rate,
+            "epochs": self.epochs,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = [k for k in ("best", "epochs_since_best", "epochs_at_rate", "epochs") if k not in state]
@@ -97,5 +111,6 @@ class PlateauSchedule:
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> PlateauSchedule:
     """The run's :class:`PlateauSchedule` (factor, patience, hold and floor from ``cfg``)."""
-    return PlateauSchedule(optimizer, factor=cfg.lr_factor, patience=cfg.patience, hold=cfg.hold_epochs,
-                           min_lr=cfg.min_lr)
+    return PlateauSchedule(
+        optimizer, factor=cfg.lr_factor, patience=cfg.patience, hold=cfg.hold_epochs, min_lr=cfg.min_lr
+    )
