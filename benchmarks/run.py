@@ -627,7 +627,7 @@ def _library_io():
     return atomic_write, resolve_device, None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="results directory (created; at most 5 files are written)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
@@ -645,6 +645,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_graph-child", dest="graph_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_deadline", dest="deadline", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_fail-method", dest="fail_method", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def _context(args: argparse.Namespace, device: torch.device, start: float) -> dict:
+    """What every part gets: the sizes, the device, where to write, and the time budget (started at ``start``)."""
+    budget_left = lambda: args.budget_s - (time.perf_counter() - start)
+
+    def check_budget(what: str) -> None:
+        if budget_left() <= 0:
+            raise Skipped(f"time budget of {args.budget_s:.0f} s spent before {what}")
+
+    return {
+        "cfg": SMOKE if args.smoke else FULL,
+        "device": device,
+        "cuda": device.type == "cuda",
+        "smoke": args.smoke,
+        "out": args.out,
+        "budget_left": budget_left,
+        "check_budget": check_budget,
+        "tests_timeout": args.tests_timeout,
+        "pytest_args": args.pytest_args,
+        "fail_method": args.fail_method,
+    }
+
+
+def _run_part(name: str, skip: list[str], ctx: dict) -> dict:
+    """Runs part ``name``: its summary entry, ``ok`` with the result, ``skipped`` with the reason or ``error``
+    with the traceback (one failure must not lose the other parts), and the seconds it took."""
+    t0 = time.perf_counter()
+    entry = {"status": "ok"}
+    try:
+        if name in skip:
+            raise Skipped("--skip")
+        ctx["check_budget"](name)
+        entry["result"] = PART_FUNCS[name](ctx)
+    except Skipped as e:
+        entry = {"status": "skipped", "reason": str(e)}
+    except (Exception, SystemExit) as e:  # one failure (an argparse exit too) must not lose the others: recorded
+        entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
+
+
+def _exit_code(summary: dict, import_error: str | None) -> int:
+    """1 where a part failed, the library did not import or the test part's pytest failed; else 0."""
+    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
+    tests = summary["parts"].get("tests", {}).get("result") or {}
+    return 1 if errors or tests.get("returncode", 0) != 0 else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.smoke:
         torch.set_num_threads(1)  # toy sizes: one thread is fastest and does not stall on a busy machine
@@ -655,27 +707,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out is required")
     atomic_write, resolve_device, import_error = _library_io()
     device = resolve_device(args.device)
-    cuda = device.type == "cuda"
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    budget_left = lambda: args.budget_s - (time.perf_counter() - start)
-
-    def check_budget(what: str) -> None:
-        if budget_left() <= 0:
-            raise Skipped(f"time budget of {args.budget_s:.0f} s spent before {what}")
-
-    ctx = {
-        "cfg": SMOKE if args.smoke else FULL,
-        "device": device,
-        "cuda": cuda,
-        "smoke": args.smoke,
-        "out": args.out,
-        "budget_left": budget_left,
-        "check_budget": check_budget,
-        "tests_timeout": args.tests_timeout,
-        "pytest_args": args.pytest_args,
-        "fail_method": args.fail_method,
-    }
+    ctx = _context(args, device, start)
     summary = {
         "meta": meta(device),
         "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -689,19 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = os.path.join(args.out, "summary.json")
     print(f"campaign on {summary['meta'].get('gpu') or device}, parts {args.parts}", flush=True)
     for name in args.parts:
-        t0 = time.perf_counter()
-        entry = {"status": "ok"}
-        try:
-            if name in args.skip:
-                raise Skipped("--skip")
-            check_budget(name)
-            entry["result"] = PART_FUNCS[name](ctx)
-        except Skipped as e:
-            entry = {"status": "skipped", "reason": str(e)}
-        except (Exception, SystemExit) as e:  # one failure (an argparse exit too) must not lose the others: recorded
-            entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        entry["seconds"] = time.perf_counter() - t0
-        summary["parts"][name] = entry
+        entry = summary["parts"][name] = _run_part(name, args.skip, ctx)
         print(
             f"{name}: {entry['status']} ({entry['seconds']:.0f} s)"
             + (f": {entry.get('reason') or entry.get('error', '').splitlines()[0]}" if entry["status"] != "ok" else ""),
@@ -710,12 +732,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["seconds"] = time.perf_counter() - start
         atomic_write(summary_path, json.dumps(summary, indent=1, default=str))
         atomic_write(os.path.join(args.out, "summary.md"), markdown(summary))
-        if cuda:
+        if ctx["cuda"]:
             torch.cuda.empty_cache()
     print(f"wrote {summary_path} and summary.md ({summary['seconds']:.0f} s)")
-    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
-    tests = summary["parts"].get("tests", {}).get("result") or {}
-    return 1 if errors or tests.get("returncode", 0) != 0 else 0
+    return _exit_code(summary, import_error)
 
 
 if __name__ == "__main__":
