@@ -515,7 +515,8 @@ PART_FUNCS = {
 # the report
 
 
-def markdown(summary: dict) -> str:
+def _header(summary: dict) -> list[str]:
+    """The title, the machine and the command, the import error if any, and the table of the parts' status."""
     m = summary["meta"]
     lines = [
         f"# GPU campaign: {m.get('gpu') or m['device']}",
@@ -534,75 +535,96 @@ def markdown(summary: dict) -> str:
         if p.get("error"):
             status += f": {p['error'].splitlines()[0][:200]}"
         lines.append(f"| {name} | {status} | {p.get('seconds', 0):.0f} |")
+    return lines
+
+
+def _tests_section(t: dict) -> list[str]:
+    lines = [
+        "",
+        "## Tests",
+        "",
+        f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
+        f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`.",
+    ]
+    return lines + [f"- {f}" for f in t["failed"][:20]]
+
+
+def _graphs_section(graphs: dict) -> list[str]:
+    lines = [
+        "",
+        "## CUDA graphs: whole step captured",
+        "",
+        "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fmt = lambda d, k, f: format(d[k], f) if k in d else "-"
+    for row in graphs["graphs"]:
+        for method, r in row["methods"].items():
+            ratio = row["ratios"].get(f"{method}/plain", {})
+            if "eager_ms" in r:
+                lines.append(
+                    f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
+                    f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
+                    f"{fmt(ratio, 'eager', '.2f')} |"
+                )
+            else:
+                why = r.get("error") or r.get("skipped", "?")
+                lines.append(f"| {row['model']} | {method} | not measured: {why.splitlines()[0][:150]} | | | | |")
+    return lines
+
+
+def _kernels_section(k: dict) -> list[str]:
+    lines = [
+        "",
+        f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)",
+        "",
+        "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
+        "| --- | --- | --- |",
+    ]
+    for key, s in k["summary"].items():
+        lines.append(
+            f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
+            f"{s['speedup_vs_torch_median']:.2f}x |"
+        )
+    return lines
+
+
+def _memory_section(memory: dict) -> list[str]:
+    lines = [
+        "",
+        "## Memory",
+        "",
+        "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in memory["memory"]:
+        held = row["held"]["held_bytes"]
+        peaks = row["peaks"]
+        extra = (
+            ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items()) if isinstance(peaks, dict) else peaks
+        )
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
+            f"{held['bfloat16'] / 2**20:.1f} | {extra} |"
+        )
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    """``summary.md``: the parts' status, then a section per part that has a result."""
+    lines = _header(summary)
     parts = summary["parts"]
     res = lambda k: parts.get(k, {}).get("result") or {}
     if res("tests"):
-        t = res("tests")
-        lines += [
-            "",
-            "## Tests",
-            "",
-            f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
-            f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`.",
-        ]
-        lines += [f"- {f}" for f in t["failed"][:20]]
+        lines += _tests_section(res("tests"))
     if res("steps"):
         lines += ["", "## Step times (median of interleaved rounds)", "", res("steps")["table"]]
     if res("graphs"):
-        lines += [
-            "",
-            "## CUDA graphs: whole step captured",
-            "",
-            "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        fmt = lambda d, k, f: format(d[k], f) if k in d else "-"
-        for row in res("graphs")["graphs"]:
-            for method, r in row["methods"].items():
-                ratio = row["ratios"].get(f"{method}/plain", {})
-                if "eager_ms" in r:
-                    lines.append(
-                        f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
-                        f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
-                        f"{fmt(ratio, 'eager', '.2f')} |"
-                    )
-                else:
-                    why = r.get("error") or r.get("skipped", "?")
-                    lines.append(f"| {row['model']} | {method} | not measured: {why.splitlines()[0][:150]} | | | | |")
+        lines += _graphs_section(res("graphs"))
     if res("kernels"):
-        k = res("kernels")
-        lines += [
-            "",
-            f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)",
-            "",
-            "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
-            "| --- | --- | --- |",
-        ]
-        for key, s in k["summary"].items():
-            lines.append(
-                f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
-                f"{s['speedup_vs_torch_median']:.2f}x |"
-            )
+        lines += _kernels_section(res("kernels"))
     if res("memory"):
-        lines += [
-            "",
-            "## Memory",
-            "",
-            "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for row in res("memory")["memory"]:
-            held = row["held"]["held_bytes"]
-            peaks = row["peaks"]
-            extra = (
-                ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items())
-                if isinstance(peaks, dict)
-                else peaks
-            )
-            lines.append(
-                f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
-                f"{held['bfloat16'] / 2**20:.1f} | {extra} |"
-            )
+        lines += _memory_section(res("memory"))
     if res("aot"):
         lines += ["", "## AOT report", "", "In `aot.md` / `aot.json`."]
     return "\n".join(lines) + "\n"
