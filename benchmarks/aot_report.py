@@ -430,7 +430,8 @@ def _fmt_vec(d: dict) -> str:
     return " ".join(f"{int(k)}B x{v}" for k, v in sorted(d.items(), key=lambda kv: -int(kv[0]))) or "-"
 
 
-def markdown(report: dict) -> str:
+def _header_and_counts(report: dict) -> list[str]:
+    """The title, the provenance and the table of launches per ANL layer per dtype (with what it counts)."""
     lines = [
         f"# AOT report: {report['model']}, batch {report['batch']}, {report['size']}x{report['size']}",
         "",
@@ -461,6 +462,13 @@ def markdown(report: dict) -> str:
         "Counted: every Triton kernel launch of the step plus every torch op that does work inside "
         "`anl_fused.ops` (the engine's own draw of z, one `randn` per step for all layers, is not an op "
         "of this package and is not counted; the non-finite / zero counting is inside `noise_scale`).",
+    ]
+    return lines
+
+
+def _kernel_table(report: dict) -> list[str]:
+    """The table of the kernels' resources and global memory accesses, one row per distinct specialization."""
+    lines = [
         "",
         "## Kernels (per distinct specialization)",
         "",
@@ -497,34 +505,46 @@ def markdown(report: dict) -> str:
                 f"{a90['spill_stores']}+{a90['spill_loads']} | {a90['shared_bytes']} | "
                 f"{_fmt_vec(a90['vectors']['ld'])} | {_fmt_vec(a90['vectors']['st'])} |"
             )
+    return lines
+
+
+def _layer_section(name: str, d: dict) -> list[str]:
+    """Dtype ``name``'s table per ANL layer (grids, bytes, ideal and launch times) and the step's total."""
+    t = d["totals"]
+    lines = [
+        "",
+        f"## Per ANL layer, {name}",
+        "",
+        "Grids in programs (A100: 108 SMs, H100/H200: 132). Ideal time: the layer's bytes at the HBM "
+        "bandwidth (H100 3.35 TB/s, H200 4.8 TB/s), next to the cost of launching its kernels "
+        f"({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us each).",
+        "",
+        "| layer | input | grids std / noise_scale / add_noise | launches | MB moved | MB minimum | "
+        "ideal us H100 | ideal us H200 | launch us |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in d["layers"]:
+        grids = " / ".join(str(e["grids"].get(op, "-")) for op in OPS)
+        lines.append(
+            f"| {e['layer']} | {'x'.join(map(str, e['shape']))} | {grids} | {e['launches']} | "
+            f"{e['bytes'] / 1e6:.3f} | {e['min_bytes'] / 1e6:.3f} | {e['ideal_us']['H100']:.2f} | "
+            f"{e['ideal_us']['H200']:.2f} | {e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f} |"
+        )
+    lines += [
+        "",
+        f"Step total ({name}): {t['launches']} launches, {t['moved'] / 1e6:.2f} MB moved "
+        f"({t['min'] / 1e6:.2f} MB minimum, {100 * (t['moved'] / max(t['min'], 1) - 1):.3f}% over); "
+        f"ideal {t['ideal_us']['H100']:.1f} us (H100) / {t['ideal_us']['H200']:.1f} us (H200) against "
+        f"{t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us of launch cost.",
+    ]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """``aot-report.md``: launch counts, the kernels' resources, and per dtype the cost of each ANL layer."""
+    lines = _header_and_counts(report) + _kernel_table(report)
     for name, d in report["dtypes"].items():
-        t = d["totals"]
-        lines += [
-            "",
-            f"## Per ANL layer, {name}",
-            "",
-            "Grids in programs (A100: 108 SMs, H100/H200: 132). Ideal time: the layer's bytes at the HBM "
-            "bandwidth (H100 3.35 TB/s, H200 4.8 TB/s), next to the cost of launching its kernels "
-            f"({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us each).",
-            "",
-            "| layer | input | grids std / noise_scale / add_noise | launches | MB moved | MB minimum | "
-            "ideal us H100 | ideal us H200 | launch us |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for e in d["layers"]:
-            grids = " / ".join(str(e["grids"].get(op, "-")) for op in OPS)
-            lines.append(
-                f"| {e['layer']} | {'x'.join(map(str, e['shape']))} | {grids} | {e['launches']} | "
-                f"{e['bytes'] / 1e6:.3f} | {e['min_bytes'] / 1e6:.3f} | {e['ideal_us']['H100']:.2f} | "
-                f"{e['ideal_us']['H200']:.2f} | {e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f} |"
-            )
-        lines += [
-            "",
-            f"Step total ({name}): {t['launches']} launches, {t['moved'] / 1e6:.2f} MB moved "
-            f"({t['min'] / 1e6:.2f} MB minimum, {100 * (t['moved'] / max(t['min'], 1) - 1):.3f}% over); "
-            f"ideal {t['ideal_us']['H100']:.1f} us (H100) / {t['ideal_us']['H200']:.1f} us (H200) against "
-            f"{t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us of launch cost.",
-        ]
+        lines += _layer_section(name, d)
     return "\n".join(lines) + "\n"
 
 

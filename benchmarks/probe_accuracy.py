@@ -143,7 +143,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--protocol", choices=tuple(PROTOCOLS), required=True)
     ap.add_argument("--seeds", type=int, default=5)
@@ -158,30 +158,24 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="appended to the file names (e.g. -lr0.1)")
     ap.add_argument("--resume", action="store_true", help="keep the runs the JSON in --out already holds")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    args = ap.parse_args(argv)
+    return ap
 
-    from anl_fused.benchmarks.step import machine_info
-    from anl_fused.experiments import data as data_mod
-    from anl_fused.experiments.files import atomic_write
-    from anl_fused.experiments.train import TrainConfig, fit
 
-    torch.set_num_threads(args.threads)
+def _protocol(args: argparse.Namespace) -> dict:
+    """``--protocol``'s settings with the command line's overrides (``--epochs``, ``--finetune-epochs``, ``--lr``)."""
     protocol = dict(PROTOCOLS[args.protocol])
     for k in ("epochs", "finetune_epochs", "lr"):
         if getattr(args, k) is not None:
             protocol[k] = getattr(args, k)
-    bundle = data_mod.load(protocol["dataset"], args.data_dir)
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    arms = ([] if args.no_plain else [("plain", "fp32")]) + [(f"anl-{d}", d) for d in args.probe_dtypes]
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"probe-accuracy-{args.protocol}{args.tag}.json")
-    runs = []
-    if args.resume and os.path.exists(path):
-        with open(path) as f:
-            runs = json.load(f)["runs"]
-    done = {(r["arm"], r["seed"]) for r in runs}
+    return protocol
+
+
+def _report_header(args: argparse.Namespace, argv, protocol: dict, seeds: list[int], bundle) -> dict:
+    """The report's description of the protocol, the data and the machine (the runs come later)."""
+    from anl_fused.benchmarks.step import machine_info
+
     info = machine_info(torch.device("cpu"))
-    report = {
+    return {
         "name": args.protocol + args.tag,
         "protocol": protocol,
         "seeds": seeds,
@@ -193,52 +187,77 @@ def main(argv=None) -> int:
         "git_commit": info["git_commit"],
         "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+
+
+def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype: str, seed: int, tmp: str) -> dict:
+    """Trains one arm for one seed (in a run directory under ``tmp``) and returns its record for the report."""
+    from anl_fused.experiments.train import TrainConfig, fit
+
+    variant = "plain" if arm == "plain" else "anl"
+    cfg = TrainConfig(
+        model=protocol["model"],
+        dataset=protocol["dataset"],
+        data_dir=args.data_dir,
+        variant=variant,
+        eps=protocol["eps"],
+        epochs=protocol["epochs"],
+        finetune_epochs=protocol["finetune_epochs"],
+        finetune_lr="floor",
+        batch_size=protocol["batch_size"],
+        lr=protocol["lr"],
+        seed=seed,
+        device="cpu",
+        probe_dtype=dtype,
+    )
+    start = time.perf_counter()
+    res = fit(
+        cfg,
+        os.path.join(tmp, f"{arm}-{seed}"),
+        progress=False,
+        bundle=bundle,
+        log=lambda s: None,
+        overwrite=True,
+    )
+    hist = res["history"]
+    noisy = hist[1 : protocol["epochs"]] or hist[: protocol["epochs"]]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "probe_dtype": dtype,
+        "test_err_pct": hist[-1]["test_err"] * 100,
+        "ms_per_step": statistics.median(h["time_per_step_s"] for h in noisy) * 1e3,
+        "wall_s": time.perf_counter() - start,
+        "history": [
+            {k: h[k] for k in ("epoch", "test_err", "val_loss", "lr", "time_per_step_s") if k in h} for h in hist
+        ],
+    }
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+
+    from anl_fused.experiments import data as data_mod
+    from anl_fused.experiments.files import atomic_write
+
+    torch.set_num_threads(args.threads)
+    protocol = _protocol(args)
+    bundle = data_mod.load(protocol["dataset"], args.data_dir)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    arms = ([] if args.no_plain else [("plain", "fp32")]) + [(f"anl-{d}", d) for d in args.probe_dtypes]
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"probe-accuracy-{args.protocol}{args.tag}.json")
+    runs = []
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            runs = json.load(f)["runs"]
+    done = {(r["arm"], r["seed"]) for r in runs}
+    report = _report_header(args, argv, protocol, seeds, bundle)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for arm, dtype in arms:
                 if (arm, seed) in done:
                     continue
-                variant = "plain" if arm == "plain" else "anl"
-                cfg = TrainConfig(
-                    model=protocol["model"],
-                    dataset=protocol["dataset"],
-                    data_dir=args.data_dir,
-                    variant=variant,
-                    eps=protocol["eps"],
-                    epochs=protocol["epochs"],
-                    finetune_epochs=protocol["finetune_epochs"],
-                    finetune_lr="floor",
-                    batch_size=protocol["batch_size"],
-                    lr=protocol["lr"],
-                    seed=seed,
-                    device="cpu",
-                    probe_dtype=dtype,
-                )
-                start = time.perf_counter()
-                res = fit(
-                    cfg,
-                    os.path.join(tmp, f"{arm}-{seed}"),
-                    progress=False,
-                    bundle=bundle,
-                    log=lambda s: None,
-                    overwrite=True,
-                )
-                hist = res["history"]
-                noisy = hist[1 : protocol["epochs"]] or hist[: protocol["epochs"]]
-                runs.append(
-                    {
-                        "arm": arm,
-                        "seed": seed,
-                        "probe_dtype": dtype,
-                        "test_err_pct": hist[-1]["test_err"] * 100,
-                        "ms_per_step": statistics.median(h["time_per_step_s"] for h in noisy) * 1e3,
-                        "wall_s": time.perf_counter() - start,
-                        "history": [
-                            {k: h[k] for k in ("epoch", "test_err", "val_loss", "lr", "time_per_step_s") if k in h}
-                            for h in hist
-                        ],
-                    }
-                )
+                runs.append(_train_arm(args, protocol, bundle, arm, dtype, seed, tmp))
                 print(
                     f"{arm} seed {seed}: test error {runs[-1]['test_err_pct']:.2f}%, "
                     f"{runs[-1]['ms_per_step']:.1f} ms/step, {runs[-1]['wall_s']:.0f} s",

@@ -23,12 +23,14 @@ Writes ``probe-agreement.json`` (every layer of every seed) and ``probe-agreemen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +40,12 @@ ARMS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SGD_LRS = {"sgd-0.1": 0.1, "sgd-1e-4": 1e-4}  # the comparison: the fp32 noise after one SGD step at these rates
 
 
-def _step_noise(model, x, y, probe_dtype=None) -> tuple[list, dict]:
-    """``(per layer [B, n] float64 noise, {layer name: std})`` of one step of a copy of ``model``."""
-    from anl_fused import TwoRound, ops
+@contextlib.contextmanager
+def recorded_noise() -> Iterator[list]:
+    """Records the noise of every ``ops.add_noise`` call while the block runs: yields a list that gets, per call,
+    ``alpha * scale[b] * g_b`` flattened per sample in float64 (``g``'s non-finite entries count as 0, as in
+    ``add_noise``). The original ``ops.add_noise`` still does the work and is put back on exit."""
+    from anl_fused import ops
 
     seen = []
     add_noise = ops.add_noise
@@ -51,14 +56,22 @@ def _step_noise(model, x, y, probe_dtype=None) -> tuple[list, dict]:
         )
         return add_noise(h, g, scale, alpha=alpha)
 
-    net = copy.deepcopy(model)
-    engine = TwoRound(net, torch.Generator().manual_seed(0), probe_dtype=probe_dtype)
     ops.add_noise = spy
     try:
-        torch.manual_seed(1)
-        engine.step(lambda: F.cross_entropy(net(x), y))
+        yield seen
     finally:
         ops.add_noise = add_noise
+
+
+def _step_noise(model, x, y, probe_dtype=None) -> tuple[list, dict]:
+    """``(per layer [B, n] float64 noise, {layer name: std})`` of one step of a copy of ``model``."""
+    from anl_fused import TwoRound
+
+    net = copy.deepcopy(model)
+    engine = TwoRound(net, torch.Generator().manual_seed(0), probe_dtype=probe_dtype)
+    with recorded_noise() as seen:
+        torch.manual_seed(1)
+        engine.step(lambda: F.cross_entropy(net(x), y))
     return seen, {k: v.item() for k, v in engine.last_stds.items()}
 
 

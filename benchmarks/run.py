@@ -515,7 +515,8 @@ PART_FUNCS = {
 # the report
 
 
-def markdown(summary: dict) -> str:
+def _header(summary: dict) -> list[str]:
+    """The title, the machine and the command, the import error if any, and the table of the parts' status."""
     m = summary["meta"]
     lines = [
         f"# GPU campaign: {m.get('gpu') or m['device']}",
@@ -534,75 +535,96 @@ def markdown(summary: dict) -> str:
         if p.get("error"):
             status += f": {p['error'].splitlines()[0][:200]}"
         lines.append(f"| {name} | {status} | {p.get('seconds', 0):.0f} |")
+    return lines
+
+
+def _tests_section(t: dict) -> list[str]:
+    lines = [
+        "",
+        "## Tests",
+        "",
+        f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
+        f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`.",
+    ]
+    return lines + [f"- {f}" for f in t["failed"][:20]]
+
+
+def _graphs_section(graphs: dict) -> list[str]:
+    lines = [
+        "",
+        "## CUDA graphs: whole step captured",
+        "",
+        "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fmt = lambda d, k, f: format(d[k], f) if k in d else "-"
+    for row in graphs["graphs"]:
+        for method, r in row["methods"].items():
+            ratio = row["ratios"].get(f"{method}/plain", {})
+            if "eager_ms" in r:
+                lines.append(
+                    f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
+                    f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
+                    f"{fmt(ratio, 'eager', '.2f')} |"
+                )
+            else:
+                why = r.get("error") or r.get("skipped", "?")
+                lines.append(f"| {row['model']} | {method} | not measured: {why.splitlines()[0][:150]} | | | | |")
+    return lines
+
+
+def _kernels_section(k: dict) -> list[str]:
+    lines = [
+        "",
+        f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)",
+        "",
+        "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
+        "| --- | --- | --- |",
+    ]
+    for key, s in k["summary"].items():
+        lines.append(
+            f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
+            f"{s['speedup_vs_torch_median']:.2f}x |"
+        )
+    return lines
+
+
+def _memory_section(memory: dict) -> list[str]:
+    lines = [
+        "",
+        "## Memory",
+        "",
+        "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in memory["memory"]:
+        held = row["held"]["held_bytes"]
+        peaks = row["peaks"]
+        extra = (
+            ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items()) if isinstance(peaks, dict) else peaks
+        )
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
+            f"{held['bfloat16'] / 2**20:.1f} | {extra} |"
+        )
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    """``summary.md``: the parts' status, then a section per part that has a result."""
+    lines = _header(summary)
     parts = summary["parts"]
     res = lambda k: parts.get(k, {}).get("result") or {}
     if res("tests"):
-        t = res("tests")
-        lines += [
-            "",
-            "## Tests",
-            "",
-            f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
-            f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`.",
-        ]
-        lines += [f"- {f}" for f in t["failed"][:20]]
+        lines += _tests_section(res("tests"))
     if res("steps"):
         lines += ["", "## Step times (median of interleaved rounds)", "", res("steps")["table"]]
     if res("graphs"):
-        lines += [
-            "",
-            "## CUDA graphs: whole step captured",
-            "",
-            "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        fmt = lambda d, k, f: format(d[k], f) if k in d else "-"
-        for row in res("graphs")["graphs"]:
-            for method, r in row["methods"].items():
-                ratio = row["ratios"].get(f"{method}/plain", {})
-                if "eager_ms" in r:
-                    lines.append(
-                        f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
-                        f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
-                        f"{fmt(ratio, 'eager', '.2f')} |"
-                    )
-                else:
-                    why = r.get("error") or r.get("skipped", "?")
-                    lines.append(f"| {row['model']} | {method} | not measured: {why.splitlines()[0][:150]} | | | | |")
+        lines += _graphs_section(res("graphs"))
     if res("kernels"):
-        k = res("kernels")
-        lines += [
-            "",
-            f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)",
-            "",
-            "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
-            "| --- | --- | --- |",
-        ]
-        for key, s in k["summary"].items():
-            lines.append(
-                f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
-                f"{s['speedup_vs_torch_median']:.2f}x |"
-            )
+        lines += _kernels_section(res("kernels"))
     if res("memory"):
-        lines += [
-            "",
-            "## Memory",
-            "",
-            "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for row in res("memory")["memory"]:
-            held = row["held"]["held_bytes"]
-            peaks = row["peaks"]
-            extra = (
-                ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items())
-                if isinstance(peaks, dict)
-                else peaks
-            )
-            lines.append(
-                f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
-                f"{held['bfloat16'] / 2**20:.1f} | {extra} |"
-            )
+        lines += _memory_section(res("memory"))
     if res("aot"):
         lines += ["", "## AOT report", "", "In `aot.md` / `aot.json`."]
     return "\n".join(lines) + "\n"
@@ -627,7 +649,7 @@ def _library_io():
     return atomic_write, resolve_device, None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="results directory (created; at most 5 files are written)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
@@ -645,6 +667,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_graph-child", dest="graph_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_deadline", dest="deadline", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_fail-method", dest="fail_method", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def _context(args: argparse.Namespace, device: torch.device, start: float) -> dict:
+    """What every part gets: the sizes, the device, where to write, and the time budget (started at ``start``)."""
+    budget_left = lambda: args.budget_s - (time.perf_counter() - start)
+
+    def check_budget(what: str) -> None:
+        if budget_left() <= 0:
+            raise Skipped(f"time budget of {args.budget_s:.0f} s spent before {what}")
+
+    return {
+        "cfg": SMOKE if args.smoke else FULL,
+        "device": device,
+        "cuda": device.type == "cuda",
+        "smoke": args.smoke,
+        "out": args.out,
+        "budget_left": budget_left,
+        "check_budget": check_budget,
+        "tests_timeout": args.tests_timeout,
+        "pytest_args": args.pytest_args,
+        "fail_method": args.fail_method,
+    }
+
+
+def _run_part(name: str, skip: list[str], ctx: dict) -> dict:
+    """Runs part ``name``: its summary entry, ``ok`` with the result, ``skipped`` with the reason or ``error``
+    with the traceback (one failure must not lose the other parts), and the seconds it took."""
+    t0 = time.perf_counter()
+    entry = {"status": "ok"}
+    try:
+        if name in skip:
+            raise Skipped("--skip")
+        ctx["check_budget"](name)
+        entry["result"] = PART_FUNCS[name](ctx)
+    except Skipped as e:
+        entry = {"status": "skipped", "reason": str(e)}
+    except (Exception, SystemExit) as e:  # one failure (an argparse exit too) must not lose the others: recorded
+        entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
+
+
+def _exit_code(summary: dict, import_error: str | None) -> int:
+    """1 where a part failed, the library did not import or the test part's pytest failed; else 0."""
+    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
+    tests = summary["parts"].get("tests", {}).get("result") or {}
+    return 1 if errors or tests.get("returncode", 0) != 0 else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.smoke:
         torch.set_num_threads(1)  # toy sizes: one thread is fastest and does not stall on a busy machine
@@ -655,27 +729,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out is required")
     atomic_write, resolve_device, import_error = _library_io()
     device = resolve_device(args.device)
-    cuda = device.type == "cuda"
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    budget_left = lambda: args.budget_s - (time.perf_counter() - start)
-
-    def check_budget(what: str) -> None:
-        if budget_left() <= 0:
-            raise Skipped(f"time budget of {args.budget_s:.0f} s spent before {what}")
-
-    ctx = {
-        "cfg": SMOKE if args.smoke else FULL,
-        "device": device,
-        "cuda": cuda,
-        "smoke": args.smoke,
-        "out": args.out,
-        "budget_left": budget_left,
-        "check_budget": check_budget,
-        "tests_timeout": args.tests_timeout,
-        "pytest_args": args.pytest_args,
-        "fail_method": args.fail_method,
-    }
+    ctx = _context(args, device, start)
     summary = {
         "meta": meta(device),
         "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -689,19 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = os.path.join(args.out, "summary.json")
     print(f"campaign on {summary['meta'].get('gpu') or device}, parts {args.parts}", flush=True)
     for name in args.parts:
-        t0 = time.perf_counter()
-        entry = {"status": "ok"}
-        try:
-            if name in args.skip:
-                raise Skipped("--skip")
-            check_budget(name)
-            entry["result"] = PART_FUNCS[name](ctx)
-        except Skipped as e:
-            entry = {"status": "skipped", "reason": str(e)}
-        except (Exception, SystemExit) as e:  # one failure (an argparse exit too) must not lose the others: recorded
-            entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        entry["seconds"] = time.perf_counter() - t0
-        summary["parts"][name] = entry
+        entry = summary["parts"][name] = _run_part(name, args.skip, ctx)
         print(
             f"{name}: {entry['status']} ({entry['seconds']:.0f} s)"
             + (f": {entry.get('reason') or entry.get('error', '').splitlines()[0]}" if entry["status"] != "ok" else ""),
@@ -710,12 +754,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["seconds"] = time.perf_counter() - start
         atomic_write(summary_path, json.dumps(summary, indent=1, default=str))
         atomic_write(os.path.join(args.out, "summary.md"), markdown(summary))
-        if cuda:
+        if ctx["cuda"]:
             torch.cuda.empty_cache()
     print(f"wrote {summary_path} and summary.md ({summary['seconds']:.0f} s)")
-    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
-    tests = summary["parts"].get("tests", {}).get("result") or {}
-    return 1 if errors or tests.get("returncode", 0) != 0 else 0
+    return _exit_code(summary, import_error)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import anl_fused
-from anl_fused import ops
+from anl_fused.benchmarks.probe_agreement import recorded_noise
 from anl_fused.reference import two_round_step
 
 from . import _readme
@@ -22,20 +22,11 @@ SMALL = 1e-4
 
 
 @pytest.fixture
-def etas(monkeypatch):
+def etas():
     """The noise of every ``ops.add_noise`` call, ``alpha * scale[b] * g_b`` flattened per sample, in float64
     (``g``'s non-finite entries count as 0, as in ``add_noise``)."""
-    seen = []
-    add_noise = ops.add_noise
-
-    def spy(h, g, scale, alpha=1.0):
-        seen.append(
-            alpha * scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1)
-        )
-        return add_noise(h, g, scale, alpha=alpha)
-
-    monkeypatch.setattr(ops, "add_noise", spy)
-    return seen
+    with recorded_noise() as seen:
+        yield seen
 
 
 def setup(seed=0):

@@ -14,7 +14,7 @@ from torch import nn
 
 import anl_fused
 from anl_fused import engine as engine_mod
-from anl_fused import ops
+from anl_fused.benchmarks.probe_agreement import recorded_noise
 
 from ._nets import flat_grads, small_vgg
 
@@ -33,24 +33,12 @@ def setup(seed=0, dropout=True):
 def noise_and_grads(model, x, y, weight=1.0, device="cpu", **engine_kw):
     """The noise of every ``ops.add_noise`` call (``scale[b] * g_b`` per sample, float64) and the step's
     parameter gradients, of one step on a copy of ``model`` (same generator seed, same dropout seed)."""
-    seen = []
-    add_noise = ops.add_noise
-
-    def spy(h, g, scale, alpha=1.0):
-        seen.append(
-            alpha * scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1)
-        )
-        return add_noise(h, g, scale, alpha=alpha)
-
     net = copy.deepcopy(model).to(device)
     x, y = x.to(device), y.to(device)
     engine = anl_fused.TwoRound(net, torch.Generator(device).manual_seed(0), **engine_kw)
-    ops.add_noise = spy
-    try:
+    with recorded_noise() as seen:
         torch.manual_seed(5)
         engine.step(lambda: weight * F.cross_entropy(net(x), y))
-    finally:
-        ops.add_noise = add_noise
     return seen, flat_grads(net), engine
 
 

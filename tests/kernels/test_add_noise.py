@@ -30,18 +30,10 @@ from ._helpers import (
 
 an_mod = importlib.import_module("anl_fused.kernels.add_noise")
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy in the interpreter, on inf/NaN
-
-
-@pytest.fixture
-def dev():
-    return kernel_device()
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    """Every test draws the same random data whatever ran before it (failures reproduce)."""
-    torch.manual_seed(0)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # numpy in the interpreter, on inf/NaN
+    pytest.mark.usefixtures("seeded"),
+]
 
 
 def truth(h, g, scale):

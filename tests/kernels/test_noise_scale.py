@@ -24,18 +24,10 @@ ns_mod = importlib.import_module("anl_fused.kernels.noise_scale")
 # scale is a few roundings of float32 arithmetic (float64 for float64 g) away from the truth.
 RTOL = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-6, torch.bfloat16: 1e-6}
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy in the interpreter, on inf/NaN
-
-
-@pytest.fixture
-def dev():
-    return kernel_device()
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    """Every test draws the same random data whatever ran before it (failures reproduce)."""
-    torch.manual_seed(0)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # numpy in the interpreter, on inf/NaN
+    pytest.mark.usefixtures("seeded"),
+]
 
 
 @pytest.fixture

@@ -23,16 +23,7 @@ layout_mod = importlib.import_module("anl_fused.kernels._layout")
 # std in float32 accumulation of data exactly representable in the dtype: a few float32 ulps.
 S_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
-
-@pytest.fixture
-def dev():
-    return kernel_device()
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    """Every test draws the same random data whatever ran before it (failures reproduce)."""
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 @pytest.fixture
