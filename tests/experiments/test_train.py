@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -528,3 +529,17 @@ def test_eps_auto_out_of_range_warns_in_one_line_and_config_records_the_rule(tmp
         == 0
     )
     assert json.loads((tmp_path / "fixed" / "config.json").read_text())["eps_auto"] is None
+
+
+def test_a_diverged_run_is_said_once():
+    """A training loss that turns non-finite is logged as a divergence (once, at its first epoch); the run
+    keeps its schedule (table1 and the figures mark it diverged)."""
+    logs = []
+    cfg = TrainConfig(model="lenet5", variant="anl", eps=0.3, epochs=2, batch_size=64, lr=50.0, momentum=0.9)
+    result = fit(cfg, None, progress=False, log=logs.append)
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    warned = [line for line in logs if "is not finite: the run has diverged" in line]
+    assert len(warned) == 1 and "epoch 1 " in warned[0]
+    logs.clear()
+    fit(dataclasses.replace(cfg, lr=0.05), None, progress=False, log=logs.append)
+    assert not any("diverged" in line for line in logs)

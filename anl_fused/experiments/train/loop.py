@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 import signal
 import sys
@@ -217,6 +218,11 @@ class _Loop:
         if self.metrics:
             self.metrics.append(record)
         self.log(format_record(record, self.total_epochs))
+        if not math.isfinite(record["train_loss"]) and all(math.isfinite(r["train_loss"]) for r in pos.history[:-1]):
+            self.log(
+                f"warning: the training loss of epoch {record['epoch']} is not finite: the run has diverged (a "
+                "smaller --lr or --eps may train); it goes on to its last epoch, and table1 / figures mark it"
+            )
         pos.epoch += 1
         pos.step = 0
         self.meter = EpochMeter(p.device)
