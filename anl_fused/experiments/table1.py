@@ -522,6 +522,10 @@ def _protocol(args: argparse.Namespace) -> Protocol:
     ):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if args.val_size is not None and args.val_size < 1:
+        raise ValueError(f"--val-size must be >= 1 (the schedule watches the validation loss), got {args.val_size}")
+    if not (args.lr > 0 and args.lr != float("inf")):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
     for e in args.eps:
         if not (e == e and abs(e) != float("inf")) or e == 0:
             raise ValueError(f"--eps values must be finite and non-zero, got {e}")
