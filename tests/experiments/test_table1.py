@@ -93,7 +93,7 @@ def test_protocol_errors_are_one_line(tmp_path, capsys):
         (["--epochs", "3", "--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
         (["--epochs", "3", "--val-size", "0"], "--val-size must be >= 1"),
     ):
-        argv = ["table1", "--dataset", "digits", "--runs-dir", str(tmp_path), *extra]
+        argv = ["table1", "--dataset", "digits", "--runs-dir", str(tmp_path), "--out", str(tmp_path), *extra]
         if "--seeds" not in extra:
             argv += ["--seeds", "1"]
         assert main(argv) == 2
