@@ -23,7 +23,17 @@ from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
 from ..models import MODELS
-from .config import PRESETS, PROBE_DTYPES, VARIANTS, TrainConfig, arg_type, auto_eps_of, config_from_dict, preset_values
+from .config import (
+    PRESETS,
+    PROBE_DTYPES,
+    SCHEDULES,
+    VARIANTS,
+    TrainConfig,
+    arg_type,
+    auto_eps_of,
+    config_from_dict,
+    preset_values,
+)
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -143,7 +153,7 @@ def _protocol(g) -> None:
         g,
         "--finetune-lr",
         "phase 2 learning rate: floor (--min-lr) or continue the schedule; auto: floor for "
-        "noise variants, continue for plain/dropout",
+        "noise variants and sam, continue for plain/dropout",
         choices=("auto", "floor", "continue"),
     )
     _opt(g, "--batch-size", "the global batch under torchrun", type=arg_type("batch_size"))
@@ -154,6 +164,14 @@ def _protocol(g) -> None:
     _opt(g, "--patience", "a plateau: this many epochs without a new best validation loss", type=arg_type("patience"))
     _opt(g, "--hold-epochs", "each learning rate stays at least this many epochs", type=arg_type("hold_epochs"))
     _opt(g, "--min-lr", "learning-rate floor and the fine-tuning rate", type=arg_type("min_lr"))
+    _opt(
+        g,
+        "--schedule",
+        "plateau: sec. 4.2.1 (halve on a validation plateau); cosine: a fixed schedule, the same rates "
+        "for every run (lr to --min-lr over the scheduled epochs)",
+        choices=SCHEDULES,
+    )
+    _opt(g, "--sam-rho", "variant sam: SAM's neighbourhood radius rho", type=arg_type("sam_rho"))
 
 
 def _where(g) -> None:

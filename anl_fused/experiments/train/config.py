@@ -26,6 +26,8 @@ __all__ = [
     "PROBE_DTYPES",
     "RANGES",
     "RUNTIME",
+    "SCHEDULES",
+    "TWO_PHASE_VARIANTS",
     "VARIANTS",
     "TrainConfig",
     "arg_type",
@@ -38,8 +40,11 @@ __all__ = [
     "upgrade_stored",
 ]
 
-VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input")
+VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input", "sam")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
+# trained in two phases by default (the regularizer on for `epochs`, then `finetune_epochs` without it at the floor)
+TWO_PHASE_VARIANTS = (*NOISE_VARIANTS, "sam")
+SCHEDULES = ("plateau", "cosine")
 INPUT_EPS_UNITS = ("pixel", "normalized", None)
 # round 1's dtype (TwoRound's probe_dtype): fp32 = as the model is (exact); bf16 / fp16 = under autocast
 PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -58,6 +63,7 @@ RANGES: dict[str, dict[str, Any]] = {
     "lr_factor": {"kind": float, "low": 0.0, "high": 1.0, "low_open": True, "high_open": True},
     "patience": {"kind": int, "low": 1},
     "hold_epochs": {"kind": int, "low": 1},
+    "sam_rho": {"kind": float, "low": 0.0, "low_open": True},
     "min_lr": {"kind": float, "low": 0.0},
     "val_size": {"kind": int, "low": 0},
     "seed": {"kind": int, "low": 0},
@@ -96,6 +102,9 @@ class TrainConfig:
     patience: int = 5  # ... when none of the last `patience` epochs found a new best validation loss
     hold_epochs: int = 5  # ... and the rate has been used for at least `hold_epochs` epochs
     min_lr: float = 1e-3  # ... down to this floor (also the fine-tuning rate)
+    # "cosine": a fixed schedule instead (the same rates for every run: lr to min_lr over the scheduled epochs)
+    schedule: str = "plateau"
+    sam_rho: float = 0.05  # variant "sam": the neighbourhood radius of sharpness-aware minimization
     val_size: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -121,10 +130,12 @@ class TrainConfig:
         if c.finetune_lr not in ("auto", "floor", "continue"):
             raise ValueError(f"finetune_lr must be auto, floor or continue, got {c.finetune_lr!r}")
         if c.finetune_lr == "auto":
-            c.finetune_lr = "floor" if c.variant in NOISE_VARIANTS else "continue"
+            c.finetune_lr = "floor" if c.variant in TWO_PHASE_VARIANTS else "continue"
         _check_numbers(c)
         if c.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {c.norm!r}")
+        if c.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
         if c.probe_dtype not in PROBE_DTYPES:
             raise ValueError(f"probe_dtype must be one of {tuple(PROBE_DTYPES)}, got {c.probe_dtype!r}")
         if c.std_over not in distributed.STD_OVER:
@@ -183,7 +194,9 @@ def _resolve_noise(c: TrainConfig) -> None:
         c.input_eps_unit = None
     elif c.input_eps_unit is None:
         c.input_eps_unit = "pixel"
-    if c.variant in ("plain", "dropout"):
+    if c.variant != "sam":
+        c.sam_rho = TrainConfig.sam_rho  # not a setting of this run: the default, so that it never tells runs apart
+    if c.variant in ("plain", "dropout", "sam"):
         c.eps, c.input_eps, c.input_sign, c.probe_dtype = 0.0, 0.0, False, "fp32"  # no round 1
         return
     if c.eps is None:
@@ -237,7 +250,7 @@ def preset_values(name: str, variant: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
     p = PRESETS[name]
-    return {**p["all"], **(p["noise"] if variant in NOISE_VARIANTS else p["baseline"])}
+    return {**p["all"], **(p["noise"] if variant in TWO_PHASE_VARIANTS else p["baseline"])}
 
 
 def input_layer_eps(cfg: TrainConfig) -> float:
@@ -290,9 +303,11 @@ def probe_torch_dtype(cfg: TrainConfig) -> torch.dtype | None:
 def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
     existed implicitly had: ``norm`` ("sample"), ``probe_dtype`` ("fp32"), ``input_eps_unit`` ("normalized"
-    for input-sign runs)."""
+    for input-sign runs), ``schedule`` ("plateau"), ``sam_rho`` (the default, unused)."""
     d = dict(d)
     d.setdefault("norm", "sample")
+    d.setdefault("schedule", "plateau")
+    d.setdefault("sam_rho", TrainConfig.sam_rho)
     d.setdefault("probe_dtype", "fp32")
     if "input_eps_unit" not in d:
         d["input_eps_unit"] = "normalized" if d.get("variant") == "input" and d.get("input_sign") else None

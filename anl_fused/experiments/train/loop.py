@@ -166,13 +166,27 @@ class _Loop:
             held["out"] = out
             return F.cross_entropy(out, y)
 
-        self.parts.optimizer.zero_grad(set_to_none=True)
+        optimizer = self.parts.optimizer
+        optimizer.zero_grad(set_to_none=True)
         if self.parts.noisy:
             loss = self.parts.engine.step(closure)
-        else:  # plain / dropout: no ANL layer, an ordinary step
+        else:  # plain / dropout / sam: no ANL layer, an ordinary backward
             loss = closure()
             loss.backward()
-        self.parts.optimizer.step()
+        if self.cfg.variant != "sam":
+            optimizer.step()
+        elif in_anl_phase:  # SAM's second pass at the perturbed weights (BatchNorm statistics updated once)
+            from pytorch_optimizer.optimizer.utils import disable_running_stats, enable_running_stats
+
+            out = held["out"]
+            optimizer.first_step(zero_grad=True)
+            disable_running_stats(self.parts.model)
+            closure().backward()
+            enable_running_stats(self.parts.model)
+            optimizer.second_step()
+            held["out"] = out
+        else:  # fine-tuning phase: the base optimizer alone
+            optimizer.base_optimizer.step()
         stds = self.parts.engine.last_stds if (self.parts.noisy and in_anl_phase) else None
         self.meter.update(loss, held["out"], y, stds)
         self.pos.step += 1
@@ -202,7 +216,7 @@ class _Loop:
         lr_used = p.optimizer.param_groups[0]["lr"]
         if in_anl_phase or self.cfg.finetune_lr == "continue":
             p.scheduler.step(val[0])
-        phase = ("anl" if p.noisy else "train") if in_anl_phase else "finetune"
+        phase = ("anl" if p.noisy else "sam" if self.cfg.variant == "sam" else "train") if in_anl_phase else "finetune"
         record = epoch_record(
             epoch=pos.epoch + 1,
             phase=phase,

@@ -168,6 +168,16 @@ def _batches(cfg: TrainConfig, bundle: data_mod.DataBundle, device: torch.device
     return train_b, val_b, test_b
 
 
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay; for variant ``sam``, pytorch-optimizer's SAM around it (``sam_rho``)."""
+    sgd = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.variant == "sam":
+        from pytorch_optimizer import SAM
+
+        return SAM(model.parameters(), torch.optim.SGD, rho=cfg.sam_rho, **sgd)
+    return torch.optim.SGD(model.parameters(), **sgd)
+
+
 def build_parts(cfg: TrainConfig, bundle: data_mod.DataBundle | None = None) -> Parts:
     """The run's parts for this process (``cfg`` resolved)."""
     from ... import TwoRound
@@ -176,7 +186,7 @@ def build_parts(cfg: TrainConfig, bundle: data_mod.DataBundle | None = None) -> 
     device = _device(cfg, world)
     bundle = _data(cfg, world, bundle)
     model, train_model, run_model, eval_model = _models(cfg, bundle, device, rank, world)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(cfg, model)
     scheduler = make_schedule(optimizer, cfg)
     generator = torch.Generator(device=device).manual_seed((data_mod.derive_seed(cfg.seed, 3) + rank) % 2**63)
     engine = TwoRound(

@@ -9,7 +9,7 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["PlateauSchedule", "make_schedule"]
+__all__ = ["CosineSchedule", "PlateauSchedule", "make_schedule"]
 
 
 class PlateauSchedule:
@@ -109,8 +109,57 @@ class PlateauSchedule:
         self.epochs = int(state["epochs"])
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> PlateauSchedule:
-    """The run's :class:`PlateauSchedule` (factor, patience, hold and floor from ``cfg``)."""
+class CosineSchedule:
+    """A fixed schedule: the rate of epoch ``e`` (from 0) is
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * e / horizon)) / 2`` for ``e < horizon``, then ``min_lr``.
+
+    The same rates for every run of a length, whatever its validation loss: it removes the learning-rate
+    path as a difference between runs (the plateau schedule reacts to each run's loss). :meth:`step`
+    takes the epoch's validation loss only to share :class:`PlateauSchedule`'s interface."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, horizon: int, min_lr: float = 1e-3):
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1 epoch, got {horizon!r}")
+        self.optimizer, self.horizon, self.min_lr = optimizer, int(horizon), float(min_lr)
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.epochs = 0
+
+    def rate(self, base: float, epoch: int) -> float:
+        if epoch >= self.horizon:
+            return self.min_lr
+        return self.min_lr + (base - self.min_lr) * (1.0 + math.cos(math.pi * epoch / self.horizon)) / 2.0
+
+    def step(self, val_loss: float | None = None) -> bool:
+        """One epoch is over: the next epoch's rates; returns whether they changed."""
+        self.epochs += 1
+        changed = False
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            new = self.rate(base, self.epochs)
+            changed |= new != g["lr"]
+            g["lr"] = new
+        return changed
+
+    def to_floor(self) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.min_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"horizon": self.horizon, "min_lr": self.min_lr, "base_lrs": self.base_lrs, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "horizon" not in state:
+            raise KeyError("not a CosineSchedule state (lacks 'horizon'): the run was made with another schedule")
+        self.horizon, self.min_lr = int(state["horizon"]), float(state["min_lr"])
+        self.base_lrs, self.epochs = [float(b) for b in state["base_lrs"]], int(state["epochs"])
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> PlateauSchedule | CosineSchedule:
+    """The run's schedule: :class:`PlateauSchedule` (factor, patience, hold and floor from ``cfg``) or, with
+    ``schedule="cosine"``, :class:`CosineSchedule` over the epochs that follow a schedule (``epochs``; all of
+    them when the fine-tuning continues the schedule). ``cfg`` resolved."""
+    if cfg.schedule == "cosine":
+        horizon = cfg.epochs + (cfg.finetune_epochs if cfg.finetune_lr == "continue" else 0)
+        return CosineSchedule(optimizer, horizon=max(horizon, 1), min_lr=cfg.min_lr)
     return PlateauSchedule(
         optimizer, factor=cfg.lr_factor, patience=cfg.patience, hold=cfg.hold_epochs, min_lr=cfg.min_lr
     )
