@@ -24,6 +24,10 @@ COMMANDS = {
         "anl_fused.experiments.table1",
         "the paper's Table 1: baseline, Gaussian, ANL and opposite ANL over seeds, resumable",
     ),
+    "study": (
+        "anl_fused.experiments.study",
+        "the pre-registered ANL study (issue #17): pilot, main runs, report; resumable",
+    ),
     "figures": ("anl_fused.experiments.figures", "draw the paper's figures as PNG"),
     "attack": ("anl_fused.experiments.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),
     "bench": (

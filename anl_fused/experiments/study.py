@@ -1,0 +1,298 @@
+"""``anl-fused study``: the pre-registered study of issue #17 (``benchmarks/results/study/prereg.md``): does ANL
+lower LeNet-5's clean test error on Fashion-MNIST against a two-phase control, and how does it fare against SAM?
+
+    anl-fused study run --runs-dir /work/study-runs --jobs 2 --threads 1   # resumable; Ctrl-C / kill checkpoints
+    anl-fused study report --runs-dir /work/study-runs --out benchmarks/results/study
+    anl-fused study plan                                                    # the runs and their state
+
+Stages, in order (each run is ``anl-fused train`` in a child process, ``table1``'s runner): the *pilot* (ANL and
+the control on seeds 100-103; SAM at each rho of :data:`RHO_GRID` on seeds 100-101), then the design it fixes by
+the pre-registered rules (:func:`design`: the number of seeds, SAM's rho), then the *main* runs (the primary pair
+first, then the other arms) and the *cosine* runs (the fixed-schedule secondary analysis). Everything here is
+what the pre-registration fixes; change nothing without listing it there as a deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from . import stats
+from .table1 import _Runner, read_history
+
+T = 100  # epochs of each phase (the paper's 100 + 100; the one-schedule baseline trains 2T)
+EPS, NORM = 0.03, "layer"  # the paper's Table 1 eps; Algorithm 1's per-layer norm
+EFFECT = 0.27  # pp: the paper's Table 1 gain (9.44 -> 9.17)
+PILOT_SEEDS = (100, 101, 102, 103)
+RHO_GRID, RHO_SEEDS = (0.02, 0.05, 0.1), (100, 101)
+MIN_SEEDS, MAX_SEEDS = 12, 40  # of the primary pair
+OTHER_SEEDS = tuple(range(5))
+COSINE_SEEDS = tuple(range(8))
+MATCHED_RATIO = 2.2  # ANL's step / plain step, measured (benchmarks/results/study/throughput.json): 22.6 / 10.3 ms
+DIVERGED = 80.0  # % test error: a run stuck at chance (10 classes)
+ARMS = ("baseline", "control", "anl", "opposite", "gaussian", "sam", "matched")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the study."""
+
+    arm: str
+    seed: int
+    schedule: str = "plateau"
+    rho: float = 0.0  # sam only
+
+    @property
+    def name(self) -> str:
+        rho = f"-rho{self.rho:g}" if self.arm == "sam" else ""
+        return f"{self.arm}{rho}-{self.schedule}-seed{self.seed}"
+
+    @property
+    def phases(self) -> tuple[int, int]:
+        """Epochs of phase 1 (regularizer on / scheduled) and phase 2 (off, at the floor rate)."""
+        if self.arm == "baseline":
+            return 2 * T, 0
+        if self.arm == "matched":
+            return round(MATCHED_RATIO * T), T
+        return T, T
+
+    def train_args(self, out_dir: str, threads: int) -> list[str]:
+        variant = {"baseline": "plain", "control": "plain", "matched": "plain"}.get(self.arm, self.arm)
+        epochs, finetune = self.phases
+        args = ["train", "--model", "lenet5", "--dataset", "fashion-mnist", "--variant", variant]
+        args += ["--epochs", str(epochs), "--finetune-epochs", str(finetune), "--batch-size", "128", "--lr", "0.1"]
+        args += ["--schedule", self.schedule, "--seed", str(self.seed), "--device", "cpu", "--threads", str(threads)]
+        args += ["--finetune-lr", "continue" if self.arm == "baseline" else "floor"]
+        if self.arm in ("anl", "opposite", "gaussian"):
+            args += ["--eps", repr(EPS)]
+        if self.arm in ("anl", "opposite"):
+            args += ["--norm", NORM]
+        if self.arm == "sam":
+            args += ["--sam-rho", repr(self.rho)]
+        return args + ["--out", out_dir, "--resume", "--no-progress"]
+
+
+def pilot_runs() -> list[Run]:
+    pair = [Run(a, s) for s in PILOT_SEEDS for a in ("anl", "control")]
+    return pair + [Run("sam", s, rho=r) for s in RHO_SEEDS for r in RHO_GRID]
+
+
+def main_runs(n: int, rho: float) -> list[Run]:
+    """The primary pair on seeds 0..n-1 (seed by seed), then the other arms on :data:`OTHER_SEEDS`."""
+    runs = [Run(a, s) for s in range(n) for a in ("anl", "control")]
+    others = [a for a in ARMS if a not in ("anl", "control")]
+    return runs + [Run(a, s, rho=rho if a == "sam" else 0.0) for s in OTHER_SEEDS for a in others]
+
+
+def cosine_runs() -> list[Run]:
+    return [Run(a, s, schedule="cosine") for s in COSINE_SEEDS for a in ("anl", "control")]
+
+
+# ----------------------------------------------------------------------------------------------
+# results of runs
+
+
+def run_dir(runs_dir: str, run: Run) -> str:
+    return os.path.join(runs_dir, run.name)
+
+
+def finished(runs_dir: str, run: Run) -> bool:
+    hist = read_history(run_dir(runs_dir, run))
+    return bool(hist) and hist[-1].get("epoch") == sum(run.phases)
+
+
+def record(runs_dir: str, run: Run) -> dict | None:
+    """The summary record of a finished run (None if unfinished)."""
+    d = run_dir(runs_dir, run)
+    if not finished(runs_dir, run):
+        return None
+    hist = read_history(d)
+    epochs, finetune = run.phases
+    last, end1 = hist[-1], hist[epochs - 1]
+    wall = _wall(d)
+    return {
+        "name": run.name,
+        "arm": run.arm,
+        "seed": run.seed,
+        "schedule": run.schedule,
+        "eps": EPS if run.arm in ("anl", "gaussian") else -EPS if run.arm == "opposite" else 0.0,
+        "norm": NORM if run.arm in ("anl", "opposite") else None,
+        "rho": run.rho if run.arm == "sam" else None,
+        "epochs_phase1": epochs,
+        "epochs_phase2": finetune,
+        "lr_end_phase1": end1["lr"],
+        "floor_reached_epoch": next((h["epoch"] for h in hist[:epochs] if h["lr"] <= 1e-3 * (1 + 1e-9)), None),
+        "test_err": last["test_err"] * 100,
+        "train_err": (1 - last["train_acc"]) * 100,
+        "val_err": (1 - last["val_acc"]) * 100,
+        "train_time_s": sum(h.get("epoch_train_time_s", 0.0) for h in hist),
+        "wall_s": wall["wall_s"],
+        "core_s": wall["core_s"],
+        "diverged": last["test_err"] * 100 >= DIVERGED or not math.isfinite(last["train_loss"]),
+    }
+
+
+WALL_NAME = "study-wall.jsonl"  # one line per child process that trained the run: its wall time and threads
+
+
+def _wall(d: str) -> dict:
+    wall = core = 0.0
+    path = os.path.join(d, WALL_NAME)
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    w = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                wall += w["wall_s"]
+                core += w["wall_s"] * w["threads"]
+    return {"wall_s": wall, "core_s": core}
+
+
+# ----------------------------------------------------------------------------------------------
+# the design the pilot fixes (pre-registered rules)
+
+
+def design(runs_dir: str) -> dict | None:
+    """The number of primary seeds and SAM's rho from the finished pilot (None until it is finished).
+
+    n: the smallest number of seeds whose paired t-test (two-sided, alpha 0.05) has power >= 0.8 for a
+    difference of :data:`EFFECT` pp given the pilot's paired SD of (ANL - control) test error, within
+    [:data:`MIN_SEEDS`, :data:`MAX_SEEDS`]. rho: the grid value with the lowest mean final validation error
+    over :data:`RHO_SEEDS` (ties: the smaller rho). Test error plays no part in rho."""
+    recs = {r.name: record(runs_dir, r) for r in pilot_runs()}
+    if any(v is None for v in recs.values()):
+        return None
+    diffs = [recs[Run("anl", s).name]["test_err"] - recs[Run("control", s).name]["test_err"] for s in PILOT_SEEDS]
+    sd = stats.summary(diffs)["std"]
+    n = stats.seeds_for_power(EFFECT, sd, low=MIN_SEEDS, high=MAX_SEEDS)
+    val = {r: stats.summary([recs[Run("sam", s, rho=r).name]["val_err"] for s in RHO_SEEDS])["mean"] for r in RHO_GRID}
+    rho = min(RHO_GRID, key=lambda r: (val[r], r))
+    return {
+        "pilot_diffs_pp": diffs,
+        "pilot_paired_sd_pp": sd,
+        "n_primary": n,
+        "power_at_n": stats.power(n, EFFECT, sd),
+        "sam_val_err_by_rho": {f"{r:g}": v for r, v in val.items()},
+        "sam_rho": rho,
+        "pilot_lr_end_phase1": {k: v["lr_end_phase1"] for k, v in recs.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+class _TimedRunner(_Runner):
+    """table1's runner, appending each child's wall time to the run's :data:`WALL_NAME`."""
+
+    def __init__(self, jobs: int, nice: int, threads: int, log=print):
+        super().__init__(jobs, nice, log)
+        self.threads = threads
+
+    def _record(self, proc, d: str, t0: float) -> None:
+        line = {"wall_s": time.time() - t0, "threads": self.threads, "exit": proc.returncode}
+        with open(os.path.join(d, WALL_NAME), "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _reap(self, block: bool) -> None:
+        before = dict(self.running)
+        super()._reap(block)
+        for proc, (_, d, t0, _) in before.items():
+            if proc not in self.running:
+                self._record(proc, d, t0)
+
+    def run(self, todo: list) -> None:
+        try:
+            super().run(todo)
+        except KeyboardInterrupt:  # the children have checkpointed and stopped
+            for proc, (_, d, t0, _) in self.running.items():
+                self._record(proc, d, t0)
+            raise
+
+
+def _todo(runs: list[Run], args) -> list:
+    return [
+        (r, run_dir(args.runs_dir, r), r.train_args(run_dir(args.runs_dir, r), args.threads))
+        for r in runs
+        if not finished(args.runs_dir, r)
+    ]
+
+
+def _stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
+    d = design(runs_dir)
+    main = main_runs(d["n_primary"], d["sam_rho"]) if d else None
+    return [("pilot", pilot_runs()), ("main", main), ("cosine", cosine_runs())]
+
+
+def _run(args) -> int:
+    log = lambda s: print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {s}", flush=True)
+    runner = _TimedRunner(args.jobs, args.nice, args.threads, log)
+    for name in ("pilot", "main", "cosine"):
+        runs = dict(_stages(args.runs_dir))[name]  # the main stage exists once the pilot is finished
+        todo = _todo(runs, args)
+        log(f"stage {name}: {len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go")
+        if name == "pilot" and not todo:
+            log(f"design (pre-registered rules): {json.dumps(design(args.runs_dir))}")
+        try:
+            runner.run(todo)
+        except KeyboardInterrupt:
+            return 130
+        if runner.failed:
+            log(f"stopping: {len(runner.failed)} run(s) failed")
+            return 1
+    return 0
+
+
+def _plan(args) -> int:
+    for name, runs in _stages(args.runs_dir):
+        if runs is None:
+            print(f"# {name}: fixed by the pilot's design (pilot unfinished)")
+            continue
+        done = sum(finished(args.runs_dir, r) for r in runs)
+        print(f"# {name}: {done} of {len(runs)} finished")
+        for r in runs:
+            state = (
+                "finished"
+                if finished(args.runs_dir, r)
+                else "partial"
+                if read_history(run_dir(args.runs_dir, r))
+                else "new"
+            )
+            print(f"{state:<8} {r.name}")
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("run", "report", "plan"))
+    parser.add_argument("--runs-dir", required=True, help="where the runs live (outside the checkout)")
+    parser.add_argument("--out", default="benchmarks/results/study", help="report: where summary.json goes")
+    parser.add_argument("--jobs", type=int, default=2, help="run: trainings at once (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="run: intra-op threads per training (default 1)")
+    parser.add_argument("--nice", type=int, default=10, help="run: niceness of the trainings (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "run":
+        return _run(args)
+    if args.action == "plan":
+        return _plan(args)
+    from .study_report import write_report
+
+    return write_report(args.runs_dir, args.out)
+
+
+__all__ = ["ARMS", "Run", "cosine_runs", "design", "main_runs", "pilot_runs", "record"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["study", *sys.argv[1:]]))

@@ -1,0 +1,165 @@
+"""The study's analysis, as pre-registered (``benchmarks/results/study/prereg.md``): ``summary.json`` (one record
+per finished run, the design, the primary block, the Holm-corrected secondary comparisons, the cosine analysis)
+and ``summary.md``. Only finished runs count; the state ("k of m runs") is part of both files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+
+from . import stats
+from .files import atomic_write
+from .study import DIVERGED, EFFECT, Run, cosine_runs, design, main_runs, pilot_runs, record
+
+#: the secondary comparisons (arm, reference arm), Holm-corrected as one family, paired by seed
+SECONDARY = (
+    ("baseline", "control"),
+    ("opposite", "control"),
+    ("gaussian", "control"),
+    ("sam", "control"),
+    ("matched", "control"),
+    ("anl", "sam"),
+    ("anl", "matched"),
+)
+
+
+def _by_arm(records: list[dict], schedule: str = "plateau") -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for r in records:
+        if r["schedule"] == schedule:
+            out.setdefault(r["arm"], {})[r["seed"]] = r
+    return out
+
+
+def compare(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> dict | None:
+    """Paired (arm - ref) final test error over the seeds both finished without diverging; None below 2 seeds."""
+    a, b = arms.get(arm, {}), arms.get(ref, {})
+    seeds = sorted(s for s in a if s in b and not a[s]["diverged"] and not b[s]["diverged"])
+    if len(seeds) < 2:
+        return None
+    return {
+        "arm": arm,
+        "control": ref,
+        "seeds": seeds,
+        **stats.paired([a[s]["test_err"] - b[s]["test_err"] for s in seeds]),
+    }
+
+
+def verdict(primary: dict | None, n_planned: int | None) -> str:
+    """The pre-registered reading of the primary block (gain = control - ANL, in pp)."""
+    if primary is None:
+        return "no result yet"
+    lo, hi = primary["ci"]
+    final = n_planned is not None and primary["n"] >= n_planned
+    state = "" if final else f" (interim: {primary['n']} of {n_planned or '?'} seeds; not the pre-registered test)"
+    if hi < 0:
+        reading = "ANL lowers the test error (95% CI of ANL - control below 0)"
+        if -lo < EFFECT:
+            reading += (
+                f"; the paper's size of effect ({EFFECT} pp) is refuted (the gain's upper bound {-lo:.2f} < {EFFECT})"
+            )
+    elif lo > 0:
+        reading = "ANL raises the test error (95% CI of ANL - control above 0)"
+    elif -lo < EFFECT:
+        reading = (
+            f"no gain detected, and the paper's size of effect ({EFFECT} pp) is refuted "
+            f"(the gain's upper 95% bound {-lo:.2f} pp < {EFFECT})"
+        )
+    else:
+        reading = f"inconclusive: the 95% CI [{lo:+.2f}, {hi:+.2f}] pp of ANL - control includes 0 and -{EFFECT}"
+    return reading + state
+
+
+def analyse(runs_dir: str) -> dict:
+    d = design(runs_dir)
+    planned = pilot_runs() + cosine_runs() + (main_runs(d["n_primary"], d["sam_rho"]) if d else [])
+    records = [rec for r in planned if (rec := record(runs_dir, r)) is not None]
+    main = [r for r in records if r["seed"] < 100]
+    arms = _by_arm(main)
+    primary = compare(arms, "anl", "control")
+    secondary = {f"{a} - {b}": c for a, b in SECONDARY if (c := compare(arms, a, b)) is not None}
+    for name, p in stats.holm({k: v["p"] for k, v in secondary.items()}).items():
+        secondary[name]["p_holm"] = p
+    noise_phase = [r for r in main if r["arm"] not in ("baseline",) and r["epochs_phase2"] > 0]
+    return {
+        "state": f"{len(records)} of {len(planned)} planned runs finished"
+        + ("" if d else " (main runs not planned yet: pilot unfinished)"),
+        "design": d,
+        "primary": primary and {**primary, "verdict": verdict(primary, d and d["n_primary"])},
+        "secondary": secondary,
+        "cosine": compare(_by_arm(main, "cosine"), "anl", "control"),
+        "lr_floor_check": {
+            "runs": len(noise_phase),
+            "not_at_floor": [
+                r["name"] for r in noise_phase if r["schedule"] == "plateau" and r["lr_end_phase1"] > 1e-3 * (1 + 1e-9)
+            ],
+        },
+        "diverged": [r["name"] for r in records if r["diverged"]],
+        "core_hours": sum(r["core_s"] for r in records) / 3600,
+        "runs": records,
+        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "diverged_threshold_pct": DIVERGED,
+    }
+
+
+def _fmt(c: dict | None) -> str:
+    if c is None:
+        return "- (fewer than 2 paired seeds)"
+    return (
+        f"{c['mean']:+.2f} pp [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}], bootstrap [{c['bootstrap_ci'][0]:+.2f}, "
+        f"{c['bootstrap_ci'][1]:+.2f}], p {c['p']:.3g}, n {c['n']} ({c['better']}/{c['same']}/{c['worse']})"
+    )
+
+
+def markdown(s: dict) -> str:
+    lines = [f"# ANL study: results ({s['state']})", ""]
+    p = s["primary"]
+    lines += [
+        f"Primary (ANL - control, final-epoch test error, paired by seed): {_fmt(p)}",
+        f"Reading: {p['verdict'] if p else 'no result yet'}",
+        "",
+    ]
+    if s["secondary"]:
+        lines += ["| comparison | mean [95% CI] | bootstrap | p | p (Holm) | n |", "|---|---|---|---|---|---|"]
+        for k, c in s["secondary"].items():
+            lines.append(
+                f"| {k} | {c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | "
+                f"[{c['bootstrap_ci'][0]:+.2f}, {c['bootstrap_ci'][1]:+.2f}] | {c['p']:.3g} | "
+                f"{c['p_holm']:.3g} | {c['n']} |"
+            )
+        lines.append("")
+    lines += [f"Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}", ""]
+    arms: dict[str, list[float]] = {}
+    for r in s["runs"]:
+        arms.setdefault(f"{r['arm']} ({r['schedule']}{', seed >= 100: pilot' if r['seed'] >= 100 else ''})", []).append(
+            r["test_err"]
+        )
+    lines += ["| arm | test error % (mean ± std) | runs |", "|---|---|---|"]
+    for k, v in sorted(arms.items()):
+        m = stats.summary(v)
+        lines.append(
+            f"| {k} | {m['mean']:.2f}" + (f" ± {m['std']:.2f}" if m["std"] is not None else "") + f" | {m['n']} |"
+        )
+    lc = s["lr_floor_check"]
+    lines += [
+        "",
+        f"Learning-rate floor reached by the end of phase 1: {lc['runs'] - len(lc['not_at_floor'])} of {lc['runs']} "
+        f"two-phase runs (not: {', '.join(lc['not_at_floor']) or 'none'}). "
+        f"Diverged: {', '.join(s['diverged']) or 'none'}. "
+        f"Core-hours of the finished runs: {s['core_hours']:.1f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs_dir: str, out: str) -> int:
+    s = analyse(runs_dir)
+    atomic_write(os.path.join(out, "summary.json"), json.dumps(s, indent=1) + "\n")
+    atomic_write(os.path.join(out, "summary.md"), markdown(s))
+    print(markdown(s))
+    return 0
+
+
+__all__ = ["Run", "analyse", "compare", "markdown", "verdict", "write_report"]
