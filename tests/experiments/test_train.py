@@ -41,23 +41,36 @@ def test_train_end_to_end_one_epoch(tmp_path, capsys):
     assert summary["epochs"] == 1 and 0 <= summary["test_err"] <= 1
 
 
-@pytest.mark.parametrize("variant,stops", [("anl", [5]), ("dropout", [4, 7, 10]), ("input", [12])])
-def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, stops):
+@pytest.mark.parametrize(
+    "variant,stops,more",
+    [
+        ("anl", [5], []),
+        ("dropout", [4, 7, 10], []),
+        ("input", [12], []),
+        ("sam", [5, 9], ["--sam-rho", "0.1"]),
+        ("anl", [8], ["--schedule", "cosine"]),
+    ],
+)
+def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, stops, more):
     """Stop after k steps (mid-epoch and at an epoch end, possibly several times) and resume:
     same weights, optimizer, scheduler, noise generator and metrics as one uninterrupted run.
-    Covers the phase switch (epoch 2 is fine-tuning with ANL off at the floor lr)."""
-    args = BASE + [
-        "--variant",
-        variant,
-        "--eps",
-        "0.05",
-        "--epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--checkpoint-every",
-        "3",
-    ]
+    Covers the phase switch (epoch 2 is fine-tuning with ANL off at the floor lr), SAM and the cosine schedule."""
+    args = (
+        BASE
+        + more
+        + [
+            "--variant",
+            variant,
+            "--eps",
+            "0.05",
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--checkpoint-every",
+            "3",
+        ]
+    )
     if variant == "input":
         args += ["--input-eps", "0.02"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -184,9 +197,10 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.pt"]  # no temp file left behind
 
 
-def test_no_host_sync_per_step(monkeypatch):
+@pytest.mark.parametrize("variant", ["anl", "sam"])
+def test_no_host_sync_per_step(monkeypatch, variant):
     """Host reads of device values (item / tolist / bool / float / int) do not grow with the number
-    of steps: metrics are accumulated on the device and read once per epoch."""
+    of steps: metrics are accumulated on the device and read once per epoch (SAM's step included)."""
     counts = {"n": 0}
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         orig = getattr(torch.Tensor, name)
@@ -200,7 +214,7 @@ def test_no_host_sync_per_step(monkeypatch):
     def reads(batch_size):
         counts["n"] = 0
         fit(
-            TrainConfig(model="lenet5", variant="anl", eps=0.03, epochs=1, batch_size=batch_size),
+            TrainConfig(model="lenet5", variant=variant, eps=0.03, epochs=1, batch_size=batch_size),
             progress=False,
             log=lambda s: None,
         )

@@ -1,0 +1,246 @@
+"""The study's pieces: SAM's step and the cosine schedule in training, the statistics, the design rules and the
+analysis (issue #17)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats as sps
+
+from anl_fused.experiments import stats, study, study_report
+from anl_fused.experiments.train.checkpointing import Position
+from anl_fused.experiments.train.config import TrainConfig
+from anl_fused.experiments.train.loop import _Loop
+from anl_fused.experiments.train.metrics import EpochMeter
+from anl_fused.experiments.train.parts import build_parts
+from anl_fused.experiments.train.schedule import CosineSchedule, make_schedule
+
+# ----------------------------------------------------------------------------------------------
+# SAM and the cosine schedule in the training loop
+
+
+def _loop(cfg: TrainConfig):
+    parts = build_parts(cfg.resolved())
+    loop = _Loop(
+        parts,
+        {},
+        Position(),
+        EpochMeter(parts.device),
+        None,
+        checkpoint_every=0,
+        stop_after_steps=None,
+        progress=False,
+        log=lambda s: None,
+    )
+    return parts, loop
+
+
+def test_sam_step_is_sharpness_aware_minimization_written_out():
+    """One loop step of variant sam = the gradient at w + rho g / ||g|| (g: the gradient at w), applied to w by SGD
+    with momentum and weight decay; in the fine-tuning phase a plain SGD step."""
+    rho, lr, wd = 0.1, 0.1, 5e-4
+    parts, loop = _loop(TrainConfig(model="lenet5", variant="sam", sam_rho=rho, epochs=1, finetune_epochs=1))
+    x, y = next(iter(parts.train_batches.epoch(0)))
+    model = copy.deepcopy(parts.model)
+    params = [p for p in model.parameters()]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    with torch.no_grad():
+        e = [rho * g / (norm + 1e-12) for g in grads]
+        for p, ei in zip(params, e):
+            p.add_(ei)
+    grads2 = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    with torch.no_grad():
+        expected = [p - ei - lr * (g2 + wd * (p - ei)) for p, ei, g2 in zip(params, e, grads2)]
+    loop._step(x, y, in_anl_phase=True)
+    for got, want in zip(parts.model.parameters(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    plain = [p.detach().clone() for p in parts.model.parameters()]  # phase 2: the base optimizer alone
+    loop._step(x, y, in_anl_phase=False)
+    moved = [not torch.equal(a, b) for a, b in zip(plain, parts.model.parameters())]
+    assert all(moved)
+
+
+def test_cosine_schedule_rates_resume_and_horizon():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    s = CosineSchedule(opt, horizon=4, min_lr=1e-3)
+    rates = [opt.param_groups[0]["lr"]]
+    for _ in range(5):
+        s.step(float("nan"))  # the validation loss plays no part
+        rates.append(opt.param_groups[0]["lr"])
+    want = [1e-3 + (0.1 - 1e-3) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)] + [1e-3, 1e-3]
+    assert rates == pytest.approx(want, rel=1e-12)
+    opt2 = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    s2 = CosineSchedule(opt2, horizon=9, min_lr=0.5)
+    s2.load_state_dict(s.state_dict())
+    assert (s2.horizon, s2.min_lr, s2.epochs) == (4, 1e-3, 5)
+    two = TrainConfig(variant="anl", schedule="cosine", epochs=7, finetune_epochs=3).resolved()
+    one = TrainConfig(variant="plain", schedule="cosine", epochs=7, finetune_epochs=3).resolved()
+    assert make_schedule(opt, two).horizon == 7 and make_schedule(opt, one).horizon == 10
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(schedule="step").resolved()
+
+
+def test_sam_rho_is_part_of_sam_runs_only():
+    assert TrainConfig(variant="sam", sam_rho=0.2).resolved().sam_rho == 0.2
+    assert TrainConfig(variant="anl", sam_rho=0.2).resolved().sam_rho == TrainConfig.sam_rho
+    assert TrainConfig(variant="sam").resolved().finetune_lr == "floor"
+    with pytest.raises(ValueError, match="sam_rho"):
+        TrainConfig(variant="sam", sam_rho=0.0).resolved()
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_paired_matches_scipy_and_bootstrap_brackets_the_mean():
+    rng = random.Random(1)
+    d = [rng.gauss(-0.3, 0.5) for _ in range(12)]
+    r = stats.paired(d)
+    ref = sps.ttest_1samp(d, 0.0)
+    assert r["p"] == pytest.approx(ref.pvalue, rel=1e-12)
+    ci = ref.confidence_interval(0.95)
+    assert r["ci"] == pytest.approx([ci.low, ci.high], rel=1e-12)
+    assert r["bootstrap_ci"][0] < r["mean"] < r["bootstrap_ci"][1]
+    assert r["better"] + r["same"] + r["worse"] == 12
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.paired([0.1])
+
+
+def test_holm_step_down():
+    got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert got == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert stats.holm({"a": 0.6, "b": 0.9}) == {"a": 1.0, "b": 1.0}
+
+
+def test_power_against_a_simulation_and_the_seed_rule():
+    n, effect, sd = 10, 0.3, 0.4
+    rng = torch.Generator().manual_seed(0)
+    d = effect + sd * torch.randn(20_000, n, generator=rng, dtype=torch.float64)
+    t = d.mean(1) / (d.std(1) / math.sqrt(n))
+    simulated = (t.abs() > sps.t.ppf(0.975, n - 1)).double().mean().item()
+    assert stats.power(n, effect, sd) == pytest.approx(simulated, abs=0.015)
+    k = stats.seeds_for_power(0.27, 0.5, low=2, high=200)
+    assert stats.power(k, 0.27, 0.5) >= 0.8 > stats.power(k - 1, 0.27, 0.5)
+    assert stats.seeds_for_power(0.27, 0.01, low=12, high=40) == 12
+    assert stats.seeds_for_power(0.27, 5.0, low=12, high=40) == 40
+
+
+# ----------------------------------------------------------------------------------------------
+# the design rules and the analysis, on made-up finished runs
+
+
+def _fake_run(runs_dir, run: study.Run, test_err: float, val_err: float, lr_end: float = 1e-3):
+    d = runs_dir / run.name
+    d.mkdir(parents=True)
+    epochs, finetune = run.phases
+    lines = []
+    for e in range(1, epochs + finetune + 1):
+        lr = (0.1 if e < epochs else lr_end) if e <= epochs else 1e-3
+        lines.append(
+            json.dumps(
+                {
+                    "epoch": e,
+                    "lr": lr,
+                    "test_err": test_err / 100,
+                    "train_acc": 0.95,
+                    "val_acc": 1 - val_err / 100,
+                    "train_loss": 0.1,
+                    "epoch_train_time_s": 1.0,
+                }
+            )
+        )
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (d / study.WALL_NAME).write_text(json.dumps({"wall_s": 10.0, "threads": 1, "exit": 0}) + "\n")
+
+
+def test_design_fixes_n_from_the_pilot_sd_and_rho_on_validation_not_test(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "T", 2)
+    diffs = [-0.2, -0.9, 0.4, -0.5]
+    for s, d in zip(study.PILOT_SEEDS, diffs):
+        _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0)
+        _fake_run(tmp_path, study.Run("anl", s), 10.0 + d, 10.0)
+    assert study.design(str(tmp_path)) is None  # SAM's pilot runs missing
+    for s in study.RHO_SEEDS:  # rho 0.1 best on validation, 0.02 best on test: validation decides
+        for rho, val, test in ((0.02, 12.0, 8.0), (0.05, 11.0, 9.0), (0.1, 10.5, 9.5)):
+            _fake_run(tmp_path, study.Run("sam", s, rho=rho), test, val)
+    d = study.design(str(tmp_path))
+    assert d["sam_rho"] == 0.1
+    sd = stats.summary(diffs)["std"]
+    assert d["pilot_paired_sd_pp"] == pytest.approx(sd)
+    assert d["n_primary"] == stats.seeds_for_power(0.27, sd, low=12, high=40)
+    main = study.main_runs(d["n_primary"], d["sam_rho"])
+    assert main[:2] == [study.Run("anl", 0), study.Run("control", 0)]
+    assert study.Run("sam", 4, rho=0.1) in main and not any(r.seed >= 100 for r in main)
+
+
+def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "T", 2)
+    monkeypatch.setattr(study, "MIN_SEEDS", 3)
+    for s in study.PILOT_SEEDS:
+        _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0)
+        _fake_run(tmp_path, study.Run("anl", s), 10.0 - 0.1 * (s - 99), 10.0)
+    for s in study.RHO_SEEDS:
+        for rho in study.RHO_GRID:
+            _fake_run(tmp_path, study.Run("sam", s, rho=rho), 10.0, 10.0 + rho)
+    n = study.design(str(tmp_path))["n_primary"]
+    for s in range(n):
+        _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0, lr_end=0.05 if s == 0 else 1e-3)
+        _fake_run(tmp_path, study.Run("anl", s), 9.0 + 0.01 * s, 10.0)
+    _fake_run(tmp_path, study.Run("sam", 0, rho=0.02), 95.0, 10.0)  # diverged
+    _fake_run(tmp_path, study.Run("sam", 1, rho=0.02), 9.5, 10.0)
+    s = study_report.analyse(str(tmp_path))
+    p = s["primary"]
+    assert p["n"] == n and p["mean"] == pytest.approx(-1.0 + 0.01 * (n - 1) / 2)
+    assert p["verdict"].startswith("ANL lowers the test error") and "interim" not in p["verdict"]
+    assert s["lr_floor_check"]["not_at_floor"] == ["control-plateau-seed0"]
+    assert s["diverged"] == ["sam-rho0.02-plateau-seed0"]
+    assert "sam - control" not in s["secondary"]  # one seed left after the diverged one
+    assert s["core_hours"] == pytest.approx(10.0 * len(s["runs"]) / 3600)
+    assert "ANL study: results" in study_report.markdown(s)
+
+
+@pytest.mark.parametrize(
+    "ci,reading",
+    [
+        ((-0.5, -0.1), "ANL lowers the test error"),
+        ((-0.2, -0.05), "refuted (the gain's upper bound 0.20"),
+        ((0.1, 0.4), "ANL raises"),
+        ((-0.2, 0.3), "no gain detected, and the paper's size of effect (0.27 pp) is refuted"),
+        ((-0.6, 0.3), "inconclusive"),
+    ],
+)
+def test_verdict_follows_the_preregistered_rule(ci, reading):
+    assert reading in study_report.verdict({"ci": list(ci), "n": 12}, 12)
+    assert "interim: 5 of 12" in study_report.verdict({"ci": list(ci), "n": 5}, 12)
+
+
+def test_each_arm_trains_what_the_preregistration_says():
+    args = {a: study.Run(a, 3, rho=0.05).train_args("OUT", 1) for a in study.ARMS}
+
+    def opt(a, flag):
+        return args[a][args[a].index(flag) + 1] if flag in args[a] else None
+
+    assert [opt("baseline", f) for f in ("--variant", "--epochs", "--finetune-epochs", "--finetune-lr")] == [
+        "plain",
+        str(2 * study.T),
+        "0",
+        "continue",
+    ]
+    assert [opt("control", f) for f in ("--variant", "--epochs", "--finetune-epochs", "--finetune-lr")] == [
+        "plain",
+        str(study.T),
+        str(study.T),
+        "floor",
+    ]
+    assert opt("matched", "--epochs") == str(round(study.MATCHED_RATIO * study.T))
+    assert (opt("anl", "--eps"), opt("anl", "--norm"), opt("opposite", "--variant")) == ("0.03", "layer", "opposite")
+    assert opt("sam", "--sam-rho") == "0.05" and opt("control", "--sam-rho") is None
+    assert all(opt(a, "--seed") == "3" and opt(a, "--dataset") == "fashion-mnist" for a in study.ARMS)
+    assert all("--resume" in v for v in args.values())
