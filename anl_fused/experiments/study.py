@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from . import stats
+from .files import atomic_write
 from .table1 import _Runner, read_history
 
 T = 100  # epochs of each phase (the paper's 100 + 100; the one-schedule baseline trains 2T)
@@ -37,6 +38,7 @@ COSINE_SEEDS = tuple(range(8))
 MATCHED_RATIO = 2.2  # ANL's step / plain step, measured (benchmarks/results/study/throughput.json): 22.6 / 10.3 ms
 DIVERGED = 80.0  # % test error: a run stuck at chance (10 classes)
 ARMS = ("baseline", "control", "anl", "opposite", "gaussian", "sam", "matched")
+ROBUST_ARMS, ROBUST_SEEDS, ROBUST_IMAGES = ("baseline", "control", "anl", "sam"), tuple(range(5)), 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class Run:
         return args + ["--out", out_dir, "--resume", "--no-progress"]
 
 
+#: the black-box attacks' source: an independently trained plain model (its seed is no other run's)
+TRANSFER_SOURCE = Run("baseline", 900)
+
+
 def pilot_runs() -> list[Run]:
     pair = [Run(a, s) for s in PILOT_SEEDS for a in ("anl", "control")]
     return pair + [Run("sam", s, rho=r) for s in RHO_SEEDS for r in RHO_GRID]
@@ -87,7 +93,8 @@ def main_runs(n: int, rho: float) -> list[Run]:
     """The primary pair on seeds 0..n-1 (seed by seed), then the other arms on :data:`OTHER_SEEDS`."""
     runs = [Run(a, s) for s in range(n) for a in ("anl", "control")]
     others = [a for a in ARMS if a not in ("anl", "control")]
-    return runs + [Run(a, s, rho=rho if a == "sam" else 0.0) for s in OTHER_SEEDS for a in others]
+    runs += [Run(a, s, rho=rho if a == "sam" else 0.0) for s in OTHER_SEEDS for a in others]
+    return runs + [TRANSFER_SOURCE]
 
 
 def cosine_runs() -> list[Run]:
@@ -270,8 +277,53 @@ def _plan(args) -> int:
     return 0
 
 
+def robustness_runs(runs_dir: str) -> list[Run]:
+    d = design(runs_dir)
+    rho = d["sam_rho"] if d else 0.0
+    return [Run(a, s, rho=rho if a == "sam" else 0.0) for s in ROBUST_SEEDS for a in ROBUST_ARMS]
+
+
+def _robustness(args) -> int:
+    """The battery on every finished robustness run (each result kept in its run dir: resumable), then
+    ``OUT/robustness.json``."""
+    import torch
+
+    from . import robustness
+    from .attack_cli import load_trained
+    from .data import DATASETS, load
+
+    torch.set_num_threads(args.threads)
+    src_dir = run_dir(args.runs_dir, TRANSFER_SOURCE)
+    if not finished(args.runs_dir, TRANSFER_SOURCE):
+        print(f"anl-fused study: error: the transfer source {src_dir} has not finished", file=sys.stderr)
+        return 2
+    info = DATASETS["fashion-mnist"]
+    test = load("fashion-mnist", None).test
+    x = test.x[:ROBUST_IMAGES].float() / (255.0 if test.x.dtype == torch.uint8 else 1.0)
+    y = test.y[:ROBUST_IMAGES]
+
+    def normalized(d: str):
+        return robustness.Normalized(load_trained(os.path.join(d, "checkpoint.pt"))[0], info.mean, info.std)
+
+    source = normalized(src_dir)
+    results = {}
+    for r in robustness_runs(args.runs_dir):
+        d = run_dir(args.runs_dir, r)
+        path = os.path.join(d, "robustness.json")
+        if not finished(args.runs_dir, r):
+            continue
+        if not os.path.isfile(path):
+            print(f"robustness: {r.name}", file=sys.stderr, flush=True)
+            atomic_write(path, json.dumps(robustness.battery(normalized(d), x, y, source=source), indent=1) + "\n")
+        with open(path) as f:
+            results[r.name] = {"arm": r.arm, "seed": r.seed, **json.load(f)}
+    atomic_write(os.path.join(args.out, "robustness.json"), json.dumps(results, indent=1) + "\n")
+    print(f"{len(results)} model(s) evaluated; {os.path.join(args.out, 'robustness.json')}")
+    return 0
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("run", "report", "plan"))
+    parser.add_argument("action", choices=("run", "report", "plan", "robustness"))
     parser.add_argument("--runs-dir", required=True, help="where the runs live (outside the checkout)")
     parser.add_argument("--out", default="benchmarks/results/study", help="report: where summary.json goes")
     parser.add_argument("--jobs", type=int, default=2, help="run: trainings at once (default 2)")
@@ -284,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     if args.action == "plan":
         return _plan(args)
+    if args.action == "robustness":
+        return _robustness(args)
     from .study_report import write_report
 
     return write_report(args.runs_dir, args.out)
