@@ -177,7 +177,8 @@ def test_design_fixes_n_from_the_pilot_sd_and_rho_on_validation_not_test(tmp_pat
     assert d["n_primary"] == stats.seeds_for_power(0.27, sd, low=12, high=40)
     main = study.main_runs(d["n_primary"], d["sam_rho"])
     assert main[:2] == [study.Run("anl", 0), study.Run("control", 0)]
-    assert study.Run("sam", 4, rho=0.1) in main and not any(r.seed >= 100 for r in main)
+    assert study.Run("sam", 4, rho=0.1) in main and main[-1] == study.TRANSFER_SOURCE
+    assert not any(100 <= r.seed < 900 for r in main)  # no pilot seed reused
 
 
 def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
