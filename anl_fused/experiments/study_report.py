@@ -10,8 +10,8 @@ import os
 import platform
 
 from . import stats
-from .files import atomic_write
-from .study import DIVERGED, EFFECT, Run, cosine_runs, design, main_runs, pilot_runs, record
+from .files import atomic_write, save_figure
+from .study import DIVERGED, EFFECT, cosine_runs, design, main_runs, pilot_runs, record
 
 #: the secondary comparisons (arm, reference arm), Holm-corrected as one family, paired by seed
 SECONDARY = (
@@ -154,12 +154,41 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_paired(s: dict, path: str) -> bool:
+    """Each comparison's per-seed differences (dots), mean and 95% CI (bar); the paper's -0.27 pp as a line.
+    Returns whether there was anything to draw."""
+    comps = ([("anl - control", s["primary"])] if s["primary"] else []) + list(s["secondary"].items())
+    if s["cosine"]:
+        comps.append(("anl - control (cosine)", s["cosine"]))
+    if not comps:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(comps) + 1.5))
+    for i, (_, c) in enumerate(comps):
+        ax.plot(c["diffs"], [i] * len(c["diffs"]), "o", color="0.6", ms=4)
+        ax.errorbar(c["mean"], i, xerr=[[c["mean"] - c["ci"][0]], [c["ci"][1] - c["mean"]]], fmt="D", color="k")
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.axvline(-EFFECT, color="tab:red", lw=0.8, ls="--", label=f"the paper's gain (-{EFFECT} pp)")
+    ax.set_yticks(range(len(comps)), [n for n, _ in comps])
+    ax.set_xlabel("paired difference of final test error (pp), per seed; mean and 95% CI")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
 def write_report(runs_dir: str, out: str) -> int:
     s = analyse(runs_dir)
     atomic_write(os.path.join(out, "summary.json"), json.dumps(s, indent=1) + "\n")
     atomic_write(os.path.join(out, "summary.md"), markdown(s))
+    plot_paired(s, os.path.join(out, "paired-differences.png"))
     print(markdown(s))
     return 0
 
 
-__all__ = ["Run", "analyse", "compare", "markdown", "verdict", "write_report"]
+__all__ = ["analyse", "compare", "markdown", "plot_paired", "verdict", "write_report"]

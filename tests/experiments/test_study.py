@@ -205,6 +205,9 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert "sam - control" not in s["secondary"]  # one seed left after the diverged one
     assert s["core_hours"] == pytest.approx(10.0 * len(s["runs"]) / 3600)
     assert "ANL study: results" in study_report.markdown(s)
+    study_report.write_report(str(tmp_path), str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["primary"]["n"] == n
+    assert (tmp_path / "out" / "paired-differences.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
