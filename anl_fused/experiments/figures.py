@@ -83,14 +83,28 @@ def find_runs(paths: list[str]) -> list[str]:
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
     """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
+    from .train.metrics import read_metrics
+
     cfg_path = os.path.join(path, "config.json")
     cfg = {}
     if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-    with open(os.path.join(path, "metrics.jsonl")) as f:
-        hist = [json.loads(line) for line in f if line.strip()]
+        cfg = _read_json(cfg_path)
+        if not isinstance(cfg, dict):
+            raise FigureError(f"{cfg_path!r} is not a JSON object (a run's config.json)")
+    try:
+        hist = read_metrics(os.path.join(path, "metrics.jsonl"))
+    except ValueError as e:
+        raise FigureError(str(e)) from None
     return cfg, hist
+
+
+def _read_json(path: str):
+    """The JSON in ``path``; :class:`FigureError` naming the file when it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FigureError(f"{path!r} is not a JSON file ({e})") from None
 
 
 def _warn_stderr(text: str) -> None:

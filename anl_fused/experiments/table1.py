@@ -124,7 +124,10 @@ def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS
 def train_args(
     spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str, threads: int
 ) -> list[str]:
-    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase)."""
+    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase), with
+    ``--resume`` when ``out_dir`` holds its run already (a new one, else a typo'd directory, would be refused)."""
+    from .train.rundir import describe_run
+
     epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
     args = [
         "train",
@@ -150,9 +153,10 @@ def train_args(
         str(threads),
         "--out",
         out_dir,
-        "--resume",
         "--no-progress",
     ]
+    if describe_run(out_dir) is not None:
+        args.append("--resume")
     if spec.variant == "plain2":
         args += ["--finetune-lr", "floor"]
     elif spec.variant != "plain":
@@ -167,11 +171,10 @@ def train_args(
 
 
 def read_history(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The run's finished epochs (a half-written last line left out: resuming the run rewrites it)."""
+    from .train.metrics import read_metrics
+
+    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
 
 
 def is_finished(run_dir: str, spec: RunSpec, proto: Protocol) -> bool:

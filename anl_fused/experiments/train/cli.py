@@ -216,6 +216,11 @@ def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     """The run's settings: with ``--resume`` the run's own (if OUT holds one), else the defaults; then
     ``--preset``'s, then the options given."""
     stored = stored_config(args.out, world) if args.resume else None
+    if args.resume and stored is None:
+        raise RunDirError(
+            f"--resume: {args.out!r} holds no run to resume (no readable config.json, no checkpoint.pt); "
+            "check the path, or start the run without --resume"
+        )
     base = config_from_dict(stored) if stored else TrainConfig()
     if args.preset:
         variant = getattr(args, "variant", base.variant)

@@ -302,6 +302,8 @@ def fit(
         if noise_note(given, cfg):
             log(noise_note(given, cfg))
         parts = build_parts(cfg, bundle)
+        if parts.bundle.source:
+            log(f"{parts.bundle.info.description}: read from {parts.bundle.source}")
         config = dataclasses.asdict(cfg)
         meter = EpochMeter(parts.device)
         pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
