@@ -235,7 +235,7 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
         diverged = []
         for i, (name, pts) in enumerate(curves.items()):
             c = colors[i % len(colors)]
-            diverged += [(x, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
+            diverged += [(x, e, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
             eps = [x for x in sorted(pts) if any(e < DIVERGED for _, e in pts[x])]
             errs = [[e for _, e in pts[x] if e < DIVERGED] for x in eps]  # diverged runs: marked, not averaged
             if not eps:
@@ -258,9 +258,8 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
                 label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
             )
         if diverged:
-            top = ax.get_ylim()[1]
-            for x, c in diverged:
-                ax.scatter([x], [top], marker="x", s=40, color=c, zorder=6, clip_on=False)
+            for x, e, c in diverged:  # at its own error (far above the others: the axis takes it in)
+                ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
             ax.text(
                 0.01,
                 0.99,
@@ -550,11 +549,43 @@ def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = 
     _save(fig, out)
 
 
+def _check_format(out: str) -> None:
+    """``--out``'s extension is an image format matplotlib writes (none: PNG)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    ext = os.path.splitext(out)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise FigureError(f"--out {out!r}: {ext!r} is not an image format matplotlib writes ({', '.join(formats)})")
+
+
+_WHITEBOX_KEYS = {"clean": (int, float), "fgsm": (int, float), "ifgsm": (int, float), "model": str, "dataset": str}
+
+
+def read_whitebox_json(path: str) -> dict[str, list[dict]]:
+    """The numbers of ``figures whitebox --json`` read back; :class:`FigureError` naming the file and
+    what is wrong when it is not such a file."""
+    methods = _read_json(path)
+    if not isinstance(methods, dict) or not methods:
+        raise FigureError(f"{path!r} is not the JSON of `figures whitebox --json` (an object of methods expected)")
+    for name, runs in methods.items():
+        if not isinstance(runs, list) or not runs:
+            raise FigureError(f"{path!r}: method {name!r} has no list of runs")
+        for r in runs:
+            bad = [k for k, t in _WHITEBOX_KEYS.items() if not isinstance(r, dict) or not isinstance(r.get(k), t)]
+            if bad or "seed" not in r or not isinstance(r.get("n"), int):
+                raise FigureError(
+                    f"{path!r}: a run of method {name!r} lacks {', '.join(bad) or 'seed / n'} (not the JSON of "
+                    "`figures whitebox --json`)"
+                )
+    return methods
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_format(args.out)
         if args.figure == "whitebox-plot":
-            with open(args.json) as f:
-                plot_whitebox(json.load(f), args.out, args.title)
+            plot_whitebox(read_whitebox_json(args.json), args.out, args.title)
             print(f"wrote {args.out}")
             return 0
         runs = find_runs(args.runs)

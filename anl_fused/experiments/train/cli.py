@@ -261,16 +261,18 @@ def _device_hint(args: argparse.Namespace) -> str:
 
 
 def _summary(args: argparse.Namespace, result: dict) -> None:
-    last = result["history"][-1]
+    """One JSON line: where the run stands (before its first finished epoch: no test numbers yet)."""
+    last = result["history"][-1] if result["history"] else {}
     print(
         json.dumps(
             {
                 "out": args.out,
-                "epochs": last["epoch"],
-                "test_err": last["test_err"],
-                "test_acc": last["test_acc"],
-                "val_loss": last["val_loss"],
-                "time_per_step_s": last["time_per_step_s"],
+                "epochs": result["epoch"],
+                "global_step": result["global_step"],
+                "test_err": last.get("test_err"),
+                "test_acc": last.get("test_acc"),
+                "val_loss": last.get("val_loss"),
+                "time_per_step_s": last.get("time_per_step_s"),
                 "stopped": result["stopped"],
             }
         )
@@ -309,6 +311,6 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if result["stopped"] == "interrupt":
         return 130
-    if result["history"] and rank == 0:
+    if rank == 0:
         _summary(args, result)
     return 0

@@ -10,10 +10,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from typing_extensions import TypedDict
-
 import pydantic
 import torch
+from typing_extensions import TypedDict
 
 from ... import distributed
 from ...eps_rule import auto_eps
@@ -75,6 +74,12 @@ RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_b
 LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
 
 
+# the choice fields' types (TrainConfig's annotations are the schema of a config: SCHEMA below)
+Norm = Literal[NORMS]
+Probe = Literal[tuple(PROBE_DTYPES)]
+StdOver = Literal[distributed.STD_OVER]
+
+
 @dataclass
 class TrainConfig:
     model: str = "vgg_tiny"
@@ -89,8 +94,8 @@ class TrainConfig:
     # the unit existed); without input_sign the eps is a fraction of std(x), unit-free (None). See input_layer_eps.
     input_eps_unit: Literal["pixel", "normalized"] | None = "pixel"
     scale_by_std: bool = True
-    norm: Literal[NORMS] = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
-    probe_dtype: Literal[tuple(PROBE_DTYPES)] = "fp32"  # round 1 under autocast in bf16 / fp16 (an approximate noise): part of the identity
+    norm: Norm = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
+    probe_dtype: Probe = "fp32"  # round 1 under autocast in bf16 / fp16 (an approximate noise): part of the identity
     epochs: int = 10
     finetune_epochs: int = 0
     finetune_lr: Literal["auto", "floor", "continue"] = "auto"  # auto | floor | continue
@@ -109,7 +114,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     drop_last: bool = True  # a tiny last batch wrecks BatchNorm statistics (897 digits / 64 = 14 r 1)
-    std_over: Literal[distributed.STD_OVER] = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
+    std_over: StdOver = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
     sync_bn: bool = False  # under torchrun: SyncBatchNorm (GPUs only)
 
     @classmethod

@@ -164,7 +164,8 @@ def write_config(
 ) -> None:
     """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
     split sizes, the augmentation, the input ANL layer's eps on the normalized input, the settings
-    changed on resume, where the data was read from and, for ``eps="auto"``, the rule's input and result (``eps_auto``)."""
+    changed on resume, where the data was read from and, for ``eps="auto"``, the rule's input and result
+    (``eps_auto``)."""
     b = parts.bundle
     atomic_write(
         os.path.join(out_dir, CONFIG_NAME),
