@@ -167,6 +167,8 @@ def test_a_hand_edited_config_is_refused_naming_file_field_and_value(one_epoch, 
     config = json.loads((out / "config.json").read_text())
     config[field] = value
     (out / "config.json").write_text(json.dumps(config))
+    for name in ("checkpoint.pt", "metrics.jsonl"):  # as Ctrl-C in the first seconds leaves it: config.json alone
+        (out / name).unlink()
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main(["train", "--resume", "--epochs", "2", "--out", str(out), "--no-progress"]) == 2
     err = _error(capsys)

@@ -8,7 +8,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import torch
@@ -78,6 +78,7 @@ LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the f
 Norm = Literal[NORMS]
 Probe = Literal[tuple(PROBE_DTYPES)]
 StdOver = Literal[distributed.STD_OVER]
+Device = Annotated[str, pydantic.StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]  # auto, cpu, cuda, cuda:N
 
 
 @dataclass
@@ -110,7 +111,7 @@ class TrainConfig:
     min_lr: float = 1e-3  # ... down to this floor (also the fine-tuning rate)
     val_size: int | None = None
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     compile: bool = False
     channels_last: bool = False
     drop_last: bool = True  # a tiny last batch wrecks BatchNorm statistics (897 digits / 64 = 14 r 1)
