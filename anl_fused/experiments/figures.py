@@ -379,11 +379,13 @@ def _load_run_model(run_dir: str, data_dir: str | None):
     """``(model in eval mode, config dict, data bundle)`` of a run directory's checkpoint."""
     from . import checkpoint as ckpt
     from . import data as data_mod
-    from .train import TrainConfig, make_model
+    from .train import make_model
+    from .train.config import config_from_dict, upgrade_stored
 
-    state = ckpt.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", required=("config", "model"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    state = ckpt.load(path, map_location="cpu", required=("config", "model"))
     cfg = state["config"]
-    tc = TrainConfig(**{k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__})
+    tc = config_from_dict(upgrade_stored(cfg), f"the config in checkpoint file {path!r}")
     bundle = data_mod.load(tc.dataset, data_dir or tc.data_dir, val_size=tc.val_size)
     model = make_model(tc.resolved(), bundle.in_channels, bundle.num_classes)
     model.load_state_dict(state["model"])
@@ -621,8 +623,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:
         from .checkpoint import CheckpointError
         from .data import DatasetNotFoundError
+        from .train.config import StoredConfigError
 
-        if not isinstance(e, (FigureError, CheckpointError, DatasetNotFoundError, OSError, json.JSONDecodeError)):
+        if not isinstance(e, (FigureError, CheckpointError, DatasetNotFoundError, OSError, StoredConfigError)):
             raise
         print(f"anl-fused figures: error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "arg_type",
     "auto_eps_of",
+    "check_device",
     "config_from_dict",
     "input_layer_eps",
     "noise_note",
@@ -136,7 +137,6 @@ class TrainConfig:
         if c.finetune_lr == "auto":
             c.finetune_lr = "floor" if c.variant in NOISE_VARIANTS else "continue"
         _check_numbers(c)
-        _check_device(c.device)
         if c.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {c.norm!r}")
         if c.probe_dtype not in PROBE_DTYPES:
@@ -169,8 +169,9 @@ def _check_numbers(c: TrainConfig) -> None:
         )
 
 
-def _check_device(device: str) -> None:
-    """``auto``, ``cpu``, or a CUDA device that this machine has."""
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, or a CUDA device that this machine has (else ``ValueError`` saying so); what
+    training checks before it holds its directory (loading a model elsewhere does not need the device)."""
     if device == "auto":
         return
     try:
@@ -327,8 +328,11 @@ def probe_torch_dtype(cfg: TrainConfig) -> torch.dtype | None:
 def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
     existed implicitly had: ``norm`` ("sample"), ``probe_dtype`` ("fp32"), ``input_eps_unit`` ("normalized"
-    for input-sign runs)."""
+    for input-sign runs); ``data_dir`` "./data", the old default, is the default again (``None``: ./data, then
+    the system's copy)."""
     d = dict(d)
+    if d.get("data_dir") == data_mod.DEFAULT_DATA_DIR:
+        d["data_dir"] = None
     d.setdefault("norm", "sample")
     d.setdefault("probe_dtype", "fp32")
     if "input_eps_unit" not in d:
