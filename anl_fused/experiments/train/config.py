@@ -367,7 +367,6 @@ def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConf
         field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "?"
         wants = " or ".join(dict.fromkeys(er["msg"] for er in errors if er["loc"][:1] == errors[0]["loc"][:1]))
         raise StoredConfigError(
-            f"{source}: {field} {json.dumps(d.get(field), default=repr)} is not allowed ({wants}); correct the value, "
-            "or start a new run "
-            "with another --out"
+            f"{source}: {field} {json.dumps(d.get(field), default=repr)} is not allowed ({wants}); correct the "
+            "value, or start a new run with another --out"
         ) from None
