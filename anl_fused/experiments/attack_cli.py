@@ -34,7 +34,7 @@ from . import attacks
 from . import checkpoint as ckpt
 from . import data as data_mod
 from .cli_types import fraction, number, positive_int
-from .files import DirLock, DirLockedError, atomic_write, clean_temp_files, resolve_device
+from .files import DirLock, DirLockedError, atomic_write, check_out_dir, clean_temp_files, resolve_device
 from .train import TrainConfig, make_model
 from .train.config import config_from_dict, upgrade_stored
 
@@ -72,7 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="checkpoints of anl-fused train, in table order",
     )
     parser.add_argument("--dataset", default="digits", help="dataset of the test split (default digits)")
-    parser.add_argument("--data-dir", default="./data")
+    parser.add_argument("--data-dir", default=None, help="dataset directory (default: ./data, then the system's)")
     parser.add_argument("--limit", type=positive_int, default=None, help="attack only the first N test images")
     parser.add_argument(
         "--fgsm-eps",
@@ -153,6 +153,9 @@ def _evaluate(args: argparse.Namespace, models: dict[str, nn.Module], device: to
     return result
 
 
+RESULT_FILES = ("transfer.md", "transfer.json", "transfer.png")
+
+
 def _write(out: str, result: dict) -> str:
     table = attacks.transfer_markdown(result)
     for fname, text in (("transfer.md", table + "\n"), ("transfer.json", json.dumps(result, indent=2))):
@@ -164,12 +167,13 @@ def _write(out: str, result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     try:
+        check_out_dir(args.out)
         lock = DirLock(args.out, "attack.lock").acquire()  # creates --out, proves it writable, before any work
-    except (OSError, DirLockedError) as e:
+    except (OSError, DirLockedError, ValueError) as e:
         print(f"anl-fused attack: error: cannot use --out {args.out!r}: {e}", file=sys.stderr)
         return 2
     try:
-        clean_temp_files(args.out)  # what a killed earlier run left
+        clean_temp_files(args.out, RESULT_FILES)  # what a killed earlier run left
         result = _evaluate(args, _load_models(args, device), device)
         table = _write(args.out, result)
     except (_Refused, ckpt.CheckpointError, data_mod.DatasetNotFoundError, ValueError) as e:

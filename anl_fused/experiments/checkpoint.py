@@ -33,7 +33,7 @@ def _load_error(path: str, e: Exception) -> str:
     """One line on why ``torch.load(path, weights_only=True)`` failed (torch's own message is long,
     and advises ``weights_only=False``, which would run whatever code the file holds)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)  # torch < 2.14, 2.14
     if found:
         return (
             f"checkpoint file {path!r} is not an anl-fused training checkpoint: it holds a Python object "
@@ -46,9 +46,17 @@ def _load_error(path: str, e: Exception) -> str:
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (plus the format tag) to ``path``."""
+    """Atomically write ``state`` (plus the format tag) to ``path``; a failed write (a full disk) raises
+    ``OSError`` and leaves the previous file as it was."""
     payload = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda f: torch.save(payload, f))
+
+    def write(f) -> None:
+        try:
+            torch.save(payload, f)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            raise OSError(f"writing checkpoint file {os.fspath(path)!r} failed ({e}); the previous one stays") from e
+
+    atomic_write(path, write)
 
 
 def load(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_DATA_DIR",
     "FASHION_MNIST_SYSTEM_DIR",
     "Batches",
     "DataBundle",
@@ -53,6 +55,8 @@ __all__ = [
     "write_idx",
 ]
 
+#: where datasets are looked for when no data directory is given (first; then, for Fashion-MNIST, the system's)
+DEFAULT_DATA_DIR = "./data"
 #: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST's four gzipped IDX files
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
@@ -252,10 +256,14 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 def read_idx(path: str) -> np.ndarray:
     """An IDX file (LeCun's MNIST format: 2 zero bytes, a type code, the number of dimensions, the
-    sizes as big-endian int32, then the data), gzipped when ``path`` ends in ``.gz``."""
+    sizes as big-endian int32, then the data), gzipped when ``path`` ends in ``.gz``. A file that is not
+    one (truncated, not gzip, a CRC error) raises ``ValueError`` naming it."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path!r} is truncated or not a gzip file ({type(e).__name__}: {e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise ValueError(f"{path!r} is not an IDX file (header {raw[:4].hex()})")
     ndim = raw[3]
@@ -299,20 +307,38 @@ def _idx_files_in(folder: str) -> list[str] | None:
 
 def find_fashion_mnist(data_dir: str | None = None) -> list[str] | None:
     """The paths of Fashion-MNIST's four IDX files (train images, train labels, test images, test
-    labels), looked for in this order: ``data_dir`` itself, torchvision's layout
-    ``data_dir/FashionMNIST/raw``, then the Debian package's :data:`FASHION_MNIST_SYSTEM_DIR`.
-    ``None`` when none of them holds all four."""
-    folders = [] if data_dir is None else [data_dir, os.path.join(data_dir, "FashionMNIST", "raw")]
-    for folder in folders + [FASHION_MNIST_SYSTEM_DIR]:
-        files = _idx_files_in(folder)
-        if files is not None:
-            return files
+    labels): in ``data_dir`` itself or in torchvision's layout ``data_dir/FashionMNIST/raw``; with no
+    ``data_dir`` in ``./data`` (either layout), then the Debian package's :data:`FASHION_MNIST_SYSTEM_DIR`.
+    ``None`` when none of them holds all four (an explicit ``data_dir`` never falls back elsewhere)."""
+    folders = [DEFAULT_DATA_DIR, FASHION_MNIST_SYSTEM_DIR] if data_dir is None else [data_dir]
+    for folder in folders:
+        for candidate in (folder, os.path.join(folder, "FashionMNIST", "raw")):
+            files = _idx_files_in(candidate)
+            if files is not None:
+                return files
     return None
 
 
-def _fashion_mnist_missing(data_dir: str) -> DatasetNotFoundError:
-    root = os.path.abspath(data_dir)
+def _fashion_mnist_missing(data_dir: str | None) -> DatasetNotFoundError:
     names = ", ".join(f + ".gz" for f in FASHION_MNIST_FILES)
+    if data_dir is not None:
+        root = os.path.abspath(data_dir)
+        missing = [
+            f
+            for f in FASHION_MNIST_FILES
+            if not any(
+                os.path.isfile(os.path.join(folder, f + gz))
+                for folder in (root, os.path.join(root, "FashionMNIST", "raw"))
+                for gz in ("", ".gz")
+            )
+        ]
+        state = "does not exist" if not os.path.isdir(root) else f"lacks {', '.join(missing)} (gzipped or not)"
+        return DatasetNotFoundError(
+            f"--data-dir {data_dir!r} {state}: it must hold the four Fashion-MNIST IDX files {names} (in it or in "
+            f"its FashionMNIST/raw/); fix the path, pass --download, leave --data-dir out (./data, then "
+            f"{FASHION_MNIST_SYSTEM_DIR!r}), or use --dataset digits (offline)"
+        )
+    root = os.path.abspath(DEFAULT_DATA_DIR)
     return DatasetNotFoundError(
         f"Fashion-MNIST not found (looked in {root!r}, {os.path.join(root, 'FashionMNIST', 'raw')!r} and "
         f"{FASHION_MNIST_SYSTEM_DIR!r}); three ways to provide it: (1) install the Debian package "
@@ -323,23 +349,33 @@ def _fashion_mnist_missing(data_dir: str) -> DatasetNotFoundError:
     )
 
 
-def _load_fashion_mnist(data_dir: str, download: bool):
+def _load_fashion_mnist(data_dir: str | None, download: bool):
     files = find_fashion_mnist(data_dir)
     if files is None and download:
         import torchvision
 
-        torchvision.datasets.FashionMNIST(data_dir, train=True, download=True)
-        files = find_fashion_mnist(data_dir)
+        torchvision.datasets.FashionMNIST(data_dir or DEFAULT_DATA_DIR, train=True, download=True)
+        files = find_fashion_mnist(data_dir or DEFAULT_DATA_DIR)
     if files is None:
         raise _fashion_mnist_missing(data_dir)
     try:
         xtr, ytr, xte, yte = (read_idx(f) for f in files)
     except ValueError as e:
         raise DatasetNotFoundError(f"Fashion-MNIST in {os.path.dirname(files[0])!r} is unreadable: {e}") from e
-    for x, y, f in ((xtr, ytr, files[0]), (xte, yte, files[2])):
+    info = DATASETS["fashion-mnist"]
+    for x, y, f, g in ((xtr, ytr, files[0], files[1]), (xte, yte, files[2], files[3])):
         if x.dtype != np.uint8 or x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DatasetNotFoundError(
                 f"{f!r}: expected N uint8 images and N labels, got images {x.shape} {x.dtype} and labels {y.shape}"
+            )
+        size = (info.image_size, info.image_size)
+        if x.shape[1:] != size or len(x) == 0:
+            raise DatasetNotFoundError(
+                f"{f!r}: expected {size[0]}x{size[1]} Fashion-MNIST images, got {len(x)} of {x.shape[1]}x{x.shape[2]}"
+            )
+        if y.min() < 0 or y.max() >= info.num_classes:
+            raise DatasetNotFoundError(
+                f"{g!r}: labels must be 0..{info.num_classes - 1}, found {int(y.min())}..{int(y.max())}"
             )
 
     def t(x, y):
@@ -364,13 +400,14 @@ def _load_digits() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[
 
 def load(
     name: str = "digits",
-    data_dir: str = "./data",
+    data_dir: str | None = None,
     *,
     val_size: int | None = None,
     download: bool = False,
     split_seed: int = 0,
 ) -> DataBundle:
-    """Load dataset ``name`` (see module docstring). ``val_size``: how many training images to hold
+    """Load dataset ``name`` (see module docstring) from ``data_dir``, or its default places
+    (``None``; an explicit directory is used or refused). ``val_size``: how many training images to hold
     out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 360 split).
     ``split_seed`` fixes which images are held out (kept fixed across runs on purpose)."""
     info = DATASETS[canonical_name(name)]
@@ -382,6 +419,7 @@ def load(
     if info.name == "fashion-mnist":
         (x, y), (xte, yte), source = _load_fashion_mnist(data_dir, download)
     else:
+        data_dir = data_dir or DEFAULT_DATA_DIR
         (x, y), (xte, yte) = _load_torchvision(info, data_dir, download)
         source = os.path.abspath(data_dir)
     k = info.val_size if val_size is None else int(val_size)

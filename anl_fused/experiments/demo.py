@@ -445,16 +445,25 @@ def _protocol(args: argparse.Namespace, variants: list[str], configs: dict) -> d
 
 def run(args: argparse.Namespace) -> int:
     from . import data as data_mod
-    from .files import atomic_write
 
     if args.quick:
         args.seeds, args.epochs, args.finetune_epochs, args.batch_size = 2, 1, 1, 128
     bundle = data_mod.load("digits")
-    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
-    variants = _check_args(args, n_tr)
+    variants = _check_args(args, len(bundle.train))
     if variants is None:
         return 2
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args, variants, bundle)
+    except OSError as e:  # an unwritable --out, a full disk: each file is whole or absent (atomic writes)
+        print(f"anl-fused demo: error: writing to --out {args.out!r} failed: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, variants: list[str], bundle) -> int:
+    from .files import atomic_write
+
+    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
     os.makedirs(args.out, exist_ok=True)
     entries = _entries(variants, list(args.eps))
     t_start = time.perf_counter()

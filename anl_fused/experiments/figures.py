@@ -83,14 +83,28 @@ def find_runs(paths: list[str]) -> list[str]:
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
     """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
+    from .train.metrics import read_metrics
+
     cfg_path = os.path.join(path, "config.json")
     cfg = {}
     if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-    with open(os.path.join(path, "metrics.jsonl")) as f:
-        hist = [json.loads(line) for line in f if line.strip()]
+        cfg = _read_json(cfg_path)
+        if not isinstance(cfg, dict):
+            raise FigureError(f"{cfg_path!r} is not a JSON object (a run's config.json)")
+    try:
+        hist = read_metrics(os.path.join(path, "metrics.jsonl"))
+    except ValueError as e:
+        raise FigureError(str(e)) from None
     return cfg, hist
+
+
+def _read_json(path: str):
+    """The JSON in ``path``; :class:`FigureError` naming the file when it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FigureError(f"{path!r} is not a JSON file ({e})") from None
 
 
 def _warn_stderr(text: str) -> None:
@@ -221,7 +235,7 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
         diverged = []
         for i, (name, pts) in enumerate(curves.items()):
             c = colors[i % len(colors)]
-            diverged += [(x, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
+            diverged += [(x, e, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
             eps = [x for x in sorted(pts) if any(e < DIVERGED for _, e in pts[x])]
             errs = [[e for _, e in pts[x] if e < DIVERGED] for x in eps]  # diverged runs: marked, not averaged
             if not eps:
@@ -244,9 +258,8 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
                 label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
             )
         if diverged:
-            top = ax.get_ylim()[1]
-            for x, c in diverged:
-                ax.scatter([x], [top], marker="x", s=40, color=c, zorder=6, clip_on=False)
+            for x, e, c in diverged:  # at its own error (far above the others: the axis takes it in)
+                ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
             ax.text(
                 0.01,
                 0.99,
@@ -366,11 +379,13 @@ def _load_run_model(run_dir: str, data_dir: str | None):
     """``(model in eval mode, config dict, data bundle)`` of a run directory's checkpoint."""
     from . import checkpoint as ckpt
     from . import data as data_mod
-    from .train import TrainConfig, make_model
+    from .train import make_model
+    from .train.config import config_from_dict, upgrade_stored
 
-    state = ckpt.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", required=("config", "model"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    state = ckpt.load(path, map_location="cpu", required=("config", "model"))
     cfg = state["config"]
-    tc = TrainConfig(**{k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__})
+    tc = config_from_dict(upgrade_stored(cfg), f"the config in checkpoint file {path!r}")
     bundle = data_mod.load(tc.dataset, data_dir or tc.data_dir, val_size=tc.val_size)
     model = make_model(tc.resolved(), bundle.in_channels, bundle.num_classes)
     model.load_state_dict(state["model"])
@@ -536,11 +551,43 @@ def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = 
     _save(fig, out)
 
 
+def _check_format(out: str) -> None:
+    """``--out``'s extension is an image format matplotlib writes (none: PNG)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    ext = os.path.splitext(out)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise FigureError(f"--out {out!r}: {ext!r} is not an image format matplotlib writes ({', '.join(formats)})")
+
+
+_WHITEBOX_KEYS = {"clean": (int, float), "fgsm": (int, float), "ifgsm": (int, float), "model": str, "dataset": str}
+
+
+def read_whitebox_json(path: str) -> dict[str, list[dict]]:
+    """The numbers of ``figures whitebox --json`` read back; :class:`FigureError` naming the file and
+    what is wrong when it is not such a file."""
+    methods = _read_json(path)
+    if not isinstance(methods, dict) or not methods:
+        raise FigureError(f"{path!r} is not the JSON of `figures whitebox --json` (an object of methods expected)")
+    for name, runs in methods.items():
+        if not isinstance(runs, list) or not runs:
+            raise FigureError(f"{path!r}: method {name!r} has no list of runs")
+        for r in runs:
+            bad = [k for k, t in _WHITEBOX_KEYS.items() if not isinstance(r, dict) or not isinstance(r.get(k), t)]
+            if bad or "seed" not in r or not isinstance(r.get("n"), int):
+                raise FigureError(
+                    f"{path!r}: a run of method {name!r} lacks {', '.join(bad) or 'seed / n'} (not the JSON of "
+                    "`figures whitebox --json`)"
+                )
+    return methods
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_format(args.out)
         if args.figure == "whitebox-plot":
-            with open(args.json) as f:
-                plot_whitebox(json.load(f), args.out, args.title)
+            plot_whitebox(read_whitebox_json(args.json), args.out, args.title)
             print(f"wrote {args.out}")
             return 0
         runs = find_runs(args.runs)
@@ -576,8 +623,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:
         from .checkpoint import CheckpointError
         from .data import DatasetNotFoundError
+        from .train.config import StoredConfigError
 
-        if not isinstance(e, (FigureError, CheckpointError, DatasetNotFoundError, OSError, json.JSONDecodeError)):
+        if not isinstance(e, (FigureError, CheckpointError, DatasetNotFoundError, OSError, StoredConfigError)):
             raise
         print(f"anl-fused figures: error: {e}", file=sys.stderr)
         return 2

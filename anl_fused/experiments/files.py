@@ -4,13 +4,16 @@
 disk and renames it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The file gets the
 permissions any new file would get (the process umask), not ``mkstemp``'s private 0600. A process
 killed mid-write leaves its temporary file (``NAME.XXXXXXXX.tmp``) behind; ``clean_temp_files``
-removes them, by whoever holds the directory's :class:`DirLock` (no other writer is active then).
+removes those of the names it is given (a directory's own files, never another program's), by whoever
+holds the directory's :class:`DirLock` (no other writer is active then). ``check_out_dir`` refuses an
+output directory that is a file system's root.
 ``save_figure(fig, path)`` writes a matplotlib figure the same way.
 
 :class:`DirLock`: one process at a time writes an output directory. It holds ``fcntl.flock`` on a
 lock file in the directory for its life (the kernel drops it when the process dies, so a crash
 never leaves a stale lock), writes its pid, host, start time and command line into it so that a
-second process can say who holds it, and deletes the file when it is done. POSIX only.
+second process can say who holds it, and deletes the file when it is done. It never follows a
+symbolic link nor blocks on a FIFO: a lock file that is not a regular file is refused. POSIX only.
 """
 
 from __future__ import annotations
@@ -22,22 +25,25 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO
 
 __all__ = [
     "DirLock",
     "DirLockedError",
+    "LockFileError",
     "atomic_write",
+    "check_out_dir",
     "clean_temp_files",
     "lock_holder",
     "resolve_device",
     "save_figure",
 ]
 
-_TEMP = re.compile(r".+\.[a-z0-9_]{8}\.tmp")  # atomic_write's temporary files (tempfile.mkstemp names)
+_TEMP_TAIL = r"\.[a-z0-9_]{8}\.tmp"  # atomic_write's temporary files: NAME + tempfile.mkstemp's 8 characters
 
 
 def _umask() -> int:
@@ -101,18 +107,49 @@ def resolve_device(device: str):
     return torch.device(device)
 
 
-def clean_temp_files(directory: str | os.PathLike) -> list[str]:
-    """Remove the temporary files that writers killed mid-write left in ``directory`` (only
-    ``atomic_write``'s ``NAME.XXXXXXXX.tmp``); returns their names. Call it while holding the
-    directory's :class:`DirLock`, so that no live writer's file is taken."""
+def clean_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """Remove the temporary files that writers killed mid-write left in ``directory`` for the files
+    ``names`` (only ``atomic_write``'s ``NAME.XXXXXXXX.tmp`` of those names: another program's
+    ``*.tmp`` stays); returns their names. Call it while holding the directory's :class:`DirLock`,
+    so that no live writer's file is taken."""
+    own = re.compile("(?:" + "|".join(re.escape(n) for n in names) + ")" + _TEMP_TAIL)
     removed = []
     with contextlib.suppress(FileNotFoundError):
         for name in sorted(os.listdir(directory)):
-            if _TEMP.fullmatch(name) and os.path.isfile(os.path.join(directory, name)):
+            path = os.path.join(directory, name)
+            if own.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(directory, name))
+                    os.unlink(path)
                     removed.append(name)
     return removed
+
+
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse (``ValueError``) an output directory that is a file system's root (``/``): a run's
+    files, lock and cleanup belong in a directory of their own."""
+    real = os.path.realpath(os.fspath(path))
+    if os.path.dirname(real) == real:
+        raise ValueError(f"{option} {os.fspath(path)!r} is the root of the file system; give a directory of its own")
+
+
+class LockFileError(OSError):
+    """A lock file that is not a regular file (a symbolic link, a FIFO, a directory): never opened."""
+
+
+def _open_lock(path: str, flags: int) -> int:
+    """``os.open`` a lock file without following a symbolic link or blocking on a FIFO; refuses
+    (:class:`LockFileError`) anything but a regular file."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link, a FIFO without reader, a directory
+            raise LockFileError(f"lock file {path!r} is not a regular file ({e.strerror}); remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LockFileError(f"lock file {path!r} is not a regular file; remove it")
+    os.set_blocking(fd, True)
+    return fd
 
 
 class DirLockedError(RuntimeError):
@@ -132,7 +169,7 @@ def lock_holder(directory: str | os.PathLike, name: str) -> str | None:
     import fcntl
 
     try:
-        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        fd = _open_lock(os.path.join(directory, name), os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
@@ -165,7 +202,7 @@ class DirLock:
 
         os.makedirs(self.directory, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:

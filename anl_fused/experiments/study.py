@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from . import stats
 from .files import atomic_write
 from .table1 import _Runner, read_history
+from .train.rundir import describe_run
 
 T = 100  # epochs of each phase (the paper's 100 + 100; the one-schedule baseline trains 2T)
 EPS, NORM = 0.03, "layer"  # the paper's Table 1 eps; Algorithm 1's per-layer norm
@@ -77,7 +78,8 @@ class Run:
             args += ["--norm", NORM]
         if self.arm == "sam":
             args += ["--sam-rho", repr(self.rho)]
-        return args + ["--out", out_dir, "--resume", "--no-progress"]
+        args += ["--out", out_dir, "--no-progress"]
+        return args + (["--resume"] if describe_run(out_dir) is not None else [])  # a new run is not resumed
 
 
 #: the black-box attacks' source: an independently trained plain model (its seed is no other run's)

@@ -124,7 +124,10 @@ def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS
 def train_args(
     spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str, threads: int
 ) -> list[str]:
-    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase)."""
+    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase), with
+    ``--resume`` when ``out_dir`` holds its run already (a new one, else a typo'd directory, would be refused)."""
+    from .train.rundir import describe_run
+
     epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
     args = [
         "train",
@@ -150,9 +153,10 @@ def train_args(
         str(threads),
         "--out",
         out_dir,
-        "--resume",
         "--no-progress",
     ]
+    if describe_run(out_dir) is not None:
+        args.append("--resume")
     if spec.variant == "plain2":
         args += ["--finetune-lr", "floor"]
     elif spec.variant != "plain":
@@ -167,11 +171,10 @@ def train_args(
 
 
 def read_history(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The run's finished epochs (a half-written last line left out: resuming the run rewrites it)."""
+    from .train.metrics import read_metrics
+
+    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
 
 
 def is_finished(run_dir: str, spec: RunSpec, proto: Protocol) -> bool:
@@ -262,7 +265,7 @@ class _Runner:
 def _stats(values: list[float]) -> dict:
     return {
         "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "std": statistics.stdev(values) if len(values) > 1 else None,  # one value has no spread
         "n": len(values),
         "values": values,
     }
@@ -349,17 +352,21 @@ def render_markdown(result: dict) -> str:
         "|---|---|---|---|---|---|" + ("---|" if two else ""),
     ]
 
+    def spread(st, sign=""):
+        """``mean ± std``, or the one value with ``(1 seed)``: no standard deviation of one value."""
+        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else " (1 seed)")
+
     def paired(vs):
-        return "-" if vs is None else f"{vs['mean']:+.2f} ± {vs['std']:.2f} ({vs['better']}/{vs['worse']})"
+        return "-" if vs is None else f"{spread(vs, '+')} ({vs['better']}/{vs['worse']})"
 
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
         per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if v >= DIVERGED else "") for v in t["values"])
-        mean = f"{t['mean']:.2f} ± {t['std']:.2f}"
+        mean = spread(t)
         if row.get("diverged_seeds"):
             k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
-            mean += f"; without the {k} diverged: " + (f"{w['mean']:.2f} ± {w['std']:.2f}" if w else "-")
+            mean += f"; without the {k} diverged: " + (spread(w) if w else "-")
         lines.append(
             f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
             f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
@@ -419,8 +426,11 @@ def report(
     for r in result["runs"]:
         cfg_path = os.path.join(r["dir"], "config.json")
         if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                s = json.load(f).get("dataset_sizes")
+            try:
+                with open(cfg_path) as f:
+                    s = json.load(f).get("dataset_sizes")
+            except (ValueError, AttributeError):  # not train's config.json: the sizes are said by another run
+                s = None
             if s:
                 sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}"
                 break
@@ -564,12 +574,30 @@ def _command(args: argparse.Namespace, proto: Protocol) -> str:
     return " ".join(parts)
 
 
+def _check_name(name: str | None) -> None:
+    """``--name``: a file name in ``--out``, never a path out of it."""
+    if name is not None and (not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name):
+        raise ValueError(f"--name must be a file name (no directory), got {name!r}; put the directory in --out")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         proto = _protocol(args)
+        _check_name(args.name)
     except (ValueError, KeyError) as e:
         print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, proto)
+    except ValueError as e:  # a run's metrics.jsonl or config.json that is not what train writes
+        print(f"anl-fused table1: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable --out, a full disk
+        print(f"anl-fused table1: error: writing the table to {args.out!r} failed: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, proto: Protocol) -> int:
     seeds = list(range(args.seeds))
     specs = plan(seeds, args.eps, args.norms, args.variants)
     root = os.path.join(args.runs_dir, proto.tag)
@@ -589,6 +617,7 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.dry_run:
         return 0
+    os.makedirs(args.out, exist_ok=True)  # an unusable --out is said before any training
     stamp = lambda: dt.datetime.now().strftime("%H:%M:%S")
     log = lambda s: print(f"[{stamp()}] {s}", flush=True)
     runner = _Runner(args.jobs, args.nice, log)

@@ -208,7 +208,8 @@ def test_fashion_mnist_layouts(tmp_path, monkeypatch, layout):
         "debian": system,
     }[layout]
     arrays = _fake_fashion(folder, gz=layout != "flat-raw")
-    b = data.load("fashion-mnist", str(data_dir), val_size=10)
+    monkeypatch.chdir(tmp_path)  # no --data-dir: ./data (empty here), then the system's
+    b = data.load("fashion-mnist", None if layout == "debian" else str(data_dir), val_size=10)
     assert b.source == str(folder)
     assert (len(b.train), len(b.val), len(b.test)) == (20, 10, 12)
     assert b.test.x.dtype == torch.uint8 and b.test.x.shape == (12, 1, 28, 28)
@@ -230,8 +231,9 @@ def test_data_dir_wins_over_the_debian_package(tmp_path, monkeypatch):
 
 def test_fashion_mnist_missing_is_one_line_listing_three_ways(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-package"))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(data.DatasetNotFoundError) as e:
-        data.load("fashion-mnist", str(tmp_path / "empty"))
+        data.load("fashion-mnist")  # no --data-dir: ./data, then the system's
     msg = str(e.value)
     assert "\n" not in msg
     for part in (
@@ -240,7 +242,7 @@ def test_fashion_mnist_missing_is_one_line_listing_three_ways(tmp_path, monkeypa
         "train-images-idx3-ubyte.gz",
         "FashionMNIST/raw",
         str(tmp_path / "no-debian-package"),
-        str(tmp_path / "empty"),
+        str(tmp_path / "data"),
     ):
         assert part in msg
     from anl_fused.cli import main
@@ -250,8 +252,6 @@ def test_fashion_mnist_missing_is_one_line_listing_three_ways(tmp_path, monkeypa
             "train",
             "--dataset",
             "fashion-mnist",
-            "--data-dir",
-            str(tmp_path / "empty"),
             "--model",
             "lenet5",
             "--eps",

@@ -9,7 +9,7 @@ import pytest
 from anl_fused.experiments import data
 from anl_fused.experiments.train import TrainConfig, fit
 
-FILES = data.find_fashion_mnist("./data")
+FILES = data.find_fashion_mnist()
 pytestmark = pytest.mark.skipif(
     FILES is None,
     reason=f"Fashion-MNIST is not installed (no IDX files in ./data or {data.FASHION_MNIST_SYSTEM_DIR}; "
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_lenet5_learns_real_fashion_mnist():
-    full = data.load("fashion-mnist", "./data")
+    full = data.load("fashion-mnist")
     assert (len(full.train), len(full.val), len(full.test)) == (55_000, 5_000, 10_000)
     assert full.train.x.shape[1:] == (1, 28, 28) and set(full.test.y.tolist()) == set(range(10))
     steps, batch = 300, 64

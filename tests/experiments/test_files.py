@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from anl_fused.experiments import checkpoint
-from anl_fused.experiments.files import DirLock, DirLockedError, atomic_write, clean_temp_files, lock_holder
+from anl_fused.experiments.files import (
+    DirLock,
+    DirLockedError,
+    LockFileError,
+    atomic_write,
+    clean_temp_files,
+    lock_holder,
+)
 
 HOLD = """
 import sys, time
@@ -55,13 +62,46 @@ def test_lock_holder_changes_nothing(tmp_path):
 
 
 def test_clean_temp_files_takes_only_atomic_writes_leftovers(tmp_path):
-    keep = ["notes.tmp", "a.b.tmp", "checkpoint.pt", "x.ABCDEFGH.tmp"]
+    keep = ["notes.tmp", "a.b.tmp", "checkpoint.pt", "x.ABCDEFGH.tmp", "other_app.q1w2e3r4.tmp", "x.pt.abcdefgh.tmp"]
     orphans = ["checkpoint.pt.k2_x9abq.tmp", "metrics.jsonl.0a1b2c3d.tmp"]
     for name in keep + orphans:
         (tmp_path / name).write_text("x")
-    assert clean_temp_files(tmp_path) == sorted(orphans)
+    own = ("checkpoint.pt", "metrics.jsonl", "x.pt.abcdefgh")  # another program's names are never taken
+    assert clean_temp_files(tmp_path, own) == sorted(orphans)
     assert sorted(os.listdir(tmp_path)) == sorted(keep)
-    assert clean_temp_files(tmp_path / "missing") == []
+    assert clean_temp_files(tmp_path / "missing", own) == []
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    """Issue #18: train.lock through a symbolic link overwrote (then unlinked) the link's target."""
+    (tmp_path / "lk").mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important\n")
+    os.symlink("../victim.txt", tmp_path / "lk" / "train.lock")
+    with pytest.raises(LockFileError, match="not a regular file"):
+        DirLock(tmp_path / "lk", "train.lock").acquire()
+    with pytest.raises(LockFileError):
+        lock_holder(tmp_path / "lk", "train.lock")
+    assert victim.read_text() == "important\n" and os.path.islink(tmp_path / "lk" / "train.lock")
+
+
+def test_a_lock_file_that_is_a_fifo_is_refused_at_once(tmp_path):
+    """Issue #18: a FIFO at train.lock blocked the open forever."""
+    os.mkfifo(tmp_path / "train.lock")
+
+    def hung(signum, frame):
+        raise TimeoutError("opening the lock file blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(LockFileError, match="not a regular file"):
+            lock_holder(tmp_path, "train.lock")
+        with pytest.raises(LockFileError, match="not a regular file"):
+            DirLock(tmp_path, "train.lock").acquire()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_a_killed_writer_leaves_a_temp_file_that_clean_temp_files_removes(tmp_path):
@@ -78,7 +118,7 @@ def test_a_killed_writer_leaves_a_temp_file_that_clean_temp_files_removes(tmp_pa
     proc.wait()
     (left,) = os.listdir(tmp_path)
     assert left.startswith("checkpoint.pt.") and left.endswith(".tmp")
-    assert clean_temp_files(tmp_path) == [left] and not os.listdir(tmp_path)
+    assert clean_temp_files(tmp_path, ["checkpoint.pt"]) == [left] and not os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])

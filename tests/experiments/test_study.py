@@ -225,7 +225,7 @@ def test_verdict_follows_the_preregistered_rule(ci, reading):
     assert "interim: 5 of 12" in study_report.verdict({"ci": list(ci), "n": 5}, 12)
 
 
-def test_each_arm_trains_what_the_preregistration_says():
+def test_each_arm_trains_what_the_preregistration_says(tmp_path):
     args = {a: study.Run(a, 3, rho=0.05).train_args("OUT", 1) for a in study.ARMS}
 
     def opt(a, flag):
@@ -247,4 +247,7 @@ def test_each_arm_trains_what_the_preregistration_says():
     assert (opt("anl", "--eps"), opt("anl", "--norm"), opt("opposite", "--variant")) == ("0.03", "layer", "opposite")
     assert opt("sam", "--sam-rho") == "0.05" and opt("control", "--sam-rho") is None
     assert all(opt(a, "--seed") == "3" and opt(a, "--dataset") == "fashion-mnist" for a in study.ARMS)
-    assert all("--resume" in v for v in args.values())
+    assert not any("--resume" in v for v in args.values())  # nothing in OUT: new runs
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps({"model": "lenet5"}))
+    assert "--resume" in study.Run("anl", 0).train_args(str(tmp_path / "r"), 1)

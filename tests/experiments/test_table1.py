@@ -51,7 +51,7 @@ def test_plan_covers_every_method_per_seed_and_norm():
     args = dict(data_dir=None, device="cpu", threads=1)
     base = table1.train_args(specs[0], proto, "d", **args)
     assert base[base.index("--epochs") + 1] == "50" and base[base.index("--finetune-epochs") + 1] == "0"
-    assert "--norm" not in base and "--eps" not in base and "--resume" in base
+    assert "--norm" not in base and "--eps" not in base and "--resume" not in base  # "d" holds no run yet
     opp = table1.train_args(specs[5], proto, "d", **args)
     assert opp[opp.index("--variant") + 1] == "opposite" and opp[opp.index("--eps") + 1] == "0.03"
     assert opp[opp.index("--norm") + 1] == "layer" and opp[opp.index("--finetune-epochs") + 1] == "20"
@@ -290,4 +290,4 @@ def test_readme_renderer_writes_the_table_from_the_json(tmp_path, monkeypatch):
     assert render.main([str(doc)]) == 0
     text = doc.read_text()
     assert table1.render_markdown(result) in text and "old" not in text
-    assert "| +ANL eps=0.03, norm=sample | 9.17 | 9.00 ± 0.00 | 1 | 9.00 | -1.00 ± 0.00 (1/0) |" in text
+    assert "| +ANL eps=0.03, norm=sample | 9.17 | 9.00 (1 seed) | 1 | 9.00 | -1.00 (1 seed) (1/0) |" in text

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
 import torch.distributed as dist
+from typing_extensions import TypedDict
 
 from ... import rng
 from .. import checkpoint as ckpt
 from .. import launch
-from .config import IDENTITY, upgrade_stored
+from .config import IDENTITY, config_from_dict, upgrade_stored
 from .metrics import EpochMeter, merged_meter_state
 from .parts import Parts
 
@@ -54,6 +56,28 @@ class Position:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
 
+# the types of a checkpoint's position entries, checked strictly ("2" is not an epoch)
+_POSITION_TYPES = {"epoch": int, "step": int, "global_step": int, "history": list[dict], "changes": list[dict]}
+_POSITION = pydantic.TypeAdapter(
+    pydantic.with_config(pydantic.ConfigDict(strict=True))(
+        TypedDict("CheckpointPosition", _POSITION_TYPES, total=False)  # type: ignore[misc]
+    )
+)
+
+
+def _check_types(state: dict[str, Any], path: str) -> None:
+    """The checkpoint's position and config have their types (else CheckpointError / StoredConfigError)."""
+    try:
+        _POSITION.validate_python({k: state[k] for k in _POSITION_TYPES if k in state})
+    except pydantic.ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        raise ckpt.CheckpointError(
+            f"checkpoint file {path!r}: {err['loc'][0]} {err['input']!r} is not allowed ({err['msg']}); it is not "
+            "a checkpoint anl-fused wrote: restore it, or start a new run"
+        ) from None
+    config_from_dict(upgrade_stored(state["config"]), f"the config in checkpoint file {path!r}")
+
+
 def read(path: str, world: int) -> dict[str, Any] | None:
     """The checkpoint to resume from (``None``: there is none). Under torchrun rank 0 reads it and
     broadcasts it, or its error, to the others: only rank 0's file system needs it."""
@@ -61,7 +85,9 @@ def read(path: str, world: int) -> dict[str, Any] | None:
     def load() -> dict[str, Any] | None:
         if not os.path.exists(path):
             return None
-        return ckpt.load(path, map_location="cpu", required=REQUIRED, versions=(ckpt.VERSION,))
+        state = ckpt.load(path, map_location="cpu", required=REQUIRED, versions=(ckpt.VERSION,))
+        _check_types(state, path)
+        return state
 
     return launch.on_rank0(load, world)
 

@@ -234,6 +234,11 @@ def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     """The run's settings: with ``--resume`` the run's own (if OUT holds one), else the defaults; then
     ``--preset``'s, then the options given."""
     stored = stored_config(args.out, world) if args.resume else None
+    if args.resume and stored is None:
+        raise RunDirError(
+            f"--resume: {args.out!r} holds no run to resume (no readable config.json, no checkpoint.pt); "
+            "check the path, or start the run without --resume"
+        )
     base = config_from_dict(stored) if stored else TrainConfig()
     if args.preset:
         variant = getattr(args, "variant", base.variant)
@@ -274,16 +279,18 @@ def _device_hint(args: argparse.Namespace) -> str:
 
 
 def _summary(args: argparse.Namespace, result: dict) -> None:
-    last = result["history"][-1]
+    """One JSON line: where the run stands (before its first finished epoch: no test numbers yet)."""
+    last = result["history"][-1] if result["history"] else {}
     print(
         json.dumps(
             {
                 "out": args.out,
-                "epochs": last["epoch"],
-                "test_err": last["test_err"],
-                "test_acc": last["test_acc"],
-                "val_loss": last["val_loss"],
-                "time_per_step_s": last["time_per_step_s"],
+                "epochs": result["epoch"],
+                "global_step": result["global_step"],
+                "test_err": last.get("test_err"),
+                "test_acc": last.get("test_acc"),
+                "val_loss": last.get("val_loss"),
+                "time_per_step_s": last.get("time_per_step_s"),
                 "stopped": result["stopped"],
             }
         )
@@ -322,6 +329,6 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if result["stopped"] == "interrupt":
         return 130
-    if result["history"] and rank == 0:
+    if rank == 0:
         _summary(args, result)
     return 0

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import torch
+from typing_extensions import TypedDict
 
 from ... import distributed
 from ...eps_rule import auto_eps
@@ -29,9 +33,11 @@ __all__ = [
     "SCHEDULES",
     "TWO_PHASE_VARIANTS",
     "VARIANTS",
+    "StoredConfigError",
     "TrainConfig",
     "arg_type",
     "auto_eps_of",
+    "check_device",
     "config_from_dict",
     "input_layer_eps",
     "noise_note",
@@ -50,9 +56,10 @@ INPUT_EPS_UNITS = ("pixel", "normalized", None)
 PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # the numeric fields' kinds and ranges: TrainConfig.resolved checks them, the CLI's argparse types come from here
+_F32 = float(torch.finfo(torch.float32).max)  # an eps the float32 kernels can hold
 RANGES: dict[str, dict[str, Any]] = {
-    "eps": {"kind": float},
-    "input_eps": {"kind": float},
+    "eps": {"kind": float, "low": -_F32, "high": _F32},
+    "input_eps": {"kind": float, "low": -_F32, "high": _F32},
     "epochs": {"kind": int, "low": 0},
     "finetune_epochs": {"kind": int, "low": 0},
     "batch_size": {"kind": int, "low": 1},
@@ -74,25 +81,32 @@ RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_b
 LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
 
 
+# the choice fields' types (TrainConfig's annotations are the schema of a config: SCHEMA below)
+Norm = Literal[NORMS]
+Probe = Literal[tuple(PROBE_DTYPES)]
+StdOver = Literal[distributed.STD_OVER]
+Device = Annotated[str, pydantic.StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]  # auto, cpu, cuda, cuda:N
+
+
 @dataclass
 class TrainConfig:
     model: str = "vgg_tiny"
     dataset: str = "digits"
-    data_dir: str = "./data"
+    data_dir: str | None = None  # None: ./data, then the system's (Fashion-MNIST); a directory: that one alone
     download: bool = False
-    variant: str = "anl"
-    eps: float | str | None = None  # None: the paper's eps for the model (Table 2); "auto": anl_fused.auto_eps
+    variant: Literal[VARIANTS] = "anl"
+    eps: float | Literal["auto"] | None = None  # None: the paper's eps for the model (Table 2); "auto": auto_eps
     input_eps: float = 0.0
     input_sign: bool = False
     # with input_sign, the unit of input_eps: "pixel" (images in [0, 1]), or "normalized" (runs made before
     # the unit existed); without input_sign the eps is a fraction of std(x), unit-free (None). See input_layer_eps.
-    input_eps_unit: str | None = "pixel"
+    input_eps_unit: Literal["pixel", "normalized"] | None = "pixel"
     scale_by_std: bool = True
-    norm: str = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
-    probe_dtype: str = "fp32"  # round 1 under autocast in bf16 / fp16 (an approximate noise): part of the identity
+    norm: Norm = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
+    probe_dtype: Probe = "fp32"  # round 1 under autocast in bf16 / fp16 (an approximate noise): part of the identity
     epochs: int = 10
     finetune_epochs: int = 0
-    finetune_lr: str = "auto"  # auto | floor | continue
+    finetune_lr: Literal["auto", "floor", "continue"] = "auto"  # auto | floor | continue
     batch_size: int = 128
     eval_batch_size: int = 500
     lr: float = 0.1
@@ -103,15 +117,15 @@ class TrainConfig:
     hold_epochs: int = 5  # ... and the rate has been used for at least `hold_epochs` epochs
     min_lr: float = 1e-3  # ... down to this floor (also the fine-tuning rate)
     # "cosine": a fixed schedule instead (the same rates for every run: lr to min_lr over the scheduled epochs)
-    schedule: str = "plateau"
+    schedule: Literal[SCHEDULES] = "plateau"
     sam_rho: float = 0.05  # variant "sam": the neighbourhood radius of sharpness-aware minimization
     val_size: int | None = None
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     compile: bool = False
     channels_last: bool = False
     drop_last: bool = True  # a tiny last batch wrecks BatchNorm statistics (897 digits / 64 = 14 r 1)
-    std_over: str = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
+    std_over: StdOver = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
     sync_bn: bool = False  # under torchrun: SyncBatchNorm (GPUs only)
 
     @classmethod
@@ -164,6 +178,23 @@ def _check_numbers(c: TrainConfig) -> None:
             "halves on the validation loss: hold out at least 1 image (leave --val-size out for the "
             "dataset's default)"
         )
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, or a CUDA device that this machine has (else ``ValueError`` saying so); what
+    training checks before it holds its directory (loading a model elsewhere does not need the device)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device (use --device cpu, or auto)")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def arg_type(field: str):
@@ -275,6 +306,13 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     """What to say about the noise's eps (``given``: as asked, ``cfg``: resolved): where a default eps
     comes from, and the input eps's unit."""
     notes = []
+    if given.eps not in (None, 0, 0.0) and cfg.variant in ("plain", "dropout"):
+        notes.append(f"variant {cfg.variant} trains without noise: eps {given.eps} is not used (stored as 0)")
+    if isinstance(cfg.eps, float) and abs(cfg.eps) > 1:
+        notes.append(
+            f"warning: |eps| {abs(cfg.eps):g} > 1: noise larger than the activations' own spread; such runs "
+            "usually train to chance (the paper's eps are 0.01-0.05)"
+        )
     if given.eps is None and cfg.variant in NOISE_VARIANTS:
         notes.append(
             f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
@@ -303,8 +341,11 @@ def probe_torch_dtype(cfg: TrainConfig) -> torch.dtype | None:
 def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
     existed implicitly had: ``norm`` ("sample"), ``probe_dtype`` ("fp32"), ``input_eps_unit`` ("normalized"
-    for input-sign runs), ``schedule`` ("plateau"), ``sam_rho`` (the default, unused)."""
+    for input-sign runs), ``schedule`` ("plateau"), ``sam_rho`` (the default, unused); ``data_dir`` "./data", the
+    old default, is the default again (``None``: ./data, then the system's copy)."""
     d = dict(d)
+    if d.get("data_dir") == data_mod.DEFAULT_DATA_DIR:
+        d["data_dir"] = None
     d.setdefault("norm", "sample")
     d.setdefault("schedule", "plateau")
     d.setdefault("sam_rho", TrainConfig.sam_rho)
@@ -314,7 +355,33 @@ def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored)."""
+class StoredConfigError(ValueError):
+    """A stored config (``config.json``, a checkpoint's) with a value its field's type does not allow."""
+
+
+# The field types of TrainConfig (its annotations, the one place they are written), checked strictly: "no" is
+# not a bool, "2" not an int. A TypedDict of the fields: pydantic validates a dataclass strictly only as an instance.
+SCHEMA = pydantic.TypeAdapter(
+    pydantic.with_config(pydantic.ConfigDict(strict=True))(
+        TypedDict("TrainConfigFields", typing.get_type_hints(TrainConfig), total=False)
+    )
+)
+
+
+def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConfig:
+    """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored),
+    its values checked against the fields' types (:data:`SCHEMA`); :class:`StoredConfigError` names
+    ``source``, the field, the value and the fix."""
+    if not isinstance(d, dict):
+        raise StoredConfigError(f"{source} is not a JSON object of settings (found {type(d).__name__})")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+    try:
+        return TrainConfig(**SCHEMA.validate_python({k: v for k, v in d.items() if k in names}))
+    except pydantic.ValidationError as e:
+        errors = e.errors(include_url=False)
+        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "?"
+        wants = " or ".join(dict.fromkeys(er["msg"] for er in errors if er["loc"][:1] == errors[0]["loc"][:1]))
+        raise StoredConfigError(
+            f"{source}: {field} {json.dumps(d.get(field), default=repr)} is not allowed ({wants}); correct the "
+            "value, or start a new run with another --out"
+        ) from None

@@ -29,7 +29,7 @@ from .. import data as data_mod
 from .. import launch
 from . import checkpointing, rundir
 from .checkpointing import CHECKPOINT_NAME, Position
-from .config import NOISE_VARIANTS, TrainConfig, auto_eps_of, noise_note
+from .config import NOISE_VARIANTS, TrainConfig, auto_eps_of, check_device, noise_note
 from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
 from .parts import Parts, build_parts, process_group
 
@@ -308,17 +308,20 @@ def fit(
     from tqdm.auto import tqdm
 
     given, cfg = cfg, cfg.resolved()
+    check_device(cfg.device)  # before the directory is held: a refused run writes nothing
     rank, world = process_group()
     if rank:  # under torchrun only rank 0 logs and writes
         log, progress = (lambda s: None), False
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     with rundir.claimed(out_dir, resume=resume, overwrite=overwrite, world=world, log=log):
-        if noise_note(given, cfg):
-            log(noise_note(given, cfg))
         parts = build_parts(cfg, bundle)
+        if parts.bundle.source:
+            log(f"{parts.bundle.info.description}: read from {parts.bundle.source}")
         config = dataclasses.asdict(cfg)
         meter = EpochMeter(parts.device)
         pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
+        if noise_note(given, cfg):  # once the run is accepted
+            log(noise_note(given, cfg))
         if out_dir and rank == 0:
             rundir.write_config(out_dir, config, parts, pos.changes, eps_auto=_eps_auto(given, cfg, out_dir, resume))
             MetricsFile(out_dir).rewrite(pos.history)

@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "format_record",
     "merged_meter_state",
+    "read_metrics",
 ]
 
 METRICS_NAME = "metrics.jsonl"
@@ -184,6 +185,31 @@ def format_record(r: dict[str, Any], total_epochs: int) -> str:
         f"acc {r['train_acc']:.4f} | val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | test err "
         f"{r['test_err'] * 100:.2f}% | lr {r['lr']:.4g} | {r['time_per_step_s'] * 1e3:.1f} ms/step"
     )
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (``[]`` when it does not exist). A half-written last line (the
+    process or the disk failed during the append) is left out, as ``train --resume`` drops it; any
+    other line that is not a JSON object raises ``ValueError`` naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return []
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            if i == len(lines):  # no newline after it: the append did not finish
+                break
+            raise ValueError(f"{path!r} line {i} is not JSON ({e}); restore the file or delete the run") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path!r} line {i} is not a JSON object of an epoch's metrics")
+        records.append(record)
+    return records
 
 
 class MetricsFile:

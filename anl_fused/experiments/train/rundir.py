@@ -24,9 +24,9 @@ from typing import Any
 
 from .. import checkpoint as ckpt
 from .. import launch
-from ..files import DirLock, DirLockedError, atomic_write, clean_temp_files, lock_holder
+from ..files import DirLock, DirLockedError, LockFileError, atomic_write, check_out_dir, clean_temp_files, lock_holder
 from .checkpointing import CHECKPOINT_NAME
-from .config import input_layer_eps, upgrade_stored
+from .config import config_from_dict, input_layer_eps, upgrade_stored
 from .metrics import METRICS_NAME
 from .parts import Parts
 
@@ -75,7 +75,11 @@ def describe_run(out_dir: str) -> str | None:
 
 
 def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], None]) -> DirLock:
-    holder = lock_holder(out_dir, LOCK_NAME)
+    try:
+        check_out_dir(out_dir)
+        holder = lock_holder(out_dir, LOCK_NAME)
+    except (ValueError, LockFileError) as e:
+        raise RunDirError(f"run directory {out_dir!r}: {e}") from None
     if holder:
         raise RunDirError(
             f"run directory {out_dir!r} is in use by a running anl-fused train ({holder}); wait for "
@@ -91,7 +95,9 @@ def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], Non
         lock = DirLock(out_dir, LOCK_NAME).acquire()
     except DirLockedError as e:
         raise RunDirError(f"run directory {e}; use another --out") from None
-    removed = clean_temp_files(out_dir)
+    except LockFileError as e:
+        raise RunDirError(f"run directory {out_dir!r}: {e}") from None
+    removed = clean_temp_files(out_dir, RUN_FILES)
     if removed:
         log(f"removed temporary files a killed writer left in {out_dir}: {', '.join(removed)}")
     if overwrite and run:
@@ -113,12 +119,16 @@ def claimed(
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start over")
     held: list[DirLock] = []
+    created = not os.path.exists(out_dir)
     launch.on_rank0(lambda: held.append(_claim(out_dir, resume, overwrite, log)), world)
     try:
         yield
     finally:
         for lock in held:
             lock.release()
+            if created:  # a run refused before it wrote anything leaves no empty directory behind
+                with contextlib.suppress(OSError):
+                    os.rmdir(out_dir)
 
 
 def local_config(out_dir: str) -> dict[str, Any] | None:
@@ -132,11 +142,15 @@ def stored_config(out_dir: str, world: int) -> dict[str, Any] | None:
     ``None`` when it holds no run. Under torchrun rank 0 reads and broadcasts them."""
 
     def read() -> dict[str, Any] | None:
-        config = local_config(out_dir)
+        config, source = local_config(out_dir), os.path.join(out_dir, CONFIG_NAME)
         path = os.path.join(out_dir, CHECKPOINT_NAME)
         if not isinstance(config, dict) and os.path.exists(path):
-            config = ckpt.load(path, required=("config",))["config"]
-        return upgrade_stored(config) if isinstance(config, dict) else None
+            config, source = ckpt.load(path, required=("config",))["config"], f"the config in {path}"
+        if not isinstance(config, dict):
+            return None
+        config = upgrade_stored(config)
+        config_from_dict(config, source)  # its values have their fields' types, else StoredConfigError
+        return config
 
     return launch.on_rank0(read, world)
 
@@ -150,7 +164,8 @@ def write_config(
 ) -> None:
     """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
     split sizes, the augmentation, the input ANL layer's eps on the normalized input, the settings
-    changed on resume and, for ``eps="auto"``, the rule's input and result (``eps_auto``)."""
+    changed on resume, where the data was read from and, for ``eps="auto"``, the rule's input and result
+    (``eps_auto``)."""
     b = parts.bundle
     atomic_write(
         os.path.join(out_dir, CONFIG_NAME),
@@ -162,6 +177,7 @@ def write_config(
                 "augment": b.info.augment,
                 "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
                 "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
+                "data_source": b.source or None,
                 "resume_changes": changes,
                 "eps_auto": eps_auto,
             },
