@@ -148,6 +148,15 @@ class _Probe:
         return leaf.clone()
 
 
+_NONE_RAN = (
+    "none of the {n} active ANL layer(s) of the engine's model ({model}) ran in round 1: the closure must run "
+    "that model on each call (e.g. lambda: F.cross_entropy(model(x), y)), not return a loss computed before "
+    "the step or by another model), and the layers must be called (a converter such as torch's "
+    "SyncBatchNorm.convert_sync_batchnorm drops insert_anl's hooks; use anl_fused.distributed's); otherwise "
+    "the step would train without noise"
+)
+
+
 def _no_grad_message(layer: ANL2d, round_: int) -> str:
     return (
         f"{layer!r} ran with autograd disabled in round {round_} of a two-round step: the closure runs it under "
@@ -221,7 +230,9 @@ class TwoRound:
             Lightning and Accelerate move it), the default generator follows it there with the same seed.
             The same seed gives the same noise on every backend.
         noise_dtype: keep round 1's gradient in this dtype between the rounds (``torch.bfloat16``
-            halves the extra memory); ``None`` keeps the activations' dtype.
+            halves the extra memory); ``None`` keeps the activations' dtype. A dtype with less range
+            than float32 (``torch.float16``) is refused: the raw gradient scales with the loss, and
+            stored in it small gradients underflow (zero noise) or lose the noise's bound.
         std_over: ``"local"``: ``s = std(h)`` of this process's batch; ``"global"``: of the global
             batch of all processes of ``process_group`` (one all-reduce a step for all layers).
         process_group: the group of ``std_over="global"``; default: the DDP model's group, or the
@@ -289,6 +300,12 @@ class TwoRound:
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
             raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
+        if noise_dtype is not None and torch.finfo(noise_dtype).tiny > torch.finfo(torch.float32).tiny:
+            raise ValueError(
+                f"noise_dtype={noise_dtype} has less range than float32: the stored gradient scales with the "
+                "loss and small gradients would underflow to zero noise; use torch.bfloat16 (float32's range, "
+                "same memory) or None"
+            )
         self.probe_loss_scale = _check_probe_loss_scale(probe_loss_scale)
         self.probe_dtype = _check_probe_dtype(probe_dtype)
         self.process_group = distributed.check_std_over(std_over, process_group, model)
@@ -327,6 +344,11 @@ class TwoRound:
         Raises ``RuntimeError`` inside another step (a second engine's ``step()`` in the closure) and under
         ``torch.no_grad()`` / ``torch.inference_mode()``. A layer whose output does not reach the loss gets
         zero noise. Activation checkpointing works with ``use_reentrant=False`` (and ``backward=True``)."""
+        if not callable(closure):
+            raise TypeError(
+                f"TwoRound.step takes a closure that runs the model and returns the loss, got "
+                f"{type(closure).__name__}; pass e.g. lambda: F.cross_entropy(model(x), y), not a computed loss"
+            )
         with step_scope("TwoRound.step"):
             layers = [layer for layer in anl_layers(self._root) if layer.active]
             need_grad = any(layer.needs_grad for layer in layers)
@@ -352,7 +374,10 @@ class TwoRound:
             ):
                 with self._probe_autocast():
                     loss = checked_loss(closure())
+                state.check_params()
                 probe.in_backward = True  # from here on, a layer that runs is recomputed by checkpointing
+                if not probe.records:
+                    raise RuntimeError(_NONE_RAN.format(n=len(layers), model=type(self._root).__name__))
                 noise = self._noise(layers, probe, loss)
             del loss
             self._buffer_warnings(state.restore())
