@@ -84,7 +84,6 @@ class Round1State:
         names = {id(m): n for n, m in self.model.named_modules()}
         return [f"{names.get(id(module), '?')}.{key}".lstrip(".") for module, key in changed]
 
-
     def check_params(self) -> None:
         """Raises ``RuntimeError`` if a parameter or a parameter's ``.grad`` was written since ``__init__``."""
         for module, key, p, version, grad, grad_version in self.params:

@@ -590,7 +590,7 @@ def test_noise_dtype_float16_is_refused_and_bfloat16_noise_ignores_the_loss_scal
 def test_a_tensor_instead_of_a_closure_is_a_type_error():
     model = anl_model()
     x, y = data()
-    with pytest.raises(TypeError, match="closure .* got Tensor.*not a computed loss"):
+    with pytest.raises(TypeError, match=r"closure .* got Tensor.*not a computed loss"):
         TwoRound(model).step(F.cross_entropy(model(x), y))
 
 
