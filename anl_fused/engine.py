@@ -53,10 +53,12 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module):
+def frozen_batchnorm_stats(model: nn.Module, modules: list[nn.Module] | None = None):
     """BatchNorm in training mode normalizes by batch statistics but leaves running statistics and
-    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration)."""
-    frozen = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration). ``modules``:
+    ``list(model.modules())`` when the caller has it already."""
+    modules = model.modules() if modules is None else modules
+    frozen = [m for m in modules if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for m in frozen:
         m.track_running_stats = False
     try:
@@ -350,7 +352,8 @@ class TwoRound:
                 f"{type(closure).__name__}; pass e.g. lambda: F.cross_entropy(model(x), y), not a computed loss"
             )
         with step_scope("TwoRound.step"):
-            layers = [layer for layer in anl_layers(self._root) if layer.active]
+            modules = list(self._root.modules())  # the one walk over the model this step makes
+            layers = [layer for layer in anl_layers(self._root, modules) if layer.active]
             need_grad = any(layer.needs_grad for layer in layers)
             if (backward or need_grad) and not torch.is_grad_enabled():
                 where = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
@@ -363,10 +366,10 @@ class TwoRound:
                 return training_round(closure, backward)
 
             rng_state = rng.capture()
-            state = Round1State(self._root)
+            state = Round1State(self._root, modules)
             probe = _Probe(means=self.std_over == "global")
             with (
-                frozen_batchnorm_stats(self.model),
+                frozen_batchnorm_stats(self.model, modules),
                 distributed.probe_context(self.model),
                 attached(layers, probe),
                 eager(),

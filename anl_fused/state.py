@@ -48,12 +48,12 @@ class Round1State:
     and returns the names of the other buffers that round 1 wrote; :meth:`check_params` raises if the
     closure wrote a parameter or its ``.grad``. One walk over the modules each way."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, modules: list[nn.Module] | None = None):
         self.model = model
         self.saved: list[tuple[Tensor, Tensor]] = []
         self.versions: list[tuple[nn.Module, str, Tensor, int]] = []
         self.params: list[tuple[nn.Module, str, Tensor, int, Tensor | None, int]] = []
-        for module in model.modules():
+        for module in model.modules() if modules is None else modules:
             for key, p in module._parameters.items():
                 if p is not None:
                     grad = p.grad
