@@ -159,6 +159,16 @@ _NONE_RAN = (
 )
 
 
+def _check_no_dropout(modules: list[nn.Module]) -> None:
+    """``replay_rng=False`` is only exact without stochastic layers: refuse training-mode dropout."""
+    for m in modules:
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise RuntimeError(
+                f"TwoRound(replay_rng=False) with {m!r} in training mode: round 2 would draw other dropout "
+                "masks than round 1; use replay_rng=True (the default), or put the dropout in eval mode"
+            )
+
+
 def _no_grad_message(layer: ANL2d, round_: int) -> str:
     return (
         f"{layer!r} ran with autograd disabled in round {round_} of a two-round step: the closure runs it under "
@@ -253,6 +263,10 @@ class TwoRound:
             model) or ``probe_dtype`` is float16, else 1. A number: always that scale. A
             ``torch.amp.GradScaler`` (or anything with a ``scale(tensor)`` method): ``scaler.scale(loss)``,
             the scale that round 2's backward uses (no host sync).
+        replay_rng: ``True`` (default): round 2 replays round 1's global RNG state (the same dropout
+            masks). ``False``: no replay, for models without stochastic layers where the state may not
+            be read, as inside a CUDA graph capture (``torch.cuda.get_rng_state`` is not allowed there);
+            a step of a model with a ``Dropout`` module in training mode is then refused.
 
     Round-1 loss scaling: an unscaled float16 gradient underflows below ``2**-24`` (about 6e-8), and the
     activation gradients of a batch-mean loss are often that small. Scaling must not overflow either
@@ -295,6 +309,7 @@ class TwoRound:
         process_group=None,
         probe_loss_scale=None,
         probe_dtype: torch.dtype | None = None,
+        replay_rng: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -323,6 +338,9 @@ class TwoRound:
         self.generator = generator
         self._generator_movable = own_generator  # the default generator may follow the model before its first draw
         self.noise_dtype = noise_dtype
+        if not isinstance(replay_rng, bool):
+            raise TypeError(f"replay_rng must be True or False, got {replay_rng!r}")
+        self.replay_rng = replay_rng
         self._stats: Tensor | None = None
         self._last_stds: list[tuple[ANL2d, Tensor]] = []
         self._warned_inactive = False
@@ -365,7 +383,9 @@ class TwoRound:
                 self._warn_inactive()
                 return training_round(closure, backward)
 
-            rng_state = rng.capture()
+            if not self.replay_rng:
+                _check_no_dropout(modules)
+            rng_state = rng.capture() if self.replay_rng else None
             state = Round1State(self._root, modules)
             probe = _Probe(means=self.std_over == "global")
             with (
@@ -384,7 +404,8 @@ class TwoRound:
                 noise = self._noise(layers, probe, loss)
             del loss
             self._buffer_warnings(state.restore())
-            rng.restore(rng_state)
+            if rng_state is not None:
+                rng.restore(rng_state)
             if probe.recomputed and not backward:
                 raise RuntimeError(
                     "activation checkpointing needs TwoRound.step(closure, backward=True): round 2's "

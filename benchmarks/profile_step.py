@@ -71,7 +71,7 @@ def profile(batch: int, steps: int, repeats: int) -> str:
         f"LeNet-5, batch {batch}, 28x28, CPU: {step_module.cpu_model()}, {torch.get_num_threads()} thread(s), "
         f"ops backend: {step_module.backend(torch.device('cpu'))}, torch {torch.__version__}",
         f"anl_fused from {os.path.dirname(anl_fused.__file__)}",
-        "median ms/step over {} rounds of {} steps: ".format(repeats, steps)
+        f"median ms/step over {repeats} rounds of {steps} steps: "
         + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in med.items())
         + f"; TwoRound/floor (median of paired ratios) {paired:.3f}x; TwoRound - floor "
         f"{(med['tworound'] - med['floor']) * 1e3:.3f} ms",

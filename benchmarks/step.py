@@ -101,9 +101,11 @@ def make_step(
     eps: float = 0.05,
     amp: torch.dtype | None = None,
     after: str = "batchnorm",
+    replay_rng: bool = True,
 ) -> Callable[[], torch.Tensor]:
     """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL; the
-    methods but ``plain`` put ANL layers in with ``insert_anl(model, eps, after=after)``)."""
+    methods but ``plain`` put ANL layers in with ``insert_anl(model, eps, after=after)``). ``replay_rng``:
+    the engine methods' ``TwoRound(replay_rng=...)``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     model = copy.deepcopy(model).train()
@@ -117,7 +119,7 @@ def make_step(
 
     generator = torch.Generator(device=x.device).manual_seed(0)
     if method in ENGINES:
-        engine = TwoRound(model, generator, **ENGINES[method])
+        engine = TwoRound(model, generator, replay_rng=replay_rng, **ENGINES[method])
         run = lambda: engine.step(closure)
     else:
         run = {

@@ -629,3 +629,21 @@ def test_a_closure_that_writes_grad_or_parameters_in_round_1_is_refused(call):
 
     with pytest.raises(RuntimeError, match=r"round 1 of the two-round step wrote .*backward\(\)"):
         TwoRound(model).step(closure)
+
+
+def test_replay_rng_false_skips_the_rng_state_and_refuses_dropout(monkeypatch):
+    """For CUDA-graph capture (no get_rng_state there): without stochastic layers the step is the same
+    without the replay; with a training-mode Dropout it is refused (round 2 would draw other masks)."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(dropout=False).double(), eps=0.5)
+    a, b = model, copy.deepcopy(model)
+    x, y = data()
+    TwoRound(a, torch.Generator().manual_seed(3)).step(lambda: F.cross_entropy(a(x), y))
+    monkeypatch.setattr(torch, "get_rng_state", lambda: pytest.fail("the RNG state was read"))
+    TwoRound(b, torch.Generator().manual_seed(3), replay_rng=False).step(lambda: F.cross_entropy(b(x), y))
+    assert torch.equal(flat_grads(a), flat_grads(b))
+    dropped = anl_model()  # small_vgg has dropout by default
+    with pytest.raises(RuntimeError, match=r"replay_rng=False\) with Dropout"):
+        TwoRound(dropped, replay_rng=False).step(lambda: F.cross_entropy(dropped(x), y))
+    with pytest.raises(TypeError, match="replay_rng"):
+        TwoRound(model, replay_rng=0)
