@@ -45,6 +45,7 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
 from anl_fused import TwoRound, anl_layers, insert_anl, ops, reference
+from anl_fused.engine import frozen_batchnorm_stats
 from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
 from anl_fused.experiments.files import atomic_write
 from anl_fused.experiments.models import build, get_spec, names
@@ -64,6 +65,8 @@ class _FloorProbe:
         self.edges = []
 
     def forward(self, layer: ANL2d, h: torch.Tensor) -> torch.Tensor:
+        if not layer.needs_grad:  # Gaussian noise needs no gradient
+            return h
         if h.grad_fn is not None:
             self.edges.append(get_gradient_edge(h))
             return h
@@ -79,14 +82,18 @@ class _PassThrough:
 
 def floor_step(model: nn.Module, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
     """The exact floor of a two-round step on ``model`` (with ANL layers): round 1 = ``closure()`` with every
-    active ANL layer passing ``h`` on and exposing its gradient edge, then
-    ``torch.autograd.grad(loss, edges)`` (the activation gradients only; no weight gradient); round 2 =
-    ``closure().backward()`` with the layers as the identity. No ANL op runs; the cost is the same
-    forwards and backwards any two-round step needs."""
+    active ANL layer passing ``h`` on and exposing its gradient edge (those that need one: not Gaussian
+    noise), then ``torch.autograd.grad(loss, edges)`` (the activation gradients only; no weight gradient;
+    skipped, and round 1 runs without autograd, when no layer needs one); round 2 =
+    ``closure().backward()`` with the layers as the identity. BatchNorm statistics are frozen in round 1
+    (a flag, no device work), as TwoRound does. No ANL op runs; the cost is the same forwards and
+    backwards any two-round step needs."""
     layers = [layer for layer in anl_layers(model) if layer.active]
-    with attached(layers, _FloorProbe()) as probe:
+    need_grad = any(layer.needs_grad for layer in layers)
+    with frozen_batchnorm_stats(model), attached(layers, _FloorProbe()) as probe, torch.set_grad_enabled(need_grad):
         loss = closure()
-    torch.autograd.grad(loss, probe.edges, allow_unused=True)
+    if probe.edges:
+        torch.autograd.grad(loss, probe.edges, allow_unused=True)
     with attached(layers, _PassThrough()):
         loss = closure()
         loss.backward()
