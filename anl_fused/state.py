@@ -52,12 +52,12 @@ class Round1State:
         self.model = model
         self.saved: list[tuple[Tensor, Tensor]] = []
         self.versions: list[tuple[nn.Module, str, Tensor, int]] = []
-        self.params: list[tuple[nn.Module, str, Tensor, int, Tensor | None, int]] = []
+        self.params: list[tuple[Tensor, int, Tensor | None, int]] = []
         for module in model.modules() if modules is None else modules:
-            for key, p in module._parameters.items():
+            for p in module._parameters.values():
                 if p is not None:
-                    grad = p.grad
-                    self.params.append((module, key, p, p._version, grad, -1 if grad is None else grad._version))
+                    g = p.grad
+                    self.params.append((p, p._version, g, -1 if g is None else g._version))
             if not module._buffers:
                 continue
             known = _power_iteration_keys(module)
@@ -86,12 +86,11 @@ class Round1State:
 
     def check_params(self) -> None:
         """Raises ``RuntimeError`` if a parameter or a parameter's ``.grad`` was written since ``__init__``."""
-        for module, key, p, version, grad, grad_version in self.params:
+        for p, version, grad, grad_version in self.params:
             now = p.grad
             if p._version != version or now is not grad or (now is not None and now._version != grad_version):
                 what = "the parameter" if p._version != version else "the .grad of"
-                names = {id(m): n for n, m in self.model.named_modules()}
-                name = f"{names.get(id(module), '?')}.{key}".lstrip(".")
+                name = next((n for n, q in self.model.named_parameters() if q is p), "?")
                 raise RuntimeError(
                     f"round 1 of the two-round step wrote {what} {name}: the closure must only compute and "
                     "return the loss; it must not call backward(), zero_grad() or optimizer.step() (the step "
