@@ -153,7 +153,7 @@ class _Probe:
 _NONE_RAN = (
     "none of the {n} active ANL layer(s) of the engine's model ({model}) ran in round 1: the closure must run "
     "that model on each call (e.g. lambda: F.cross_entropy(model(x), y)), not return a loss computed before "
-    "the step or by another model), and the layers must be called (a converter such as torch's "
+    "the step or by another model; and the layers must be called (a converter such as torch's "
     "SyncBatchNorm.convert_sync_batchnorm drops insert_anl's hooks; use anl_fused.distributed's); otherwise "
     "the step would train without noise"
 )

@@ -35,6 +35,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -478,14 +479,21 @@ def usage_error(args: argparse.Namespace) -> str | None:
 
 
 def out_error(path: str, directory: bool) -> str | None:
-    """Why ``--out PATH`` (a file, or with ``directory`` a folder) cannot be written, or ``None``."""
-    target = path if directory and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    """Why ``--out PATH`` (a file, or with ``directory`` a folder) cannot be written, or ``None``: a temporary
+    file is created and removed in the nearest existing folder (``atomic_write`` and the AOT report create
+    missing ones), which also catches read-only file systems and a user who may write anywhere."""
     if not directory and os.path.isdir(path):
         return f"--out {path} is a directory; give a file name (e.g. {os.path.join(path, 'bench.json')})"
-    while not os.path.exists(target):  # atomic_write and the AOT report create missing folders
+    target = path if directory and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(target):
         target = os.path.dirname(target)
-    if not os.access(target, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return f"--out {path}: not writable ({target} is read-only for this user); choose another path"
+    try:
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        return (
+            f"--out {path}: not writable (creating a file in {target} failed: {e.strerror or e}); choose another path"
+        )
     return None
 
 

@@ -5,6 +5,7 @@ without ``--out``. (Benchmarks are not tests: nothing here looks at time.)"""
 import json
 import os
 import statistics
+import tempfile
 
 import pytest
 import torch
@@ -104,14 +105,22 @@ def test_cuda_without_a_gpu_and_a_read_only_out_fail_before_any_work(tmp_path, c
     assert "is a directory" in capsys.readouterr().err
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    real_access = os.access  # root may write anywhere: then the folder is read-only by decree
-    monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and str(p) != str(locked))
-    try:
-        assert main(["bench", "--models", "vgg_tiny", "--out", str(locked / "sub" / "b.json")]) == 2
-        assert f"--out {locked / 'sub' / 'b.json'}: not writable ({locked} is read-only" in capsys.readouterr().err
-    finally:
-        locked.chmod(0o700)
+    real = tempfile.TemporaryFile  # root may write anywhere: then the folder is read-only by decree
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if str(dir) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    assert main(["bench", "--models", "vgg_tiny", "--out", str(locked / "sub" / "b.json")]) == 2
+    assert (
+        f"--out {locked / 'sub' / 'b.json'}: not writable (creating a file in {locked} failed: Permission denied)"
+        in capsys.readouterr().err
+    )
+    if os.path.isdir("/proc/self"):  # a file system where nobody, root included, creates files
+        assert main(["bench", "--models", "vgg_tiny", "--out", "/proc/bench.json"]) == 2
+        assert "--out /proc/bench.json: not writable (creating a file in /proc failed" in capsys.readouterr().err
 
 
 def test_floor_computes_the_activation_gradients_and_no_anl_op(monkeypatch):
