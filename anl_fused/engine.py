@@ -53,10 +53,12 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module):
+def frozen_batchnorm_stats(model: nn.Module, modules: list[nn.Module] | None = None):
     """BatchNorm in training mode normalizes by batch statistics but leaves running statistics and
-    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration)."""
-    frozen = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration). ``modules``:
+    ``list(model.modules())`` when the caller has it already."""
+    modules = model.modules() if modules is None else modules
+    frozen = [m for m in modules if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for m in frozen:
         m.track_running_stats = False
     try:
@@ -148,6 +150,25 @@ class _Probe:
         return leaf.clone()
 
 
+_NONE_RAN = (
+    "none of the {n} active ANL layer(s) of the engine's model ({model}) ran in round 1: the closure must run "
+    "that model on each call (e.g. lambda: F.cross_entropy(model(x), y)), not return a loss computed before "
+    "the step or by another model; and the layers must be called (a converter such as torch's "
+    "SyncBatchNorm.convert_sync_batchnorm drops insert_anl's hooks; use anl_fused.distributed's); otherwise "
+    "the step would train without noise"
+)
+
+
+def _check_no_dropout(modules: list[nn.Module]) -> None:
+    """``replay_rng=False`` is only exact without stochastic layers: refuse training-mode dropout."""
+    for m in modules:
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise RuntimeError(
+                f"TwoRound(replay_rng=False) with {m!r} in training mode: round 2 would draw other dropout "
+                "masks than round 1; use replay_rng=True (the default), or put the dropout in eval mode"
+            )
+
+
 def _no_grad_message(layer: ANL2d, round_: int) -> str:
     return (
         f"{layer!r} ran with autograd disabled in round {round_} of a two-round step: the closure runs it under "
@@ -221,7 +242,9 @@ class TwoRound:
             Lightning and Accelerate move it), the default generator follows it there with the same seed.
             The same seed gives the same noise on every backend.
         noise_dtype: keep round 1's gradient in this dtype between the rounds (``torch.bfloat16``
-            halves the extra memory); ``None`` keeps the activations' dtype.
+            halves the extra memory); ``None`` keeps the activations' dtype. A dtype with less range
+            than float32 (``torch.float16``) is refused: the raw gradient scales with the loss, and
+            stored in it small gradients underflow (zero noise) or lose the noise's bound.
         std_over: ``"local"``: ``s = std(h)`` of this process's batch; ``"global"``: of the global
             batch of all processes of ``process_group`` (one all-reduce a step for all layers).
         process_group: the group of ``std_over="global"``; default: the DDP model's group, or the
@@ -240,6 +263,10 @@ class TwoRound:
             model) or ``probe_dtype`` is float16, else 1. A number: always that scale. A
             ``torch.amp.GradScaler`` (or anything with a ``scale(tensor)`` method): ``scaler.scale(loss)``,
             the scale that round 2's backward uses (no host sync).
+        replay_rng: ``True`` (default): round 2 replays round 1's global RNG state (the same dropout
+            masks). ``False``: no replay, for models without stochastic layers where the state may not
+            be read, as inside a CUDA graph capture (``torch.cuda.get_rng_state`` is not allowed there);
+            a step of a model with a ``Dropout`` module in training mode is then refused.
 
     Round-1 loss scaling: an unscaled float16 gradient underflows below ``2**-24`` (about 6e-8), and the
     activation gradients of a batch-mean loss are often that small. Scaling must not overflow either
@@ -282,6 +309,7 @@ class TwoRound:
         process_group=None,
         probe_loss_scale=None,
         probe_dtype: torch.dtype | None = None,
+        replay_rng: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -289,6 +317,12 @@ class TwoRound:
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
             raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
+        if noise_dtype is not None and torch.finfo(noise_dtype).tiny > torch.finfo(torch.float32).tiny:
+            raise ValueError(
+                f"noise_dtype={noise_dtype} has less range than float32: the stored gradient scales with the "
+                "loss and small gradients would underflow to zero noise; use torch.bfloat16 (float32's range, "
+                "same memory) or None"
+            )
         self.probe_loss_scale = _check_probe_loss_scale(probe_loss_scale)
         self.probe_dtype = _check_probe_dtype(probe_dtype)
         self.process_group = distributed.check_std_over(std_over, process_group, model)
@@ -304,6 +338,9 @@ class TwoRound:
         self.generator = generator
         self._generator_movable = own_generator  # the default generator may follow the model before its first draw
         self.noise_dtype = noise_dtype
+        if not isinstance(replay_rng, bool):
+            raise TypeError(f"replay_rng must be True or False, got {replay_rng!r}")
+        self.replay_rng = replay_rng
         self._stats: Tensor | None = None
         self._last_stds: list[tuple[ANL2d, Tensor]] = []
         self._warned_inactive = False
@@ -327,8 +364,14 @@ class TwoRound:
         Raises ``RuntimeError`` inside another step (a second engine's ``step()`` in the closure) and under
         ``torch.no_grad()`` / ``torch.inference_mode()``. A layer whose output does not reach the loss gets
         zero noise. Activation checkpointing works with ``use_reentrant=False`` (and ``backward=True``)."""
+        if not callable(closure):
+            raise TypeError(
+                f"TwoRound.step takes a closure that runs the model and returns the loss, got "
+                f"{type(closure).__name__}; pass e.g. lambda: F.cross_entropy(model(x), y), not a computed loss"
+            )
         with step_scope("TwoRound.step"):
-            layers = [layer for layer in anl_layers(self._root) if layer.active]
+            modules = list(self._root.modules())  # the one walk over the model this step makes
+            layers = [layer for layer in anl_layers(self._root, modules) if layer.active]
             need_grad = any(layer.needs_grad for layer in layers)
             if (backward or need_grad) and not torch.is_grad_enabled():
                 where = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
@@ -340,11 +383,13 @@ class TwoRound:
                 self._warn_inactive()
                 return training_round(closure, backward)
 
-            rng_state = rng.capture()
-            state = Round1State(self._root)
+            if not self.replay_rng:
+                _check_no_dropout(modules)
+            rng_state = rng.capture() if self.replay_rng else None
+            state = Round1State(self._root, modules)
             probe = _Probe(means=self.std_over == "global")
             with (
-                frozen_batchnorm_stats(self.model),
+                frozen_batchnorm_stats(self.model, modules),
                 distributed.probe_context(self.model),
                 attached(layers, probe),
                 eager(),
@@ -352,11 +397,15 @@ class TwoRound:
             ):
                 with self._probe_autocast():
                     loss = checked_loss(closure())
+                state.check_params()
                 probe.in_backward = True  # from here on, a layer that runs is recomputed by checkpointing
+                if not probe.records:
+                    raise RuntimeError(_NONE_RAN.format(n=len(layers), model=type(self._root).__name__))
                 noise = self._noise(layers, probe, loss)
             del loss
             self._buffer_warnings(state.restore())
-            rng.restore(rng_state)
+            if rng_state is not None:
+                rng.restore(rng_state)
             if probe.recomputed and not backward:
                 raise RuntimeError(
                     "activation checkpointing needs TwoRound.step(closure, backward=True): round 2's "

@@ -127,13 +127,14 @@ def _nothing_to_hook(model: nn.Module, after: str) -> str:
     )
 
 
-def anl_layers(model: nn.Module) -> list[ANL2d]:
+def anl_layers(model: nn.Module, modules: list[nn.Module] | None = None) -> list[ANL2d]:
     """Every ANL layer of ``model``: the input layer first, then the others in module order.
 
-    This order is the RNG contract: one noise draw per layer per step, in this order.
+    This order is the RNG contract: one noise draw per layer per step, in this order. ``modules``:
+    ``list(model.modules())`` when the caller has it already (one walk over the model instead of two).
     """
     inp = model._modules.get(_INPUT_CHILD)
-    rest = [m for m in model.modules() if isinstance(m, ANL2d) and m is not inp]
+    rest = [m for m in (model.modules() if modules is None else modules) if isinstance(m, ANL2d) and m is not inp]
     return ([inp] if isinstance(inp, ANL2d) else []) + rest
 
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NOISE_KINDS", "NORMS", "ANL2d", "Round", "attached", "check_eps", "step_scope"]
+__all__ = ["MAX_EPS", "NOISE_KINDS", "NORMS", "ANL2d", "Round", "attached", "check_eps", "step_scope"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
 NORMS = ("sample", "layer")
@@ -76,13 +76,24 @@ def step_scope(name: str) -> Iterator[None]:
         _thread.step = None
 
 
+#: the largest ``|eps|`` a layer accepts (:func:`check_eps`)
+MAX_EPS = 1e3
+
+
 def check_eps(eps, name: str = "eps") -> float:
-    """``eps`` as a float; rejects bools, non-numbers and non-finite values with a message naming it."""
+    """``eps`` as a float; rejects bools, non-numbers, non-finite values and ``|eps| > MAX_EPS`` with a
+    message naming it. The noise is up to ``|eps| * std(h)``: at ``|eps| = 1`` it is as large as the
+    activations' spread, so a larger bound only drowns the signal (and ``1e300`` overflows the step)."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {eps!r} ({type(eps).__name__})")
     eps = float(eps)
     if not math.isfinite(eps):
         raise ValueError(f"{name} must be finite, got {eps!r}")
+    if abs(eps) > MAX_EPS:
+        raise ValueError(
+            f"{name}={eps!r} is out of range: |{name}| must be at most {MAX_EPS:g}, because the noise is up to "
+            f"|{name}| * std(h) (|{name}| = 1 already matches the activations' spread; the paper uses 0.01-0.1)"
+        )
     return eps
 
 

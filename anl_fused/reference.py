@@ -26,10 +26,19 @@ __all__ = ["eta", "std", "two_round_step"]
 
 
 class _ZeroLeaf:
+    """Round 1: ``h + leaf`` with a zero leaf per layer. A layer that runs again once the closure has
+    returned (``in_backward``) is being recomputed by non-reentrant activation checkpointing during the
+    backward: it adds the same leaf again (so the gradient reaches it) and is remembered."""
+
     def __init__(self):
         self.records: dict[ANL2d, tuple[Tensor, Tensor]] = {}
+        self.in_backward = False
+        self.recomputed = False
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
+        if self.in_backward:
+            self.recomputed = True
+            return h + self.records[layer][1]
         assert layer not in self.records, "an ANL layer ran twice in one forward"
         leaf = torch.zeros_like(h, requires_grad=True)
         self.records[layer] = (h.detach().clone(), leaf)
@@ -37,13 +46,19 @@ class _ZeroLeaf:
 
 
 class _AddEta:
-    """Round 2 of a literal double pass: ``h + eta`` with ``eta`` given per layer."""
+    """Round 2 of a literal double pass: ``h + eta`` with ``eta`` given per layer (the same ``eta`` again
+    when checkpointing recomputes the layer during the backward, ``in_backward``)."""
 
     def __init__(self, etas: dict[ANL2d, Tensor]):
         self.etas = etas
+        self.seen: set[ANL2d] = set()
+        self.in_backward = False
 
     def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
-        return h + self.etas.pop(layer)
+        if not self.in_backward:
+            assert layer not in self.seen, "an ANL layer ran twice in one forward"
+            self.seen.add(layer)
+        return h + self.etas[layer]
 
 
 def _loss(closure: Callable[[], Tensor]) -> Tensor:
@@ -144,13 +159,19 @@ def _two_round_step(
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
-    # Round 1: eta = 0, full forward and backward.
+    # Round 1: eta = 0, full forward and backward (checkpointed layers recomputed with their leaves).
     with attached(layers, _ZeroLeaf()) as probe:
         loss = _loss(closure)
-    reached = [layer for layer in layers if layer in probe.records]
-    leaves = [probe.records[layer][1] for layer in reached]
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)[: len(leaves)]
+        probe.in_backward = True
+        reached = [layer for layer in layers if layer in probe.records]
+        leaves = [probe.records[layer][1] for layer in reached]
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)[: len(leaves)]
+    if probe.recomputed and not backward:
+        raise RuntimeError(
+            "activation checkpointing needs reference.two_round_step(..., backward=True): round 2's backward "
+            "recomputes checkpointed layers, which must get the same noise again"
+        )
 
     # Undo round 1's side effects on the model's state.
     with torch.no_grad():
@@ -167,9 +188,10 @@ def _two_round_step(
         for layer, h, g, z in zip(reached, hs, grads, _draw(reached, hs, generator))
     }
 
-    # Round 2: the loss with noise, which trains the model.
-    with attached(layers, _AddEta(etas)):
+    # Round 2: the loss with noise, which trains the model (checkpointed layers recomputed with their eta).
+    with attached(layers, _AddEta(etas)) as perturb:
         loss = _loss(closure)
-    if backward:
-        loss.backward()
+        perturb.in_backward = True
+        if backward:
+            loss.backward()
     return loss

@@ -7,6 +7,9 @@ This module handles the other state a training-mode forward writes:
   ``<name>_v``; ``torch.nn.utils.parametrizations.spectral_norm``: ``_u`` and ``_v``): saved before round 1
   and written back after it, so round 1 computes the same weight as round 2 (one power iteration from the
   same vectors) and the vectors move once per step, as the oracle (``anl_fused.reference``) does it;
+- parameters and their ``.grad``: round 1 must write neither (a closure that calls ``backward()``,
+  ``zero_grad()`` or ``optimizer.step()`` itself breaks the step's contract); their ``_version`` counters
+  (and ``.grad``'s identity) are compared, which costs nothing on the device, and a change is an error;
 - any other buffer written during round 1 (a custom running average, a quantization observer): detected
   by its ``_version`` counter (or a reassigned attribute), which costs nothing, and reported with a warning
   once per engine, since its update then happens twice per step.
@@ -42,13 +45,19 @@ def power_iteration_buffers(model: nn.Module) -> list[Tensor]:
 
 class Round1State:
     """Taken before round 1; :meth:`restore` after round 1 (and its backward) puts the known state back
-    and returns the names of the other buffers that round 1 wrote. One walk over the modules each way."""
+    and returns the names of the other buffers that round 1 wrote; :meth:`check_params` raises if the
+    closure wrote a parameter or its ``.grad``. One walk over the modules each way."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, modules: list[nn.Module] | None = None):
         self.model = model
         self.saved: list[tuple[Tensor, Tensor]] = []
         self.versions: list[tuple[nn.Module, str, Tensor, int]] = []
-        for module in model.modules():
+        self.params: list[tuple[Tensor, int, Tensor | None, int]] = []
+        for module in model.modules() if modules is None else modules:
+            for p in module._parameters.values():
+                if p is not None:
+                    g = p.grad
+                    self.params.append((p, p._version, g, -1 if g is None else g._version))
             if not module._buffers:
                 continue
             known = _power_iteration_keys(module)
@@ -74,6 +83,19 @@ class Round1State:
             return []
         names = {id(m): n for n, m in self.model.named_modules()}
         return [f"{names.get(id(module), '?')}.{key}".lstrip(".") for module, key in changed]
+
+    def check_params(self) -> None:
+        """Raises ``RuntimeError`` if a parameter or a parameter's ``.grad`` was written since ``__init__``."""
+        for p, version, grad, grad_version in self.params:
+            now = p.grad
+            if p._version != version or now is not grad or (now is not None and now._version != grad_version):
+                what = "the parameter" if p._version != version else "the .grad of"
+                name = next((n for n, q in self.model.named_parameters() if q is p), "?")
+                raise RuntimeError(
+                    f"round 1 of the two-round step wrote {what} {name}: the closure must only compute and "
+                    "return the loss; it must not call backward(), zero_grad() or optimizer.step() (the step "
+                    "backpropagates round 2's loss itself; call optimizer.step() after engine.step())"
+                )
 
 
 class BufferWarnings:

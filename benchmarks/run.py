@@ -16,9 +16,10 @@ keeps a margin for the install and the copy back) is skipped and recorded as suc
 3. ``graphs``: CUDA-graph capture of a whole forward + backward step (``torch.cuda.graph``, static
    inputs, warm-up on a side stream) of plain, TwoRound and the bf16 probe; replay time against eager time
    and the ratios between methods, in child processes (a failed capture can leave a CUDA context unusable).
-   A method whose capture fails is recorded with the error; a TwoRound method is then also captured with its
-   global-RNG replay patched out (``-norng``, valid for these models, which have no stochastic layer), since
-   PyTorch does not allow ``torch.cuda.get_rng_state`` / ``set_rng_state`` during capture.
+   A method whose capture fails is recorded with the error; a TwoRound method is then also captured
+   without its global-RNG replay (``-norng``: ``TwoRound(replay_rng=False)``, valid for these models,
+   which have no stochastic layer), since PyTorch does not allow ``torch.cuda.get_rng_state`` /
+   ``set_rng_state`` during capture.
 4. ``kernels``: per-kernel bandwidth (``benchmarks/kernels.py``) against a measured device-to-device copy.
 5. ``aot``: the AOT report (``benchmarks/aot_report.py``: launches, registers, spills, vector widths for
    sm_80 / sm_90); ``aot.md`` and ``aot.json``.
@@ -38,7 +39,6 @@ counts the held bytes but measures no peak.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -243,19 +243,6 @@ def part_steps(ctx: dict) -> dict:
     return {"steps": results, "table": step.format_table(results)}
 
 
-@contextlib.contextmanager
-def _no_rng_replay():
-    """TwoRound without its global-RNG replay (for capture; only valid for a model without stochastic layers)."""
-    from anl_fused import engine
-
-    real = engine.rng
-    engine.rng = type("NoReplay", (), {"capture": staticmethod(lambda: None), "restore": staticmethod(lambda s: None)})
-    try:
-        yield
-    finally:
-        engine.rng = real
-
-
 def _time(fn: Callable[[], None], n: int, device: torch.device) -> float:
     """Seconds per call of ``fn``: the median of 5 samples of ``n`` calls."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d: None)
@@ -314,7 +301,7 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
 def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float, fail: str | None) -> int:
     """Run capture jobs ``[model, method]`` in order in this (child) process, one JSON line per job on stdout;
     stop at the first failure (a failed capture can leave the CUDA context unusable). ``method`` ending in
-    ``-norng``: TwoRound with its global-RNG replay patched out. ``fail``: a method that raises, or with
+    ``-norng``: ``TwoRound(replay_rng=False)``. ``fail``: a method that raises, or with
     ``crash:`` before it, that kills this process (for tests)."""
     from anl_fused.benchmarks.step import make_step
     from anl_fused.experiments.models import build
@@ -335,12 +322,12 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
         model, x, y = models[name]
         base = method.removesuffix("-norng")
         try:
-            with _no_rng_replay() if method.endswith("-norng") else contextlib.nullcontext():
-                if fail in (method, "crash:" + method):
-                    if fail.startswith("crash:"):
-                        os._exit(9)  # a child that dies without a word (a segfault, the OOM killer)
-                    raise RuntimeError(f"injected failure of {method}")
-                result = capture_step(make_step(base, model, x, y), device, cfg["graph_replays"])
+            if fail in (method, "crash:" + method):
+                if fail.startswith("crash:"):
+                    os._exit(9)  # a child that dies without a word (a segfault, the OOM killer)
+                raise RuntimeError(f"injected failure of {method}")
+            step = make_step(base, model, x, y, replay_rng=not method.endswith("-norng"))
+            result = capture_step(step, device, cfg["graph_replays"])
         except Exception as e:  # one failure must not lose the others: recorded
             print(
                 json.dumps(

@@ -1,19 +1,26 @@
-"""Step benchmark: plain training vs the authors'-style naive double pass vs the reference vs
-``TwoRound`` vs ``TwoRound(probe_dtype=torch.bfloat16)`` (``tworound-bf16probe``: round 1 under bfloat16
-autocast), measured side by side in one run and written as JSON with the machine's details.
+"""Step benchmark: plain training vs the exact floor vs the authors'-style naive double pass vs the
+reference vs ``TwoRound`` vs ``TwoRound(probe_dtype=torch.bfloat16)`` (``tworound-bf16probe``: round 1
+under bfloat16 autocast), measured side by side in one run and written as JSON with the machine's details.
 
-    anl-fused bench --models vgg11 resnet18 --batch 64 --out results.json
+    anl-fused bench --models vgg11 resnet18 --batch 32 --threads 2 --out results.json
+    anl-fused bench --models lenet5 --batch 128 --size 28 --threads 1
     anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU
 
 Every method runs the same model (same weights, same batch) through one training step's
 forward/backward (gradients zeroed first, no optimizer update). Methods are timed in interleaved
 rounds (each round times every method once, in rotating order) so that a slow spell of the machine
-hits all of them alike; the median over rounds is reported, and ratios are taken between medians
-of the same run (``ratios``). Each round also gives a paired ratio (two methods timed back to
-back); their min / median / max over the rounds (``ratio_stats``) show how far one number can be
-trusted, and a warning is printed when max / min exceeds :data:`SPREAD_WARN` (a busy machine: run
-more ``--repeats``, or on an idle one). On CUDA each timed sample is ``--inner`` steps between two
-synchronizations. Nothing is written unless ``--out`` is given.
+hits all of them alike; the median over rounds is reported. Each round also gives a paired ratio
+(two methods timed back to back): the headline ratio (``ratios``, the table) is their median over
+the rounds, and their min / median / max (``ratio_stats``) show how far one number can be trusted;
+a warning is printed when max / min exceeds :data:`SPREAD_WARN` (a busy machine: run more
+``--repeats``, or on an idle one). On CUDA each timed sample is ``--inner`` steps between two
+synchronizations. Nothing is written unless ``--out`` is given. Every result names the CPU model, the
+torch thread count and the backend of ``anl_fused.ops`` (``ANL_FUSED_BACKEND`` chooses it).
+
+The exact floor (``floor``, :func:`floor_step`) is what any two-round step must compute: a plain training
+step (forward + backward) plus a round 1 that asks autograd for the activation gradients at the ANL
+points (``torch.autograd.grad`` through the same gradient edges TwoRound uses), with no ANL op (no
+``std``, no noise, no RNG replay, no bookkeeping). ``tworound/floor`` is TwoRound's own cost over it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -35,28 +43,82 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
-from anl_fused import TwoRound, anl_layers, insert_anl, reference
+from anl_fused import TwoRound, anl_layers, insert_anl, ops, reference
+from anl_fused.engine import frozen_batchnorm_stats
 from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
-from anl_fused.experiments.files import atomic_write, resolve_device
-from anl_fused.experiments.models import build, names
+from anl_fused.experiments.files import atomic_write
+from anl_fused.experiments.models import build, get_spec, names
+from anl_fused.layer import ANL2d, attached
 
 from . import naive
 
-METHODS = ("plain", "naive", "reference", "tworound", "tworound-bf16probe")
+METHODS = ("plain", "floor", "naive", "reference", "tworound", "tworound-bf16probe")
 #: the TwoRound keywords of each engine method
 ENGINES = {"tworound": {}, "tworound-bf16probe": {"probe_dtype": torch.bfloat16}}
 
 
+class _FloorProbe:
+    """Round 1 of the exact floor: each ANL point hands on ``h`` and exposes its gradient edge."""
+
+    def __init__(self):
+        self.edges = []
+
+    def forward(self, layer: ANL2d, h: torch.Tensor) -> torch.Tensor:
+        if not layer.needs_grad:  # Gaussian noise needs no gradient
+            return h
+        if h.grad_fn is not None:
+            self.edges.append(get_gradient_edge(h))
+            return h
+        leaf = h.detach().requires_grad_()  # the model input: a leaf to differentiate against
+        self.edges.append(leaf)
+        return leaf
+
+
+class _PassThrough:
+    def forward(self, layer: ANL2d, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+def floor_step(model: nn.Module, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The exact floor of a two-round step on ``model`` (with ANL layers): round 1 = ``closure()`` with every
+    active ANL layer passing ``h`` on and exposing its gradient edge (those that need one: not Gaussian
+    noise), then ``torch.autograd.grad(loss, edges)`` (the activation gradients only; no weight gradient;
+    skipped, and round 1 runs without autograd, when no layer needs one); round 2 =
+    ``closure().backward()`` with the layers as the identity. BatchNorm statistics are frozen in round 1
+    (a flag, no device work), as TwoRound does. No ANL op runs; the cost is the same forwards and
+    backwards any two-round step needs."""
+    layers = [layer for layer in anl_layers(model) if layer.active]
+    need_grad = any(layer.needs_grad for layer in layers)
+    with frozen_batchnorm_stats(model), attached(layers, _FloorProbe()) as probe, torch.set_grad_enabled(need_grad):
+        loss = closure()
+    if probe.edges:
+        torch.autograd.grad(loss, probe.edges, allow_unused=True)
+    with attached(layers, _PassThrough()):
+        loss = closure()
+        loss.backward()
+    return loss
+
+
 def make_step(
-    method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.05, amp: torch.dtype | None = None
+    method: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 0.05,
+    amp: torch.dtype | None = None,
+    after: str = "batchnorm",
+    replay_rng: bool = True,
 ) -> Callable[[], torch.Tensor]:
-    """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL)."""
+    """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL; the
+    methods but ``plain`` put ANL layers in with ``insert_anl(model, eps, after=after)``). ``replay_rng``:
+    the engine methods' ``TwoRound(replay_rng=...)``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     model = copy.deepcopy(model).train()
     if method != "plain":
-        insert_anl(model, eps)
+        insert_anl(model, eps, after=after)
     device_type = x.device.type
 
     def closure():
@@ -65,11 +127,12 @@ def make_step(
 
     generator = torch.Generator(device=x.device).manual_seed(0)
     if method in ENGINES:
-        engine = TwoRound(model, generator, **ENGINES[method])
+        engine = TwoRound(model, generator, replay_rng=replay_rng, **ENGINES[method])
         run = lambda: engine.step(closure)
     else:
         run = {
             "plain": lambda: closure().backward(),
+            "floor": lambda: floor_step(model, closure),
             "naive": lambda: naive.naive_step(model, closure, generator),
             "reference": lambda: reference.two_round_step(model, closure, generator),
         }[method]
@@ -109,15 +172,30 @@ def time_methods(
     return times
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def backend(device: torch.device) -> str:
+    """The backend ``anl_fused.ops`` runs on ``device``'s tensors (``ANL_FUSED_BACKEND`` may force one)."""
+    return ops.backend_for(torch.empty(0, device=device))
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "backend": backend(device),
         "device": str(device),
     }
     try:
@@ -150,30 +228,34 @@ def benchmark_model(
     eps: float,
 ) -> dict:
     torch.manual_seed(0)
-    model = build(name).to(device)
-    x = torch.randn(batch, 3, size, size, device=device)
+    spec = get_spec(name)
+    model = build(name, in_channels=spec.in_channels).to(device)
+    x = torch.randn(batch, spec.in_channels, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp) for m in methods}
+    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=spec.anl_after) for m in methods}
     times = time_methods(steps, device, repeats, inner=inner)
     median = {m: statistics.median(t) for m, t in times.items()}
     pairs = _ratio_pairs(list(median))
-    ratios = {f"{a}/{b}": median[a] / median[b] for a, b in pairs}
+    stats = ratio_stats(times, pairs)
     return {
         "model": name,
         "batch": batch,
         "size": size,
         "amp": str(amp) if amp else None,
         "eps": eps,
+        "threads": torch.get_num_threads(),
+        "backend": backend(device),
+        "cpu": cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device),
         "median_s": median,
         "times_s": times,
-        "ratios": ratios,
-        "ratio_stats": ratio_stats(times, pairs),
+        "ratios": {k: st["median"] for k, st in stats.items()},  # the median of the paired ratios
+        "ratio_stats": stats,
     }
 
 
 def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
     pairs = [(a, "plain") for a in methods if a != "plain" and "plain" in methods]
-    more = [("naive", "tworound"), ("tworound-bf16probe", "tworound")]
+    more = [("tworound", "floor"), ("naive", "tworound"), ("tworound-bf16probe", "tworound")]
     return pairs + [(a, b) for a, b in more if a in methods and b in methods]
 
 
@@ -214,12 +296,13 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
     ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
     also measured as the peak allocated memory of one step each way."""
     torch.manual_seed(0)
-    model = insert_anl(build(name), 0.05).to(device)
+    spec = get_spec(name)
+    model = insert_anl(build(name, in_channels=spec.in_channels), 0.05, after=spec.anl_after).to(device)
     numels = []
     counter = copy.deepcopy(model)  # a training-mode forward (active layers are called) that changes no statistics
     for layer in anl_layers(counter):
         layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, spec.in_channels, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
@@ -246,23 +329,36 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
     return report
 
 
+#: the table's ratio columns: key in ``ratios``, header
+TABLE_RATIOS = {
+    "tworound/plain": "TwoRound/plain",
+    "floor/plain": "floor/plain",
+    "tworound/floor": "TwoRound/floor",
+    "naive/tworound": "naive/TwoRound",
+    "tworound-bf16probe/plain": "bf16-probe/plain",
+}
+
+
 def format_table(results: list[dict]) -> str:
-    """Median step times and the two ratios: ratio of the medians, then [min, max] of the rounds' paired ratios."""
-    ratios = ("tworound/plain", "naive/tworound", "tworound-bf16probe/plain")
+    """Median step times, then each ratio as the median of the rounds' paired ratios and their [min, max];
+    every row names the threads, the ANL backend and the CPU (or GPU)."""
     lines = [
-        "| model | batch | amp | "
+        "| model | batch | size | amp | threads | backend | "
         + " | ".join(f"{m} (ms)" for m in METHODS)
-        + " | TwoRound/plain [min, max] | naive/TwoRound [min, max] | bf16-probe/plain [min, max] |",
-        "|---|---|---|" + "---|" * (len(METHODS) + len(ratios)),
+        + " | "
+        + " | ".join(f"{h} [min, max]" for h in TABLE_RATIOS.values())
+        + " | CPU / GPU |",
+        "|---|---|---|---|---|---|" + "---|" * (len(METHODS) + len(TABLE_RATIOS) + 1),
     ]
     for r in results:
         med = r["median_s"]
         cells = [f"{med[m] * 1e3:.1f}" if m in med else "-" for m in METHODS]
-        for k in ratios:
+        for k in TABLE_RATIOS:
             st = r.get("ratio_stats", {}).get(k)
             v = r["ratios"].get(k)
             cells.append("-" if v is None else f"{v:.2f}x" + (f" [{st['min']:.2f}, {st['max']:.2f}]" if st else ""))
-        lines.append(f"| {r['model']} | {r['batch']} | {r['amp'] or 'fp32'} | " + " | ".join(cells) + " |")
+        head = [r["model"], r["batch"], r["size"], r["amp"] or "fp32", r["threads"], r["backend"]]
+        lines.append("| " + " | ".join(str(c) for c in [*head, *cells, r["cpu"]]) + " |")
     return "\n".join(lines)
 
 
@@ -275,8 +371,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="zoo names (anl-fused models; default vgg11 resnet18)",
     )
-    parser.add_argument("--batch", type=positive_int, default=64, help="batch size (default 64)")
-    parser.add_argument("--size", type=positive_int, default=32, help="input height and width")
+    parser.add_argument(
+        "--batch", type=positive_int, default=64, help=f"batch size, {BATCH_RANGE[0]}-{BATCH_RANGE[1]} (default 64)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=32, help=f"input height and width, {SIZE_RANGE[0]}-{SIZE_RANGE[1]}"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads (torch.set_num_threads; default: torch's)"
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -295,7 +398,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eps", type=finite_float, default=0.05)
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
     parser.add_argument(
         "--out", default=None, help="JSON file to write (default: none, the table is printed); with --aot a directory"
@@ -354,16 +457,66 @@ def run_aot(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what ``--batch`` and ``--size`` accept: BatchNorm in training needs 2 samples, the zoo's models an 8x8
+#: input, and a step of a 64-batch at 1024x1024 is already about what a CPU's memory holds
+BATCH_RANGE = (2, 65536)
+SIZE_RANGE = (8, 1024)
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """The first bad option as one line naming its value and the fix, or ``None``; checked before any work."""
+    for opt, value, (lo, hi), why in (
+        ("--batch", args.batch, BATCH_RANGE, "BatchNorm in training needs 2 samples"),
+        ("--size", args.size, SIZE_RANGE, "the zoo's models need 8x8, larger does not fit a step in memory"),
+    ):
+        if not lo <= value <= hi:
+            return f"{opt} {value} is out of range: use {lo} to {hi} ({why})"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); use --device cpu"
+    if args.out:
+        return out_error(args.out, directory=args.aot)
+    return None
+
+
+def out_error(path: str, directory: bool) -> str | None:
+    """Why ``--out PATH`` (a file, or with ``directory`` a folder) cannot be written, or ``None``: a temporary
+    file is created and removed in the nearest existing folder (``atomic_write`` and the AOT report create
+    missing ones), which also catches read-only file systems and a user who may write anywhere."""
+    if not directory and os.path.isdir(path):
+        return f"--out {path} is a directory; give a file name (e.g. {os.path.join(path, 'bench.json')})"
+    target = path if directory and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(target):
+        target = os.path.dirname(target)
+    try:
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        return (
+            f"--out {path}: not writable (creating a file in {target} failed: {e.strerror or e}); choose another path"
+        )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    error = usage_error(args)
+    if error is not None:
+        print(f"anl-fused bench: error: {error}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.aot:
         return run_aot(args)
-    device = resolve_device(args.device)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     inner = args.inner or (10 if device.type == "cuda" else 1)
     methods = list(dict.fromkeys(["plain", *args.methods]))
     results = []
     for name in args.models:
-        print(f"benchmarking {name} batch {args.batch} on {device} ...", flush=True)
+        print(
+            f"benchmarking {name} batch {args.batch} on {device} ({torch.get_num_threads()} threads, "
+            f"{backend(device)} backend) ...",
+            flush=True,
+        )
         results.append(
             benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps)
         )

@@ -1,36 +1,55 @@
-"""pytest-benchmark suite of one training step: plain vs naive double pass vs reference vs TwoRound.
+"""pytest-benchmark suite of one training step: plain vs the exact floor vs naive double pass vs reference
+vs TwoRound, for the configurations of issue #20 (VGG-11 and ResNet-18 at batch 32 on 2 threads, LeNet-5
+at batch 128 and 32 on 1 thread, on the CPU; batch 128 on CUDA).
 
     pytest --benchmark benchmarks/test_bench_step.py --benchmark-json=steps.json
 
-Grouped by model so pytest-benchmark prints the methods of one model side by side. (The runner
-``benchmarks/run.py`` / ``anl-fused bench`` interleaves the methods and reports ratios; prefer it for
-numbers you quote.)
+Grouped by configuration so pytest-benchmark prints the methods of one model side by side, with the
+floor next to TwoRound; each result's ``extra_info`` names the CPU (or GPU), the torch threads and the
+backend of ``anl_fused.ops``. (The runner ``anl-fused bench`` interleaves the methods and reports the
+median of paired ratios; prefer it for numbers you quote.)
 """
 
 import pytest
 import torch
 
-from anl_fused.benchmarks.step import METHODS, make_step
-from anl_fused.experiments.models import build
+from anl_fused.benchmarks.step import METHODS, backend, cpu_model, make_step
+from anl_fused.experiments.models import build, get_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BATCH = 128 if DEVICE == "cuda" else 32
+# (model, batch, input size, CPU threads)
+CONFIGS = (
+    [("vgg11", 128, 32, None), ("resnet18", 128, 32, None)]
+    if DEVICE == "cuda"
+    else [("vgg11", 32, 32, 2), ("resnet18", 32, 32, 2), ("lenet5", 128, 28, 1), ("lenet5", 32, 28, 1)]
+)
 
 
-@pytest.fixture(scope="module", params=["vgg11", "resnet18"])
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: f"{c[0]}-b{c[1]}")
 def setup(request):
+    name, batch, size, threads = request.param
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(request.param).to(DEVICE)
-    x = torch.randn(BATCH, 3, 32, 32, device=DEVICE)
-    y = torch.randint(0, 10, (BATCH,), device=DEVICE)
-    return request.param, model, x, y
+    spec = get_spec(name)
+    model = build(name, in_channels=spec.in_channels).to(DEVICE)
+    x = torch.randn(batch, spec.in_channels, size, size, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
+    yield name, batch, spec, model, x, y
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if DEVICE == "cpu" or m != "reference"])
 def test_step(benchmark, setup, method):
-    name, model, x, y = setup
-    benchmark.group = f"{name} batch {BATCH} {DEVICE}"
-    step = make_step(method, model, x, y)
+    name, batch, spec, model, x, y = setup
+    device = torch.device(DEVICE)
+    benchmark.group = f"{name} batch {batch} {DEVICE} {torch.get_num_threads()} threads"
+    benchmark.extra_info.update(
+        cpu=cpu_model() if DEVICE == "cpu" else torch.cuda.get_device_name(), threads=torch.get_num_threads()
+    )
+    benchmark.extra_info["backend"] = backend(device)
+    step = make_step(method, model, x, y, after=spec.anl_after)
     step()  # warm-up
     if DEVICE == "cuda":
 

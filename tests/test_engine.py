@@ -564,3 +564,86 @@ def test_default_generator_follows_the_model_to_the_gpu():
     assert torch.equal(flat_grads(late.model), flat_grads(early.model))
     with pytest.raises(ValueError, match="generator is on cpu"):
         TwoRound(model, torch.Generator()).step(lambda: F.cross_entropy(model(x), y))
+
+
+# ---- Closures that break the contract (issue #18) ------------------------------------------------------------
+
+
+def test_noise_dtype_float16_is_refused_and_bfloat16_noise_ignores_the_loss_scale():
+    """float16 storage of the raw gradient underflowed (loss * 1e-7: all noise zero, not counted) or broke the
+    noise's bound (loss * 1e-4): refused. bfloat16 has float32's range: a tiny loss scale changes nothing."""
+    with pytest.raises(ValueError, match=r"noise_dtype=torch.float16 .*torch.bfloat16"):
+        TwoRound(insert_anl(small_vgg(), 0.1), noise_dtype=torch.float16)
+    torch.manual_seed(0)
+    model = insert_anl(small_vgg(dropout=False), 0.5)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    grads = {}
+    for scale in (1.0, 2.0**-24):  # a power of two below 1e-7: scaling by it is exact in every dtype used
+        m = copy.deepcopy(model)
+        engine = TwoRound(m, torch.Generator().manual_seed(0), noise_dtype=torch.bfloat16)
+        engine.step(lambda m=m, scale=scale: F.cross_entropy(m(x), y) * scale)
+        assert int(engine.zero_samples) == 0 and int(engine.nonfinite_samples) == 0
+        grads[scale] = flat_grads(m) / scale
+    assert torch.allclose(grads[2.0**-24], grads[1.0], rtol=1e-5, atol=1e-8)
+
+
+def test_a_tensor_instead_of_a_closure_is_a_type_error():
+    model = anl_model()
+    x, y = data()
+    with pytest.raises(TypeError, match=r"closure .* got Tensor.*not a computed loss"):
+        TwoRound(model).step(F.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("how", ["precomputed", "other model"])
+def test_a_closure_that_does_not_run_the_engines_model_is_an_error(how):
+    """It trained without noise, with one warning per process as the only hint."""
+    model, other = anl_model(), anl_model()
+    x, y = data()
+    precomputed = F.cross_entropy(model(x), y) if how == "precomputed" else None
+    closure = (lambda: precomputed) if how == "precomputed" else (lambda: F.cross_entropy(other(x), y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the layers outside a step say so
+        with pytest.raises(RuntimeError, match=r"none of the 3 active ANL layer\(s\) .* ran in round 1"):
+            TwoRound(model).step(closure)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("call", ["backward", "backward retained", "optimizer.step", "zero_grad"])
+def test_a_closure_that_writes_grad_or_parameters_in_round_1_is_refused(call):
+    model = anl_model()
+    x, y = data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(model(x), y).backward()  # .grad exists, so that zero_grad() and step() change something
+
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        if call == "backward":
+            loss.backward()
+        elif call == "backward retained":
+            loss.backward(retain_graph=True)
+        elif call == "optimizer.step":
+            optimizer.step()
+        else:
+            optimizer.zero_grad()
+        return loss
+
+    with pytest.raises(RuntimeError, match=r"round 1 of the two-round step wrote .*backward\(\)"):
+        TwoRound(model).step(closure)
+
+
+def test_replay_rng_false_skips_the_rng_state_and_refuses_dropout(monkeypatch):
+    """For CUDA-graph capture (no get_rng_state there): without stochastic layers the step is the same
+    without the replay; with a training-mode Dropout it is refused (round 2 would draw other masks)."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(dropout=False).double(), eps=0.5)
+    a, b = model, copy.deepcopy(model)
+    x, y = data()
+    TwoRound(a, torch.Generator().manual_seed(3)).step(lambda: F.cross_entropy(a(x), y))
+    monkeypatch.setattr(torch, "get_rng_state", lambda: pytest.fail("the RNG state was read"))
+    TwoRound(b, torch.Generator().manual_seed(3), replay_rng=False).step(lambda: F.cross_entropy(b(x), y))
+    assert torch.equal(flat_grads(a), flat_grads(b))
+    dropped = anl_model()  # small_vgg has dropout by default
+    with pytest.raises(RuntimeError, match=r"replay_rng=False\) with Dropout"):
+        TwoRound(dropped, replay_rng=False).step(lambda: F.cross_entropy(dropped(x), y))
+    with pytest.raises(TypeError, match="replay_rng"):
+        TwoRound(model, replay_rng=0)

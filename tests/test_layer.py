@@ -24,6 +24,18 @@ def test_nonfinite_eps_is_an_error_naming_the_value(bad):
         layer.eps = bad
 
 
+@pytest.mark.parametrize("bad", [1e300, -1e300, 1001.0, -5e3])
+def test_huge_eps_is_refused_at_construction_naming_the_bound(bad):
+    """``ANL2d(1e300)`` used to pass validation and fail at step 1 (its noise overflows)."""
+    with pytest.raises(ValueError, match=r"at most 1000.*std\(h\)"):
+        ANL2d(bad)
+    with pytest.raises(ValueError, match="input_eps"):
+        insert_anl(small_vgg(), eps=0.1, input_eps=bad)
+    with pytest.raises(ValueError, match="at most 1000"):
+        ANL2d(0.1).eps = bad
+    assert ANL2d(1000.0).eps == 1000.0 and ANL2d(-1000).eps == -1000.0  # the bound itself is allowed
+
+
 @pytest.mark.parametrize("bad", [True, "0.1", None, torch.tensor(0.1)])
 def test_eps_must_be_a_real_number(bad):
     with pytest.raises(TypeError, match="eps must be a real number"):

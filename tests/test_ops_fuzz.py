@@ -11,17 +11,16 @@ gradients of extreme size (1e-30 to 1e30 in float32, 1e-200 to 1e200 in float64)
 NaN / +inf / -inf. ``test_fuzz_fast`` runs a few dozen cases in the default suite, ``test_fuzz_many``
 (``-m slow``) 1000.
 
-Tolerances, per dtype of ``h`` (the result is rounded once to it; the torch backend also rounds ``scale``
-and ``g`` to it first): ``|out - (h + eta)| <= U * (|h| + |eta|) + ACC * mag + TINY * |eps| S / n_b``, where
+Tolerances, per dtype of ``h`` (the result is rounded once to it; both backends compute ``h + scale * g``
+in the accumulation dtype): ``|out - (h + eta)| <= U * (|h| + |eta|) + ACC * mag + TINY * |eps| S / n_b``, where
 ``U`` is two ulps of ``h``'s dtype, ``mag = |eps| S |g'| / n_b`` bounds the noise of the element (``S = s``
 or 1; Gaussian: ``|eps|/4 S |z|``; sign form: ``|eps|``), ``ACC`` covers the float32 accumulation of ``s``
 (<= 1e-5 relative: both backends accumulate shifted / Welford statistics, exact to a few float32 ulps even
 for a mean 1000 standard deviations off zero, as drawn here) and the few float32 roundings of
 ``r_b s / n_b`` (float64 data: float64 throughout), and ``TINY * (|eps| S / n_b + |g'| + 2)`` is the error of
 ``g``, ``scale`` or their product rounded to a subnormal of ``h``'s dtype (spacing ``TINY`` near zero: 6e-8
-for float16, negligible for the others; the torch backend multiplies in ``h``'s dtype, and with
-``ATEN_CPU_CAPABILITY=avx2`` its float16 product is rounded to float16 before the sum; the kernels branch's
-single-rounding ``add_noise`` removes the need for this term). Which samples get zero noise must agree
+for float16, negligible for the others; a bound kept from when the torch backend multiplied in ``h``'s
+dtype: both backends now round once, in ``add_noise``'s ``.to(h.dtype)``). Which samples get zero noise must agree
 exactly.
 """
 

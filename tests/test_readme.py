@@ -11,6 +11,7 @@ warnings (a step without noise, a layer outside a step, a buffer written twice).
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -127,3 +128,27 @@ def test_block_parser():
     assert "Lightning: automatic and manual optimization" in dedicated_tests()
     with pytest.raises(ValueError, match="never closed"):
         blocks("```python\nx = 1\n")
+
+
+def test_readme_ddp_block_trains_under_torchrun_on_two_processes(tmp_path):
+    """The "Several GPUs and nodes" block as a script under ``torchrun --nproc_per_node 2`` (gloo on CPU): it
+    runs on both ranks, and DDP keeps their weights equal although each rank draws its own data and noise."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from . import _readme
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        pytest.skip("the block puts each rank on its own GPU: needs 2 GPUs, or none (gloo on CPU)")
+
+    script = tmp_path / "ddp.py"
+    check = "\nprint('weights', rank, float(sum(p.double().abs().sum() for p in model.parameters())), float(loss))\n"
+    script.write_text(_readme.block("DDP") + check, encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = sorted(line.split() for line in res.stdout.splitlines() if line.startswith("weights"))
+    assert [int(w[1]) for w in lines] == [0, 1], res.stdout
+    assert lines[0][2] == lines[1][2] and all(math.isfinite(float(w[3])) for w in lines), lines

@@ -1,5 +1,7 @@
 """TwoRound equals the reference oracle (parameter gradients, BN buffers, loss) for every variant."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -249,3 +251,36 @@ def test_bfloat16_autocast_equals_reference():
     # measured: 6% apart (bf16 rounding of eta, amplified through BatchNorm at batch 6), 53% from plain
     assert (gf - gr).norm() <= 0.15 * gr.norm()
     assert (gf - flat_grads(ref)).norm() >= 0.3 * gr.norm()
+
+
+class _Checkpointed(torch.nn.Module):
+    """The small VGG with its first two conv-BN-ReLU blocks (two ANL layers) under non-reentrant checkpointing."""
+
+    def __init__(self, checkpoint: bool):
+        super().__init__()
+        self.body = small_vgg(dropout=True)
+        self.checkpoint = checkpoint
+
+    def forward(self, x):
+        if not self.checkpoint:
+            return self.body(x)
+        h = torch.utils.checkpoint.checkpoint(self.body[:7], x, use_reentrant=False)
+        return self.body[7:](h)
+
+
+def test_reference_under_non_reentrant_checkpointing_is_the_uncheckpointed_step():
+    """Round 2's backward recomputes the checkpointed layers: the oracle must add the same eta again (it
+    recomputed them without noise, 8.1e-3 off in float64), and round 1's recompute must add the same leaf."""
+    torch.manual_seed(0)
+    plain = anl_fused.insert_anl(_Checkpointed(False).double(), 0.5, input_eps=0.1)
+    ckpt = copy.deepcopy(plain)
+    ckpt.checkpoint = True
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64, generator=g), torch.randint(0, 10, (6,), generator=g)
+    for m in (plain, ckpt):
+        torch.manual_seed(1)  # the same dropout masks
+        reference.two_round_step(m, lambda m=m: F.cross_entropy(m(x), y), torch.Generator().manual_seed(2))
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    with pytest.raises(RuntimeError, match=r"checkpointing needs reference.two_round_step\(..., backward=True\)"):
+        reference.two_round_step(ckpt, lambda: F.cross_entropy(ckpt(x), y), torch.Generator(), backward=False)

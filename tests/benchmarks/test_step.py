@@ -4,11 +4,16 @@ without ``--out``. (Benchmarks are not tests: nothing here looks at time.)"""
 
 import json
 import os
+import statistics
+import tempfile
 
 import pytest
+import torch
 
+import anl_fused
 from anl_fused.benchmarks import step
 from anl_fused.cli import main
+from anl_fused.experiments import models
 
 
 def test_bench_writes_json_with_all_methods(tmp_path, capsys):
@@ -19,17 +24,20 @@ def test_bench_writes_json_with_all_methods(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {"torch", "device", "date", "cpu_count", "git_commit"} <= set(report["machine"])
     (steps,) = report["steps"]
-    assert set(steps["median_s"]) == {"plain", "naive", "reference", "tworound", "tworound-bf16probe"}
+    assert set(steps["median_s"]) == {"plain", "floor", "naive", "reference", "tworound", "tworound-bf16probe"}
     assert all(len(t) == 3 for t in steps["times_s"].values())
-    assert {"tworound/plain", "naive/tworound", "tworound-bf16probe/plain", "tworound-bf16probe/tworound"} <= set(
+    assert {"tworound/plain", "tworound/floor", "floor/plain", "naive/tworound", "tworound-bf16probe/plain"} <= set(
         steps["ratios"]
     )
     for k, st in steps["ratio_stats"].items():
         assert st["min"] <= st["median"] <= st["max"] and st["spread"] == st["max"] / st["min"], k
+        assert steps["ratios"][k] == st["median"], k  # the headline is the median of the paired ratios
+    assert steps["threads"] == report["machine"]["torch_threads"] and steps["backend"] == "torch"
+    assert steps["cpu"] == report["machine"]["cpu"] != ""
     (mem,) = report["noise_memory"]
     assert mem["held_bytes"]["float32"] == 2 * mem["held_bytes"]["bfloat16"] > 0
     printed = capsys.readouterr().out
-    assert "| vgg_tiny | 4 | fp32 |" in printed and "TwoRound/plain [min, max]" in printed
+    assert "| vgg_tiny | 4 | 8 | fp32 |" in printed and "TwoRound/floor [min, max]" in printed
 
 
 def test_bench_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
@@ -44,6 +52,95 @@ def test_bench_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "| vgg_tiny |" in captured.out and "wrote" not in captured.out
     assert "1 round(s) cannot show the spread" in captured.err
+
+
+def test_headline_ratio_is_the_median_of_the_paired_ratios(monkeypatch):
+    """A slow spell that hits plain in one round and TwoRound in another made the ratio of the medians
+    0.51x while every paired ratio said about 1.8x."""
+    times = {"plain": [1.0, 1.0, 9.0, 9.0, 1.0], "tworound": [1.8, 1.7, 16.0, 17.0, 1.9]}
+    monkeypatch.setattr(step, "time_methods", lambda *a, **k: times)
+    r = step.benchmark_model("vgg_tiny", 2, 8, torch.device("cpu"), ["plain", "tworound"], 5, 1, None, 0.05)
+    assert r["ratios"]["tworound/plain"] == statistics.median([1.8, 1.7, 16 / 9, 17 / 9, 1.9])
+    assert "| 1.80x [1.70, 1.90] |" in step.format_table([r])
+
+
+def test_threads_are_set_and_printed(capsys):
+    before = torch.get_num_threads()
+    try:
+        argv = ["bench", "--models", "vgg_tiny", "--batch", "2", "--size", "8", "--repeats", "1", "--threads", "1"]
+        assert main([*argv, "--methods", "floor", "tworound"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "(1 threads, torch backend)" in out and "| vgg_tiny | 2 | 8 | fp32 | 1 | torch |" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--device", "gpu"], "invalid choice: 'gpu'"),
+        (["--size", "100000"], "--size 100000 is out of range: use 8 to 1024"),
+        (["--batch", "1", "--size", "1"], "--batch 1 is out of range: use 2 to 65536"),
+        (["--size", "1"], "--size 1 is out of range"),
+    ],
+)
+def test_bad_options_are_one_line_before_any_work(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(step, "benchmark_model", lambda *a, **k: pytest.fail("benchmarked despite a bad option"))
+    try:
+        code = main(["bench", "--models", "vgg_tiny", *argv])
+    except SystemExit as e:  # argparse's own one-line usage error
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cuda_without_a_gpu_and_a_read_only_out_fail_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(step, "benchmark_model", lambda *a, **k: pytest.fail("benchmarked despite a bad option"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--models", "vgg_tiny", "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+    assert main(["bench", "--models", "vgg_tiny", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.TemporaryFile  # root may write anywhere: then the folder is read-only by decree
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if str(dir) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    assert main(["bench", "--models", "vgg_tiny", "--out", str(locked / "sub" / "b.json")]) == 2
+    assert (
+        f"--out {locked / 'sub' / 'b.json'}: not writable (creating a file in {locked} failed: Permission denied)"
+        in capsys.readouterr().err
+    )
+    if os.path.isdir("/proc/self"):  # a file system where nobody, root included, creates files
+        assert main(["bench", "--models", "vgg_tiny", "--out", "/proc/bench.json"]) == 2
+        assert "--out /proc/bench.json: not writable (creating a file in /proc failed" in capsys.readouterr().err
+
+
+def test_floor_computes_the_activation_gradients_and_no_anl_op(monkeypatch):
+    """The floor's round 1 asks autograd for dJ/dh at every ANL point (as TwoRound does) and runs none of
+    the ANL ops; its round 2 is a plain step: the gradients equal plain training's."""
+    from anl_fused import ops
+
+    for name in ("std", "noise_scale", "add_noise"):
+        monkeypatch.setattr(ops, name, lambda *a, **k: pytest.fail("the floor ran an ANL op"))
+    seen = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda out, ins, **k: seen.append(len(ins)) or real_grad(out, ins, **k))
+    torch.manual_seed(0)
+    model = models.build("vgg_tiny")
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    floor, plain = (step.make_step(m, model, x, y, eps=0.3) for m in ("floor", "plain"))
+    floor(), plain()
+    assert seen == [len(anl_fused.anl_layers(floor.model))] and seen[0] > 0
+    for p, q in zip(floor.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
 
 
 def test_ratio_stats_and_the_spread_warning():

@@ -1,6 +1,7 @@
 """The kernels as a GPU would run them, checked on this CPU machine: every kernel compiles for sm_80
 (A100) and sm_90 (H100 / H200) without spills and with 16-byte global loads and stores on aligned
-contiguous float32 / bfloat16 / float16 data, and an ANL layer costs at most 3 launches per step.
+contiguous float32 / bfloat16 / float16 data, and a step dispatches nothing beyond the exact floor but
+each layer kind's ANL work (at most 3 launches per layer).
 
 Compiling needs the real ``JITFunction`` (a process without ``TRITON_INTERPRET``): it runs once per
 session in a subprocess (``anl_fused.kernels.aot``), over the launches the ops make on
@@ -8,10 +9,13 @@ representative shapes (recorded, not run). A change that adds a launch or loses 
 here, without a GPU.
 """
 
+import collections
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if not torch.cuda.is_available():  # as tests/conftest.py: before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -21,6 +25,7 @@ pytest.importorskip("triton")
 import anl_fused
 from anl_fused import kernels
 from anl_fused.benchmarks import aot_report
+from anl_fused.benchmarks.step import floor_step
 from anl_fused.kernels import aot
 
 from .._nets import small_vgg
@@ -119,29 +124,116 @@ VARIANTS = {
     "no_std": dict(eps=-0.3, scale_by_std=False),
 }
 
+# Every op a TwoRound step dispatches beyond the exact floor (benchmarks/step.py: floor_step, a plain step
+# plus round 1's forward and activation-gradient backward), per layer kind; "launch:K" is a launch of the
+# Triton kernel K. The three kernels are the layer's work; the rest are their output allocations, the
+# views of the step's one draw, and what a kind needs on top.
+ADVERSARIAL = {
+    "launch:std": 1,  # round 1: s = std(h)
+    "launch:noise_scale": 1,  # round 1, after the backward: r_b s / ||g_b||_inf
+    "launch:add_noise": 1,  # round 2: h + scale[b] * g
+    "aten.empty": 3,  # the outputs of std (1) and noise_scale (scale, norm)
+    "aten.empty_like": 1,  # add_noise's output
+    "aten.slice": 1,  # its z: a view of the step's one draw
+    "aten.view": 1,
+}
+PER_KIND = {
+    "adversarial": ADVERSARIAL,
+    "no_std": ADVERSARIAL,  # std still measured (last_stds), not used
+    "gaussian": {  # no noise_scale, no round-1 backward: direction = z
+        "launch:std": 1,
+        "launch:add_noise": 1,
+        "aten.empty": 1,
+        "aten.empty_like": 1,
+        "aten.slice": 1,
+        "aten.view": 1,
+    },
+    "input": {**ADVERSARIAL, "aten.clone": 1},  # the model input: a leaf for round 1, and a copy goes on
+    "sign_input": {  # eta = eps sign(g): no draw; the sign and the per-sample mask are torch ops
+        **{k: v for k, v in ADVERSARIAL.items() if k not in ("aten.slice", "aten.view")},
+        "aten.clone": 1,
+        "aten.sign": 1,
+        "aten.ne": 1,
+        "aten._to_copy": 1,
+    },
+}
+PER_STEP = {"aten.randn": 1}  # all draws of a step in one call (none when every layer is the sign form)
+NOISE_DTYPE = {"aten._to_copy": 1}  # per layer: the kept direction cast to noise_dtype
 
+
+class _OpCounter(TorchDispatchMode):
+    """Every aten op dispatched inside, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _extra_ops(model, x, y, **engine_kwargs) -> collections.Counter:
+    """The ops (and Triton launches, recorded and not run) of one TwoRound step beyond one floor step."""
+    engine = anl_fused.TwoRound(model, torch.Generator(device=x.device).manual_seed(0), **engine_kwargs)
+    closure = lambda: F.cross_entropy(model(x), y)
+    engine.step(closure)  # warm-up: the step counters exist
+    model.zero_grad(set_to_none=True)
+    with aot.record(execute=False) as launches, _OpCounter() as ours:
+        engine.step(closure)
+    model.zero_grad(set_to_none=True)
+    with _OpCounter() as floor:
+        floor_step(model, closure)
+    extra = ours.ops + collections.Counter(f"launch:{launch['kernel']}" for launch in launches)
+    extra.subtract(floor.ops)
+    return collections.Counter({k: v for k, v in extra.items() if v})
+
+
+def _expected(kinds: list[str], noise_dtype: bool) -> collections.Counter:
+    want = collections.Counter(PER_STEP)
+    for kind in kinds:
+        want.update(PER_KIND[kind])
+        if noise_dtype:
+            want.update(NOISE_DTYPE)
+    return want
+
+
+@pytest.mark.parametrize("noise_dtype", [None, torch.bfloat16])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_at_most_three_launches_per_layer(monkeypatch, variant):
-    """One TwoRound step of a small model on the Triton backend: every kernel launch of the step,
-    plus every torch op that does work inside the ops, per ANL layer. std, noise_scale and
-    add_noise are one launch each (Gaussian noise needs no noise_scale)."""
+def test_every_op_of_a_step_beyond_the_floor_per_layer_kind(monkeypatch, variant, noise_dtype):
+    """One TwoRound step of a small model on the Triton backend, every dispatched op of the whole step
+    (round 1, both backwards, round 2) against the exact floor's: what is left is exactly the ANL work of
+    each layer kind (``PER_KIND``): an op added anywhere in the engine or the ops fails here."""
     monkeypatch.setenv("ANL_FUSED_BACKEND", "triton")
     dev = kernel_device()
     torch.manual_seed(0)
-    model = anl_fused.insert_anl(small_vgg(), **VARIANTS[variant]).to(dev)
+    options = VARIANTS[variant]
+    model = anl_fused.insert_anl(small_vgg(dropout=False), **options).to(dev)
     x, y = torch.randn(3, 3, 8, 8, device=dev), torch.randint(0, 10, (3,), device=dev)
-    step = aot_report.record_step(model, x, y)
-    counts = aot_report.per_layer_counts(step)
-    layers = counts["layers"]
-    assert layers == (4 if "input_eps" in VARIANTS[variant] else 3)
-    # the ops were seen (a wrapper that misses them would count nothing): one call per layer each
-    want_calls = {"std": layers, "add_noise": layers}
-    if variant != "gaussian":
-        want_calls["noise_scale"] = layers
-    assert counts["op_calls"] == want_calls, counts
-    assert counts["by_kernel"] == want_calls, counts
-    assert counts["torch_ops_in_ops"] == 0, counts["torch_ops"]
-    assert counts["per_layer"]["total"] <= 3, counts
+    body = "gaussian" if options.get("noise") == "gaussian" else "adversarial"
+    kinds = [body] * 3
+    if "input_eps" in options:
+        kinds.insert(0, "sign_input" if options.get("input_sign") else "input")
+    got = _extra_ops(model, x, y, noise_dtype=noise_dtype)
+    assert got == _expected(kinds, noise_dtype is not None), (got, _expected(kinds, noise_dtype is not None))
+    launches = sum(v for k, v in got.items() if k.startswith("launch:"))
+    assert launches <= 3 * len(kinds)
+
+
+def test_the_op_count_catches_an_op_added_in_the_engine(monkeypatch):
+    """Not vacuous: one more op per layer in the engine (a copy of the direction) is counted."""
+    monkeypatch.setenv("ANL_FUSED_BACKEND", "triton")
+    from anl_fused import engine
+
+    real = engine.noise_terms
+    monkeypatch.setattr(engine, "noise_terms", lambda *a, **k: (lambda d, s, al: (d.clone(), s, al))(*real(*a, **k)))
+    dev = kernel_device()
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg(dropout=False), eps=0.5).to(dev)
+    x, y = torch.randn(3, 3, 8, 8, device=dev), torch.randint(0, 10, (3,), device=dev)
+    got = _extra_ops(model, x, y)
+    want = _expected(["adversarial"] * 3, False)
+    assert got - want == collections.Counter({"aten.clone": 3})
 
 
 def test_counter_catches_extra_work(monkeypatch):
