@@ -159,6 +159,8 @@ def test_the_data_source_is_said_and_recorded(tmp_path, capsys):
         ("epochs", "2"),
         ("variant", "sgd"),
         ("device", "tpu"),
+        ("schedule", "linear"),
+        ("lr", -1),
     ],
 )
 def test_a_hand_edited_config_is_refused_naming_file_field_and_value(one_epoch, tmp_path, capsys, field, value):
@@ -172,8 +174,8 @@ def test_a_hand_edited_config_is_refused_naming_file_field_and_value(one_epoch, 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main(["train", "--resume", "--epochs", "2", "--out", str(out), "--no-progress"]) == 2
     err = _error(capsys)
-    assert (field in err and json.dumps(value) in err) or repr(value) in err
-    assert field == "device" or "config.json" in err
+    assert field in err and (json.dumps(value) in err or repr(value) in err or f"got {value}" in err)
+    assert str(out / "config.json") in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -363,25 +363,30 @@ class StoredConfigError(ValueError):
 # not a bool, "2" not an int. A TypedDict of the fields: pydantic validates a dataclass strictly only as an instance.
 SCHEMA = pydantic.TypeAdapter(
     pydantic.with_config(pydantic.ConfigDict(strict=True))(
-        TypedDict("TrainConfigFields", typing.get_type_hints(TrainConfig), total=False)
+        TypedDict("TrainConfigFields", typing.get_type_hints(TrainConfig, include_extras=True), total=False)
     )
 )
 
 
 def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConfig:
     """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored),
-    its values checked against the fields' types (:data:`SCHEMA`); :class:`StoredConfigError` names
+    its values checked against the fields' types (:data:`SCHEMA`, strict; a ``device`` matches its
+    pattern) and ranges (:data:`RANGES`); :class:`StoredConfigError` names
     ``source``, the field, the value and the fix."""
     if not isinstance(d, dict):
         raise StoredConfigError(f"{source} is not a JSON object of settings (found {type(d).__name__})")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    fix = "correct the value, or start a new run with another --out"
     try:
-        return TrainConfig(**SCHEMA.validate_python({k: v for k, v in d.items() if k in names}))
+        cfg = TrainConfig(**SCHEMA.validate_python({k: v for k, v in d.items() if k in names}))
     except pydantic.ValidationError as e:
         errors = e.errors(include_url=False)
         field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "?"
         wants = " or ".join(dict.fromkeys(er["msg"] for er in errors if er["loc"][:1] == errors[0]["loc"][:1]))
-        raise StoredConfigError(
-            f"{source}: {field} {json.dumps(d.get(field), default=repr)} is not allowed ({wants}); correct the "
-            "value, or start a new run with another --out"
-        ) from None
+        value = json.dumps(d.get(field), default=repr)
+        raise StoredConfigError(f"{source}: {field} {value} is not allowed ({wants}); {fix}") from None
+    try:
+        _check_numbers(cfg)  # each number in its range (RANGES)
+    except ValueError as e:
+        raise StoredConfigError(f"{source}: {e}; {fix}") from None
+    return cfg
