@@ -306,7 +306,7 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     """What to say about the noise's eps (``given``: as asked, ``cfg``: resolved): where a default eps
     comes from, and the input eps's unit."""
     notes = []
-    if given.eps not in (None, 0, 0.0) and cfg.variant in ("plain", "dropout"):
+    if given.eps not in (None, 0, 0.0) and cfg.variant not in NOISE_VARIANTS:
         notes.append(f"variant {cfg.variant} trains without noise: eps {given.eps} is not used (stored as 0)")
     if isinstance(cfg.eps, float) and abs(cfg.eps) > 1:
         notes.append(
