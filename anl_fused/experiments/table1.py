@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 
 from ..layer import NORMS
-from .files import atomic_write
+from .files import atomic_write, check_out_dir
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
 PAPER_TABLE1 = {
@@ -584,6 +584,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         proto = _protocol(args)
         _check_name(args.name)
+        check_out_dir(args.out)
     except (ValueError, KeyError) as e:
         print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

@@ -81,6 +81,12 @@ def test_out_at_the_file_system_root_is_refused(cmd, capsys, monkeypatch):
                 os.unlink(os.path.join("/", name))
 
 
+def test_table1_out_at_the_file_system_root_is_refused(tmp_path, capsys):
+    argv = ["table1", "--epochs", "1", "--dry-run", "--seeds", "1", "--variants", "plain"]
+    assert main(argv + ["--runs-dir", str(tmp_path / "runs"), "--out", "/"]) == 2
+    assert "root of the file system" in _error(capsys, "table1")
+
+
 def test_table1_name_cannot_leave_out(tmp_path, capsys):
     argv = ["table1", "--epochs", "1", "--report-only", "--seeds", "1", "--variants", "plain"]
     argv += ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "a" / "b"), "--name", "../../escape"]
