@@ -352,12 +352,12 @@ def render_markdown(result: dict) -> str:
         "|---|---|---|---|---|---|" + ("---|" if two else ""),
     ]
 
-    def spread(st, sign=""):
-        """``mean ± std``, or the one value with ``(1 seed)``: no standard deviation of one value."""
-        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else " (1 seed)")
+    def spread(st, sign="", one=" (1 seed)"):
+        """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
+        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
 
-    def paired(vs):
-        return "-" if vs is None else f"{spread(vs, '+')} ({vs['better']}/{vs['worse']})"
+    def paired(vs):  # (better/worse) counts the pairs
+        return "-" if vs is None else f"{spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
 
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
