@@ -406,3 +406,21 @@ def test_files_check_out_dir_only_refuses_a_root(tmp_path):
     files.check_out_dir(tmp_path)
     with pytest.raises(ValueError):
         files.check_out_dir("/tmp/..")
+
+
+def test_an_explicit_relative_data_dir_stays_explicit_on_resume(tmp_path, monkeypatch, capsys):
+    """``--data-dir ./data`` given: the resume reads that directory or is refused, never the system's copy."""
+    system = tmp_path / "system"
+    _fake_fashion(system, gz=True, n_train=60, n_test=10)
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    monkeypatch.chdir(tmp_path)
+    _fake_fashion(tmp_path / "data", gz=True, n_train=40, n_test=10)
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "fashion-mnist", "--model", "lenet5", "--val-size", "10", "--eps", "0.03"]
+    argv += ["--batch-size", "15", "--no-progress", "--out", str(out)]
+    assert main(argv + ["--epochs", "1", "--data-dir", "./data"]) == 0
+    assert json.loads((out / "config.json").read_text())["data_dir"] == str(tmp_path / "data")
+    (tmp_path / "data" / "t10k-labels-idx1-ubyte.gz").unlink()
+    capsys.readouterr()
+    assert main(argv + ["--epochs", "2", "--resume"]) == 2
+    assert f"--data-dir {str(tmp_path / 'data')!r} lacks t10k-labels-idx1-ubyte" in _error(capsys)

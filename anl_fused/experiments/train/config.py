@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -139,6 +140,8 @@ class TrainConfig:
         c = dataclasses.replace(self)
         c.model = get_spec(c.model).name
         c.dataset = data_mod.canonical_name(c.dataset)
+        if c.data_dir is not None:  # stored absolute: a stored "./data" is the old default (upgrade_stored)
+            c.data_dir = os.path.abspath(c.data_dir)
         if c.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {c.variant!r}")
         if c.finetune_lr not in ("auto", "floor", "continue"):
@@ -342,7 +345,8 @@ def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
     existed implicitly had: ``norm`` ("sample"), ``probe_dtype`` ("fp32"), ``input_eps_unit`` ("normalized"
     for input-sign runs), ``schedule`` ("plateau"), ``sam_rho`` (the default, unused); ``data_dir`` "./data", the
-    old default, is the default again (``None``: ./data, then the system's copy)."""
+    old default, is the default again (``None``: ./data, then the system's copy; a directory given is
+    stored absolute, so it never reads as the default)."""
     d = dict(d)
     if d.get("data_dir") == data_mod.DEFAULT_DATA_DIR:
         d["data_dir"] = None
