@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 
 from ..layer import NORMS
-from .files import atomic_write
+from .files import atomic_write, check_out_dir
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
 PAPER_TABLE1 = {
@@ -352,12 +352,12 @@ def render_markdown(result: dict) -> str:
         "|---|---|---|---|---|---|" + ("---|" if two else ""),
     ]
 
-    def spread(st, sign=""):
-        """``mean ± std``, or the one value with ``(1 seed)``: no standard deviation of one value."""
-        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else " (1 seed)")
+    def spread(st, sign="", one=" (1 seed)"):
+        """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
+        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
 
-    def paired(vs):
-        return "-" if vs is None else f"{spread(vs, '+')} ({vs['better']}/{vs['worse']})"
+    def paired(vs):  # (better/worse) counts the pairs
+        return "-" if vs is None else f"{spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
 
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
@@ -584,6 +584,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         proto = _protocol(args)
         _check_name(args.name)
+        check_out_dir(args.out)
     except (ValueError, KeyError) as e:
         print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

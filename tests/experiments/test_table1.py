@@ -290,4 +290,4 @@ def test_readme_renderer_writes_the_table_from_the_json(tmp_path, monkeypatch):
     assert render.main([str(doc)]) == 0
     text = doc.read_text()
     assert table1.render_markdown(result) in text and "old" not in text
-    assert "| +ANL eps=0.03, norm=sample | 9.17 | 9.00 (1 seed) | 1 | 9.00 | -1.00 (1 seed) (1/0) |" in text
+    assert "| +ANL eps=0.03, norm=sample | 9.17 | 9.00 (1 seed) | 1 | 9.00 | -1.00 (1/0) |" in text

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -139,6 +140,8 @@ class TrainConfig:
         c = dataclasses.replace(self)
         c.model = get_spec(c.model).name
         c.dataset = data_mod.canonical_name(c.dataset)
+        if c.data_dir is not None:  # stored absolute: a stored "./data" is the old default (upgrade_stored)
+            c.data_dir = os.path.abspath(c.data_dir)
         if c.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {c.variant!r}")
         if c.finetune_lr not in ("auto", "floor", "continue"):
@@ -306,7 +309,7 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     """What to say about the noise's eps (``given``: as asked, ``cfg``: resolved): where a default eps
     comes from, and the input eps's unit."""
     notes = []
-    if given.eps not in (None, 0, 0.0) and cfg.variant in ("plain", "dropout"):
+    if given.eps not in (None, 0, 0.0) and cfg.variant not in NOISE_VARIANTS:
         notes.append(f"variant {cfg.variant} trains without noise: eps {given.eps} is not used (stored as 0)")
     if isinstance(cfg.eps, float) and abs(cfg.eps) > 1:
         notes.append(
@@ -342,7 +345,8 @@ def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
     """A stored config (``config.json``, a checkpoint's) with the fields that runs made before they
     existed implicitly had: ``norm`` ("sample"), ``probe_dtype`` ("fp32"), ``input_eps_unit`` ("normalized"
     for input-sign runs), ``schedule`` ("plateau"), ``sam_rho`` (the default, unused); ``data_dir`` "./data", the
-    old default, is the default again (``None``: ./data, then the system's copy)."""
+    old default, is the default again (``None``: ./data, then the system's copy; a directory given is
+    stored absolute, so it never reads as the default)."""
     d = dict(d)
     if d.get("data_dir") == data_mod.DEFAULT_DATA_DIR:
         d["data_dir"] = None
@@ -363,25 +367,30 @@ class StoredConfigError(ValueError):
 # not a bool, "2" not an int. A TypedDict of the fields: pydantic validates a dataclass strictly only as an instance.
 SCHEMA = pydantic.TypeAdapter(
     pydantic.with_config(pydantic.ConfigDict(strict=True))(
-        TypedDict("TrainConfigFields", typing.get_type_hints(TrainConfig), total=False)
+        TypedDict("TrainConfigFields", typing.get_type_hints(TrainConfig, include_extras=True), total=False)
     )
 )
 
 
 def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConfig:
     """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored),
-    its values checked against the fields' types (:data:`SCHEMA`); :class:`StoredConfigError` names
+    its values checked against the fields' types (:data:`SCHEMA`, strict; a ``device`` matches its
+    pattern) and ranges (:data:`RANGES`); :class:`StoredConfigError` names
     ``source``, the field, the value and the fix."""
     if not isinstance(d, dict):
         raise StoredConfigError(f"{source} is not a JSON object of settings (found {type(d).__name__})")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    fix = "correct the value, or start a new run with another --out"
     try:
-        return TrainConfig(**SCHEMA.validate_python({k: v for k, v in d.items() if k in names}))
+        cfg = TrainConfig(**SCHEMA.validate_python({k: v for k, v in d.items() if k in names}))
     except pydantic.ValidationError as e:
         errors = e.errors(include_url=False)
         field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "?"
         wants = " or ".join(dict.fromkeys(er["msg"] for er in errors if er["loc"][:1] == errors[0]["loc"][:1]))
-        raise StoredConfigError(
-            f"{source}: {field} {json.dumps(d.get(field), default=repr)} is not allowed ({wants}); correct the "
-            "value, or start a new run with another --out"
-        ) from None
+        value = json.dumps(d.get(field), default=repr)
+        raise StoredConfigError(f"{source}: {field} {value} is not allowed ({wants}); {fix}") from None
+    try:
+        _check_numbers(cfg)  # each number in its range (RANGES)
+    except ValueError as e:
+        raise StoredConfigError(f"{source}: {e}; {fix}") from None
+    return cfg
