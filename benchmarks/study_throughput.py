@@ -55,23 +55,11 @@ def _parts(variant: str, channels_last: bool, compile: bool, eval_batch: int = 5
 
 def time_steps(variant: str, threads: int, channels_last: bool, compile: bool, steps: int, warmup: int) -> dict:
     """Median wall time of one training step of the loop (ms), and steps per second."""
-    from anl_fused.experiments.train.checkpointing import Position
     from anl_fused.experiments.train.loop import _Loop
-    from anl_fused.experiments.train.metrics import EpochMeter
 
     torch.set_num_threads(threads)
     parts = _parts(variant, channels_last, compile)
-    loop = _Loop(
-        parts,
-        {},
-        Position(),
-        EpochMeter(parts.device),
-        None,
-        checkpoint_every=0,
-        stop_after_steps=None,
-        progress=False,
-        log=lambda s: None,
-    )
+    loop = _Loop.bare(parts)
     loop._start_epoch()
     times = []
     for i, (x, y) in enumerate(parts.train_batches.epoch(0)):

@@ -14,10 +14,8 @@ import torch.nn.functional as F
 from scipy import stats as sps
 
 from anl_fused.experiments import stats, study, study_report
-from anl_fused.experiments.train.checkpointing import Position
 from anl_fused.experiments.train.config import TrainConfig
 from anl_fused.experiments.train.loop import _Loop
-from anl_fused.experiments.train.metrics import EpochMeter
 from anl_fused.experiments.train.parts import build_parts
 from anl_fused.experiments.train.schedule import CosineSchedule, make_schedule
 
@@ -27,17 +25,7 @@ from anl_fused.experiments.train.schedule import CosineSchedule, make_schedule
 
 def _loop(cfg: TrainConfig):
     parts = build_parts(cfg.resolved())
-    loop = _Loop(
-        parts,
-        {},
-        Position(),
-        EpochMeter(parts.device),
-        None,
-        checkpoint_every=0,
-        stop_after_steps=None,
-        progress=False,
-        log=lambda s: None,
-    )
+    loop = _Loop.bare(parts)
     return parts, loop
 
 

@@ -91,6 +91,22 @@ class _Loop:
         self.stopped: str | None = None
         self._t0 = 0.0
 
+    @classmethod
+    def bare(cls, parts: Parts) -> _Loop:
+        """A loop over ``parts`` from the start that writes nothing and logs nothing (to time or test its step)."""
+        meter = EpochMeter(parts.device)
+        return cls(
+            parts,
+            {},
+            Position(),
+            meter,
+            None,
+            checkpoint_every=0,
+            stop_after_steps=None,
+            progress=False,
+            log=lambda s: None,
+        )
+
     def run(self) -> str | None:
         if self.pos.epoch >= self.total_epochs:
             self.log(
