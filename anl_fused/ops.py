@@ -5,9 +5,13 @@ Every fast path of the engine is built from :func:`std` (round 1, forward), :fun
 gives its shapes, dtypes and math. ``anl_fused.reference`` does not use them (it is the independent
 oracle).
 
-Backends (:func:`backend_for`): CUDA tensors use the Triton kernels of ``anl_fused.kernels``; other
-tensors use torch ops. ``ANL_FUSED_BACKEND=triton|torch`` forces one (``triton`` on CPU tensors needs
-``TRITON_INTERPRET=1`` set before ``triton`` is imported). Both backends compute the same math.
+Backends (:func:`backend_for`, :func:`backend`): CUDA tensors use the Triton kernels of
+``anl_fused.kernels``; CPU tensors use the C++ kernels of ``anl_fused.kernels.cpu`` (built with ninja on
+first use and cached; where they cannot be built, one warning and the torch ops); under
+``torch.compile`` CPU tensors use the torch ops (Inductor fuses them). ``ANL_FUSED_BACKEND=
+triton|cpp|torch`` forces one (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1`` set before
+``triton`` is imported; ``cpp`` raises if the C++ kernels cannot be built). Every backend computes the
+same math.
 """
 
 from __future__ import annotations
@@ -19,22 +23,62 @@ from torch import Tensor
 
 from ._dtypes import acc_dtype
 
-__all__ = ["acc_dtype", "add_noise", "backend_for", "noise_scale", "std"]
+__all__ = ["acc_dtype", "add_noise", "backend", "backend_for", "cpp_status", "noise_scale", "std"]
 
-_BACKENDS = ("torch", "triton")
+_BACKENDS = ("torch", "triton", "cpp")
 
 
 def backend_for(t: Tensor) -> str:
-    """``"triton"`` for CUDA tensors, ``"torch"`` otherwise, unless ``ANL_FUSED_BACKEND`` says."""
+    """The backend that runs an op on ``t``: ``"triton"`` for CUDA tensors; for CPU tensors ``"cpp"``
+    (the C++ kernels, built on first use) where they could be built, else ``"torch"``, and ``"torch"``
+    under ``torch.compile``. ``ANL_FUSED_BACKEND=triton|cpp|torch`` forces one (``cpp`` raises if the
+    C++ kernels cannot be built; under ``torch.compile`` it gives the torch ops)."""
     forced = os.environ.get("ANL_FUSED_BACKEND", "").strip().lower()
     if forced:
         if forced not in _BACKENDS:
             raise ValueError(f"ANL_FUSED_BACKEND must be one of {_BACKENDS}, got {forced!r}")
-        return forced
-    return "triton" if t.is_cuda else "torch"
+        if forced != "cpp":
+            return forced
+    elif t.is_cuda:
+        return "triton"
+    elif t.device.type != "cpu":
+        return "torch"
+    if torch.compiler.is_compiling():
+        return "torch"
+    if _cpp() is None:
+        if forced:
+            raise RuntimeError(f"ANL_FUSED_BACKEND=cpp, but {_CPP[1]}; unset it for the torch ops")
+        return "torch"
+    return "cpp"
+
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """The backend the eager ops run on ``device``: ``"triton"``, ``"cpp"`` or ``"torch"`` (building the
+    C++ kernels first if needed). :func:`cpp_status` says why a CPU runs ``"torch"``."""
+    return backend_for(torch.empty(0, device=device))
+
+
+def cpp_status() -> str:
+    """Whether the C++ CPU kernels run, and why not: ``"C++ CPU kernels (AVX2)"`` or
+    ``"torch ops (the C++ CPU kernels could not be built: <reason>)"`` (loading them if needed)."""
+    _cpp()
+    return _CPP[1]
 
 
 _KERNELS = None
+_CPP: list = []  # [module or None, status] once the C++ kernels were loaded (or failed to)
+
+
+def _cpp():
+    """The C++ extension module, or None where it cannot be built (loaded once per process)."""
+    if not _CPP:
+        try:
+            from anl_fused.kernels import cpu  # imported lazily: it imports triton for the op schemas
+        except ImportError as exc:
+            _CPP.extend([None, f"torch ops (the C++ CPU kernels need triton for the op schemas: {exc})"])
+        else:
+            _CPP.extend([cpu.load(), cpu.status()])
+    return _CPP[0]
 
 
 def _triton():
@@ -56,10 +100,13 @@ def std(h: Tensor) -> Tensor:
     correction 1 over all ``n`` elements (0 when ``h`` has at most one element), accumulated in
     float32 (float64 for float64 ``h``) and returned in that dtype.
 
-    Backend: the Triton kernel ``anl_fused.kernels.std`` for a CUDA tensor, torch ops otherwise
-    (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
+    Backend: the Triton kernel ``anl_fused.kernels.std`` for a CUDA tensor, the C++ kernel (or torch
+    ops) for a CPU tensor (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
     """
-    if backend_for(h) == "triton":
+    backend = backend_for(h)
+    if backend == "cpp":
+        return _CPP[0].std(h.detach())
+    if backend == "triton":
         return _triton().std(h)
     return _torch_std(h)
 
@@ -93,10 +140,14 @@ def noise_scale(
     Returns ``(scale, norm)``, both of shape ``[B]``, float32 (float64 for float64 ``g``), without
     gradient; ``norm`` always holds the per-sample norms.
 
-    Backend: the Triton kernel ``anl_fused.kernels.noise_scale`` for a CUDA tensor, torch ops otherwise
-    (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
+    Backend: the Triton kernel ``anl_fused.kernels.noise_scale`` for a CUDA tensor, the C++ kernel (or
+    torch ops) for a CPU tensor (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
     """
-    if backend_for(g) == "triton":
+    backend = backend_for(g)
+    if backend == "cpp":
+        z, s = (None if z is None else z.detach()), (None if s is None else s.detach())
+        return _CPP[0].noise_scale(g.detach(), z, s, float(eps), bool(layer_norm), stats)
+    if backend == "triton":
         return _triton().noise_scale(g, z, s, eps, layer_norm=layer_norm, stats=stats)
     return _torch_noise_scale(g, z, s, eps, layer_norm, stats)
 
@@ -119,10 +170,16 @@ def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0)
     Returns a tensor of ``h``'s shape and dtype. ``d out / d h = I``; no gradient reaches ``g`` or
     ``scale``.
 
-    Backend: the Triton kernel ``anl_fused.kernels.add_noise`` for a CUDA tensor, torch ops otherwise
-    (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
+    Backend: the Triton kernel ``anl_fused.kernels.add_noise`` for a CUDA tensor, the C++ kernel (or
+    torch ops) for a CPU tensor (:func:`backend_for`; ``ANL_FUSED_BACKEND`` forces one).
     """
-    if backend_for(h) == "triton":
+    backend = backend_for(h)
+    if backend == "cpp":
+        scale = None if scale is None else scale.detach()
+        if h.requires_grad and torch.is_grad_enabled():  # the op's autograd: identity to h
+            return torch.ops.anl_fused.add_noise(h, g.detach(), scale, float(alpha))
+        return _CPP[0].add_noise(h, g.detach(), scale, float(alpha))
+    if backend == "triton":
         return _triton().add_noise(h, g, scale, alpha=alpha)
     return _torch_add_noise(h, g, scale, alpha)
 

@@ -1,6 +1,7 @@
 """Fuzzing the three per-layer ops against the oracle: ``anl_fused.ops.std / noise_scale / add_noise`` on the
-torch backend and on the Triton kernels (interpreted on CPU here, ``TRITON_INTERPRET=1`` from
-tests/conftest.py), composed as the engine composes them (``functional.noise_terms``), against
+torch backend, on the C++ CPU kernels (``ANL_FUSED_BACKEND=cpp``: fails, not falls back, where they cannot be
+built) and on the Triton kernels (interpreted on CPU here, ``TRITON_INTERPRET=1`` from tests/conftest.py),
+composed as the engine composes them (``functional.noise_terms``), against
 ``anl_fused.reference.std / eta`` (float64, sample by sample, written independently).
 
 Hypothesis draws: every dtype of ``h`` (and a lower-precision or float32 ``g`` as with ``noise_dtype``),
@@ -207,8 +208,11 @@ def check(case, backend, monkeypatch):
 COUNT = {"cases": 0}
 
 
+BACKENDS = ("torch", "cpp", "triton")
+
+
 def run(case, monkeypatch):
-    for backend in ("torch", "triton"):
+    for backend in BACKENDS:
         check(case, backend, monkeypatch)
     COUNT["cases"] += 1
 

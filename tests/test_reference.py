@@ -214,7 +214,38 @@ def test_triton_backend_equals_reference(variant, monkeypatch):
     assert {"std", "add_noise"} <= set(calls), calls
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cpp_backend_equals_reference(variant, monkeypatch):
+    """TwoRound on the C++ CPU kernels (``ANL_FUSED_BACKEND=cpp``: an error, not the torch ops, where they
+    cannot be built) equals the oracle, and every op it ran was a C++ kernel."""
+    from anl_fused import ops
+
+    monkeypatch.setenv("ANL_FUSED_BACKEND", "cpp")
+    assert ops.backend() == "cpp", ops.cpp_status()
+    calls = []
+    real = ops._CPP[0]
+
+    class Recording:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            return lambda *a, **k: calls.append(name) or fn(*a, **k)
+
+    monkeypatch.setattr(ops, "_CPP", [Recording(), ops._CPP[1]])
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg().double(), **VARIANTS[variant])
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
+    dispatched = []  # round 2's add_noise runs under autograd: through torch.ops.anl_fused (its CPU kernel)
+    real_op = torch.ops.anl_fused.add_noise
+    monkeypatch.setattr(
+        torch.ops.anl_fused, "add_noise", lambda *a: dispatched.append("add_noise") or real_op(*a), raising=False
+    )
+    check(*run_both(model, x, y), torch.float64)
+    assert "std" in calls and "add_noise" in calls + dispatched, (calls, dispatched)
+    if variant not in ("gaussian", "input_sign", "input_only"):
+        assert "noise_scale" in calls, calls
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
 def test_channels_last_model_equals_reference(backend, monkeypatch):
     if backend == "triton":
         pytest.importorskip("triton")
