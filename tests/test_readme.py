@@ -144,11 +144,14 @@ def test_readme_ddp_block_trains_under_torchrun_on_two_processes(tmp_path):
         pytest.skip("the block puts each rank on its own GPU: needs 2 GPUs, or none (gloo on CPU)")
 
     script = tmp_path / "ddp.py"
-    check = "\nprint('weights', rank, float(sum(p.double().abs().sum() for p in model.parameters())), float(loss))\n"
+    check = (  # one file per rank: two ranks printing at once can interleave their lines
+        "\nopen(f'weights-{rank}.txt', 'w').write("
+        "f'weights {rank} {float(sum(p.double().abs().sum() for p in model.parameters()))} {float(loss)}')\n"
+    )
     script.write_text(_readme.block("DDP") + check, encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    lines = sorted(line.split() for line in res.stdout.splitlines() if line.startswith("weights"))
+    lines = sorted(f.read_text().split() for f in tmp_path.glob("weights-*.txt"))
     assert [int(w[1]) for w in lines] == [0, 1], res.stdout
     assert lines[0][2] == lines[1][2] and all(math.isfinite(float(w[3])) for w in lines), lines
