@@ -35,7 +35,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -48,7 +47,7 @@ from torch.autograd.graph import get_gradient_edge
 from anl_fused import TwoRound, anl_layers, insert_anl, ops, reference
 from anl_fused.engine import frozen_batchnorm_stats
 from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
-from anl_fused.experiments.files import atomic_write
+from anl_fused.experiments.files import atomic_write, out_error
 from anl_fused.experiments.models import build, get_spec, names
 from anl_fused.layer import ANL2d, attached
 
@@ -475,25 +474,6 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return "--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); use --device cpu"
     if args.out:
         return out_error(args.out, directory=args.aot)
-    return None
-
-
-def out_error(path: str, directory: bool) -> str | None:
-    """Why ``--out PATH`` (a file, or with ``directory`` a folder) cannot be written, or ``None``: a temporary
-    file is created and removed in the nearest existing folder (``atomic_write`` and the AOT report create
-    missing ones), which also catches read-only file systems and a user who may write anywhere."""
-    if not directory and os.path.isdir(path):
-        return f"--out {path} is a directory; give a file name (e.g. {os.path.join(path, 'bench.json')})"
-    target = path if directory and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(target):
-        target = os.path.dirname(target)
-    try:
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as e:
-        return (
-            f"--out {path}: not writable (creating a file in {target} failed: {e.strerror or e}); choose another path"
-        )
     return None
 
 

@@ -41,7 +41,7 @@ import time
 import torch
 
 from . import cli_types
-from .files import save_figure
+from .files import out_error, save_figure
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
 NOISY = ("anl", "opposite", "gaussian")
@@ -451,6 +451,10 @@ def run(args: argparse.Namespace) -> int:
     bundle = data_mod.load("digits")
     variants = _check_args(args, len(bundle.train))
     if variants is None:
+        return 2
+    problem = out_error(args.out, directory=True)  # before training, not after it
+    if problem:
+        print(f"anl-fused demo: error: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     try:

@@ -124,6 +124,25 @@ def clean_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list
     return removed
 
 
+def out_error(path: str, directory: bool) -> str | None:
+    """Why ``--out PATH`` (a file, or with ``directory`` a folder) cannot be written, or ``None``: a temporary
+    file is created and removed in the nearest existing folder (``atomic_write`` and the AOT report create
+    missing ones), which also catches read-only file systems and a user who may write anywhere."""
+    if not directory and os.path.isdir(path):
+        return f"--out {path} is a directory; give a file name (e.g. {os.path.join(path, 'bench.json')})"
+    target = path if directory and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(target):
+        target = os.path.dirname(target)
+    try:
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        return (
+            f"--out {path}: not writable (creating a file in {target} failed: {e.strerror or e}); choose another path"
+        )
+    return None
+
+
 def check_out_dir(path: str | os.PathLike, option: str = "--out") -> None:
     """Refuse (``ValueError``) an output directory that is a file system's root (``/``): a run's
     files, lock and cleanup belong in a directory of their own."""

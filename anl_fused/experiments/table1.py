@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 
 from ..layer import NORMS
-from .files import atomic_write, check_out_dir
+from .files import atomic_write, check_out_dir, out_error
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
 PAPER_TABLE1 = {
@@ -587,6 +587,10 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
     except (ValueError, KeyError) as e:
         print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    problem = None if args.dry_run else out_error(args.out, directory=True)  # before any run, not after them all
+    if problem:
+        print(f"anl-fused table1: error: {problem}", file=sys.stderr)
         return 2
     try:
         return _run(args, proto)

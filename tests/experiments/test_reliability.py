@@ -336,10 +336,10 @@ def test_unwritable_outputs_are_one_line(tmp_path, capsys):
     blocker.write_text("a file, not a directory")
     _fake_run(tmp_path / "runs", table1.RunSpec("plain", 0), table1.Protocol("lenet5", "digits", 2, 0), [50.0, 40.0])
     argv = TABLE1 + ["--runs-dir", str(tmp_path / "runs"), "--out", str(blocker / "t"), "--report-only"]
-    assert main(argv) == 1
+    assert main(argv) == 2  # checked before anything runs
     assert str(blocker) in _error(capsys, "table1")
     argv = ["demo", "--quick", "--variants", "plain", "--out", str(blocker / "d")]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert str(blocker) in _error(capsys, "demo")
 
 
@@ -424,3 +424,18 @@ def test_an_explicit_relative_data_dir_stays_explicit_on_resume(tmp_path, monkey
     capsys.readouterr()
     assert main(argv + ["--epochs", "2", "--resume"]) == 2
     assert f"--data-dir {str(tmp_path / 'data')!r} lacks t10k-labels-idx1-ubyte" in _error(capsys)
+
+
+@pytest.mark.parametrize("command", ["table1", "demo"])
+def test_an_unwritable_out_is_refused_before_any_training(tmp_path, capsys, command):
+    """--out under a regular file cannot be created (even by root): refused in one line before anything trains."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "out"
+    argv = [command, "--out", str(out)]
+    if command == "table1":
+        argv += ["--epochs", "1", "--seeds", "1", "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not writable" in err and str(out) in err
+    assert not (tmp_path / "runs").exists()
