@@ -194,13 +194,11 @@ class _Loop:
         elif in_anl_phase:  # SAM's second pass at the perturbed weights (BatchNorm statistics updated once)
             from pytorch_optimizer.optimizer.utils import disable_running_stats, enable_running_stats
 
-            out = held["out"]
             optimizer.first_step(zero_grad=True)
             disable_running_stats(self.parts.model)
-            closure().backward()
+            F.cross_entropy(self.parts.run_model(x), y).backward()  # the meter keeps the first pass's outputs
             enable_running_stats(self.parts.model)
             optimizer.second_step()
-            held["out"] = out
         else:  # fine-tuning phase: the base optimizer alone
             optimizer.base_optimizer.step()
         stds = self.parts.engine.last_stds if (self.parts.noisy and in_anl_phase) else None
