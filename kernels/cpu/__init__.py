@@ -3,7 +3,9 @@
 :func:`load` compiles ``anl_ops.cpp`` with ``torch.utils.cpp_extension.load`` (ninja) the first time
 a process needs it and imports it; later processes find the build in torch's extension cache
 (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), which torch rebuilds when the
-source, the flags or the torch version change. The build runs quietly; when it cannot run (no C++
+source, the flags or the torch version change. The cache entry's name holds a hash of the source's path
+and contents, so two checkouts (or versions) on one machine keep their own builds instead of rebuilding
+over each other's. The build runs quietly; when it cannot run (no C++
 compiler, no ninja), :func:`load` returns None, :func:`status` says why, and ``anl_fused.ops`` keeps
 the torch ops (``anl_fused.ops.backend()`` tells which backend runs).
 
@@ -23,6 +25,7 @@ Importing this module imports ``anl_fused.kernels``, whose ``triton_op`` definit
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -82,9 +85,11 @@ def _build(cap: str):
 
     with _quiet_import():
         from torch.utils import cpp_extension
+    with open(SOURCE, "rb") as f:
+        tag = hashlib.sha256(SOURCE.encode() + b"\0" + f.read()).hexdigest()[:10]
     with _ninja_on_path():
         return cpp_extension.load(
-            name=f"anl_fused_cpu_{cap.lower()}",
+            name=f"anl_fused_cpu_{cap.lower()}_{tag}",
             sources=[SOURCE],
             extra_cflags=COMMON_FLAGS + ISA_FLAGS[cap] + [f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}"],
             with_cuda=False,
