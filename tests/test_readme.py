@@ -219,3 +219,26 @@ def test_slug_and_links():
     )
     text = "# A b\n[x](docs/a.md#c) `[y](z)` ![f](p.png)\n```bash\n# not a heading [n](m)\n```\n"
     assert anchors(text) == {"a-b"} and links(text) == ["docs/a.md#c", "p.png"]
+
+
+def test_the_readme_starts_with_its_two_commands_then_says_what_anl_is():
+    """The first screen: the two commands (setup + demo, setup + tests), then what the project is."""
+    lines = PAGES["README.md"].splitlines()
+    assert lines[:6] == [
+        "# anl-fused",
+        "",
+        "```bash",
+        "python3 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e . && "
+        ".venv/bin/anl-fused demo",
+        'python3 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e ".[test]" && '
+        ".venv/bin/python -m pytest -q",
+        "```",
+    ]
+    assert "Adversarial Noise Layer" in "\n".join(lines[6:12])
+    assert len(lines) <= 260, "README.md is the first screen and one table per result: long sections go to docs/"
+
+
+def test_the_readmes_study_state_is_the_study_pages():
+    """The README's pointer to the study repeats the state line of docs/study.md; both change together."""
+    (state,) = [line for line in PAGES["README.md"].splitlines() if line.startswith("State (")]
+    assert state in PAGES["docs/study.md"]
