@@ -1,4 +1,5 @@
-"""Render the README's measured tables from the result files, so that no number in the README is typed by hand.
+"""Render the measured tables of README.md and docs/*.md from the result files, so that no number in them is
+typed by hand.
 
 A table in a Markdown file sits between two markers that name its renderer and its data files::
 
@@ -6,15 +7,16 @@ A table in a Markdown file sits between two markers that name its renderer and i
     | model | ... |
     <!-- /render -->
 
-``python -m anl_fused.benchmarks.render`` rewrites every such block of README.md from the files it names;
-``--check`` only reports blocks that are out of date (exit code 1), which the test suite runs. A renderer
-is a function ``(paths: list[str]) -> str`` registered in :data:`RENDERERS`; paths are relative to the
-repository root.
+``python -m anl_fused.benchmarks.render`` rewrites every such block of the documentation pages (README.md and
+every ``docs/*.md``, :func:`pages`) from the files it names; ``--check`` only reports blocks that are out of date
+(exit code 1), which the test suite runs. A renderer is a function ``(paths: list[str]) -> str`` registered in
+:data:`RENDERERS`; paths are relative to the repository root, whichever page the block is in.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -34,6 +36,11 @@ MODEL_NAMES = {
     "vgg_tiny": "vgg_tiny",
     "mobilenet_v2": "MobileNetV2",
 }
+
+
+def pages() -> list[str]:
+    """The documentation pages whose blocks are rendered and checked: README.md, then every ``docs/*.md``."""
+    return [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
 def renderer(name: str):
@@ -194,6 +201,66 @@ def demo_table(paths: list[str]) -> str:
     return "".join(f"```text\n{format_table(load_json(path))}\n```\n" for path in paths)
 
 
+def _spread(st: dict, sign: str = "") -> str:
+    """``mean ± std``, or the one value: no standard deviation of one value."""
+    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else "")
+
+
+@renderer("table1-summary")
+def table1_summary(paths: list[str]) -> str:
+    """The short Table 1: per method the paper's test error, ours (mean ± std over the seeds that did not
+    diverge), the seeds, and the paired difference to the two-phase control; the long table is the ``table1``
+    renderer's (one ``anl-fused table1`` JSON per path)."""
+    from anl_fused.experiments.table1 import PAPER_EPS, PAPER_TABLE1, _row_label, _row_order
+
+    lines = [
+        "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | vs two-phase control, same seed "
+        "(mean ± std; better/worse) |",
+        "|---|---|---|---|---|",
+    ]
+    for path in paths:
+        result = load_json(path)
+        p = result["protocol"]
+        paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
+        for _, row in sorted(result["rows"].items(), key=_row_order):
+            paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
+            t, diverged = row["test_err"], row.get("diverged_seeds", [])
+            kept = row.get("test_err_without_diverged") if diverged else t
+            seeds = f"{t['n']}" + (f" ({len(diverged)} diverged)" if diverged else "")
+            vs = row.get("vs_two_phase")
+            paired = "-" if vs is None else f"{_spread(vs, '+')} ({vs['better']}/{vs['worse']})"
+            lines.append(
+                f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
+                f"{_spread(kept) if kept else '-'} | {seeds} | {paired} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+@renderer("whitebox")
+def whitebox_table(paths: list[str]) -> str:
+    """White-box accuracy per method (``anl-fused figures whitebox --json``: clean, FGSM and IFGSM accuracy of
+    each run), means over the runs, and the per-seed range of the difference to the two-phase control."""
+    lines = [
+        "| method | runs | clean % | FGSM % | IFGSM % | FGSM vs two-phase control, same seed [min, max] pp | "
+        "IFGSM vs control [min, max] pp |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def span(values: list[float]) -> str:
+        return f"[{min(values):+.1f}, {max(values):+.1f}]" if values else "-"
+
+    for path in paths:
+        methods = {label.split(": ", 1)[-1]: runs for label, runs in load_json(path).items()}
+        control = {r["seed"]: r for r in methods.get("baseline two-phase", [])}
+        for label, runs in methods.items():
+            means = [statistics.mean(r[k] for r in runs) for k in ("clean", "fgsm", "ifgsm")]
+            diffs = {k: [r[k] - control[r["seed"]][k] for r in runs if r["seed"] in control] for k in ("fgsm", "ifgsm")}
+            paired = ["-", "-"] if label == "baseline two-phase" else [span(diffs["fgsm"]), span(diffs["ifgsm"])]
+            cells = [str(len(runs))] + [f"{m:.1f}" for m in means] + paired
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_text(text: str) -> tuple[str, list[str]]:
     """``text`` with every block re-rendered, and the names of the blocks that changed."""
     changed = []
@@ -212,15 +279,16 @@ def render_text(text: str) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anl_fused.benchmarks.render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="*", default=[os.path.join(ROOT, "README.md")], help="Markdown files")
+    parser.add_argument("files", nargs="*", help="Markdown files (default: README.md and every docs/*.md)")
     parser.add_argument("--check", action="store_true", help="only report out-of-date tables (exit code 1)")
     args = parser.parse_args(argv)
     stale = []
-    for path in args.files:
+    for path in args.files or pages():
         with open(path) as f:
             text = f.read()
         new, changed = render_text(text)
-        stale += [f"{path}: {c}" for c in changed]
+        shown = path if args.files else os.path.relpath(path, ROOT)
+        stale += [f"{shown}: {c}" for c in changed]
         if changed and not args.check:
             from anl_fused.experiments.files import atomic_write
 
