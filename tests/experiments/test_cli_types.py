@@ -60,6 +60,26 @@ def test_parser_class_makes_every_float_option_finite():
         assert e.value.code == 2
 
 
+def test_train_options_come_from_the_config_schema():
+    """``anl-fused train``'s settings are TrainConfig's fields (``input_eps_unit`` is no option), parsed as
+    their annotations say; only the options given reach the namespace."""
+    import dataclasses
+
+    from anl_fused.experiments.train import cli
+
+    p = cli_types.ArgumentParser(prog="x")
+    cli.configure(p)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields - {a.dest for a in p._actions} == {"input_eps_unit"}
+    args = p.parse_args(["--out", "o", "--lr", "0.5", "--keep-last-batch", "--variant", "sam", "--eps", "AUTO"])
+    assert {k: v for k, v in vars(args).items() if k in fields} == {
+        "lr": 0.5,
+        "drop_last": False,
+        "variant": "sam",
+        "eps": "auto",
+    }
+
+
 TRAIN = ["train", "--out", "unused", "--no-progress"]
 
 
