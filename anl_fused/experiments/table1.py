@@ -457,14 +457,18 @@ def report(
 # CLI
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    from .cli_types import finite_float, nonneg_int, number, positive_float, positive_int
+def _eps(text: str) -> float:
+    """``--eps``: the |eps| of a noise method, a finite number and not 0."""
+    from .cli_types import finite_float
 
-    def eps(text: str) -> float:  # |eps| of a noise method: a finite number, not 0
-        value = finite_float(text)
-        if value == 0:
-            raise argparse.ArgumentTypeError(f"must be non-zero (the noise methods need an eps), got {text!r}")
-        return value
+    value = finite_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be non-zero (the noise methods need an eps), got {text!r}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from .cli_types import nonneg_int, number, positive_float, positive_int
 
     p = parser
     p.add_argument("--model", default="lenet5", help="zoo model (default lenet5; the paper: lenet5, vgg16)")
@@ -483,7 +487,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--eps",
-        type=eps,
+        type=_eps,
         nargs="+",
         default=[PAPER_EPS],
         help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep",

@@ -22,7 +22,6 @@ from .schema import Arg
 
 __all__ = [
     "IDENTITY",
-    "INPUT_EPS_UNITS",
     "LENGTH",
     "NOISE_VARIANTS",
     "PRESETS",
@@ -49,7 +48,6 @@ NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
 # trained in two phases by default (the regularizer on for `epochs`, then `finetune_epochs` without it at the floor)
 TWO_PHASE_VARIANTS = (*NOISE_VARIANTS, "sam")
 SCHEDULES = ("plateau", "cosine")
-INPUT_EPS_UNITS = ("pixel", "normalized", None)
 # round 1's dtype (TwoRound's probe_dtype): fp32 = as the model is (exact); bf16 / fp16 = under autocast
 PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
