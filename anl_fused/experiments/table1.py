@@ -526,6 +526,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _protocol(args: argparse.Namespace) -> Protocol:
+    """The runs' protocol from the options (their numbers are checked as they are parsed: :func:`configure`)."""
     from .data import canonical_name
     from .models import get_spec
 
@@ -537,23 +538,6 @@ def _protocol(args: argparse.Namespace) -> Protocol:
         raise ValueError("give --preset paper or --epochs E [--finetune-epochs F]")
     else:
         epochs, finetune = args.epochs, args.finetune_epochs or 0
-    if epochs < 1 or finetune < 0:
-        raise ValueError(f"--epochs must be >= 1 and --finetune-epochs >= 0, got {epochs} and {finetune}")
-    for name, v in (
-        ("--seeds", args.seeds),
-        ("--jobs", args.jobs),
-        ("--threads", args.threads),
-        ("--batch-size", args.batch_size),
-    ):
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
-    if args.val_size is not None and args.val_size < 1:
-        raise ValueError(f"--val-size must be >= 1 (the schedule watches the validation loss), got {args.val_size}")
-    if not (args.lr > 0 and args.lr != float("inf")):
-        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
-    for e in args.eps:
-        if not (e == e and abs(e) != float("inf")) or e == 0:
-            raise ValueError(f"--eps values must be finite and non-zero, got {e}")
     return Protocol(
         get_spec(args.model).name,
         canonical_name(args.dataset),
