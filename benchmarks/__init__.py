@@ -7,7 +7,11 @@
   ANL layer of a model's step, registers, spills, vector widths, bytes moved vs the minimum (issue #12).
 - ``host_overhead``: host cost of one op call, the launch excluded, against a plain torch op (issue #12).
 - ``run.py``: the one-command campaign (tests, steps, kernels) for a machine, results under ``results/``.
-- ``test_bench_*.py``: the same comparisons as pytest-benchmark suites (``pytest --benchmark``).
+- ``test_bench_*.py``: the same comparisons as pytest suites (``pytest --benchmark``).
+
+One way to time each thing: a training step with ``step.time_methods`` in the runner, the campaign and
+``profile_step`` (interleaved rounds, medians and paired ratios) and with pytest-benchmark in
+``test_bench_step.py``; a kernel with ``triton.testing.do_bench`` (``kernels.py``, CUDA).
 
 Benchmarks are not tests: nothing here asserts on time.
 """

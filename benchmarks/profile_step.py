@@ -21,7 +21,6 @@ import pstats
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,16 +54,7 @@ def profile(batch: int, steps: int, repeats: int) -> str:
         "floor": lambda: step_module.floor_step(anl, closure_of(anl)),
         "tworound": lambda: engine.step(closure_of(anl)),
     }
-    for run in runs.values():
-        for _ in range(5):
-            run()
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run()
-            times[name].append((time.perf_counter() - start) / steps)
+    times = step_module.time_methods(runs, torch.device("cpu"), repeats, warmup=5, inner=steps)
     med = {name: statistics.median(t) for name, t in times.items()}
     paired = statistics.median(a / b for a, b in zip(times["tworound"], times["floor"]))
     out = [
@@ -77,7 +67,7 @@ def profile(batch: int, steps: int, repeats: int) -> str:
         f"{(med['tworound'] - med['floor']) * 1e3:.3f} ms",
         "",
     ]
-    out += [_bookkeeping(runs, steps, max(repeats, 40)), ""]
+    out += [_bookkeeping(runs, steps, max(repeats, 40), step_module), ""]
     for name in ("tworound", "floor"):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
@@ -97,7 +87,7 @@ def profile(batch: int, steps: int, repeats: int) -> str:
     return "\n".join(out)
 
 
-def _bookkeeping(runs: dict, steps: int, repeats: int) -> str:
+def _bookkeeping(runs: dict, steps: int, repeats: int, step_module) -> str:
     """TwoRound's cost over the floor with its three ops replaced by functions that return precomputed
     tensors (``ops.std``, ``ops.noise_scale``, ``ops.add_noise``): the engine's own bookkeeping, its one
     draw and the gradients it holds between the rounds. Best of ``repeats`` interleaved samples."""
@@ -111,13 +101,9 @@ def _bookkeeping(runs: dict, steps: int, repeats: int) -> str:
     ops.noise_scale = lambda g, *a, **k: (scale, scale)
     ops.add_noise = lambda h, *a, **k: h
     try:
-        best = {"floor": float("inf"), "tworound": float("inf")}
-        for _ in range(repeats):
-            for name in best:
-                start = time.perf_counter()
-                for _ in range(steps):
-                    runs[name]()
-                best[name] = min(best[name], (time.perf_counter() - start) / steps)
+        pair = {name: runs[name] for name in ("floor", "tworound")}
+        times = step_module.time_methods(pair, torch.device("cpu"), repeats, warmup=0, inner=steps)
+        best = {name: min(t) for name, t in times.items()}
     finally:
         ops.std, ops.noise_scale, ops.add_noise = real
     return (

@@ -243,29 +243,18 @@ def part_steps(ctx: dict) -> dict:
     return {"steps": results, "table": step.format_table(results)}
 
 
-def _time(fn: Callable[[], None], n: int, device: torch.device) -> float:
-    """Seconds per call of ``fn``: the median of 5 samples of ``n`` calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda d: None)
-    samples = []
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync(device)
-        samples.append((time.perf_counter() - start) / n)
-    return statistics.median(samples)
-
-
 def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
     """Capture ``step`` (forward + backward, static inputs) in a CUDA graph; its replay and eager times, and
-    whether two consecutive replays give different gradients (TwoRound: new noise draws each replay).
-    On a CPU (the smoke run) there is no graph: only the eager time."""
+    whether two consecutive replays give different gradients (TwoRound: new noise draws each replay). Timed by
+    ``anl-fused bench``'s harness (``step.time_methods``): 5 interleaved rounds of ``replays`` calls each, the
+    medians, and ``speedup`` the median of the paired eager/graph ratios. On a CPU (the smoke run) there is no
+    graph: only the eager time."""
+    from anl_fused.benchmarks.step import time_methods
+
     engine = step.engine
     if device.type != "cuda":
-        for _ in range(2):
-            step()
-        return {"eager_ms": _time(step, replays, device) * 1e3, "capture": "none: CPU smoke run, eager only"}
+        times = time_methods({"eager": step}, device, 5, warmup=2, inner=replays)
+        return {"eager_ms": statistics.median(times["eager"]) * 1e3, "capture": "none: CPU smoke run, eager only"}
     s = torch.cuda.Stream(device)
     s.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(s):
@@ -292,9 +281,9 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
         "grads_finite": all(bool(torch.isfinite(g).all()) for g in second),
         "consecutive_replays_differ": any(not torch.equal(a, b) for a, b in zip(first, second)),
     }
-    eager_s = _time(step, replays, device)
-    graph_s = _time(graph.replay, replays, device)
-    out.update(eager_ms=eager_s * 1e3, graph_ms=graph_s * 1e3, speedup=eager_s / graph_s)
+    times = time_methods({"eager": step, "graph": graph.replay}, device, 5, inner=replays)
+    paired = statistics.median(e / g for e, g in zip(times["eager"], times["graph"]))
+    out.update({f"{k}_ms": statistics.median(t) * 1e3 for k, t in times.items()}, speedup=paired)
     return out
 
 
@@ -348,6 +337,32 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
 GRAPH_METHODS = ("plain", "tworound", "tworound-bf16probe")
 
 
+def _graph_child_run(ctx: dict, jobs: list[list[str]]) -> tuple[list[dict], int | str, str]:
+    """One child process that runs ``jobs`` until one fails: its JSON lines, its exit code (``"timeout"`` when it
+    ran out of time) and its stderr."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_graph-child",
+        json.dumps(jobs),
+        "--device",
+        str(ctx["device"]),
+    ]
+    cmd += ["--_deadline", str(time.time() + ctx["budget_left"]())]
+    cmd += ["--smoke"] if ctx["smoke"] else []
+    cmd += ["--_fail-method", ctx["fail_method"]] if ctx.get("fail_method") else []
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, ctx["budget_left"]() + 60)
+        )
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        stdout, stderr, code = e.stdout or "", e.stderr or "", "timeout"
+        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+        stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")], code, stderr
+
+
 def part_graphs(ctx: dict) -> dict:
     """Capture jobs in child processes: one child runs the jobs until one fails; a TwoRound method that
     fails gets a ``-norng`` job; a fresh child goes on with the rest."""
@@ -359,28 +374,7 @@ def part_graphs(ctx: dict) -> dict:
     children = 0
     while jobs:
         children += 1
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--_graph-child",
-            json.dumps(jobs),
-            "--device",
-            str(ctx["device"]),
-            "--_deadline",
-            str(time.time() + ctx["budget_left"]()),
-        ]
-        cmd += ["--smoke"] if ctx["smoke"] else []
-        cmd += ["--_fail-method", ctx["fail_method"]] if ctx.get("fail_method") else []
-        try:
-            proc = subprocess.run(
-                cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, ctx["budget_left"]() + 60)
-            )
-            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            stdout, stderr, code = e.stdout or "", e.stderr or "", "timeout"
-            stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
-            stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
-        done = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        done, code, stderr = _graph_child_run(ctx, jobs)
         for d in done:
             results[d["model"]][d["method"]] = d.get("result") or {
                 k: d[k] for k in ("error", "traceback", "skipped") if k in d
@@ -398,25 +392,26 @@ def part_graphs(ctx: dict) -> dict:
             jobs = []
         elif failed and failed["method"] != "plain" and not failed["method"].endswith("-norng"):
             jobs = [[failed["model"], failed["method"] + "-norng"]] + jobs
-    rows = []
-    for name, methods in results.items():
-        base = methods.get("plain", {})
-        ratios = {}
-        for method, r in methods.items():
-            if method != "plain" and "eager_ms" in r and "eager_ms" in base:
-                ratios[f"{method}/plain"] = {"eager": r["eager_ms"] / base["eager_ms"]}
-                if "graph_ms" in r and "graph_ms" in base:
-                    ratios[f"{method}/plain"]["graph"] = r["graph_ms"] / base["graph_ms"]
-        rows.append({"model": name, "batch": cfg["batch"], "methods": methods, "ratios": ratios})
-        print(
-            f"  graphs {name}: "
-            + ", ".join(
-                f"{m} {r['speedup']:.2f}x" if "speedup" in r else f"{m} {'failed' if 'error' in r else 'eager only'}"
-                for m, r in methods.items()
-            ),
-            flush=True,
-        )
-    return {"graphs": rows, "child_processes": children}
+    return {
+        "graphs": [_graph_row(n, methods, cfg["batch"]) for n, methods in results.items()],
+        "child_processes": children,
+    }
+
+
+def _graph_row(name: str, methods: dict, batch: int) -> dict:
+    """A model's row of the graph part: each method's result and its eager (and graph) time over plain's."""
+    base, ratios = methods.get("plain", {}), {}
+    for method, r in methods.items():
+        if method != "plain" and "eager_ms" in r and "eager_ms" in base:
+            ratios[f"{method}/plain"] = {"eager": r["eager_ms"] / base["eager_ms"]}
+            if "graph_ms" in r and "graph_ms" in base:
+                ratios[f"{method}/plain"]["graph"] = r["graph_ms"] / base["graph_ms"]
+    said = (
+        f"{m} {r['speedup']:.2f}x" if "speedup" in r else f"{m} {'failed' if 'error' in r else 'eager only'}"
+        for m, r in methods.items()
+    )
+    print(f"  graphs {name}: " + ", ".join(said), flush=True)
+    return {"model": name, "batch": batch, "methods": methods, "ratios": ratios}
 
 
 def part_kernels(ctx: dict) -> dict:

@@ -153,7 +153,10 @@ def _sync(device: torch.device) -> None:
 def time_methods(
     steps: dict[str, Callable], device: torch.device, repeats: int, warmup: int = 1, inner: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per step of each method, ``repeats`` interleaved samples each."""
+    """Seconds per call of each of ``steps``, ``repeats`` samples each: ``warmup`` calls each first, then
+    rounds that time every function once (``inner`` calls between two synchronizations of ``device``), in
+    rotating order. The one step timer outside pytest: ``anl-fused bench``, ``run.py``'s CUDA-graph part and
+    ``profile_step.py`` use it."""
     for step in steps.values():
         for _ in range(warmup):
             step()

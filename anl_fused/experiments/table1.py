@@ -457,23 +457,37 @@ def report(
 # CLI
 
 
+def _eps(text: str) -> float:
+    """``--eps``: the |eps| of a noise method, a finite number and not 0."""
+    from .cli_types import finite_float
+
+    value = finite_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be non-zero (the noise methods need an eps), got {text!r}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    from .cli_types import nonneg_int, number, positive_float, positive_int
+
     p = parser
     p.add_argument("--model", default="lenet5", help="zoo model (default lenet5; the paper: lenet5, vgg16)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: anl-fused train's)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
         help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="epochs with the noise on (phase 1)")
-    p.add_argument("--finetune-epochs", type=int, default=None, help="epochs with the noise off at 1e-3 (phase 2)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs with the noise on (phase 1)")
+    p.add_argument(
+        "--finetune-epochs", type=nonneg_int, default=None, help="epochs with the noise off at 1e-3 (phase 2)"
+    )
     p.add_argument(
         "--eps",
-        type=float,
+        type=_eps,
         nargs="+",
         default=[PAPER_EPS],
         help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep",
@@ -487,18 +501,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, "
         "the control that trains without noise on the noise methods' two-phase schedule)",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.1)
     p.add_argument(
         "--val-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="training images held out for validation (default: the dataset's, 5,000 for Fashion-MNIST)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads per training (default 1)")
-    p.add_argument("--nice", type=int, default=10, help="niceness of the trainings (default 10)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="trainings at once (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per training (default 1)")
+    nice = number(int, low=-20, high=19)
+    p.add_argument("--nice", type=nice, default=10, help="niceness of the trainings, -20..19 (default 10)")
     p.add_argument("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
     p.add_argument("--out", default="benchmarks/results/table1", help="where the table goes")
     p.add_argument(
@@ -511,6 +526,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _protocol(args: argparse.Namespace) -> Protocol:
+    """The runs' protocol from the options (their numbers are checked as they are parsed: :func:`configure`)."""
     from .data import canonical_name
     from .models import get_spec
 
@@ -522,23 +538,6 @@ def _protocol(args: argparse.Namespace) -> Protocol:
         raise ValueError("give --preset paper or --epochs E [--finetune-epochs F]")
     else:
         epochs, finetune = args.epochs, args.finetune_epochs or 0
-    if epochs < 1 or finetune < 0:
-        raise ValueError(f"--epochs must be >= 1 and --finetune-epochs >= 0, got {epochs} and {finetune}")
-    for name, v in (
-        ("--seeds", args.seeds),
-        ("--jobs", args.jobs),
-        ("--threads", args.threads),
-        ("--batch-size", args.batch_size),
-    ):
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
-    if args.val_size is not None and args.val_size < 1:
-        raise ValueError(f"--val-size must be >= 1 (the schedule watches the validation loss), got {args.val_size}")
-    if not (args.lr > 0 and args.lr != float("inf")):
-        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
-    for e in args.eps:
-        if not (e == e and abs(e) != float("inf")) or e == 0:
-            raise ValueError(f"--eps values must be finite and non-zero, got {e}")
     return Protocol(
         get_spec(args.model).name,
         canonical_name(args.dataset),

@@ -60,6 +60,26 @@ def test_parser_class_makes_every_float_option_finite():
         assert e.value.code == 2
 
 
+def test_train_options_come_from_the_config_schema():
+    """``anl-fused train``'s settings are TrainConfig's fields (``input_eps_unit`` is no option), parsed as
+    their annotations say; only the options given reach the namespace."""
+    import dataclasses
+
+    from anl_fused.experiments.train import cli
+
+    p = cli_types.ArgumentParser(prog="x")
+    cli.configure(p)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields - {a.dest for a in p._actions} == {"input_eps_unit"}
+    args = p.parse_args(["--out", "o", "--lr", "0.5", "--keep-last-batch", "--variant", "sam", "--eps", "AUTO"])
+    assert {k: v for k, v in vars(args).items() if k in fields} == {
+        "lr": 0.5,
+        "drop_last": False,
+        "variant": "sam",
+        "eps": "auto",
+    }
+
+
 TRAIN = ["train", "--out", "unused", "--no-progress"]
 
 
@@ -110,6 +130,32 @@ def test_cli_rejects_bad_numbers_with_a_usage_error(argv, capsys, tmp_path, monk
     flag = next(a for a in reversed(argv) if a.startswith("--"))
     assert f"argument {flag}:" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--seeds", "0"], "argument --seeds: must be >= 1, got '0'"),
+        (["--eps", "0.03", "0"], "argument --eps: must be non-zero (the noise methods need an eps), got '0'"),
+        (["--eps", "nan"], "argument --eps: must be a finite number, got 'nan'"),
+        (["--lr", "-1"], "argument --lr: must be > 0, got '-1'"),
+        (["--val-size", "0"], "argument --val-size: must be >= 1, got '0'"),
+        (["--epochs", "0"], "argument --epochs: must be >= 1, got '0'"),
+        (["--finetune-epochs", "-1"], "argument --finetune-epochs: must be >= 0, got '-1'"),
+        (["--batch-size", "2.5"], "argument --batch-size: expected an integer, got '2.5'"),
+        (["--jobs", "0"], "argument --jobs: must be >= 1, got '0'"),
+        (["--threads", "0"], "argument --threads: must be >= 1, got '0'"),
+        (["--nice", "20"], "argument --nice: must be >= -20 and <= 19, got '20'"),
+    ],
+)
+def test_table1_numbers_are_usage_errors_naming_the_value(extra, message, capsys, tmp_path, monkeypatch):
+    """table1's numbers are checked as they are parsed: one error line naming the option and the value."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["table1", "--dataset", "digits", "--seeds", "1", "--epochs", "3", *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"anl-fused table1: error: {message}" and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

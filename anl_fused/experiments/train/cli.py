@@ -16,24 +16,12 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from ... import distributed
-from ...layer import NORMS
 from .. import checkpoint as ckpt
 from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
-from ..models import MODELS
-from .config import (
-    PRESETS,
-    PROBE_DTYPES,
-    SCHEDULES,
-    VARIANTS,
-    TrainConfig,
-    arg_type,
-    auto_eps_of,
-    config_from_dict,
-    preset_values,
-)
+from . import schema
+from .config import PRESETS, TrainConfig, auto_eps_of, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -56,15 +44,6 @@ is refused (start a new run).
 """
 
 
-def _opt(group, flag: str, help: str, **kw) -> None:
-    """A setting of :class:`TrainConfig`: in the namespace only when given; its default in the help."""
-    dest = kw.pop("dest", flag[2:].replace("-", "_"))
-    default = getattr(_DEFAULTS, dest)
-    if kw.get("action") not in ("store_true", "store_false") and default is not None and "default" not in help:
-        help = f"{help} (default {default})"
-    group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help, **kw)
-
-
 PRESET_HELP = (
     "a whole protocol; options given explicitly override it. paper: sec. 4.2.1, lr 0.1, momentum "
     "0.9, weight decay 5e-4, the rate halved after 5 epochs without a new best validation loss, each "
@@ -73,120 +52,6 @@ PRESET_HELP = (
     "crop + flip on CIFAR, as in the paper; none on Fashion-MNIST and digits); the batch size stays "
     "--batch-size's (the paper does not give it)"
 )
-
-
-def _what(g) -> None:
-    g.add_argument("--preset", choices=tuple(PRESETS), default=None, help=PRESET_HELP)
-    _opt(g, "--model", f"zoo model: {', '.join(MODELS)}")
-    _opt(g, "--dataset", f"{', '.join(data_mod.DATASETS)} (default digits, offline)")
-    _opt(g, "--variant", "what to train", choices=VARIANTS)
-    _opt(
-        g,
-        "--eps",
-        "ANL eps of the hidden layers, or 'auto': a rule fitted to the paper's Table 2 from the "
-        "model's trainable parameters (anl_fused.auto_eps). Default: the model's eps, listed by `anl-fused "
-        "models` (the paper's Table 2; LeNet-5: Table 1), e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that "
-        "`anl-fused demo` uses 0.1 for vgg_tiny instead, the best of its digits sweep",
-        type=arg_type("eps"),
-    )
-    _opt(
-        g,
-        "--input-eps",
-        "input ANL eps (variant input, Table 3): a fraction of std(x) as for the hidden "
-        "layers (Eq. 5; normalizing the input changes nothing for one-channel data); with --input-sign in pixel "
-        "units of [0, 1] images (16/255 is FGSM's delta=16), divided by the mean of the dataset's per-channel "
-        "normalization std for the normalized input (exact for one channel; within 4.4%% per channel on CIFAR)",
-        type=arg_type("input_eps"),
-    )
-    _opt(
-        g,
-        "--input-sign",
-        "input noise eps*sign(g) (Eq. 8, variant input; --input-eps in pixel units)",
-        action="store_true",
-    )
-    _opt(g, "--no-scale-by-std", "paper Eq. 4 instead of 5", dest="scale_by_std", action="store_false")
-    _opt(
-        g,
-        "--norm",
-        "the hidden layers' gradient norm: sample (each sample's max|g|, the authors' code) or "
-        "layer (one max|g| for the whole layer, Algorithm 1's reading)",
-        choices=NORMS,
-    )
-    _opt(
-        g,
-        "--probe-dtype",
-        "round 1 (the probe that measures the noise's gradient) in fp32 as the model, or under "
-        "bf16 / fp16 autocast: cheaper where the hardware has fast low-precision math, and an approximation of "
-        "the fp32 noise (see docs/semantics.md); changes the noise, so part of the run's identity",
-        choices=tuple(PROBE_DTYPES),
-    )
-    _opt(
-        g,
-        "--val-size",
-        "training images held out for validation, >= 1: the schedule watches their loss "
-        "(default: the dataset's, 5000; digits has a fixed 300)",
-        type=arg_type("val_size"),
-    )
-    _opt(g, "--seed", "same seed: same initial weights and data order for every variant", type=arg_type("seed"))
-    _opt(
-        g,
-        "--keep-last-batch",
-        "also train on the last, smaller batch of each epoch (dropped by default: a "
-        "tiny batch wrecks BatchNorm statistics)",
-        dest="drop_last",
-        action="store_false",
-    )
-    _opt(
-        g,
-        "--std-over",
-        "under torchrun: std(h) of the noise over each process's batch (local) or the global "
-        "batch (global, one all-reduce a step)",
-        choices=distributed.STD_OVER,
-    )
-    _opt(g, "--sync-bn", "under torchrun: SyncBatchNorm (GPUs only)", action="store_true")
-
-
-def _protocol(g) -> None:
-    _opt(g, "--epochs", "phase 1: epochs with the variant's noise on", type=arg_type("epochs"))
-    _opt(g, "--finetune-epochs", "phase 2: epochs with ANL off after phase 1", type=arg_type("finetune_epochs"))
-    _opt(
-        g,
-        "--finetune-lr",
-        "phase 2 learning rate: floor (--min-lr) or continue the schedule; auto: floor for "
-        "noise variants and sam, continue for plain/dropout",
-        choices=("auto", "floor", "continue"),
-    )
-    _opt(g, "--batch-size", "the global batch under torchrun", type=arg_type("batch_size"))
-    _opt(g, "--lr", "initial learning rate", type=arg_type("lr"))
-    _opt(g, "--momentum", "SGD momentum", type=arg_type("momentum"))
-    _opt(g, "--weight-decay", "SGD weight decay", type=arg_type("weight_decay"))
-    _opt(g, "--lr-factor", "multiply the learning rate by this on a validation plateau", type=arg_type("lr_factor"))
-    _opt(g, "--patience", "a plateau: this many epochs without a new best validation loss", type=arg_type("patience"))
-    _opt(g, "--hold-epochs", "each learning rate stays at least this many epochs", type=arg_type("hold_epochs"))
-    _opt(g, "--min-lr", "learning-rate floor and the fine-tuning rate", type=arg_type("min_lr"))
-    _opt(
-        g,
-        "--schedule",
-        "plateau: sec. 4.2.1 (halve on a validation plateau); cosine: a fixed schedule, the same rates "
-        "for every run (lr to --min-lr over the scheduled epochs)",
-        choices=SCHEDULES,
-    )
-    _opt(g, "--sam-rho", "variant sam: SAM's neighbourhood radius rho", type=arg_type("sam_rho"))
-
-
-def _where(g) -> None:
-    _opt(g, "--data-dir", "where the torchvision dataset files are")
-    _opt(g, "--download", "let torchvision download missing datasets", action="store_true")
-    _opt(g, "--device", "auto (cuda if available), cpu, cuda, cuda:1, ...")
-    _opt(g, "--compile", "torch.compile the model", action="store_true")
-    _opt(g, "--channels-last", "channels_last memory format", action="store_true")
-    _opt(g, "--eval-batch-size", "batch size of evaluation", type=arg_type("eval_batch_size"))
-    g.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice; 1 is fastest for tiny models)",
-    )
 
 
 def _run_dir(g) -> None:
@@ -215,12 +80,26 @@ def _run_dir(g) -> None:
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
+GROUPS = {
+    "run": "the run (fixed once it started)",
+    "protocol": "protocol (sec. 4.2.1)",
+    "where": "where and how fast it runs",
+}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    """The settings' options come from :class:`TrainConfig`'s schema (:func:`.schema.add_options`)."""
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _what(parser.add_argument_group("the run (fixed once it started)"))
-    _protocol(parser.add_argument_group("protocol (sec. 4.2.1)"))
-    _where(parser.add_argument_group("where and how fast it runs"))
+    groups = {k: parser.add_argument_group(title) for k, title in GROUPS.items()}
+    groups["run"].add_argument("--preset", choices=tuple(PRESETS), default=None, help=PRESET_HELP)
+    schema.add_options(TrainConfig, groups)
+    groups["where"].add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; 1 is fastest for tiny models)",
+    )
     _run_dir(parser.add_argument_group("run directory"))
 
 

@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pydantic
 import torch
-from typing_extensions import TypedDict
 
 from ... import distributed
 from ...eps_rule import auto_eps
 from ...layer import NORMS
 from .. import data as data_mod
-from ..cli_types import number, out_of_range
 from ..models import MODELS, build, count_params, get_spec
+from . import schema
+from .schema import Arg
 
 __all__ = [
     "IDENTITY",
-    "INPUT_EPS_UNITS",
     "LENGTH",
     "NOISE_VARIANTS",
     "PRESETS",
     "PROBE_DTYPES",
-    "RANGES",
     "RUNTIME",
     "SCHEDULES",
     "TWO_PHASE_VARIANTS",
@@ -52,82 +48,135 @@ NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
 # trained in two phases by default (the regularizer on for `epochs`, then `finetune_epochs` without it at the floor)
 TWO_PHASE_VARIANTS = (*NOISE_VARIANTS, "sam")
 SCHEDULES = ("plateau", "cosine")
-INPUT_EPS_UNITS = ("pixel", "normalized", None)
 # round 1's dtype (TwoRound's probe_dtype): fp32 = as the model is (exact); bf16 / fp16 = under autocast
 PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# the numeric fields' kinds and ranges: TrainConfig.resolved checks them, the CLI's argparse types come from here
-_F32 = float(torch.finfo(torch.float32).max)  # an eps the float32 kernels can hold
-RANGES: dict[str, dict[str, Any]] = {
-    "eps": {"kind": float, "low": -_F32, "high": _F32},
-    "input_eps": {"kind": float, "low": -_F32, "high": _F32},
-    "epochs": {"kind": int, "low": 0},
-    "finetune_epochs": {"kind": int, "low": 0},
-    "batch_size": {"kind": int, "low": 1},
-    "eval_batch_size": {"kind": int, "low": 1},
-    "lr": {"kind": float, "low": 0.0, "low_open": True},
-    "momentum": {"kind": float, "low": 0.0, "high": 1.0, "high_open": True},
-    "weight_decay": {"kind": float, "low": 0.0},
-    "lr_factor": {"kind": float, "low": 0.0, "high": 1.0, "low_open": True, "high_open": True},
-    "patience": {"kind": int, "low": 1},
-    "hold_epochs": {"kind": int, "low": 1},
-    "sam_rho": {"kind": float, "low": 0.0, "low_open": True},
-    "min_lr": {"kind": float, "low": 0.0},
-    "val_size": {"kind": int, "low": 0},
-    "seed": {"kind": int, "low": 0},
-}
 
 # What --resume may change (recorded in the run), by field; every other field is the run's identity.
 RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_batch_size")  # where / how fast
 LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
 
 
-# the choice fields' types (TrainConfig's annotations are the schema of a config: SCHEMA below)
+# the choice fields' types; TrainConfig's annotations with their Arg (help, group, range) are the one schema of
+# a config: the command line's options, the checks of resolved() and of a stored config come from it (schema.py)
 Norm = Literal[NORMS]
 Probe = Literal[tuple(PROBE_DTYPES)]
 StdOver = Literal[distributed.STD_OVER]
 Device = Annotated[str, pydantic.StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]  # auto, cpu, cuda, cuda:N
+_F32 = float(torch.finfo(torch.float32).max)  # an eps the float32 kernels can hold
+_EPS_HELP = (
+    "ANL eps of the hidden layers, or 'auto': a rule fitted to the paper's Table 2 from the model's trainable "
+    "parameters (anl_fused.auto_eps). Default: the model's eps, listed by `anl-fused models` (the paper's Table 2; "
+    "LeNet-5: Table 1), e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that `anl-fused demo` uses 0.1 for "
+    "vgg_tiny instead, the best of its digits sweep"
+)
+_INPUT_EPS_HELP = (
+    "input ANL eps (variant input, Table 3): a fraction of std(x) as for the hidden layers (Eq. 5; normalizing the "
+    "input changes nothing for one-channel data); with --input-sign in pixel units of [0, 1] images (16/255 is "
+    "FGSM's delta=16), divided by the mean of the dataset's per-channel normalization std for the normalized input "
+    "(exact for one channel; within 4.4%% per channel on CIFAR)"
+)
 
 
 @dataclass
 class TrainConfig:
-    model: str = "vgg_tiny"
-    dataset: str = "digits"
-    data_dir: str | None = None  # None: ./data, then the system's (Fashion-MNIST); a directory: that one alone
-    download: bool = False
-    variant: Literal[VARIANTS] = "anl"
-    eps: float | Literal["auto"] | None = None  # None: the paper's eps for the model (Table 2); "auto": auto_eps
-    input_eps: float = 0.0
-    input_sign: bool = False
+    """A training run's settings. Each field's annotation is its schema: type, ``Literal`` choices and, in an
+    :class:`~.schema.Arg`, its ``anl-fused train`` option (help, group: run / protocol / where, range)."""
+
+    model: Annotated[str, Arg(f"zoo model: {', '.join(MODELS)}")] = "vgg_tiny"
+    dataset: Annotated[str, Arg(f"{', '.join(data_mod.DATASETS)} (default digits, offline)")] = "digits"
+    # None: ./data, then the system's (Fashion-MNIST); a directory: that one alone
+    data_dir: Annotated[str | None, Arg("where the torchvision dataset files are", "where")] = None
+    download: Annotated[bool, Arg("let torchvision download missing datasets", "where")] = False
+    variant: Annotated[Literal[VARIANTS], Arg("what to train")] = "anl"
+    # None: the paper's eps for the model (Table 2); "auto": auto_eps
+    eps: Annotated[float | Literal["auto"] | None, Arg(_EPS_HELP, ge=-_F32, le=_F32)] = None
+    input_eps: Annotated[float, Arg(_INPUT_EPS_HELP, ge=-_F32, le=_F32)] = 0.0
+    input_sign: Annotated[bool, Arg("input noise eps*sign(g) (Eq. 8, variant input; --input-eps in pixel units)")] = (
+        False
+    )
     # with input_sign, the unit of input_eps: "pixel" (images in [0, 1]), or "normalized" (runs made before
     # the unit existed); without input_sign the eps is a fraction of std(x), unit-free (None). See input_layer_eps.
     input_eps_unit: Literal["pixel", "normalized"] | None = "pixel"
-    scale_by_std: bool = True
-    norm: Norm = "sample"  # the hidden layers' gradient norm: per sample (the authors' code) or "layer" (Algorithm 1)
-    probe_dtype: Probe = "fp32"  # round 1 under autocast in bf16 / fp16 (an approximate noise): part of the identity
-    epochs: int = 10
-    finetune_epochs: int = 0
-    finetune_lr: Literal["auto", "floor", "continue"] = "auto"  # auto | floor | continue
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_factor: float = 0.5  # the schedule (sec. 4.2.1, schedule.PlateauSchedule): halve the rate
-    patience: int = 5  # ... when none of the last `patience` epochs found a new best validation loss
-    hold_epochs: int = 5  # ... and the rate has been used for at least `hold_epochs` epochs
-    min_lr: float = 1e-3  # ... down to this floor (also the fine-tuning rate)
-    # "cosine": a fixed schedule instead (the same rates for every run: lr to min_lr over the scheduled epochs)
-    schedule: Literal[SCHEDULES] = "plateau"
-    sam_rho: float = 0.05  # variant "sam": the neighbourhood radius of sharpness-aware minimization
-    val_size: int | None = None
-    seed: int = 0
-    device: Device = "auto"
-    compile: bool = False
-    channels_last: bool = False
-    drop_last: bool = True  # a tiny last batch wrecks BatchNorm statistics (897 digits / 64 = 14 r 1)
-    std_over: StdOver = "local"  # under torchrun: std(h) of each process's batch, or "global" (all processes)
-    sync_bn: bool = False  # under torchrun: SyncBatchNorm (GPUs only)
+    scale_by_std: Annotated[bool, Arg("paper Eq. 4 instead of 5", flag="--no-scale-by-std")] = True
+    norm: Annotated[
+        Norm,
+        Arg(
+            "the hidden layers' gradient norm: sample (each sample's max|g|, the authors' code) or layer (one max|g| "
+            "for the whole layer, Algorithm 1's reading)"
+        ),
+    ] = "sample"
+    probe_dtype: Annotated[
+        Probe,
+        Arg(
+            "round 1 (the probe that measures the noise's gradient) in fp32 as the model, or under bf16 / fp16 "
+            "autocast: cheaper where the hardware has fast low-precision math, and an approximation of the fp32 "
+            "noise (see docs/semantics.md); changes the noise, so part of the run's identity"
+        ),
+    ] = "fp32"
+    epochs: Annotated[int, Arg("phase 1: epochs with the variant's noise on", "protocol", ge=0)] = 10
+    finetune_epochs: Annotated[int, Arg("phase 2: epochs with ANL off after phase 1", "protocol", ge=0)] = 0
+    finetune_lr: Annotated[
+        Literal["auto", "floor", "continue"],
+        Arg(
+            "phase 2 learning rate: floor (--min-lr) or continue the schedule; auto: floor for noise variants and "
+            "sam, continue for plain/dropout",
+            "protocol",
+        ),
+    ] = "auto"
+    batch_size: Annotated[int, Arg("the global batch under torchrun", "protocol", ge=1)] = 128
+    eval_batch_size: Annotated[int, Arg("batch size of evaluation", "where", ge=1)] = 500
+    lr: Annotated[float, Arg("initial learning rate", "protocol", gt=0)] = 0.1
+    momentum: Annotated[float, Arg("SGD momentum", "protocol", ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Arg("SGD weight decay", "protocol", ge=0)] = 5e-4
+    # the schedule (sec. 4.2.1, schedule.PlateauSchedule): halve the rate when none of the last `patience` epochs
+    # found a new best validation loss and the rate has been used for `hold_epochs` epochs, down to min_lr
+    lr_factor: Annotated[
+        float,
+        Arg("multiply the learning rate by this on a validation plateau", "protocol", gt=0, lt=1),
+    ] = 0.5
+    patience: Annotated[
+        int, Arg("a plateau: this many epochs without a new best validation loss", "protocol", ge=1)
+    ] = 5
+    hold_epochs: Annotated[int, Arg("each learning rate stays at least this many epochs", "protocol", ge=1)] = 5
+    min_lr: Annotated[float, Arg("learning-rate floor and the fine-tuning rate", "protocol", ge=0)] = 1e-3
+    schedule: Annotated[
+        Literal[SCHEDULES],
+        Arg(
+            "plateau: sec. 4.2.1 (halve on a validation plateau); cosine: a fixed schedule, the same rates for every "
+            "run (lr to --min-lr over the scheduled epochs)",
+            "protocol",
+        ),
+    ] = "plateau"
+    sam_rho: Annotated[float, Arg("variant sam: SAM's neighbourhood radius rho", "protocol", gt=0)] = 0.05
+    val_size: Annotated[
+        int | None,
+        Arg(
+            "training images held out for validation, >= 1: the schedule watches their loss (default: the "
+            "dataset's, 5000; digits has a fixed 300)",
+            ge=0,
+        ),
+    ] = None
+    seed: Annotated[int, Arg("same seed: same initial weights and data order for every variant", ge=0)] = 0
+    device: Annotated[Device, Arg("auto (cuda if available), cpu, cuda, cuda:1, ...", "where")] = "auto"
+    compile: Annotated[bool, Arg("torch.compile the model", "where")] = False
+    channels_last: Annotated[bool, Arg("channels_last memory format", "where")] = False
+    # 897 digits / 64 = 14 r 1
+    drop_last: Annotated[
+        bool,
+        Arg(
+            "also train on the last, smaller batch of each epoch (dropped by default: a tiny batch wrecks "
+            "BatchNorm statistics)",
+            flag="--keep-last-batch",
+        ),
+    ] = True
+    std_over: Annotated[
+        StdOver,
+        Arg(
+            "under torchrun: std(h) of the noise over each process's batch (local) or the global batch (global, "
+            "one all-reduce a step)"
+        ),
+    ] = "local"
+    sync_bn: Annotated[bool, Arg("under torchrun: SyncBatchNorm (GPUs only)")] = False
 
     @classmethod
     def from_preset(cls, name: str, **settings: Any) -> TrainConfig:
@@ -142,37 +191,17 @@ class TrainConfig:
         c.dataset = data_mod.canonical_name(c.dataset)
         if c.data_dir is not None:  # stored absolute: a stored "./data" is the old default (upgrade_stored)
             c.data_dir = os.path.abspath(c.data_dir)
-        if c.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {c.variant!r}")
-        if c.finetune_lr not in ("auto", "floor", "continue"):
-            raise ValueError(f"finetune_lr must be auto, floor or continue, got {c.finetune_lr!r}")
+        _check(c)
         if c.finetune_lr == "auto":
             c.finetune_lr = "floor" if c.variant in TWO_PHASE_VARIANTS else "continue"
-        _check_numbers(c)
-        if c.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {c.norm!r}")
-        if c.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
-        if c.probe_dtype not in PROBE_DTYPES:
-            raise ValueError(f"probe_dtype must be one of {tuple(PROBE_DTYPES)}, got {c.probe_dtype!r}")
-        if c.std_over not in distributed.STD_OVER:
-            raise ValueError(f"std_over must be one of {distributed.STD_OVER}, got {c.std_over!r}")
         _resolve_noise(c)
         return c
 
 
-def _check_numbers(c: TrainConfig) -> None:
-    """Every numeric field in its range (:data:`RANGES`); a validation split for the schedule."""
-    for k, spec in RANGES.items():
-        value = getattr(c, k)
-        if (value is None and k in ("eps", "val_size")) or (k == "eps" and value == "auto"):
-            continue
-        bounds = {b: v for b, v in spec.items() if b != "kind"}
-        problem = out_of_range(value, **bounds)
-        if problem is None and spec["kind"] is int and not isinstance(value, int):
-            problem = f"must be an integer, got {value!r}"
-        if problem:
-            raise ValueError(f"{k} {problem}")
+def _check(c: TrainConfig) -> None:
+    """Every field as its schema allows (a choice among its ``Literal``'s, a number in its :class:`~.schema.Arg`'s
+    range); the schedule's floor under the rate and a validation split for it."""
+    schema.check(c)
     if c.min_lr > c.lr:
         raise ValueError(f"min_lr (the schedule's floor) must be <= lr, got min_lr={c.min_lr!r}, lr={c.lr!r}")
     if c.val_size == 0:
@@ -201,29 +230,13 @@ def check_device(device: str) -> None:
 
 
 def arg_type(field: str):
-    """The argparse ``type=`` of a numeric field (its kind and range from :data:`RANGES`); ``eps``
-    also takes ``auto``."""
-    parse = number(**RANGES[field], name=field.replace("_", "-"))
-    if field != "eps":
-        return parse
-
-    def eps(text: str) -> float | str:
-        if text.strip().lower() == "auto":
-            return "auto"
-        try:
-            return parse(text)
-        except argparse.ArgumentTypeError as e:
-            if "finite" in str(e):
-                raise
-            raise argparse.ArgumentTypeError(f"must be a number or 'auto', got {text!r}") from None
-
-    return eps
+    """The argparse ``type=`` of numeric field ``field`` (its kind and range from the schema; ``eps`` also
+    takes ``auto``)."""
+    return schema.arg_type(schema.fields(TrainConfig)[field])
 
 
 def _resolve_noise(c: TrainConfig) -> None:
     """The variant's eps, input eps, input sign and input eps unit (in place)."""
-    if c.input_eps_unit not in INPUT_EPS_UNITS:
-        raise ValueError(f"input_eps_unit must be one of {INPUT_EPS_UNITS}, got {c.input_eps_unit!r}")
     if not (c.variant == "input" and c.input_sign):
         c.input_eps_unit = None
     elif c.input_eps_unit is None:
@@ -364,18 +377,14 @@ class StoredConfigError(ValueError):
 
 
 # The field types of TrainConfig (its annotations, the one place they are written), checked strictly: "no" is
-# not a bool, "2" not an int. A TypedDict of the fields: pydantic validates a dataclass strictly only as an instance.
-SCHEMA = pydantic.TypeAdapter(
-    pydantic.with_config(pydantic.ConfigDict(strict=True))(
-        TypedDict("TrainConfigFields", typing.get_type_hints(TrainConfig, include_extras=True), total=False)
-    )
-)
+# not a bool, "2" not an int.
+SCHEMA = schema.strict_validator(TrainConfig)
 
 
 def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConfig:
     """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored),
     its values checked against the fields' types (:data:`SCHEMA`, strict; a ``device`` matches its
-    pattern) and ranges (:data:`RANGES`); :class:`StoredConfigError` names
+    pattern) and the checks of :meth:`TrainConfig.resolved` (choices, ranges); :class:`StoredConfigError` names
     ``source``, the field, the value and the fix."""
     if not isinstance(d, dict):
         raise StoredConfigError(f"{source} is not a JSON object of settings (found {type(d).__name__})")
@@ -390,7 +399,7 @@ def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConf
         value = json.dumps(d.get(field), default=repr)
         raise StoredConfigError(f"{source}: {field} {value} is not allowed ({wants}); {fix}") from None
     try:
-        _check_numbers(cfg)  # each number in its range (RANGES)
+        _check(cfg)  # each number in its range
     except ValueError as e:
         raise StoredConfigError(f"{source}: {e}; {fix}") from None
     return cfg
