@@ -24,13 +24,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import distributed, ops, rng
 from .functional import draw_step, noise_terms, z_spec
 from .insert import anl_layers
 from .layer import ANL2d, attached, step_scope
-from .state import BufferWarnings, Round1State
+from .state import BufferWarnings, Round1State, frozen_batchnorm_stats
 
 __all__ = ["TwoRound"]
 
@@ -50,22 +49,6 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
     if backward:
         loss.backward()
     return loss
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module, modules: list[nn.Module] | None = None):
-    """BatchNorm in training mode normalizes by batch statistics but leaves running statistics and
-    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration). ``modules``:
-    ``list(model.modules())`` when the caller has it already."""
-    modules = model.modules() if modules is None else modules
-    frozen = [m for m in modules if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    for m in frozen:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in frozen:
-            m.track_running_stats = True
 
 
 def eager():
