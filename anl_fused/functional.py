@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .layer import NOISE_KINDS, NORMS, check_eps
+from .layer import check_eps, check_options
 
 __all__ = ["ZSpec", "anl2d", "draw_step", "noise_terms", "z_spec"]
 
@@ -79,10 +79,7 @@ def anl2d(
             (divided by the largest ``max|g_b|`` of the batch).
     """
     eps = check_eps(eps)
-    if noise not in NOISE_KINDS:
-        raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_options(noise, norm, sign)
     if input.dim() != 4:
         raise ValueError(f"anl2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}")
     if eps == 0.0:
