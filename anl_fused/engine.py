@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from . import distributed, ops, rng
-from .functional import draw_step, noise_terms, z_spec
+from .functional import NoiseTerms, draw_step, noise_terms, z_spec
 from .insert import anl_layers
 from .layer import ANL2d, attached, step_scope
 from .state import BufferWarnings, Round1State, frozen_batchnorm_stats
@@ -162,15 +162,15 @@ def _no_grad_message(layer: ANL2d, round_: int) -> str:
 
 
 class _Perturb:
-    """Round 2: each layer returns ``h + scale[b] * direction`` (``direction is None``: ``h``, the layer's
-    output did not reach round 1's loss).
+    """Round 2: each layer returns ``h + alpha * scale[b] * direction`` (no terms: ``h``, the layer's output
+    did not reach round 1's loss).
 
     The noise of a layer is dropped once applied (its memory is freed as the forward goes on), except for
     the layers in ``keep``: those activation checkpointing recomputed in round 1, which it will recompute
     again during round 2's backward (``in_backward``); they get the same noise again.
     """
 
-    def __init__(self, noise: dict[ANL2d, tuple[Tensor, Tensor] | None], keep: set[ANL2d], grad_enabled: bool):
+    def __init__(self, noise: dict[ANL2d, NoiseTerms | None], keep: set[ANL2d], grad_enabled: bool):
         self.noise = noise
         self.keep = {layer: noise[layer] for layer in keep if layer in noise}
         self.grad_enabled = grad_enabled
@@ -443,8 +443,8 @@ class TwoRound:
             stacklevel=3,
         )
 
-    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor] | None]:
-        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``, or ``None`` for
+    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, NoiseTerms | None]:
+        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale, alpha)``, or ``None`` for
         a layer whose output does not reach the loss (zero noise; it still takes its draws)."""
         records = probe.records
         reached = [layer for layer in layers if layer in records]
