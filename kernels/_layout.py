@@ -13,7 +13,7 @@ import struct
 import torch
 from torch import Tensor
 
-from anl_fused._dtypes import FLOAT_DTYPES, acc_dtype  # noqa: F401  (one rule, shared with the torch backend)
+from anl_fused._dtypes import FLOAT_DTYPES, acc_dtype  # noqa: F401  (the rules of every backend; acc_dtype for the ops)
 
 
 def check_float(t: Tensor, name: str) -> None:

@@ -42,6 +42,7 @@ from torch.library import triton_op, wrap_triton
 
 from ._layout import (
     FLOAT_DTYPES,
+    acc_dtype,
     cdiv,
     check_float,
     dense,
@@ -204,7 +205,7 @@ def _launch(
         raise ValueError("g must have a batch dimension (dim >= 1)")
     B = g.shape[0]
     M = g.numel() // B if B > 0 else 0
-    acc = torch.float64 if g.dtype is torch.float64 else torch.float32
+    acc = acc_dtype(g.dtype)
     if z is not None:
         if z.numel() != B:
             raise ValueError(f"z must hold one value per sample ({B}), got shape {tuple(z.shape)}")

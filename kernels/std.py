@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ._layout import FLOAT_DTYPES, cdiv, check_float, dense, fresh_counter, workspace
+from ._layout import FLOAT_DTYPES, acc_dtype, cdiv, check_float, dense, fresh_counter, workspace
 from ._math import div_rn, sqrt_rn
 
 BLOCK = 4096  # elements per tile of the main pass (a quarter of it for tensors under 1024 blocks)
@@ -126,7 +126,7 @@ def _launch(h: Tensor, kernel, ws) -> Tensor:
         if len(_CONFIGS) < 4096:  # bounded: one entry per tensor size seen
             _CONFIGS[key] = cfg
     block, tiles, parts, warps = cfg
-    acc = torch.float64 if h.dtype is torch.float64 else torch.float32
+    acc = acc_dtype(h.dtype)
     s = torch.empty((), dtype=acc, device=h.device)
     if ws is None:
         part, count = torch.empty(2 * parts, dtype=acc, device=h.device), fresh_counter(h.device)
