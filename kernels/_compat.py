@@ -1,9 +1,9 @@
 """Compatibility with older Triton releases: the one place where this package depends on the Triton version.
 
-Triton before 3.8 (the campaign machine has 3.6) converts a scalar to a Python ``int`` in the interpreter
+Triton before 3.8 converts a scalar to a Python ``int`` in the interpreter
 (``range(0, n)`` over a runtime argument, ``TRITON_INTERPRET=1``) with ``int(array)`` on a 1-element 1-d
 array, which NumPy 2.4 turned from a deprecation into a ``TypeError`` ("only 0-dimensional arrays can be
-converted to Python scalars"; triton-lang/triton#9171, fixed by #9172). ``patch_interpreter()`` makes
+converted to Python scalars"; triton-lang/triton#9171, fixed by triton-lang/triton#9172). ``patch_interpreter()`` makes
 ``__index__`` extract the element explicitly (what Triton 3.8 does), only for Triton < 3.8 with NumPy >= 2.4;
 compiled kernels are not affected.
 """
