@@ -202,17 +202,9 @@ def _noise_scale_kernel(
 _MAX = {torch.float32: torch.finfo(torch.float32).max, torch.float64: torch.finfo(torch.float64).max}
 
 
-def _launch(
-    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool, stats: Tensor | None, kernel, ws
-) -> tuple[Tensor, Tensor]:
-    """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
-    the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
-    fresh partials and a fresh zeroed counter)."""
-    if g.dim() < 1:
-        raise ValueError("g must have a batch dimension (dim >= 1)")
-    B = g.shape[0]
-    M = g.numel() // B if B > 0 else 0
-    acc = acc_dtype(g.dtype)
+def _checked_small_args(B: int, z: Tensor | None, s: Tensor | None, stats: Tensor | None) -> Tensor | None:
+    """Raises ``ValueError`` unless ``z`` has ``B`` values, ``s`` one and ``stats`` is int64 ``[2]``
+    (contiguous); returns ``z`` as a contiguous ``[B]`` tensor."""
     if z is not None:
         if z.numel() != B:
             raise ValueError(f"z must hold one value per sample ({B}), got shape {tuple(z.shape)}")
@@ -226,6 +218,21 @@ def _launch(
         raise ValueError(
             f"stats must be a contiguous int64 tensor of shape [2], got {stats.dtype} {tuple(stats.shape)}"
         )
+    return z
+
+
+def _launch(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool, stats: Tensor | None, kernel, ws
+) -> tuple[Tensor, Tensor]:
+    """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
+    the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
+    fresh partials and a fresh zeroed counter)."""
+    if g.dim() < 1:
+        raise ValueError("g must have a batch dimension (dim >= 1)")
+    B = g.shape[0]
+    M = g.numel() // B if B > 0 else 0
+    acc = acc_dtype(g.dtype)
+    z = _checked_small_args(B, z, s, stats)
     eps_hi, eps_lo = split_f64(eps)
     scale = torch.empty(B, dtype=acc, device=g.device)
     norm = torch.empty(B, dtype=acc, device=g.device)
