@@ -253,7 +253,8 @@ class TwoRound:
         process_group: the group of ``std_over="global"``; default: the DDP model's, or the default group.
         probe_loss_scale: what round 1 multiplies its loss by so that float16 activation gradients do not
             underflow (the noise does not depend on it): ``None`` (``2**15`` where round 1 sees float16,
-            else 1), a positive number, or a ``torch.amp.GradScaler`` (``scaler.scale(loss)``).
+            else 1), a positive number, or a ``torch.amp.GradScaler`` (anything with a ``scale(tensor)``
+            method: ``scaler.scale(loss)``).
         probe_dtype: ``None`` (exact), or ``torch.bfloat16`` / ``torch.float16``: round 1 runs under
             ``torch.autocast`` in that dtype on the model's device; cheaper, and the noise approximate.
         replay_rng: ``True``: round 2 replays round 1's global RNG state (the same dropout masks); ``False``
