@@ -26,7 +26,7 @@ COMMANDS = {
     ),
     "study": (
         "anl_fused.experiments.study",
-        "the pre-registered ANL study (issue #17): pilot, main runs, report; resumable",
+        "the pre-registered ANL study: pilot, main runs, report; resumable",
     ),
     "figures": ("anl_fused.experiments.figures", "draw the paper's figures as PNG"),
     "attack": ("anl_fused.experiments.attack_cli", "FGSM / IFGSM white-box and black-box transfer matrix"),

@@ -24,13 +24,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import distributed, ops, rng
-from .functional import draw_step, noise_terms, z_spec
+from .functional import NoiseTerms, draw_step, noise_terms, z_spec
 from .insert import anl_layers
 from .layer import ANL2d, attached, step_scope
-from .state import BufferWarnings, Round1State
+from .state import BufferWarnings, Round1State, frozen_batchnorm_stats
 
 __all__ = ["TwoRound"]
 
@@ -52,22 +51,6 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
     return loss
 
 
-@contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module, modules: list[nn.Module] | None = None):
-    """BatchNorm in training mode normalizes by batch statistics but leaves running statistics and
-    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration). ``modules``:
-    ``list(model.modules())`` when the caller has it already."""
-    modules = model.modules() if modules is None else modules
-    frozen = [m for m in modules if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    for m in frozen:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in frozen:
-            m.track_running_stats = True
-
-
 def eager():
     """Round 1 runs eagerly even when the closure calls a ``torch.compile``-d model: autograd cannot
     return the gradient of an activation that lives inside a compiled graph (it would silently be
@@ -81,6 +64,28 @@ AUTO_PROBE_LOSS_SCALE = 2.0**15
 
 #: the dtypes round 1 may run in under autocast (``TwoRound(probe_dtype=...)``)
 PROBE_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _default_generator(model: nn.Module) -> torch.Generator:
+    """A generator on the device of the model's first parameter, seeded from ``torch.initial_seed()`` plus
+    the global rank under ``torch.distributed`` (:func:`anl_fused.distributed.default_seed_offset`)."""
+    param = next(model.parameters(), None)
+    generator = torch.Generator(device=param.device if param is not None else "cpu")
+    seed = torch.initial_seed() + 0x9E3779B97F4A7C15 + distributed.default_seed_offset()
+    return generator.manual_seed(seed % 2**63)
+
+
+def _check_noise_dtype(dtype):
+    """``None`` or a floating dtype with at least float32's range."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {dtype!r}")
+    if dtype is not None and torch.finfo(dtype).tiny > torch.finfo(torch.float32).tiny:
+        raise ValueError(
+            f"noise_dtype={dtype} has less range than float32: the stored gradient scales with the "
+            "loss and small gradients would underflow to zero noise; use torch.bfloat16 (float32's range, "
+            "same memory) or None"
+        )
+    return dtype
 
 
 def _check_probe_dtype(dtype):
@@ -179,15 +184,15 @@ def _no_grad_message(layer: ANL2d, round_: int) -> str:
 
 
 class _Perturb:
-    """Round 2: each layer returns ``h + scale[b] * direction`` (``direction is None``: ``h``, the layer's
-    output did not reach round 1's loss).
+    """Round 2: each layer returns ``h + alpha * scale[b] * direction`` (no terms: ``h``, the layer's output
+    did not reach round 1's loss).
 
     The noise of a layer is dropped once applied (its memory is freed as the forward goes on), except for
     the layers in ``keep``: those activation checkpointing recomputed in round 1, which it will recompute
     again during round 2's backward (``in_backward``); they get the same noise again.
     """
 
-    def __init__(self, noise: dict[ANL2d, tuple[Tensor, Tensor] | None], keep: set[ANL2d], grad_enabled: bool):
+    def __init__(self, noise: dict[ANL2d, NoiseTerms | None], keep: set[ANL2d], grad_enabled: bool):
         self.noise = noise
         self.keep = {layer: noise[layer] for layer in keep if layer in noise}
         self.grad_enabled = grad_enabled
@@ -224,7 +229,8 @@ class _Perturb:
 
 
 class TwoRound:
-    """Runs the paper's two-round ANL training step on ``model``.
+    """Runs the paper's two-round ANL training step on ``model``; ``docs/semantics.md`` says what a step
+    computes and why the options are what they are.
 
     Example::
 
@@ -235,62 +241,27 @@ class TwoRound:
             optimizer.step()
 
     Args:
-        model: a model with ANL layers (``insert_anl`` or ``ANL2d`` modules).
-        generator: the ``torch.Generator`` of the noise draws ``z`` (on the activations' device).
-            Default: a new one on the device of the model's first parameter, seeded from
-            ``torch.initial_seed()``; if the model has moved to another device by the first step (as
-            Lightning and Accelerate move it), the default generator follows it there with the same seed.
-            The same seed gives the same noise on every backend.
-        noise_dtype: keep round 1's gradient in this dtype between the rounds (``torch.bfloat16``
-            halves the extra memory); ``None`` keeps the activations' dtype. A dtype with less range
-            than float32 (``torch.float16``) is refused: the raw gradient scales with the loss, and
-            stored in it small gradients underflow (zero noise) or lose the noise's bound.
-        std_over: ``"local"``: ``s = std(h)`` of this process's batch; ``"global"``: of the global
-            batch of all processes of ``process_group`` (one all-reduce a step for all layers).
-        process_group: the group of ``std_over="global"``; default: the DDP model's group, or the
-            default group.
-        probe_dtype: ``None`` (default): round 1 runs as the closure is written. ``torch.bfloat16`` or
-            ``torch.float16``: round 1 (the probe) runs under ``torch.autocast(device_type, probe_dtype)``
-            on the model's device, round 2 as the closure is written. The noise needs a direction and a
-            scale, not exact values, and a cheaper round 1 brings the step from about 5F towards 4F (see
-            "Below the exact floor" below). Not exact: the noise approximates the float32 probe's (cosine
-            per sample 0.95 on VGG-11 / ResNet-18, lower in deeper networks: 0.6-0.9 in MobileNetV2;
-            ``||eta||`` within a few %; ``docs/semantics.md``).
-        probe_loss_scale: what round 1 multiplies its loss by before asking autograd for ``dJ/dh``, so
-            that float16 activation gradients do not underflow to zero (which would turn the noise off
-            for those samples). The noise does not depend on it (``g / ||g||_inf``). ``None``
-            (default): ``2**15`` when an ANL layer's input is float16 (autocast or a ``.half()``
-            model) or ``probe_dtype`` is float16, else 1. A number: always that scale. A
-            ``torch.amp.GradScaler`` (or anything with a ``scale(tensor)`` method): ``scaler.scale(loss)``,
-            the scale that round 2's backward uses (no host sync).
-        replay_rng: ``True`` (default): round 2 replays round 1's global RNG state (the same dropout
-            masks). ``False``: no replay, for models without stochastic layers where the state may not
-            be read, as inside a CUDA graph capture (``torch.cuda.get_rng_state`` is not allowed there);
-            a step of a model with a ``Dropout`` module in training mode is then refused.
+        model: a model with ANL layers (``insert_anl`` or ``ANL2d`` modules); under
+            ``DistributedDataParallel`` the DDP model, called in the closure (:mod:`anl_fused.distributed`).
+        generator: the ``torch.Generator`` of the noise draws ``z``. Default: a new one on the device of the
+            model's first parameter (it follows the model to another device before the first step), seeded
+            from ``torch.initial_seed()`` (plus the global rank under ``torch.distributed``).
+        noise_dtype: the dtype round 1's gradient is kept in between the rounds (``torch.bfloat16`` halves
+            the extra memory); ``None``: the activations'. A dtype with less range than float32 is refused.
+        std_over: ``"local"``: ``s = std(h)`` of this process's batch; ``"global"``: of the global batch of
+            ``process_group`` (one all-reduce a step).
+        process_group: the group of ``std_over="global"``; default: the DDP model's, or the default group.
+        probe_loss_scale: what round 1 multiplies its loss by so that float16 activation gradients do not
+            underflow (the noise does not depend on it): ``None`` (``2**15`` where round 1 sees float16,
+            else 1), a positive number, or a ``torch.amp.GradScaler`` (anything with a ``scale(tensor)``
+            method: ``scaler.scale(loss)``).
+        probe_dtype: ``None`` (exact), or ``torch.bfloat16`` / ``torch.float16``: round 1 runs under
+            ``torch.autocast`` in that dtype on the model's device; cheaper, and the noise approximate.
+        replay_rng: ``True``: round 2 replays round 1's global RNG state (the same dropout masks); ``False``
+            where that state may not be read (a CUDA graph capture), and a training-mode dropout is refused.
 
-    Round-1 loss scaling: an unscaled float16 gradient underflows below ``2**-24`` (about 6e-8), and the
-    activation gradients of a batch-mean loss are often that small. Scaling must not overflow either
-    (float16 max 65504): round-1 gradients that overflow to inf give zero noise and are counted in
-    ``nonfinite_samples``. ``2**15`` keeps the loss's own gradient representable in float16 and the
-    logits' gradients (at most ``2**15 / B`` for a mean cross-entropy) finite. With a ``GradScaler``,
-    pass it: its scale is the one the scaler keeps just below overflow for round 2's backward, which
-    computes the same activation gradients (plus the weight gradients) from the same batch, so a
-    step where round 1 overflows is, but for the noise's small change, a step where round 2 overflows
-    too, and the scaler skips that step and lowers the scale.
-
-    Below the exact floor (``probe_dtype``): round 1 is a forward and an activation-only backward (about 2F
-    of the step's 5F); under bfloat16 autocast they run at up to twice the speed where the hardware has
-    bfloat16 matrix units, so the step approaches 4F (about 1.33x plain instead of 1.67x). What changes
-    is only what round 1 measures: ``g = dJ/dh`` and ``std(h)`` of a bfloat16 forward (the recorded ``h``
-    and ``g`` may be bfloat16; ``std`` accumulates in float32 and ``add_noise`` takes a ``g`` of another
-    dtype than round 2's ``h``). The draws ``z`` and the dropout masks are those of the float32 probe
-    (round 2 replays round 1's RNG state). An autocast that the closure itself enters wins inside it.
-    Where round 1 goes through float16 its loss is scaled as with a float16 model (``probe_loss_scale``).
-
-    Under ``DistributedDataParallel`` pass the DDP model (``TwoRound(ddp_model)``) and call it in the
-    closure: round 1 then runs under ``ddp_model.no_sync()`` and round 2 is an ordinary DDP
-    iteration. With ``torch.distributed`` initialized, the default generator's seed also adds the
-    global rank (each rank draws its own ``z``). See :mod:`anl_fused.distributed`.
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value.
 
     Attributes:
         nonfinite_samples, zero_samples: 0-d int64 tensors on the activations' device: how many
@@ -315,29 +286,15 @@ class TwoRound:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if noise_dtype is not None and not (isinstance(noise_dtype, torch.dtype) and noise_dtype.is_floating_point):
-            raise TypeError(f"noise_dtype must be a floating torch.dtype or None, got {noise_dtype!r}")
-        if noise_dtype is not None and torch.finfo(noise_dtype).tiny > torch.finfo(torch.float32).tiny:
-            raise ValueError(
-                f"noise_dtype={noise_dtype} has less range than float32: the stored gradient scales with the "
-                "loss and small gradients would underflow to zero noise; use torch.bfloat16 (float32's range, "
-                "same memory) or None"
-            )
+        self.noise_dtype = _check_noise_dtype(noise_dtype)
         self.probe_loss_scale = _check_probe_loss_scale(probe_loss_scale)
         self.probe_dtype = _check_probe_dtype(probe_dtype)
         self.process_group = distributed.check_std_over(std_over, process_group, model)
         self.std_over = std_over
         self.model = model
         self._root = distributed.unwrap(model)  # the module that holds the ANL layers, as in one process
-        own_generator = generator is None
-        if own_generator:
-            param = next(model.parameters(), None)
-            generator = torch.Generator(device=param.device if param is not None else "cpu")
-            seed = torch.initial_seed() + 0x9E3779B97F4A7C15 + distributed.default_seed_offset()
-            generator.manual_seed(seed % 2**63)
-        self.generator = generator
-        self._generator_movable = own_generator  # the default generator may follow the model before its first draw
-        self.noise_dtype = noise_dtype
+        self.generator = _default_generator(model) if generator is None else generator
+        self._generator_movable = generator is None  # the default generator may follow the model before its first draw
         if not isinstance(replay_rng, bool):
             raise TypeError(f"replay_rng must be True or False, got {replay_rng!r}")
         self.replay_rng = replay_rng
@@ -383,43 +340,52 @@ class TwoRound:
                 self._warn_inactive()
                 return training_round(closure, backward)
 
-            if not self.replay_rng:
-                _check_no_dropout(modules)
-            rng_state = rng.capture() if self.replay_rng else None
-            state = Round1State(self._root, modules)
-            probe = _Probe(means=self.std_over == "global")
-            with (
-                frozen_batchnorm_stats(self.model, modules),
-                distributed.probe_context(self.model),
-                attached(layers, probe),
-                eager(),
-                torch.set_grad_enabled(need_grad),
-            ):
-                with self._probe_autocast():
-                    loss = checked_loss(closure())
-                state.check_params()
-                probe.in_backward = True  # from here on, a layer that runs is recomputed by checkpointing
-                if not probe.records:
-                    raise RuntimeError(_NONE_RAN.format(n=len(layers), model=type(self._root).__name__))
-                noise = self._noise(layers, probe, loss)
-            del loss
-            self._buffer_warnings(state.restore())
-            if rng_state is not None:
-                rng.restore(rng_state)
-            if probe.recomputed and not backward:
+            noise, recomputed = self._round1(closure, modules, layers, need_grad)
+            if recomputed and not backward:
                 raise RuntimeError(
                     "activation checkpointing needs TwoRound.step(closure, backward=True): round 2's "
                     "backward recomputes checkpointed layers, which must get the same noise again"
                 )
 
-            perturb = _Perturb(noise, probe.recomputed, torch.is_grad_enabled())
-            del probe, noise
+            perturb = _Perturb(noise, recomputed, torch.is_grad_enabled())
+            del noise
             with attached(layers, perturb):
                 loss = checked_loss(closure())
                 perturb.in_backward = True
                 if backward:
                     loss.backward()
                 return loss
+
+    def _round1(
+        self, closure: Callable[[], Tensor], modules: list[nn.Module], layers: list[ANL2d], need_grad: bool
+    ) -> tuple[dict[ANL2d, NoiseTerms | None], set[ANL2d]]:
+        """Round 1 (the closure with the layers probed, ``dJ/dh``) and the noise, with the model's state and
+        the global RNG state put back; returns the noise per layer and the layers that activation
+        checkpointing recomputed."""
+        if not self.replay_rng:
+            _check_no_dropout(modules)
+        rng_state = rng.capture() if self.replay_rng else None
+        state = Round1State(self._root, modules)
+        probe = _Probe(means=self.std_over == "global")
+        with (
+            frozen_batchnorm_stats(self.model, modules),
+            distributed.probe_context(self.model),
+            attached(layers, probe),
+            eager(),
+            torch.set_grad_enabled(need_grad),
+        ):
+            with self._probe_autocast():
+                loss = checked_loss(closure())
+            state.check_params()
+            probe.in_backward = True  # from here on, a layer that runs is recomputed by checkpointing
+            if not probe.records:
+                raise RuntimeError(_NONE_RAN.format(n=len(layers), model=type(self._root).__name__))
+            noise = self._noise(layers, probe, loss)
+        del loss
+        self._buffer_warnings(state.restore(), stacklevel=4)  # the warning names the caller of step()
+        if rng_state is not None:
+            rng.restore(rng_state)
+        return noise, probe.recomputed
 
     def _probe_autocast(self):
         """Round 1's forward: under ``torch.autocast(device_type, probe_dtype)``, or as written (``None``).
@@ -460,8 +426,8 @@ class TwoRound:
             stacklevel=3,
         )
 
-    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, tuple[Tensor, Tensor] | None]:
-        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale)``, or ``None`` for
+    def _noise(self, layers: list[ANL2d], probe: _Probe, loss: Tensor) -> dict[ANL2d, NoiseTerms | None]:
+        """Per reached layer, in ``anl_layers`` order (the RNG contract): ``(direction, scale, alpha)``, or ``None`` for
         a layer whose output does not reach the loss (zero noise; it still takes its draws)."""
         records = probe.records
         reached = [layer for layer in layers if layer in records]
@@ -524,7 +490,7 @@ class TwoRound:
             )
 
     def _probe_loss(self, loss: Tensor, dtypes: list[torch.dtype]) -> Tensor:
-        """Round 1's loss times ``probe_loss_scale`` (see the class docstring)."""
+        """Round 1's loss times ``probe_loss_scale`` (``docs/semantics.md``: why ``2**15``; a GradScaler's)."""
         scale = self.probe_loss_scale
         if scale is None:
             half = torch.float16 in dtypes or self.probe_dtype == torch.float16

@@ -14,15 +14,20 @@ sign form. The draw is float64 when any of the layers' activations is float64, f
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import ops
-from .layer import NOISE_KINDS, NORMS, check_eps
+from .layer import check_eps, check_options
 
-__all__ = ["ZSpec", "anl2d", "draw_step", "noise_terms", "z_spec"]
+__all__ = ["NoiseTerms", "ZSpec", "anl2d", "draw_step", "noise_terms", "z_spec"]
+
+
+#: ``(direction, scale, alpha)``: one layer's noise as :func:`noise_terms` gives it (``ops.add_noise``'s arguments)
+NoiseTerms = tuple[Tensor, Tensor | None, float]
 
 
 class ZSpec(NamedTuple):
@@ -79,10 +84,7 @@ def anl2d(
             (divided by the largest ``max|g_b|`` of the batch).
     """
     eps = check_eps(eps)
-    if noise not in NOISE_KINDS:
-        raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_options(noise, norm, sign)
     if input.dim() != 4:
         raise ValueError(f"anl2d expects a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}")
     if eps == 0.0:
@@ -108,19 +110,21 @@ def noise_terms(
     *,
     layer_norm: bool = False,
     stats: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None, float]:
+) -> NoiseTerms:
     """``(direction, scale, alpha)`` with ``eta_b = alpha * scale_b * direction_b`` (``ops.add_noise``'s
     arguments; ``scale`` may be ``[B]``, one shared value, or ``None`` for 1).
 
     Adversarial: ``direction = g`` and ``scale_b = r_b s / ||g_b||_inf`` (``/ max_b ||g_b||_inf`` with
     ``layer_norm``) from :func:`anl_fused.ops.noise_scale`, which also counts the samples whose gradient is
     not finite or zero into ``stats`` (int64 ``[2]``) when given. Gaussian: ``direction = z``, ``scale = s``
-    and ``alpha = |eps| / 4`` (no extra launch). Sign form: ``direction = sign(g)``, ``scale_b = eps`` (0 where
-    ``g_b`` is zero or not finite).
+    and ``alpha = |eps| / 4`` (no extra launch). Sign form: ``direction = sign(g)``, ``alpha = eps`` and
+    ``scale_b = 1``, 0 where ``g_b`` is not finite (from the norms of ``ops.noise_scale``, which counts
+    ``stats`` as above; ``z``, ``s`` and ``layer_norm`` are not used).
     """
     if noise == "gaussian":
         return z, s, abs(eps) / 4
-    scale, _ = ops.noise_scale(grad, z, s, eps, layer_norm=layer_norm and not sign, stats=stats)
-    if sign:  # eta_b = eps * sign(g_b), zero where g_b is zero or not finite (there scale_b is 0)
-        return torch.sign(grad), (scale != 0).to(scale.dtype), eps
+    if sign:  # eta_b = eps * sign(g_b): only which samples are finite (norm_b < inf; NaN is not)
+        _, norm = ops.noise_scale(grad, None, None, eps, stats=stats)
+        return torch.sign(grad), (norm < math.inf).to(norm.dtype), eps
+    scale, _ = ops.noise_scale(grad, z, s, eps, layer_norm=layer_norm, stats=stats)
     return grad, scale, 1.0

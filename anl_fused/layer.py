@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_EPS", "NOISE_KINDS", "NORMS", "ANL2d", "Round", "attached", "check_eps", "step_scope"]
+__all__ = ["MAX_EPS", "NOISE_KINDS", "NORMS", "ANL2d", "Round", "attached", "check_eps", "check_options", "step_scope"]
 
 NOISE_KINDS = ("adversarial", "gaussian")
 NORMS = ("sample", "layer")
@@ -97,6 +97,17 @@ def check_eps(eps, name: str = "eps") -> float:
     return eps
 
 
+def check_options(noise: str, norm: str, sign: bool) -> None:
+    """Raises ``ValueError`` for an unknown ``noise`` or ``norm``, and for the sign form with Gaussian noise
+    (the options of :class:`ANL2d` and :func:`anl_fused.anl2d`)."""
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if sign and noise != "adversarial":
+        raise ValueError(f"sign=True needs noise='adversarial', got noise={noise!r}")
+
+
 class ANL2d(nn.Module):
     r"""Adversarial Noise Layer for ``(N, C, H, W)`` activations.
 
@@ -133,12 +144,7 @@ class ANL2d(nn.Module):
         norm: str = "sample",
     ):
         super().__init__()
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if sign and noise != "adversarial":
-            raise ValueError(f"sign=True needs noise='adversarial', got noise={noise!r}")
+        check_options(noise, norm, sign)
         self.eps = eps
         self.noise = noise
         self.scale_by_std = bool(scale_by_std)

@@ -1,8 +1,9 @@
 """Round 1 leaves the model's state as it found it (the state changes once per step, in round 2).
 
-BatchNorm running statistics are frozen for the length of round 1 (``engine.frozen_batchnorm_stats``).
-This module handles the other state a training-mode forward writes:
+What a training-mode forward writes, and what this module does with it in round 1:
 
+- BatchNorm running statistics and ``num_batches_tracked``: frozen for the length of round 1
+  (:func:`frozen_batchnorm_stats`);
 - spectral norm's power-iteration vectors (``torch.nn.utils.spectral_norm``: buffers ``<name>_u`` and
   ``<name>_v``; ``torch.nn.utils.parametrizations.spectral_norm``: ``_u`` and ``_v``): saved before round 1
   and written back after it, so round 1 computes the same weight as round 2 (one power iteration from the
@@ -19,14 +20,32 @@ Nothing here reads a device value on the host.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-__all__ = ["BufferWarnings", "Round1State", "power_iteration_buffers"]
+__all__ = ["BufferWarnings", "Round1State", "frozen_batchnorm_stats", "power_iteration_buffers"]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module, modules: list[nn.Module] | None = None):
+    """BatchNorm in training mode normalizes by batch statistics but leaves running statistics and
+    ``num_batches_tracked`` as they are (``track_running_stats=False`` for the duration). ``modules``:
+    ``list(model.modules())`` when the caller has it already."""
+    modules = model.modules() if modules is None else modules
+    frozen = [m for m in modules if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for m in frozen:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in frozen:
+            m.track_running_stats = True
 
 
 def _power_iteration_keys(module: nn.Module) -> list[str]:

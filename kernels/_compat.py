@@ -1,21 +1,21 @@
 """Compatibility with older Triton releases: the one place where this package depends on the Triton version.
 
-Triton before 3.8 (the campaign machine has 3.6) converts a scalar to a Python ``int`` in the interpreter
+Triton before 3.8 converts a scalar to a Python ``int`` in the interpreter
 (``range(0, n)`` over a runtime argument, ``TRITON_INTERPRET=1``) with ``int(array)`` on a 1-element 1-d
 array, which NumPy 2.4 turned from a deprecation into a ``TypeError`` ("only 0-dimensional arrays can be
-converted to Python scalars"; triton-lang/triton#9171, fixed by #9172). ``patch_interpreter()`` makes
+converted to Python scalars"; triton-lang/triton#9171, fixed by triton-lang/triton#9172). ``patch_interpreter()`` makes
 ``__index__`` extract the element explicitly (what Triton 3.8 does), only for Triton < 3.8 with NumPy >= 2.4;
 compiled kernels are not affected.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 
-import numpy as np
 import triton
 
-__all__ = ["needs_index_patch", "patch_interpreter", "version_tuple"]
+__all__ = ["installed_version", "needs_index_patch", "patch_interpreter", "version_tuple"]
 
 
 def version_tuple(version: str) -> tuple[int, int]:
@@ -24,8 +24,19 @@ def version_tuple(version: str) -> tuple[int, int]:
     return tuple(int(n) for n in nums) + (0,) * (2 - len(nums))
 
 
-def needs_index_patch(triton_version: str = triton.__version__, numpy_version: str = np.__version__) -> bool:
-    """True where the interpreter's ``tensor.__index__`` raises on NumPy's 1-element arrays."""
+def installed_version(package: str) -> str:
+    """The installed version of ``package`` from its metadata (no import), ``"0"`` if it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def needs_index_patch(triton_version: str = triton.__version__, numpy_version: str | None = None) -> bool:
+    """True where the interpreter's ``tensor.__index__`` raises on NumPy's 1-element arrays
+    (``numpy_version``: the installed NumPy's when ``None``)."""
+    if numpy_version is None:
+        numpy_version = installed_version("numpy")
     return version_tuple(triton_version) < (3, 8) and version_tuple(numpy_version) >= (2, 4)
 
 

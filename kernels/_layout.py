@@ -8,12 +8,13 @@ elementwise or a full reduction (``std``). For per-sample work (``noise_scale``,
 made contiguous. Everything here looks at metadata only (no host sync).
 """
 
+import functools
 import struct
 
 import torch
 from torch import Tensor
 
-from anl_fused._dtypes import FLOAT_DTYPES, acc_dtype  # noqa: F401  (one rule, shared with the torch backend)
+from anl_fused._dtypes import FLOAT_DTYPES, acc_dtype  # noqa: F401  (the rules of every backend; acc_dtype for the ops)
 
 
 def check_float(t: Tensor, name: str) -> None:
@@ -45,9 +46,6 @@ def like_layout(t: Tensor, fmt: torch.memory_format) -> Tensor:
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
-_SPLITS: dict = {}
-
-
 def split_f64(x, name: str = "eps") -> tuple[float, float]:
     """Split a Python float into ``hi + lo`` with both exactly representable in float32.
 
@@ -55,18 +53,15 @@ def split_f64(x, name: str = "eps") -> tuple[float, float]:
     (about 48 significant bits) when it works in float64. Non-float scalars (symbolic floats under
     ``torch.compile``) are passed unsplit.
     """
-    pair = _SPLITS.get(x) if type(x) is float else None
-    if pair is not None:
-        return pair
-    if not isinstance(x, float):
-        return x, 0.0
+    return _split(x, name) if isinstance(x, float) else (x, 0.0)
+
+
+@functools.lru_cache(maxsize=1024)  # a handful of eps values per run
+def _split(x: float, name: str) -> tuple[float, float]:
     if not abs(x) < 3.0e38:
         raise ValueError(f"{name} must be finite and representable in float32, got {x!r}")
     hi = struct.unpack("f", struct.pack("f", x))[0]
-    pair = (hi, float(x - hi))
-    if len(_SPLITS) < 1024:  # a handful of eps values per run
-        _SPLITS[x] = pair
-    return pair
+    return hi, float(x - hi)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -34,6 +34,8 @@ Workspace: the counter is one int32 of the device's persistent workspace (``_lay
 memset per call; calls sharing it must not run concurrently (one stream per device at a time).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -42,6 +44,7 @@ from torch.library import triton_op, wrap_triton
 
 from ._layout import (
     FLOAT_DTYPES,
+    acc_dtype,
     cdiv,
     check_float,
     dense,
@@ -63,13 +66,19 @@ COUNTER_SLOT = 1  # this op's int32 slot in the device workspace
 
 def _config(B: int, M: int) -> tuple[int, int, int, int, int]:
     """``(BLOCK, tiles per program, chunks per sample, samples per finalize tile, chunks per
-    finalize tile)`` for ``B`` samples of ``M`` elements."""
-    block = sample_block(M, MAX_BLOCK)
+    finalize tile)`` for ``B`` samples of ``M`` elements under the module's constants as they are now
+    (tests shrink them)."""
+    return _config_for(B, M, MAX_BLOCK, MAX_PARTS, PART_BLOCK)
+
+
+@functools.lru_cache(maxsize=4096)  # one entry per batch shape seen
+def _config_for(B: int, M: int, max_block: int, max_parts: int, part_block: int) -> tuple[int, int, int, int, int]:
+    block = sample_block(M, max_block)
     tiles_per_sample = max(1, cdiv(M, block))
-    tiles = cdiv(B * tiles_per_sample, MAX_PARTS)
+    tiles = cdiv(B * tiles_per_sample, max_parts)
     chunks = cdiv(tiles_per_sample, tiles)
-    cb = min(next_pow2(chunks), PART_BLOCK)
-    sb = max(1, min(PART_BLOCK // cb, FINAL_SAMPLES, next_pow2(B)))
+    cb = min(next_pow2(chunks), part_block)
+    sb = max(1, min(part_block // cb, FINAL_SAMPLES, next_pow2(B)))
     return block, tiles, chunks, sb, cb
 
 
@@ -190,21 +199,12 @@ def _noise_scale_kernel(
         tl.store(count_ptr, 0)  # ready for the next launch (kernel boundaries order it)
 
 
-_CONFIGS: dict = {}
 _MAX = {torch.float32: torch.finfo(torch.float32).max, torch.float64: torch.finfo(torch.float64).max}
 
 
-def _launch(
-    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool, stats: Tensor | None, kernel, ws
-) -> tuple[Tensor, Tensor]:
-    """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
-    the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
-    fresh partials and a fresh zeroed counter)."""
-    if g.dim() < 1:
-        raise ValueError("g must have a batch dimension (dim >= 1)")
-    B = g.shape[0]
-    M = g.numel() // B if B > 0 else 0
-    acc = torch.float64 if g.dtype is torch.float64 else torch.float32
+def _checked_small_args(B: int, z: Tensor | None, s: Tensor | None, stats: Tensor | None) -> Tensor | None:
+    """Raises ``ValueError`` unless ``z`` has ``B`` values, ``s`` one and ``stats`` is int64 ``[2]``
+    (contiguous); returns ``z`` as a contiguous ``[B]`` tensor."""
     if z is not None:
         if z.numel() != B:
             raise ValueError(f"z must hold one value per sample ({B}), got shape {tuple(z.shape)}")
@@ -218,18 +218,27 @@ def _launch(
         raise ValueError(
             f"stats must be a contiguous int64 tensor of shape [2], got {stats.dtype} {tuple(stats.shape)}"
         )
+    return z
+
+
+def _launch(
+    g: Tensor, z: Tensor | None, s: Tensor | None, eps: float, layer_norm: bool, stats: Tensor | None, kernel, ws
+) -> tuple[Tensor, Tensor]:
+    """Check the small arguments, allocate, launch ``kernel`` on dense ``g``: the JITFunction with
+    the device's workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced:
+    fresh partials and a fresh zeroed counter)."""
+    if g.dim() < 1:
+        raise ValueError("g must have a batch dimension (dim >= 1)")
+    B = g.shape[0]
+    M = g.numel() // B if B > 0 else 0
+    acc = acc_dtype(g.dtype)
+    z = _checked_small_args(B, z, s, stats)
     eps_hi, eps_lo = split_f64(eps)
     scale = torch.empty(B, dtype=acc, device=g.device)
     norm = torch.empty(B, dtype=acc, device=g.device)
     if B == 0:
         return scale, norm
-    key = (B, M, MAX_BLOCK, MAX_PARTS, PART_BLOCK)  # the module constants are part of the key (tests shrink them)
-    cfg = _CONFIGS.get(key)
-    if cfg is None:
-        cfg = _config(B, M)
-        if len(_CONFIGS) < 4096:
-            _CONFIGS[key] = cfg
-    block, tiles, chunks, sb, cb = cfg
+    block, tiles, chunks, sb, cb = _config(B, M)
     if ws is None:
         part, count = torch.empty(B * chunks, dtype=acc, device=g.device), fresh_counter(g.device)
     else:

@@ -28,13 +28,15 @@ zeroed once when the device is first used, left at 0 by every launch: no memset 
 that share it must not run concurrently (one stream per device at a time); see ``_layout``.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ._layout import FLOAT_DTYPES, cdiv, check_float, dense, fresh_counter, workspace
+from ._layout import FLOAT_DTYPES, acc_dtype, cdiv, check_float, dense, fresh_counter, workspace
 from ._math import div_rn, sqrt_rn
 
 BLOCK = 4096  # elements per tile of the main pass (a quarter of it for tensors under 1024 blocks)
@@ -44,10 +46,16 @@ COUNTER_SLOT = 0  # this op's int32 slot in the device workspace
 
 
 def _config(n: int) -> tuple[int, int, int, int]:
-    """``(BLOCK, tiles per program, programs, num_warps)`` for ``n`` elements (cached by the caller)."""
-    block = BLOCK if n >= 1024 * BLOCK else max(1, BLOCK // 4)
+    """``(BLOCK, tiles per program, programs, num_warps)`` for ``n`` elements under the module's
+    constants as they are now (tests shrink them)."""
+    return _config_for(n, BLOCK, MAX_PARTS)
+
+
+@functools.lru_cache(maxsize=4096)  # one entry per tensor size seen
+def _config_for(n: int, max_block: int, max_parts: int) -> tuple[int, int, int, int]:
+    block = max_block if n >= 1024 * max_block else max(1, max_block // 4)
     tiles_total = max(1, cdiv(n, block))
-    tiles = cdiv(tiles_total, MAX_PARTS)
+    tiles = cdiv(tiles_total, max_parts)
     parts = cdiv(tiles_total, tiles)
     return block, tiles, parts, (8 if block >= 4096 else 4)
 
@@ -111,22 +119,13 @@ def _std_kernel(h_ptr, part_ptr, s_ptr, count_ptr, n, tiles, BLOCK: tl.constexpr
         tl.store(count_ptr, 0)  # ready for the next launch (kernel boundaries order it)
 
 
-_CONFIGS: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
-
-
 def _launch(h: Tensor, kernel, ws) -> Tensor:
     """Allocate the result, launch ``kernel`` on dense ``h``: the JITFunction with the device's
     workspace ``ws`` (eager), or its ``wrap_triton`` wrapper with ``ws=None`` (traced: fresh
     partials and a fresh zeroed counter)."""
     n = h.numel()
-    key = (n, BLOCK, MAX_PARTS)  # the module constants are part of the key (tests shrink them)
-    cfg = _CONFIGS.get(key)
-    if cfg is None:
-        cfg = _config(n)
-        if len(_CONFIGS) < 4096:  # bounded: one entry per tensor size seen
-            _CONFIGS[key] = cfg
-    block, tiles, parts, warps = cfg
-    acc = torch.float64 if h.dtype is torch.float64 else torch.float32
+    block, tiles, parts, warps = _config(n)
+    acc = acc_dtype(h.dtype)
     s = torch.empty((), dtype=acc, device=h.device)
     if ws is None:
         part, count = torch.empty(2 * parts, dtype=acc, device=h.device), fresh_counter(h.device)

@@ -27,7 +27,7 @@ import anl_fused
 from anl_fused import distributed as anl_dist
 from anl_fused import engine as anl_engine
 from anl_fused import reference
-from anl_fused.engine import frozen_batchnorm_stats
+from anl_fused.state import frozen_batchnorm_stats
 
 from ._nets import small_vgg
 

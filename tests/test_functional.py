@@ -1,8 +1,9 @@
 """anl2d, the functional twin of ANL2d."""
 
+import pytest
 import torch
 
-from anl_fused import anl2d
+from anl_fused import ANL2d, anl2d
 
 
 def test_functional_twin_is_the_formula():
@@ -40,3 +41,19 @@ def test_functional_draws_from_the_generator():
     a = anl2d(h, g, 0.2, generator=torch.Generator().manual_seed(1))
     b = anl2d(h, g, 0.2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, h)
+
+
+def test_functional_checks_the_options_as_the_layer_does():
+    """One check (``layer.check_options``) for ANL2d and anl2d: the same options are refused with the same
+    message, the sign form with Gaussian noise included."""
+    h, g = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for options, says in (
+        (dict(noise="uniform"), "'uniform'"),
+        (dict(norm="linear"), "'linear'"),
+        (dict(sign=True, noise="gaussian"), "sign=True"),
+    ):
+        with pytest.raises(ValueError, match=says) as from_layer:
+            ANL2d(0.1, **options)
+        with pytest.raises(ValueError, match=says) as from_functional:
+            anl2d(h, g, 0.1, **options)
+        assert str(from_layer.value) == str(from_functional.value)

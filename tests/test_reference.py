@@ -315,3 +315,12 @@ def test_reference_under_non_reentrant_checkpointing_is_the_uncheckpointed_step(
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=name)
     with pytest.raises(RuntimeError, match=r"checkpointing needs reference.two_round_step\(..., backward=True\)"):
         reference.two_round_step(ckpt, lambda: F.cross_entropy(ckpt(x), y), torch.Generator(), backward=False)
+
+
+def test_sign_form_needs_no_std():
+    """``eta = eps sign(g)`` (Eq. 8) uses neither ``s(h)`` nor ``r_b``: a constant input (``s = 0``) still gets
+    its noise, as in the oracle."""
+    torch.manual_seed(0)
+    model = anl_fused.insert_anl(small_vgg().double(), eps=0.5, input_eps=0.05, input_sign=True)
+    x, y = torch.full((6, 3, 8, 8), 0.25, dtype=torch.float64), torch.randint(0, 10, (6,))
+    check(*run_both(model, x, y, steps=2), torch.float64)

@@ -9,8 +9,8 @@
 - ``fashion-mnist``: the four IDX files (``train-images-idx3-ubyte`` ..., gzipped or not), found
   without any flag where the Debian package ``dataset-fashion-mnist`` puts them
   (:data:`FASHION_MNIST_SYSTEM_DIR`), or in ``data_dir`` itself, or in torchvision's layout
-  ``data_dir/FashionMNIST/raw/`` (see :func:`find_fashion_mnist`); read with numpy, no
-  torchvision needed; 5,000 training images held out likewise. No augmentation (the paper names
+  ``data_dir/FashionMNIST/raw/`` (see :func:`find_fashion_mnist`); read with torchvision's IDX
+  reader (:func:`read_idx`); 5,000 training images held out likewise. No augmentation (the paper names
   crop + flip for CIFAR only).
 - ``digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, shipped with
   scikit-learn, no download), scaled to [0, 1] (pixel / 16) and split train 897 / val 300 /
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,7 +53,6 @@ __all__ = [
     "load",
     "read_idx",
     "torchvision_transforms",
-    "write_idx",
 ]
 
 #: where datasets are looked for when no data directory is given (first; then, for Fashion-MNIST, the system's)
@@ -251,45 +251,34 @@ def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
     return to_tensors(train), to_tensors(test)
 
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format: 2 zero bytes, a type code, the number of dimensions, the
-    sizes as big-endian int32, then the data), gzipped when ``path`` ends in ``.gz``. A file that is not
-    one (truncated, not gzip, a CRC error) raises ``ValueError`` naming it."""
-    opener = gzip.open if path.endswith(".gz") else open
+def read_idx(path: str) -> Tensor:
+    """An IDX file (LeCun's MNIST format), gzipped when ``path`` ends in ``.gz``, as a tensor, read by
+    torchvision (``torchvision.datasets.mnist.read_sn3_pascalvincent_tensor``, which takes an uncompressed
+    file: a gzipped one is unpacked to a temporary file first). A file that is not one (truncated, not gzip,
+    a CRC error, no data) raises ``ValueError`` naming it."""
+    if not path.endswith(".gz"):
+        return _read_idx_file(path, path)
     try:
-        with opener(path, "rb") as f:
+        with gzip.open(path, "rb") as f:
             raw = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise ValueError(f"{path!r} is truncated or not a gzip file ({type(e).__name__}: {e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ValueError(f"{path!r} is not an IDX file (header {raw[:4].hex()})")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    offset = 4 + 4 * ndim
-    if len(raw) - offset != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(
-            f"{path!r} is truncated or corrupted: header says {shape}, {len(raw) - offset} data bytes follow"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
+    with tempfile.NamedTemporaryFile(prefix="anl-fused-", suffix="-idx") as plain:
+        plain.write(raw)
+        plain.flush()
+        return _read_idx_file(plain.name, path)
 
 
-def write_idx(path: str, array: np.ndarray) -> None:
-    """Write ``array`` as an IDX file (gzipped when ``path`` ends in ``.gz``): the inverse of
-    :func:`read_idx`, e.g. for a subset of Fashion-MNIST that ``--data-dir`` can read."""
-    array = np.ascontiguousarray(array)
-    codes = {np.dtype(v).str.lstrip("<>|="): k for k, v in _IDX_DTYPES.items()}
-    code = codes.get(array.dtype.str.lstrip("<>|="))
-    if code is None or not 1 <= array.ndim <= 255:
-        raise ValueError(f"cannot write dtype {array.dtype} with {array.ndim} dimensions as IDX")
-    head = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    body = array.astype(np.dtype(_IDX_DTYPES[code]), copy=False).tobytes()
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(head + body)
+def _read_idx_file(file: str, name: str) -> Tensor:
+    """torchvision's reading of the uncompressed IDX ``file``; its failures (it checks the format with
+    ``assert``) as one ``ValueError`` naming ``name``."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    try:
+        return read_sn3_pascalvincent_tensor(file, strict=True)
+    except (AssertionError, KeyError, ValueError, RuntimeError) as e:
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise ValueError(f"{name!r} is not an IDX file, or is truncated or empty (torchvision: {why})") from None
 
 
 def _idx_files_in(folder: str) -> list[str] | None:
@@ -364,9 +353,10 @@ def _load_fashion_mnist(data_dir: str | None, download: bool):
         raise DatasetNotFoundError(f"Fashion-MNIST in {os.path.dirname(files[0])!r} is unreadable: {e}") from e
     info = DATASETS["fashion-mnist"]
     for x, y, f, g in ((xtr, ytr, files[0], files[1]), (xte, yte, files[2], files[3])):
-        if x.dtype != np.uint8 or x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        if x.dtype != torch.uint8 or x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
             raise DatasetNotFoundError(
-                f"{f!r}: expected N uint8 images and N labels, got images {x.shape} {x.dtype} and labels {y.shape}"
+                f"{f!r}: expected N uint8 images and N labels, got images {tuple(x.shape)} {x.dtype} and labels "
+                f"{tuple(y.shape)}"
             )
         size = (info.image_size, info.image_size)
         if x.shape[1:] != size or len(x) == 0:
@@ -377,11 +367,8 @@ def _load_fashion_mnist(data_dir: str | None, download: bool):
             raise DatasetNotFoundError(
                 f"{g!r}: labels must be 0..{info.num_classes - 1}, found {int(y.min())}..{int(y.max())}"
             )
-
-    def t(x, y):
-        return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
-
-    return t(xtr, ytr), t(xte, yte), os.path.dirname(os.path.abspath(files[0]))
+    source = os.path.dirname(os.path.abspath(files[0]))
+    return (xtr.unsqueeze(1), ytr.long()), (xte.unsqueeze(1), yte.long()), source
 
 
 def _load_digits() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -408,7 +395,7 @@ def load(
 ) -> DataBundle:
     """Load dataset ``name`` (see module docstring) from ``data_dir``, or its default places
     (``None``; an explicit directory is used or refused). ``val_size``: how many training images to hold
-    out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 360 split).
+    out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 300 split).
     ``split_seed`` fixes which images are held out (kept fixed across runs on purpose)."""
     info = DATASETS[canonical_name(name)]
     if info.name == "digits":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 
 import numpy as np
@@ -55,13 +56,15 @@ def test_unknown_dataset():
     assert data.canonical_name("Fashion_MNIST") == "fashion-mnist"
 
 
-def _write_idx(path, arr: np.ndarray) -> None:
-    code = {1: 0x0801, 3: 0x0803}[arr.ndim]
-    with open(path, "wb") as f:
-        f.write(code.to_bytes(4, "big"))
-        for d in arr.shape:
-            f.write(int(d).to_bytes(4, "big"))
-        f.write(arr.astype(np.uint8).tobytes())
+def write_idx(path, array) -> None:
+    """An integer ``array`` as a uint8 IDX file (gzipped when ``path`` ends in ``.gz``): fabricated dataset
+    files (torchvision reads IDX files but writes none)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"cannot write dtype {array.dtype} as a uint8 IDX file")
+    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(head + array.astype(np.uint8).tobytes())
 
 
 def test_fashion_mnist_from_raw_files(tmp_path, monkeypatch):
@@ -71,10 +74,10 @@ def test_fashion_mnist_from_raw_files(tmp_path, monkeypatch):
     rng = np.random.RandomState(0)
     xtr, ytr = rng.randint(0, 256, (30, 28, 28)), rng.randint(0, 10, 30)
     xte, yte = rng.randint(0, 256, (12, 28, 28)), rng.randint(0, 10, 12)
-    _write_idx(raw / "train-images-idx3-ubyte", xtr)
-    _write_idx(raw / "train-labels-idx1-ubyte", ytr)
-    _write_idx(raw / "t10k-images-idx3-ubyte", xte)
-    _write_idx(raw / "t10k-labels-idx1-ubyte", yte)
+    write_idx(raw / "train-images-idx3-ubyte", xtr)
+    write_idx(raw / "train-labels-idx1-ubyte", ytr)
+    write_idx(raw / "t10k-images-idx3-ubyte", xte)
+    write_idx(raw / "t10k-labels-idx1-ubyte", yte)
     b = data.load("fashion-mnist", str(tmp_path), val_size=10)
     assert (len(b.train), len(b.val), len(b.test)) == (20, 10, 12)
     assert b.train.x.dtype == torch.uint8 and b.train.x.shape[1:] == (1, 28, 28)
@@ -173,8 +176,6 @@ def test_torchvision_transforms():
 
 def _fake_fashion(folder, gz: bool, seed: int = 0, n_train: int = 30, n_test: int = 12):
     """Four random IDX files (gzipped when ``gz``) in ``folder``; returns the arrays."""
-    import gzip
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(seed)
     arrays = {
@@ -184,12 +185,7 @@ def _fake_fashion(folder, gz: bool, seed: int = 0, n_train: int = 30, n_test: in
         "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test),
     }
     for name, arr in arrays.items():
-        path = folder / name
-        _write_idx(path, arr)
-        if gz:
-            with open(path, "rb") as f, gzip.open(str(path) + ".gz", "wb") as g:
-                g.write(f.read())
-            path.unlink()
+        write_idx(folder / (name + ".gz" if gz else name), arr)
     return arrays
 
 
@@ -270,8 +266,9 @@ def test_fashion_mnist_missing_is_one_line_listing_three_ways(tmp_path, monkeypa
 
 def test_read_idx_rejects_corrupted_files(tmp_path):
     good = tmp_path / "x-idx3-ubyte"
-    _write_idx(good, np.arange(2 * 3 * 4).reshape(2, 3, 4))
+    write_idx(good, np.arange(2 * 3 * 4).reshape(2, 3, 4))
     assert data.read_idx(str(good)).shape == (2, 3, 4)
+    assert torch.equal(data.read_idx(str(good)).flatten(), torch.arange(24, dtype=torch.uint8))
     raw = good.read_bytes()
     (tmp_path / "short").write_bytes(raw[:-1])
     with pytest.raises(ValueError, match="truncated"):
@@ -288,9 +285,10 @@ def test_read_idx_rejects_corrupted_files(tmp_path):
 
 @pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
 def test_write_idx_round_trips(tmp_path, name):
+    """The tests' writer and the library's reader (torchvision's) agree, gzipped or not."""
     x = np.random.RandomState(0).randint(0, 256, (5, 28, 28)).astype(np.uint8)
-    data.write_idx(str(tmp_path / name), x)
+    write_idx(str(tmp_path / name), x)
     back = data.read_idx(str(tmp_path / name))
-    assert back.dtype == np.uint8 and np.array_equal(back, x)
+    assert back.dtype == torch.uint8 and torch.equal(back, torch.from_numpy(x))
     with pytest.raises(ValueError, match="cannot write"):
-        data.write_idx(str(tmp_path / "b"), np.zeros(3, dtype=np.complex64))
+        write_idx(str(tmp_path / "b"), np.zeros(3, dtype=np.complex64))

@@ -149,11 +149,11 @@ PER_KIND = {
         "aten.view": 1,
     },
     "input": {**ADVERSARIAL, "aten.clone": 1},  # the model input: a leaf for round 1, and a copy goes on
-    "sign_input": {  # eta = eps sign(g): no draw; the sign and the per-sample mask are torch ops
+    "sign_input": {  # eta = eps sign(g): no draw; the sign and the per-sample mask (norm_b < inf) are torch ops
         **{k: v for k, v in ADVERSARIAL.items() if k not in ("aten.slice", "aten.view")},
         "aten.clone": 1,
         "aten.sign": 1,
-        "aten.ne": 1,
+        "aten.lt": 1,
         "aten._to_copy": 1,
     },
 }

@@ -55,3 +55,13 @@ def test_patch_is_installed_where_needed_and_idempotent():
         from triton.runtime import interpreter
 
         assert interpreter._patch_lang_tensor._anl_fused_index_fix
+
+
+def test_the_numpy_version_comes_from_its_metadata():
+    """``_compat`` reads NumPy's version without importing NumPy."""
+    import numpy as np
+
+    assert _compat.installed_version("numpy") == np.__version__
+    assert _compat.installed_version("anl-fused-not-a-package") == "0"
+    assert _compat.needs_index_patch() is _compat.needs_index_patch(triton.__version__, np.__version__)
+    assert not any(getattr(v, "__name__", "") == "numpy" for v in vars(_compat).values())
