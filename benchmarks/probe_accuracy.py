@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import time
 
 import torch
+
+from anl_fused.experiments import stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,52 +59,21 @@ PROTOCOLS = {
 }
 
 
-def _stats(values: list[float]) -> dict:
-    n = len(values)
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if n > 1 else 0.0,
-        "se": statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": n,
-    }
-
-
 def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
     """Per arm (plain, anl-<dtype>): test error stats; paired differences of each low-precision arm against
-    anl-fp32 and of every anl arm against plain, over the seeds both have."""
-    by_arm: dict[str, dict[int, dict]] = {}
+    anl-fp32 and of every anl arm against plain, over the seeds both have where neither run diverged."""
+    errs: dict[str, dict[int, float]] = {}
     for r in runs:
-        by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+        errs.setdefault(r["arm"], {})[r["seed"]] = r["test_err_pct"]
     out = {"arms": {}, "paired": {}}
-    for arm, seeds in by_arm.items():
-        out["arms"][arm] = {
-            "test_err_pct": _stats([r["test_err_pct"] for r in seeds.values()]),
-            "ms_per_step": statistics.median(r["ms_per_step"] for r in seeds.values()),
-        }
-
-    def paired(a: str, b: str) -> None:
-        if a not in by_arm or b not in by_arm:
-            return
-        common = sorted(set(by_arm[a]) & set(by_arm[b]))
-        if not common:
-            return
-        d = [by_arm[a][s]["test_err_pct"] - by_arm[b][s]["test_err_pct"] for s in common]
-        out["paired"][f"{a} - {b}"] = {
-            **_stats(d),
-            "better": sum(x < 0 for x in d),
-            "same": sum(x == 0 for x in d),
-            "worse": sum(x > 0 for x in d),
-            "seeds": common,
-            "diffs": d,
-        }
-
-    for dt in probe_dtypes:
-        if dt != "fp32":
-            paired(f"anl-{dt}", "anl-fp32")
-    for dt in probe_dtypes:
-        paired(f"anl-{dt}", "plain")
+    for arm, by_seed in errs.items():
+        steps = [r["ms_per_step"] for r in runs if r["arm"] == arm]
+        out["arms"][arm] = {"test_err_pct": stats.summary(by_seed.values()), "ms_per_step": statistics.median(steps)}
+    pairs = [(f"anl-{d}", "anl-fp32") for d in probe_dtypes if d != "fp32"]
+    for a, b in pairs + [(f"anl-{d}", "plain") for d in probe_dtypes]:
+        seeds, d = stats.pair(errs.get(a, {}), errs.get(b, {}))
+        if seeds:
+            out["paired"][f"{a} - {b}"] = {**stats.differences(d), "seeds": seeds}
     return out
 
 
@@ -123,9 +93,8 @@ def markdown(report: dict) -> str:
     ]
     for arm, a in s["arms"].items():
         t = a["test_err_pct"]
-        lines.append(
-            f"| {arm} | {t['mean']:.2f} ± {t['std']:.2f} | [{t['min']:.2f}, {t['max']:.2f}] | {a['ms_per_step']:.1f} |"
-        )
+        span = f"[{t['min']:.2f}, {t['max']:.2f}]"
+        lines.append(f"| {arm} | {t['mean']:.2f} ± {t['std'] or 0.0:.2f} | {span} | {a['ms_per_step']:.1f} |")
     lines += [
         "",
         "Paired by seed (same initial weights, data order and noise draws):",
@@ -135,8 +104,8 @@ def markdown(report: dict) -> str:
     ]
     for k, d in s["paired"].items():
         lines.append(
-            f"| {k} | {d['mean']:+.3f} ± {d['se']:.3f} | {d['better']} / {d['same']} / {d['worse']} | "
-            + ", ".join(f"{x:+.2f}" for x in d["diffs"])
+            f"| {k} | {d['mean']:+.3f} ± {d['se'] or 0.0:.3f} | {d['better']} / {d['same']} / {d['worse']} | "
+            + ", ".join(f"{x:+.2f}" for x in d["values"])
             + " |"
         )
     lines += ["", "A mean within about two standard errors of 0 is no evidence of a difference either way.", ""]

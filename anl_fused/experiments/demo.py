@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from . import cli_types
+from . import cli_types, stats
 from .files import out_error, save_figure
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
@@ -117,16 +117,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
-
-
 def _color(colors: dict, summary: dict, keys: list, key: str):
     """The variant's color; several eps of one variant get shades of a colormap."""
     v = summary[key]["variant"]
@@ -156,11 +146,10 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     variants = list(summary)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
-        errs = summary[v]["test_errs"]
-        c = _color(colors, summary, variants, v)
-        ax1.scatter([i] * len(errs), errs, color=c, alpha=0.5, s=18, zorder=3)
         s = summary[v]["test_err"]
-        ax1.errorbar([i], [s["mean"]], yerr=[s["std"]], fmt="o", color=c, capsize=6, ms=8, zorder=4)
+        c = _color(colors, summary, variants, v)
+        ax1.scatter([i] * s["n"], s["values"], color=c, alpha=0.5, s=18, zorder=3)
+        ax1.errorbar([i], [s["mean"]], yerr=[s["std"] or 0.0], fmt="o", color=c, capsize=6, ms=8, zorder=4)
         ax1.annotate(f"{s['mean']:.2f}", (i, s["mean"]), textcoords="offset points", xytext=(12, -3), fontsize=9)
     ax1.set_xticks(range(len(variants)))
     ax1.set_xticklabels([summary[v]["label"].replace(" eps", "\neps") for v in variants], fontsize=8)
@@ -279,7 +268,7 @@ def format_table(results: dict) -> str:
         span = f"[{t['min']:.2f}, {t['max']:.2f}]"
         paired = f"{d['mean']:+.2f} ± {d['se']:.2f} ({d['better']}/{d['same']}/{d['worse']})" if d else "-"
         lines.append(
-            f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std']:<6.2f} {span:>14} {paired:>22} "
+            f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std'] or 0.0:<6.2f} {span:>14} {paired:>22} "
             f"{s['final_train_err']:>11.2f} {s['time_per_step_ms']:>8.2f} "
             f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8}"
         )
@@ -392,8 +381,7 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
             "variant": v,
             "model": args.model,
             "eps": eps,
-            "test_errs": errs,
-            "test_err": _stats(errs),
+            "test_err": stats.summary(errs),
             "time_per_step_ms": statistics.median(tps) * 1e3,
             "final_train_err": statistics.fmean(100 - hist[-1]["train_acc"] * 100 for hist in runs[key]),
         }
@@ -401,15 +389,9 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
     for key, s in summary.items():  # same seed = same initial weights and data order: compare pairwise
         if plain:
             s["time_ratio_vs_plain"] = s["time_per_step_ms"] / plain["time_per_step_ms"]
-        if plain and key != "plain" and len(s["test_errs"]) > 1:
-            d = [a - b for a, b in zip(s["test_errs"], plain["test_errs"])]
-            s["paired_diff_vs_plain"] = {
-                "mean": statistics.fmean(d),
-                "se": statistics.stdev(d) / len(d) ** 0.5,
-                "better": sum(x < 0 for x in d),
-                "same": sum(x == 0 for x in d),
-                "worse": sum(x > 0 for x in d),
-            }
+        if plain and key != "plain" and s["test_err"]["n"] > 1:
+            d = [a - b for a, b in zip(s["test_err"]["values"], plain["test_err"]["values"])]
+            s["paired_diff_vs_plain"] = stats.paired(d)
     return summary
 
 

@@ -28,6 +28,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from .stats import DIVERGED, diverged
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
@@ -143,8 +145,6 @@ def _save(fig, out: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-DIVERGED = 80.0  # final test error (%) of a run stuck at chance (10 classes: 90%): marked, not averaged
-
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
 _SWEEP_SETTINGS = (
     "model",
@@ -220,6 +220,22 @@ def sweep_table(runs: list[str], warn=None) -> dict:
     return out
 
 
+def _mark_diverged(ax, stuck: list[tuple[float, float, str]]) -> None:
+    """Each diverged run ``(eps, error, color)`` as an x at its own error (far above the others: the axis takes it
+    in), and a note."""
+    for x, e, c in stuck:
+        ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
+    if stuck:
+        ax.text(
+            0.01,
+            0.99,
+            f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
+            transform=ax.transAxes,
+            fontsize=7,
+            va="top",
+        )
+
+
 def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) -> dict:
     """Fig. 4: final test error against eps, one panel per group of like runs (see :func:`sweep_table`),
     one line per series, mean ± std over seeds with each run as a dot. Returns :func:`sweep_table`."""
@@ -232,12 +248,12 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
         all_seeds = []
         curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
-        diverged = []
+        stuck = []
         for i, (name, pts) in enumerate(curves.items()):
             c = colors[i % len(colors)]
-            diverged += [(x, e, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
-            eps = [x for x in sorted(pts) if any(e < DIVERGED for _, e in pts[x])]
-            errs = [[e for _, e in pts[x] if e < DIVERGED] for x in eps]  # diverged runs: marked, not averaged
+            stuck += [(x, e, c) for x in pts for _, e in pts[x] if diverged(e)]
+            eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
+            errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]  # diverged runs: marked, not averaged
             if not eps:
                 continue
             means = [statistics.fmean(v) for v in errs]
@@ -257,17 +273,7 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
                 lw=1,
                 label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
             )
-        if diverged:
-            for x, e, c in diverged:  # at its own error (far above the others: the axis takes it in)
-                ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
-            ax.text(
-                0.01,
-                0.99,
-                f"x: {len(diverged)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
-                transform=ax.transAxes,
-                fontsize=7,
-                va="top",
-            )
+        _mark_diverged(ax, stuck)
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(
             f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
@@ -493,7 +499,7 @@ def whitebox(
         if not is_finished(cfg, hist):
             warn(f"skipping unfinished run {r}")
             continue
-        if hist[-1]["test_err"] * 100 >= DIVERGED:
+        if diverged(hist[-1]["test_err"] * 100):
             warn(f"skipping diverged run {r} (test error {hist[-1]['test_err'] * 100:.2f}%)")
             continue
         model, cfg, bundle = _load_run_model(r, data_dir)
@@ -596,7 +602,7 @@ def run(args: argparse.Namespace) -> int:
             for panel, series in table.items():
                 for name, pts in series.items():
                     for eps, points in sorted(pts.items()):
-                        errs = [e for _, e in points if e < DIVERGED]
+                        errs = [e for _, e in points if not diverged(e)]
                         mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
                         bad = len(points) - len(errs)
                         bad = f", {bad} diverged (not averaged)" if bad else ""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import sys
 import time
@@ -37,7 +36,6 @@ MIN_SEEDS, MAX_SEEDS = 12, 40  # of the primary pair
 OTHER_SEEDS = tuple(range(5))
 COSINE_SEEDS = tuple(range(8))
 MATCHED_RATIO = 2.2  # ANL's step / plain step, measured (benchmarks/results/study/throughput.json): 22.6 / 10.3 ms
-DIVERGED = 80.0  # % test error: a run stuck at chance (10 classes)
 ARMS = ("baseline", "control", "anl", "opposite", "gaussian", "sam", "matched")
 ROBUST_ARMS, ROBUST_SEEDS, ROBUST_IMAGES = ("baseline", "control", "anl", "sam"), tuple(range(5)), 1000
 
@@ -143,7 +141,7 @@ def record(runs_dir: str, run: Run) -> dict | None:
         "train_time_s": sum(h.get("epoch_train_time_s", 0.0) for h in hist),
         "wall_s": wall["wall_s"],
         "core_s": wall["core_s"],
-        "diverged": last["test_err"] * 100 >= DIVERGED or not math.isfinite(last["train_loss"]),
+        "diverged": stats.diverged(last["test_err"] * 100, last["train_loss"]),
     }
 
 

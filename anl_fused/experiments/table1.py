@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 
 from ..layer import NORMS
+from . import stats
 from .files import atomic_write, check_out_dir, out_error
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
@@ -54,7 +55,6 @@ PAPER_TABLE1 = {
     ("vgg16", "cifar10"): {"plain": 7.47, "gaussian": 7.62, "anl": 6.18, "opposite": 55.49},
 }
 PAPER_EPS = 0.03  # Table 1's eps for every row
-DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
 #: plain2: a control the paper does not have, the baseline trained in the noise methods' two phases
 #: (E epochs, then F at the floor rate), so that the noise is the only difference to it
 VARIANTS = ("plain", "plain2", "gaussian", "anl", "opposite")
@@ -262,15 +262,6 @@ class _Runner:
 # the table
 
 
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,  # one value has no spread
-        "n": len(values),
-        "values": values,
-    }
-
-
 def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
     """Every run's result and the per-row statistics (only finished runs count)."""
     root = os.path.join(runs_dir, proto.tag)
@@ -307,18 +298,15 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
     for row in rows.values():
         seeds = sorted(row["errs"])
         row["seeds"] = seeds
-        row["test_err"] = _stats([row["errs"][s] for s in seeds])
-        row["diverged_seeds"] = [s for s in seeds if row["errs"][s] >= DIVERGED]
+        row["test_err"] = stats.summary([row["errs"][s] for s in seeds])
+        row["diverged_seeds"] = [s for s in seeds if stats.diverged(row["errs"][s])]
         kept = [row["errs"][s] for s in seeds if s not in row["diverged_seeds"]]
         if row["diverged_seeds"] and kept:
-            row["test_err_without_diverged"] = _stats(kept)
+            row["test_err_without_diverged"] = stats.summary(kept)
         for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
-            # paired over the seeds where neither run diverged (a diverged run's difference says nothing more)
-            paired = [
-                row["errs"][s] - ref[s] for s in seeds if s in ref and row["errs"][s] < DIVERGED and ref[s] < DIVERGED
-            ]
+            _, paired = stats.pair(row["errs"], ref)  # over the seeds where neither run diverged
             if row["variant"] != own and paired:
-                row[key] = {**_stats(paired), "better": sum(d < 0 for d in paired), "worse": sum(d > 0 for d in paired)}
+                row[key] = stats.differences(paired)
         row.pop("errs")
     return {"runs": runs, "rows": rows, "finished": len(done), "planned": len(runs)}
 
@@ -362,7 +350,7 @@ def render_markdown(result: dict) -> str:
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
-        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if v >= DIVERGED else "") for v in t["values"])
+        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if stats.diverged(v) else "") for v in t["values"])
         mean = spread(t)
         if row.get("diverged_seeds"):
             k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
@@ -401,7 +389,7 @@ def render_markdown(result: dict) -> str:
     )
     if diverged:
         lines.append(
-            f"Diverged (final test error >= {DIVERGED:g}%, a network stuck at chance): "
+            f"Diverged (final test error >= {stats.DIVERGED:g}%, a network stuck at chance): "
             + "; ".join(diverged)
             + ". The paired columns leave out seeds where either run diverged."
         )

@@ -101,6 +101,15 @@ def test_paired_matches_scipy_and_bootstrap_brackets_the_mean():
         stats.paired([0.1])
 
 
+def test_pairs_leave_out_diverged_runs_and_one_value_has_no_spread():
+    seeds, d = stats.pair({0: 10.0, 1: 90.0, 2: 9.0, 3: 8.0}, {0: 11.0, 1: 10.0, 2: 85.0, 5: 1.0})
+    assert seeds == [0] and d == [-1.0]
+    assert stats.diverged(80.0) and not stats.diverged(79.9) and stats.diverged(10.0, float("nan"))
+    one = stats.differences([-0.5])
+    assert (one["std"], one["se"], one["better"], one["values"]) == (None, None, 1, [-0.5])
+    assert stats.summary([]) == {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
+
+
 def test_holm_step_down():
     got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03})
     assert got == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
