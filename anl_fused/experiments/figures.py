@@ -29,6 +29,7 @@ import sys
 from collections import defaultdict
 
 from .stats import DIVERGED, diverged
+from .train.metrics import METRICS_NAME, read_metrics
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +70,10 @@ def find_runs(paths: list[str]) -> list[str]:
     """Run directories among ``paths``: those holding metrics.jsonl, or their subdirectories that do."""
     out = []
     for p in paths:
-        if os.path.isfile(os.path.join(p, "metrics.jsonl")):
+        if os.path.isfile(os.path.join(p, METRICS_NAME)):
             out.append(p)
         elif os.path.isdir(p):
-            subs = sorted(
-                os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "metrics.jsonl"))
-            )
+            subs = sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, METRICS_NAME)))
             if not subs:
                 raise FigureError(f"{p!r} holds no metrics.jsonl (not a run directory, nor a directory of runs)")
             out += subs
@@ -85,8 +84,6 @@ def find_runs(paths: list[str]) -> list[str]:
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
     """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
-    from .train.metrics import read_metrics
-
     cfg_path = os.path.join(path, "config.json")
     cfg = {}
     if os.path.isfile(cfg_path):
@@ -94,7 +91,7 @@ def read_run(path: str) -> tuple[dict, list[dict]]:
         if not isinstance(cfg, dict):
             raise FigureError(f"{cfg_path!r} is not a JSON object (a run's config.json)")
     try:
-        hist = read_metrics(os.path.join(path, "metrics.jsonl"))
+        hist = read_metrics(path)
     except ValueError as e:
         raise FigureError(str(e)) from None
     return cfg, hist
@@ -305,7 +302,7 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
         if not rows:
             raise FigureError(
-                f"{os.path.join(r, 'metrics.jsonl')!r} has no anl_std entries (a run without ANL, "
+                f"{os.path.join(r, METRICS_NAME)!r} has no anl_std entries (a run without ANL, "
                 "or only its fine-tuning phase)"
             )
         data.append((r, cfg, rows))

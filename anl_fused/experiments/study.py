@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from . import stats
 from .files import atomic_write
-from .table1 import _Runner, read_history
+from .table1 import _Runner
+from .train.metrics import read_metrics
 from .train.rundir import describe_run
 
 T = 100  # epochs of each phase (the paper's 100 + 100; the one-schedule baseline trains 2T)
@@ -110,7 +111,7 @@ def run_dir(runs_dir: str, run: Run) -> str:
 
 
 def finished(runs_dir: str, run: Run) -> bool:
-    hist = read_history(run_dir(runs_dir, run))
+    hist = read_metrics(run_dir(runs_dir, run))
     return bool(hist) and hist[-1].get("epoch") == sum(run.phases)
 
 
@@ -119,7 +120,7 @@ def record(runs_dir: str, run: Run) -> dict | None:
     d = run_dir(runs_dir, run)
     if not finished(runs_dir, run):
         return None
-    hist = read_history(d)
+    hist = read_metrics(d)
     epochs, finetune = run.phases
     last, end1 = hist[-1], hist[epochs - 1]
     wall = _wall(d)
@@ -270,7 +271,7 @@ def _plan(args) -> int:
                 "finished"
                 if finished(args.runs_dir, r)
                 else "partial"
-                if read_history(run_dir(args.runs_dir, r))
+                if read_metrics(run_dir(args.runs_dir, r))
                 else "new"
             )
             print(f"{state:<8} {r.name}")

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from ..layer import NORMS
 from . import stats
 from .files import atomic_write, check_out_dir, out_error
+from .train.metrics import read_metrics
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
 PAPER_TABLE1 = {
@@ -170,15 +171,8 @@ def train_args(
     return args
 
 
-def read_history(run_dir: str) -> list[dict]:
-    """The run's finished epochs (a half-written last line left out: resuming the run rewrites it)."""
-    from .train.metrics import read_metrics
-
-    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-
-
 def is_finished(run_dir: str, spec: RunSpec, proto: Protocol) -> bool:
-    hist = read_history(run_dir)
+    hist = read_metrics(run_dir)
     return len(hist) >= proto.total and hist[-1].get("epoch") == proto.total
 
 
@@ -217,7 +211,7 @@ class _Runner:
                     continue
                 spec, run_dir, t0, logf = self.running.pop(proc)
                 logf.close()
-                hist = read_history(run_dir)
+                hist = read_metrics(run_dir)
                 err = f"test err {hist[-1]['test_err'] * 100:.2f}% at epoch {hist[-1]['epoch']}" if hist else "no epoch"
                 if rc:
                     self.failed.append((spec, rc))
@@ -268,7 +262,7 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
     runs = []
     for spec in specs:
         d = os.path.join(root, spec.name)
-        hist = read_history(d)
+        hist = read_metrics(d)
         finished = is_finished(d, spec, proto)
         row = {
             **dataclasses.asdict(spec),
@@ -600,7 +594,7 @@ def _run(args: argparse.Namespace, proto: Protocol) -> int:
         state = (
             "finished"
             if is_finished(d, spec, proto)
-            else ("partial" if read_history(d) or os.path.exists(os.path.join(d, "checkpoint.pt")) else "new")
+            else ("partial" if read_metrics(d) or os.path.exists(os.path.join(d, "checkpoint.pt")) else "new")
         )
         if args.dry_run:
             print(f"{state:<8} {d}")
