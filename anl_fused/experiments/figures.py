@@ -21,6 +21,7 @@ no epoch yet (an empty ``metrics.jsonl``) is skipped with a warning by every fig
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -379,20 +380,13 @@ def first_conv_output(model, x):
 
 
 def _load_run_model(run_dir: str, data_dir: str | None):
-    """``(model in eval mode, config dict, data bundle)`` of a run directory's checkpoint."""
-    from . import checkpoint as ckpt
+    """``(model in eval mode, its resolved config as a dict, data bundle)`` of a run directory's checkpoint."""
     from . import data as data_mod
-    from .train import make_model
-    from .train.config import config_from_dict, upgrade_stored
+    from .train import CHECKPOINT_NAME, load_trained
 
-    path = os.path.join(run_dir, "checkpoint.pt")
-    state = ckpt.load(path, map_location="cpu", required=("config", "model"))
-    cfg = state["config"]
-    tc = config_from_dict(upgrade_stored(cfg), f"the config in checkpoint file {path!r}")
-    bundle = data_mod.load(tc.dataset, data_dir or tc.data_dir, val_size=tc.val_size)
-    model = make_model(tc.resolved(), bundle.in_channels, bundle.num_classes)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg, bundle
+    model, cfg = load_trained(os.path.join(run_dir, CHECKPOINT_NAME))
+    bundle = data_mod.load(cfg.dataset, data_dir or cfg.data_dir, val_size=cfg.val_size)
+    return model, dataclasses.asdict(cfg), bundle
 
 
 def feature_maps(

@@ -290,8 +290,8 @@ def _robustness(args) -> int:
     import torch
 
     from . import robustness
-    from .attack_cli import load_trained
     from .data import DATASETS, load
+    from .train import CHECKPOINT_NAME, load_trained
 
     torch.set_num_threads(args.threads)
     src_dir = run_dir(args.runs_dir, TRANSFER_SOURCE)
@@ -304,7 +304,7 @@ def _robustness(args) -> int:
     y = test.y[:ROBUST_IMAGES]
 
     def normalized(d: str):
-        return robustness.Normalized(load_trained(os.path.join(d, "checkpoint.pt"))[0], info.mean, info.std)
+        return robustness.Normalized(load_trained(os.path.join(d, CHECKPOINT_NAME))[0], info.mean, info.std)
 
     source = normalized(src_dir)
     results = {}
