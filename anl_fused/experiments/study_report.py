@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 
 from . import stats
 from .files import atomic_write, save_figure
+from .machine import machine_info
 from .study import EFFECT, cosine_runs, design, main_runs, pilot_runs, record
 
 #: the secondary comparisons (arm, reference arm), Holm-corrected as one family, paired by seed
@@ -93,7 +93,7 @@ def analyse(runs_dir: str) -> dict:
         "core_hours": sum(r["core_s"] for r in records) / 3600,
         "runs": records,
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine_info(),
         "diverged_threshold_pct": stats.DIVERGED,
     }
 
