@@ -4,7 +4,7 @@
     python benchmarks/probe_accuracy.py --protocol fashion-mnist --seeds 3 --data-dir DIR
 
 Every seed trains ``plain`` once and ``anl`` once per probe dtype (``--probe-dtypes``, default fp32 and
-bf16) with :func:`anl_fused.experiments.train.fit`; the same seed gives the same initial weights, data
+bf16); the same seed gives the same initial weights, data
 order and noise draws ``z`` in every run, so the runs of one seed differ only by round 1's precision
 (and plain by the noise). Protocols:
 
@@ -16,9 +16,10 @@ order and noise draws ``z`` in every run, so the runs of one seed differ only by
   epoch (chance error from then on) while their plain twins trained (``--lr 0.1``,
   ``probe-accuracy-fashion-mnist-lr0.1.md``).
 
-Writes ``probe-accuracy-<protocol>.json`` (every run's final errors, time per step and history) and
-``.md`` (the table) into ``--out``; the JSON is rewritten after every run, so an interrupted campaign
-keeps what it finished and ``--resume`` skips it.
+The runs are ``anl-fused train`` children (:mod:`anl_fused.experiments.sweep`, ``--jobs`` at a time) in
+``--runs-dir``: running the command again skips the finished runs and resumes the interrupted ones. Writes
+``probe-accuracy-<protocol>.json`` (every finished run's final errors, time per step and history) and ``.md``
+(the table) into ``--out``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import json
 import os
 import statistics
 import sys
-import tempfile
-import time
 
 import torch
 
-from anl_fused.experiments import stats
+from anl_fused.experiments import stats, sweep
+from anl_fused.experiments.files import atomic_write
+from anl_fused.experiments.machine import machine_info
+from anl_fused.experiments.train.metrics import read_metrics
+from anl_fused.experiments.train.rundir import local_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -78,15 +81,14 @@ def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
 
 
 def markdown(report: dict) -> str:
-    p, s = report["protocol"], report["summary"]
+    p, s, m = report["protocol"], report["summary"], report["machine"]
     lines = [
         f"# bf16 probe: test error against the fp32 probe ({report['name']})",
         "",
         f"{p['model']} on {p['dataset']} ({report['test_images']} test images, one image = "
         f"{100 / report['test_images']:.3g}%), eps {p['eps']}, batch {p['batch_size']}, lr {p['lr']}, "
         f"{p['epochs']} epochs with ANL + {p['finetune_epochs']} without at lr 1e-3; seeds "
-        f"{report['seeds']}; {report['machine']}, torch {report['torch']}, {report['threads']} thread(s), "
-        f"{report['date']}.",
+        f"{report['seeds']}; {m['cpu']}, torch {m['torch']}, {m['threads']} thread(s), {m['date']}.",
         "",
         "| arm | test error % (mean ± std) | [min, max] | ms/step (median) |",
         "| --- | --- | --- | --- |",
@@ -125,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
     ap.add_argument("--tag", default="", help="appended to the file names (e.g. -lr0.1)")
-    ap.add_argument("--resume", action="store_true", help="keep the runs the JSON in --out already holds")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings at once")
+    ap.add_argument("--runs-dir", default="runs/probe-accuracy", help="where the runs live (resumable)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     return ap
 
@@ -139,55 +142,37 @@ def _protocol(args: argparse.Namespace) -> dict:
     return protocol
 
 
-def _report_header(args: argparse.Namespace, argv, protocol: dict, seeds: list[int], bundle) -> dict:
-    """The report's description of the protocol, the data and the machine (the runs come later)."""
-    from anl_fused.benchmarks.step import machine_info
+def _jobs(args: argparse.Namespace, protocol: dict) -> list[tuple[str, str, int, sweep.Job]]:
+    """``(arm, probe dtype, seed, job)`` of every run, seed by seed, in ``RUNS_DIR/<protocol><tag>/<arm>-seed<k>``."""
+    arms = ([] if args.no_plain else [("plain", "fp32")]) + [(f"anl-{d}", d) for d in args.probe_dtypes]
+    out = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for arm, dtype in arms:
+            anl = arm != "plain"
+            settings = {
+                "model": protocol["model"],
+                "dataset": protocol["dataset"],
+                "data_dir": args.data_dir,
+                "variant": "anl" if anl else "plain",
+                "eps": protocol["eps"] if anl else None,
+                "probe_dtype": dtype if anl else None,
+                "epochs": protocol["epochs"],
+                "finetune_epochs": protocol["finetune_epochs"],
+                "finetune_lr": "floor",
+                "batch_size": protocol["batch_size"],
+                "lr": protocol["lr"],
+                "seed": seed,
+                "device": "cpu",
+            }
+            d = os.path.join(args.runs_dir, args.protocol + args.tag, f"{arm}-seed{seed}")
+            out.append((arm, dtype, seed, sweep.train_job(f"{arm} seed {seed}", d, settings, args.threads)))
+    return out
 
-    info = machine_info(torch.device("cpu"))
-    return {
-        "name": args.protocol + args.tag,
-        "protocol": protocol,
-        "seeds": seeds,
-        "test_images": len(bundle.test),
-        "machine": info["cpu"],
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": info["date"],
-        "git_commit": info["git_commit"],
-        "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
 
-
-def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype: str, seed: int, tmp: str) -> dict:
-    """Trains one arm for one seed (in a run directory under ``tmp``) and returns its record for the report."""
-    from anl_fused.experiments.train import TrainConfig, fit
-
-    variant = "plain" if arm == "plain" else "anl"
-    cfg = TrainConfig(
-        model=protocol["model"],
-        dataset=protocol["dataset"],
-        data_dir=args.data_dir,
-        variant=variant,
-        eps=protocol["eps"],
-        epochs=protocol["epochs"],
-        finetune_epochs=protocol["finetune_epochs"],
-        finetune_lr="floor",
-        batch_size=protocol["batch_size"],
-        lr=protocol["lr"],
-        seed=seed,
-        device="cpu",
-        probe_dtype=dtype,
-    )
-    start = time.perf_counter()
-    res = fit(
-        cfg,
-        os.path.join(tmp, f"{arm}-{seed}"),
-        progress=False,
-        bundle=bundle,
-        log=lambda s: None,
-        overwrite=True,
-    )
-    hist = res["history"]
+def _record(arm: str, dtype: str, seed: int, job: sweep.Job, protocol: dict) -> dict:
+    """The report's record of a finished run: final test error, median time per step of the ANL phase (its first
+    epoch, the warm-up, left out) and the history."""
+    hist = read_metrics(job.run_dir)
     noisy = hist[1 : protocol["epochs"]] or hist[: protocol["epochs"]]
     return {
         "arm": arm,
@@ -195,7 +180,6 @@ def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype
         "probe_dtype": dtype,
         "test_err_pct": hist[-1]["test_err"] * 100,
         "ms_per_step": statistics.median(h["time_per_step_s"] for h in noisy) * 1e3,
-        "wall_s": time.perf_counter() - start,
         "history": [
             {k: h[k] for k in ("epoch", "test_err", "val_loss", "lr", "time_per_step_s") if k in h} for h in hist
         ],
@@ -204,43 +188,35 @@ def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-
-    from anl_fused.experiments import data as data_mod
-    from anl_fused.experiments.files import atomic_write
-
     torch.set_num_threads(args.threads)
     protocol = _protocol(args)
-    bundle = data_mod.load(protocol["dataset"], args.data_dir)
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    arms = ([] if args.no_plain else [("plain", "fp32")]) + [(f"anl-{d}", d) for d in args.probe_dtypes]
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"probe-accuracy-{args.protocol}{args.tag}.json")
-    runs = []
-    if args.resume and os.path.exists(path):
-        with open(path) as f:
-            runs = json.load(f)["runs"]
-    done = {(r["arm"], r["seed"]) for r in runs}
-    report = _report_header(args, argv, protocol, seeds, bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            for arm, dtype in arms:
-                if (arm, seed) in done:
-                    continue
-                runs.append(_train_arm(args, protocol, bundle, arm, dtype, seed, tmp))
-                print(
-                    f"{arm} seed {seed}: test error {runs[-1]['test_err_pct']:.2f}%, "
-                    f"{runs[-1]['ms_per_step']:.1f} ms/step, {runs[-1]['wall_s']:.0f} s",
-                    flush=True,
-                )
-                report["runs"] = runs
-                report["summary"] = summarize(runs, args.probe_dtypes)
-                atomic_write(path, json.dumps(report, indent=1))
-    report["runs"], report["summary"] = runs, summarize(runs, args.probe_dtypes)
+    jobs = _jobs(args, protocol)
+    code = 0
+    try:
+        code = 1 if sweep.run([j for *_, j in jobs], parallel=args.jobs) else 0
+    except KeyboardInterrupt:  # the report of the finished runs; the next call resumes the others
+        code = 130
+    done = [(a, d, s, j) for a, d, s, j in jobs if sweep.state(j) == "finished"]
+    if not done:
+        print("no run has finished: nothing to report", file=sys.stderr)
+        return code or 1
+    runs = [_record(*x, protocol) for x in done]
+    report = {
+        "name": args.protocol + args.tag,
+        "protocol": protocol,
+        "seeds": sorted({s for _, _, s, _ in jobs}),
+        "test_images": local_config(done[0][3].run_dir)["dataset_sizes"]["test"],
+        "machine": machine_info(),
+        "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "runs": runs,
+        "summary": summarize(runs, args.probe_dtypes),
+    }
+    path = os.path.join(args.out, f"probe-accuracy-{report['name']}.json")
     atomic_write(path, json.dumps(report, indent=1))
     md = markdown(report)
     atomic_write(path[:-5] + ".md", md)
     print(md)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -36,18 +36,16 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 from ..layer import NORMS
-from . import stats
-from .files import atomic_write, check_out_dir, out_error
+from . import stats, sweep
+from .files import atomic_write, check_out_dir, out_error, resolve_device
+from .machine import machine_info
 from .train.metrics import read_metrics
+from .train.rundir import local_config
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
 PAPER_TABLE1 = {
@@ -122,134 +120,41 @@ def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS
     return out
 
 
+def settings(spec: RunSpec, proto: Protocol, *, data_dir: str | None, device: str) -> dict:
+    """The ``anl-fused train`` settings of one run: the baseline trains ``E + F`` epochs in one phase, the others
+    ``E`` then ``F`` at the floor rate."""
+    one_phase = spec.variant == "plain"
+    return {
+        "model": proto.model,
+        "dataset": proto.dataset,
+        "variant": "plain" if spec.variant == "plain2" else spec.variant,
+        "epochs": proto.total if one_phase else proto.epochs,
+        "finetune_epochs": 0 if one_phase else proto.finetune_epochs,
+        "batch_size": proto.batch_size,
+        "lr": proto.lr,
+        "seed": spec.seed,
+        "device": device,
+        "finetune_lr": "floor" if spec.variant == "plain2" else None,
+        "eps": spec.eps if spec.variant not in NO_NOISE else None,
+        "norm": spec.norm if spec.variant in ("anl", "opposite") else None,
+        "data_dir": data_dir or None,
+        "val_size": proto.val_size,
+    }
+
+
+def job(spec: RunSpec, proto: Protocol, runs_dir: str, *, data_dir: str | None, device: str, threads: int):
+    """The sweep's job of one run, in ``RUNS_DIR/<protocol>/<run>``."""
+    d = os.path.join(runs_dir, proto.tag, spec.name)
+    return sweep.train_job(spec.name, d, settings(spec, proto, data_dir=data_dir, device=device), threads)
+
+
 def train_args(
     spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str, threads: int
 ) -> list[str]:
-    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase), with
-    ``--resume`` when ``out_dir`` holds its run already (a new one, else a typo'd directory, would be refused)."""
-    from .train.rundir import describe_run
-
-    epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
-    args = [
-        "train",
-        "--model",
-        proto.model,
-        "--dataset",
-        proto.dataset,
-        "--variant",
-        "plain" if spec.variant == "plain2" else spec.variant,
-        "--epochs",
-        str(epochs),
-        "--finetune-epochs",
-        str(finetune),
-        "--batch-size",
-        str(proto.batch_size),
-        "--lr",
-        str(proto.lr),
-        "--seed",
-        str(spec.seed),
-        "--device",
-        device,
-        "--threads",
-        str(threads),
-        "--out",
-        out_dir,
-        "--no-progress",
-    ]
-    if describe_run(out_dir) is not None:
-        args.append("--resume")
-    if spec.variant == "plain2":
-        args += ["--finetune-lr", "floor"]
-    elif spec.variant != "plain":
-        args += ["--eps", repr(spec.eps)]
-    if spec.variant in ("anl", "opposite"):
-        args += ["--norm", spec.norm]
-    if data_dir:
-        args += ["--data-dir", data_dir]
-    if proto.val_size is not None:
-        args += ["--val-size", str(proto.val_size)]
-    return args
-
-
-def is_finished(run_dir: str, spec: RunSpec, proto: Protocol) -> bool:
-    hist = read_metrics(run_dir)
-    return len(hist) >= proto.total and hist[-1].get("epoch") == proto.total
-
-
-# ----------------------------------------------------------------------------------------------
-# running
-
-
-class _Runner:
-    """At most ``jobs`` child processes; Ctrl-C forwards SIGINT (each child checkpoints and stops)."""
-
-    def __init__(self, jobs: int, nice: int, log=print):
-        self.jobs, self.nice, self.log = jobs, nice, log
-        self.running: dict[subprocess.Popen, tuple[RunSpec, str, float, object]] = {}
-        self.failed: list[tuple[RunSpec, int]] = []
-
-    def _start(self, spec: RunSpec, run_dir: str, args: list[str]) -> None:
-        os.makedirs(run_dir, exist_ok=True)
-        logf = open(os.path.join(run_dir, "train.log"), "a")  # noqa: SIM115 - closed when the child ends
-        logf.write(f"# {dt.datetime.now().isoformat(timespec='seconds')} anl-fused {' '.join(args)}\n")
-        logf.flush()
-        nice = self.nice
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "anl_fused.cli", *args],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
-        self.running[proc] = (spec, run_dir, time.time(), logf)
-        self.log(f"started  {spec.name} (pid {proc.pid})")
-
-    def _reap(self, block: bool) -> None:
-        while self.running:
-            for proc in list(self.running):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                spec, run_dir, t0, logf = self.running.pop(proc)
-                logf.close()
-                hist = read_metrics(run_dir)
-                err = f"test err {hist[-1]['test_err'] * 100:.2f}% at epoch {hist[-1]['epoch']}" if hist else "no epoch"
-                if rc:
-                    self.failed.append((spec, rc))
-                    self.log(f"FAILED   {spec.name} (exit {rc}, {err}); see {os.path.join(run_dir, 'train.log')}")
-                else:
-                    self.log(f"finished {spec.name} in {(time.time() - t0) / 60:.1f} min, {err}")
-                return
-            if not block:
-                return
-            time.sleep(1.0)
-
-    def run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
-        def stop(signum, frame):
-            raise KeyboardInterrupt
-
-        # SIGTERM (kill PID, e.g. of a nohup'ed campaign, whose SIGINT a shell may ignore) stops like Ctrl-C
-        old = signal.signal(signal.SIGTERM, stop)
-        try:
-            self._run(todo)
-        finally:
-            signal.signal(signal.SIGTERM, old)
-
-    def _run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
-        try:
-            for spec, run_dir, args in todo:
-                while len(self.running) >= self.jobs:
-                    self._reap(block=True)
-                self._start(spec, run_dir, args)
-            while self.running:
-                self._reap(block=True)
-        except KeyboardInterrupt:
-            self.log("interrupt: asking the running trainings to checkpoint and stop (run again to resume)")
-            for proc in self.running:
-                proc.send_signal(signal.SIGINT)
-            for proc, (_, _, _, logf) in self.running.items():
-                proc.wait()
-                logf.close()
-            raise
+    """``anl-fused train`` arguments of one run in ``out_dir``, with ``--resume`` when ``out_dir`` holds its run
+    already (a new one, else a typo'd directory, would be refused)."""
+    s = settings(spec, proto, data_dir=data_dir, device=device)
+    return sweep.command(sweep.train_job(spec.name, out_dir, s, threads))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,18 +163,16 @@ class _Runner:
 
 def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
     """Every run's result and the per-row statistics (only finished runs count)."""
-    root = os.path.join(runs_dir, proto.tag)
     runs = []
     for spec in specs:
-        d = os.path.join(root, spec.name)
-        hist = read_metrics(d)
-        finished = is_finished(d, spec, proto)
+        j = job(spec, proto, runs_dir, data_dir=None, device="cpu", threads=1)
+        hist = read_metrics(j.run_dir)
         row = {
             **dataclasses.asdict(spec),
             "name": spec.name,
             "row": spec.column,
-            "dir": d,
-            "finished": finished,
+            "dir": j.run_dir,
+            "finished": sweep.finished(j.run_dir, j.epochs),
             "epochs_done": len(hist),
         }
         if hist:
@@ -402,20 +305,12 @@ def report(
     seeds: list[int],
     command: str,
     name: str | None = None,
+    device: str = "cpu",
 ) -> tuple[str, dict]:
     result = collect(specs, proto, runs_dir)
-    sizes = "?"
-    for r in result["runs"]:
-        cfg_path = os.path.join(r["dir"], "config.json")
-        if os.path.isfile(cfg_path):
-            try:
-                with open(cfg_path) as f:
-                    s = json.load(f).get("dataset_sizes")
-            except (ValueError, AttributeError):  # not train's config.json: the sizes are said by another run
-                s = None
-            if s:
-                sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}"
-                break
+    found = (local_config(r["dir"]) or {} for r in result["runs"])  # not train's config.json: another run says them
+    s = next((c["dataset_sizes"] for c in found if c.get("dataset_sizes")), None)
+    sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}" if s else "?"
     result.update(
         protocol=dataclasses.asdict(proto),
         seeds=seeds,
@@ -423,7 +318,7 @@ def report(
         command=command,
         paper=PAPER_TABLE1.get((proto.model, proto.dataset)),
         written=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        machine={"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        machine=machine_info(device),
     )
     for r in result["runs"]:
         r["dir"] = os.path.relpath(r["dir"], runs_dir)
@@ -587,37 +482,26 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, proto: Protocol) -> int:
     seeds = list(range(args.seeds))
     specs = plan(seeds, args.eps, args.norms, args.variants)
-    root = os.path.join(args.runs_dir, proto.tag)
-    todo = []
-    for spec in specs:
-        d = os.path.join(root, spec.name)
-        state = (
-            "finished"
-            if is_finished(d, spec, proto)
-            else ("partial" if read_metrics(d) or os.path.exists(os.path.join(d, "checkpoint.pt")) else "new")
-        )
-        if args.dry_run:
-            print(f"{state:<8} {d}")
-        if state != "finished":
-            todo.append(
-                (spec, d, train_args(spec, proto, d, data_dir=args.data_dir, device=args.device, threads=args.threads))
-            )
+    where = dict(data_dir=args.data_dir, device=args.device, threads=args.threads)
+    jobs = [job(spec, proto, args.runs_dir, **where) for spec in specs]
+    todo = [j for j in jobs if sweep.state(j) != "finished"]
     if args.dry_run:
+        for j in jobs:
+            print(f"{sweep.state(j):<8} {j.run_dir}")
         return 0
     os.makedirs(args.out, exist_ok=True)  # an unusable --out is said before any training
-    stamp = lambda: dt.datetime.now().strftime("%H:%M:%S")
-    log = lambda s: print(f"[{stamp()}] {s}", flush=True)
-    runner = _Runner(args.jobs, args.nice, log)
+    log = lambda s: print(f"[{dt.datetime.now():%H:%M:%S}] {s}", flush=True)
+    failed = []
     if todo and not args.report_only:
         log(
-            f"{proto.tag}: {len(specs) - len(todo)} of {len(specs)} runs finished; {len(todo)} to go, "
-            f"{args.jobs} at a time"
+            f"{proto.tag}: {len(jobs) - len(todo)} of {len(jobs)} runs finished; {len(todo)} to go, {args.jobs} at once"
         )
         try:
-            runner.run(todo)
+            failed = sweep.run(todo, parallel=args.jobs, nice=args.nice, log=log)
         except KeyboardInterrupt:
             return 130
-    base, result = report(specs, proto, args.runs_dir, args.out, seeds, _command(args, proto), args.name)
+    command = _command(args, proto)
+    base, result = report(specs, proto, args.runs_dir, args.out, seeds, command, args.name, resolve_device(args.device))
     print(render_markdown(result))
     log(f"wrote {base}.md and {base}.json ({result['finished']} of {result['planned']} runs finished)")
-    return 1 if runner.failed else 0
+    return 1 if failed else 0
