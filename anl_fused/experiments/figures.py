@@ -153,7 +153,6 @@ _SWEEP_SETTINGS = (
     "weight_decay",
     "lr_factor",
     "patience",
-    "cooldown",
     "hold_epochs",
     "min_lr",
     "val_size",
@@ -455,11 +454,11 @@ def feature_maps(
 
 
 def _method_label(cfg: dict) -> str:
-    """A short name of a run's method: ``baseline``, ``baseline two-phase`` (plain training with the noise
+    """A short name of a run's method: ``baseline``, ``baseline-two-phase`` (plain training with the noise
     methods' fine-tuning phase), ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
     v, eps = cfg.get("variant", "?"), cfg.get("eps", 0)
     if v == "plain":
-        return "baseline two-phase" if cfg.get("finetune_epochs") else "baseline"
+        return "baseline-two-phase" if cfg.get("finetune_epochs") else "baseline"
     if v == "gaussian":
         return f"Gaussian {eps:g}"
     if v in ("anl", "opposite"):

@@ -8,7 +8,7 @@ For every seed it trains, with ``anl-fused train`` in child processes (``--jobs`
 with ``--threads`` intra-op threads and ``nice --nice``):
 
 - ``baseline``: no noise, ``E + F`` epochs (the paper: 200);
-- ``baseline-two-phase`` (``plain2``, a control the paper does not have): no noise, ``E`` epochs then ``F``
+- ``baseline-two-phase`` (a control the paper does not have): no noise, ``E`` epochs then ``F``
   at the floor learning rate, the noise methods' schedule, so that the noise is the only difference;
 - ``gaussian``: ``eta = s(h) |eps|/4 z`` for ``E`` epochs, then ``F`` epochs with the noise off at the
   floor learning rate (the paper: 100 + 100);
@@ -44,6 +44,9 @@ from ..layer import NORMS
 from . import stats, sweep
 from .files import atomic_write, check_out_dir, out_error, resolve_device
 from .machine import machine_info
+from .train.config import NOISE_VARIANTS, TWO_PHASE_VARIANTS
+from .train.config import PRESETS as TRAIN_PRESETS
+from .train.config import VARIANTS as TRAIN_VARIANTS
 from .train.metrics import read_metrics
 from .train.rundir import local_config
 
@@ -54,11 +57,14 @@ PAPER_TABLE1 = {
     ("vgg16", "cifar10"): {"plain": 7.47, "gaussian": 7.62, "anl": 6.18, "opposite": 55.49},
 }
 PAPER_EPS = 0.03  # Table 1's eps for every row
-#: plain2: a control the paper does not have, the baseline trained in the noise methods' two phases
-#: (E epochs, then F at the floor rate), so that the noise is the only difference to it
-VARIANTS = ("plain", "plain2", "gaussian", "anl", "opposite")
-NO_NOISE = ("plain", "plain2")
-PRESETS = {"paper": (100, 100)}  # section 4.2.1: 100 epochs with ANL, 100 with ANL off at 1e-3; baseline 200
+#: a control the paper does not have: plain training in the noise methods' two phases (E epochs, then F at the
+#: floor rate), so that the noise is the only difference to it
+CONTROL = "baseline-two-phase"
+#: the methods, in the table's order: ``anl-fused train``'s variants (not ``input``: it needs an input eps) and the
+#: control; Table 1's by default. Two-phase variants train E then F epochs, the others E + F on the schedule.
+VARIANTS = ("plain", CONTROL, *(v for v in TRAIN_VARIANTS if v not in ("plain", "input")))
+TABLE1 = ("plain", CONTROL, "gaussian", "anl", "opposite")
+NORMED = ("anl", "opposite")  # a row per --norms entry
 
 
 @dataclass(frozen=True)
@@ -72,13 +78,9 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        if self.variant == "plain":
-            return f"baseline-seed{self.seed}"
-        if self.variant == "plain2":
-            return f"baseline-two-phase-seed{self.seed}"
-        if self.variant == "gaussian":
-            return f"gaussian-eps{self.eps:g}-seed{self.seed}"
-        return f"{self.variant}-eps{self.eps:g}-{self.norm}-seed{self.seed}"
+        eps = f"-eps{self.eps:g}" if self.variant in NOISE_VARIANTS else ""
+        norm = f"-{self.norm}" if self.variant in NORMED else ""
+        return f"{'baseline' if self.variant == 'plain' else self.variant}{eps}{norm}-seed{self.seed}"
 
     @property
     def column(self) -> str:
@@ -106,37 +108,34 @@ class Protocol:
         return self.epochs + self.finetune_epochs
 
 
-def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS) -> list[RunSpec]:
-    """The runs, seed by seed (so that early results cover every method), baseline first."""
+def plan(seeds: list[int], eps: list[float], norms: list[str], variants=TABLE1) -> list[RunSpec]:
+    """The runs, seed by seed (so that early results cover every method), baseline first: one per eps of the noise
+    variants, one per norm of ANL and opposite."""
     out = []
     for seed in seeds:
         for v in variants:
-            if v in NO_NOISE:
-                out.append(RunSpec(v, seed))
-            elif v == "gaussian":
-                out += [RunSpec("gaussian", seed, abs(e)) for e in eps]
-            else:
-                out += [RunSpec(v, seed, abs(e), n) for e in eps for n in norms]
+            for e in eps if v in NOISE_VARIANTS else [0.0]:
+                out += [RunSpec(v, seed, abs(e), n) for n in (norms if v in NORMED else ["sample"])]
     return out
 
 
 def settings(spec: RunSpec, proto: Protocol, *, data_dir: str | None, device: str) -> dict:
-    """The ``anl-fused train`` settings of one run: the baseline trains ``E + F`` epochs in one phase, the others
-    ``E`` then ``F`` at the floor rate."""
-    one_phase = spec.variant == "plain"
+    """The ``anl-fused train`` settings of one run: the baseline trains ``E + F`` epochs in one phase, the control and
+    the two-phase variants ``E`` then ``F`` at the floor rate."""
+    one_phase = spec.variant not in (CONTROL, *TWO_PHASE_VARIANTS)
     return {
         "model": proto.model,
         "dataset": proto.dataset,
-        "variant": "plain" if spec.variant == "plain2" else spec.variant,
+        "variant": "plain" if spec.variant == CONTROL else spec.variant,
         "epochs": proto.total if one_phase else proto.epochs,
         "finetune_epochs": 0 if one_phase else proto.finetune_epochs,
         "batch_size": proto.batch_size,
         "lr": proto.lr,
         "seed": spec.seed,
         "device": device,
-        "finetune_lr": "floor" if spec.variant == "plain2" else None,
-        "eps": spec.eps if spec.variant not in NO_NOISE else None,
-        "norm": spec.norm if spec.variant in ("anl", "opposite") else None,
+        "finetune_lr": "floor" if spec.variant == CONTROL else None,
+        "eps": spec.eps if spec.variant in NOISE_VARIANTS else None,
+        "norm": spec.norm if spec.variant in NORMED else None,
         "data_dir": data_dir or None,
         "val_size": proto.val_size,
     }
@@ -176,7 +175,7 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
             "epochs_done": len(hist),
         }
         if hist:
-            phase1 = hist[: proto.total if spec.variant == "plain" else proto.epochs]
+            phase1 = hist[: settings(spec, proto, data_dir=None, device="cpu")["epochs"]]
             row.update(
                 test_err=hist[-1]["test_err"] * 100,
                 train_err=(1 - hist[-1]["train_acc"]) * 100,
@@ -187,7 +186,7 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         runs.append(row)
     done = [r for r in runs if r["finished"]]
     base = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain"}
-    base2 = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain2"}
+    base2 = {r["seed"]: r["test_err"] for r in done if r["variant"] == CONTROL}
     rows: dict[str, dict] = {}
     for r in done:
         rows.setdefault(r["row"], {"variant": r["variant"], "eps": r["eps"], "norm": r["norm"], "errs": {}})
@@ -200,7 +199,7 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         kept = [row["errs"][s] for s in seeds if s not in row["diverged_seeds"]]
         if row["diverged_seeds"] and kept:
             row["test_err_without_diverged"] = stats.summary(kept)
-        for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
+        for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, CONTROL)):
             _, paired = stats.pair(row["errs"], ref)  # over the seeds where neither run diverged
             if row["variant"] != own and paired:
                 row[key] = stats.differences(paired)
@@ -209,15 +208,12 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
 
 
 def _row_label(row: dict) -> str:
-    v = row["variant"]
-    if v == "plain":
-        return "baseline"
-    if v == "plain2":
-        return "baseline, two phases (control)"
-    if v == "gaussian":
-        return f"Gaussian, eps={row['eps']:g}"
-    sign = "-" if v == "opposite" else ""
-    return f"+ANL eps={sign}{row['eps']:g}{' (opposite)' if v == 'opposite' else ''}, norm={row['norm']}"
+    v, eps = row["variant"], f"eps={row['eps']:g}"
+    if v in ("anl", "opposite"):
+        sign = "-" if v == "opposite" else ""
+        return f"+ANL eps={sign}{row['eps']:g}{' (opposite)' if v == 'opposite' else ''}, norm={row['norm']}"
+    labels = {"plain": "baseline", CONTROL: "baseline, two phases (control)", "gaussian": f"Gaussian, {eps}"}
+    return labels.get(v, f"{v}, {eps}" if v in NOISE_VARIANTS else v)
 
 
 def _row_order(name_row: tuple[str, dict]) -> tuple:
@@ -342,7 +338,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(TRAIN_PRESETS),
         default=None,
         help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)",
     )
@@ -359,9 +355,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS),
+        default=list(TABLE1),
         choices=VARIANTS,
-        help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, "
+        help=f"methods (default: Table 1's baseline (plain), Gaussian, ANL and opposite, and {CONTROL}, "
         "the control that trains without noise on the noise methods' two-phase schedule)",
     )
     p.add_argument("--batch-size", type=int, default=128)
@@ -394,7 +390,8 @@ def _protocol(args: argparse.Namespace) -> Protocol:
     if args.preset and (args.epochs is not None or args.finetune_epochs is not None):
         raise ValueError("give either --preset or --epochs/--finetune-epochs, not both")
     if args.preset:
-        epochs, finetune = PRESETS[args.preset]
+        preset = TRAIN_PRESETS[args.preset]["noise"]  # the baseline trains their sum in one phase
+        epochs, finetune = preset["epochs"], preset["finetune_epochs"]
     elif args.epochs is None:
         raise ValueError("give --preset paper or --epochs E [--finetune-epochs F]")
     else:
@@ -446,7 +443,7 @@ def _command(args: argparse.Namespace, proto: Protocol) -> str:
         parts.append(f"--val-size {proto.val_size}")
     if args.data_dir:
         parts.append(f"--data-dir {args.data_dir}")
-    if list(args.variants) != list(VARIANTS):
+    if list(args.variants) != list(TABLE1):
         parts.append("--variants " + " ".join(args.variants))
     return " ".join(parts)
 
