@@ -41,24 +41,10 @@ from anl_fused.experiments.train.rundir import local_config
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PROTOCOLS = {
-    "digits": {
-        "model": "vgg_tiny",
-        "dataset": "digits",
-        "eps": 0.1,
-        "batch_size": 64,
-        "lr": 0.1,
-        "epochs": 20,
-        "finetune_epochs": 10,
-    },
-    "fashion-mnist": {
-        "model": "lenet5",
-        "dataset": "fashion-mnist",
-        "eps": 0.03,
-        "batch_size": 128,
-        "lr": 0.02,
-        "epochs": 8,
-        "finetune_epochs": 4,
-    },
+    "digits": dict(model="vgg_tiny", dataset="digits", eps=0.1, batch_size=64, lr=0.1, epochs=20, finetune_epochs=10),
+    "fashion-mnist": dict(
+        model="lenet5", dataset="fashion-mnist", eps=0.03, batch_size=128, lr=0.02, epochs=8, finetune_epochs=4
+    ),
 }
 
 

@@ -47,6 +47,9 @@ from .train.rundir import local_config
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
 NOISY = ("anl", "opposite", "gaussian")
 DEMO_EPS = 0.1  # vgg_tiny on digits: the best of a 10-seed sweep, chosen on test error
+#: the settings every variant shares, from a run's config
+PROTOCOL_KEYS = ("epochs", "finetune_epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience")
+PROTOCOL_KEYS += ("hold_epochs", "min_lr")
 MIN_LR = 1e-3  # the schedule's floor and the fine-tuning rate (TrainConfig.min_lr, the paper's)
 
 
@@ -138,13 +141,7 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {
-        "plain": "tab:gray",
-        "anl": "tab:blue",
-        "opposite": "tab:red",
-        "gaussian": "tab:green",
-        "dropout": "tab:purple",
-    }
+    colors = dict(plain="tab:gray", anl="tab:blue", opposite="tab:red", gaussian="tab:green", dropout="tab:purple")
     variants = list(summary)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
@@ -380,21 +377,7 @@ def _protocol(args: argparse.Namespace, variants: list[str], configs: dict) -> d
         "eps": list(args.eps),
         "train_default_eps": MODELS[args.model].eps,
         "seeds": args.seeds,
-        **{
-            k: c[k]
-            for k in (
-                "epochs",
-                "finetune_epochs",
-                "batch_size",
-                "lr",
-                "momentum",
-                "weight_decay",
-                "lr_factor",
-                "patience",
-                "hold_epochs",
-                "min_lr",
-            )
-        },
+        **{k: c[k] for k in PROTOCOL_KEYS},
     }
 
 

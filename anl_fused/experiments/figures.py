@@ -423,7 +423,14 @@ def feature_maps(
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
         rows.append((cfg, raw, torch.sigmoid(fm[0])[:max_channels]))
+    cfg0 = rows[0][0]
+    default = f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, "
+    _draw_feature_maps(rows, out, title or f"{default}test image {image_index}")
+    return rows
 
+
+def _draw_feature_maps(rows: list, out: str, title: str) -> None:
+    """One row per run: the input image, then the sigmoid of each of the first conv's channels."""
     plt = _plt()
     ncol = 1 + max(fm.shape[0] for _, _, fm in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(1.25 * ncol + 1.2, 1.35 * len(rows) + 0.6), squeeze=False)
@@ -442,15 +449,9 @@ def feature_maps(
     axes[0][0].set_title("input", fontsize=9)
     for j in range(1, ncol):
         axes[0][j].set_title(f"ch {j}", fontsize=9)
-    cfg0 = rows[0][0]
-    fig.suptitle(
-        title
-        or f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, test image {image_index}",
-        fontsize=10,
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, out)
-    return rows
 
 
 def _method_label(cfg: dict) -> str:

@@ -221,38 +221,45 @@ def _row_order(name_row: tuple[str, dict]) -> tuple:
     return (VARIANTS.index(row["variant"]), row["eps"], NORMS.index(row["norm"]) if row["norm"] in NORMS else 9)
 
 
-def render_markdown(result: dict) -> str:
-    """The table, the paper's numbers beside ours, and the protocol, as Markdown."""
+def _spread(st: dict, sign: str = "", one: str = " (1 seed)") -> str:
+    """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
+    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
+
+
+def _paired(vs: dict | None) -> str:  # (better/worse) counts the pairs
+    return "-" if vs is None else f"{_spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
+
+
+def _table(result: dict, two: bool) -> list[str]:
+    """The table's lines: a row per method, the paper's number beside ours (``two``: the column of the paired
+    differences to the two-phase control)."""
     p = result["protocol"]
     paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
-    seeds_planned = result["seeds"]
-    two = any("vs_two_phase" in row for row in result["rows"].values())
     lines = [
         "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | per seed | vs baseline, same seed "
         "(mean ± std; better/worse) |" + (" vs two-phase baseline, same seed |" if two else ""),
         "|---|---|---|---|---|---|" + ("---|" if two else ""),
     ]
-
-    def spread(st, sign="", one=" (1 seed)"):
-        """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
-        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
-
-    def paired(vs):  # (better/worse) counts the pairs
-        return "-" if vs is None else f"{spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
-
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
         per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if stats.diverged(v) else "") for v in t["values"])
-        mean = spread(t)
+        mean = _spread(t)
         if row.get("diverged_seeds"):
             k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
-            mean += f"; without the {k} diverged: " + (spread(w) if w else "-")
+            mean += f"; without the {k} diverged: " + (_spread(w) if w else "-")
         lines.append(
             f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-            f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
-            + (f" {paired(row.get('vs_two_phase'))} |" if two else "")
+            f"{mean} | {t['n']} | {per_seed} | {_paired(row.get('vs_baseline'))} |"
+            + (f" {_paired(row.get('vs_two_phase'))} |" if two else "")
         )
+    return lines
+
+
+def render_markdown(result: dict) -> str:
+    """The table, the paper's numbers beside ours, and the protocol, as Markdown."""
+    p = result["protocol"]
+    two = any("vs_two_phase" in row for row in result["rows"].values())
     missing = result["planned"] - result["finished"]
     base = "the baseline" if p["finetune_epochs"] else "every method"
     control = (
@@ -261,7 +268,7 @@ def render_markdown(result: dict) -> str:
         if two
         else ""
     )
-    lines += [
+    lines = _table(result, two) + [
         "",
         f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
         f"(lr {p['lr']}, momentum 0.9, weight decay 5e-4), learning rate halved when the last 5 epochs found no "
@@ -274,7 +281,7 @@ def render_markdown(result: dict) -> str:
             if (p["epochs"], p["finetune_epochs"]) == (100, 100)
             else f" (the paper's 100 + 100 / 200 scaled by {p['epochs'] / 100:g})."
         )
-        + f" Test error at the last epoch. Seeds {', '.join(map(str, seeds_planned))}: the same seed gives every "
+        + f" Test error at the last epoch. Seeds {', '.join(map(str, result['seeds']))}: the same seed gives every "
         "method the same initial weights and data order." + control,
     ]
     diverged = sorted(
