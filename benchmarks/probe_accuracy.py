@@ -4,7 +4,7 @@
     python benchmarks/probe_accuracy.py --protocol fashion-mnist --seeds 3 --data-dir DIR
 
 Every seed trains ``plain`` once and ``anl`` once per probe dtype (``--probe-dtypes``, default fp32 and
-bf16) with :func:`anl_fused.experiments.train.fit`; the same seed gives the same initial weights, data
+bf16); the same seed gives the same initial weights, data
 order and noise draws ``z`` in every run, so the runs of one seed differ only by round 1's precision
 (and plain by the noise). Protocols:
 
@@ -16,116 +16,73 @@ order and noise draws ``z`` in every run, so the runs of one seed differ only by
   epoch (chance error from then on) while their plain twins trained (``--lr 0.1``,
   ``probe-accuracy-fashion-mnist-lr0.1.md``).
 
-Writes ``probe-accuracy-<protocol>.json`` (every run's final errors, time per step and history) and
-``.md`` (the table) into ``--out``; the JSON is rewritten after every run, so an interrupted campaign
-keeps what it finished and ``--resume`` skips it.
+The runs are ``anl-fused train`` children (:mod:`anl_fused.experiments.sweep`, ``--jobs`` at a time) in
+``--runs-dir``: running the command again skips the finished runs and resumes the interrupted ones. Writes
+``probe-accuracy-<protocol>.json`` (every finished run's final errors, time per step and history) and ``.md``
+(the table) into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
-import tempfile
-import time
 
 import torch
+
+from anl_fused.experiments import stats, sweep
+from anl_fused.experiments.files import atomic_write
+from anl_fused.experiments.machine import machine_info
+from anl_fused.experiments.train.metrics import read_metrics
+from anl_fused.experiments.train.rundir import local_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PROTOCOLS = {
-    "digits": {
-        "model": "vgg_tiny",
-        "dataset": "digits",
-        "eps": 0.1,
-        "batch_size": 64,
-        "lr": 0.1,
-        "epochs": 20,
-        "finetune_epochs": 10,
-    },
-    "fashion-mnist": {
-        "model": "lenet5",
-        "dataset": "fashion-mnist",
-        "eps": 0.03,
-        "batch_size": 128,
-        "lr": 0.02,
-        "epochs": 8,
-        "finetune_epochs": 4,
-    },
+    "digits": dict(model="vgg_tiny", dataset="digits", eps=0.1, batch_size=64, lr=0.1, epochs=20, finetune_epochs=10),
+    "fashion-mnist": dict(
+        model="lenet5", dataset="fashion-mnist", eps=0.03, batch_size=128, lr=0.02, epochs=8, finetune_epochs=4
+    ),
 }
-
-
-def _stats(values: list[float]) -> dict:
-    n = len(values)
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if n > 1 else 0.0,
-        "se": statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": n,
-    }
 
 
 def summarize(runs: list[dict], probe_dtypes: list[str]) -> dict:
     """Per arm (plain, anl-<dtype>): test error stats; paired differences of each low-precision arm against
-    anl-fp32 and of every anl arm against plain, over the seeds both have."""
-    by_arm: dict[str, dict[int, dict]] = {}
+    anl-fp32 and of every anl arm against plain, over the seeds both have where neither run diverged."""
+    errs: dict[str, dict[int, float]] = {}
     for r in runs:
-        by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+        errs.setdefault(r["arm"], {})[r["seed"]] = r["test_err_pct"]
     out = {"arms": {}, "paired": {}}
-    for arm, seeds in by_arm.items():
-        out["arms"][arm] = {
-            "test_err_pct": _stats([r["test_err_pct"] for r in seeds.values()]),
-            "ms_per_step": statistics.median(r["ms_per_step"] for r in seeds.values()),
-        }
-
-    def paired(a: str, b: str) -> None:
-        if a not in by_arm or b not in by_arm:
-            return
-        common = sorted(set(by_arm[a]) & set(by_arm[b]))
-        if not common:
-            return
-        d = [by_arm[a][s]["test_err_pct"] - by_arm[b][s]["test_err_pct"] for s in common]
-        out["paired"][f"{a} - {b}"] = {
-            **_stats(d),
-            "better": sum(x < 0 for x in d),
-            "same": sum(x == 0 for x in d),
-            "worse": sum(x > 0 for x in d),
-            "seeds": common,
-            "diffs": d,
-        }
-
-    for dt in probe_dtypes:
-        if dt != "fp32":
-            paired(f"anl-{dt}", "anl-fp32")
-    for dt in probe_dtypes:
-        paired(f"anl-{dt}", "plain")
+    for arm, by_seed in errs.items():
+        steps = [r["ms_per_step"] for r in runs if r["arm"] == arm]
+        out["arms"][arm] = {"test_err_pct": stats.summary(by_seed.values()), "ms_per_step": statistics.median(steps)}
+    pairs = [(f"anl-{d}", "anl-fp32") for d in probe_dtypes if d != "fp32"]
+    for a, b in pairs + [(f"anl-{d}", "plain") for d in probe_dtypes]:
+        seeds, d = stats.pair(errs.get(a, {}), errs.get(b, {}))
+        if seeds:
+            out["paired"][f"{a} - {b}"] = {**stats.differences(d), "seeds": seeds}
     return out
 
 
 def markdown(report: dict) -> str:
-    p, s = report["protocol"], report["summary"]
+    p, s, m = report["protocol"], report["summary"], report["machine"]
     lines = [
         f"# bf16 probe: test error against the fp32 probe ({report['name']})",
         "",
         f"{p['model']} on {p['dataset']} ({report['test_images']} test images, one image = "
         f"{100 / report['test_images']:.3g}%), eps {p['eps']}, batch {p['batch_size']}, lr {p['lr']}, "
         f"{p['epochs']} epochs with ANL + {p['finetune_epochs']} without at lr 1e-3; seeds "
-        f"{report['seeds']}; {report['machine']}, torch {report['torch']}, {report['threads']} thread(s), "
-        f"{report['date']}.",
+        f"{report['seeds']}; {m['cpu']}, torch {m['torch']}, {m['threads']} thread(s), {m['date']}.",
         "",
         "| arm | test error % (mean ± std) | [min, max] | ms/step (median) |",
         "| --- | --- | --- | --- |",
     ]
     for arm, a in s["arms"].items():
         t = a["test_err_pct"]
-        lines.append(
-            f"| {arm} | {t['mean']:.2f} ± {t['std']:.2f} | [{t['min']:.2f}, {t['max']:.2f}] | {a['ms_per_step']:.1f} |"
-        )
+        span = f"[{t['min']:.2f}, {t['max']:.2f}]"
+        lines.append(f"| {arm} | {t['mean']:.2f} ± {t['std'] or 0.0:.2f} | {span} | {a['ms_per_step']:.1f} |")
     lines += [
         "",
         "Paired by seed (same initial weights, data order and noise draws):",
@@ -135,8 +92,8 @@ def markdown(report: dict) -> str:
     ]
     for k, d in s["paired"].items():
         lines.append(
-            f"| {k} | {d['mean']:+.3f} ± {d['se']:.3f} | {d['better']} / {d['same']} / {d['worse']} | "
-            + ", ".join(f"{x:+.2f}" for x in d["diffs"])
+            f"| {k} | {d['mean']:+.3f} ± {d['se'] or 0.0:.3f} | {d['better']} / {d['same']} / {d['worse']} | "
+            + ", ".join(f"{x:+.2f}" for x in d["values"])
             + " |"
         )
     lines += ["", "A mean within about two standard errors of 0 is no evidence of a difference either way.", ""]
@@ -156,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
     ap.add_argument("--tag", default="", help="appended to the file names (e.g. -lr0.1)")
-    ap.add_argument("--resume", action="store_true", help="keep the runs the JSON in --out already holds")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings at once")
+    ap.add_argument("--runs-dir", default="runs/probe-accuracy", help="where the runs live (resumable)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     return ap
 
@@ -170,55 +128,37 @@ def _protocol(args: argparse.Namespace) -> dict:
     return protocol
 
 
-def _report_header(args: argparse.Namespace, argv, protocol: dict, seeds: list[int], bundle) -> dict:
-    """The report's description of the protocol, the data and the machine (the runs come later)."""
-    from anl_fused.benchmarks.step import machine_info
+def _jobs(args: argparse.Namespace, protocol: dict) -> list[tuple[str, str, int, sweep.Job]]:
+    """``(arm, probe dtype, seed, job)`` of every run, seed by seed, in ``RUNS_DIR/<protocol><tag>/<arm>-seed<k>``."""
+    arms = ([] if args.no_plain else [("plain", "fp32")]) + [(f"anl-{d}", d) for d in args.probe_dtypes]
+    out = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for arm, dtype in arms:
+            anl = arm != "plain"
+            settings = {
+                "model": protocol["model"],
+                "dataset": protocol["dataset"],
+                "data_dir": args.data_dir,
+                "variant": "anl" if anl else "plain",
+                "eps": protocol["eps"] if anl else None,
+                "probe_dtype": dtype if anl else None,
+                "epochs": protocol["epochs"],
+                "finetune_epochs": protocol["finetune_epochs"],
+                "finetune_lr": "floor",
+                "batch_size": protocol["batch_size"],
+                "lr": protocol["lr"],
+                "seed": seed,
+                "device": "cpu",
+            }
+            d = os.path.join(args.runs_dir, args.protocol + args.tag, f"{arm}-seed{seed}")
+            out.append((arm, dtype, seed, sweep.train_job(f"{arm} seed {seed}", d, settings, args.threads)))
+    return out
 
-    info = machine_info(torch.device("cpu"))
-    return {
-        "name": args.protocol + args.tag,
-        "protocol": protocol,
-        "seeds": seeds,
-        "test_images": len(bundle.test),
-        "machine": info["cpu"],
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": info["date"],
-        "git_commit": info["git_commit"],
-        "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
 
-
-def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype: str, seed: int, tmp: str) -> dict:
-    """Trains one arm for one seed (in a run directory under ``tmp``) and returns its record for the report."""
-    from anl_fused.experiments.train import TrainConfig, fit
-
-    variant = "plain" if arm == "plain" else "anl"
-    cfg = TrainConfig(
-        model=protocol["model"],
-        dataset=protocol["dataset"],
-        data_dir=args.data_dir,
-        variant=variant,
-        eps=protocol["eps"],
-        epochs=protocol["epochs"],
-        finetune_epochs=protocol["finetune_epochs"],
-        finetune_lr="floor",
-        batch_size=protocol["batch_size"],
-        lr=protocol["lr"],
-        seed=seed,
-        device="cpu",
-        probe_dtype=dtype,
-    )
-    start = time.perf_counter()
-    res = fit(
-        cfg,
-        os.path.join(tmp, f"{arm}-{seed}"),
-        progress=False,
-        bundle=bundle,
-        log=lambda s: None,
-        overwrite=True,
-    )
-    hist = res["history"]
+def _record(arm: str, dtype: str, seed: int, job: sweep.Job, protocol: dict) -> dict:
+    """The report's record of a finished run: final test error, median time per step of the ANL phase (its first
+    epoch, the warm-up, left out) and the history."""
+    hist = read_metrics(job.run_dir)
     noisy = hist[1 : protocol["epochs"]] or hist[: protocol["epochs"]]
     return {
         "arm": arm,
@@ -226,7 +166,6 @@ def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype
         "probe_dtype": dtype,
         "test_err_pct": hist[-1]["test_err"] * 100,
         "ms_per_step": statistics.median(h["time_per_step_s"] for h in noisy) * 1e3,
-        "wall_s": time.perf_counter() - start,
         "history": [
             {k: h[k] for k in ("epoch", "test_err", "val_loss", "lr", "time_per_step_s") if k in h} for h in hist
         ],
@@ -235,43 +174,35 @@ def _train_arm(args: argparse.Namespace, protocol: dict, bundle, arm: str, dtype
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-
-    from anl_fused.experiments import data as data_mod
-    from anl_fused.experiments.files import atomic_write
-
     torch.set_num_threads(args.threads)
     protocol = _protocol(args)
-    bundle = data_mod.load(protocol["dataset"], args.data_dir)
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    arms = ([] if args.no_plain else [("plain", "fp32")]) + [(f"anl-{d}", d) for d in args.probe_dtypes]
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"probe-accuracy-{args.protocol}{args.tag}.json")
-    runs = []
-    if args.resume and os.path.exists(path):
-        with open(path) as f:
-            runs = json.load(f)["runs"]
-    done = {(r["arm"], r["seed"]) for r in runs}
-    report = _report_header(args, argv, protocol, seeds, bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            for arm, dtype in arms:
-                if (arm, seed) in done:
-                    continue
-                runs.append(_train_arm(args, protocol, bundle, arm, dtype, seed, tmp))
-                print(
-                    f"{arm} seed {seed}: test error {runs[-1]['test_err_pct']:.2f}%, "
-                    f"{runs[-1]['ms_per_step']:.1f} ms/step, {runs[-1]['wall_s']:.0f} s",
-                    flush=True,
-                )
-                report["runs"] = runs
-                report["summary"] = summarize(runs, args.probe_dtypes)
-                atomic_write(path, json.dumps(report, indent=1))
-    report["runs"], report["summary"] = runs, summarize(runs, args.probe_dtypes)
+    jobs = _jobs(args, protocol)
+    code = 0
+    try:
+        code = 1 if sweep.run([j for *_, j in jobs], parallel=args.jobs) else 0
+    except KeyboardInterrupt:  # the report of the finished runs; the next call resumes the others
+        code = 130
+    done = [(a, d, s, j) for a, d, s, j in jobs if sweep.state(j) == "finished"]
+    if not done:
+        print("no run has finished: nothing to report", file=sys.stderr)
+        return code or 1
+    runs = [_record(*x, protocol) for x in done]
+    report = {
+        "name": args.protocol + args.tag,
+        "protocol": protocol,
+        "seeds": sorted({s for _, _, s, _ in jobs}),
+        "test_images": local_config(done[0][3].run_dir)["dataset_sizes"]["test"],
+        "machine": machine_info(),
+        "command": "python benchmarks/probe_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "runs": runs,
+        "summary": summarize(runs, args.probe_dtypes),
+    }
+    path = os.path.join(args.out, f"probe-accuracy-{report['name']}.json")
     atomic_write(path, json.dumps(report, indent=1))
     md = markdown(report)
     atomic_write(path[:-5] + ".md", md)
     print(md)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

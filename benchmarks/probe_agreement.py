@@ -202,8 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
-    from anl_fused.benchmarks.step import machine_info
     from anl_fused.experiments.files import atomic_write
+    from anl_fused.experiments.machine import machine_info
 
     torch.set_num_threads(args.threads)
     info = machine_info(torch.device("cpu"))

@@ -39,11 +39,9 @@ counts the held bytes but measures no peak.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -119,25 +117,16 @@ def source_digest() -> str:
 
 
 def meta(device: torch.device) -> dict:
-    """Device, driver, versions, commit and date. What cannot be read is recorded as ``meta_error`` (the
-    campaign runs on)."""
-    info = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": None,
-        "triton": None,
-        "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "git_commit": None,
-        "git_dirty": False,
-        "source_digest": None,
-    }
+    """:func:`anl_fused.experiments.machine.machine_info` with cuDNN, whether the working tree is dirty, the sources'
+    digest and, on CUDA, the GPU's properties and driver. What cannot be read stays None and the error is recorded
+    as ``meta_error`` (the campaign runs on, even where anl_fused does not import)."""
+    keys = ("date", "python", "cuda", "cudnn", "triton", "git_commit", "source_digest")
+    info = {**dict.fromkeys(keys), "torch": torch.__version__, "device": str(device), "git_dirty": False}
     try:
         _device_meta(info, device)
+        from anl_fused.experiments.machine import machine_info
+
+        info.update(machine_info(device))
     except Exception as e:  # the versions must not cost the measurements
         info["meta_error"] = f"{type(e).__name__}: {e}"
     return info
@@ -146,16 +135,9 @@ def meta(device: torch.device) -> dict:
 def _device_meta(info: dict, device: torch.device) -> None:
     info.update(
         cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        git_commit=_run_text(["git", "rev-parse", "HEAD"]) or os.environ.get("ANL_FUSED_COMMIT"),
         git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
         source_digest=source_digest(),
     )
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception as e:  # not installed, or an install that does not import
-        info["triton"] = None if isinstance(e, ModuleNotFoundError) else f"import failed: {type(e).__name__}: {e}"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(

@@ -28,12 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -48,6 +45,7 @@ from anl_fused import TwoRound, anl_layers, insert_anl, ops, reference
 from anl_fused.engine import frozen_batchnorm_stats
 from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
 from anl_fused.experiments.files import atomic_write, out_error
+from anl_fused.experiments.machine import cpu_model, machine_info
 from anl_fused.experiments.models import build, get_spec, names
 from anl_fused.layer import ANL2d, attached
 
@@ -174,48 +172,9 @@ def time_methods(
     return times
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def backend(device: torch.device) -> str:
     """The backend ``anl_fused.ops`` runs on ``device``'s tensors (``ANL_FUSED_BACKEND`` may force one)."""
     return ops.backend_for(torch.empty(0, device=device))
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "backend": backend(device),
-        "device": str(device),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__), check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
-    return info
 
 
 def benchmark_model(

@@ -103,12 +103,9 @@ def _collect(procs) -> list[dict]:
 
 
 def run(steps: int, warmup: int) -> dict:
-    from .step import machine_info
+    from anl_fused.experiments.machine import machine_info
 
-    machine = machine_info(torch.device("cpu"))
-    with open("/proc/cpuinfo") as f:
-        machine["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    result = {"machine": machine, "steps": steps, "warmup": warmup, "solo": {}}
+    result = {"machine": machine_info(), "steps": steps, "warmup": warmup, "solo": {}}
     for name, *_ in SETTINGS:
         result["solo"][name] = _collect([_child(name, steps, warmup)])[0]
         print(name, result["solo"][name], file=sys.stderr)

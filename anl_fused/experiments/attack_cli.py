@@ -35,17 +35,7 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from .cli_types import fraction, number, positive_int
 from .files import DirLock, DirLockedError, atomic_write, check_out_dir, clean_temp_files, resolve_device
-from .train import TrainConfig, make_model
-from .train.config import config_from_dict, upgrade_stored
-
-
-def load_trained(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The model of a ``anl-fused train`` checkpoint, in eval mode, and its resolved config."""
-    state = ckpt.load(path, map_location=device, required=("config", "model", "num_classes", "in_channels"))
-    cfg = config_from_dict(upgrade_stored(state["config"])).resolved()
-    model = make_model(cfg, state["in_channels"], state["num_classes"]).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+from .train import load_trained
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,8 @@ prints it again, and ``benchmarks/render.py``'s ``demo`` renderer puts it in the
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -40,12 +38,18 @@ import time
 
 import torch
 
-from . import cli_types
-from .files import out_error, save_figure
+from . import cli_types, stats, sweep
+from .files import out_error, resolve_device, save_figure
+from .machine import machine_info
+from .train.metrics import read_metrics
+from .train.rundir import local_config
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
 NOISY = ("anl", "opposite", "gaussian")
 DEMO_EPS = 0.1  # vgg_tiny on digits: the best of a 10-seed sweep, chosen on test error
+#: the settings every variant shares, from a run's config
+PROTOCOL_KEYS = ("epochs", "finetune_epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience")
+PROTOCOL_KEYS += ("hold_epochs", "min_lr")
 MIN_LR = 1e-3  # the schedule's floor and the fine-tuning rate (TrainConfig.min_lr, the paper's)
 
 
@@ -110,21 +114,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=cli_types.positive_int,
         default=1,
-        help="torch intra-op threads, >= 1 (default 1: fastest for a tiny model on a small CPU)",
+        help="torch intra-op threads of each training, >= 1 (default 1: fastest for a tiny model on a small CPU)",
     )
+    p.add_argument("--jobs", type=cli_types.positive_int, default=1, help="trainings at once, >= 1 (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--out", default="./demo_out", help="output directory (default ./demo_out)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
 
 
 def _color(colors: dict, summary: dict, keys: list, key: str):
@@ -146,21 +141,14 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {
-        "plain": "tab:gray",
-        "anl": "tab:blue",
-        "opposite": "tab:red",
-        "gaussian": "tab:green",
-        "dropout": "tab:purple",
-    }
+    colors = dict(plain="tab:gray", anl="tab:blue", opposite="tab:red", gaussian="tab:green", dropout="tab:purple")
     variants = list(summary)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
-        errs = summary[v]["test_errs"]
-        c = _color(colors, summary, variants, v)
-        ax1.scatter([i] * len(errs), errs, color=c, alpha=0.5, s=18, zorder=3)
         s = summary[v]["test_err"]
-        ax1.errorbar([i], [s["mean"]], yerr=[s["std"]], fmt="o", color=c, capsize=6, ms=8, zorder=4)
+        c = _color(colors, summary, variants, v)
+        ax1.scatter([i] * s["n"], s["values"], color=c, alpha=0.5, s=18, zorder=3)
+        ax1.errorbar([i], [s["mean"]], yerr=[s["std"] or 0.0], fmt="o", color=c, capsize=6, ms=8, zorder=4)
         ax1.annotate(f"{s['mean']:.2f}", (i, s["mean"]), textcoords="offset points", xytext=(12, -3), fontsize=9)
     ax1.set_xticks(range(len(variants)))
     ax1.set_xticklabels([summary[v]["label"].replace(" eps", "\neps") for v in variants], fontsize=8)
@@ -202,40 +190,11 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     plt.close(fig)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _machine(args: argparse.Namespace) -> dict:
-    """Where and when the demo ran, and the command that ran it."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
+    """Where and when the demo ran (:func:`~.machine.machine_info`), and the command that ran it."""
     argv = getattr(args, "_argv", None)
     argv = ["demo", *sys.argv[1:]] if argv is None else argv
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join(["anl-fused", *argv]),
-        "device": args.device,
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    return {**machine_info(resolve_device(args.device)), "command": shlex.join(["anl-fused", *argv])}
 
 
 def _eps_note(protocol: dict) -> str:
@@ -279,7 +238,7 @@ def format_table(results: dict) -> str:
         span = f"[{t['min']:.2f}, {t['max']:.2f}]"
         paired = f"{d['mean']:+.2f} ± {d['se']:.2f} ({d['better']}/{d['same']}/{d['worse']})" if d else "-"
         lines.append(
-            f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std']:<6.2f} {span:>14} {paired:>22} "
+            f"{s['label']:<22} {t['mean']:>7.2f} ± {t['std'] or 0.0:<6.2f} {span:>14} {paired:>22} "
             f"{s['final_train_err']:>11.2f} {s['time_per_step_ms']:>8.2f} "
             f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8}"
         )
@@ -329,45 +288,45 @@ def _entries(variants: list[str], eps_list: list[float]) -> list[tuple[str, str,
     return entries
 
 
-def _train_all(args: argparse.Namespace, entries: list, bundle) -> tuple[dict, dict]:
-    """Every entry for every seed: ``({key: [history per seed]}, {key: resolved config})``."""
-    from tqdm.auto import tqdm
-
-    from .train import TrainConfig, fit
-
-    runs: dict[str, list] = {k: [] for k, _, _ in entries}
-    configs = {}
-    bar = tqdm(total=len(entries) * args.seeds, desc="demo runs", file=sys.stderr, dynamic_ncols=True)
+def _jobs(args: argparse.Namespace, entries: list) -> list[tuple[str, sweep.Job]]:
+    """``(key, job)`` of every entry for every seed, seed by seed; each run in ``OUT/runs/<key>-seed<k>``."""
+    out = []
     for seed in range(args.seeds):
         for key, v, eps in entries:
-            cfg = TrainConfig(
-                model=args.model,
-                dataset="digits",
-                variant=v,
-                eps=eps,
-                epochs=args.epochs,
-                finetune_epochs=args.finetune_epochs,
-                finetune_lr="floor",
-                batch_size=args.batch_size,
-                lr=args.lr,
-                min_lr=MIN_LR,
-                seed=seed,
-                device=args.device,
-            )
-            res = fit(
-                cfg,
-                os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}"),
-                progress=False,
-                bundle=bundle,
-                log=lambda s: None,
-                overwrite=True,
-            )
-            runs[key].append(res["history"])
-            configs[key] = res["config"]
-            bar.set_postfix_str(f"{key} seed {seed}: test err {res['history'][-1]['test_err'] * 100:.2f}%")
-            bar.update(1)
-    bar.close()
-    return runs, configs
+            settings = {
+                "model": args.model,
+                "dataset": "digits",
+                "variant": v,
+                "eps": eps if v in NOISY else None,
+                "epochs": args.epochs,
+                "finetune_epochs": args.finetune_epochs,
+                "finetune_lr": "floor",
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "min_lr": MIN_LR,
+                "seed": seed,
+                "device": args.device,
+            }
+            d = os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}")
+            out.append((key, sweep.train_job(f"{key} seed {seed}", d, settings, args.threads)))
+    return out
+
+
+def _train_all(args: argparse.Namespace, entries: list) -> tuple[dict, dict] | None:
+    """Every entry for every seed, each run from scratch (``--jobs`` at a time): ``({key: [history per seed]},
+    {key: its config.json})``, or None after saying which runs failed."""
+    jobs = _jobs(args, entries)
+    failed = sweep.run(
+        [j for _, j in jobs], parallel=args.jobs, overwrite=True, log=lambda s: print(s, file=sys.stderr)
+    )
+    if failed:
+        names = ", ".join(f"{os.path.join(j.run_dir, sweep.LOG_NAME)} (exit {rc})" for j, rc in failed)
+        print(f"anl-fused demo: error: {len(failed)} run(s) failed; see {names}", file=sys.stderr)
+        return None
+    runs: dict[str, list] = {k: [] for k, _, _ in entries}
+    for key, j in jobs:
+        runs[key].append(read_metrics(j.run_dir))
+    return runs, {key: local_config(j.run_dir) for key, j in jobs}
 
 
 def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dict) -> dict:
@@ -392,8 +351,7 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
             "variant": v,
             "model": args.model,
             "eps": eps,
-            "test_errs": errs,
-            "test_err": _stats(errs),
+            "test_err": stats.summary(errs),
             "time_per_step_ms": statistics.median(tps) * 1e3,
             "final_train_err": statistics.fmean(100 - hist[-1]["train_acc"] * 100 for hist in runs[key]),
         }
@@ -401,15 +359,9 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
     for key, s in summary.items():  # same seed = same initial weights and data order: compare pairwise
         if plain:
             s["time_ratio_vs_plain"] = s["time_per_step_ms"] / plain["time_per_step_ms"]
-        if plain and key != "plain" and len(s["test_errs"]) > 1:
-            d = [a - b for a, b in zip(s["test_errs"], plain["test_errs"])]
-            s["paired_diff_vs_plain"] = {
-                "mean": statistics.fmean(d),
-                "se": statistics.stdev(d) / len(d) ** 0.5,
-                "better": sum(x < 0 for x in d),
-                "same": sum(x == 0 for x in d),
-                "worse": sum(x > 0 for x in d),
-            }
+        if plain and key != "plain" and s["test_err"]["n"] > 1:
+            d = [a - b for a, b in zip(s["test_err"]["values"], plain["test_err"]["values"])]
+            s["paired_diff_vs_plain"] = stats.paired(d)
     return summary
 
 
@@ -425,21 +377,7 @@ def _protocol(args: argparse.Namespace, variants: list[str], configs: dict) -> d
         "eps": list(args.eps),
         "train_default_eps": MODELS[args.model].eps,
         "seeds": args.seeds,
-        **{
-            k: c[k]
-            for k in (
-                "epochs",
-                "finetune_epochs",
-                "batch_size",
-                "lr",
-                "momentum",
-                "weight_decay",
-                "lr_factor",
-                "patience",
-                "hold_epochs",
-                "min_lr",
-            )
-        },
+        **{k: c[k] for k in PROTOCOL_KEYS},
     }
 
 
@@ -448,8 +386,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.seeds, args.epochs, args.finetune_epochs, args.batch_size = 2, 1, 1, 128
-    bundle = data_mod.load("digits")
-    variants = _check_args(args, len(bundle.train))
+    variants = _check_args(args, len(data_mod.load("digits").train))
     if variants is None:
         return 2
     problem = out_error(args.out, directory=True)  # before training, not after it
@@ -458,34 +395,37 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     try:
-        return _run(args, variants, bundle)
+        return _run(args, variants)
     except OSError as e:  # an unwritable --out, a full disk: each file is whole or absent (atomic writes)
         print(f"anl-fused demo: error: writing to --out {args.out!r} failed: {e}", file=sys.stderr)
         return 1
 
 
-def _run(args: argparse.Namespace, variants: list[str], bundle) -> int:
+def _run(args: argparse.Namespace, variants: list[str]) -> int:
     from .files import atomic_write
 
-    n_tr, n_va, n_te = len(bundle.train), len(bundle.val), len(bundle.test)
     os.makedirs(args.out, exist_ok=True)
     entries = _entries(variants, list(args.eps))
     t_start = time.perf_counter()
-    runs, configs = _train_all(args, entries, bundle)
+    trained = _train_all(args, entries)
+    if trained is None:
+        return 1
+    runs, configs = trained
     wall = time.perf_counter() - t_start
+    sizes = next(iter(configs.values()))["dataset_sizes"]
     summary = _summarize(args, entries, runs, configs)
     results = {
         "summary": summary,
         "protocol": _protocol(args, variants, configs),
         "machine": _machine(args),
         "wall_time_s": wall,
-        "dataset_sizes": {"train": n_tr, "val": n_va, "test": n_te},
+        "dataset_sizes": sizes,
         "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
     }
     text = format_table(results)
     print(text)
     png = os.path.join(args.out, "demo.png")
-    _plot(png, summary, runs, args.epochs, n_te)
+    _plot(png, summary, runs, args.epochs, sizes["test"])
     atomic_write(os.path.join(args.out, "results.json"), json.dumps(results, indent=2) + "\n")
     atomic_write(os.path.join(args.out, "results.txt"), text + "\n")
     print(f"wrote {png}, {os.path.join(args.out, 'results.json')}, runs under {os.path.join(args.out, 'runs')}")

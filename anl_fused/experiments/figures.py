@@ -21,12 +21,16 @@ no epoch yet (an empty ``metrics.jsonl``) is skipped with a warning by every fig
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import statistics
 import sys
 from collections import defaultdict
+
+from .stats import DIVERGED, diverged
+from .train.metrics import METRICS_NAME, read_metrics
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -67,12 +71,10 @@ def find_runs(paths: list[str]) -> list[str]:
     """Run directories among ``paths``: those holding metrics.jsonl, or their subdirectories that do."""
     out = []
     for p in paths:
-        if os.path.isfile(os.path.join(p, "metrics.jsonl")):
+        if os.path.isfile(os.path.join(p, METRICS_NAME)):
             out.append(p)
         elif os.path.isdir(p):
-            subs = sorted(
-                os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "metrics.jsonl"))
-            )
+            subs = sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, METRICS_NAME)))
             if not subs:
                 raise FigureError(f"{p!r} holds no metrics.jsonl (not a run directory, nor a directory of runs)")
             out += subs
@@ -83,8 +85,6 @@ def find_runs(paths: list[str]) -> list[str]:
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
     """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
-    from .train.metrics import read_metrics
-
     cfg_path = os.path.join(path, "config.json")
     cfg = {}
     if os.path.isfile(cfg_path):
@@ -92,7 +92,7 @@ def read_run(path: str) -> tuple[dict, list[dict]]:
         if not isinstance(cfg, dict):
             raise FigureError(f"{cfg_path!r} is not a JSON object (a run's config.json)")
     try:
-        hist = read_metrics(os.path.join(path, "metrics.jsonl"))
+        hist = read_metrics(path)
     except ValueError as e:
         raise FigureError(str(e)) from None
     return cfg, hist
@@ -143,8 +143,6 @@ def _save(fig, out: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-DIVERGED = 80.0  # final test error (%) of a run stuck at chance (10 classes: 90%): marked, not averaged
-
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
 _SWEEP_SETTINGS = (
     "model",
@@ -155,7 +153,6 @@ _SWEEP_SETTINGS = (
     "weight_decay",
     "lr_factor",
     "patience",
-    "cooldown",
     "hold_epochs",
     "min_lr",
     "val_size",
@@ -220,6 +217,22 @@ def sweep_table(runs: list[str], warn=None) -> dict:
     return out
 
 
+def _mark_diverged(ax, stuck: list[tuple[float, float, str]]) -> None:
+    """Each diverged run ``(eps, error, color)`` as an x at its own error (far above the others: the axis takes it
+    in), and a note."""
+    for x, e, c in stuck:
+        ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
+    if stuck:
+        ax.text(
+            0.01,
+            0.99,
+            f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
+            transform=ax.transAxes,
+            fontsize=7,
+            va="top",
+        )
+
+
 def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) -> dict:
     """Fig. 4: final test error against eps, one panel per group of like runs (see :func:`sweep_table`),
     one line per series, mean ± std over seeds with each run as a dot. Returns :func:`sweep_table`."""
@@ -232,12 +245,12 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
         all_seeds = []
         curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
-        diverged = []
+        stuck = []
         for i, (name, pts) in enumerate(curves.items()):
             c = colors[i % len(colors)]
-            diverged += [(x, e, c) for x in pts for _, e in pts[x] if e >= DIVERGED]
-            eps = [x for x in sorted(pts) if any(e < DIVERGED for _, e in pts[x])]
-            errs = [[e for _, e in pts[x] if e < DIVERGED] for x in eps]  # diverged runs: marked, not averaged
+            stuck += [(x, e, c) for x in pts for _, e in pts[x] if diverged(e)]
+            eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
+            errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]  # diverged runs: marked, not averaged
             if not eps:
                 continue
             means = [statistics.fmean(v) for v in errs]
@@ -257,17 +270,7 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
                 lw=1,
                 label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
             )
-        if diverged:
-            for x, e, c in diverged:  # at its own error (far above the others: the axis takes it in)
-                ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
-            ax.text(
-                0.01,
-                0.99,
-                f"x: {len(diverged)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
-                transform=ax.transAxes,
-                fontsize=7,
-                va="top",
-            )
+        _mark_diverged(ax, stuck)
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(
             f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
@@ -299,7 +302,7 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
         if not rows:
             raise FigureError(
-                f"{os.path.join(r, 'metrics.jsonl')!r} has no anl_std entries (a run without ANL, "
+                f"{os.path.join(r, METRICS_NAME)!r} has no anl_std entries (a run without ANL, "
                 "or only its fine-tuning phase)"
             )
         data.append((r, cfg, rows))
@@ -376,20 +379,13 @@ def first_conv_output(model, x):
 
 
 def _load_run_model(run_dir: str, data_dir: str | None):
-    """``(model in eval mode, config dict, data bundle)`` of a run directory's checkpoint."""
-    from . import checkpoint as ckpt
+    """``(model in eval mode, its resolved config as a dict, data bundle)`` of a run directory's checkpoint."""
     from . import data as data_mod
-    from .train import make_model
-    from .train.config import config_from_dict, upgrade_stored
+    from .train import CHECKPOINT_NAME, load_trained
 
-    path = os.path.join(run_dir, "checkpoint.pt")
-    state = ckpt.load(path, map_location="cpu", required=("config", "model"))
-    cfg = state["config"]
-    tc = config_from_dict(upgrade_stored(cfg), f"the config in checkpoint file {path!r}")
-    bundle = data_mod.load(tc.dataset, data_dir or tc.data_dir, val_size=tc.val_size)
-    model = make_model(tc.resolved(), bundle.in_channels, bundle.num_classes)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg, bundle
+    model, cfg = load_trained(os.path.join(run_dir, CHECKPOINT_NAME))
+    bundle = data_mod.load(cfg.dataset, data_dir or cfg.data_dir, val_size=cfg.val_size)
+    return model, dataclasses.asdict(cfg), bundle
 
 
 def feature_maps(
@@ -427,7 +423,14 @@ def feature_maps(
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
         rows.append((cfg, raw, torch.sigmoid(fm[0])[:max_channels]))
+    cfg0 = rows[0][0]
+    default = f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, "
+    _draw_feature_maps(rows, out, title or f"{default}test image {image_index}")
+    return rows
 
+
+def _draw_feature_maps(rows: list, out: str, title: str) -> None:
+    """One row per run: the input image, then the sigmoid of each of the first conv's channels."""
     plt = _plt()
     ncol = 1 + max(fm.shape[0] for _, _, fm in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(1.25 * ncol + 1.2, 1.35 * len(rows) + 0.6), squeeze=False)
@@ -446,23 +449,17 @@ def feature_maps(
     axes[0][0].set_title("input", fontsize=9)
     for j in range(1, ncol):
         axes[0][j].set_title(f"ch {j}", fontsize=9)
-    cfg0 = rows[0][0]
-    fig.suptitle(
-        title
-        or f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, test image {image_index}",
-        fontsize=10,
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, out)
-    return rows
 
 
 def _method_label(cfg: dict) -> str:
-    """A short name of a run's method: ``baseline``, ``baseline two-phase`` (plain training with the noise
+    """A short name of a run's method: ``baseline``, ``baseline-two-phase`` (plain training with the noise
     methods' fine-tuning phase), ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
     v, eps = cfg.get("variant", "?"), cfg.get("eps", 0)
     if v == "plain":
-        return "baseline two-phase" if cfg.get("finetune_epochs") else "baseline"
+        return "baseline-two-phase" if cfg.get("finetune_epochs") else "baseline"
     if v == "gaussian":
         return f"Gaussian {eps:g}"
     if v in ("anl", "opposite"):
@@ -493,7 +490,7 @@ def whitebox(
         if not is_finished(cfg, hist):
             warn(f"skipping unfinished run {r}")
             continue
-        if hist[-1]["test_err"] * 100 >= DIVERGED:
+        if diverged(hist[-1]["test_err"] * 100):
             warn(f"skipping diverged run {r} (test error {hist[-1]['test_err'] * 100:.2f}%)")
             continue
         model, cfg, bundle = _load_run_model(r, data_dir)
@@ -596,7 +593,7 @@ def run(args: argparse.Namespace) -> int:
             for panel, series in table.items():
                 for name, pts in series.items():
                     for eps, points in sorted(pts.items()):
-                        errs = [e for _, e in points if e < DIVERGED]
+                        errs = [e for _, e in points if not diverged(e)]
                         mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
                         bad = len(points) - len(errs)
                         bad = f", {bad} diverged (not averaged)" if bad else ""

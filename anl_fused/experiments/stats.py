@@ -1,38 +1,67 @@
-"""Statistics of paired seeds: the paired t-test with its CI, a bootstrap CI, Holm's correction and the
-power of a paired t-test (``scipy.stats``). Differences are ``arm - control`` per seed."""
+"""Statistics of seed sweeps: summaries over seeds, paired differences (the paired t-test with its CI and a BCa
+bootstrap CI, ``scipy.stats``), diverged runs, Holm's correction and the power of a paired t-test. Differences are
+``arm - reference`` per seed; errors are in percent."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-__all__ = ["holm", "paired", "power", "seeds_for_power", "summary"]
+__all__ = ["DIVERGED", "differences", "diverged", "holm", "pair", "paired", "power", "seeds_for_power", "summary"]
+
+DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
+
+
+def diverged(test_err_pct: float, train_loss: float = 0.0) -> bool:
+    """A run stuck at chance (or whose training loss is not finite): marked, left out of the paired differences."""
+    return test_err_pct >= DIVERGED or not math.isfinite(train_loss)
 
 
 def summary(values: Sequence[float]) -> dict:
-    """``{"n", "mean", "std", "values"}``; the std of fewer than two values is None (not 0)."""
+    """``{"n", "mean", "std", "min", "max", "values"}``; the std of fewer than two values is None (not 0)."""
     values = [float(v) for v in values]
     return {
         "n": len(values),
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values, default=None),
+        "max": max(values, default=None),
         "values": values,
     }
 
 
+def differences(diffs: Sequence[float]) -> dict:
+    """:func:`summary` of per-seed differences with the standard error of their mean and the number of seeds where
+    the arm was better (< 0), the same and worse."""
+    s = summary(diffs)
+    d = s["values"]
+    return {
+        **s,
+        "se": s["std"] / math.sqrt(s["n"]) if s["std"] is not None else None,
+        "better": sum(x < 0 for x in d),
+        "same": sum(x == 0 for x in d),
+        "worse": sum(x > 0 for x in d),
+    }
+
+
+def pair(arm: Mapping[int, float], ref: Mapping[int, float]) -> tuple[list[int], list[float]]:
+    """The seeds both have where neither run diverged, and the differences ``arm - ref`` on them (a diverged run's
+    difference says nothing more)."""
+    seeds = sorted(s for s in arm if s in ref and not diverged(arm[s]) and not diverged(ref[s]))
+    return seeds, [arm[s] - ref[s] for s in seeds]
+
+
 def paired(diffs: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Paired analysis of per-seed differences: mean, std, the t-test (two-sided p, ``confidence`` CI) and a
-    BCa bootstrap CI of the mean (``resamples``, seeded) as a check. Needs at least two differences."""
+    """:func:`differences` with the t-test (two-sided ``p``, the ``confidence`` CI ``ci``) and a BCa bootstrap CI of
+    the mean (``bootstrap_ci``; ``resamples``, seeded) as a check. Needs at least two differences."""
     from scipy import stats
 
-    d = [float(x) for x in diffs]
-    n = len(d)
+    r = differences(diffs)
+    d, n, mean, sd = r["values"], r["n"], r["mean"], r["std"]
     if n < 2:
         raise ValueError(f"a paired test needs at least 2 seeds, got {n}")
-    mean, sd = statistics.fmean(d), statistics.stdev(d)
-    se = sd / math.sqrt(n)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * r["se"]
     if sd > 0:
         p = float(stats.ttest_1samp(d, 0.0).pvalue)
         boot = stats.bootstrap(
@@ -41,19 +70,7 @@ def paired(diffs: Sequence[float], *, confidence: float = 0.95, resamples: int =
         boot_ci = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
     else:  # every seed gave the same difference: no spread to test against
         p, boot_ci = (1.0 if mean == 0 else 0.0), [mean, mean]
-    return {
-        "n": n,
-        "mean": mean,
-        "std": sd,
-        "se": se,
-        "ci": [mean - half, mean + half],
-        "p": p,
-        "bootstrap_ci": boot_ci,
-        "better": sum(x < 0 for x in d),
-        "same": sum(x == 0 for x in d),
-        "worse": sum(x > 0 for x in d),
-        "diffs": d,
-    }
+    return {**r, "ci": [mean - half, mean + half], "p": p, "bootstrap_ci": boot_ci}
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:

@@ -5,7 +5,7 @@ lower LeNet-5's clean test error on Fashion-MNIST against a two-phase control, a
     anl-fused study report --runs-dir /work/study-runs --out benchmarks/results/study
     anl-fused study plan                                                    # the runs and their state
 
-Stages, in order (each run is ``anl-fused train`` in a child process, ``table1``'s runner): the *pilot* (ANL and
+Stages, in order (each run is ``anl-fused train`` in a child process, :mod:`.sweep`): the *pilot* (ANL and
 the control on seeds 100-103; SAM at each rho of :data:`RHO_GRID` on seeds 100-101), then the design it fixes by
 the pre-registered rules (:func:`design`: the number of seeds, SAM's rho), then the *main* runs (the primary pair
 first, then the other arms) and the *cosine* runs (the fixed-schedule secondary analysis). Everything here is
@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 
-from . import stats
+from . import stats, sweep
 from .files import atomic_write
-from .table1 import _Runner, read_history
-from .train.rundir import describe_run
+from .train.metrics import read_metrics
 
 T = 100  # epochs of each phase (the paper's 100 + 100; the one-schedule baseline trains 2T)
 EPS, NORM = 0.03, "layer"  # the paper's Table 1 eps; Algorithm 1's per-layer norm
@@ -37,7 +34,6 @@ MIN_SEEDS, MAX_SEEDS = 12, 40  # of the primary pair
 OTHER_SEEDS = tuple(range(5))
 COSINE_SEEDS = tuple(range(8))
 MATCHED_RATIO = 2.2  # ANL's step / plain step, measured (benchmarks/results/study/throughput.json): 22.6 / 10.3 ms
-DIVERGED = 80.0  # % test error: a run stuck at chance (10 classes)
 ARMS = ("baseline", "control", "anl", "opposite", "gaussian", "sam", "matched")
 ROBUST_ARMS, ROBUST_SEEDS, ROBUST_IMAGES = ("baseline", "control", "anl", "sam"), tuple(range(5)), 1000
 
@@ -65,7 +61,8 @@ class Run:
             return round(MATCHED_RATIO * T), T
         return T, T
 
-    def train_args(self, out_dir: str, threads: int) -> list[str]:
+    def job(self, out_dir: str, threads: int) -> sweep.Job:
+        """The sweep's job of this run in ``out_dir`` (its arguments without ``--resume``)."""
         variant = {"baseline": "plain", "control": "plain", "matched": "plain"}.get(self.arm, self.arm)
         epochs, finetune = self.phases
         args = ["train", "--model", "lenet5", "--dataset", "fashion-mnist", "--variant", variant]
@@ -79,7 +76,11 @@ class Run:
         if self.arm == "sam":
             args += ["--sam-rho", repr(self.rho)]
         args += ["--out", out_dir, "--no-progress"]
-        return args + (["--resume"] if describe_run(out_dir) is not None else [])  # a new run is not resumed
+        return sweep.Job(self.name, out_dir, tuple(args), epochs + finetune)
+
+    def train_args(self, out_dir: str, threads: int) -> list[str]:
+        """``anl-fused train`` arguments of this run in ``out_dir`` (``--resume`` when it holds the run already)."""
+        return sweep.command(self.job(out_dir, threads))
 
 
 #: the black-box attacks' source: an independently trained plain model (its seed is no other run's)
@@ -112,8 +113,7 @@ def run_dir(runs_dir: str, run: Run) -> str:
 
 
 def finished(runs_dir: str, run: Run) -> bool:
-    hist = read_history(run_dir(runs_dir, run))
-    return bool(hist) and hist[-1].get("epoch") == sum(run.phases)
+    return sweep.finished(run_dir(runs_dir, run), sum(run.phases))
 
 
 def record(runs_dir: str, run: Run) -> dict | None:
@@ -121,7 +121,7 @@ def record(runs_dir: str, run: Run) -> dict | None:
     d = run_dir(runs_dir, run)
     if not finished(runs_dir, run):
         return None
-    hist = read_history(d)
+    hist = read_metrics(d)
     epochs, finetune = run.phases
     last, end1 = hist[-1], hist[epochs - 1]
     wall = _wall(d)
@@ -143,7 +143,7 @@ def record(runs_dir: str, run: Run) -> dict | None:
         "train_time_s": sum(h.get("epoch_train_time_s", 0.0) for h in hist),
         "wall_s": wall["wall_s"],
         "core_s": wall["core_s"],
-        "diverged": last["test_err"] * 100 >= DIVERGED or not math.isfinite(last["train_loss"]),
+        "diverged": stats.diverged(last["test_err"] * 100, last["train_loss"]),
     }
 
 
@@ -199,40 +199,14 @@ def design(runs_dir: str) -> dict | None:
 # running
 
 
-class _TimedRunner(_Runner):
-    """table1's runner, appending each child's wall time to the run's :data:`WALL_NAME`."""
+def _wall_recorder(threads: int):
+    """Appends each child's wall time, threads and exit code to its run's :data:`WALL_NAME`."""
 
-    def __init__(self, jobs: int, nice: int, threads: int, log=print):
-        super().__init__(jobs, nice, log)
-        self.threads = threads
+    def record(job: sweep.Job, exit_code: int, wall_s: float) -> None:
+        with open(os.path.join(job.run_dir, WALL_NAME), "a") as f:
+            f.write(json.dumps({"wall_s": wall_s, "threads": threads, "exit": exit_code}) + "\n")
 
-    def _record(self, proc, d: str, t0: float) -> None:
-        line = {"wall_s": time.time() - t0, "threads": self.threads, "exit": proc.returncode}
-        with open(os.path.join(d, WALL_NAME), "a") as f:
-            f.write(json.dumps(line) + "\n")
-
-    def _reap(self, block: bool) -> None:
-        before = dict(self.running)
-        super()._reap(block)
-        for proc, (_, d, t0, _) in before.items():
-            if proc not in self.running:
-                self._record(proc, d, t0)
-
-    def run(self, todo: list) -> None:
-        try:
-            super().run(todo)
-        except KeyboardInterrupt:  # the children have checkpointed and stopped
-            for proc, (_, d, t0, _) in self.running.items():
-                self._record(proc, d, t0)
-            raise
-
-
-def _todo(runs: list[Run], args) -> list:
-    return [
-        (r, run_dir(args.runs_dir, r), r.train_args(run_dir(args.runs_dir, r), args.threads))
-        for r in runs
-        if not finished(args.runs_dir, r)
-    ]
+    return record
 
 
 def _stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
@@ -243,19 +217,18 @@ def _stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
 
 def _run(args) -> int:
     log = lambda s: print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {s}", flush=True)
-    runner = _TimedRunner(args.jobs, args.nice, args.threads, log)
     for name in ("pilot", "main", "cosine"):
         runs = dict(_stages(args.runs_dir))[name]  # the main stage exists once the pilot is finished
-        todo = _todo(runs, args)
+        todo = [r.job(run_dir(args.runs_dir, r), args.threads) for r in runs if not finished(args.runs_dir, r)]
         log(f"stage {name}: {len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go")
         if name == "pilot" and not todo:
             log(f"design (pre-registered rules): {json.dumps(design(args.runs_dir))}")
         try:
-            runner.run(todo)
+            failed = sweep.run(todo, parallel=args.jobs, nice=args.nice, log=log, on_exit=_wall_recorder(args.threads))
         except KeyboardInterrupt:
             return 130
-        if runner.failed:
-            log(f"stopping: {len(runner.failed)} run(s) failed")
+        if failed:
+            log(f"stopping: {len(failed)} run(s) failed")
             return 1
     return 0
 
@@ -268,14 +241,7 @@ def _plan(args) -> int:
         done = sum(finished(args.runs_dir, r) for r in runs)
         print(f"# {name}: {done} of {len(runs)} finished")
         for r in runs:
-            state = (
-                "finished"
-                if finished(args.runs_dir, r)
-                else "partial"
-                if read_history(run_dir(args.runs_dir, r))
-                else "new"
-            )
-            print(f"{state:<8} {r.name}")
+            print(f"{sweep.state(r.job(run_dir(args.runs_dir, r), args.threads)):<8} {r.name}")
     return 0
 
 
@@ -291,8 +257,8 @@ def _robustness(args) -> int:
     import torch
 
     from . import robustness
-    from .attack_cli import load_trained
     from .data import DATASETS, load
+    from .train import CHECKPOINT_NAME, load_trained
 
     torch.set_num_threads(args.threads)
     src_dir = run_dir(args.runs_dir, TRANSFER_SOURCE)
@@ -305,7 +271,7 @@ def _robustness(args) -> int:
     y = test.y[:ROBUST_IMAGES]
 
     def normalized(d: str):
-        return robustness.Normalized(load_trained(os.path.join(d, "checkpoint.pt"))[0], info.mean, info.std)
+        return robustness.Normalized(load_trained(os.path.join(d, CHECKPOINT_NAME))[0], info.mean, info.std)
 
     source = normalized(src_dir)
     results = {}

@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 
 from . import stats
 from .files import atomic_write, save_figure
-from .study import DIVERGED, EFFECT, cosine_runs, design, main_runs, pilot_runs, record
+from .machine import machine_info
+from .study import EFFECT, cosine_runs, design, main_runs, pilot_runs, record
 
 #: the secondary comparisons (arm, reference arm), Holm-corrected as one family, paired by seed
 SECONDARY = (
@@ -35,16 +35,9 @@ def _by_arm(records: list[dict], schedule: str = "plateau") -> dict[str, dict[in
 
 def compare(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> dict | None:
     """Paired (arm - ref) final test error over the seeds both finished without diverging; None below 2 seeds."""
-    a, b = arms.get(arm, {}), arms.get(ref, {})
-    seeds = sorted(s for s in a if s in b and not a[s]["diverged"] and not b[s]["diverged"])
-    if len(seeds) < 2:
-        return None
-    return {
-        "arm": arm,
-        "control": ref,
-        "seeds": seeds,
-        **stats.paired([a[s]["test_err"] - b[s]["test_err"] for s in seeds]),
-    }
+    a, b = ({s: r["test_err"] for s, r in arms.get(k, {}).items() if not r["diverged"]} for k in (arm, ref))
+    seeds, diffs = stats.pair(a, b)
+    return {"arm": arm, "control": ref, "seeds": seeds, **stats.paired(diffs)} if len(seeds) >= 2 else None
 
 
 def verdict(primary: dict | None, n_planned: int | None) -> str:
@@ -100,8 +93,8 @@ def analyse(runs_dir: str) -> dict:
         "core_hours": sum(r["core_s"] for r in records) / 3600,
         "runs": records,
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "diverged_threshold_pct": DIVERGED,
+        "machine": machine_info(),
+        "diverged_threshold_pct": stats.DIVERGED,
     }
 
 
@@ -169,7 +162,7 @@ def plot_paired(s: dict, path: str) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(comps) + 1.5))
     for i, (_, c) in enumerate(comps):
-        ax.plot(c["diffs"], [i] * len(c["diffs"]), "o", color="0.6", ms=4)
+        ax.plot(c["values"], [i] * len(c["values"]), "o", color="0.6", ms=4)
         ax.errorbar(c["mean"], i, xerr=[[c["mean"] - c["ci"][0]], [c["ci"][1] - c["mean"]]], fmt="D", color="k")
     ax.axvline(0, color="0.3", lw=0.8)
     ax.axvline(-EFFECT, color="tab:red", lw=0.8, ls="--", label=f"the paper's gain (-{EFFECT} pp)")

@@ -8,7 +8,7 @@ For every seed it trains, with ``anl-fused train`` in child processes (``--jobs`
 with ``--threads`` intra-op threads and ``nice --nice``):
 
 - ``baseline``: no noise, ``E + F`` epochs (the paper: 200);
-- ``baseline-two-phase`` (``plain2``, a control the paper does not have): no noise, ``E`` epochs then ``F``
+- ``baseline-two-phase`` (a control the paper does not have): no noise, ``E`` epochs then ``F``
   at the floor learning rate, the noise methods' schedule, so that the noise is the only difference;
 - ``gaussian``: ``eta = s(h) |eps|/4 z`` for ``E`` epochs, then ``F`` epochs with the noise off at the
   floor learning rate (the paper: 100 + 100);
@@ -36,16 +36,19 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 from ..layer import NORMS
-from .files import atomic_write, check_out_dir, out_error
+from . import stats, sweep
+from .files import atomic_write, check_out_dir, out_error, resolve_device
+from .machine import machine_info
+from .train.config import NOISE_VARIANTS, TWO_PHASE_VARIANTS
+from .train.config import PRESETS as TRAIN_PRESETS
+from .train.config import VARIANTS as TRAIN_VARIANTS
+from .train.metrics import read_metrics
+from .train.rundir import local_config
 
 #: The paper's Table 1 (test error %): baseline, Gaussian noise, +ANL eps=0.03, +ANL eps=-0.03.
 PAPER_TABLE1 = {
@@ -54,12 +57,14 @@ PAPER_TABLE1 = {
     ("vgg16", "cifar10"): {"plain": 7.47, "gaussian": 7.62, "anl": 6.18, "opposite": 55.49},
 }
 PAPER_EPS = 0.03  # Table 1's eps for every row
-DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
-#: plain2: a control the paper does not have, the baseline trained in the noise methods' two phases
-#: (E epochs, then F at the floor rate), so that the noise is the only difference to it
-VARIANTS = ("plain", "plain2", "gaussian", "anl", "opposite")
-NO_NOISE = ("plain", "plain2")
-PRESETS = {"paper": (100, 100)}  # section 4.2.1: 100 epochs with ANL, 100 with ANL off at 1e-3; baseline 200
+#: a control the paper does not have: plain training in the noise methods' two phases (E epochs, then F at the
+#: floor rate), so that the noise is the only difference to it
+CONTROL = "baseline-two-phase"
+#: the methods, in the table's order: ``anl-fused train``'s variants (not ``input``: it needs an input eps) and the
+#: control; Table 1's by default. Two-phase variants train E then F epochs, the others E + F on the schedule.
+VARIANTS = ("plain", CONTROL, *(v for v in TRAIN_VARIANTS if v not in ("plain", "input")))
+TABLE1 = ("plain", CONTROL, "gaussian", "anl", "opposite")
+NORMED = ("anl", "opposite")  # a row per --norms entry
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,9 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        if self.variant == "plain":
-            return f"baseline-seed{self.seed}"
-        if self.variant == "plain2":
-            return f"baseline-two-phase-seed{self.seed}"
-        if self.variant == "gaussian":
-            return f"gaussian-eps{self.eps:g}-seed{self.seed}"
-        return f"{self.variant}-eps{self.eps:g}-{self.norm}-seed{self.seed}"
+        eps = f"-eps{self.eps:g}" if self.variant in NOISE_VARIANTS else ""
+        norm = f"-{self.norm}" if self.variant in NORMED else ""
+        return f"{'baseline' if self.variant == 'plain' else self.variant}{eps}{norm}-seed{self.seed}"
 
     @property
     def column(self) -> str:
@@ -107,188 +108,74 @@ class Protocol:
         return self.epochs + self.finetune_epochs
 
 
-def plan(seeds: list[int], eps: list[float], norms: list[str], variants=VARIANTS) -> list[RunSpec]:
-    """The runs, seed by seed (so that early results cover every method), baseline first."""
+def plan(seeds: list[int], eps: list[float], norms: list[str], variants=TABLE1) -> list[RunSpec]:
+    """The runs, seed by seed (so that early results cover every method), baseline first: one per eps of the noise
+    variants, one per norm of ANL and opposite."""
     out = []
     for seed in seeds:
         for v in variants:
-            if v in NO_NOISE:
-                out.append(RunSpec(v, seed))
-            elif v == "gaussian":
-                out += [RunSpec("gaussian", seed, abs(e)) for e in eps]
-            else:
-                out += [RunSpec(v, seed, abs(e), n) for e in eps for n in norms]
+            for e in eps if v in NOISE_VARIANTS else [0.0]:
+                out += [RunSpec(v, seed, abs(e), n) for n in (norms if v in NORMED else ["sample"])]
     return out
+
+
+def settings(spec: RunSpec, proto: Protocol, *, data_dir: str | None, device: str) -> dict:
+    """The ``anl-fused train`` settings of one run: the baseline trains ``E + F`` epochs in one phase, the control and
+    the two-phase variants ``E`` then ``F`` at the floor rate."""
+    one_phase = spec.variant not in (CONTROL, *TWO_PHASE_VARIANTS)
+    return {
+        "model": proto.model,
+        "dataset": proto.dataset,
+        "variant": "plain" if spec.variant == CONTROL else spec.variant,
+        "epochs": proto.total if one_phase else proto.epochs,
+        "finetune_epochs": 0 if one_phase else proto.finetune_epochs,
+        "batch_size": proto.batch_size,
+        "lr": proto.lr,
+        "seed": spec.seed,
+        "device": device,
+        "finetune_lr": "floor" if spec.variant == CONTROL else None,
+        "eps": spec.eps if spec.variant in NOISE_VARIANTS else None,
+        "norm": spec.norm if spec.variant in NORMED else None,
+        "data_dir": data_dir or None,
+        "val_size": proto.val_size,
+    }
+
+
+def job(spec: RunSpec, proto: Protocol, runs_dir: str, *, data_dir: str | None, device: str, threads: int):
+    """The sweep's job of one run, in ``RUNS_DIR/<protocol>/<run>``."""
+    d = os.path.join(runs_dir, proto.tag, spec.name)
+    return sweep.train_job(spec.name, d, settings(spec, proto, data_dir=data_dir, device=device), threads)
 
 
 def train_args(
     spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str, threads: int
 ) -> list[str]:
-    """``anl-fused train`` arguments of one run (the baseline trains ``E + F`` epochs in one phase), with
-    ``--resume`` when ``out_dir`` holds its run already (a new one, else a typo'd directory, would be refused)."""
-    from .train.rundir import describe_run
-
-    epochs, finetune = (proto.total, 0) if spec.variant == "plain" else (proto.epochs, proto.finetune_epochs)
-    args = [
-        "train",
-        "--model",
-        proto.model,
-        "--dataset",
-        proto.dataset,
-        "--variant",
-        "plain" if spec.variant == "plain2" else spec.variant,
-        "--epochs",
-        str(epochs),
-        "--finetune-epochs",
-        str(finetune),
-        "--batch-size",
-        str(proto.batch_size),
-        "--lr",
-        str(proto.lr),
-        "--seed",
-        str(spec.seed),
-        "--device",
-        device,
-        "--threads",
-        str(threads),
-        "--out",
-        out_dir,
-        "--no-progress",
-    ]
-    if describe_run(out_dir) is not None:
-        args.append("--resume")
-    if spec.variant == "plain2":
-        args += ["--finetune-lr", "floor"]
-    elif spec.variant != "plain":
-        args += ["--eps", repr(spec.eps)]
-    if spec.variant in ("anl", "opposite"):
-        args += ["--norm", spec.norm]
-    if data_dir:
-        args += ["--data-dir", data_dir]
-    if proto.val_size is not None:
-        args += ["--val-size", str(proto.val_size)]
-    return args
-
-
-def read_history(run_dir: str) -> list[dict]:
-    """The run's finished epochs (a half-written last line left out: resuming the run rewrites it)."""
-    from .train.metrics import read_metrics
-
-    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-
-
-def is_finished(run_dir: str, spec: RunSpec, proto: Protocol) -> bool:
-    hist = read_history(run_dir)
-    return len(hist) >= proto.total and hist[-1].get("epoch") == proto.total
-
-
-# ----------------------------------------------------------------------------------------------
-# running
-
-
-class _Runner:
-    """At most ``jobs`` child processes; Ctrl-C forwards SIGINT (each child checkpoints and stops)."""
-
-    def __init__(self, jobs: int, nice: int, log=print):
-        self.jobs, self.nice, self.log = jobs, nice, log
-        self.running: dict[subprocess.Popen, tuple[RunSpec, str, float, object]] = {}
-        self.failed: list[tuple[RunSpec, int]] = []
-
-    def _start(self, spec: RunSpec, run_dir: str, args: list[str]) -> None:
-        os.makedirs(run_dir, exist_ok=True)
-        logf = open(os.path.join(run_dir, "train.log"), "a")  # noqa: SIM115 - closed when the child ends
-        logf.write(f"# {dt.datetime.now().isoformat(timespec='seconds')} anl-fused {' '.join(args)}\n")
-        logf.flush()
-        nice = self.nice
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "anl_fused.cli", *args],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
-        self.running[proc] = (spec, run_dir, time.time(), logf)
-        self.log(f"started  {spec.name} (pid {proc.pid})")
-
-    def _reap(self, block: bool) -> None:
-        while self.running:
-            for proc in list(self.running):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                spec, run_dir, t0, logf = self.running.pop(proc)
-                logf.close()
-                hist = read_history(run_dir)
-                err = f"test err {hist[-1]['test_err'] * 100:.2f}% at epoch {hist[-1]['epoch']}" if hist else "no epoch"
-                if rc:
-                    self.failed.append((spec, rc))
-                    self.log(f"FAILED   {spec.name} (exit {rc}, {err}); see {os.path.join(run_dir, 'train.log')}")
-                else:
-                    self.log(f"finished {spec.name} in {(time.time() - t0) / 60:.1f} min, {err}")
-                return
-            if not block:
-                return
-            time.sleep(1.0)
-
-    def run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
-        def stop(signum, frame):
-            raise KeyboardInterrupt
-
-        # SIGTERM (kill PID, e.g. of a nohup'ed campaign, whose SIGINT a shell may ignore) stops like Ctrl-C
-        old = signal.signal(signal.SIGTERM, stop)
-        try:
-            self._run(todo)
-        finally:
-            signal.signal(signal.SIGTERM, old)
-
-    def _run(self, todo: list[tuple[RunSpec, str, list[str]]]) -> None:
-        try:
-            for spec, run_dir, args in todo:
-                while len(self.running) >= self.jobs:
-                    self._reap(block=True)
-                self._start(spec, run_dir, args)
-            while self.running:
-                self._reap(block=True)
-        except KeyboardInterrupt:
-            self.log("interrupt: asking the running trainings to checkpoint and stop (run again to resume)")
-            for proc in self.running:
-                proc.send_signal(signal.SIGINT)
-            for proc, (_, _, _, logf) in self.running.items():
-                proc.wait()
-                logf.close()
-            raise
+    """``anl-fused train`` arguments of one run in ``out_dir``, with ``--resume`` when ``out_dir`` holds its run
+    already (a new one, else a typo'd directory, would be refused)."""
+    s = settings(spec, proto, data_dir=data_dir, device=device)
+    return sweep.command(sweep.train_job(spec.name, out_dir, s, threads))
 
 
 # ----------------------------------------------------------------------------------------------
 # the table
 
 
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,  # one value has no spread
-        "n": len(values),
-        "values": values,
-    }
-
-
 def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
     """Every run's result and the per-row statistics (only finished runs count)."""
-    root = os.path.join(runs_dir, proto.tag)
     runs = []
     for spec in specs:
-        d = os.path.join(root, spec.name)
-        hist = read_history(d)
-        finished = is_finished(d, spec, proto)
+        j = job(spec, proto, runs_dir, data_dir=None, device="cpu", threads=1)
+        hist = read_metrics(j.run_dir)
         row = {
             **dataclasses.asdict(spec),
             "name": spec.name,
             "row": spec.column,
-            "dir": d,
-            "finished": finished,
+            "dir": j.run_dir,
+            "finished": sweep.finished(j.run_dir, j.epochs),
             "epochs_done": len(hist),
         }
         if hist:
-            phase1 = hist[: proto.total if spec.variant == "plain" else proto.epochs]
+            phase1 = hist[: settings(spec, proto, data_dir=None, device="cpu")["epochs"]]
             row.update(
                 test_err=hist[-1]["test_err"] * 100,
                 train_err=(1 - hist[-1]["train_acc"]) * 100,
@@ -299,7 +186,7 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
         runs.append(row)
     done = [r for r in runs if r["finished"]]
     base = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain"}
-    base2 = {r["seed"]: r["test_err"] for r in done if r["variant"] == "plain2"}
+    base2 = {r["seed"]: r["test_err"] for r in done if r["variant"] == CONTROL}
     rows: dict[str, dict] = {}
     for r in done:
         rows.setdefault(r["row"], {"variant": r["variant"], "eps": r["eps"], "norm": r["norm"], "errs": {}})
@@ -307,32 +194,26 @@ def collect(specs: list[RunSpec], proto: Protocol, runs_dir: str) -> dict:
     for row in rows.values():
         seeds = sorted(row["errs"])
         row["seeds"] = seeds
-        row["test_err"] = _stats([row["errs"][s] for s in seeds])
-        row["diverged_seeds"] = [s for s in seeds if row["errs"][s] >= DIVERGED]
+        row["test_err"] = stats.summary([row["errs"][s] for s in seeds])
+        row["diverged_seeds"] = [s for s in seeds if stats.diverged(row["errs"][s])]
         kept = [row["errs"][s] for s in seeds if s not in row["diverged_seeds"]]
         if row["diverged_seeds"] and kept:
-            row["test_err_without_diverged"] = _stats(kept)
-        for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, "plain2")):
-            # paired over the seeds where neither run diverged (a diverged run's difference says nothing more)
-            paired = [
-                row["errs"][s] - ref[s] for s in seeds if s in ref and row["errs"][s] < DIVERGED and ref[s] < DIVERGED
-            ]
+            row["test_err_without_diverged"] = stats.summary(kept)
+        for key, ref, own in (("vs_baseline", base, "plain"), ("vs_two_phase", base2, CONTROL)):
+            _, paired = stats.pair(row["errs"], ref)  # over the seeds where neither run diverged
             if row["variant"] != own and paired:
-                row[key] = {**_stats(paired), "better": sum(d < 0 for d in paired), "worse": sum(d > 0 for d in paired)}
+                row[key] = stats.differences(paired)
         row.pop("errs")
     return {"runs": runs, "rows": rows, "finished": len(done), "planned": len(runs)}
 
 
 def _row_label(row: dict) -> str:
-    v = row["variant"]
-    if v == "plain":
-        return "baseline"
-    if v == "plain2":
-        return "baseline, two phases (control)"
-    if v == "gaussian":
-        return f"Gaussian, eps={row['eps']:g}"
-    sign = "-" if v == "opposite" else ""
-    return f"+ANL eps={sign}{row['eps']:g}{' (opposite)' if v == 'opposite' else ''}, norm={row['norm']}"
+    v, eps = row["variant"], f"eps={row['eps']:g}"
+    if v in ("anl", "opposite"):
+        sign = "-" if v == "opposite" else ""
+        return f"+ANL eps={sign}{row['eps']:g}{' (opposite)' if v == 'opposite' else ''}, norm={row['norm']}"
+    labels = {"plain": "baseline", CONTROL: "baseline, two phases (control)", "gaussian": f"Gaussian, {eps}"}
+    return labels.get(v, f"{v}, {eps}" if v in NOISE_VARIANTS else v)
 
 
 def _row_order(name_row: tuple[str, dict]) -> tuple:
@@ -340,38 +221,45 @@ def _row_order(name_row: tuple[str, dict]) -> tuple:
     return (VARIANTS.index(row["variant"]), row["eps"], NORMS.index(row["norm"]) if row["norm"] in NORMS else 9)
 
 
-def render_markdown(result: dict) -> str:
-    """The table, the paper's numbers beside ours, and the protocol, as Markdown."""
+def _spread(st: dict, sign: str = "", one: str = " (1 seed)") -> str:
+    """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
+    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
+
+
+def _paired(vs: dict | None) -> str:  # (better/worse) counts the pairs
+    return "-" if vs is None else f"{_spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
+
+
+def _table(result: dict, two: bool) -> list[str]:
+    """The table's lines: a row per method, the paper's number beside ours (``two``: the column of the paired
+    differences to the two-phase control)."""
     p = result["protocol"]
     paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
-    seeds_planned = result["seeds"]
-    two = any("vs_two_phase" in row for row in result["rows"].values())
     lines = [
         "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | per seed | vs baseline, same seed "
         "(mean ± std; better/worse) |" + (" vs two-phase baseline, same seed |" if two else ""),
         "|---|---|---|---|---|---|" + ("---|" if two else ""),
     ]
-
-    def spread(st, sign="", one=" (1 seed)"):
-        """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
-        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
-
-    def paired(vs):  # (better/worse) counts the pairs
-        return "-" if vs is None else f"{spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
-
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
-        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if v >= DIVERGED else "") for v in t["values"])
-        mean = spread(t)
+        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if stats.diverged(v) else "") for v in t["values"])
+        mean = _spread(t)
         if row.get("diverged_seeds"):
             k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
-            mean += f"; without the {k} diverged: " + (spread(w) if w else "-")
+            mean += f"; without the {k} diverged: " + (_spread(w) if w else "-")
         lines.append(
             f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-            f"{mean} | {t['n']} | {per_seed} | {paired(row.get('vs_baseline'))} |"
-            + (f" {paired(row.get('vs_two_phase'))} |" if two else "")
+            f"{mean} | {t['n']} | {per_seed} | {_paired(row.get('vs_baseline'))} |"
+            + (f" {_paired(row.get('vs_two_phase'))} |" if two else "")
         )
+    return lines
+
+
+def render_markdown(result: dict) -> str:
+    """The table, the paper's numbers beside ours, and the protocol, as Markdown."""
+    p = result["protocol"]
+    two = any("vs_two_phase" in row for row in result["rows"].values())
     missing = result["planned"] - result["finished"]
     base = "the baseline" if p["finetune_epochs"] else "every method"
     control = (
@@ -380,7 +268,7 @@ def render_markdown(result: dict) -> str:
         if two
         else ""
     )
-    lines += [
+    lines = _table(result, two) + [
         "",
         f"Protocol: {p['model']} on {p['dataset']} ({result['dataset_sizes']}), batch {p['batch_size']}, SGD "
         f"(lr {p['lr']}, momentum 0.9, weight decay 5e-4), learning rate halved when the last 5 epochs found no "
@@ -393,7 +281,7 @@ def render_markdown(result: dict) -> str:
             if (p["epochs"], p["finetune_epochs"]) == (100, 100)
             else f" (the paper's 100 + 100 / 200 scaled by {p['epochs'] / 100:g})."
         )
-        + f" Test error at the last epoch. Seeds {', '.join(map(str, seeds_planned))}: the same seed gives every "
+        + f" Test error at the last epoch. Seeds {', '.join(map(str, result['seeds']))}: the same seed gives every "
         "method the same initial weights and data order." + control,
     ]
     diverged = sorted(
@@ -401,7 +289,7 @@ def render_markdown(result: dict) -> str:
     )
     if diverged:
         lines.append(
-            f"Diverged (final test error >= {DIVERGED:g}%, a network stuck at chance): "
+            f"Diverged (final test error >= {stats.DIVERGED:g}%, a network stuck at chance): "
             + "; ".join(diverged)
             + ". The paired columns leave out seeds where either run diverged."
         )
@@ -420,20 +308,12 @@ def report(
     seeds: list[int],
     command: str,
     name: str | None = None,
+    device: str = "cpu",
 ) -> tuple[str, dict]:
     result = collect(specs, proto, runs_dir)
-    sizes = "?"
-    for r in result["runs"]:
-        cfg_path = os.path.join(r["dir"], "config.json")
-        if os.path.isfile(cfg_path):
-            try:
-                with open(cfg_path) as f:
-                    s = json.load(f).get("dataset_sizes")
-            except (ValueError, AttributeError):  # not train's config.json: the sizes are said by another run
-                s = None
-            if s:
-                sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}"
-                break
+    found = (local_config(r["dir"]) or {} for r in result["runs"])  # not train's config.json: another run says them
+    s = next((c["dataset_sizes"] for c in found if c.get("dataset_sizes")), None)
+    sizes = f"train {s['train']:,} / val {s['val']:,} / test {s['test']:,}" if s else "?"
     result.update(
         protocol=dataclasses.asdict(proto),
         seeds=seeds,
@@ -441,7 +321,7 @@ def report(
         command=command,
         paper=PAPER_TABLE1.get((proto.model, proto.dataset)),
         written=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        machine={"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        machine=machine_info(device),
     )
     for r in result["runs"]:
         r["dir"] = os.path.relpath(r["dir"], runs_dir)
@@ -477,7 +357,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(TRAIN_PRESETS),
         default=None,
         help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)",
     )
@@ -496,9 +376,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS),
+        default=list(TABLE1),
         choices=VARIANTS,
-        help="methods (default: all: Table 1's baseline (plain), Gaussian, ANL and opposite, and plain2, "
+        help=f"methods (default: Table 1's baseline (plain), Gaussian, ANL and opposite, and {CONTROL}, "
         "the control that trains without noise on the noise methods' two-phase schedule)",
     )
     p.add_argument("--batch-size", type=positive_int, default=128)
@@ -533,7 +413,8 @@ def _protocol(args: argparse.Namespace) -> Protocol:
     if args.preset and (args.epochs is not None or args.finetune_epochs is not None):
         raise ValueError("give either --preset or --epochs/--finetune-epochs, not both")
     if args.preset:
-        epochs, finetune = PRESETS[args.preset]
+        preset = TRAIN_PRESETS[args.preset]["noise"]  # the baseline trains their sum in one phase
+        epochs, finetune = preset["epochs"], preset["finetune_epochs"]
     elif args.epochs is None:
         raise ValueError("give --preset paper or --epochs E [--finetune-epochs F]")
     else:
@@ -568,7 +449,7 @@ def _command(args: argparse.Namespace, proto: Protocol) -> str:
         parts.append(f"--val-size {proto.val_size}")
     if args.data_dir:
         parts.append(f"--data-dir {args.data_dir}")
-    if list(args.variants) != list(VARIANTS):
+    if list(args.variants) != list(TABLE1):
         parts.append("--variants " + " ".join(args.variants))
     return " ".join(parts)
 
@@ -604,37 +485,26 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, proto: Protocol) -> int:
     seeds = list(range(args.seeds))
     specs = plan(seeds, args.eps, args.norms, args.variants)
-    root = os.path.join(args.runs_dir, proto.tag)
-    todo = []
-    for spec in specs:
-        d = os.path.join(root, spec.name)
-        state = (
-            "finished"
-            if is_finished(d, spec, proto)
-            else ("partial" if read_history(d) or os.path.exists(os.path.join(d, "checkpoint.pt")) else "new")
-        )
-        if args.dry_run:
-            print(f"{state:<8} {d}")
-        if state != "finished":
-            todo.append(
-                (spec, d, train_args(spec, proto, d, data_dir=args.data_dir, device=args.device, threads=args.threads))
-            )
+    where = dict(data_dir=args.data_dir, device=args.device, threads=args.threads)
+    jobs = [job(spec, proto, args.runs_dir, **where) for spec in specs]
+    todo = [j for j in jobs if sweep.state(j) != "finished"]
     if args.dry_run:
+        for j in jobs:
+            print(f"{sweep.state(j):<8} {j.run_dir}")
         return 0
     os.makedirs(args.out, exist_ok=True)  # an unusable --out is said before any training
-    stamp = lambda: dt.datetime.now().strftime("%H:%M:%S")
-    log = lambda s: print(f"[{stamp()}] {s}", flush=True)
-    runner = _Runner(args.jobs, args.nice, log)
+    log = lambda s: print(f"[{dt.datetime.now():%H:%M:%S}] {s}", flush=True)
+    failed = []
     if todo and not args.report_only:
         log(
-            f"{proto.tag}: {len(specs) - len(todo)} of {len(specs)} runs finished; {len(todo)} to go, "
-            f"{args.jobs} at a time"
+            f"{proto.tag}: {len(jobs) - len(todo)} of {len(jobs)} runs finished; {len(todo)} to go, {args.jobs} at once"
         )
         try:
-            runner.run(todo)
+            failed = sweep.run(todo, parallel=args.jobs, nice=args.nice, log=log)
         except KeyboardInterrupt:
             return 130
-    base, result = report(specs, proto, args.runs_dir, args.out, seeds, _command(args, proto), args.name)
+    command = _command(args, proto)
+    base, result = report(specs, proto, args.runs_dir, args.out, seeds, command, args.name, resolve_device(args.device))
     print(render_markdown(result))
     log(f"wrote {base}.md and {base}.json ({result['finished']} of {result['planned']} runs finished)")
-    return 1 if runner.failed else 0
+    return 1 if failed else 0

@@ -33,7 +33,7 @@ def test_bench_writes_json_with_all_methods(tmp_path, capsys):
     for k, st in steps["ratio_stats"].items():
         assert st["min"] <= st["median"] <= st["max"] and st["spread"] == st["max"] / st["min"], k
         assert steps["ratios"][k] == st["median"], k  # the headline is the median of the paired ratios
-    assert steps["threads"] == report["machine"]["torch_threads"] and steps["backend"] == ops.backend("cpu")
+    assert steps["threads"] == report["machine"]["threads"] and steps["backend"] == ops.backend("cpu")
     assert steps["cpu"] == report["machine"]["cpu"] != ""
     (mem,) = report["noise_memory"]
     assert mem["held_bytes"]["float32"] == 2 * mem["held_bytes"]["bfloat16"] > 0

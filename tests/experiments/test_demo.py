@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anl_fused.cli import main
-from anl_fused.experiments import demo, train
+from anl_fused.experiments import demo, sweep, train
 from anl_fused.experiments.models import MODELS
 
 
@@ -110,7 +110,7 @@ BAD = [
 @pytest.mark.parametrize("flag,value", BAD)
 def test_demo_rejects_bad_numbers_before_training(flag, value, tmp_path, capsys, monkeypatch):
     """A usage error (exit code 2) whose error line names the option and the value; nothing trains or is written."""
-    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: pytest.fail("trained despite a bad argument"))
     out = tmp_path / "out"
     try:
         code = main(
@@ -133,11 +133,12 @@ def test_the_largest_batch_is_the_training_set(tmp_path, monkeypatch):
     """--batch-size 897 (the digits training set) passes the check and reaches training."""
     calls = []
 
-    def fit(*a, **k):
-        calls.append(a)
+    def run(jobs, **k):
+        calls.append(jobs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(sweep, "run", run)
     with pytest.raises(KeyboardInterrupt):
         main(["demo", "--batch-size", "897", "--out", str(tmp_path / "out")])
-    assert calls and calls[0][0].batch_size == 897
+    args = calls[0][0].args
+    assert calls and args[args.index("--batch-size") + 1] == "897"

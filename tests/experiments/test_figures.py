@@ -223,10 +223,10 @@ def test_missing_runs_are_reported(tmp_path, capsys):
 
 
 def test_method_labels_tell_the_two_phase_baseline_apart():
-    """table1's plain2 control (plain training with the noise methods' fine-tuning phase) is not the
+    """table1's baseline-two-phase control (plain training with the noise methods' fine-tuning phase) is not the
     one-schedule baseline: Fig. 5 must not pool them."""
     assert figures._method_label({"variant": "plain", "eps": 0.0, "finetune_epochs": 0}) == "baseline"
-    assert figures._method_label({"variant": "plain", "eps": 0.0, "finetune_epochs": 15}) == "baseline two-phase"
+    assert figures._method_label({"variant": "plain", "eps": 0.0, "finetune_epochs": 15}) == "baseline-two-phase"
     assert figures._method_label({"variant": "anl", "eps": 0.03, "norm": "layer"}) == "ANL 0.03 layer"
     assert figures._method_label({"variant": "opposite", "eps": -0.03}) == "ANL -0.03 sample"
     assert figures._method_label({"variant": "gaussian", "eps": 0.03}) == "Gaussian 0.03"

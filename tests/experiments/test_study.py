@@ -101,6 +101,15 @@ def test_paired_matches_scipy_and_bootstrap_brackets_the_mean():
         stats.paired([0.1])
 
 
+def test_pairs_leave_out_diverged_runs_and_one_value_has_no_spread():
+    seeds, d = stats.pair({0: 10.0, 1: 90.0, 2: 9.0, 3: 8.0}, {0: 11.0, 1: 10.0, 2: 85.0, 5: 1.0})
+    assert seeds == [0] and d == [-1.0]
+    assert stats.diverged(80.0) and not stats.diverged(79.9) and stats.diverged(10.0, float("nan"))
+    one = stats.differences([-0.5])
+    assert (one["std"], one["se"], one["better"], one["values"]) == (None, None, 1, [-0.5])
+    assert stats.summary([]) == {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
+
+
 def test_holm_step_down():
     got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03})
     assert got == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
@@ -239,3 +248,63 @@ def test_each_arm_trains_what_the_preregistration_says(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps({"model": "lenet5"}))
     assert "--resume" in study.Run("anl", 0).train_args(str(tmp_path / "r"), 1)
+
+
+#: every arm's exact ``anl-fused train`` arguments and run name, as the running study (pinned copy at 55d6e16) has
+#: them: a refactored study must produce the same, so that it can take over the study's run directories
+PINNED = {  # arm: name, variant, epochs, finetune epochs, finetune lr, the arm's own arguments
+    "baseline": ("baseline-plateau-seed3", "plain", 200, 0, "continue", ""),
+    "control": ("control-plateau-seed3", "plain", 100, 100, "floor", ""),
+    "anl": ("anl-plateau-seed3", "anl", 100, 100, "floor", "--eps 0.03 --norm layer"),
+    "opposite": ("opposite-plateau-seed3", "opposite", 100, 100, "floor", "--eps 0.03 --norm layer"),
+    "gaussian": ("gaussian-plateau-seed3", "gaussian", 100, 100, "floor", "--eps 0.03"),
+    "sam": ("sam-rho0.05-plateau-seed3", "sam", 100, 100, "floor", "--sam-rho 0.05"),
+    "matched": ("matched-plateau-seed3", "plain", 220, 100, "floor", ""),
+}
+
+
+@pytest.mark.parametrize("arm", study.ARMS)
+def test_each_arms_train_arguments_and_name_are_pinned(arm, tmp_path):
+    name, variant, epochs, finetune, finetune_lr, extra = PINNED[arm]
+    run = study.Run(arm, 3, rho=0.05 if arm == "sam" else 0.0)
+    want = (
+        f"train --model lenet5 --dataset fashion-mnist --variant {variant} --epochs {epochs} --finetune-epochs "
+        f"{finetune} --batch-size 128 --lr 0.1 --schedule plateau "
+        f"--seed 3 --device cpu --threads 1 --finetune-lr {finetune_lr} {extra} --out OUT --no-progress"
+    ).split()
+    assert run.name == name and run.train_args("OUT", 1) == want
+    assert study.run_dir("R", run) == f"R/{name}"
+    cosine = study.Run(arm, 5, schedule="cosine", rho=run.rho)
+    d = tmp_path / cosine.name
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    got = cosine.train_args(str(d), 2)
+    assert cosine.name == name.replace("plateau-seed3", "cosine-seed5")
+    assert got == [*want[: want.index("--schedule")], "--schedule", "cosine", "--seed", "5", "--device", "cpu"] + [
+        "--threads",
+        "2",
+        *want[want.index("--finetune-lr") : want.index("--out")],
+        "--out",
+        str(d),
+        "--no-progress",
+        "--resume",
+    ]
+
+
+def test_the_stages_run_names_are_pinned():
+    assert [r.name for r in study.pilot_runs()] == [
+        *(f"{a}-plateau-seed{s}" for s in study.PILOT_SEEDS for a in ("anl", "control")),
+        *(f"sam-rho{r:g}-plateau-seed{s}" for s in study.RHO_SEEDS for r in study.RHO_GRID),
+    ]
+    main = [r.name for r in study.main_runs(12, 0.05)]
+    assert main[:4] == ["anl-plateau-seed0", "control-plateau-seed0", "anl-plateau-seed1", "control-plateau-seed1"]
+    assert main[24:30] == [
+        "baseline-plateau-seed0",
+        "opposite-plateau-seed0",
+        "gaussian-plateau-seed0",
+        "sam-rho0.05-plateau-seed0",
+        "matched-plateau-seed0",
+        "baseline-plateau-seed1",
+    ]
+    assert main[-1] == "baseline-plateau-seed900" and len(main) == 24 + 5 * 5 + 1
+    assert [r.name for r in study.cosine_runs()][:2] == ["anl-cosine-seed0", "control-cosine-seed0"]

@@ -46,7 +46,7 @@ def test_plan_covers_every_method_per_seed_and_norm():
         "opposite-eps0.03-sample-seed0",
         "opposite-eps0.03-layer-seed0",
     ]
-    specs = [s for s in specs if s.variant != "plain2"]
+    specs = [s for s in specs if s.variant != "baseline-two-phase"]
     proto = table1.Protocol("lenet5", "fashion-mnist", 30, 20)
     args = dict(data_dir=None, device="cpu", threads=1)
     base = table1.train_args(specs[0], proto, "d", **args)
@@ -55,7 +55,7 @@ def test_plan_covers_every_method_per_seed_and_norm():
     opp = table1.train_args(specs[5], proto, "d", **args)
     assert opp[opp.index("--variant") + 1] == "opposite" and opp[opp.index("--eps") + 1] == "0.03"
     assert opp[opp.index("--norm") + 1] == "layer" and opp[opp.index("--finetune-epochs") + 1] == "20"
-    two = table1.train_args(table1.RunSpec("plain2", 0), proto, "d", **args)
+    two = table1.train_args(table1.RunSpec("baseline-two-phase", 0), proto, "d", **args)
     assert two[two.index("--variant") + 1] == "plain" and two[two.index("--finetune-lr") + 1] == "floor"
     assert two[two.index("--epochs") + 1] == "30" and two[two.index("--finetune-epochs") + 1] == "20"
 
@@ -207,16 +207,16 @@ def _fake_run(root, spec, proto, errs):
 
 def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
     proto = table1.Protocol("lenet5", "fashion-mnist", 2, 1)
-    specs = table1.plan([0, 1, 2], [0.03], ["sample"], variants=("plain", "plain2", "anl"))
+    specs = table1.plan([0, 1, 2], [0.03], ["sample"], variants=("plain", "baseline-two-phase", "anl"))
     final = {
         ("plain", 0): 10.0,
         ("plain", 1): 11.0,
         ("plain", 2): 12.0,
         ("anl", 0): 9.5,
         ("anl", 1): 11.5,
-        ("plain2", 0): 9.0,
-        ("plain2", 1): 12.0,
-        ("plain2", 2): 90.0,
+        ("baseline-two-phase", 0): 9.0,
+        ("baseline-two-phase", 1): 12.0,
+        ("baseline-two-phase", 2): 90.0,
     }
     for spec in specs:
         if (spec.variant, spec.seed) in final:
@@ -259,7 +259,7 @@ def test_report_counts_finished_runs_only_and_pairs_by_seed(tmp_path, capsys):
         "1",
         "--variants",
         "plain",
-        "plain2",
+        "baseline-two-phase",
         "anl",
         "--runs-dir",
         str(tmp_path),
@@ -288,3 +288,25 @@ def test_readme_renderer_writes_the_table_from_the_json(tmp_path, monkeypatch):
     text = doc.read_text()
     assert table1.render_markdown(result) in text and "old" not in text
     assert "| +ANL eps=0.03, norm=sample | 9.17 | 9.00 (1 seed) | 1 | 9.00 | -1.00 (1/0) |" in text
+
+
+def test_methods_and_the_preset_are_train_configs(tmp_path, capsys):
+    """The methods are anl-fused train's variants and the control; the two-phase ones train E then F epochs, the
+    others E + F in one; --preset paper is train's (100 + 100)."""
+    from anl_fused.experiments.train import config
+
+    assert set(table1.VARIANTS) - {table1.CONTROL} <= set(config.VARIANTS)
+    proto, where = table1.Protocol("lenet5", "digits", 3, 2), dict(data_dir=None, device="cpu", threads=1)
+    for variant, phases in (("sam", ["3", "2"]), ("dropout", ["5", "0"]), ("gaussian", ["3", "2"])):
+        (spec,) = table1.plan([0], [0.05], ["layer"], variants=(variant,))
+        args = table1.train_args(spec, proto, "d", **where)
+        assert [args[args.index(f) + 1] for f in ("--variant", "--epochs", "--finetune-epochs")] == [variant, *phases]
+        assert ("--eps" in args) == (variant == "gaussian") and "--norm" not in args
+    argv = ["table1", "--preset", "paper", "--dataset", "digits", "--seeds", "1", "--variants", "plain", "sam"]
+    assert main([*argv, "--runs-dir", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "new",
+        str(tmp_path / "lenet5-digits-e100f100-b128" / "baseline-seed0"),
+        "new",
+        str(tmp_path / "lenet5-digits-e100f100-b128" / "sam-seed0"),
+    ]

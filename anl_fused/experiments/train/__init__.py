@@ -45,7 +45,7 @@ overwrite, ``config.json``), :mod:`.metrics` (meter, evaluation,
 ``metrics.jsonl``), :mod:`.cli` (``configure`` / ``run``).
 """
 
-from .checkpointing import CHECKPOINT_NAME
+from .checkpointing import CHECKPOINT_NAME, load_trained
 from .cli import config_from_args, configure, run
 from .config import IDENTITY, LENGTH, NOISE_VARIANTS, PRESETS, RUNTIME, VARIANTS, TrainConfig, config_from_dict
 from .loop import fit
@@ -71,6 +71,7 @@ __all__ = [
     "configure",
     "evaluate",
     "fit",
+    "load_trained",
     "make_model",
     "run",
 ]

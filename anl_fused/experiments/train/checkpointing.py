@@ -16,17 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+import torch
 import torch.distributed as dist
+from torch import nn
 from typing_extensions import TypedDict
 
 from ... import rng
 from .. import checkpoint as ckpt
 from .. import launch
-from .config import IDENTITY, config_from_dict, upgrade_stored
+from .config import IDENTITY, TrainConfig, config_from_dict, upgrade_stored
 from .metrics import EpochMeter, merged_meter_state
-from .parts import Parts
+from .parts import Parts, make_model
 
-__all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "read", "restore", "resume_changes", "save"]
+__all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "load_trained", "read", "restore", "resume_changes", "save"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED = (
@@ -63,6 +65,16 @@ _POSITION = pydantic.TypeAdapter(
         TypedDict("CheckpointPosition", _POSITION_TYPES, total=False)  # type: ignore[misc]
     )
 )
+
+
+def load_trained(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """The model of an ``anl-fused train`` checkpoint, in eval mode, and its resolved config (a config stored by an
+    older version upgraded first)."""
+    state = ckpt.load(path, map_location=device, required=("config", "model", "num_classes", "in_channels"))
+    cfg = config_from_dict(upgrade_stored(state["config"]), f"the config in checkpoint file {path!r}").resolved()
+    model = make_model(cfg, state["in_channels"], state["num_classes"]).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
 
 
 def _check_types(state: dict[str, Any], path: str) -> None:

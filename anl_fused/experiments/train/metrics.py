@@ -187,10 +187,11 @@ def format_record(r: dict[str, Any], total_epochs: int) -> str:
     )
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (``[]`` when it does not exist). A half-written last line (the
-    process or the disk failed during the append) is left out, as ``train --resume`` drops it; any
-    other line that is not a JSON object raises ``ValueError`` naming the file and the line."""
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """The records of a run directory's ``metrics.jsonl``, its finished epochs (``[]`` when it does not exist). A
+    half-written last line (the process or the disk failed during the append) is left out, as ``train --resume``
+    drops it; any other line that is not a JSON object raises ``ValueError`` naming the file and the line."""
+    path = os.path.join(run_dir, METRICS_NAME)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().split("\n")

@@ -27,7 +27,7 @@ from .. import launch
 from ..files import DirLock, DirLockedError, LockFileError, atomic_write, check_out_dir, clean_temp_files, lock_holder
 from .checkpointing import CHECKPOINT_NAME
 from .config import config_from_dict, input_layer_eps, upgrade_stored
-from .metrics import METRICS_NAME
+from .metrics import METRICS_NAME, read_metrics
 from .parts import Parts
 
 __all__ = [
@@ -66,9 +66,10 @@ def describe_run(out_dir: str) -> str | None:
         return None
     config = _read_json(os.path.join(out_dir, CONFIG_NAME)) or {}
     total = int(config.get("epochs", 0) or 0) + int(config.get("finetune_epochs", 0) or 0)
-    done = 0
-    with contextlib.suppress(OSError), open(os.path.join(out_dir, METRICS_NAME)) as f:
-        done = sum(1 for line in f if line.strip().endswith("}"))
+    try:
+        done = len(read_metrics(out_dir))
+    except (OSError, ValueError):  # unreadable, or a corrupted line (said where the run is read)
+        done = 0
     if total and done >= total:
         return f"finished: {done} of {total} epochs"
     return f"interrupted after {done} of {total or '?'} epochs ({', '.join(present)})"
