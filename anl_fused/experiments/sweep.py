@@ -120,11 +120,13 @@ class _Children:
         except ValueError:
             hist = []
         err = f"test err {hist[-1]['test_err'] * 100:.2f}% at epoch {hist[-1]['epoch']}" if hist else "no epoch"
-        if rc:
+        if self.stopping:  # checkpointed on the interrupt (exit 130): the next sweep resumes it
+            self.log(f"stopped  {job.name} (exit {rc}, {err})")
+        elif rc:
             self.failed.append((job, rc))
             self.log(f"FAILED   {job.name} (exit {rc}, {err}); see {os.path.join(job.run_dir, LOG_NAME)}")
         else:
-            self.log(f"{'stopped ' if self.stopping else 'finished'} {job.name} in {wall / 60:.1f} min, {err}")
+            self.log(f"finished {job.name} in {wall / 60:.1f} min, {err}")
 
     def stop(self) -> None:
         self.log("interrupt: asking the running trainings to checkpoint and stop (run again to resume)")
