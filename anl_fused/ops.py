@@ -176,8 +176,8 @@ def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0)
     backend = backend_for(h)
     if backend == "cpp":
         scale = None if scale is None else scale.detach()
-        if h.requires_grad and torch.is_grad_enabled():  # the op's autograd: identity to h
-            return torch.ops.anl_fused.add_noise(h, g.detach(), scale, float(alpha))
+        if h.requires_grad and torch.is_grad_enabled():  # a C++ autograd node: identity to h
+            return _CPP[0].add_noise_autograd(h, g.detach(), scale, float(alpha))
         return _CPP[0].add_noise(h, g.detach(), scale, float(alpha))
     if backend == "triton":
         return _triton().add_noise(h, g, scale, alpha=alpha)

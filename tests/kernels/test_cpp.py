@@ -257,12 +257,18 @@ def test_registered_as_the_cpu_kernels_of_the_anl_fused_ops(cpp):
 def test_add_noise_autograd_is_identity_to_h(cpp, monkeypatch):
     monkeypatch.setenv("ANL_FUSED_BACKEND", "cpp")
     h = rand((3, 2, 4, 5), torch.float32, "cpu").requires_grad_()
-    g, sc = rand((3, 2, 4, 5), torch.float32, "cpu"), torch.tensor([0.5, 1.0, -2.0])
+    g = rand((3, 2, 4, 5), torch.float32, "cpu").requires_grad_()
+    sc = torch.tensor([0.5, 1.0, -2.0], requires_grad=True)
     out = ops.add_noise(h, g, sc)
-    assert out.requires_grad and same(out.detach(), cpp.add_noise(h.detach(), g, sc, 1.0))
+    assert out.requires_grad and same(out.detach(), cpp.add_noise(h.detach(), g.detach(), sc.detach(), 1.0))
     w = torch.randn_like(out)
-    (gh,) = torch.autograd.grad(out, h, w)
-    assert torch.equal(gh, w)
+    gh, gg, gs = torch.autograd.grad(out, (h, g, sc), w, allow_unused=True)
+    assert torch.equal(gh, w) and gg is None and gs is None
+    # the same gradient as the operator's own (Python) autograd, the path torch.compile traces
+    (op_gh,) = torch.autograd.grad(torch.ops.anl_fused.add_noise(h, g.detach(), sc.detach(), 1.0), h, w)
+    assert torch.equal(op_gh, gh)
+    hd = h.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ops.add_noise(x, g.detach().double(), sc.detach(), alpha=0.5), hd)
     with torch.no_grad():
         assert not ops.add_noise(h, g, sc).requires_grad
 
