@@ -164,8 +164,10 @@ def test_readme_ddp_block_trains_under_torchrun_on_two_processes(tmp_path):
 
     script = tmp_path / "ddp.py"
     check = (  # one file per rank: two ranks printing at once can interleave their lines
-        "\nopen(f'weights-{rank}.txt', 'w').write("
+        "\nwith open(f'weights-{rank}.txt', 'w') as f:\n    f.write("
         "f'weights {rank} {float(sum(p.double().abs().sum() for p in model.parameters()))} {float(loss)}')\n"
+        # the exit docs/distributed.md gives for torch's gloo exit-time abort (not what this test checks)
+        "os._exit(0)\n"
     )
     script.write_text(_readme.block("DDP") + check, encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]

@@ -6,8 +6,9 @@ Only the command-line training uses these; the engine's DDP support is in :mod:`
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,7 @@ __all__ = [
     "any_rank",
     "broadcast_buffers",
     "cpu_group",
+    "exit_process",
     "init_from_env",
     "launched_by_torchrun",
     "local_rank",
@@ -54,6 +56,17 @@ def init_from_env(device: str = "auto") -> bool:
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return True
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a torchrun process after its process group was destroyed: flush stdout and stderr, then leave
+    without the interpreter's finalization (``os._exit``). torch's gloo worker threads outlive
+    ``destroy_process_group`` and may still be freeing a finished all-reduce that holds Python state (the
+    autograd context of the backward that issued it); freeing it while the interpreter finalizes aborts
+    the process ("terminate called without an active exception"), see docs/distributed.md."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> Tensor:

@@ -182,30 +182,37 @@ def run(args: argparse.Namespace) -> int:
     started = False  # the process group, under torchrun
     try:
         started = launch.init_from_env(_device_hint(args))
-        rank, world = (dist.get_rank(), dist.get_world_size()) if started else (0, 1)
-        cfg = _auto_eps(_config(args, world), rank)
-        with warnings.catch_warnings():  # the rule's warning was printed above as one line
-            warnings.filterwarnings("ignore", message=AUTO_EPS_WARNING)
-            result = fit(
-                cfg,
-                args.out,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                checkpoint_every=args.checkpoint_every,
-                stop_after_steps=args.stop_after_steps,
-                progress=not args.no_progress,
-            )
-        if started:
-            dist.barrier()  # nobody leaves while rank 0 still receives the last checkpoint's states
+        code = _train(args, started)
     except (ckpt.CheckpointError, data_mod.DatasetNotFoundError, RunDirError, ValueError, KeyError) as e:
         print(f"anl-fused train: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+        code = 2
     except OSError as e:  # a read-only or full disk
         print(f"anl-fused train: error: {e}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
         if started:
             dist.destroy_process_group()
+    if started:
+        launch.exit_process(code)
+    return code
+
+
+def _train(args: argparse.Namespace, started: bool) -> int:
+    rank, world = (dist.get_rank(), dist.get_world_size()) if started else (0, 1)
+    cfg = _auto_eps(_config(args, world), rank)
+    with warnings.catch_warnings():  # the rule's warning was printed above as one line
+        warnings.filterwarnings("ignore", message=AUTO_EPS_WARNING)
+        result = fit(
+            cfg,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            checkpoint_every=args.checkpoint_every,
+            stop_after_steps=args.stop_after_steps,
+            progress=not args.no_progress,
+        )
+    if started:
+        dist.barrier()  # nobody leaves while rank 0 still receives the last checkpoint's states
     if result["stopped"] == "interrupt":
         return 130
     if rank == 0:
