@@ -1,8 +1,9 @@
 """``anl-fused demo``: plain vs ANL vs opposite-ANL on scikit-learn's 8x8 digits, on a CPU, in minutes (docs/demo.md).
 
-``vgg_tiny`` with each variant and 5 seeds, the paper's protocol (sec. 4.2.1) scaled down: 20 epochs with the
-variant's noise, then 10 with it off at the floor rate 1e-3, for every variant (plain included), so that the noise
-is the only difference. ANL's eps is :data:`DEMO_EPS` (the best of a 10-seed sweep, chosen on test error). Prints
+``vgg_tiny`` with each variant and 5 seeds, the paper's protocol (sec. 4.2.1, the
+:class:`~.train.schedule.PlateauSchedule` of ``anl-fused train``) scaled down: 20 epochs with the variant's noise,
+then 10 with it off at the floor rate 1e-3, for every variant (plain included), so that the noise is the only
+difference. ANL's eps is :data:`DEMO_EPS` (the best of a 10-seed sweep, chosen on test error). Prints
 the table (:func:`format_table`, also what ``benchmarks/render.py`` puts in the README) and writes ``demo.png``,
 ``results.json``, ``results.txt`` and the runs under ``--out``.
 """
