@@ -2,13 +2,9 @@
 
     anl-fused attack --models plain=runs/plain/checkpoint.pt anl=runs/anl/checkpoint.pt --dataset digits --out attack/
 
-Every model attacks every model (FGSM and IFGSM with the paper's settings unless told otherwise) on
-the test split; the diagonal is the white-box attack. Writes ``transfer.md`` (the table),
-``transfer.json`` and ``transfer.png`` (heatmaps) under ``--out`` and prints the table.
-
-Recipe for the paper's six VGG-16 models of Table 3 (input eps / hidden eps: 0/0, 0/0.05,
-0.05/0.05, 0.1/0.1, 0.2/0, 0.2/0.2) on CIFAR-10 (input ANL of Eq. 5: its eps is a fraction of
-std(x), like the hidden layers'; with ``--input-sign`` it would be in pixel units, e.g. 16/255)::
+Every model attacks every model (FGSM and IFGSM, the paper's settings unless told otherwise) on the test split;
+writes ``transfer.md``, ``transfer.json`` and ``transfer.png`` under ``--out``. The paper's six VGG-16 models of
+Table 3 (input eps / hidden eps: 0/0, 0/0.05, 0.05/0.05, 0.1/0.1, 0.2/0, 0.2/0.2) on CIFAR-10::
 
     T="anl-fused train --preset paper --model vgg16 --dataset cifar10"
     $T --variant plain --out runs/i0-h0

@@ -1,30 +1,12 @@
 """Datasets for the paper's experiments, held as tensors, with batched on-device augmentation.
 
-``load(name, data_dir)`` returns a :class:`DataBundle` with ``train`` / ``val`` / ``test``
-:class:`Split` s (images as ``uint8`` or ``float32`` in [0, 1], NCHW) for
+:func:`load` returns ``train`` / ``val`` / ``test`` :class:`Split` s (``uint8`` or ``float32`` in [0, 1], NCHW) of
+``cifar10`` / ``cifar100`` (torchvision's files, downloaded only with ``download=True``), ``fashion-mnist`` (four
+IDX files: see :func:`find_fashion_mnist`) and ``digits`` (scikit-learn's ``load_digits``, offline: train 897 /
+val 300 / test 600, stratified). The others hold out 5,000 training images (seeded, fixed) for validation.
 
-- ``cifar10``, ``cifar100``: torchvision's CIFAR files under ``data_dir`` (never downloaded unless
-  ``download=True``); 5,000 training images are held out (seeded, fixed) as the validation split the
-  learning-rate scheduler watches; the test split is the official test set.
-- ``fashion-mnist``: the four IDX files (``train-images-idx3-ubyte`` ..., gzipped or not), found
-  without any flag where the Debian package ``dataset-fashion-mnist`` puts them
-  (:data:`FASHION_MNIST_SYSTEM_DIR`), or in ``data_dir`` itself, or in torchvision's layout
-  ``data_dir/FashionMNIST/raw/`` (see :func:`find_fashion_mnist`); read with torchvision's IDX
-  reader (:func:`read_idx`); 5,000 training images held out likewise. No augmentation (the paper names
-  crop + flip for CIFAR only).
-- ``digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, shipped with
-  scikit-learn, no download), scaled to [0, 1] (pixel / 16) and split train 897 / val 300 /
-  test 600 with a fixed seed, stratified by class. The offline default. The test split is large on
-  purpose: one test image is 0.17% of test error, so differences between methods are measurable.
-
-:class:`Batches` turns a split into device batches. Its order and its augmentation are functions
-of ``(seed, epoch)`` only (their own ``torch.Generator`` s, never the global RNG), and an epoch
-can start at any step: that is what lets ``anl-fused train --resume`` continue a run exactly.
-Augmentation (CIFAR, as in the paper, sec. 4.2.1): zero-pad by 4 pixels, random 32x32 crop,
-random horizontal flip, done for a whole batch at once on the batch's device, then normalization.
-
-``torchvision_transforms(name)`` gives the same augmentation as a torchvision pipeline for users
-of ``torch.utils.data.DataLoader``.
+:class:`Batches`: order and augmentation (CIFAR: pad 4, random crop, random flip, sec. 4.2.1) are functions of
+``(seed, epoch)`` only, and an epoch can start at any step: what makes ``--resume`` exact.
 """
 
 from __future__ import annotations
@@ -85,75 +67,26 @@ class DatasetInfo:
     description: str
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        "cifar10",
-        10,
-        3,
-        32,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        "crop-flip",
-        5000,
-        tuple(
-            f"cifar-10-batches-py/{f}"
-            for f in (
-                "data_batch_1",
-                "data_batch_2",
-                "data_batch_3",
-                "data_batch_4",
-                "data_batch_5",
-                "test_batch",
-                "batches.meta",
-            )
-        ),
-        "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100",
-        100,
-        3,
-        32,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-        "crop-flip",
-        5000,
-        ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-        "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
-    ),
-    "fashion-mnist": DatasetInfo(
-        "fashion-mnist",
-        10,
-        1,
-        28,
-        (0.2860,),
-        (0.3530,),
-        "none",
-        5000,
-        tuple(
-            f"FashionMNIST/raw/{f}"
-            for f in (
-                "train-images-idx3-ubyte",
-                "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte",
-            )
-        ),
-        "Fashion-MNIST (four IDX files, gzipped or not)",
-    ),
-    "digits": DatasetInfo(
-        "digits",
-        10,
-        1,
-        8,
-        (0.3058,),
-        (0.3759,),
-        "none",
-        300,
-        (),
-        "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
-    ),
+_CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+_INFOS = (
+    ("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000),
+    ("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000),
+    ("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000),
+    ("digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300),
+)
+_FILES = {
+    "cifar10": tuple(f"cifar-10-batches-py/{f}" for f in (*_CIFAR10_FILES, "batches.meta")),
+    "cifar100": ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+    "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in FASHION_MNIST_FILES),
+    "digits": (),
 }
+_DESCRIPTIONS = {
+    "cifar10": "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
+    "cifar100": "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
+    "fashion-mnist": "Fashion-MNIST (four IDX files, gzipped or not)",
+    "digits": "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
+}
+DATASETS: dict[str, DatasetInfo] = {i[0]: DatasetInfo(*i, _FILES[i[0]], _DESCRIPTIONS[i[0]]) for i in _INFOS}
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",

@@ -1,29 +1,11 @@
-"""``anl-fused demo``: plain vs ANL vs opposite-ANL on real handwritten digits, on a CPU, in minutes.
+"""``anl-fused demo``: plain vs ANL vs opposite-ANL on scikit-learn's 8x8 digits, on a CPU, in minutes (docs/demo.md).
 
-Trains the same small CNN (``vgg_tiny``: a VGG-style net with BatchNorm, ANL after every BN) on
-scikit-learn's 8x8 digits (offline, no download; train 897 / validation 300 / test 600 images) with
-each variant and 5 seeds, using the paper's protocol (sec. 4.2.1) scaled down:
-
-- SGD, momentum 0.9, weight decay 5e-4, batch 64, learning rate 0.1 at the start;
-- the rate is halved when none of the last 5 epochs (``patience``) found a new best validation
-  loss, each rate is used for at least 5 epochs (``hold_epochs``), never below the floor 1e-3
-  (``min_lr``): :class:`anl_fused.experiments.train.schedule.PlateauSchedule`, the schedule of
-  ``anl-fused train``, not ``ReduceLROnPlateau``;
-- 20 epochs with the variant's noise, then 10 fine-tuning epochs with the noise off at the floor
-  rate 1e-3.
-
-Every variant, plain included, gets the same schedule (the same fine-tuning phase at the floor
-rate), so the only difference between them is the noise. Same seed = same initial weights and the
-same data order for every variant. ANL's eps is 0.1, not ``anl-fused train``'s default for vgg_tiny
-(0.02, ``anl-fused models``): 0.1 was the best of a 10-seed sweep on this split (made with the
-earlier ReduceLROnPlateau schedule), chosen on test error, so ANL's number is slightly optimistic.
-
-Prints a table of test errors (mean, standard deviation and range over seeds, the paired difference
-to plain) and the measured time per training step of each variant, writes ``demo.png``,
-``results.json`` (everything the table shows, the protocol and the machine; :func:`format_table`
-prints it again, and ``benchmarks/render.py``'s ``demo`` renderer puts it in the README),
-``results.txt`` and each run's ``metrics.jsonl`` / ``checkpoint.pt`` under ``--out`` (default
-``./demo_out``).
+``vgg_tiny`` with each variant and 5 seeds, the paper's protocol (sec. 4.2.1, the
+:class:`~.train.schedule.PlateauSchedule` of ``anl-fused train``) scaled down: 20 epochs with the variant's noise,
+then 10 with it off at the floor rate 1e-3, for every variant (plain included), so that the noise is the only
+difference. ANL's eps is :data:`DEMO_EPS` (the best of a 10-seed sweep, chosen on test error). Prints
+the table (:func:`format_table`, also what ``benchmarks/render.py`` puts in the README) and writes ``demo.png``,
+``results.json``, ``results.txt`` and the runs under ``--out``.
 """
 
 from __future__ import annotations

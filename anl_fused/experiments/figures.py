@@ -1,21 +1,9 @@
 """``anl-fused figures``: the paper's figures as PNG, from ``anl-fused train`` run directories.
 
-- ``eps-sweep`` (Fig. 4): final test error against eps, one panel per group of like runs (model,
-  dataset, epochs, optimizer settings); runs with the same eps (several seeds) are averaged (mean ±
-  std, runs as dots); plain runs sit at eps = 0.
-- ``layer-std`` (Fig. 2): the standard deviation of every ANL layer's input over the epochs
-  (``anl_std`` in ``metrics.jsonl``, the per-epoch mean of ``TwoRound.last_stds``).
-- ``feature-maps`` (Fig. 3): the first conv layer's output (through a sigmoid, noise layers off) for
-  one test image, one row per run (e.g. plain / Gaussian / ANL / opposite-ANL checkpoints).
-- ``whitebox`` (Fig. 5): accuracy under white-box FGSM and IFGSM (the paper's delta = 16) per method,
-  bars averaged over seeds, from the runs' checkpoints.
-
-``eps-sweep`` and ``whitebox`` average only like runs: unfinished (interrupted) runs are skipped with a
-warning, and ``eps-sweep`` groups runs by model, dataset, epochs and optimizer settings, with one
-line per norm; the labels count runs and distinct seeds as they are. A run that has started but finished
-no epoch yet (an empty ``metrics.jsonl``) is skipped with a warning by every figure.
-
-``--runs`` takes run directories (holding ``metrics.jsonl``) or directories of run directories.
+``eps-sweep`` (Fig. 4: final test error against eps, like runs averaged), ``layer-std`` (Fig. 2: the std of every
+ANL layer's input over the epochs), ``feature-maps`` (Fig. 3: the first conv's output per run), ``whitebox``
+(Fig. 5: white-box FGSM / IFGSM accuracy per method) and ``whitebox-plot`` (Fig. 5 again from its JSON). Runs that
+finished no epoch are skipped with a warning; ``eps-sweep`` and ``whitebox`` also skip unfinished runs.
 """
 
 from __future__ import annotations

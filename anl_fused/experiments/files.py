@@ -39,6 +39,7 @@ __all__ = [
     "check_out_dir",
     "clean_temp_files",
     "lock_holder",
+    "md_table",
     "resolve_device",
     "save_figure",
 ]
@@ -267,3 +268,10 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def md_table(header: list[str], rows: Iterable[list], align: list[str] | None = None) -> list[str]:
+    """The lines of a Markdown table (a ``|`` in a cell escaped, a newline made a space); ``align``: one
+    separator cell per column (default ``---``)."""
+    line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+    return [line(header), "|" + "|".join(align or ["---"] * len(header)) + "|", *(line(r) for r in rows)]

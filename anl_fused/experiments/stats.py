@@ -8,7 +8,18 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-__all__ = ["DIVERGED", "differences", "diverged", "holm", "pair", "paired", "power", "seeds_for_power", "summary"]
+__all__ = [
+    "DIVERGED",
+    "differences",
+    "diverged",
+    "holm",
+    "pair",
+    "paired",
+    "power",
+    "seeds_for_power",
+    "spread",
+    "summary",
+]
 
 DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
 
@@ -29,6 +40,11 @@ def summary(values: Sequence[float]) -> dict:
         "max": max(values, default=None),
         "values": values,
     }
+
+
+def spread(st: dict, sign: str = "", one: str = " (1 seed)") -> str:
+    """A :func:`summary` as ``mean ± std``, or its one value and ``one``: no standard deviation of one value."""
+    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
 
 
 def differences(diffs: Sequence[float]) -> dict:

@@ -1,15 +1,13 @@
-"""``anl-fused study``: the pre-registered study of issue #17 (``benchmarks/results/study/prereg.md``): does ANL
+"""``anl-fused study``: the pre-registered study (``benchmarks/results/study/prereg.md``, docs/study.md): does ANL
 lower LeNet-5's clean test error on Fashion-MNIST against a two-phase control, and how does it fare against SAM?
 
     anl-fused study run --runs-dir /work/study-runs --jobs 2 --threads 1   # resumable; Ctrl-C / kill checkpoints
     anl-fused study report --runs-dir /work/study-runs --out benchmarks/results/study
     anl-fused study plan                                                    # the runs and their state
 
-Stages, in order (each run is ``anl-fused train`` in a child process, :mod:`.sweep`): the *pilot* (ANL and
-the control on seeds 100-103; SAM at each rho of :data:`RHO_GRID` on seeds 100-101), then the design it fixes by
-the pre-registered rules (:func:`design`: the number of seeds, SAM's rho), then the *main* runs (the primary pair
-first, then the other arms) and the *cosine* runs (the fixed-schedule secondary analysis). Everything here is
-what the pre-registration fixes; change nothing without listing it there as a deviation.
+Stages: the *pilot*, the design it fixes by the pre-registered rules (:func:`design`), the *main* runs and the
+*cosine* runs. Everything here is what the pre-registration fixes; change nothing without listing it there as a
+deviation.
 """
 
 from __future__ import annotations
@@ -77,10 +75,6 @@ class Run:
             args += ["--sam-rho", repr(self.rho)]
         args += ["--out", out_dir, "--no-progress"]
         return sweep.Job(self.name, out_dir, tuple(args), epochs + finetune)
-
-    def train_args(self, out_dir: str, threads: int) -> list[str]:
-        """``anl-fused train`` arguments of this run in ``out_dir`` (``--resume`` when it holds the run already)."""
-        return sweep.command(self.job(out_dir, threads))
 
 
 #: the black-box attacks' source: an independently trained plain model (its seed is no other run's)

@@ -9,7 +9,7 @@ import json
 import os
 
 from . import stats
-from .files import atomic_write, save_figure
+from .files import atomic_write, md_table, save_figure
 from .machine import machine_info
 from .study import EFFECT, cosine_runs, design, main_runs, pilot_runs, record
 
@@ -116,26 +116,21 @@ def markdown(s: dict) -> str:
         "",
     ]
     if s["secondary"]:
-        lines += ["| comparison | mean [95% CI] | bootstrap | p | p (Holm) | n |", "|---|---|---|---|---|---|"]
-        for k, c in s["secondary"].items():
-            lines.append(
-                f"| {k} | {c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | "
-                f"[{c['bootstrap_ci'][0]:+.2f}, {c['bootstrap_ci'][1]:+.2f}] | {c['p']:.3g} | "
-                f"{c['p_holm']:.3g} | {c['n']} |"
-            )
-        lines.append("")
+        ci = lambda c, k: f"[{c[k][0]:+.2f}, {c[k][1]:+.2f}]"
+        rows = [
+            [k, f"{c['mean']:+.2f} {ci(c, 'ci')}", ci(c, "bootstrap_ci"), f"{c['p']:.3g}", f"{c['p_holm']:.3g}", c["n"]]
+            for k, c in s["secondary"].items()
+        ]
+        lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows) + [""]
     lines += [f"Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}", ""]
     arms: dict[str, list[float]] = {}
     for r in s["runs"]:
         arms.setdefault(f"{r['arm']} ({r['schedule']}{', seed >= 100: pilot' if r['seed'] >= 100 else ''})", []).append(
             r["test_err"]
         )
-    lines += ["| arm | test error % (mean ± std) | runs |", "|---|---|---|"]
-    for k, v in sorted(arms.items()):
-        m = stats.summary(v)
-        lines.append(
-            f"| {k} | {m['mean']:.2f}" + (f" ± {m['std']:.2f}" if m["std"] is not None else "") + f" | {m['n']} |"
-        )
+    summaries = {k: stats.summary(v) for k, v in sorted(arms.items())}
+    rows = [[k, stats.spread(m, one=""), m["n"]] for k, m in summaries.items()]
+    lines += md_table(["arm", "test error % (mean ± std)", "runs"], rows)
     lc = s["lr_floor_check"]
     lines += [
         "",

@@ -1,32 +1,10 @@
-"""``anl-fused table1``: the paper's Table 1 (test error of baseline, Gaussian, ANL and opposite ANL).
+"""``anl-fused table1``: the paper's Table 1 (test error of baseline, Gaussian, ANL and opposite ANL), docs/table1.md.
 
-    anl-fused table1 --dataset fashion-mnist --model lenet5 --seeds 3 --preset paper --jobs 2
-    anl-fused table1 --dataset fashion-mnist --model lenet5 --seeds 3 --epochs 30 --finetune-epochs 30 \\
-        --norms sample layer --jobs 2 --runs-dir runs/table1 --out benchmarks/results/table1
-
-For every seed it trains, with ``anl-fused train`` in child processes (``--jobs`` at a time, each
-with ``--threads`` intra-op threads and ``nice --nice``):
-
-- ``baseline``: no noise, ``E + F`` epochs (the paper: 200);
-- ``baseline-two-phase`` (a control the paper does not have): no noise, ``E`` epochs then ``F``
-  at the floor learning rate, the noise methods' schedule, so that the noise is the only difference;
-- ``gaussian``: ``eta = s(h) |eps|/4 z`` for ``E`` epochs, then ``F`` epochs with the noise off at the
-  floor learning rate (the paper: 100 + 100);
-- ``anl`` with ``eps`` and ``opposite`` with ``-eps``, the same two phases, once per ``--norms`` entry
-  (``sample``: the authors' per-sample ``||g||_inf``; ``layer``: Algorithm 1's one norm per layer).
-
-Same seed, same initial weights and the same data order for every method (``fit`` seeds the
-weights with ``seed``; the batches are a function of ``(seed, epoch)``), as the paper's "same
-initialization condition". Each run lives in ``RUNS_DIR/<model>-<dataset>-<protocol>/<method>-seed<k>``;
-running the command again skips finished runs and resumes interrupted ones from their checkpoints
-(``anl-fused train --resume``), so a campaign survives being stopped (Ctrl-C checkpoints every
-running child; so does ``kill`` of the command, SIGTERM) or a reboot.
-
-Writes ``OUT/<model>-<dataset>-<protocol>.json`` (or ``OUT/<--name>.json``: every run's final test
-error, time, protocol) and ``.md`` (mean ± std over seeds, the paired difference to the baseline of
-the same seed, the paper's number beside ours, and the protocol). ``--report-only`` writes them from
-whatever has finished. ``--eps`` takes several values (an eps sweep, Figure 4's shape): one ANL / opposite row per
-value.
+Every seed trains each method with ``anl-fused train`` in child processes (:mod:`.sweep`): ``baseline`` for
+``E + F`` epochs, ``baseline-two-phase`` (a control the paper does not have) and the noise methods ``E`` epochs then
+``F`` at the floor rate; the same seed gives every method the same initial weights and data order. Runs live in
+``RUNS_DIR/<protocol>/<method>-seed<k>``; running again skips finished runs and resumes the others. Writes
+``OUT/<protocol or --name>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -42,7 +20,7 @@ from dataclasses import dataclass
 
 from ..layer import NORMS
 from . import stats, sweep
-from .files import atomic_write, check_out_dir, out_error, resolve_device
+from .files import atomic_write, check_out_dir, md_table, out_error, resolve_device
 from .machine import machine_info
 from .train.config import NOISE_VARIANTS, TWO_PHASE_VARIANTS
 from .train.config import PRESETS as TRAIN_PRESETS
@@ -147,15 +125,6 @@ def job(spec: RunSpec, proto: Protocol, runs_dir: str, *, data_dir: str | None, 
     return sweep.train_job(spec.name, d, settings(spec, proto, data_dir=data_dir, device=device), threads)
 
 
-def train_args(
-    spec: RunSpec, proto: Protocol, out_dir: str, *, data_dir: str | None, device: str, threads: int
-) -> list[str]:
-    """``anl-fused train`` arguments of one run in ``out_dir``, with ``--resume`` when ``out_dir`` holds its run
-    already (a new one, else a typo'd directory, would be refused)."""
-    s = settings(spec, proto, data_dir=data_dir, device=device)
-    return sweep.command(sweep.train_job(spec.name, out_dir, s, threads))
-
-
 # ----------------------------------------------------------------------------------------------
 # the table
 
@@ -221,13 +190,8 @@ def _row_order(name_row: tuple[str, dict]) -> tuple:
     return (VARIANTS.index(row["variant"]), row["eps"], NORMS.index(row["norm"]) if row["norm"] in NORMS else 9)
 
 
-def _spread(st: dict, sign: str = "", one: str = " (1 seed)") -> str:
-    """``mean ± std``, or the one value and ``one``: no standard deviation of one value."""
-    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
-
-
 def _paired(vs: dict | None) -> str:  # (better/worse) counts the pairs
-    return "-" if vs is None else f"{_spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
+    return "-" if vs is None else f"{stats.spread(vs, '+', '')} ({vs['better']}/{vs['worse']})"
 
 
 def _table(result: dict, two: bool) -> list[str]:
@@ -235,25 +199,23 @@ def _table(result: dict, two: bool) -> list[str]:
     differences to the two-phase control)."""
     p = result["protocol"]
     paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
-    lines = [
-        "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | per seed | vs baseline, same seed "
-        "(mean ± std; better/worse) |" + (" vs two-phase baseline, same seed |" if two else ""),
-        "|---|---|---|---|---|---|" + ("---|" if two else ""),
-    ]
+    header = ["method", "paper (Table 1)", "ours: test error % (mean ± std)", "seeds", "per seed"]
+    header += ["vs baseline, same seed (mean ± std; better/worse)"] + ["vs two-phase baseline, same seed"] * two
+    rows = []
     for _, row in sorted(result["rows"].items(), key=_row_order):
         t = row["test_err"]
         paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
-        per_seed = ", ".join(f"{v:.2f}" + (" (diverged)" if stats.diverged(v) else "") for v in t["values"])
-        mean = _spread(t)
+        mean = stats.spread(t)
         if row.get("diverged_seeds"):
             k, w = len(row["diverged_seeds"]), row.get("test_err_without_diverged")
-            mean += f"; without the {k} diverged: " + (_spread(w) if w else "-")
-        lines.append(
-            f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-            f"{mean} | {t['n']} | {per_seed} | {_paired(row.get('vs_baseline'))} |"
-            + (f" {_paired(row.get('vs_two_phase'))} |" if two else "")
+            mean += f"; without the {k} diverged: " + (stats.spread(w) if w else "-")
+        rows.append(
+            [_row_label(row), "-" if paper_v is None else f"{paper_v:.2f}", mean, t["n"]]
+            + [", ".join(f"{v:.2f}" + (" (diverged)" if stats.diverged(v) else "") for v in t["values"])]
+            + [_paired(row.get("vs_baseline"))]
+            + [_paired(row.get("vs_two_phase"))] * two
         )
-    return lines
+    return md_table(header, rows)
 
 
 def render_markdown(result: dict) -> str:

@@ -302,7 +302,7 @@ def test_paper_constants():
     "kwargs,exc,match",
     [
         (dict(eps=-0.1), ValueError, r"eps must be >= 0, got -0\.1"),
-        (dict(eps=float("nan")), ValueError, r"eps must be finite, got nan"),
+        (dict(eps=float("nan")), ValueError, r"eps must be a finite number, got nan"),
         (dict(eps="0.1"), TypeError, r"eps must be a real number, got '0\.1'"),
         (dict(alpha=-1 / 255), ValueError, r"alpha must be >= 0, got -0\.0039"),
         (dict(steps=0), ValueError, r"steps must be >= 1, got 0"),

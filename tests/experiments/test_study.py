@@ -13,11 +13,17 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
-from anl_fused.experiments import stats, study, study_report
+from anl_fused.experiments import stats, study, study_report, sweep
 from anl_fused.experiments.train.config import TrainConfig
 from anl_fused.experiments.train.loop import _Loop
 from anl_fused.experiments.train.parts import build_parts
 from anl_fused.experiments.train.schedule import CosineSchedule, make_schedule
+
+
+def train_args(run: study.Run, out_dir: str, threads: int) -> list[str]:
+    """``anl-fused train`` arguments of a study run in ``out_dir`` (``--resume`` when it holds the run already)."""
+    return sweep.command(run.job(out_dir, threads))
+
 
 # ----------------------------------------------------------------------------------------------
 # SAM and the cosine schedule in the training loop
@@ -223,7 +229,7 @@ def test_verdict_follows_the_preregistered_rule(ci, reading):
 
 
 def test_each_arm_trains_what_the_preregistration_says(tmp_path):
-    args = {a: study.Run(a, 3, rho=0.05).train_args("OUT", 1) for a in study.ARMS}
+    args = {a: train_args(study.Run(a, 3, rho=0.05), "OUT", 1) for a in study.ARMS}
 
     def opt(a, flag):
         return args[a][args[a].index(flag) + 1] if flag in args[a] else None
@@ -247,7 +253,7 @@ def test_each_arm_trains_what_the_preregistration_says(tmp_path):
     assert not any("--resume" in v for v in args.values())  # nothing in OUT: new runs
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps({"model": "lenet5"}))
-    assert "--resume" in study.Run("anl", 0).train_args(str(tmp_path / "r"), 1)
+    assert "--resume" in train_args(study.Run("anl", 0), str(tmp_path / "r"), 1)
 
 
 #: every arm's exact ``anl-fused train`` arguments and run name, as the running study (pinned copy at 55d6e16) has
@@ -272,13 +278,13 @@ def test_each_arms_train_arguments_and_name_are_pinned(arm, tmp_path):
         f"{finetune} --batch-size 128 --lr 0.1 --schedule plateau "
         f"--seed 3 --device cpu --threads 1 --finetune-lr {finetune_lr} {extra} --out OUT --no-progress"
     ).split()
-    assert run.name == name and run.train_args("OUT", 1) == want
+    assert run.name == name and train_args(run, "OUT", 1) == want
     assert study.run_dir("R", run) == f"R/{name}"
     cosine = study.Run(arm, 5, schedule="cosine", rho=run.rho)
     d = tmp_path / cosine.name
     d.mkdir()
     (d / "config.json").write_text("{}")
-    got = cosine.train_args(str(d), 2)
+    got = train_args(cosine, str(d), 2)
     assert cosine.name == name.replace("plateau-seed3", "cosine-seed5")
     assert got == [*want[: want.index("--schedule")], "--schedule", "cosine", "--seed", "5", "--device", "cpu"] + [
         "--threads",

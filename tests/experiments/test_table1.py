@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anl_fused.cli import main
-from anl_fused.experiments import data, table1
+from anl_fused.experiments import data, sweep, table1
 from anl_fused.experiments.train import TrainConfig, fit
 
 TINY = [
@@ -32,6 +32,12 @@ TINY = [
 ]
 
 
+def train_args(spec, proto, out_dir, *, data_dir, device, threads):
+    """``anl-fused train`` arguments of one run in ``out_dir`` (``--resume`` when it holds the run already)."""
+    settings = table1.settings(spec, proto, data_dir=data_dir, device=device)
+    return sweep.command(sweep.train_job(spec.name, out_dir, settings, threads))
+
+
 def test_plan_covers_every_method_per_seed_and_norm():
     specs = table1.plan([0, 1], [0.03], ["sample", "layer"])
     assert len(specs) == 2 * (1 + 1 + 1 + 2 + 2)
@@ -49,13 +55,13 @@ def test_plan_covers_every_method_per_seed_and_norm():
     specs = [s for s in specs if s.variant != "baseline-two-phase"]
     proto = table1.Protocol("lenet5", "fashion-mnist", 30, 20)
     args = dict(data_dir=None, device="cpu", threads=1)
-    base = table1.train_args(specs[0], proto, "d", **args)
+    base = train_args(specs[0], proto, "d", **args)
     assert base[base.index("--epochs") + 1] == "50" and base[base.index("--finetune-epochs") + 1] == "0"
     assert "--norm" not in base and "--eps" not in base and "--resume" not in base  # "d" holds no run yet
-    opp = table1.train_args(specs[5], proto, "d", **args)
+    opp = train_args(specs[5], proto, "d", **args)
     assert opp[opp.index("--variant") + 1] == "opposite" and opp[opp.index("--eps") + 1] == "0.03"
     assert opp[opp.index("--norm") + 1] == "layer" and opp[opp.index("--finetune-epochs") + 1] == "20"
-    two = table1.train_args(table1.RunSpec("baseline-two-phase", 0), proto, "d", **args)
+    two = train_args(table1.RunSpec("baseline-two-phase", 0), proto, "d", **args)
     assert two[two.index("--variant") + 1] == "plain" and two[two.index("--finetune-lr") + 1] == "floor"
     assert two[two.index("--epochs") + 1] == "30" and two[two.index("--finetune-epochs") + 1] == "20"
 
@@ -123,10 +129,7 @@ def test_campaign_runs_skips_and_resumes(tmp_path, capsys):
     other = tmp_path / "runs2"
     cut = other / tag / spec.name
     assert (
-        main(
-            table1.train_args(spec, proto, str(cut), data_dir=None, device="cpu", threads=1)
-            + ["--stop-after-steps", "3"]
-        )
+        main(train_args(spec, proto, str(cut), data_dir=None, device="cpu", threads=1) + ["--stop-after-steps", "3"])
         == 0
     )
     capsys.readouterr()
@@ -299,7 +302,7 @@ def test_methods_and_the_preset_are_train_configs(tmp_path, capsys):
     proto, where = table1.Protocol("lenet5", "digits", 3, 2), dict(data_dir=None, device="cpu", threads=1)
     for variant, phases in (("sam", ["3", "2"]), ("dropout", ["5", "0"]), ("gaussian", ["3", "2"])):
         (spec,) = table1.plan([0], [0.05], ["layer"], variants=(variant,))
-        args = table1.train_args(spec, proto, "d", **where)
+        args = train_args(spec, proto, "d", **where)
         assert [args[args.index(f) + 1] for f in ("--variant", "--epochs", "--finetune-epochs")] == [variant, *phases]
         assert ("--eps" in args) == (variant == "gaussian") and "--norm" not in args
     argv = ["table1", "--preset", "paper", "--dataset", "digits", "--seeds", "1", "--variants", "plain", "sam"]

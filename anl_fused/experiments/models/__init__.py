@@ -69,75 +69,22 @@ def _vgg_builder(name: str):
     return b
 
 
-register(
-    ModelSpec(
-        "lenet5",
-        _lenet.lenet5,
-        None,
-        0.03,
-        anl_after="conv",
-        in_channels=1,
-        description="LeNet-5 of footnote 1 (Fig. 3, Table 1; 400 features into FC(120) on 28x28 "
-        "grey images), ANL after each conv",
-    )
-)
+_LENET = "LeNet-5 of footnote 1 (Fig. 3, Table 1; 400 features into FC(120) on 28x28 grey images), ANL after each conv"
+register(ModelSpec("lenet5", _lenet.lenet5, None, 0.03, anl_after="conv", in_channels=1, description=_LENET))
 register(ModelSpec("mobilenet", _mobilenet.mobilenet, 3.2e6, 0.02, description="MobileNet v1, CIFAR strides"))
 register(ModelSpec("mobilenet_v2", _mobilenet.mobilenet_v2, 2.3e6, 0.02, description="MobileNetV2, CIFAR strides"))
-register(
-    ModelSpec(
-        "vgg_tiny",
-        _vgg_builder("vgg_tiny"),
-        None,
-        0.02,
-        description="small VGG-style net with BN (not in the paper; digits demo)",
-    )
-)
+_TINY = "small VGG-style net with BN (not in the paper; digits demo)"
+register(ModelSpec("vgg_tiny", _vgg_builder("vgg_tiny"), None, 0.02, description=_TINY))
 register(ModelSpec("vgg11", _vgg_builder("vgg11"), 9.2e6, 0.05, description="VGG-11 with BN, CIFAR head"))
 register(ModelSpec("vgg16", _vgg_builder("vgg16"), 14.7e6, 0.05, description="VGG-16 with BN, CIFAR head"))
 register(ModelSpec("resnet18", _resnet.resnet18, 11.2e6, 0.05, description="ResNet-18, 3x3 stem"))
 register(ModelSpec("resnet34", _resnet.resnet34, 21.3e6, 0.08, large=True, description="ResNet-34, 3x3 stem"))
-register(
-    ModelSpec(
-        "pyramidnet48",
-        _pyramidnet.pyramidnet48,
-        1.8e6,
-        0.01,
-        large=True,
-        description="PyramidNet-110, alpha=48, basic blocks",
-    )
-)
-register(
-    ModelSpec(
-        "pyramidnet270",
-        _pyramidnet.pyramidnet270,
-        28.4e6,
-        0.10,
-        large=True,
-        description="PyramidNet-110, alpha=270, basic blocks",
-    )
-)
-register(
-    ModelSpec(
-        "wrn40_4",
-        _wrn.wrn40_4,
-        8.9e6,
-        0.05,
-        dropout="p=0.3 between the convs of each block",
-        large=True,
-        description="Wide ResNet 40-4",
-    )
-)
-register(
-    ModelSpec(
-        "wrn28_10",
-        _wrn.wrn28_10,
-        36.5e6,
-        0.10,
-        dropout="p=0.3 between the convs of each block",
-        large=True,
-        description="Wide ResNet 28-10",
-    )
-)
+_PYR = "PyramidNet-110, alpha={}, basic blocks"
+register(ModelSpec("pyramidnet48", _pyramidnet.pyramidnet48, 1.8e6, 0.01, large=True, description=_PYR.format(48)))
+register(ModelSpec("pyramidnet270", _pyramidnet.pyramidnet270, 28.4e6, 0.10, large=True, description=_PYR.format(270)))
+_WRN = dict(dropout="p=0.3 between the convs of each block", large=True)
+register(ModelSpec("wrn40_4", _wrn.wrn40_4, 8.9e6, 0.05, description="Wide ResNet 40-4", **_WRN))
+register(ModelSpec("wrn28_10", _wrn.wrn28_10, 36.5e6, 0.10, description="Wide ResNet 28-10", **_WRN))
 
 
 def names() -> list[str]:

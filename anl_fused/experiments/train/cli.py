@@ -160,20 +160,9 @@ def _device_hint(args: argparse.Namespace) -> str:
 def _summary(args: argparse.Namespace, result: dict) -> None:
     """One JSON line: where the run stands (before its first finished epoch: no test numbers yet)."""
     last = result["history"][-1] if result["history"] else {}
-    print(
-        json.dumps(
-            {
-                "out": args.out,
-                "epochs": result["epoch"],
-                "global_step": result["global_step"],
-                "test_err": last.get("test_err"),
-                "test_acc": last.get("test_acc"),
-                "val_loss": last.get("val_loss"),
-                "time_per_step_s": last.get("time_per_step_s"),
-                "stopped": result["stopped"],
-            }
-        )
-    )
+    numbers = {k: last.get(k) for k in ("test_err", "test_acc", "val_loss", "time_per_step_s")}
+    line = {"out": args.out, "epochs": result["epoch"], "global_step": result["global_step"], **numbers}
+    print(json.dumps({**line, "stopped": result["stopped"]}))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -94,18 +94,8 @@ class _Loop:
     @classmethod
     def bare(cls, parts: Parts) -> _Loop:
         """A loop over ``parts`` from the start that writes nothing and logs nothing (to time or test its step)."""
-        meter = EpochMeter(parts.device)
-        return cls(
-            parts,
-            {},
-            Position(),
-            meter,
-            None,
-            checkpoint_every=0,
-            stop_after_steps=None,
-            progress=False,
-            log=lambda s: None,
-        )
+        kw = dict(checkpoint_every=0, stop_after_steps=None, progress=False, log=lambda s: None)
+        return cls(parts, {}, Position(), EpochMeter(parts.device), None, **kw)
 
     def run(self) -> str | None:
         if self.pos.epoch >= self.total_epochs:
@@ -328,17 +318,7 @@ def fit(
         log, progress = (lambda s: None), False
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     with rundir.claimed(out_dir, resume=resume, overwrite=overwrite, world=world, log=log):
-        parts = build_parts(cfg, bundle)
-        if parts.bundle.source:
-            log(f"{parts.bundle.info.description}: read from {parts.bundle.source}")
-        config = dataclasses.asdict(cfg)
-        meter = EpochMeter(parts.device)
-        pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
-        if noise_note(given, cfg):  # once the run is accepted
-            log(noise_note(given, cfg))
-        if out_dir and rank == 0:
-            rundir.write_config(out_dir, config, parts, pos.changes, eps_auto=_eps_auto(given, cfg, out_dir, resume))
-            MetricsFile(out_dir).rewrite(pos.history)
+        parts, config, meter, pos = _start(given, cfg, out_dir, resume, bundle, rank, log)
         loop = _Loop(
             parts,
             config,
@@ -353,12 +333,21 @@ def fit(
         stopped = loop.run()
     if stopped == "interrupt" and out_dir:
         log(f"stopped at epoch {pos.epoch + 1}, step {pos.step}; checkpoint {loop.ckpt_path}; continue with --resume")
-    return {
-        "config": config,
-        "history": pos.history,
-        "stopped": stopped,
-        "global_step": pos.global_step,
-        "model": parts.model,
-        "epoch": pos.epoch,
-        "step": pos.step,
-    }
+    result = {"config": config, "history": pos.history, "stopped": stopped, "global_step": pos.global_step}
+    return {**result, "model": parts.model, "epoch": pos.epoch, "step": pos.step}
+
+
+def _start(given: TrainConfig, cfg: TrainConfig, out_dir, resume: bool, bundle, rank: int, log):
+    """``(parts, config dict, meter, position)`` of a claimed run: built, resumed, its config.json written."""
+    parts = build_parts(cfg, bundle)
+    if parts.bundle.source:
+        log(f"{parts.bundle.info.description}: read from {parts.bundle.source}")
+    config = dataclasses.asdict(cfg)
+    meter = EpochMeter(parts.device)
+    pos = _resume(parts, config, meter, out_dir, log) if resume else Position()
+    if noise_note(given, cfg):  # once the run is accepted
+        log(noise_note(given, cfg))
+    if out_dir and rank == 0:
+        rundir.write_config(out_dir, config, parts, pos.changes, eps_auto=_eps_auto(given, cfg, out_dir, resume))
+        MetricsFile(out_dir).rewrite(pos.history)
+    return parts, config, meter, pos
