@@ -1,13 +1,8 @@
 """pytest-benchmark suite of one training step: plain vs the exact floor vs naive double pass vs reference
-vs TwoRound, for the configurations of issue #20 (VGG-11 and ResNet-18 at batch 32 on 2 threads, LeNet-5
-at batch 128 and 32 on 1 thread, on the CPU; batch 128 on CUDA).
+vs TwoRound (VGG-11 and ResNet-18 at batch 32 on 2 threads, LeNet-5 at batch 128 and 32 on 1 thread, on the CPU;
+batch 128 on CUDA), grouped by configuration; docs/speed.md, "pytest --benchmark".
 
     pytest --benchmark benchmarks/test_bench_step.py --benchmark-json=steps.json
-
-Grouped by configuration so pytest-benchmark prints the methods of one model side by side, with the
-floor next to TwoRound; each result's ``extra_info`` names the CPU (or GPU), the torch threads and the
-backend of ``anl_fused.ops``. (The runner ``anl-fused bench`` interleaves the methods and reports the
-median of paired ratios; prefer it for numbers you quote.)
 """
 
 import pytest
