@@ -215,8 +215,7 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
     stop at the first failure (a failed capture can leave the CUDA context unusable). ``method`` ending in
     ``-norng``: ``TwoRound(replay_rng=False)``. ``fail``: a method that raises, or with ``crash:`` before it,
     that kills this process (for tests)."""
-    from anl_fused.benchmarks.step import make_step
-    from anl_fused.experiments.models import build
+    from anl_fused.benchmarks.step import make_step, model_and_batch
 
     cfg, device, models = SMOKE if smoke else FULL, torch.device(device), {}
     for name, method in jobs:
@@ -224,9 +223,7 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
             _say(model=name, method=method, skipped="time budget spent")
             continue
         if name not in models:
-            torch.manual_seed(0)
-            x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device)
-            models[name] = build(name).to(device), x, torch.randint(0, 10, (cfg["batch"],), device=device)
+            models[name] = model_and_batch(name, cfg["batch"], cfg["size"], device)
         try:
             if fail in (method, "crash:" + method):
                 if fail.startswith("crash:"):
@@ -336,8 +333,7 @@ def part_aot(ctx: dict) -> dict:
 
 
 def part_memory(ctx: dict) -> dict:
-    from anl_fused.benchmarks.step import make_step, noise_memory, step_bytes
-    from anl_fused.experiments.models import build
+    from anl_fused.benchmarks.step import make_step, model_and_batch, noise_memory, step_bytes
 
     cfg, device, rows = ctx["cfg"], ctx["device"], []
     for name in cfg["models"]:
@@ -345,10 +341,7 @@ def part_memory(ctx: dict) -> dict:
         row = {"model": name, "batch": cfg["batch"], "held": noise_memory(name, cfg["batch"], cfg["size"], device)}
         row["peaks"] = "skipped: peak allocated memory needs a CUDA device (held bytes are counted)"
         if ctx["cuda"]:
-            torch.manual_seed(0)
-            model = build(name).to(device)
-            x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device)
-            y = torch.randint(0, 10, (cfg["batch"],), device=device)
+            model, x, y = model_and_batch(name, cfg["batch"], cfg["size"], device)
             peaks = {m: step_bytes(make_step(m, model, x, y), device) for m in METHODS}
             plain = peaks["plain"]["step_bytes"]
             for p in peaks.values():

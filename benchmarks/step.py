@@ -12,7 +12,6 @@ round 1 that asks autograd for the activation gradients at the ANL points, with 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -85,16 +84,7 @@ def floor_step(model: nn.Module, closure: Callable[[], torch.Tensor]) -> torch.T
     return loss
 
 
-def make_step(
-    method: str,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float = 0.05,
-    amp: torch.dtype | None = None,
-    after: str = "batchnorm",
-    replay_rng: bool = True,
-) -> Callable[[], torch.Tensor]:
+def make_step(method: str, model: nn.Module, x, y, eps=0.05, amp=None, after="batchnorm", replay_rng=True) -> Callable:
     """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL; the
     methods but ``plain`` put ANL layers in with ``insert_anl(model, eps, after=after)``). ``replay_rng``:
     the engine methods' ``TwoRound(replay_rng=...)``."""
@@ -103,10 +93,9 @@ def make_step(
     model = copy.deepcopy(model).train()
     if method != "plain":
         insert_anl(model, eps, after=after)
-    device_type = x.device.type
 
     def closure():
-        with torch.autocast(device_type, dtype=amp) if amp is not None else contextlib.nullcontext():
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             return F.cross_entropy(model(x), y)
 
     generator = torch.Generator(device=x.device).manual_seed(0)
@@ -164,23 +153,20 @@ def backend(device: torch.device) -> str:
     return ops.backend_for(torch.empty(0, device=device))
 
 
-def benchmark_model(
-    name: str,
-    batch: int,
-    size: int,
-    device: torch.device,
-    methods,
-    repeats: int,
-    inner: int,
-    amp: torch.dtype | None,
-    eps: float,
-) -> dict:
+def model_and_batch(name: str, batch: int, size: int, device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Zoo model ``name`` (seed 0, no ANL) on ``device``, and a random batch of ``size`` x ``size`` inputs, labels."""
     torch.manual_seed(0)
-    spec = get_spec(name)
-    model = build(name, in_channels=spec.in_channels).to(device)
-    x = torch.randn(batch, spec.in_channels, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=spec.anl_after) for m in methods}
+    channels = get_spec(name).in_channels
+    model = build(name, in_channels=channels).to(device)
+    x = torch.randn(batch, channels, size, size, device=device)
+    return model, x, torch.randint(0, 10, (batch,), device=device)
+
+
+def benchmark_model(name, batch: int, size: int, device, methods, repeats: int, inner: int, amp, eps: float) -> dict:
+    """Every one of ``methods`` timed on zoo model ``name`` (:func:`time_methods`); medians, paired ratios."""
+    model, x, y = model_and_batch(name, batch, size, device)
+    after = get_spec(name).anl_after
+    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=after) for m in methods}
     times = time_methods(steps, device, repeats, inner=inner)
     median = {m: statistics.median(t) for m, t in times.items()}
     pairs = _ratio_pairs(list(median))
@@ -256,15 +242,12 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
     """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
     ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
     also measured as the peak allocated memory of one step each way."""
-    torch.manual_seed(0)
-    spec = get_spec(name)
-    model = insert_anl(build(name, in_channels=spec.in_channels), 0.05, after=spec.anl_after).to(device)
+    model, x, y = model_and_batch(name, batch, size, device)
+    model = insert_anl(model, 0.05, after=get_spec(name).anl_after).to(device)
     numels = []
     counter = copy.deepcopy(model)  # a training-mode forward (active layers are called) that changes no statistics
     for layer in anl_layers(counter):
         layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
-    x = torch.randn(batch, spec.in_channels, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
         counter(x)
