@@ -125,11 +125,8 @@ def _describe_arg(a):
     import torch
 
     if isinstance(a, torch.Tensor):
-        fmt = (
-            "channels_last"
-            if (a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last))
-            else "contiguous"
-        )
+        channels_last = a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last)
+        fmt = "channels_last" if channels_last else "contiguous"
         return {"tensor": True, "shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch."), "format": fmt}
     if isinstance(a, (bool, int, float, str)) or a is None:
         return a
