@@ -65,7 +65,7 @@ class Skipped(Exception):
     """A part that cannot run here (the reason is recorded)."""
 
 
-def _write(path: str, text: str) -> None:
+def _write_replacing(path: str, text: str) -> None:
     """``text`` into ``path`` through a temporary file renamed over it (no dependency on the library, which may
     not import on the machine)."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -140,7 +140,7 @@ def part_tests(ctx: dict) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, timed_out = proc.communicate()[0], True
-    _write(os.path.join(ctx["out"], "pytest.txt"), out)
+    _write_replacing(os.path.join(ctx["out"], "pytest.txt"), out)
     lines = out.strip().splitlines()
     counted = [line for line in lines if " in " in line and any(w in line for w in ("passed", "failed", "error"))]
     tail = counted[-1] if counted else (lines[-1] if lines else "")
@@ -327,8 +327,8 @@ def part_aot(ctx: dict) -> dict:
     from anl_fused.benchmarks import aot_report
 
     report = aot_report.make_report(aot_report.parse_args(ctx["cfg"]["aot"]))
-    _write(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
-    _write(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
+    _write_replacing(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
+    _write_replacing(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
     return {"files": ["aot.md", "aot.json"], "date": report["date"]}
 
 
@@ -541,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         why = entry.get("reason") or entry.get("error", "").splitlines()[0] if entry["status"] != "ok" else ""
         print(f"{name}: {entry['status']} ({entry['seconds']:.0f} s)" + (f": {why}" if why else ""), flush=True)
         summary["seconds"] = time.perf_counter() - start
-        _write(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=1, default=str))
-        _write(os.path.join(args.out, "summary.md"), markdown(summary))
+        _write_replacing(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=1, default=str))
+        _write_replacing(os.path.join(args.out, "summary.md"), markdown(summary))
         if ctx["cuda"]:
             torch.cuda.empty_cache()
     print(f"wrote {os.path.join(args.out, 'summary.json')} and summary.md ({summary['seconds']:.0f} s)")
