@@ -33,6 +33,9 @@ import os
 import platform
 import subprocess
 import sys
+from collections import Counter
+
+from anl_fused.benchmarks.render import table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,47 +50,16 @@ OPS = ("std", "noise_scale", "add_noise")
 # which positional arguments of each op carry the batch dimension (replayed at another batch)
 BATCH_ARGS = {"std": (0,), "noise_scale": (0, 1), "add_noise": (0, 1, 2)}
 # aten ops that launch nothing on a GPU (allocation, aliasing, metadata)
-FREE_OPS = {
-    "empty",
-    "empty_like",
-    "empty_strided",
-    "new_empty",
-    "new_empty_strided",
-    "detach",
-    "alias",
-    "lift_fresh",
-    "_unsafe_view",
-    "view",
-    "reshape",
-    "as_strided",
-    "expand",
-    "t",
-    "permute",
-    "squeeze",
-    "unsqueeze",
-    "slice",
-    "select",
-    "_reshape_alias",
-    "unbind",
-    "split",
-    "is_same_size",
-    "sym_size",
-    "sym_stride",
-    "sym_numel",
-}
+_FREE = (
+    "empty empty_like empty_strided new_empty new_empty_strided detach alias lift_fresh _unsafe_view view reshape "
+    "as_strided expand t permute squeeze unsqueeze slice select _reshape_alias unbind split is_same_size sym_size "
+    "sym_stride sym_numel"
+)
+FREE_OPS = frozenset(_FREE.split())
 
 
 # --------------------------------------------------------------------------------------------------
 # recording (runs in a process with TRITON_INTERPRET=1)
-
-
-def import_models():
-    """The model zoo, where it lives now or where it lived (``anl_fused.models``)."""
-    try:
-        from anl_fused.experiments import models  # the lead is moving the zoo here
-    except ImportError:
-        from anl_fused import models
-    return models
 
 
 def _is_free(func) -> bool:
@@ -112,7 +84,7 @@ class OpRecorder:
 
         recorder = self
 
-        class Counter(TorchDispatchMode):
+        class OpsInOps(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 if recorder.active and not aot.in_kernel() and not _is_free(func):
                     recorder.active[-1]["torch_ops"].append(str(func))
@@ -142,7 +114,7 @@ class OpRecorder:
         for name, real in reals.items():
             setattr(ops, name, wrap(name, real))
         try:
-            with Counter():
+            with OpsInOps():
                 yield self
         finally:
             for name, real in reals.items():
@@ -153,11 +125,8 @@ def _describe_arg(a):
     import torch
 
     if isinstance(a, torch.Tensor):
-        fmt = (
-            "channels_last"
-            if (a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last))
-            else "contiguous"
-        )
+        channels_last = a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last)
+        fmt = "channels_last" if channels_last else "contiguous"
         return {"tensor": True, "shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch."), "format": fmt}
     if isinstance(a, (bool, int, float, str)) or a is None:
         return a
@@ -187,37 +156,27 @@ def record_step(model, x, y, warmup: int = 1) -> dict:
 def per_layer_counts(step: dict) -> dict:
     """Launches per ANL layer per step: every kernel launch of the step (whoever made it) plus the
     torch ops that do work inside the ops, divided by the number of active ANL layers."""
-    layers = step["layers"]
-    by_kernel: dict[str, int] = {}
-    for launch in step["launches"]:
-        by_kernel[launch["kernel"]] = by_kernel.get(launch["kernel"], 0) + 1
-    by_op: dict[str, int] = {}
-    torch_ops: dict[str, int] = {}
-    for call in step["calls"]:
-        by_op[call["op"]] = by_op.get(call["op"], 0) + 1
-        for name in call["torch_ops"]:
-            torch_ops[name] = torch_ops.get(name, 0) + 1
-    kernels = len(step["launches"])
-    extra = sum(torch_ops.values())
+    by_kernel = Counter(launch["kernel"] for launch in step["launches"])
+    torch_ops = Counter(name for call in step["calls"] for name in call["torch_ops"])
+    kernels, extra, per = len(step["launches"]), sum(torch_ops.values()), max(step["layers"], 1)
     return {
-        "layers": layers,
+        "layers": step["layers"],
         "kernel_launches": kernels,
         "torch_ops_in_ops": extra,
-        "op_calls": by_op,
-        "by_kernel": by_kernel,
-        "torch_ops": torch_ops,
+        "op_calls": dict(Counter(call["op"] for call in step["calls"])),
+        "by_kernel": dict(by_kernel),
+        "torch_ops": dict(torch_ops),
         "per_layer": {
-            "kernels": kernels / max(layers, 1),
-            "torch_ops": extra / max(layers, 1),
-            "total": (kernels + extra) / max(layers, 1),
-            **{k: v / max(layers, 1) for k, v in by_kernel.items()},
+            "kernels": kernels / per,
+            "torch_ops": extra / per,
+            "total": (kernels + extra) / per,
+            **{k: v / per for k, v in by_kernel.items()},
         },
     }
 
 
 def replay(calls: list[dict], batch: int, step_batch: int) -> list[dict]:
-    """Re-run every recorded op call at ``batch`` (kernels not run): ``[{"op", "launches"}]``."""
-
+    """Re-run every recorded op call at ``batch`` (kernels not run): ``[{"op", "launches", "args"}]``."""
     from anl_fused import ops
     from anl_fused.kernels import aot
 
@@ -229,53 +188,43 @@ def replay(calls: list[dict], batch: int, step_batch: int) -> list[dict]:
                 shape = list(a["shape"])
                 if i in BATCH_ARGS[call["op"]] and shape and shape[0] == step_batch:
                     shape[0] = batch
-                t = _make(shape, a["dtype"], a["format"])
-                args.append(t)
-            else:
-                args.append(a)
-        kwargs = {
-            k: (_make(v["shape"], v["dtype"], v["format"]) if isinstance(v, dict) and v.get("tensor") else v)
-            for k, v in call["kwargs"].items()
-        }
+                a = _tensor(a, shape)
+            args.append(a)
+        kwargs = {k: _tensor(v) if isinstance(v, dict) and v.get("tensor") else v for k, v in call["kwargs"].items()}
         with aot.record(execute=False) as launches:
             getattr(ops, call["op"])(*args, **kwargs)
         out.append({"op": call["op"], "launches": list(launches), "args": [_describe_arg(a) for a in args]})
     return out
 
 
-def _make(shape, dtype, fmt):
+def _tensor(described: dict, shape: list[int] | None = None):
+    """A tensor like the one :func:`_describe_arg` described (at ``shape`` if given)."""
     import torch
 
-    dt_ = getattr(torch, dtype)
-    t = torch.zeros(shape, dtype=dt_) if not dt_.is_floating_point else torch.randn(shape, dtype=dt_)
-    if fmt == "channels_last":
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t
+    dtype, shape = getattr(torch, described["dtype"]), described["shape"] if shape is None else shape
+    t = torch.randn(shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+    return t.contiguous(memory_format=torch.channels_last) if described["format"] == "channels_last" else t
 
 
 def _record_main(argv) -> None:
     """Subprocess entry: record the step of one dtype and print JSON."""
     p = argparse.ArgumentParser()
-    p.add_argument("--model")
-    p.add_argument("--dtype")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--step-batch", type=int)
-    p.add_argument("--size", type=int)
+    for name, kind in (("--model", str), ("--dtype", str), ("--batch", int), ("--step-batch", int), ("--size", int)):
+        p.add_argument(name, type=kind)
     a = p.parse_args(argv)
     import torch
 
+    from anl_fused.experiments.models import build_anl
+
     torch.manual_seed(0)
     dtype = getattr(torch, DTYPES[a.dtype])
-    models = import_models()
-    model = models.build_anl(a.model).to(dtype)
+    model = build_anl(a.model).to(dtype)
     x = torch.randn(a.step_batch, 3, a.size, a.size, dtype=dtype)
-    y = torch.randint(0, 10, (a.step_batch,))
-    step = record_step(model, x, y)
-    counts = per_layer_counts(step)
+    step = record_step(model, x, torch.randint(0, 10, (a.step_batch,)))
     check = replay(step["calls"], a.step_batch, a.step_batch)
     same = all(_strip(r["launches"]) == _strip(c["launches"]) for r, c in zip(check, step["calls"]))
     full = replay(step["calls"], a.batch, a.step_batch)
-    json.dump({"counts": counts, "replay_matches_step": same, "calls": full}, sys.stdout)
+    json.dump({"counts": per_layer_counts(step), "replay_matches_step": same, "calls": full}, sys.stdout)
 
 
 def _strip(launches):
@@ -329,84 +278,80 @@ def traffic(op: str, launch: dict) -> tuple[int, int]:
     return moved, minimum
 
 
+def _cost(entries: list[dict]) -> dict:
+    """Launches, bytes moved and the minimum, the time those bytes take at each GPU's HBM bandwidth and the
+    launches' host cost, of some launches (a layer's or the step's)."""
+    moved = sum(e["bytes"] for e in entries)
+    return {
+        "launches": len(entries),
+        "bytes": moved,
+        "min_bytes": sum(e["min_bytes"] for e in entries),
+        "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
+        "launch_us": [len(entries) * c for c in LAUNCH_US],
+    }
+
+
+def _launch_rows(calls: list[dict], ids: dict) -> list[dict]:
+    """One row per launch of the replayed step: its layer (the k-th call of an op belongs to the k-th layer that
+    ran), kernel, grid, specialization and traffic."""
+    from anl_fused.kernels import aot
+
+    rows, seen = [], Counter()
+    for call in calls:
+        layer = seen[call["op"]]
+        seen[call["op"]] += 1
+        for launch in call["launches"]:
+            moved, minimum = traffic(call["op"], launch)
+            rows.append(
+                {
+                    "layer": layer,
+                    "op": call["op"],
+                    "kernel": launch["kernel"],
+                    "input_shape": call["args"][0]["shape"],
+                    "grid": launch["grid"][0],
+                    "num_warps": launch["num_warps"],
+                    "constexprs": launch["constexprs"],
+                    "specialization": _spec_facts(launch),
+                    "kernel_id": ids[aot.launch_key(launch)],
+                    "bytes": moved,
+                    "min_bytes": minimum,
+                    "grid_per_sm": {g: launch["grid"][0] / v["sms"] for g, v in GPUS.items()},
+                }
+            )
+    return rows
+
+
 def build_report(args, per_dtype: dict, compiled: dict) -> dict:
     import torch
     import triton
-
-    from anl_fused.kernels import aot
 
     report = {
         "date": dt.date.today().isoformat(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
-        "model": args.model,
-        "batch": args.batch,
-        "size": args.size,
-        "step_batch": args.step_batch,
+        **{k: getattr(args, k) for k in ("model", "batch", "size", "step_batch")},
         "gpus": GPUS,
         "launch_us": LAUNCH_US,
         "dtypes": {},
         "kernels": {},
     }
-    ids = {}
-    for key, archs in compiled.items():  # short ids for the distinct specializations
-        ids[key] = f"k{len(ids)}"
+    ids = {key: f"k{i}" for i, key in enumerate(compiled)}  # short ids for the distinct specializations
+    for key, archs in compiled.items():
         report["kernels"][ids[key]] = {"launch_key": key, **{f"sm_{a}": info for a, info in archs.items()}}
     for name, rec in per_dtype.items():
-        launches = []
-        seen_calls: dict[str, int] = {}
-        for call in rec["calls"]:
-            layer = seen_calls.get(call["op"], 0)  # the k-th call of an op belongs to the k-th layer that ran
-            seen_calls[call["op"]] = layer + 1
-            for launch in call["launches"]:
-                moved, minimum = traffic(call["op"], launch)
-                launches.append(
-                    {
-                        "layer": layer,
-                        "op": call["op"],
-                        "kernel": launch["kernel"],
-                        "input_shape": call["args"][0]["shape"],
-                        "grid": launch["grid"][0],
-                        "num_warps": launch["num_warps"],
-                        "constexprs": launch["constexprs"],
-                        "specialization": _spec_facts(launch),
-                        "kernel_id": ids[aot.launch_key(launch)],
-                        "bytes": moved,
-                        "min_bytes": minimum,
-                        "grid_per_sm": {g: launch["grid"][0] / v["sms"] for g, v in GPUS.items()},
-                    }
-                )
+        launches = _launch_rows(rec["calls"], ids)
         layers = []
-        for k in range(max(seen_calls.values(), default=0)):
+        for k in range(max((e["layer"] for e in launches), default=-1) + 1):
             mine = [e for e in launches if e["layer"] == k]
-            moved = sum(e["bytes"] for e in mine)
-            layers.append(
-                {
-                    "layer": k,
-                    "shape": mine[0]["input_shape"],
-                    "grids": {e["op"]: e["grid"] for e in mine},
-                    "launches": len(mine),
-                    "bytes": moved,
-                    "min_bytes": sum(e["min_bytes"] for e in mine),
-                    "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
-                    "launch_us": [len(mine) * c for c in LAUNCH_US],
-                }
-            )
-        moved = sum(e["bytes"] for e in launches)
-        totals = {
-            "launches": len(launches),
-            "moved": moved,
-            "min": sum(e["min_bytes"] for e in launches),
-            "ideal_us": {g: moved / v["bw"] * 1e6 for g, v in GPUS.items() if v["bw"]},
-            "launch_us": [len(launches) * c for c in LAUNCH_US],
-        }
+            grids = {e["op"]: e["grid"] for e in mine}
+            layers.append({"layer": k, "shape": mine[0]["input_shape"], "grids": grids, **_cost(mine)})
         report["dtypes"][name] = {
             "counts": rec["counts"],
             "replay_matches_step": rec["replay_matches_step"],
             "layers": layers,
             "launches": launches,
-            "totals": totals,
+            "totals": _cost(launches),
         }
     return report
 
@@ -432,112 +377,90 @@ def _fmt_vec(d: dict) -> str:
 
 def _header_and_counts(report: dict) -> list[str]:
     """The title, the provenance and the table of launches per ANL layer per dtype (with what it counts)."""
-    lines = [
+    rows = []
+    for name, d in report["dtypes"].items():
+        c, pl = d["counts"], d["counts"]["per_layer"]
+        counts = [f"{pl.get(op, 0):g}" for op in OPS] + [f"{pl['torch_ops']:g}", f"{pl['total']:g}"]
+        rows.append([name, c["layers"], *counts, d["replay_matches_step"]])
+    header = "dtype | ANL layers | std | noise_scale | add_noise | torch ops inside the ops | total per layer "
+    return [
         f"# AOT report: {report['model']}, batch {report['batch']}, {report['size']}x{report['size']}",
         "",
         f"Date {report['date']}; torch {report['torch']}, Triton {report['triton']}, Python {report['python']}. "
         "Made on a CPU machine: launches recorded from a real `TwoRound` step under the Triton interpreter "
         f"(batch {report['step_batch']}), replayed at batch {report['batch']}; every specialization "
         "compiled for sm_80 and sm_90 with Triton's own compiler (`anl_fused.kernels.aot`). "
-        "Command: `python benchmarks/aot_report.py --model "
-        f"{report['model']} --dtypes {' '.join(report['dtypes'])} --batch {report['batch']} "
-        f"--size {report['size']} --out DIR`.",
+        f"Command: `python benchmarks/aot_report.py --model {report['model']} --dtypes {' '.join(report['dtypes'])} "
+        f"--batch {report['batch']} --size {report['size']} --out DIR`.",
         "",
         "## Launches per ANL layer per step",
         "",
-        "| dtype | ANL layers | std | noise_scale | add_noise | torch ops inside the ops | total per layer "
-        "| replay = step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, d in report["dtypes"].items():
-        c = d["counts"]
-        pl = c["per_layer"]
-        lines.append(
-            f"| {name} | {c['layers']} | {pl.get('std', 0):g} | {pl.get('noise_scale', 0):g} | "
-            f"{pl.get('add_noise', 0):g} | {pl['torch_ops']:g} | {pl['total']:g} | "
-            f"{d['replay_matches_step']} |"
-        )
-    lines += [
-        "",
+        table(header + "| replay = step", rows),
         "Counted: every Triton kernel launch of the step plus every torch op that does work inside "
         "`anl_fused.ops` (the engine's own draw of z, one `randn` per step for all layers, is not an op "
         "of this package and is not counted; the non-finite / zero counting is inside `noise_scale`).",
+        "",
     ]
-    return lines
+
+
+def _kernel_row(e: dict, kernel: dict) -> list:
+    """A kernel table row: a specialization's first launch and its sm_80 / sm_90 compilation."""
+    a80, a90 = kernel["sm_80"], kernel["sm_90"]
+    dtypes = {v.split("*")[-1] for n, v in a90["signature"].items() if v.startswith("*") and n in ("h_ptr", "g_ptr")}
+    constexprs = ", ".join(f"{n}={v}" for n, v in e["constexprs"].items() if n != "MAX_SCALE")
+    return [e["kernel"], ",".join(sorted(dtypes)), constexprs, e["specialization"], e["num_warps"]] + [
+        a80["registers"],
+        f"{a80['spill_stores']}+{a80['spill_loads']}",
+        a90["registers"],
+        f"{a90['spill_stores']}+{a90['spill_loads']}",
+        a90["shared_bytes"],
+        _fmt_vec(a90["vectors"]["ld"]),
+        _fmt_vec(a90["vectors"]["st"]),
+    ]
 
 
 def _kernel_table(report: dict) -> list[str]:
     """The table of the kernels' resources and global memory accesses, one row per distinct specialization."""
-    lines = [
-        "",
+    first = {}  # each specialization's first launch
+    for e in (e for d in report["dtypes"].values() for e in d["launches"]):
+        first.setdefault(e["kernel_id"], e)
+    rows = [_kernel_row(e, report["kernels"][k]) for k, e in first.items()]
+    header = "kernel | dtype(s) | constexprs | specialized | warps | sm_80 regs | sm_80 spills | sm_90 regs | "
+    return [
         "## Kernels (per distinct specialization)",
         "",
         "Registers / spill stores+loads (bytes) / shared memory (bytes) from Triton's cubin and `ptxas -v`; "
         "global loads and stores from the PTX, as access width x number of instructions "
         "(16B = `ld.global.v4.b32`: 4 floats or 8 halves).",
         "",
-        "| kernel | dtype(s) | constexprs | specialized | warps | sm_80 regs | sm_80 spills | sm_90 regs | "
-        "sm_90 spills | smem | loads (sm_90) | stores (sm_90) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        table(header + "sm_90 spills | smem | loads (sm_90) | stores (sm_90)", rows),
     ]
-    seen = set()
-    for d in report["dtypes"].values():
-        for e in d["launches"]:
-            if e["kernel_id"] in seen:
-                continue
-            seen.add(e["kernel_id"])
-            k = report["kernels"][e["kernel_id"]]
-            a80, a90 = k["sm_80"], k["sm_90"]
-            dts = ",".join(
-                sorted(
-                    {
-                        v.split("*")[-1]
-                        for n, v in a90["signature"].items()
-                        if v.startswith("*") and n in ("h_ptr", "g_ptr")
-                    }
-                )
-            )
-            ce = ", ".join(f"{n}={v}" for n, v in e["constexprs"].items() if n != "MAX_SCALE")
-            lines.append(
-                f"| {e['kernel']} | {dts} | {ce} | {e['specialization']} | {e['num_warps']} | "
-                f"{a80['registers']} | "
-                f"{a80['spill_stores']}+{a80['spill_loads']} | {a90['registers']} | "
-                f"{a90['spill_stores']}+{a90['spill_loads']} | {a90['shared_bytes']} | "
-                f"{_fmt_vec(a90['vectors']['ld'])} | {_fmt_vec(a90['vectors']['st'])} |"
-            )
-    return lines
 
 
 def _layer_section(name: str, d: dict) -> list[str]:
     """Dtype ``name``'s table per ANL layer (grids, bytes, ideal and launch times) and the step's total."""
-    t = d["totals"]
-    lines = [
-        "",
+    t, rows = d["totals"], []
+    for e in d["layers"]:
+        grids = " / ".join(str(e["grids"].get(op, "-")) for op in OPS)
+        mb = [f"{e['bytes'] / 1e6:.3f}", f"{e['min_bytes'] / 1e6:.3f}"]
+        ideal = [f"{e['ideal_us'][g]:.2f}" for g in ("H100", "H200")]
+        launch = f"{e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f}"
+        rows.append([e["layer"], "x".join(map(str, e["shape"])), grids, e["launches"], *mb, *ideal, launch])
+    header = "layer | input | grids std / noise_scale / add_noise | launches | MB moved | MB minimum | "
+    return [
         f"## Per ANL layer, {name}",
         "",
         "Grids in programs (A100: 108 SMs, H100/H200: 132). Ideal time: the layer's bytes at the HBM "
         "bandwidth (H100 3.35 TB/s, H200 4.8 TB/s), next to the cost of launching its kernels "
         f"({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us each).",
         "",
-        "| layer | input | grids std / noise_scale / add_noise | launches | MB moved | MB minimum | "
-        "ideal us H100 | ideal us H200 | launch us |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for e in d["layers"]:
-        grids = " / ".join(str(e["grids"].get(op, "-")) for op in OPS)
-        lines.append(
-            f"| {e['layer']} | {'x'.join(map(str, e['shape']))} | {grids} | {e['launches']} | "
-            f"{e['bytes'] / 1e6:.3f} | {e['min_bytes'] / 1e6:.3f} | {e['ideal_us']['H100']:.2f} | "
-            f"{e['ideal_us']['H200']:.2f} | {e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f} |"
-        )
-    lines += [
-        "",
-        f"Step total ({name}): {t['launches']} launches, {t['moved'] / 1e6:.2f} MB moved "
-        f"({t['min'] / 1e6:.2f} MB minimum, {100 * (t['moved'] / max(t['min'], 1) - 1):.3f}% over); "
+        table(header + "ideal us H100 | ideal us H200 | launch us", rows),
+        f"Step total ({name}): {t['launches']} launches, {t['bytes'] / 1e6:.2f} MB moved "
+        f"({t['min_bytes'] / 1e6:.2f} MB minimum, {100 * (t['bytes'] / max(t['min_bytes'], 1) - 1):.3f}% over); "
         f"ideal {t['ideal_us']['H100']:.1f} us (H100) / {t['ideal_us']['H200']:.1f} us (H200) against "
         f"{t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us of launch cost.",
+        "",
     ]
-    return lines
 
 
 def markdown(report: dict) -> str:
@@ -545,16 +468,7 @@ def markdown(report: dict) -> str:
     lines = _header_and_counts(report) + _kernel_table(report)
     for name, d in report["dtypes"].items():
         lines += _layer_section(name, d)
-    return "\n".join(lines) + "\n"
-
-
-def _subprocess_env(interpret: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ANL_FUSED_BACKEND")}
-    env["PYTHONWARNINGS"] = "ignore"
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
-        env["ANL_FUSED_BACKEND"] = "triton"
-    return env
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -564,45 +478,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=list(DTYPES))
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument(
-        "--step-batch",
-        type=int,
-        default=4,
-        help="batch of the real step under the interpreter (its op calls are replayed at --batch)",
-    )
+    p.add_argument("--step-batch", type=int, default=4, help="batch of the real step (replayed at --batch)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     return p.parse_args(argv)
 
 
 def make_report(args: argparse.Namespace) -> dict:
     """Record the step of every dtype (a subprocess each), compile the specializations, build the report."""
+    from anl_fused.kernels import aot
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ANL_FUSED_BACKEND")}
+    env.update(PYTHONWARNINGS="ignore", TRITON_INTERPRET="1", ANL_FUSED_BACKEND="triton")
     per_dtype = {}
     for name in args.dtypes:
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--_record",
-            "--model",
-            args.model,
-            "--dtype",
-            name,
-            "--batch",
-            str(args.batch),
-            "--step-batch",
-            str(args.step_batch),
-            "--size",
-            str(args.size),
-        ]
-        res = subprocess.run(cmd, env=_subprocess_env(True), capture_output=True, text=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--_record", "--model", args.model, "--dtype", name]
+        cmd += ["--batch", str(args.batch), "--step-batch", str(args.step_batch), "--size", str(args.size)]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"recording {name} failed:\n{res.stderr[-5000:]}")
         per_dtype[name] = json.loads(res.stdout)
         print(f"recorded {name}: {per_dtype[name]['counts']['per_layer']}", flush=True)
-    from anl_fused.kernels import aot
-
     launches = [launch for rec in per_dtype.values() for call in rec["calls"] for launch in call["launches"]]
-    compiled = aot.compile_in_subprocess(launches, archs=(80, 90))
-    return build_report(args, per_dtype, compiled)
+    return build_report(args, per_dtype, aot.compile_in_subprocess(launches, archs=(80, 90)))
 
 
 def write_report(report: dict, out: str) -> tuple[str, str]:

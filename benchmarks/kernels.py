@@ -1,23 +1,18 @@
-"""Bandwidth benchmark of the three kernels against the unfused torch sequences (CUDA only).
+"""Bandwidth of the three kernels against the unfused torch sequences (CUDA only).
 
-For every ANL activation shape of VGG-16 and ResNet-18 on 32x32 inputs (one ANL after every
-BatchNorm) at batch 128, in float32 and bfloat16, each op is timed with ``triton.testing.do_bench``
-(median) both as the fused Triton kernel and as the torch sequence of ``anl_fused.ops``' torch
-backend. Achieved bandwidth counts the bytes the op must move at least::
-
-    std          read h                       N e_h
-    noise_scale  read g                       N e_g
-    add_noise    read h, read g, write out    N (2 e_h + e_g)
-
-and is compared with the device's copy bandwidth (a large ``copy_``, bytes read + written).
+For every ANL activation shape of VGG-16 and ResNet-18 on 32x32 inputs (one ANL after every BatchNorm) at batch
+128, in float32 and bfloat16, each op is timed with ``triton.testing.do_bench`` (median) as the fused Triton kernel
+and as ``anl_fused.ops``' torch backend. The bandwidth counts the bytes the op must move at least (std: read h;
+noise_scale: read g; add_noise: read h and g, write out) and is compared with the device's copy bandwidth.
 
     python -m anl_fused.benchmarks.kernels          # prints a table
 """
 
-import contextlib
-import os
+from unittest import mock
 
 import torch
+
+from anl_fused.benchmarks.render import table
 
 # ANL activation shapes (C, H, W) of each model at 32x32 input, with how many layers have each.
 MODEL_SHAPES = {
@@ -26,20 +21,6 @@ MODEL_SHAPES = {
 }
 BATCH = 128
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@contextlib.contextmanager
-def torch_backend():
-    """``anl_fused.ops`` uses its torch implementation inside (``ANL_FUSED_BACKEND=torch``)."""
-    old = os.environ.get("ANL_FUSED_BACKEND")
-    os.environ["ANL_FUSED_BACKEND"] = "torch"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["ANL_FUSED_BACKEND"]
-        else:
-            os.environ["ANL_FUSED_BACKEND"] = old
 
 
 def _bench(fn) -> float:
@@ -53,13 +34,12 @@ def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
     """The device's copy bandwidth in GB/s (bytes read + written) from one large ``copy_``."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src))
-    return 2 * nbytes / ms / 1e6
+    return 2 * nbytes / _bench(lambda: dst.copy_(src)) / 1e6
 
 
 def op_cases(shape, dtype, device):
     """(op, bytes moved, fused fn, torch fn) for one activation shape and dtype. The torch fns are
-    ``anl_fused.ops`` calls: run them inside ``torch_backend()``."""
+    ``anl_fused.ops`` calls, timed with ``ANL_FUSED_BACKEND=torch``."""
     from anl_fused import kernels, ops
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -83,50 +63,39 @@ def kernel_benchmarks(device="cuda") -> list:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return []
-    copy_gbps = copy_bandwidth(device)
-    rows = []
+    copy_gbps, rows = copy_bandwidth(device), []
     for model, shapes in MODEL_SHAPES.items():
-        for chw, layers in shapes:
-            shape = (BATCH, *chw)
-            for dname, dtype in DTYPES.items():
-                for op, nbytes, fused, unfused in op_cases(shape, dtype, device):
-                    ms_fused = _bench(fused)
-                    with torch_backend():
-                        ms_torch = _bench(unfused)
-                    rows.append(
-                        {
-                            "model": model,
-                            "shape": list(shape),
-                            "layers": layers,
-                            "dtype": dname,
-                            "op": op,
-                            "bytes": nbytes,
-                            "ms_fused": ms_fused,
-                            "ms_torch": ms_torch,
-                            "gbps_fused": nbytes / ms_fused / 1e6,
-                            "gbps_torch": nbytes / ms_torch / 1e6,
-                            "copy_gbps": copy_gbps,
-                            "frac_of_copy": nbytes / ms_fused / 1e6 / copy_gbps,
-                            "speedup": ms_torch / ms_fused,
-                        }
-                    )
+        for (chw, layers), (dname, dtype) in ((s, d) for s in shapes for d in DTYPES.items()):
+            for op, nbytes, fused, unfused in op_cases((BATCH, *chw), dtype, device):
+                ms_fused = _bench(fused)
+                with mock.patch.dict("os.environ", ANL_FUSED_BACKEND="torch"):
+                    ms_torch = _bench(unfused)
+                rows.append(
+                    {
+                        "model": model,
+                        "shape": [BATCH, *chw],
+                        "layers": layers,
+                        "dtype": dname,
+                        "op": op,
+                        "bytes": nbytes,
+                        "ms_fused": ms_fused,
+                        "ms_torch": ms_torch,
+                        "gbps_fused": nbytes / ms_fused / 1e6,
+                        "gbps_torch": nbytes / ms_torch / 1e6,
+                        "copy_gbps": copy_gbps,
+                        "frac_of_copy": nbytes / ms_fused / 1e6 / copy_gbps,
+                        "speedup": ms_torch / ms_fused,
+                    }
+                )
     return rows
 
 
 def format_rows(rows) -> str:
-    head = (
-        f"{'model':9}{'shape':>20}{'dtype':>6}{'op':>13}{'fused GB/s':>12}{'torch GB/s':>12}{'of copy':>9}"
-        f"{'speedup':>9}"
-    )
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['model']:9}{tuple(r['shape'])!s:>20}{r['dtype']:>6}{r['op']:>13}"
-            f"{r['gbps_fused']:12.0f}{r['gbps_torch']:12.0f}{r['frac_of_copy']:9.2f}{r['speedup']:9.2f}"
-        )
-    if rows:
-        lines.append(f"copy bandwidth: {rows[0]['copy_gbps']:.0f} GB/s")
-    return "\n".join(lines)
+    """The rows as a Markdown table, and the copy bandwidth."""
+    keys = ("gbps_fused", "gbps_torch", "frac_of_copy", "speedup")
+    cells = [[r["model"], tuple(r["shape"]), r["dtype"], r["op"], *(f"{r[k]:.2f}" for k in keys)] for r in rows]
+    text = table("model | shape | dtype | op | fused GB/s | torch GB/s | of copy | speedup", cells)
+    return text + (f"copy bandwidth: {rows[0]['copy_gbps']:.0f} GB/s" if rows else "")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Profile of one LeNet-5 training step (issue #20): TwoRound against the exact floor, as text.
+"""Profile of one LeNet-5 training step: TwoRound against the exact floor, as text.
 
     python -m anl_fused.benchmarks.profile_step --batch 32 --out benchmarks/results/profile-lenet5-b32-after.txt
     python -m anl_fused.benchmarks.profile_step --src /path/to/old/checkout --out ...-before.txt
@@ -32,8 +32,6 @@ def profile(batch: int, steps: int, repeats: int) -> str:
     from torch.profiler import profile as torch_profile
 
     import anl_fused
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     from anl_fused.experiments.models import build, get_spec
 
     step_module = _load_step_module()
@@ -113,20 +111,18 @@ def _bookkeeping(runs: dict, steps: int, repeats: int, step_module) -> str:
 
 
 def _load_step_module():
-    """This checkout's ``benchmarks/step.py`` (the floor's definition), also when ``--src`` is another."""
+    """This checkout's ``benchmarks/step.py`` (the floor's definition), also when ``--src`` put another checkout's
+    ``anl_fused`` (which has no ``benchmarks`` package) first on the path."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_bench_step", os.path.join(HERE, "step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec2 = importlib.util.spec_from_file_location("naive", os.path.join(HERE, "naive.py"))
-    naive = importlib.util.module_from_spec(spec2)
-    spec2.loader.exec_module(naive)
-    module.__package__ = "_bench"
-    sys.modules["_bench"] = type(sys)("_bench")
-    sys.modules["_bench"].naive = naive
-    sys.modules["_bench.naive"] = naive
-    spec.loader.exec_module(module)
-    return module
+    if importlib.util.find_spec("anl_fused.benchmarks") is None:
+        init = os.path.join(HERE, "__init__.py")
+        spec = importlib.util.spec_from_file_location("anl_fused.benchmarks", init, submodule_search_locations=[HERE])
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    from anl_fused.benchmarks import step
+
+    return step
 
 
 def main(argv=None) -> int:

@@ -60,52 +60,49 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if seconds >= 0.1 else f"{seconds * 1e3:.1f} ms"
 
 
+def table(header: str, rows) -> str:
+    """A Markdown table: ``header`` is the titles joined by `` | ``, ``rows`` lists of cells (shown with str).
+    The one table formatter of the benchmarks and the campaign."""
+    lines = [f"| {header} |", "|" + "---|" * (header.count(" | ") + 1)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]) + "\n"
+
+
+def _name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
 @renderer("steps")
 def steps_table(paths: list[str]) -> str:
     """Step times (median of interleaved samples) and the ratios of one ``anl-fused bench`` JSON per path."""
-    methods = [("plain", "plain"), ("naive", "naive double pass"), ("reference", "reference"), ("tworound", "TwoRound")]
-    lines = [
-        "| model | batch | amp | "
-        + " | ".join(label for _, label in methods)
-        + " | TwoRound / plain | naive / TwoRound | spread |",
-        "|---|---|---|" + "---|" * (len(methods) + 3),
-    ]
-    for path in paths:
-        report = load_json(path)
-        for r in report["steps"]:
-            med = r["median_s"]
-            cells = [_ms(med[m]) if m in med else "-" for m, _ in methods]
-            ratios = [r["ratios"].get(k) for k in ("tworound/plain", "naive/tworound")]
-            cells += [f"{v:.2f}x" if v is not None else "-" for v in ratios]
-            spread = max((max(t) - min(t)) / statistics.median(t) for t in r["times_s"].values())
-            cells.append(f"{spread * 100:.0f}%")
-            lines.append(
-                f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['batch']} | {r['amp'] or 'fp32'} | "
-                + " | ".join(cells)
-                + " |"
-            )
-    return "\n".join(lines) + "\n"
+    methods = ["plain", "naive", "reference", "tworound"]
+    rows = []
+    for r in (r for path in paths for r in load_json(path)["steps"]):
+        ratios = [r["ratios"].get(k) for k in ("tworound/plain", "naive/tworound")]
+        spread = max((max(t) - min(t)) / statistics.median(t) for t in r["times_s"].values())
+        rows.append(
+            [_name(r["model"]), r["batch"], r["amp"] or "fp32"]
+            + [_ms(r["median_s"][m]) if m in r["median_s"] else "-" for m in methods]
+            + [f"{v:.2f}x" if v is not None else "-" for v in ratios]
+            + [f"{spread * 100:.0f}%"]
+        )
+    header = "model | batch | amp | plain | naive double pass | reference | TwoRound | TwoRound / plain | "
+    return table(header + "naive / TwoRound | spread", rows)
 
 
 @renderer("memory")
 def memory_table(paths: list[str]) -> str:
     """The memory TwoRound keeps between the rounds (``noise_memory`` of ``anl-fused bench``)."""
-    lines = [
-        "| model | batch | ANL layers | held in float32 | held with noise_dtype=bfloat16 |",
-        "|---|---|---|---|---|",
+    rows = [
+        [_name(m["model"]), m["batch"], m["anl_layers"]]
+        + [f"{m['held_bytes'][k] / 2**20:.1f} MiB" for k in ("float32", "bfloat16")]
+        for path in paths
+        for m in load_json(path)["noise_memory"]
     ]
-    for path in paths:
-        for m in load_json(path)["noise_memory"]:
-            held = m["held_bytes"]
-            lines.append(
-                f"| {MODEL_NAMES.get(m['model'], m['model'])} | {m['batch']} | {m['anl_layers']} | "
-                f"{held['float32'] / 2**20:.1f} MiB | {held['bfloat16'] / 2**20:.1f} MiB |"
-            )
-    return "\n".join(lines) + "\n"
+    return table("model | batch | ANL layers | held in float32 | held with noise_dtype=bfloat16", rows)
 
 
-def _ratio(r: dict, key: str) -> str:
-    """``1.23x [1.20, 1.30]``: a ratio of medians and the [min, max] of its rounds' paired ratios."""
+def ratio_cell(r: dict, key: str) -> str:
+    """``1.23x [1.20, 1.30]``: the headline ratio and the [min, max] of its rounds' paired ratios."""
     v, st = r["ratios"].get(key), r.get("ratio_stats", {}).get(key)
     if v is None:
         return "-"
@@ -115,21 +112,15 @@ def _ratio(r: dict, key: str) -> str:
 @renderer("probe-steps")
 def probe_steps_table(paths: list[str]) -> str:
     """Step times of plain, TwoRound and TwoRound with the bf16 probe (``anl-fused bench`` JSON)."""
-    methods = [("plain", "plain"), ("tworound", "TwoRound"), ("tworound-bf16probe", "TwoRound, bf16 probe")]
-    lines = [
-        "| model | batch | "
-        + " | ".join(label for _, label in methods)
-        + " | TwoRound / plain | bf16 probe / plain | bf16 probe / TwoRound |",
-        "|---|---|" + "---|" * 6,
+    rows = [
+        [_name(r["model"]), r["batch"]]
+        + [_ms(r["median_s"][m]) if m in r["median_s"] else "-" for m in ("plain", "tworound", "tworound-bf16probe")]
+        + [ratio_cell(r, k) for k in ("tworound/plain", "tworound-bf16probe/plain", "tworound-bf16probe/tworound")]
+        for path in paths
+        for r in load_json(path)["steps"]
     ]
-    for path in paths:
-        for r in load_json(path)["steps"]:
-            cells = [_ms(r["median_s"][m]) if m in r["median_s"] else "-" for m, _ in methods]
-            cells += [
-                _ratio(r, k) for k in ("tworound/plain", "tworound-bf16probe/plain", "tworound-bf16probe/tworound")
-            ]
-            lines.append(f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['batch']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    header = "model | batch | plain | TwoRound | TwoRound, bf16 probe | TwoRound / plain | bf16 probe / plain | "
+    return table(header + "bf16 probe / TwoRound", rows)
 
 
 def _err(arm: dict | None) -> str:
@@ -144,44 +135,41 @@ def _paired(d: dict | None) -> str:
 def probe_accuracy_table(paths: list[str]) -> str:
     """Test error of plain, ANL with the fp32 probe and with the bf16 probe, and the paired differences
     (``benchmarks/probe_accuracy.py`` JSON)."""
-    lines = [
-        "| data, model | seeds | plain | ANL, fp32 probe | ANL, bf16 probe | bf16 - fp32 probe, paired "
-        "(better/same/worse) | ANL fp32 probe - plain, paired |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for path in paths:
-        rep = load_json(path)
+    rows = []
+    for rep in map(load_json, paths):
         arms, paired, p = rep["summary"]["arms"], rep["summary"]["paired"], rep["protocol"]
-        errs = [_err(arms.get(a)) for a in ("plain", "anl-fp32", "anl-bf16")]
-        diffs = [_paired(paired.get(k)) for k in ("anl-bf16 - anl-fp32", "anl-fp32 - plain")]
-        lines.append(
-            f"| {p['dataset']}, {MODEL_NAMES.get(p['model'], p['model'])} | {len(rep['seeds'])} | "
-            + " | ".join(errs + diffs)
-            + " |"
+        rows.append(
+            [f"{p['dataset']}, {_name(p['model'])}", len(rep["seeds"])]
+            + [_err(arms.get(a)) for a in ("plain", "anl-fp32", "anl-bf16")]
+            + [_paired(paired.get(k)) for k in ("anl-bf16 - anl-fp32", "anl-fp32 - plain")]
         )
-    return "\n".join(lines) + "\n"
+    header = "data, model | seeds | plain | ANL, fp32 probe | ANL, bf16 probe | bf16 - fp32 probe, paired "
+    return table(header + "(better/same/worse) | ANL fp32 probe - plain, paired", rows)
 
 
 @renderer("probe-agreement")
 def probe_agreement_table(paths: list[str]) -> str:
     """Per model: the bf16 / fp16 probe's noise against the fp32 probe's, and the fp32 noise after one SGD
     step for scale (``benchmarks/probe_agreement.py`` JSON)."""
-    lines = [
-        "| model | ANL layers x seeds | bf16: cosine, layer means median [min] | bf16: worst sample | "
-        "bf16: max abs norm error | fp16: cosine median [min] | after one SGD step at lr 1e-4 / 0.1: "
-        "cosine median |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for path in paths:
-        for model, arms in load_json(path)["summary"].items():
-            b, h = arms["bf16"], arms["fp16"]
-            lines.append(
-                f"| {MODEL_NAMES.get(model, model)} | {b['layers']} | {b['cos_mean_median']:.3f} "
-                f"[{b['cos_mean_min']:.3f}] | {b['cos_min']:.3f} | {b['norm_err_max']:.1%} | "
-                f"{h['cos_mean_median']:.3f} [{h['cos_mean_min']:.3f}] | "
-                f"{arms['sgd-1e-4']['cos_mean_median']:.3f} / {arms['sgd-0.1']['cos_mean_median']:.3f} |"
-            )
-    return "\n".join(lines) + "\n"
+    rows = []
+    for model, arms in ((m, a) for path in paths for m, a in load_json(path)["summary"].items()):
+        b, h = arms["bf16"], arms["fp16"]
+        rows.append(
+            [
+                _name(model),
+                b["layers"],
+                f"{b['cos_mean_median']:.3f} [{b['cos_mean_min']:.3f}]",
+                f"{b['cos_min']:.3f}",
+                f"{b['norm_err_max']:.1%}",
+                f"{h['cos_mean_median']:.3f} [{h['cos_mean_min']:.3f}]",
+                f"{arms['sgd-1e-4']['cos_mean_median']:.3f} / {arms['sgd-0.1']['cos_mean_median']:.3f}",
+            ]
+        )
+    header = "model | ANL layers x seeds | bf16: cosine, layer means median [min] | bf16: worst sample | "
+    header += (
+        "bf16: max abs norm error | fp16: cosine median [min] | after one SGD step at lr 1e-4 / 0.1: cosine median"
+    )
+    return table(header, rows)
 
 
 @renderer("table1")
@@ -213,52 +201,46 @@ def table1_summary(paths: list[str]) -> str:
     renderer's (one ``anl-fused table1`` JSON per path)."""
     from anl_fused.experiments.table1 import PAPER_EPS, PAPER_TABLE1, _row_label, _row_order
 
-    lines = [
-        "| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | vs two-phase control, same seed "
-        "(mean ± std; better/worse) |",
-        "|---|---|---|---|---|",
-    ]
-    for path in paths:
-        result = load_json(path)
-        p = result["protocol"]
-        paper = PAPER_TABLE1.get((p["model"], p["dataset"]), {})
+    rows = []
+    for result in map(load_json, paths):
+        paper = PAPER_TABLE1.get((result["protocol"]["model"], result["protocol"]["dataset"]), {})
         for _, row in sorted(result["rows"].items(), key=_row_order):
             paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
             t, diverged = row["test_err"], row.get("diverged_seeds", [])
             kept = row.get("test_err_without_diverged") if diverged else t
-            seeds = f"{t['n']}" + (f" ({len(diverged)} diverged)" if diverged else "")
             vs = row.get("vs_two_phase")
-            paired = "-" if vs is None else f"{_spread(vs, '+')} ({vs['better']}/{vs['worse']})"
-            lines.append(
-                f"| {_row_label(row)} | {'-' if paper_v is None else f'{paper_v:.2f}'} | "
-                f"{_spread(kept) if kept else '-'} | {seeds} | {paired} |"
+            rows.append(
+                [
+                    _row_label(row),
+                    "-" if paper_v is None else f"{paper_v:.2f}",
+                    _spread(kept) if kept else "-",
+                    f"{t['n']}" + (f" ({len(diverged)} diverged)" if diverged else ""),
+                    "-" if vs is None else f"{_spread(vs, '+')} ({vs['better']}/{vs['worse']})",
+                ]
             )
-    return "\n".join(lines) + "\n"
+    header = "method | paper (Table 1) | ours: test error % (mean ± std) | seeds | vs two-phase control, same seed "
+    return table(header + "(mean ± std; better/worse)", rows)
+
+
+def _span(values: list[float]) -> str:
+    return f"[{min(values):+.1f}, {max(values):+.1f}]" if values else "-"
 
 
 @renderer("whitebox")
 def whitebox_table(paths: list[str]) -> str:
     """White-box accuracy per method (``anl-fused figures whitebox --json``: clean, FGSM and IFGSM accuracy of
     each run), means over the runs, and the per-seed range of the difference to the two-phase control."""
-    lines = [
-        "| method | runs | clean % | FGSM % | IFGSM % | FGSM vs two-phase control, same seed [min, max] pp | "
-        "IFGSM vs control [min, max] pp |",
-        "|---|---|---|---|---|---|---|",
-    ]
-
-    def span(values: list[float]) -> str:
-        return f"[{min(values):+.1f}, {max(values):+.1f}]" if values else "-"
-
+    rows = []
     for path in paths:
         methods = {label.split(": ", 1)[-1]: runs for label, runs in load_json(path).items()}
         control = {r["seed"]: r for r in methods.get("baseline two-phase", [])}
         for label, runs in methods.items():
-            means = [statistics.mean(r[k] for r in runs) for k in ("clean", "fgsm", "ifgsm")]
-            diffs = {k: [r[k] - control[r["seed"]][k] for r in runs if r["seed"] in control] for k in ("fgsm", "ifgsm")}
-            paired = ["-", "-"] if label == "baseline two-phase" else [span(diffs["fgsm"]), span(diffs["ifgsm"])]
-            cells = [str(len(runs))] + [f"{m:.1f}" for m in means] + paired
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            means = [f"{statistics.mean(r[k] for r in runs):.1f}" for k in ("clean", "fgsm", "ifgsm")]
+            diffs = [[r[k] - control[r["seed"]][k] for r in runs if r["seed"] in control] for k in ("fgsm", "ifgsm")]
+            paired = ["-", "-"] if label == "baseline two-phase" else [_span(d) for d in diffs]
+            rows.append([label, len(runs), *means, *paired])
+    header = "method | runs | clean % | FGSM % | IFGSM % | FGSM vs two-phase control, same seed [min, max] pp | "
+    return table(header + "IFGSM vs control [min, max] pp", rows)
 
 
 def render_text(text: str) -> tuple[str, list[str]]:

@@ -1,39 +1,11 @@
 """The GPU campaign: every device measurement of the project in one command, into one results directory.
 
-On a lent GPU machine (Python 3.12, torch 2.11, Triton 3.6 there; no internet, no package index), from the
-repository root:
-
     pip install --no-deps --no-build-isolation -e . && python benchmarks/run.py --out $OUT/campaign
 
-Parts, in this order; each runs in ``try/except`` (a failure is recorded with its traceback and the next part
-runs), and a part that would start after ``--budget-s`` seconds (default 420, so that a 10-minute device call
-keeps a margin for the install and the copy back) is skipped and recorded as such:
-
-1. ``tests``: ``pytest -m "gpu or not slow"`` with ``TRITON_INTERPRET=0`` (the GPU-marked tests and the
-   Triton kernels compiled), at most ``--tests-timeout`` seconds; the output goes to ``pytest.txt``.
-2. ``steps``: the step benchmark (``anl-fused bench``'s interleaved timing) of plain / naive / TwoRound /
-   TwoRound with the bf16 probe, VGG-11, VGG-16, ResNet-18 at 32x32, batch 128, fp32 and bf16 autocast.
-3. ``graphs``: CUDA-graph capture of a whole forward + backward step (``torch.cuda.graph``, static
-   inputs, warm-up on a side stream) of plain, TwoRound and the bf16 probe; replay time against eager time
-   and the ratios between methods, in child processes (a failed capture can leave a CUDA context unusable).
-   A method whose capture fails is recorded with the error; a TwoRound method is then also captured
-   without its global-RNG replay (``-norng``: ``TwoRound(replay_rng=False)``, valid for these models,
-   which have no stochastic layer), since PyTorch does not allow ``torch.cuda.get_rng_state`` /
-   ``set_rng_state`` during capture.
-4. ``kernels``: per-kernel bandwidth (``benchmarks/kernels.py``) against a measured device-to-device copy.
-5. ``aot``: the AOT report (``benchmarks/aot_report.py``: launches, registers, spills, vector widths for
-   sm_80 / sm_90); ``aot.md`` and ``aot.json``.
-6. ``memory``: peak allocated memory of one step of each method, and what TwoRound holds between the rounds.
-
-Written into ``--out`` (at most 5 files): ``summary.json`` (the device, driver, versions of Python / torch /
-Triton / CUDA / cuDNN, git commit or a digest of the sources, date, and every part's status, time and
-results), ``summary.md`` (the same as tables), ``pytest.txt``, ``aot.md`` and ``aot.json``. ``summary.json``
-is rewritten after every part, so a call that runs out of time keeps what finished.
-
-``--device cpu --smoke`` runs the same code at toy sizes on a CPU, which is how
-``tests/benchmarks/test_run.py`` checks the campaign without a GPU: the kernel bandwidth is skipped with the
-reason, the graph part runs its child processes but times the steps eagerly (no capture on a CPU), memory
-counts the held bytes but measures no peak.
+Parts (:data:`PARTS`, in order): tests, steps, graphs, kernels, aot, memory. Each runs on its own (a failure is
+recorded with its traceback and the next part runs), a part that would start after ``--budget-s`` is skipped, and
+``summary.json`` / ``summary.md`` are rewritten after every part. ``--device cpu --smoke`` runs the same code at
+toy size on a CPU (``tests/benchmarks/test_run.py``). What each part measures: docs/speed.md, "GPU".
 """
 
 from __future__ import annotations
@@ -51,11 +23,18 @@ from collections.abc import Callable
 
 import torch
 
+try:
+    from .render import table
+except ImportError:  # run as a script (python benchmarks/run.py): render.py sits next to it
+    from render import table
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 PARTS = ("tests", "steps", "graphs", "kernels", "aot", "memory")
 COMMAND = "pip install --no-deps --no-build-isolation -e . && python benchmarks/run.py --out $OUT/campaign"
+METHODS = ["plain", "naive", "tworound", "tworound-bf16probe"]
+GRAPH_METHODS = ("plain", "tworound", "tworound-bf16probe")
 
 # sizes of a real run and of the CPU smoke run
 FULL = {
@@ -67,7 +46,6 @@ FULL = {
     "repeats": 7,
     "inner": 10,
     "graph_replays": 20,
-    "methods": ["plain", "naive", "tworound", "tworound-bf16probe"],
     "aot": ["--model", "vgg16", "--dtypes", "fp32", "bf16", "fp16", "--batch", "128", "--size", "32"],
 }
 SMOKE = {
@@ -79,7 +57,6 @@ SMOKE = {
     "repeats": 3,
     "inner": 1,
     "graph_replays": 2,
-    "methods": ["plain", "naive", "tworound", "tworound-bf16probe"],
     "aot": ["--model", "vgg_tiny", "--dtypes", "fp32", "--batch", "8", "--size", "8", "--step-batch", "2"],
 }
 
@@ -88,8 +65,13 @@ class Skipped(Exception):
     """A part that cannot run here (the reason is recorded)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# the machine
+def _write_replacing(path: str, text: str) -> None:
+    """``text`` into ``path`` through a temporary file renamed over it (no dependency on the library, which may
+    not import on the machine)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _run_text(cmd: list[str]) -> str | None:
@@ -107,12 +89,10 @@ def source_digest() -> str:
     for top in ("anl_fused", "kernels", "benchmarks"):
         for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(ROOT, top))):
             dirnames.sort()
-            for name in sorted(filenames):
-                if name.endswith(".py"):
-                    path = os.path.join(dirpath, name)
-                    h.update(os.path.relpath(path, ROOT).encode())
-                    with open(path, "rb") as f:
-                        h.update(f.read())
+            for path in (os.path.join(dirpath, n) for n in sorted(filenames) if n.endswith(".py")):
+                h.update(os.path.relpath(path, ROOT).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
     return h.hexdigest()[:16]
 
 
@@ -123,31 +103,24 @@ def meta(device: torch.device) -> dict:
     keys = ("date", "python", "cuda", "cudnn", "triton", "git_commit", "source_digest")
     info = {**dict.fromkeys(keys), "torch": torch.__version__, "device": str(device), "git_dirty": False}
     try:
-        _device_meta(info, device)
+        info.update(
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
+            source_digest=source_digest(),
+        )
+        if device.type == "cuda":
+            p = torch.cuda.get_device_properties(device)
+            info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count)
+            info["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
+            query = "--query-gpu=driver_version,clocks.max.sm,power.limit"
+            smi = _run_text(["nvidia-smi", query, "--format=csv,noheader"])
+            info["driver"] = smi.splitlines()[0] if smi else None
         from anl_fused.experiments.machine import machine_info
 
         info.update(machine_info(device))
     except Exception as e:  # the versions must not cost the measurements
         info["meta_error"] = f"{type(e).__name__}: {e}"
     return info
-
-
-def _device_meta(info: dict, device: torch.device) -> None:
-    info.update(
-        cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
-        source_digest=source_digest(),
-    )
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(
-            gpu=props.name,
-            capability=f"{props.major}.{props.minor}",
-            sms=props.multi_processor_count,
-            gpu_memory_gib=round(props.total_memory / 2**30, 1),
-        )
-        smi = _run_text(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"])
-        info["driver"] = smi.splitlines()[0] if smi else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,44 +130,27 @@ def _device_meta(info: dict, device: torch.device) -> None:
 def part_tests(ctx: dict) -> dict:
     """``pytest -m "gpu or not slow"`` (``TRITON_INTERPRET=0`` on CUDA), output to ``pytest.txt``."""
     marker = "gpu or not slow" if ctx["cuda"] else "not slow"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-m",
-        marker,
-        "-p",
-        "no:cacheprovider",
-        "--continue-on-collection-errors",
-        *ctx["pytest_args"],
-    ]
-    env = dict(os.environ)
-    if ctx["cuda"]:
-        env["TRITON_INTERPRET"] = "0"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", marker, "-p", "no:cacheprovider"]
+    cmd += ["--continue-on-collection-errors", *ctx["pytest_args"]]
+    env = dict(os.environ, **({"TRITON_INTERPRET": "0"} if ctx["cuda"] else {}))
     timeout = max(10.0, min(ctx["tests_timeout"], ctx["budget_left"]()))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = proc.communicate(timeout=timeout)
-        timed_out = False
+        out, timed_out = proc.communicate(timeout=timeout)[0], False
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-        timed_out = True
-    from anl_fused.experiments.files import atomic_write
-
-    atomic_write(os.path.join(ctx["out"], "pytest.txt"), out)
+        out, timed_out = proc.communicate()[0], True
+    _write_replacing(os.path.join(ctx["out"], "pytest.txt"), out)
     lines = out.strip().splitlines()
     counted = [line for line in lines if " in " in line and any(w in line for w in ("passed", "failed", "error"))]
     tail = counted[-1] if counted else (lines[-1] if lines else "")
-    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
     return {
         "command": " ".join(cmd),
         "returncode": proc.returncode,
         "timed_out": timed_out,
         "timeout_s": timeout,
         "summary": tail.strip("= "),
-        "failed": failed[:50],
+        "failed": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:50],
     }
 
 
@@ -205,35 +161,20 @@ def part_steps(ctx: dict) -> dict:
     for amp in cfg["amps"]:
         for name in cfg["models"]:
             ctx["check_budget"](f"steps {name} {amp}")
-            results.append(
-                step.benchmark_model(
-                    name,
-                    cfg["batch"],
-                    cfg["size"],
-                    ctx["device"],
-                    cfg["methods"],
-                    cfg["repeats"],
-                    cfg["inner"],
-                    amp,
-                    0.05,
-                )
-            )
-            print(
-                f"  steps {name} amp={amp}: " + ", ".join(f"{k} {v:.2f}x" for k, v in results[-1]["ratios"].items()),
-                flush=True,
-            )
+            sizes = (cfg["batch"], cfg["size"], ctx["device"], METHODS, cfg["repeats"], cfg["inner"], amp, 0.05)
+            results.append(step.benchmark_model(name, *sizes))
+            said = ", ".join(f"{k} {v:.2f}x" for k, v in results[-1]["ratios"].items())
+            print(f"  steps {name} amp={amp}: {said}", flush=True)
     return {"steps": results, "table": step.format_table(results)}
 
 
 def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
-    """Capture ``step`` (forward + backward, static inputs) in a CUDA graph; its replay and eager times, and
-    whether two consecutive replays give different gradients (TwoRound: new noise draws each replay). Timed by
-    ``anl-fused bench``'s harness (``step.time_methods``): 5 interleaved rounds of ``replays`` calls each, the
-    medians, and ``speedup`` the median of the paired eager/graph ratios. On a CPU (the smoke run) there is no
-    graph: only the eager time."""
+    """Capture ``step`` (forward + backward, static inputs) in a CUDA graph; its replay and eager times
+    (``step.time_methods``: 5 interleaved rounds of ``replays`` calls, medians; ``speedup`` the median of the paired
+    eager/graph ratios), and whether two consecutive replays give different gradients (TwoRound: new noise draws
+    each replay). On a CPU (the smoke run) there is no graph: only the eager time."""
     from anl_fused.benchmarks.step import time_methods
 
-    engine = step.engine
     if device.type != "cuda":
         times = time_methods({"eager": step}, device, 5, warmup=2, inner=replays)
         return {"eager_ms": statistics.median(times["eager"]) * 1e3, "capture": "none: CPU smoke run, eager only"}
@@ -244,13 +185,10 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
             step()
     torch.cuda.current_stream(device).wait_stream(s)
     graph = torch.cuda.CUDAGraph()
-    if engine is not None:
+    if step.engine is not None:
         if not hasattr(graph, "register_generator_state"):
-            raise RuntimeError(
-                f"torch {torch.__version__} has no CUDAGraph.register_generator_state: the noise "
-                "generator cannot be captured"
-            )
-        graph.register_generator_state(engine.generator)
+            raise RuntimeError(f"torch {torch.__version__} has no CUDAGraph.register_generator_state")
+        graph.register_generator_state(step.engine.generator)
     with torch.cuda.graph(graph):
         step()
     params = [p for p in step.model.parameters() if p.requires_grad]
@@ -258,96 +196,70 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
     first = [p.grad.detach().clone() for p in params]
     graph.replay()
     torch.cuda.synchronize(device)
-    second = [p.grad for p in params]
     out = {
-        "grads_finite": all(bool(torch.isfinite(g).all()) for g in second),
-        "consecutive_replays_differ": any(not torch.equal(a, b) for a, b in zip(first, second)),
+        "grads_finite": all(bool(torch.isfinite(p.grad).all()) for p in params),
+        "consecutive_replays_differ": any(not torch.equal(a, p.grad) for a, p in zip(first, params)),
     }
     times = time_methods({"eager": step, "graph": graph.replay}, device, 5, inner=replays)
-    paired = statistics.median(e / g for e, g in zip(times["eager"], times["graph"]))
-    out.update({f"{k}_ms": statistics.median(t) * 1e3 for k, t in times.items()}, speedup=paired)
+    out.update({f"{k}_ms": statistics.median(t) * 1e3 for k, t in times.items()})
+    out["speedup"] = statistics.median(e / g for e, g in zip(times["eager"], times["graph"]))
     return out
+
+
+def _say(**line) -> None:
+    print(json.dumps(line), flush=True)
 
 
 def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float, fail: str | None) -> int:
     """Run capture jobs ``[model, method]`` in order in this (child) process, one JSON line per job on stdout;
     stop at the first failure (a failed capture can leave the CUDA context unusable). ``method`` ending in
-    ``-norng``: ``TwoRound(replay_rng=False)``. ``fail``: a method that raises, or with
-    ``crash:`` before it, that kills this process (for tests)."""
-    from anl_fused.benchmarks.step import make_step
-    from anl_fused.experiments.models import build
+    ``-norng``: ``TwoRound(replay_rng=False)``. ``fail``: a method that raises, or with ``crash:`` before it,
+    that kills this process (for tests)."""
+    from anl_fused.benchmarks.step import make_step, model_and_batch
 
-    cfg, device = SMOKE if smoke else FULL, torch.device(device)
-    models = {}
+    cfg, device, models = SMOKE if smoke else FULL, torch.device(device), {}
     for name, method in jobs:
         if time.time() > deadline:
-            print(json.dumps({"model": name, "method": method, "skipped": "time budget spent"}), flush=True)
+            _say(model=name, method=method, skipped="time budget spent")
             continue
         if name not in models:
-            torch.manual_seed(0)
-            models[name] = (
-                build(name).to(device),
-                torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device),
-                torch.randint(0, 10, (cfg["batch"],), device=device),
-            )
-        model, x, y = models[name]
-        base = method.removesuffix("-norng")
+            models[name] = model_and_batch(name, cfg["batch"], cfg["size"], device)
         try:
             if fail in (method, "crash:" + method):
                 if fail.startswith("crash:"):
                     os._exit(9)  # a child that dies without a word (a segfault, the OOM killer)
                 raise RuntimeError(f"injected failure of {method}")
-            step = make_step(base, model, x, y, replay_rng=not method.endswith("-norng"))
+            norng = method.endswith("-norng")
+            step = make_step(method.removesuffix("-norng"), *models[name], replay_rng=not norng)
             result = capture_step(step, device, cfg["graph_replays"])
         except Exception as e:  # one failure must not lose the others: recorded
-            print(
-                json.dumps(
-                    {
-                        "model": name,
-                        "method": method,
-                        "error": f"{type(e).__name__}: {e}",
-                        "traceback": traceback.format_exc()[-3000:],
-                    }
-                ),
-                flush=True,
-            )
+            _say(model=name, method=method, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
             return 3
-        print(json.dumps({"model": name, "method": method, "result": result}), flush=True)
+        _say(model=name, method=method, result=result)
     return 0
-
-
-GRAPH_METHODS = ("plain", "tworound", "tworound-bf16probe")
 
 
 def _graph_child_run(ctx: dict, jobs: list[list[str]]) -> tuple[list[dict], int | str, str]:
     """One child process that runs ``jobs`` until one fails: its JSON lines, its exit code (``"timeout"`` when it
     ran out of time) and its stderr."""
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--_graph-child",
-        json.dumps(jobs),
-        "--device",
-        str(ctx["device"]),
-    ]
-    cmd += ["--_deadline", str(time.time() + ctx["budget_left"]())]
-    cmd += ["--smoke"] if ctx["smoke"] else []
+    cmd = [sys.executable, os.path.abspath(__file__), "--_graph-child", json.dumps(jobs)]
+    cmd += ["--device", str(ctx["device"])]
+    cmd += ["--_deadline", str(time.time() + ctx["budget_left"]())] + (["--smoke"] if ctx["smoke"] else [])
     cmd += ["--_fail-method", ctx["fail_method"]] if ctx.get("fail_method") else []
     try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, ctx["budget_left"]() + 60)
-        )
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=max(30.0, ctx["budget_left"]() + 60))
         stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
-        stdout, stderr, code = e.stdout or "", e.stderr or "", "timeout"
-        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
-        stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")], code, stderr
+        stdout, stderr, code = e.stdout or b"", e.stderr or b"", "timeout"
+    lines = stdout.decode().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")], code, stderr.decode()
 
 
 def part_graphs(ctx: dict) -> dict:
-    """Capture jobs in child processes: one child runs the jobs until one fails; a TwoRound method that
-    fails gets a ``-norng`` job; a fresh child goes on with the rest."""
+    """CUDA-graph capture of a whole step of each of :data:`GRAPH_METHODS`, in child processes (a failed capture can
+    leave a CUDA context unusable): one child runs the jobs until one fails, a fresh one goes on with the rest. A
+    TwoRound method that fails is retried as ``-norng`` (``TwoRound(replay_rng=False)``, valid for models without
+    a stochastic layer): PyTorch does not allow ``get_rng_state`` / ``set_rng_state`` during capture."""
     if not ctx["cuda"] and not ctx["smoke"]:
         raise Skipped("CUDA graphs need a CUDA device")
     cfg = ctx["cfg"]
@@ -358,9 +270,8 @@ def part_graphs(ctx: dict) -> dict:
         children += 1
         done, code, stderr = _graph_child_run(ctx, jobs)
         for d in done:
-            results[d["model"]][d["method"]] = d.get("result") or {
-                k: d[k] for k in ("error", "traceback", "skipped") if k in d
-            }
+            keep = ("error", "traceback", "skipped")
+            results[d["model"]][d["method"]] = d.get("result") or {k: d[k] for k in keep if k in d}
         failed = done[-1] if done and "error" in done[-1] else None
         if len(done) < len(jobs) and failed is None:  # the child died (or hung) without saying why
             name, method = jobs[len(done)]
@@ -374,10 +285,8 @@ def part_graphs(ctx: dict) -> dict:
             jobs = []
         elif failed and failed["method"] != "plain" and not failed["method"].endswith("-norng"):
             jobs = [[failed["model"], failed["method"] + "-norng"]] + jobs
-    return {
-        "graphs": [_graph_row(n, methods, cfg["batch"]) for n, methods in results.items()],
-        "child_processes": children,
-    }
+    rows = [_graph_row(n, methods, cfg["batch"]) for n, methods in results.items()]
+    return {"graphs": rows, "child_processes": children}
 
 
 def _graph_row(name: str, methods: dict, batch: int) -> dict:
@@ -385,13 +294,12 @@ def _graph_row(name: str, methods: dict, batch: int) -> dict:
     base, ratios = methods.get("plain", {}), {}
     for method, r in methods.items():
         if method != "plain" and "eager_ms" in r and "eager_ms" in base:
-            ratios[f"{method}/plain"] = {"eager": r["eager_ms"] / base["eager_ms"]}
-            if "graph_ms" in r and "graph_ms" in base:
-                ratios[f"{method}/plain"]["graph"] = r["graph_ms"] / base["graph_ms"]
-    said = (
+            kinds = [k for k in ("eager", "graph") if f"{k}_ms" in r and f"{k}_ms" in base]
+            ratios[f"{method}/plain"] = {k: r[f"{k}_ms"] / base[f"{k}_ms"] for k in kinds}
+    said = [
         f"{m} {r['speedup']:.2f}x" if "speedup" in r else f"{m} {'failed' if 'error' in r else 'eager only'}"
         for m, r in methods.items()
-    )
+    ]
     print(f"  graphs {name}: " + ", ".join(said), flush=True)
     return {"model": name, "batch": batch, "methods": methods, "ratios": ratios}
 
@@ -401,8 +309,7 @@ def part_kernels(ctx: dict) -> dict:
         raise Skipped("the kernel bandwidth benchmark needs a CUDA device")
     from anl_fused.benchmarks.kernels import kernel_benchmarks
 
-    rows = kernel_benchmarks(ctx["device"])
-    by = {}
+    rows, by = kernel_benchmarks(ctx["device"]), {}
     for r in rows:
         by.setdefault(f"{r['op']} {r['dtype']}", []).append(r)
     summary = {
@@ -418,49 +325,28 @@ def part_kernels(ctx: dict) -> dict:
 
 def part_aot(ctx: dict) -> dict:
     from anl_fused.benchmarks import aot_report
-    from anl_fused.experiments.files import atomic_write
 
     report = aot_report.make_report(aot_report.parse_args(ctx["cfg"]["aot"]))
-    atomic_write(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
-    atomic_write(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
-    totals = {k: v for k, v in report.items() if k in ("args", "versions", "totals", "date")}
-    return {"files": ["aot.md", "aot.json"], **totals}
+    _write_replacing(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
+    _write_replacing(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
+    return {"files": ["aot.md", "aot.json"], "date": report["date"]}
 
 
 def part_memory(ctx: dict) -> dict:
-    from anl_fused.benchmarks.step import make_step, noise_memory
-    from anl_fused.experiments.models import build
+    from anl_fused.benchmarks.step import make_step, model_and_batch, noise_memory, step_bytes
 
     cfg, device, rows = ctx["cfg"], ctx["device"], []
     for name in cfg["models"]:
         ctx["check_budget"](f"memory {name}")
         row = {"model": name, "batch": cfg["batch"], "held": noise_memory(name, cfg["batch"], cfg["size"], device)}
+        row["peaks"] = "skipped: peak allocated memory needs a CUDA device (held bytes are counted)"
         if ctx["cuda"]:
-            torch.manual_seed(0)
-            model = build(name).to(device)
-            x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device)
-            y = torch.randint(0, 10, (cfg["batch"],), device=device)
-            peaks = {}
-            for method in cfg["methods"]:
-                step = make_step(method, model, x, y)
-                step()  # warm-up: grads exist, allocator warm
-                torch.cuda.synchronize(device)
-                before = torch.cuda.memory_allocated(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                step()
-                torch.cuda.synchronize(device)
-                peaks[method] = {
-                    "before_bytes": before,
-                    "peak_bytes": torch.cuda.max_memory_allocated(device),
-                    "step_bytes": torch.cuda.max_memory_allocated(device) - before,
-                }
-                del step
+            model, x, y = model_and_batch(name, cfg["batch"], cfg["size"], device)
+            peaks = {m: step_bytes(make_step(m, model, x, y), device) for m in METHODS}
             plain = peaks["plain"]["step_bytes"]
             for p in peaks.values():
                 p["step_vs_plain"] = p["step_bytes"] / plain if plain else None
             row["peaks"] = peaks
-        else:
-            row["peaks"] = "skipped: peak allocated memory needs a CUDA device (held bytes are counted)"
         rows.append(row)
     return {"memory": rows}
 
@@ -481,7 +367,11 @@ PART_FUNCS = {
 
 def _header(summary: dict) -> list[str]:
     """The title, the machine and the command, the import error if any, and the table of the parts' status."""
-    m = summary["meta"]
+    m, rows = summary["meta"], []
+    for name, p in summary["parts"].items():
+        status = p["status"] + (f": {p['reason']}" if p.get("reason") else "")
+        status += f": {p['error'].splitlines()[0][:200]}" if p.get("error") else ""
+        rows.append([name, status, f"{p.get('seconds', 0):.0f}"])
     lines = [
         f"# GPU campaign: {m.get('gpu') or m['device']}",
         "",
@@ -489,128 +379,85 @@ def _header(summary: dict) -> list[str]:
         f"Triton {m['triton']}; driver {m.get('driver')}; commit {m['git_commit']}"
         f"{' (dirty)' if m['git_dirty'] else ''}, sources {m['source_digest']}. Command: `{summary['command']}`.",
         "",
-        "| part | status | seconds |",
-        "| --- | --- | --- |",
+        table("part | status | seconds", rows),
     ]
     if summary.get("import_error"):
         lines[2:2] = [f"**anl_fused did not import**: `{summary['import_error'].strip().splitlines()[-1]}`", ""]
-    for name, p in summary["parts"].items():
-        status = p["status"] + (f": {p['reason']}" if p.get("reason") else "")
-        if p.get("error"):
-            status += f": {p['error'].splitlines()[0][:200]}"
-        lines.append(f"| {name} | {status} | {p.get('seconds', 0):.0f} |")
     return lines
 
 
 def _tests_section(t: dict) -> list[str]:
-    lines = [
-        "",
-        "## Tests",
-        "",
-        f"`{t['command']}`: {t['summary']} (exit {t['returncode']}"
-        f"{', timed out' if t['timed_out'] else ''}); output in `pytest.txt`.",
-    ]
-    return lines + [f"- {f}" for f in t["failed"][:20]]
+    said = f"`{t['command']}`: {t['summary']} (exit {t['returncode']}{', timed out' if t['timed_out'] else ''})"
+    return ["## Tests", "", f"{said}; output in `pytest.txt`.", *(f"- {f}" for f in t["failed"][:20]), ""]
 
 
 def _graphs_section(graphs: dict) -> list[str]:
-    lines = [
-        "",
-        "## CUDA graphs: whole step captured",
-        "",
-        "| model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    fmt = lambda d, k, f: format(d[k], f) if k in d else "-"
+    fmt = lambda d, k: format(d[k], ".2f") if k in d else "-"
+    rows = []
     for row in graphs["graphs"]:
         for method, r in row["methods"].items():
             ratio = row["ratios"].get(f"{method}/plain", {})
             if "eager_ms" in r:
-                lines.append(
-                    f"| {row['model']} | {method} | {r['eager_ms']:.2f} | {fmt(r, 'graph_ms', '.2f')} | "
-                    f"{fmt(r, 'speedup', '.2f')} | {fmt(ratio, 'graph', '.2f')} | "
-                    f"{fmt(ratio, 'eager', '.2f')} |"
-                )
+                cells = [fmt(r, k) for k in ("eager_ms", "graph_ms", "speedup")] + [
+                    fmt(ratio, "graph"),
+                    fmt(ratio, "eager"),
+                ]
             else:
                 why = r.get("error") or r.get("skipped", "?")
-                lines.append(f"| {row['model']} | {method} | not measured: {why.splitlines()[0][:150]} | | | | |")
-    return lines
+                cells = [f"not measured: {why.splitlines()[0][:150]}", "", "", "", ""]
+            rows.append([row["model"], method, *cells])
+    header = "model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager)"
+    return ["## CUDA graphs: whole step captured", "", table(header, rows)]
 
 
 def _kernels_section(k: dict) -> list[str]:
-    lines = [
-        "",
-        f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)",
-        "",
-        "| op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median) |",
-        "| --- | --- | --- |",
+    rows = [
+        [key, f"{s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f}", f"{s['speedup_vs_torch_median']:.2f}x"]
+        for key, s in k["summary"].items()
     ]
-    for key, s in k["summary"].items():
-        lines.append(
-            f"| {key} | {s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f} | "
-            f"{s['speedup_vs_torch_median']:.2f}x |"
-        )
-    return lines
+    header = "op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median)"
+    return [f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)", "", table(header, rows)]
 
 
 def _memory_section(memory: dict) -> list[str]:
-    lines = [
-        "",
-        "## Memory",
-        "",
-        "| model | batch | held fp32 MiB | held bf16 MiB | step peak over plain |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    rows = []
     for row in memory["memory"]:
-        held = row["held"]["held_bytes"]
-        peaks = row["peaks"]
-        extra = (
-            ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items()) if isinstance(peaks, dict) else peaks
+        held, peaks = row["held"]["held_bytes"], row["peaks"]
+        if isinstance(peaks, dict):
+            peaks = ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items())
+        rows.append(
+            [row["model"], row["batch"], f"{held['float32'] / 2**20:.1f}", f"{held['bfloat16'] / 2**20:.1f}", peaks]
         )
-        lines.append(
-            f"| {row['model']} | {row['batch']} | {held['float32'] / 2**20:.1f} | "
-            f"{held['bfloat16'] / 2**20:.1f} | {extra} |"
-        )
-    return lines
+    header = "model | batch | held fp32 MiB | held bf16 MiB | step peak over plain"
+    return ["## Memory", "", table(header, rows)]
 
 
 def markdown(summary: dict) -> str:
     """``summary.md``: the parts' status, then a section per part that has a result."""
+    res = lambda k: summary["parts"].get(k, {}).get("result") or {}
+    sections = {
+        "tests": _tests_section,
+        "steps": lambda r: ["## Step times (median of interleaved rounds)", "", r["table"]],
+        "graphs": _graphs_section,
+        "kernels": _kernels_section,
+        "memory": _memory_section,
+        "aot": lambda r: ["## AOT report", "", "In `aot.md` / `aot.json`.", ""],
+    }
     lines = _header(summary)
-    parts = summary["parts"]
-    res = lambda k: parts.get(k, {}).get("result") or {}
-    if res("tests"):
-        lines += _tests_section(res("tests"))
-    if res("steps"):
-        lines += ["", "## Step times (median of interleaved rounds)", "", res("steps")["table"]]
-    if res("graphs"):
-        lines += _graphs_section(res("graphs"))
-    if res("kernels"):
-        lines += _kernels_section(res("kernels"))
-    if res("memory"):
-        lines += _memory_section(res("memory"))
-    if res("aot"):
-        lines += ["", "## AOT report", "", "In `aot.md` / `aot.json`."]
-    return "\n".join(lines) + "\n"
+    for name, section in sections.items():
+        if res(name):
+            lines += section(res(name))
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _write_replacing(path: str, text: str) -> None:
-    """Stand-in for ``atomic_write`` when the package does not import: a temporary file renamed over ``path``."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _library_io():
-    """``(atomic_write, resolve_device, None)`` from ``anl_fused``; if the package does not import (an API
-    this torch lacks), stand-ins and the traceback, so that the campaign still runs and records every part."""
+def _import_error() -> str | None:
+    """The traceback of importing the library, or None: where it does not import (an API this torch lacks), the
+    campaign still runs and records every part."""
     try:
-        from anl_fused.experiments.files import atomic_write, resolve_device
+        import anl_fused.experiments.files  # noqa: F401
     except Exception:
-        device = lambda name: torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-        return _write_replacing, device, traceback.format_exc()
-    return atomic_write, resolve_device, None
+        return traceback.format_exc()
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -620,12 +467,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--smoke", action="store_true", help="toy sizes (a CPU check of the campaign in seconds)")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="default: all, in this order")
     ap.add_argument("--skip", nargs="+", default=[], choices=PARTS, help="parts not to run (recorded as skipped)")
-    ap.add_argument(
-        "--budget-s",
-        type=float,
-        default=420.0,
-        help="skip the parts (and the models within a part) that would start after this many seconds (default 420)",
-    )
+    ap.add_argument("--budget-s", type=float, default=420.0, help="skip what would start after this (default 420)")
     ap.add_argument("--tests-timeout", type=float, default=180.0, help="seconds the test part may take (default 180)")
     ap.add_argument("--pytest-args", nargs="+", default=["tests"], help="what pytest runs (default: tests)")
     ap.add_argument("--_graph-child", dest="graph_child", default=None, help=argparse.SUPPRESS)
@@ -674,13 +516,6 @@ def _run_part(name: str, skip: list[str], ctx: dict) -> dict:
     return entry
 
 
-def _exit_code(summary: dict, import_error: str | None) -> int:
-    """1 where a part failed, the library did not import or the test part's pytest failed; else 0."""
-    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
-    tests = summary["parts"].get("tests", {}).get("result") or {}
-    return 1 if errors or tests.get("returncode", 0) != 0 else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
@@ -688,40 +523,32 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # toy sizes: one thread is fastest and does not stall on a busy machine
     if args.graph_child is not None:
         return graph_child(json.loads(args.graph_child), args.smoke, args.device, args.deadline, args.fail_method)
-
     if args.out is None:
         ap.error("--out is required")
-    atomic_write, resolve_device, import_error = _library_io()
-    device = resolve_device(args.device)
+    import_error = _import_error()
+    if import_error:
+        print(f"anl_fused does not import (each part records its own error):\n{import_error}", flush=True)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     ctx = _context(args, device, start)
-    summary = {
-        "meta": meta(device),
-        "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "smoke": args.smoke,
-        "budget_s": args.budget_s,
-        "parts": {},
-    }
-    if import_error:
-        summary["import_error"] = import_error
-        print(f"anl_fused does not import (each part records its own error):\n{import_error}", flush=True)
-    summary_path = os.path.join(args.out, "summary.json")
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary = {"meta": meta(device), "command": command, "smoke": args.smoke, "budget_s": args.budget_s, "parts": {}}
+    summary.update({"import_error": import_error} if import_error else {})
     print(f"campaign on {summary['meta'].get('gpu') or device}, parts {args.parts}", flush=True)
     for name in args.parts:
         entry = summary["parts"][name] = _run_part(name, args.skip, ctx)
-        print(
-            f"{name}: {entry['status']} ({entry['seconds']:.0f} s)"
-            + (f": {entry.get('reason') or entry.get('error', '').splitlines()[0]}" if entry["status"] != "ok" else ""),
-            flush=True,
-        )
+        why = entry.get("reason") or entry.get("error", "").splitlines()[0] if entry["status"] != "ok" else ""
+        print(f"{name}: {entry['status']} ({entry['seconds']:.0f} s)" + (f": {why}" if why else ""), flush=True)
         summary["seconds"] = time.perf_counter() - start
-        atomic_write(summary_path, json.dumps(summary, indent=1, default=str))
-        atomic_write(os.path.join(args.out, "summary.md"), markdown(summary))
+        _write_replacing(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=1, default=str))
+        _write_replacing(os.path.join(args.out, "summary.md"), markdown(summary))
         if ctx["cuda"]:
             torch.cuda.empty_cache()
-    print(f"wrote {summary_path} and summary.md ({summary['seconds']:.0f} s)")
-    return _exit_code(summary, import_error)
+    print(f"wrote {os.path.join(args.out, 'summary.json')} and summary.md ({summary['seconds']:.0f} s)")
+    errors = [n for n, p in summary["parts"].items() if p["status"] == "error"] + (["import"] if import_error else [])
+    tests = summary["parts"].get("tests", {}).get("result") or {}
+    return 1 if errors or tests.get("returncode", 0) != 0 else 0
 
 
 if __name__ == "__main__":

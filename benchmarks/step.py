@@ -1,32 +1,17 @@
-"""Step benchmark: plain training vs the exact floor vs the authors'-style naive double pass vs the
-reference vs ``TwoRound`` vs ``TwoRound(probe_dtype=torch.bfloat16)`` (``tworound-bf16probe``: round 1
-under bfloat16 autocast), measured side by side in one run and written as JSON with the machine's details.
+"""``anl-fused bench``: one training step of plain training, the exact floor, the authors'-style naive double
+pass, the reference, ``TwoRound`` and ``TwoRound(probe_dtype=torch.bfloat16)``, timed side by side in interleaved
+rounds (docs/speed.md says how to read the ratios and their spread).
 
     anl-fused bench --models vgg11 resnet18 --batch 32 --threads 2 --out results.json
-    anl-fused bench --models lenet5 --batch 128 --size 28 --threads 1
     anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU
 
-Every method runs the same model (same weights, same batch) through one training step's
-forward/backward (gradients zeroed first, no optimizer update). Methods are timed in interleaved
-rounds (each round times every method once, in rotating order) so that a slow spell of the machine
-hits all of them alike; the median over rounds is reported. Each round also gives a paired ratio
-(two methods timed back to back): the headline ratio (``ratios``, the table) is their median over
-the rounds, and their min / median / max (``ratio_stats``) show how far one number can be trusted;
-a warning is printed when max / min exceeds :data:`SPREAD_WARN` (a busy machine: run more
-``--repeats``, or on an idle one). On CUDA each timed sample is ``--inner`` steps between two
-synchronizations. Nothing is written unless ``--out`` is given. Every result names the CPU model, the
-torch thread count and the backend of ``anl_fused.ops`` (``ANL_FUSED_BACKEND`` chooses it).
-
-The exact floor (``floor``, :func:`floor_step`) is what any two-round step must compute: a plain training
-step (forward + backward) plus a round 1 that asks autograd for the activation gradients at the ANL
-points (``torch.autograd.grad`` through the same gradient edges TwoRound uses), with no ANL op (no
-``std``, no noise, no RNG replay, no bookkeeping). ``tworound/floor`` is TwoRound's own cost over it.
+The exact floor (``floor``, :func:`floor_step`) is what any two-round step must compute: a plain step plus a
+round 1 that asks autograd for the activation gradients at the ANL points, with no ANL op.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -50,6 +35,7 @@ from anl_fused.experiments.models import build, get_spec, names
 from anl_fused.layer import ANL2d, attached
 
 from . import naive
+from .render import ratio_cell, table
 
 METHODS = ("plain", "floor", "naive", "reference", "tworound", "tworound-bf16probe")
 #: the TwoRound keywords of each engine method
@@ -98,16 +84,7 @@ def floor_step(model: nn.Module, closure: Callable[[], torch.Tensor]) -> torch.T
     return loss
 
 
-def make_step(
-    method: str,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float = 0.05,
-    amp: torch.dtype | None = None,
-    after: str = "batchnorm",
-    replay_rng: bool = True,
-) -> Callable[[], torch.Tensor]:
+def make_step(method: str, model: nn.Module, x, y, eps=0.05, amp=None, after="batchnorm", replay_rng=True) -> Callable:
     """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL; the
     methods but ``plain`` put ANL layers in with ``insert_anl(model, eps, after=after)``). ``replay_rng``:
     the engine methods' ``TwoRound(replay_rng=...)``."""
@@ -116,10 +93,9 @@ def make_step(
     model = copy.deepcopy(model).train()
     if method != "plain":
         insert_anl(model, eps, after=after)
-    device_type = x.device.type
 
     def closure():
-        with torch.autocast(device_type, dtype=amp) if amp is not None else contextlib.nullcontext():
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             return F.cross_entropy(model(x), y)
 
     generator = torch.Generator(device=x.device).manual_seed(0)
@@ -177,23 +153,20 @@ def backend(device: torch.device) -> str:
     return ops.backend_for(torch.empty(0, device=device))
 
 
-def benchmark_model(
-    name: str,
-    batch: int,
-    size: int,
-    device: torch.device,
-    methods,
-    repeats: int,
-    inner: int,
-    amp: torch.dtype | None,
-    eps: float,
-) -> dict:
+def model_and_batch(name: str, batch: int, size: int, device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Zoo model ``name`` (seed 0, no ANL) on ``device``, and a random batch of ``size`` x ``size`` inputs, labels."""
     torch.manual_seed(0)
-    spec = get_spec(name)
-    model = build(name, in_channels=spec.in_channels).to(device)
-    x = torch.randn(batch, spec.in_channels, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=spec.anl_after) for m in methods}
+    channels = get_spec(name).in_channels
+    model = build(name, in_channels=channels).to(device)
+    x = torch.randn(batch, channels, size, size, device=device)
+    return model, x, torch.randint(0, 10, (batch,), device=device)
+
+
+def benchmark_model(name, batch: int, size: int, device, methods, repeats: int, inner: int, amp, eps: float) -> dict:
+    """Every one of ``methods`` timed on zoo model ``name`` (:func:`time_methods`); medians, paired ratios."""
+    model, x, y = model_and_batch(name, batch, size, device)
+    after = get_spec(name).anl_after
+    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=after) for m in methods}
     times = time_methods(steps, device, repeats, inner=inner)
     median = {m: statistics.median(t) for m, t in times.items()}
     pairs = _ratio_pairs(list(median))
@@ -252,19 +225,29 @@ def spread_warnings(results: list[dict]) -> list[str]:
     return lines
 
 
+def step_bytes(step: Callable, device: torch.device) -> dict:
+    """Allocated CUDA memory around one call of ``step`` after a warm-up call (allocator warm, grads exist): before
+    it, its peak, and the peak over before."""
+    step()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before}
+
+
 def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict:
     """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
     ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
     also measured as the peak allocated memory of one step each way."""
-    torch.manual_seed(0)
-    spec = get_spec(name)
-    model = insert_anl(build(name, in_channels=spec.in_channels), 0.05, after=spec.anl_after).to(device)
+    model, x, y = model_and_batch(name, batch, size, device)
+    model = insert_anl(model, 0.05, after=get_spec(name).anl_after).to(device)
     numels = []
     counter = copy.deepcopy(model)  # a training-mode forward (active layers are called) that changes no statistics
     for layer in anl_layers(counter):
         layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
-    x = torch.randn(batch, spec.in_channels, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
         counter(x)
@@ -279,13 +262,7 @@ def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict
         peaks = {}
         for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
             engine = TwoRound(model, torch.Generator(device).manual_seed(0), noise_dtype=dtype)
-            model.zero_grad(set_to_none=True)
-            engine.step(lambda: F.cross_entropy(model(x), y))  # warm-up: allocator, grads
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            engine.step(lambda: F.cross_entropy(model(x), y))
-            torch.cuda.synchronize(device)
-            peaks[label] = torch.cuda.max_memory_allocated(device)
+            peaks[label] = step_bytes(lambda: engine.step(lambda: F.cross_entropy(model(x), y)), device)["peak_bytes"]
         report["peak_step_bytes"] = peaks
     return report
 
@@ -303,116 +280,57 @@ TABLE_RATIOS = {
 def format_table(results: list[dict]) -> str:
     """Median step times, then each ratio as the median of the rounds' paired ratios and their [min, max];
     every row names the threads, the ANL backend and the CPU (or GPU)."""
-    lines = [
-        "| model | batch | size | amp | threads | backend | "
-        + " | ".join(f"{m} (ms)" for m in METHODS)
-        + " | "
-        + " | ".join(f"{h} [min, max]" for h in TABLE_RATIOS.values())
-        + " | CPU / GPU |",
-        "|---|---|---|---|---|---|" + "---|" * (len(METHODS) + len(TABLE_RATIOS) + 1),
+    rows = [
+        [r["model"], r["batch"], r["size"], r["amp"] or "fp32", r["threads"], r["backend"]]
+        + [f"{r['median_s'][m] * 1e3:.1f}" if m in r["median_s"] else "-" for m in METHODS]
+        + [ratio_cell(r, k) for k in TABLE_RATIOS]
+        + [r["cpu"]]
+        for r in results
     ]
-    for r in results:
-        med = r["median_s"]
-        cells = [f"{med[m] * 1e3:.1f}" if m in med else "-" for m in METHODS]
-        for k in TABLE_RATIOS:
-            st = r.get("ratio_stats", {}).get(k)
-            v = r["ratios"].get(k)
-            cells.append("-" if v is None else f"{v:.2f}x" + (f" [{st['min']:.2f}, {st['max']:.2f}]" if st else ""))
-        head = [r["model"], r["batch"], r["size"], r["amp"] or "fp32", r["threads"], r["backend"]]
-        lines.append("| " + " | ".join(str(c) for c in [*head, *cells, r["cpu"]]) + " |")
-    return "\n".join(lines)
+    ratios = " | ".join(f"{h} [min, max]" for h in TABLE_RATIOS.values())
+    return table(
+        f"model | batch | size | amp | threads | backend | {' | '.join(f'{m} (ms)' for m in METHODS)} | "
+        f"{ratios} | CPU / GPU",
+        rows,
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=["vgg11", "resnet18"],
-        choices=names(),
-        metavar="MODEL",
-        help="zoo names (anl-fused models; default vgg11 resnet18)",
-    )
-    parser.add_argument(
-        "--batch", type=positive_int, default=64, help=f"batch size, {BATCH_RANGE[0]}-{BATCH_RANGE[1]} (default 64)"
-    )
-    parser.add_argument(
-        "--size", type=positive_int, default=32, help=f"input height and width, {SIZE_RANGE[0]}-{SIZE_RANGE[1]}"
-    )
-    parser.add_argument(
-        "--threads", type=positive_int, default=None, help="torch threads (torch.set_num_threads; default: torch's)"
-    )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=list(METHODS),
-        choices=METHODS,
-        help="default: all; tworound-bf16probe is TwoRound(probe_dtype=torch.bfloat16)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=positive_int,
-        default=7,
-        help="interleaved rounds: timed samples per method; their paired ratios give min / median / max (default 7)",
-    )
-    parser.add_argument(
-        "--inner", type=positive_int, default=None, help="steps per timed sample (default 1 on CPU, 10 on CUDA)"
-    )
-    parser.add_argument("--eps", type=finite_float, default=0.05)
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    parser.add_argument("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
-    parser.add_argument(
-        "--out", default=None, help="JSON file to write (default: none, the table is printed); with --aot a directory"
-    )
-    parser.add_argument(
-        "--aot",
-        action="store_true",
-        help="instead of timing: the AOT report of the ANL kernels for sm_80 / sm_90 (benchmarks/"
-        "aot_report.py; no GPU needed) of each --models at --batch and --size, printed as "
-        "markdown, or written to --out DIR (aot-report.json / .md; DIR/MODEL/ for several "
-        "models); the timing options are not used",
-    )
-    parser.add_argument(
-        "--aot-dtypes",
-        nargs="+",
-        default=["fp32", "bf16", "fp16"],
-        choices=["fp32", "bf16", "fp16"],
-        metavar="DTYPE",
-        help="with --aot: the model dtypes to record (default fp32 bf16 fp16)",
-    )
+    add = parser.add_argument
+    add("--models", nargs="+", default=["vgg11", "resnet18"], choices=names(), metavar="MODEL", help="zoo names")
+    add("--batch", type=positive_int, default=64, help=f"batch size, {BATCH_RANGE[0]}-{BATCH_RANGE[1]} (default 64)")
+    add("--size", type=positive_int, default=32, help=f"input height and width, {SIZE_RANGE[0]}-{SIZE_RANGE[1]}")
+    add("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    add("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="default: all")
+    add("--repeats", type=positive_int, default=7, help="interleaved rounds: timed samples per method (default 7)")
+    add("--inner", type=positive_int, default=None, help="steps per timed sample (default 1 on CPU, 10 on CUDA)")
+    add("--eps", type=finite_float, default=0.05)
+    add("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    add("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
+    add("--out", default=None, help="JSON file to write (default: only print the table); with --aot a directory")
+    add("--aot", action="store_true", help="instead of timing: aot_report.py for each --models at --batch, --size")
+    add("--aot-dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"], metavar="DTYPE")
 
 
 def run_aot(args: argparse.Namespace) -> int:
-    """``--aot``: :mod:`.aot_report` for each of ``--models`` (its recording, compilation and files)."""
+    """``--aot``: :mod:`.aot_report` for each of ``--models``, printed as markdown, or written to ``--out DIR``
+    (``DIR/MODEL/`` for several models)."""
     from . import aot_report
 
     for name in args.models:
-        argv = [
-            "--model",
-            name,
-            "--batch",
-            str(args.batch),
-            "--size",
-            str(args.size),
-            "--step-batch",
-            str(min(4, args.batch)),
-            "--dtypes",
-            *args.aot_dtypes,
-        ]
+        argv = ["--model", name, "--batch", str(args.batch), "--size", str(args.size), "--dtypes", *args.aot_dtypes]
         print(f"AOT report of {name} batch {args.batch} ({' '.join(args.aot_dtypes)}) ...", flush=True)
         try:
-            report = aot_report.make_report(aot_report.parse_args(argv))
+            report = aot_report.make_report(aot_report.parse_args([*argv, "--step-batch", str(min(4, args.batch))]))
         except RuntimeError as e:  # a recording subprocess failed: its last line says why
             last = [line for line in str(e).splitlines() if line.strip()]
-            print(
-                f"anl-fused bench: error: AOT report of {name}: {last[0]} {last[-1] if len(last) > 1 else ''}",
-                file=sys.stderr,
-            )
+            said = f"{last[0]} {last[-1] if len(last) > 1 else ''}"
+            print(f"anl-fused bench: error: AOT report of {name}: {said}", file=sys.stderr)
             return 1
         if args.out:
-            out = args.out if len(args.models) == 1 else os.path.join(args.out, name)
-            json_path, md_path = aot_report.write_report(report, out)
-            print(f"wrote {json_path} and {md_path}")
+            paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
+            print(f"wrote {paths[0]} and {paths[1]}")
         else:
             print(aot_report.markdown(report))
     return 0
@@ -454,19 +372,13 @@ def run(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(["plain", *args.methods]))
     results = []
     for name in args.models:
-        print(
-            f"benchmarking {name} batch {args.batch} on {device} ({torch.get_num_threads()} threads, "
-            f"{backend(device)} backend) ...",
-            flush=True,
-        )
+        where = f"{device} ({torch.get_num_threads()} threads, {backend(device)} backend)"
+        print(f"benchmarking {name} batch {args.batch} on {where} ...", flush=True)
         results.append(
             benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps)
         )
-    report = {
-        "machine": machine_info(device),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-        "steps": results,
-    }
+    report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    report["steps"] = results
     report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
     if args.kernels:
         from .kernels import kernel_benchmarks

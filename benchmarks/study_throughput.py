@@ -1,5 +1,5 @@
-"""The study's throughput check (issue #17, before the long runs): the fastest exact way to train
-LeNet-5 on Fashion-MNIST on this CPU.
+"""The study's throughput check (before its long runs): the fastest exact way to train LeNet-5 on
+Fashion-MNIST on this CPU.
 
     python -m anl_fused.benchmarks.study_throughput --out benchmarks/results/study/throughput.json
 

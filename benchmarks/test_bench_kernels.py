@@ -1,13 +1,7 @@
-"""Kernel bandwidth (CUDA only): fused Triton kernels vs the unfused torch sequences at the ANL activation
-shapes of VGG-16 / ResNet-18 (32x32 inputs, batch 128), fp32 and bf16.
-
-Kernels are timed with ``triton.testing.do_bench`` (``benchmarks/kernels.py``, the one kernel timer, also
-behind ``anl-fused bench --kernels`` and the GPU campaign), not with pytest-benchmark, whose per-call clock
-would time the launch and the synchronization rather than the kernel; the step suite
-(``test_bench_step.py``) is the pytest-benchmark one::
+"""Kernel bandwidth (CUDA only), timed with ``triton.testing.do_bench`` (``kernels.py``: pytest-benchmark's
+per-call clock would time the launch and the synchronization, not the kernel)::
 
     pytest --benchmark benchmarks/test_bench_kernels.py -s    # on a machine with CUDA: the GB/s table
-    python -m anl_fused.benchmarks.kernels                    # the same table
 """
 
 import pytest

@@ -1,20 +1,15 @@
 """pytest-benchmark suite of one training step: plain vs the exact floor vs naive double pass vs reference
-vs TwoRound, for the configurations of issue #20 (VGG-11 and ResNet-18 at batch 32 on 2 threads, LeNet-5
-at batch 128 and 32 on 1 thread, on the CPU; batch 128 on CUDA).
+vs TwoRound (VGG-11 and ResNet-18 at batch 32 on 2 threads, LeNet-5 at batch 128 and 32 on 1 thread, on the CPU;
+batch 128 on CUDA), grouped by configuration; docs/speed.md, "pytest --benchmark".
 
     pytest --benchmark benchmarks/test_bench_step.py --benchmark-json=steps.json
-
-Grouped by configuration so pytest-benchmark prints the methods of one model side by side, with the
-floor next to TwoRound; each result's ``extra_info`` names the CPU (or GPU), the torch threads and the
-backend of ``anl_fused.ops``. (The runner ``anl-fused bench`` interleaves the methods and reports the
-median of paired ratios; prefer it for numbers you quote.)
 """
 
 import pytest
 import torch
 
-from anl_fused.benchmarks.step import METHODS, backend, cpu_model, make_step
-from anl_fused.experiments.models import build, get_spec
+from anl_fused.benchmarks.step import METHODS, backend, cpu_model, make_step, model_and_batch
+from anl_fused.experiments.models import get_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (model, batch, input size, CPU threads)
@@ -31,12 +26,8 @@ def setup(request):
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    spec = get_spec(name)
-    model = build(name, in_channels=spec.in_channels).to(DEVICE)
-    x = torch.randn(batch, spec.in_channels, size, size, device=DEVICE)
-    y = torch.randint(0, 10, (batch,), device=DEVICE)
-    yield name, batch, spec, model, x, y
+    model, x, y = model_and_batch(name, batch, size, DEVICE)
+    yield name, batch, get_spec(name), model, x, y
     torch.set_num_threads(before)
 
 
@@ -45,10 +36,8 @@ def test_step(benchmark, setup, method):
     name, batch, spec, model, x, y = setup
     device = torch.device(DEVICE)
     benchmark.group = f"{name} batch {batch} {DEVICE} {torch.get_num_threads()} threads"
-    benchmark.extra_info.update(
-        cpu=cpu_model() if DEVICE == "cpu" else torch.cuda.get_device_name(), threads=torch.get_num_threads()
-    )
-    benchmark.extra_info["backend"] = backend(device)
+    cpu = cpu_model() if DEVICE == "cpu" else torch.cuda.get_device_name()
+    benchmark.extra_info.update(cpu=cpu, threads=torch.get_num_threads(), backend=backend(device))
     step = make_step(method, model, x, y, after=spec.anl_after)
     step()  # warm-up
     if DEVICE == "cuda":

@@ -126,9 +126,8 @@ def test_probe_tables_render_their_json(tmp_path, monkeypatch):
     )
 
 
-def test_demo_table_renders_the_demos_printout(tmp_path, monkeypatch):
-    """The ``demo`` renderer prints the demo's own table (format_table) from its results.json, as a text block;
-    these rows are the ones the demo printed before its README block was rendered."""
+def _demo_results() -> dict:
+    """A demo's results.json: three variants over five seeds."""
 
     def variant(label, errs, ms, ratio, train_err, paired=None):
         v = {
@@ -178,6 +177,13 @@ def test_demo_table_renders_the_demos_printout(tmp_path, monkeypatch):
         "dataset_sizes": {"train": 897, "val": 300, "test": 600},
         "wall_time_s": 91.26,
     }
+    return results
+
+
+def test_demo_table_renders_the_demos_printout(tmp_path, monkeypatch):
+    """The ``demo`` renderer prints the demo's own table (format_table) from its results.json, as a text block;
+    these rows are the ones the demo printed before its README block was rendered."""
+    results = _demo_results()
     (tmp_path / "d.json").write_text(json.dumps(results))
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
     text = render.RENDERERS["demo"](["d.json"])
