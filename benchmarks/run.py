@@ -69,7 +69,8 @@ def _write_replacing(path: str, text: str) -> None:
     """``text`` into ``path`` through a temporary file renamed over it (no dependency on the library, which may
     not import on the machine)."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    # O_EXCL: a file or symlink already at the temporary name is refused, never written through
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
         f.write(text)
     os.replace(tmp, path)
 

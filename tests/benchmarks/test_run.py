@@ -163,3 +163,16 @@ def test_a_graph_child_that_dies_is_recorded_and_the_rest_still_runs():
     assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {
         m for m, r in row["methods"].items() if "eager_ms" in r
     }
+
+
+def test_the_campaign_writer_replaces_and_never_writes_through_a_symlink(tmp_path):
+    path = tmp_path / "summary.md"
+    run._write_replacing(str(path), "one")
+    run._write_replacing(str(path), "two")
+    assert path.read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"]
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    os.symlink(outside, f"{path}.{os.getpid()}.tmp")
+    with pytest.raises(FileExistsError):
+        run._write_replacing(str(path), "three")
+    assert outside.read_text() == "keep" and path.read_text() == "two"
