@@ -51,8 +51,8 @@ def test_demo_quick(tmp_path, capsys):
         "schedule (sec. 4.2.1): lr x0.5 when the last 5 epochs found no new best val loss, each rate kept >= 5 "
         "epochs, floor 0.001"
     ) in lines
-    assert "eps 0.2: chosen on this split's validation images (lowest mean final validation error over 5 seeds, " in text
-    assert "docs/demo.md), never on test error;" in text
+    assert "eps 0.2: chosen on this split's validation images (lowest mean final validation error over 5 " in text
+    assert "seeds, docs/demo.md), never on test error;" in text
     assert f"`anl-fused train` defaults to eps {MODELS['vgg_tiny'].eps:g} for vgg_tiny (`anl-fused models`)." in lines
     res["protocol"]["eps"] = [0.05]
     assert "eps 0.05 (--eps); `anl-fused train` defaults to eps 0.02 for vgg_tiny" in demo.format_table(res)
