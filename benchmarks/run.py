@@ -46,7 +46,7 @@ FULL = {
     "repeats": 7,
     "inner": 10,
     "graph_replays": 20,
-    "aot": ["--model", "vgg16", "--dtypes", "fp32", "bf16", "fp16", "--batch", "128", "--size", "32"],
+    "aot": {"model": "vgg16", "batch": 128, "size": 32, "dtypes": ["fp32", "bf16", "fp16"]},
 }
 SMOKE = {
     "models": ["vgg_tiny"],
@@ -57,7 +57,7 @@ SMOKE = {
     "repeats": 3,
     "inner": 1,
     "graph_replays": 2,
-    "aot": ["--model", "vgg_tiny", "--dtypes", "fp32", "--batch", "8", "--size", "8", "--step-batch", "2"],
+    "aot": {"model": "vgg_tiny", "batch": 8, "size": 8, "dtypes": ["fp32"]},
 }
 
 
@@ -327,7 +327,7 @@ def part_kernels(ctx: dict) -> dict:
 def part_aot(ctx: dict) -> dict:
     from anl_fused.benchmarks import aot_report
 
-    report = aot_report.make_report(aot_report.parse_args(ctx["cfg"]["aot"]))
+    report = aot_report.make_report(**ctx["cfg"]["aot"])
     _write_replacing(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
     _write_replacing(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
     return {"files": ["aot.md", "aot.json"], "date": report["date"]}
@@ -339,7 +339,7 @@ def part_memory(ctx: dict) -> dict:
     cfg, device, rows = ctx["cfg"], ctx["device"], []
     for name in cfg["models"]:
         ctx["check_budget"](f"memory {name}")
-        row = {"model": name, "batch": cfg["batch"], "held": noise_memory(name, cfg["batch"], cfg["size"], device)}
+        row = {"model": name, "batch": cfg["batch"], "held": noise_memory(name, cfg["batch"], cfg["size"])}
         row["peaks"] = "skipped: peak allocated memory needs a CUDA device (held bytes are counted)"
         if ctx["cuda"]:
             model, x, y = model_and_batch(name, cfg["batch"], cfg["size"], device)

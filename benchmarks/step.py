@@ -3,7 +3,7 @@ pass, the reference, ``TwoRound`` and ``TwoRound(probe_dtype=torch.bfloat16)``, 
 rounds (docs/speed.md says how to read the ratios and their spread).
 
     anl-fused bench --models vgg11 resnet18 --batch 32 --threads 2 --out results.json
-    anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU
+    anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU needed
 
 The exact floor (``floor``, :func:`floor_step`) is what any two-round step must compute: a plain step plus a
 round 1 that asks autograd for the activation gradients at the ANL points, with no ANL op.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -238,33 +239,31 @@ def step_bytes(step: Callable, device: torch.device) -> dict:
     return {"before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before}
 
 
-def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict:
-    """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
-    ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
-    also measured as the peak allocated memory of one step each way."""
-    model, x, y = model_and_batch(name, batch, size, device)
-    model = insert_anl(model, 0.05, after=get_spec(name).anl_after).to(device)
-    numels = []
-    counter = copy.deepcopy(model)  # a training-mode forward (active layers are called) that changes no statistics
-    for layer in anl_layers(counter):
-        layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
+def anl_shapes(name: str, size: int) -> list[tuple[int, ...]]:
+    """The input shape ``(C, H, W)`` of every ANL layer of zoo model ``name`` (ANL where its spec puts it) on
+    ``size`` x ``size`` inputs, in call order (a forward hook; a training-mode forward of a throwaway model: only
+    active layers are called)."""
+    model, x, _ = model_and_batch(name, 2, size, "cpu")
+    shapes = []
+    for layer in anl_layers(insert_anl(model, 0.05, after=get_spec(name).anl_after)):
+        layer.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[1:])))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
-        counter(x)
-    del counter
-    report = {
+        model(x)
+    return shapes
+
+
+def noise_memory(name: str, batch: int, size: int) -> dict:
+    """Memory that TwoRound keeps between the rounds (round 1's gradients, one per ANL layer), in float32 and with
+    ``noise_dtype=torch.bfloat16``, counted from the ANL layers' input shapes."""
+    shapes = anl_shapes(name, size)
+    numel = batch * sum(math.prod(shape) for shape in shapes)
+    return {
         "model": name,
         "batch": batch,
-        "anl_layers": len(numels),
-        "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)},
+        "anl_layers": len(shapes),
+        "held_bytes": {"float32": 4 * numel, "bfloat16": 2 * numel},
     }
-    if device.type == "cuda":
-        peaks = {}
-        for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
-            engine = TwoRound(model, torch.Generator(device).manual_seed(0), noise_dtype=dtype)
-            peaks[label] = step_bytes(lambda: engine.step(lambda: F.cross_entropy(model(x), y)), device)["peak_bytes"]
-        report["peak_step_bytes"] = peaks
-    return report
 
 
 #: the table's ratio columns: key in ``ratios``, header
@@ -319,20 +318,17 @@ def run_aot(args: argparse.Namespace) -> int:
     from . import aot_report
 
     for name in args.models:
-        argv = ["--model", name, "--batch", str(args.batch), "--size", str(args.size), "--dtypes", *args.aot_dtypes]
         print(f"AOT report of {name} batch {args.batch} ({' '.join(args.aot_dtypes)}) ...", flush=True)
         try:
-            report = aot_report.make_report(aot_report.parse_args([*argv, "--step-batch", str(min(4, args.batch))]))
-        except RuntimeError as e:  # a recording subprocess failed: its last line says why
-            last = [line for line in str(e).splitlines() if line.strip()]
-            said = f"{last[0]} {last[-1] if len(last) > 1 else ''}"
-            print(f"anl-fused bench: error: AOT report of {name}: {said}", file=sys.stderr)
+            report = aot_report.make_report(name, args.batch, args.size, args.aot_dtypes)
+        except RuntimeError as e:  # the compile subprocess failed: its last line says why
+            print(f"anl-fused bench: error: AOT report of {name}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
             return 1
-        if args.out:
-            paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
-            print(f"wrote {paths[0]} and {paths[1]}")
-        else:
+        if not args.out:
             print(aot_report.markdown(report))
+            continue
+        paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
+        print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
 
@@ -379,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
     report["steps"] = results
-    report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
+    report["noise_memory"] = [noise_memory(name, args.batch, args.size) for name in args.models]
     if args.kernels:
         from .kernels import kernel_benchmarks
 

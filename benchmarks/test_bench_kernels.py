@@ -7,7 +7,8 @@ per-call clock would time the launch and the synchronization, not the kernel)::
 import pytest
 import torch
 
-from anl_fused.benchmarks.kernels import DTYPES, MODEL_SHAPES, format_rows, kernel_benchmarks
+from anl_fused.benchmarks.kernels import DTYPES, MODELS, format_rows, kernel_benchmarks
+from anl_fused.benchmarks.step import anl_shapes
 
 _OPS = ["std", "noise_scale", "add_noise"]
 
@@ -17,6 +18,6 @@ _OPS = ["std", "noise_scale", "add_noise"]
 def test_kernel_benchmarks_table():
     """Every op at every shape and dtype, fused and unfused, timed by ``do_bench``."""
     rows = kernel_benchmarks("cuda")
-    assert len(rows) == sum(len(s) for s in MODEL_SHAPES.values()) * len(DTYPES) * len(_OPS)
+    assert len(rows) == sum(len(set(anl_shapes(m, 32))) for m in MODELS) * len(DTYPES) * len(_OPS)
     assert all(r["gbps_fused"] > 0 and r["gbps_torch"] > 0 for r in rows)
     print(format_rows(rows))
