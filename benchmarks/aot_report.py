@@ -2,15 +2,12 @@
 
     anl-fused bench --aot --models vgg16 --batch 128 --aot-dtypes fp32 bf16 fp16 --out benchmarks/results
 
-For every ANL layer of the model (its input shape from a forward hook, :func:`.step.anl_shapes`, at ``--batch``)
-and every dtype, the three kernels are called as a ``TwoRound`` step calls them (``std(h)``; ``noise_scale(g, z,
-s, eps)`` per sample, with the step's counters; ``add_noise(h, g, scale)``, ``g`` in ``h``'s dtype) and their
-launches recorded, not run (``anl_fused.kernels.aot.record``): grid, warps and specialization are what the ops' own
-launch-config logic chooses. Every distinct specialization is compiled for sm_80 and sm_90 with Triton's compiler
-(``aot.compile_in_subprocess``): registers, spills, shared memory and the widths of the PTX's global loads / stores.
-Per layer: the bytes the launches move against the minimum (std: read h; noise_scale: read g; add_noise: read h and
-g, write out), and the time those bytes take at an H100's / H200's HBM bandwidth next to the launches' host cost.
-Writes ``aot-report.json`` and ``aot-report.md``.
+For every ANL layer's input shape (:func:`.step.anl_shapes`) at ``--batch`` and every dtype, the three kernels are
+called as a ``TwoRound`` step calls them and their launches recorded, not run (``anl_fused.kernels.aot.record``):
+grid, warps and specialization are what the ops' own launch-config logic chooses. Each distinct specialization is
+compiled for sm_80 and sm_90 (registers, spills, shared memory, PTX load / store widths); per layer, the bytes moved
+against the minimum (std: read h; noise_scale: read g; add_noise: read h and g, write out), and the time those bytes
+take at HBM bandwidth next to the launches' host cost. Writes ``aot-report.json`` and ``aot-report.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +26,10 @@ ARCHS = (80, 90)
 SMS = {"A100": 108, "H100": 132, "H200": 132}
 HBM = {"H100": 3.35e12, "H200": 4.8e12}  # bytes per second
 LAUNCH_US = (3.0, 5.0)  # host + driver cost of one kernel launch, for comparison
-OPS = ("std", "noise_scale", "add_noise")
+KERNEL_HEADER = "id | kernel | dtype | constexprs | specialized | warps | sm_80 regs | sm_90 regs | sm_80 spills | "
+KERNEL_HEADER += "sm_90 spills | smem | loads (sm_90) | stores (sm_90)"
+LAYER_HEADER = "layer | input | grids std / noise_scale / add_noise | kernels | MB moved | MB minimum | "
+LAYER_HEADER += "ideal us H100 | ideal us H200 | launch us"
 
 
 def layer_launches(shape: tuple[int, ...], dtype: torch.dtype) -> list[dict]:
@@ -152,11 +152,7 @@ def markdown(report: dict) -> str:
         "Registers and spill stores+loads (bytes) from `ptxas -v`; shared memory (bytes) from Triton; global loads "
         "and stores from the PTX, as access width x instructions (16B = `ld.global.v4.b32`: 4 floats or 8 halves).",
         "",
-        table(
-            "id | kernel | dtype | constexprs | specialized | warps | sm_80 regs | sm_90 regs | sm_80 spills | "
-            "sm_90 spills | smem | loads (sm_90) | stores (sm_90)",
-            _kernel_rows(r),
-        ),
+        table(KERNEL_HEADER, _kernel_rows(r)),
     ]
     for name, d in r["dtypes"].items():
         t = d["totals"]
@@ -168,11 +164,7 @@ def markdown(report: dict) -> str:
             f"(H100 3.35 TB/s, H200 4.8 TB/s), next to its launches' host cost ({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us "
             "each).",
             "",
-            table(
-                "layer | input | grids std / noise_scale / add_noise | kernels | MB moved | MB minimum | "
-                "ideal us H100 | ideal us H200 | launch us",
-                _layer_rows(d["layers"]),
-            ),
+            table(LAYER_HEADER, _layer_rows(d["layers"])),
             f"Step total ({name}): {t['launches']} launches, {t['bytes'] / 1e6:.2f} MB moved "
             f"({t['min_bytes'] / 1e6:.2f} MB minimum, {over:.3f}% over); ideal {t['ideal_us']['H100']:.1f} us (H100) "
             f"/ {t['ideal_us']['H200']:.1f} us (H200) against {t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us "
