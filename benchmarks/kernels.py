@@ -1,6 +1,6 @@
 """Bandwidth of the three kernels against the unfused torch sequences (CUDA only).
 
-For every ANL activation shape of VGG-16 and ResNet-18 on 32x32 inputs (one ANL after every BatchNorm) at batch
+For every distinct ANL input shape of VGG-16 and ResNet-18 on 32x32 inputs (:func:`.step.anl_shapes`) at batch
 128, in float32 and bfloat16, each op is timed with ``triton.testing.do_bench`` (median) as the fused Triton kernel
 and as ``anl_fused.ops``' torch backend. The bandwidth counts the bytes the op must move at least (std: read h;
 noise_scale: read g; add_noise: read h and g, write out) and is compared with the device's copy bandwidth.
@@ -8,17 +8,16 @@ noise_scale: read g; add_noise: read h and g, write out) and is compared with th
     python -m anl_fused.benchmarks.kernels          # prints a table
 """
 
+import itertools
+from collections import Counter
 from unittest import mock
 
 import torch
 
 from anl_fused.benchmarks.render import table
+from anl_fused.benchmarks.step import anl_shapes
 
-# ANL activation shapes (C, H, W) of each model at 32x32 input, with how many layers have each.
-MODEL_SHAPES = {
-    "vgg16": [((64, 32, 32), 2), ((128, 16, 16), 2), ((256, 8, 8), 3), ((512, 4, 4), 3), ((512, 2, 2), 3)],
-    "resnet18": [((64, 32, 32), 5), ((128, 16, 16), 5), ((256, 8, 8), 5), ((512, 4, 4), 5)],
-}
+MODELS = ("vgg16", "resnet18")
 BATCH = 128
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -48,45 +47,31 @@ def op_cases(shape, dtype, device):
     z = torch.randn(shape[0], generator=gen, device=device)
     s = h.float().std()
     scale, _ = kernels.noise_scale(g, z, s, 0.1)
-    n, e = h.numel(), h.element_size()
+    n = h.numel() * h.element_size()
     return [
-        ("std", n * e, lambda: kernels.std(h), lambda: ops.std(h)),
-        ("noise_scale", n * e, lambda: kernels.noise_scale(g, z, s, 0.1), lambda: ops.noise_scale(g, z, s, 0.1)),
-        ("add_noise", 3 * n * e, lambda: kernels.add_noise(h, g, scale), lambda: ops.add_noise(h, g, scale)),
+        ("std", n, lambda: kernels.std(h), lambda: ops.std(h)),
+        ("noise_scale", n, lambda: kernels.noise_scale(g, z, s, 0.1), lambda: ops.noise_scale(g, z, s, 0.1)),
+        ("add_noise", 3 * n, lambda: kernels.add_noise(h, g, scale), lambda: ops.add_noise(h, g, scale)),
     ]
 
 
 def kernel_benchmarks(device="cuda") -> list:
-    """One dict per (model, shape, dtype, op): times (ms, median), GB/s of the fused kernel and of
-    the torch sequence, the fused kernel's fraction of the copy bandwidth, and the speedup.
-    Returns ``[]`` when ``device`` is not a CUDA device (nothing to measure)."""
+    """One dict per (model, shape, dtype, op): times (ms, median), GB/s of the fused kernel and of the torch
+    sequence, the fused kernel's fraction of the copy bandwidth, and the speedup. ``[]`` without CUDA."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return []
     copy_gbps, rows = copy_bandwidth(device), []
-    for model, shapes in MODEL_SHAPES.items():
-        for (chw, layers), (dname, dtype) in ((s, d) for s in shapes for d in DTYPES.items()):
+    for model in MODELS:
+        for (chw, layers), (dname, dtype) in itertools.product(Counter(anl_shapes(model, 32)).items(), DTYPES.items()):
             for op, nbytes, fused, unfused in op_cases((BATCH, *chw), dtype, device):
                 ms_fused = _bench(fused)
                 with mock.patch.dict("os.environ", ANL_FUSED_BACKEND="torch"):
                     ms_torch = _bench(unfused)
-                rows.append(
-                    {
-                        "model": model,
-                        "shape": [BATCH, *chw],
-                        "layers": layers,
-                        "dtype": dname,
-                        "op": op,
-                        "bytes": nbytes,
-                        "ms_fused": ms_fused,
-                        "ms_torch": ms_torch,
-                        "gbps_fused": nbytes / ms_fused / 1e6,
-                        "gbps_torch": nbytes / ms_torch / 1e6,
-                        "copy_gbps": copy_gbps,
-                        "frac_of_copy": nbytes / ms_fused / 1e6 / copy_gbps,
-                        "speedup": ms_torch / ms_fused,
-                    }
-                )
+                row = {"model": model, "shape": [BATCH, *chw], "layers": layers, "dtype": dname, "op": op}
+                row.update(bytes=nbytes, ms_fused=ms_fused, ms_torch=ms_torch, copy_gbps=copy_gbps)
+                row.update(gbps_fused=nbytes / ms_fused / 1e6, gbps_torch=nbytes / ms_torch / 1e6)
+                rows.append({**row, "frac_of_copy": row["gbps_fused"] / copy_gbps, "speedup": ms_torch / ms_fused})
     return rows
 
 
@@ -95,7 +80,7 @@ def format_rows(rows) -> str:
     keys = ("gbps_fused", "gbps_torch", "frac_of_copy", "speedup")
     cells = [[r["model"], tuple(r["shape"]), r["dtype"], r["op"], *(f"{r[k]:.2f}" for k in keys)] for r in rows]
     text = table("model | shape | dtype | op | fused GB/s | torch GB/s | of copy | speedup", cells)
-    return text + (f"copy bandwidth: {rows[0]['copy_gbps']:.0f} GB/s" if rows else "")
+    return text + (f"copy bandwidth: {rows[0]['copy_gbps']:.0f} GB/s\n" if rows else "")
 
 
 if __name__ == "__main__":

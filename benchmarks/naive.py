@@ -11,6 +11,7 @@ round 1. The noise itself is vectorized, as theirs is.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -52,16 +53,6 @@ def _eta(layer: ANL2d, s: float, g: Tensor, z: Tensor | None) -> Tensor:
     return scale.view(-1, 1, 1, 1).to(g.dtype) * g
 
 
-class _AddEta:
-    """Round 2: ``h + eta`` with ``eta`` given per layer."""
-
-    def __init__(self, etas: dict[ANL2d, Tensor]):
-        self.etas = etas
-
-    def forward(self, layer: ANL2d, h: Tensor) -> Tensor:
-        return h + self.etas.pop(layer)
-
-
 def naive_step(
     model: nn.Module, closure: Callable[[], Tensor], generator: torch.Generator, backward: bool = True
 ) -> Tensor:
@@ -89,10 +80,9 @@ def naive_step(
     reached = [layer for layer in layers if layer in probe.records]
     grads = [probe.records[layer][1].grad for layer in reached]
     grads = [torch.zeros_like(probe.records[layer][1]) if g is None else g for layer, g in zip(reached, grads)]
-    zs = draw_step(
-        [z_spec(layer.noise, layer.sign, g) for layer, g in zip(reached, grads)], generator, generator.device
-    )
+    specs = [z_spec(layer.noise, layer.sign, g) for layer, g in zip(reached, grads)]
+    zs = draw_step(specs, generator, generator.device)
     etas = {layer: _eta(layer, probe.records[layer][0], g, z) for layer, g, z in zip(reached, grads, zs)}
 
-    with attached(layers, _AddEta(etas)):
+    with attached(layers, SimpleNamespace(forward=lambda layer, h: h + etas.pop(layer))):  # round 2: h + eta
         return training_round(closure, backward)

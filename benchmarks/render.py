@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import pathlib
 import re
 import statistics
 import sys
@@ -153,22 +154,11 @@ def probe_agreement_table(paths: list[str]) -> str:
     step for scale (``benchmarks/probe_agreement.py`` JSON)."""
     rows = []
     for model, arms in ((m, a) for path in paths for m, a in load_json(path)["summary"].items()):
-        b, h = arms["bf16"], arms["fp16"]
-        rows.append(
-            [
-                _name(model),
-                b["layers"],
-                f"{b['cos_mean_median']:.3f} [{b['cos_mean_min']:.3f}]",
-                f"{b['cos_min']:.3f}",
-                f"{b['norm_err_max']:.1%}",
-                f"{h['cos_mean_median']:.3f} [{h['cos_mean_min']:.3f}]",
-                f"{arms['sgd-1e-4']['cos_mean_median']:.3f} / {arms['sgd-0.1']['cos_mean_median']:.3f}",
-            ]
-        )
-    header = "model | ANL layers x seeds | bf16: cosine, layer means median [min] | bf16: worst sample | "
-    header += (
-        "bf16: max abs norm error | fp16: cosine median [min] | after one SGD step at lr 1e-4 / 0.1: cosine median"
-    )
+        b, h, cos = arms["bf16"], arms["fp16"], lambda a: f"{a['cos_mean_median']:.3f} [{a['cos_mean_min']:.3f}]"
+        sgd = " / ".join(f"{arms[k]['cos_mean_median']:.3f}" for k in ("sgd-1e-4", "sgd-0.1"))
+        rows.append([_name(model), b["layers"], cos(b), f"{b['cos_min']:.3f}", f"{b['norm_err_max']:.1%}", cos(h), sgd])
+    header = "model | ANL layers x seeds | bf16: cosine, layer means median [min] | bf16: worst sample | bf16: max abs "
+    header += "norm error | fp16: cosine median [min] | after one SGD step at lr 1e-4 / 0.1: cosine median"
     return table(header, rows)
 
 
@@ -208,16 +198,9 @@ def table1_summary(paths: list[str]) -> str:
             paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
             t, diverged = row["test_err"], row.get("diverged_seeds", [])
             kept = row.get("test_err_without_diverged") if diverged else t
-            vs = row.get("vs_two_phase")
-            rows.append(
-                [
-                    _row_label(row),
-                    "-" if paper_v is None else f"{paper_v:.2f}",
-                    _spread(kept) if kept else "-",
-                    f"{t['n']}" + (f" ({len(diverged)} diverged)" if diverged else ""),
-                    "-" if vs is None else f"{_spread(vs, '+')} ({vs['better']}/{vs['worse']})",
-                ]
-            )
+            vs, seeds = row.get("vs_two_phase"), f"{t['n']}" + (f" ({len(diverged)} diverged)" if diverged else "")
+            rows.append([_row_label(row), "-" if paper_v is None else f"{paper_v:.2f}", _spread(kept) if kept else "-"])
+            rows[-1] += [seeds, "-" if vs is None else f"{_spread(vs, '+')} ({vs['better']}/{vs['worse']})"]
     header = "method | paper (Table 1) | ours: test error % (mean ± std) | seeds | vs two-phase control, same seed "
     return table(header + "(mean ± std; better/worse)", rows)
 
@@ -266,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for path in args.files or pages():
-        with open(path) as f:
-            text = f.read()
-        new, changed = render_text(text)
+        new, changed = render_text(pathlib.Path(path).read_text())
         shown = path if args.files else os.path.relpath(path, ROOT)
         stale += [f"{shown}: {c}" for c in changed]
         if changed and not args.check:

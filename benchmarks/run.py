@@ -37,28 +37,11 @@ METHODS = ["plain", "naive", "tworound", "tworound-bf16probe"]
 GRAPH_METHODS = ("plain", "tworound", "tworound-bf16probe")
 
 # sizes of a real run and of the CPU smoke run
-FULL = {
-    "models": ["vgg11", "vgg16", "resnet18"],
-    "graph_models": ["vgg11", "resnet18"],
-    "batch": 128,
-    "size": 32,
-    "amps": [None, torch.bfloat16],
-    "repeats": 7,
-    "inner": 10,
-    "graph_replays": 20,
-    "aot": ["--model", "vgg16", "--dtypes", "fp32", "bf16", "fp16", "--batch", "128", "--size", "32"],
-}
-SMOKE = {
-    "models": ["vgg_tiny"],
-    "graph_models": ["vgg_tiny"],
-    "batch": 4,
-    "size": 8,
-    "amps": [None],
-    "repeats": 3,
-    "inner": 1,
-    "graph_replays": 2,
-    "aot": ["--model", "vgg_tiny", "--dtypes", "fp32", "--batch", "8", "--size", "8", "--step-batch", "2"],
-}
+FULL = dict(models=["vgg11", "vgg16", "resnet18"], graph_models=["vgg11", "resnet18"], batch=128, size=32)
+FULL.update(amps=[None, torch.bfloat16], repeats=7, inner=10, graph_replays=20)
+FULL["aot"] = {"model": "vgg16", "batch": 128, "size": 32, "dtypes": ["fp32", "bf16", "fp16"]}
+SMOKE = dict(models=["vgg_tiny"], graph_models=["vgg_tiny"], batch=4, size=8, amps=[None], repeats=3, inner=1)
+SMOKE.update(graph_replays=2, aot={"model": "vgg_tiny", "batch": 8, "size": 8, "dtypes": ["fp32"]})
 
 
 class Skipped(Exception):
@@ -66,8 +49,7 @@ class Skipped(Exception):
 
 
 def _write_replacing(path: str, text: str) -> None:
-    """``text`` into ``path`` through a temporary file renamed over it (no dependency on the library, which may
-    not import on the machine)."""
+    """``text`` into ``path`` by a rename over it (no dependency on the library, which may not import here)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     # O_EXCL: a file or symlink already at the temporary name is refused, never written through
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
@@ -84,8 +66,7 @@ def _run_text(cmd: list[str]) -> str | None:
 
 
 def source_digest() -> str:
-    """sha256 over the package's, kernels' and benchmarks' Python sources (the copy on a device machine may
-    have no git directory; this still names the code that ran)."""
+    """sha256 of the Python sources (a device machine's copy may have no git directory: this names the code)."""
     h = hashlib.sha256()
     for top in ("anl_fused", "kernels", "benchmarks"):
         for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(ROOT, top))):
@@ -101,21 +82,17 @@ def meta(device: torch.device) -> dict:
     """:func:`anl_fused.experiments.machine.machine_info` with cuDNN, whether the working tree is dirty, the sources'
     digest and, on CUDA, the GPU's properties and driver. What cannot be read stays None and the error is recorded
     as ``meta_error`` (the campaign runs on, even where anl_fused does not import)."""
-    keys = ("date", "python", "cuda", "cudnn", "triton", "git_commit", "source_digest")
-    info = {**dict.fromkeys(keys), "torch": torch.__version__, "device": str(device), "git_dirty": False}
+    info = dict.fromkeys(("date", "python", "cuda", "cudnn", "triton", "git_commit", "source_digest", "driver"))
+    info.update(torch=torch.__version__, device=str(device), git_dirty=False)
     try:
-        info.update(
-            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            git_dirty=bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"])),
-            source_digest=source_digest(),
-        )
+        info.update(source_digest=source_digest(), cudnn=torch.backends.cudnn.version())
+        info["git_dirty"] = bool(_run_text(["git", "status", "--porcelain", "--untracked-files=no"]))
         if device.type == "cuda":
             p = torch.cuda.get_device_properties(device)
             info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count)
             info["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
-            query = "--query-gpu=driver_version,clocks.max.sm,power.limit"
-            smi = _run_text(["nvidia-smi", query, "--format=csv,noheader"])
-            info["driver"] = smi.splitlines()[0] if smi else None
+            smi = _run_text(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv"])
+            info["driver"] = smi.splitlines()[-1] if smi else None
         from anl_fused.experiments.machine import machine_info
 
         info.update(machine_info(device))
@@ -125,7 +102,7 @@ def meta(device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# the parts: each returns a JSON-able dict (raise Skipped to skip)
+# the parts: each returns a JSON-able dict whose "section" is its Markdown in summary.md (raise Skipped to skip)
 
 
 def part_tests(ctx: dict) -> dict:
@@ -144,15 +121,12 @@ def part_tests(ctx: dict) -> dict:
     _write_replacing(os.path.join(ctx["out"], "pytest.txt"), out)
     lines = out.strip().splitlines()
     counted = [line for line in lines if " in " in line and any(w in line for w in ("passed", "failed", "error"))]
-    tail = counted[-1] if counted else (lines[-1] if lines else "")
-    return {
-        "command": " ".join(cmd),
-        "returncode": proc.returncode,
-        "timed_out": timed_out,
-        "timeout_s": timeout,
-        "summary": tail.strip("= "),
-        "failed": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:50],
-    }
+    summary = (counted[-1] if counted else (lines[-1] if lines else "")).strip("= ")
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))][:50]
+    said = f"`{' '.join(cmd)}`: {summary} (exit {proc.returncode}{', timed out' if timed_out else ''})"
+    section = "\n".join(["## Tests\n", f"{said}; output in `pytest.txt`.", *(f"- {f}" for f in failed[:20])]) + "\n"
+    result = {"command": " ".join(cmd), "returncode": proc.returncode, "timed_out": timed_out, "timeout_s": timeout}
+    return result | {"summary": summary, "failed": failed, "section": section}
 
 
 def part_steps(ctx: dict) -> dict:
@@ -164,9 +138,9 @@ def part_steps(ctx: dict) -> dict:
             ctx["check_budget"](f"steps {name} {amp}")
             sizes = (cfg["batch"], cfg["size"], ctx["device"], METHODS, cfg["repeats"], cfg["inner"], amp, 0.05)
             results.append(step.benchmark_model(name, *sizes))
-            said = ", ".join(f"{k} {v:.2f}x" for k, v in results[-1]["ratios"].items())
-            print(f"  steps {name} amp={amp}: {said}", flush=True)
-    return {"steps": results, "table": step.format_table(results)}
+            print(f"  steps {name} amp={amp}: {results[-1]['ratios']}", flush=True)
+    title = "## Step times (median of interleaved rounds)\n\n"
+    return {"steps": results, "section": title + step.format_table(results)}
 
 
 def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
@@ -197,18 +171,12 @@ def capture_step(step: Callable, device: torch.device, replays: int) -> dict:
     first = [p.grad.detach().clone() for p in params]
     graph.replay()
     torch.cuda.synchronize(device)
-    out = {
-        "grads_finite": all(bool(torch.isfinite(p.grad).all()) for p in params),
-        "consecutive_replays_differ": any(not torch.equal(a, p.grad) for a, p in zip(first, params)),
-    }
+    out = {"grads_finite": all(bool(torch.isfinite(p.grad).all()) for p in params)}
+    out["consecutive_replays_differ"] = any(not torch.equal(a, p.grad) for a, p in zip(first, params))
     times = time_methods({"eager": step, "graph": graph.replay}, device, 5, inner=replays)
     out.update({f"{k}_ms": statistics.median(t) * 1e3 for k, t in times.items()})
     out["speedup"] = statistics.median(e / g for e, g in zip(times["eager"], times["graph"]))
     return out
-
-
-def _say(**line) -> None:
-    print(json.dumps(line), flush=True)
 
 
 def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float, fail: str | None) -> int:
@@ -219,32 +187,36 @@ def graph_child(jobs: list[list[str]], smoke: bool, device: str, deadline: float
     from anl_fused.benchmarks.step import make_step, model_and_batch
 
     cfg, device, models = SMOKE if smoke else FULL, torch.device(device), {}
+    say = lambda **line: print(json.dumps(line), flush=True)
     for name, method in jobs:
         if time.time() > deadline:
-            _say(model=name, method=method, skipped="time budget spent")
+            say(model=name, method=method, skipped="time budget spent")
             continue
-        if name not in models:
-            models[name] = model_and_batch(name, cfg["batch"], cfg["size"], device)
         try:
             if fail in (method, "crash:" + method):
                 if fail.startswith("crash:"):
                     os._exit(9)  # a child that dies without a word (a segfault, the OOM killer)
                 raise RuntimeError(f"injected failure of {method}")
-            norng = method.endswith("-norng")
-            step = make_step(method.removesuffix("-norng"), *models[name], replay_rng=not norng)
+            models.setdefault(name, model_and_batch(name, cfg["batch"], cfg["size"], device))
+            step = make_step(method.removesuffix("-norng"), *models[name], replay_rng=not method.endswith("-norng"))
             result = capture_step(step, device, cfg["graph_replays"])
         except Exception as e:  # one failure must not lose the others: recorded
-            _say(model=name, method=method, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            say(model=name, method=method, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
             return 3
-        _say(model=name, method=method, result=result)
+        say(model=name, method=method, result=result)
     return 0
 
 
 def _graph_child_run(ctx: dict, jobs: list[list[str]]) -> tuple[list[dict], int | str, str]:
-    """One child process that runs ``jobs`` until one fails: its JSON lines, its exit code (``"timeout"`` when it
-    ran out of time) and its stderr."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--_graph-child", json.dumps(jobs)]
-    cmd += ["--device", str(ctx["device"])]
+    """A child process running ``jobs`` until one fails: its JSON lines, exit code (or ``"timeout"``), stderr."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_graph-child",
+        json.dumps(jobs),
+        "--device",
+        str(ctx["device"]),
+    ]
     cmd += ["--_deadline", str(time.time() + ctx["budget_left"]())] + (["--smoke"] if ctx["smoke"] else [])
     cmd += ["--_fail-method", ctx["fail_method"]] if ctx.get("fail_method") else []
     try:
@@ -270,109 +242,90 @@ def part_graphs(ctx: dict) -> dict:
     while jobs:
         children += 1
         done, code, stderr = _graph_child_run(ctx, jobs)
+        if len(done) < len(jobs) and not (done and "error" in done[-1]):  # the child died (or hung) silently
+            done.append({"model": jobs[len(done)][0], "method": jobs[len(done)][1]})
+            done[-1]["error"] = f"child exited {code}: {stderr.strip()[-2000:]}"
         for d in done:
-            keep = ("error", "traceback", "skipped")
-            results[d["model"]][d["method"]] = d.get("result") or {k: d[k] for k in keep if k in d}
-        failed = done[-1] if done and "error" in done[-1] else None
-        if len(done) < len(jobs) and failed is None:  # the child died (or hung) without saying why
-            name, method = jobs[len(done)]
-            failed = {"model": name, "method": method, "error": f"child exited {code}: {stderr.strip()[-2000:]}"}
-            results[name][method] = {"error": failed["error"]}
-            done.append(failed)
-        jobs = jobs[len(done) :]
+            results[d["model"]][d["method"]] = d.get("result") or {k: d[k] for k in ("error", "skipped") if k in d}
+        jobs, failed = jobs[len(done) :], done[-1] if "error" in done[-1] else None
         if code == "timeout":
             for name, method in jobs:
                 results[name][method] = {"skipped": "the graph part ran out of time"}
             jobs = []
         elif failed and failed["method"] != "plain" and not failed["method"].endswith("-norng"):
             jobs = [[failed["model"], failed["method"] + "-norng"]] + jobs
-    rows = [_graph_row(n, methods, cfg["batch"]) for n, methods in results.items()]
-    return {"graphs": rows, "child_processes": children}
+    return {"graphs": results, "child_processes": children, "section": _graph_table(results)}
 
 
-def _graph_row(name: str, methods: dict, batch: int) -> dict:
-    """A model's row of the graph part: each method's result and its eager (and graph) time over plain's."""
-    base, ratios = methods.get("plain", {}), {}
-    for method, r in methods.items():
-        if method != "plain" and "eager_ms" in r and "eager_ms" in base:
-            kinds = [k for k in ("eager", "graph") if f"{k}_ms" in r and f"{k}_ms" in base]
-            ratios[f"{method}/plain"] = {k: r[f"{k}_ms"] / base[f"{k}_ms"] for k in kinds}
-    said = [
-        f"{m} {r['speedup']:.2f}x" if "speedup" in r else f"{m} {'failed' if 'error' in r else 'eager only'}"
-        for m, r in methods.items()
-    ]
-    print(f"  graphs {name}: " + ", ".join(said), flush=True)
-    return {"model": name, "batch": batch, "methods": methods, "ratios": ratios}
+def _graph_table(results: dict[str, dict]) -> str:
+    rows, fmt = [], lambda v: "-" if v is None else f"{v:.2f}"
+    for name, methods in results.items():
+        plain = methods.get("plain", {})
+        for method, r in methods.items():
+            if "eager_ms" not in r:
+                why = (r.get("error") or r.get("skipped", "?")).splitlines()[0][:150]
+                rows.append([name, method, f"not measured: {why}", "", "", "", ""])
+                continue
+            over = [r[k] / plain[k] if k in r and k in plain else None for k in ("graph_ms", "eager_ms")]
+            rows.append([name, method, *(fmt(r.get(k)) for k in ("eager_ms", "graph_ms", "speedup")), *map(fmt, over)])
+    header = "model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager)"
+    return "## CUDA graphs: whole step captured\n\n" + table(header, rows)
 
 
 def part_kernels(ctx: dict) -> dict:
     if not ctx["cuda"]:
         raise Skipped("the kernel bandwidth benchmark needs a CUDA device")
-    from anl_fused.benchmarks.kernels import kernel_benchmarks
+    from anl_fused.benchmarks.kernels import format_rows, kernel_benchmarks
 
-    rows, by = kernel_benchmarks(ctx["device"]), {}
-    for r in rows:
-        by.setdefault(f"{r['op']} {r['dtype']}", []).append(r)
-    summary = {
-        k: {
-            "frac_of_copy_median": statistics.median(r["frac_of_copy"] for r in v),
-            "frac_of_copy_min": min(r["frac_of_copy"] for r in v),
-            "speedup_vs_torch_median": statistics.median(r["speedup"] for r in v),
-        }
-        for k, v in by.items()
-    }
-    return {"copy_gbps": rows[0]["copy_gbps"] if rows else None, "summary": summary, "rows": rows}
+    rows = kernel_benchmarks(ctx["device"])
+    return {"rows": rows, "section": "## Kernel bandwidth\n\n" + format_rows(rows)}
 
 
 def part_aot(ctx: dict) -> dict:
     from anl_fused.benchmarks import aot_report
 
-    report = aot_report.make_report(aot_report.parse_args(ctx["cfg"]["aot"]))
+    report = aot_report.make_report(**ctx["cfg"]["aot"])
     _write_replacing(os.path.join(ctx["out"], "aot.md"), aot_report.markdown(report))
     _write_replacing(os.path.join(ctx["out"], "aot.json"), json.dumps(report, indent=1))
-    return {"files": ["aot.md", "aot.json"], "date": report["date"]}
+    return {
+        "files": ["aot.md", "aot.json"],
+        "date": report["date"],
+        "section": "## AOT report\n\nIn `aot.md` / `aot.json`.\n",
+    }
 
 
 def part_memory(ctx: dict) -> dict:
     from anl_fused.benchmarks.step import make_step, model_and_batch, noise_memory, step_bytes
 
-    cfg, device, rows = ctx["cfg"], ctx["device"], []
+    cfg, device, rows, cells = ctx["cfg"], ctx["device"], [], []
     for name in cfg["models"]:
         ctx["check_budget"](f"memory {name}")
-        row = {"model": name, "batch": cfg["batch"], "held": noise_memory(name, cfg["batch"], cfg["size"], device)}
-        row["peaks"] = "skipped: peak allocated memory needs a CUDA device (held bytes are counted)"
+        held = noise_memory(name, cfg["batch"], cfg["size"])["held_bytes"]
+        peaks = "skipped: peak allocated memory needs a CUDA device (held bytes are counted)"
         if ctx["cuda"]:
             model, x, y = model_and_batch(name, cfg["batch"], cfg["size"], device)
             peaks = {m: step_bytes(make_step(m, model, x, y), device) for m in METHODS}
-            plain = peaks["plain"]["step_bytes"]
             for p in peaks.values():
-                p["step_vs_plain"] = p["step_bytes"] / plain if plain else None
-            row["peaks"] = peaks
-        rows.append(row)
-    return {"memory": rows}
+                p["step_vs_plain"] = p["step_bytes"] / max(peaks["plain"]["step_bytes"], 1)
+        rows.append({"model": name, "batch": cfg["batch"], "held": held, "peaks": peaks})
+        said = (
+            peaks if isinstance(peaks, str) else ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items())
+        )
+        cells.append([name, cfg["batch"], *(f"{held[k] / 2**20:.1f}" for k in ("float32", "bfloat16")), said])
+    header = "model | batch | held fp32 MiB | held bf16 MiB | step peak over plain"
+    return {"memory": rows, "section": "## Memory\n\n" + table(header, cells)}
 
 
-PART_FUNCS = {
-    "tests": part_tests,
-    "steps": part_steps,
-    "graphs": part_graphs,
-    "kernels": part_kernels,
-    "aot": part_aot,
-    "memory": part_memory,
-}
+PART_FUNCS = {name: globals()[f"part_{name}"] for name in PARTS}
 
 
-# --------------------------------------------------------------------------------------------------
-# the report
-
-
-def _header(summary: dict) -> list[str]:
-    """The title, the machine and the command, the import error if any, and the table of the parts' status."""
-    m, rows = summary["meta"], []
+def markdown(summary: dict) -> str:
+    """``summary.md``: the machine, the command, the parts' status, then each part's section."""
+    m, status = summary["meta"], []
     for name, p in summary["parts"].items():
-        status = p["status"] + (f": {p['reason']}" if p.get("reason") else "")
-        status += f": {p['error'].splitlines()[0][:200]}" if p.get("error") else ""
-        rows.append([name, status, f"{p.get('seconds', 0):.0f}"])
+        said = p["status"] + (f": {p['reason']}" if p.get("reason") else "")
+        said += f": {p['error'].splitlines()[0][:200]}" if p.get("error") else ""
+        status.append([name, said, f"{p.get('seconds', 0):.0f}"])
     lines = [
         f"# GPU campaign: {m.get('gpu') or m['device']}",
         "",
@@ -380,80 +333,16 @@ def _header(summary: dict) -> list[str]:
         f"Triton {m['triton']}; driver {m.get('driver')}; commit {m['git_commit']}"
         f"{' (dirty)' if m['git_dirty'] else ''}, sources {m['source_digest']}. Command: `{summary['command']}`.",
         "",
-        table("part | status | seconds", rows),
+        table("part | status | seconds", status),
     ]
     if summary.get("import_error"):
         lines[2:2] = [f"**anl_fused did not import**: `{summary['import_error'].strip().splitlines()[-1]}`", ""]
-    return lines
-
-
-def _tests_section(t: dict) -> list[str]:
-    said = f"`{t['command']}`: {t['summary']} (exit {t['returncode']}{', timed out' if t['timed_out'] else ''})"
-    return ["## Tests", "", f"{said}; output in `pytest.txt`.", *(f"- {f}" for f in t["failed"][:20]), ""]
-
-
-def _graphs_section(graphs: dict) -> list[str]:
-    fmt = lambda d, k: format(d[k], ".2f") if k in d else "-"
-    rows = []
-    for row in graphs["graphs"]:
-        for method, r in row["methods"].items():
-            ratio = row["ratios"].get(f"{method}/plain", {})
-            if "eager_ms" in r:
-                cells = [fmt(r, k) for k in ("eager_ms", "graph_ms", "speedup")] + [
-                    fmt(ratio, "graph"),
-                    fmt(ratio, "eager"),
-                ]
-            else:
-                why = r.get("error") or r.get("skipped", "?")
-                cells = [f"not measured: {why.splitlines()[0][:150]}", "", "", "", ""]
-            rows.append([row["model"], method, *cells])
-    header = "model | method | eager ms | graph ms | graph speedup | vs plain (graph) | vs plain (eager)"
-    return ["## CUDA graphs: whole step captured", "", table(header, rows)]
-
-
-def _kernels_section(k: dict) -> list[str]:
-    rows = [
-        [key, f"{s['frac_of_copy_median']:.2f}, {s['frac_of_copy_min']:.2f}", f"{s['speedup_vs_torch_median']:.2f}x"]
-        for key, s in k["summary"].items()
-    ]
-    header = "op dtype | fraction of copy bandwidth (median, min over shapes) | speedup vs torch (median)"
-    return [f"## Kernel bandwidth (device copy {k['copy_gbps']:.0f} GB/s)", "", table(header, rows)]
-
-
-def _memory_section(memory: dict) -> list[str]:
-    rows = []
-    for row in memory["memory"]:
-        held, peaks = row["held"]["held_bytes"], row["peaks"]
-        if isinstance(peaks, dict):
-            peaks = ", ".join(f"{m} {p['step_vs_plain']:.2f}x" for m, p in peaks.items())
-        rows.append(
-            [row["model"], row["batch"], f"{held['float32'] / 2**20:.1f}", f"{held['bfloat16'] / 2**20:.1f}", peaks]
-        )
-    header = "model | batch | held fp32 MiB | held bf16 MiB | step peak over plain"
-    return ["## Memory", "", table(header, rows)]
-
-
-def markdown(summary: dict) -> str:
-    """``summary.md``: the parts' status, then a section per part that has a result."""
-    res = lambda k: summary["parts"].get(k, {}).get("result") or {}
-    sections = {
-        "tests": _tests_section,
-        "steps": lambda r: ["## Step times (median of interleaved rounds)", "", r["table"]],
-        "graphs": _graphs_section,
-        "kernels": _kernels_section,
-        "memory": _memory_section,
-        "aot": lambda r: ["## AOT report", "", "In `aot.md` / `aot.json`.", ""],
-    }
-    lines = _header(summary)
-    for name, section in sections.items():
-        if res(name):
-            lines += section(res(name))
+    lines += [p["result"]["section"] for p in summary["parts"].values() if p.get("result")]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _import_error() -> str | None:
-    """The traceback of importing the library, or None: where it does not import (an API this torch lacks), the
-    campaign still runs and records every part."""
+    """The traceback of importing the library, or None (where it fails, every part still runs and is recorded)."""
     try:
         import anl_fused.experiments.files  # noqa: F401
     except Exception:
@@ -485,23 +374,13 @@ def _context(args: argparse.Namespace, device: torch.device, start: float) -> di
         if budget_left() <= 0:
             raise Skipped(f"time budget of {args.budget_s:.0f} s spent before {what}")
 
-    return {
-        "cfg": SMOKE if args.smoke else FULL,
-        "device": device,
-        "cuda": device.type == "cuda",
-        "smoke": args.smoke,
-        "out": args.out,
-        "budget_left": budget_left,
-        "check_budget": check_budget,
-        "tests_timeout": args.tests_timeout,
-        "pytest_args": args.pytest_args,
-        "fail_method": args.fail_method,
-    }
+    ctx = {"cfg": SMOKE if args.smoke else FULL, "device": device, "cuda": device.type == "cuda", "smoke": args.smoke}
+    ctx.update(out=args.out, budget_left=budget_left, check_budget=check_budget, fail_method=args.fail_method)
+    return ctx | {"tests_timeout": args.tests_timeout, "pytest_args": args.pytest_args}
 
 
 def _run_part(name: str, skip: list[str], ctx: dict) -> dict:
-    """Runs part ``name``: its summary entry, ``ok`` with the result, ``skipped`` with the reason or ``error``
-    with the traceback (one failure must not lose the other parts), and the seconds it took."""
+    """Part ``name``'s summary entry: ``ok`` and its result, ``skipped`` and why, or ``error`` and the traceback."""
     t0 = time.perf_counter()
     entry = {"status": "ok"}
     try:

@@ -3,7 +3,7 @@ pass, the reference, ``TwoRound`` and ``TwoRound(probe_dtype=torch.bfloat16)``, 
 rounds (docs/speed.md says how to read the ratios and their spread).
 
     anl-fused bench --models vgg11 resnet18 --batch 32 --threads 2 --out results.json
-    anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU
+    anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU needed
 
 The exact floor (``floor``, :func:`floor_step`) is what any two-round step must compute: a plain step plus a
 round 1 that asks autograd for the activation gradients at the ANL points, with no ANL op.
@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +30,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from anl_fused import TwoRound, anl_layers, insert_anl, ops, reference
 from anl_fused.engine import frozen_batchnorm_stats
-from anl_fused.experiments.cli_types import ArgumentParser, finite_float, positive_int
+from anl_fused.experiments.cli_types import finite_float, positive_int
 from anl_fused.experiments.files import atomic_write, out_error
 from anl_fused.experiments.machine import cpu_model, machine_info
 from anl_fused.experiments.models import build, get_spec, names
@@ -59,26 +61,18 @@ class _FloorProbe:
         return leaf
 
 
-class _PassThrough:
-    def forward(self, layer: ANL2d, h: torch.Tensor) -> torch.Tensor:
-        return h
-
-
 def floor_step(model: nn.Module, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The exact floor of a two-round step on ``model`` (with ANL layers): round 1 = ``closure()`` with every
-    active ANL layer passing ``h`` on and exposing its gradient edge (those that need one: not Gaussian
-    noise), then ``torch.autograd.grad(loss, edges)`` (the activation gradients only; no weight gradient;
-    skipped, and round 1 runs without autograd, when no layer needs one); round 2 =
-    ``closure().backward()`` with the layers as the identity. BatchNorm statistics are frozen in round 1
-    (a flag, no device work), as TwoRound does. No ANL op runs; the cost is the same forwards and
-    backwards any two-round step needs."""
+    """The exact floor of a two-round step on ``model`` (with ANL layers), running no ANL op: round 1 =
+    ``closure()`` with BatchNorm statistics frozen and each active layer that needs a gradient exposing ``h``'s
+    gradient edge, then ``torch.autograd.grad(loss, edges)`` (activation gradients only); round 2 =
+    ``closure().backward()`` with the layers as the identity."""
     layers = [layer for layer in anl_layers(model) if layer.active]
     need_grad = any(layer.needs_grad for layer in layers)
     with frozen_batchnorm_stats(model), attached(layers, _FloorProbe()) as probe, torch.set_grad_enabled(need_grad):
         loss = closure()
     if probe.edges:
         torch.autograd.grad(loss, probe.edges, allow_unused=True)
-    with attached(layers, _PassThrough()):
+    with attached(layers, SimpleNamespace(forward=lambda layer, h: h)):
         loss = closure()
         loss.backward()
     return loss
@@ -129,8 +123,7 @@ def time_methods(
 ) -> dict[str, list[float]]:
     """Seconds per call of each of ``steps``, ``repeats`` samples each: ``warmup`` calls each first, then
     rounds that time every function once (``inner`` calls between two synchronizations of ``device``), in
-    rotating order. The one step timer outside pytest: ``anl-fused bench``, ``run.py``'s CUDA-graph part and
-    ``profile_step.py`` use it."""
+    rotating order. The one step timer outside pytest: ``anl-fused bench`` and ``run.py``'s CUDA-graph part."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -169,22 +162,13 @@ def benchmark_model(name, batch: int, size: int, device, methods, repeats: int, 
     steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=after) for m in methods}
     times = time_methods(steps, device, repeats, inner=inner)
     median = {m: statistics.median(t) for m, t in times.items()}
-    pairs = _ratio_pairs(list(median))
-    stats = ratio_stats(times, pairs)
-    return {
-        "model": name,
-        "batch": batch,
-        "size": size,
-        "amp": str(amp) if amp else None,
-        "eps": eps,
-        "threads": torch.get_num_threads(),
-        "backend": backend(device),
-        "cpu": cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "median_s": median,
-        "times_s": times,
-        "ratios": {k: st["median"] for k, st in stats.items()},  # the median of the paired ratios
-        "ratio_stats": stats,
-    }
+    stats = ratio_stats(times, _ratio_pairs(list(median)))
+    gpu = None if device.type == "cpu" else torch.cuda.get_device_name(device)
+    r = dict(
+        model=name, batch=batch, size=size, amp=str(amp) if amp else None, eps=eps, threads=torch.get_num_threads()
+    )
+    r.update(backend=backend(device), cpu=gpu or cpu_model(), median_s=median, times_s=times, ratio_stats=stats)
+    return r | {"ratios": {k: st["median"] for k, st in stats.items()}}  # the median of the paired ratios
 
 
 def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
@@ -228,53 +212,44 @@ def spread_warnings(results: list[dict]) -> list[str]:
 def step_bytes(step: Callable, device: torch.device) -> dict:
     """Allocated CUDA memory around one call of ``step`` after a warm-up call (allocator warm, grads exist): before
     it, its peak, and the peak over before."""
-    step()
-    torch.cuda.synchronize(device)
+    step(), _sync(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    step()
-    torch.cuda.synchronize(device)
+    step(), _sync(device)
     peak = torch.cuda.max_memory_allocated(device)
     return {"before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before}
 
 
-def noise_memory(name: str, batch: int, size: int, device: torch.device) -> dict:
-    """Memory that TwoRound keeps between the rounds (round 1's gradients), in float32 and with
-    ``noise_dtype=torch.bfloat16``: counted from the ANL activations' shapes everywhere, and on CUDA
-    also measured as the peak allocated memory of one step each way."""
-    model, x, y = model_and_batch(name, batch, size, device)
-    model = insert_anl(model, 0.05, after=get_spec(name).anl_after).to(device)
-    numels = []
-    counter = copy.deepcopy(model)  # a training-mode forward (active layers are called) that changes no statistics
-    for layer in anl_layers(counter):
-        layer.register_forward_pre_hook(lambda m, args: numels.append(args[0].numel()))
+def anl_shapes(name: str, size: int) -> list[tuple[int, ...]]:
+    """The input shape ``(C, H, W)`` of every ANL layer of zoo model ``name`` (ANL where its spec puts it) on
+    ``size`` x ``size`` inputs, in call order (a forward hook; a training-mode forward of a throwaway model: only
+    active layers are called)."""
+    model, x, _ = model_and_batch(name, 2, size, "cpu")
+    shapes = []
+    for layer in anl_layers(insert_anl(model, 0.05, after=get_spec(name).anl_after)):
+        layer.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[1:])))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # active layers outside a step are the identity, and say so
-        counter(x)
-    del counter
-    report = {
+        model(x)
+    return shapes
+
+
+def noise_memory(name: str, batch: int, size: int) -> dict:
+    """Memory that TwoRound keeps between the rounds (round 1's gradients, one per ANL layer), in float32 and with
+    ``noise_dtype=torch.bfloat16``, counted from the ANL layers' input shapes."""
+    shapes = anl_shapes(name, size)
+    numel = batch * sum(math.prod(shape) for shape in shapes)
+    return {
         "model": name,
         "batch": batch,
-        "anl_layers": len(numels),
-        "held_bytes": {"float32": 4 * sum(numels), "bfloat16": 2 * sum(numels)},
+        "anl_layers": len(shapes),
+        "held_bytes": {"float32": 4 * numel, "bfloat16": 2 * numel},
     }
-    if device.type == "cuda":
-        peaks = {}
-        for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
-            engine = TwoRound(model, torch.Generator(device).manual_seed(0), noise_dtype=dtype)
-            peaks[label] = step_bytes(lambda: engine.step(lambda: F.cross_entropy(model(x), y)), device)["peak_bytes"]
-        report["peak_step_bytes"] = peaks
-    return report
 
 
 #: the table's ratio columns: key in ``ratios``, header
-TABLE_RATIOS = {
-    "tworound/plain": "TwoRound/plain",
-    "floor/plain": "floor/plain",
-    "tworound/floor": "TwoRound/floor",
-    "naive/tworound": "naive/TwoRound",
-    "tworound-bf16probe/plain": "bf16-probe/plain",
-}
+TABLE_RATIOS = {"tworound/plain": "TwoRound/plain", "floor/plain": "floor/plain", "tworound/floor": "TwoRound/floor"}
+TABLE_RATIOS.update({"naive/tworound": "naive/TwoRound", "tworound-bf16probe/plain": "bf16-probe/plain"})
 
 
 def format_table(results: list[dict]) -> str:
@@ -287,12 +262,9 @@ def format_table(results: list[dict]) -> str:
         + [r["cpu"]]
         for r in results
     ]
+    times = " | ".join(f"{m} (ms)" for m in METHODS)
     ratios = " | ".join(f"{h} [min, max]" for h in TABLE_RATIOS.values())
-    return table(
-        f"model | batch | size | amp | threads | backend | {' | '.join(f'{m} (ms)' for m in METHODS)} | "
-        f"{ratios} | CPU / GPU",
-        rows,
-    )
+    return table(f"model | batch | size | amp | threads | backend | {times} | {ratios} | CPU / GPU", rows)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -307,7 +279,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--eps", type=finite_float, default=0.05)
     add("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    add("--kernels", action="store_true", help="also run the per-kernel bandwidth benchmark (CUDA)")
     add("--out", default=None, help="JSON file to write (default: only print the table); with --aot a directory")
     add("--aot", action="store_true", help="instead of timing: aot_report.py for each --models at --batch, --size")
     add("--aot-dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"], metavar="DTYPE")
@@ -319,20 +290,17 @@ def run_aot(args: argparse.Namespace) -> int:
     from . import aot_report
 
     for name in args.models:
-        argv = ["--model", name, "--batch", str(args.batch), "--size", str(args.size), "--dtypes", *args.aot_dtypes]
         print(f"AOT report of {name} batch {args.batch} ({' '.join(args.aot_dtypes)}) ...", flush=True)
         try:
-            report = aot_report.make_report(aot_report.parse_args([*argv, "--step-batch", str(min(4, args.batch))]))
-        except RuntimeError as e:  # a recording subprocess failed: its last line says why
-            last = [line for line in str(e).splitlines() if line.strip()]
-            said = f"{last[0]} {last[-1] if len(last) > 1 else ''}"
-            print(f"anl-fused bench: error: AOT report of {name}: {said}", file=sys.stderr)
+            report = aot_report.make_report(name, args.batch, args.size, args.aot_dtypes)
+        except RuntimeError as e:  # the compile subprocess failed: its last line says why
+            print(f"anl-fused bench: error: AOT report of {name}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
             return 1
-        if args.out:
-            paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
-            print(f"wrote {paths[0]} and {paths[1]}")
-        else:
+        if not args.out:
             print(aot_report.markdown(report))
+            continue
+        paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
+        print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
 
@@ -378,12 +346,7 @@ def run(args: argparse.Namespace) -> int:
             benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps)
         )
     report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
-    report["steps"] = results
-    report["noise_memory"] = [noise_memory(name, args.batch, args.size, device) for name in args.models]
-    if args.kernels:
-        from .kernels import kernel_benchmarks
-
-        report["kernels"] = kernel_benchmarks(device)
+    report.update(steps=results, noise_memory=[noise_memory(name, args.batch, args.size) for name in args.models])
     print(format_table(results))
     for line in spread_warnings(results):
         print(line, file=sys.stderr)
@@ -391,13 +354,3 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(args.out, json.dumps(report, indent=2))
         print(f"wrote {args.out}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="anl-fused bench", description=__doc__.split("\n\n")[0])
-    configure(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

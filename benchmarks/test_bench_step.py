@@ -8,7 +8,7 @@ batch 128 on CUDA), grouped by configuration; docs/speed.md, "pytest --benchmark
 import pytest
 import torch
 
-from anl_fused.benchmarks.step import METHODS, backend, cpu_model, make_step, model_and_batch
+from anl_fused.benchmarks.step import METHODS, _sync, backend, cpu_model, make_step, model_and_batch
 from anl_fused.experiments.models import get_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,11 +40,4 @@ def test_step(benchmark, setup, method):
     benchmark.extra_info.update(cpu=cpu, threads=torch.get_num_threads(), backend=backend(device))
     step = make_step(method, model, x, y, after=spec.anl_after)
     step()  # warm-up
-    if DEVICE == "cuda":
-
-        def run():
-            step()
-            torch.cuda.synchronize()
-    else:
-        run = step
-    benchmark.pedantic(run, rounds=5 if DEVICE == "cpu" else 20, warmup_rounds=1)
+    benchmark.pedantic(lambda: (step(), _sync(device)), rounds=5 if DEVICE == "cpu" else 20, warmup_rounds=1)

@@ -168,37 +168,11 @@ def test_bench_aot_runs_the_aot_report_with_bench_options(tmp_path, monkeypatch,
     from anl_fused.benchmarks import aot_report
 
     seen = []
-
-    def fake_make_report(args):
-        seen.append(args)
-        return {"model": args.model}
-
-    monkeypatch.setattr(aot_report, "make_report", fake_make_report)
+    monkeypatch.setattr(aot_report, "make_report", lambda *a: seen.append(a) or {"model": a[0]})
     monkeypatch.setattr(aot_report, "markdown", lambda report: f"# AOT report: {report['model']}\n")
-    assert (
-        main(
-            [
-                "bench",
-                "--aot",
-                "--models",
-                "vgg_tiny",
-                "lenet5",
-                "--batch",
-                "3",
-                "--size",
-                "8",
-                "--aot-dtypes",
-                "bf16",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
-    assert [(a.model, a.batch, a.size, a.step_batch, a.dtypes) for a in seen] == [
-        ("vgg_tiny", 3, 8, 3, ["bf16"]),
-        ("lenet5", 3, 8, 3, ["bf16"]),
-    ]
+    argv = ["bench", "--aot", "--models", "vgg_tiny", "lenet5", "--batch", "3", "--size", "8", "--aot-dtypes", "bf16"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert seen == [("vgg_tiny", 3, 8, ["bf16"]), ("lenet5", 3, 8, ["bf16"])]
     for name in ("vgg_tiny", "lenet5"):
         assert json.loads((tmp_path / name / "aot-report.json").read_text()) == {"model": name}
         assert (tmp_path / name / "aot-report.md").read_text() == f"# AOT report: {name}\n"
@@ -206,7 +180,7 @@ def test_bench_aot_runs_the_aot_report_with_bench_options(tmp_path, monkeypatch,
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "empty")
     assert main(["bench", "--aot", "--models", "vgg_tiny"]) == 0
-    assert seen[0].batch == 64 and seen[0].step_batch == 4 and seen[0].dtypes == ["fp32", "bf16", "fp16"]
+    assert seen == [("vgg_tiny", 64, 32, ["fp32", "bf16", "fp16"])]
     assert "# AOT report: vgg_tiny" in capsys.readouterr().out
     assert os.listdir(".") == []  # nothing written without --out
 
@@ -217,30 +191,26 @@ def test_bench_rejects_an_unknown_model(capsys):
     assert e.value.code == 2 and "invalid choice: 'nosuch'" in capsys.readouterr().err
 
 
+def test_anl_shapes_are_the_active_layers_inputs():
+    """The one source of the ANL layers' shapes (the AOT report, the kernel benchmark, the held memory)."""
+    assert step.anl_shapes("lenet5", 28) == [(6, 28, 28), (16, 10, 10)]
+    shapes = step.anl_shapes("vgg16", 32)
+    assert len(shapes) == 13 and shapes[0] == (64, 32, 32) and shapes[-1] == (512, 2, 2)
+
+
 @pytest.mark.slow
 def test_bench_aot_end_to_end(tmp_path):
-    """The real AOT report of a small model in one dtype (record under the interpreter, compile for
-    sm_80 / sm_90 on this CPU): ~15 s of CPU."""
-    assert (
-        main(
-            [
-                "bench",
-                "--aot",
-                "--models",
-                "vgg_tiny",
-                "--batch",
-                "4",
-                "--size",
-                "8",
-                "--aot-dtypes",
-                "fp32",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    """The real AOT report of a small model in one dtype (launches recorded, compiled for sm_80 / sm_90 on this
+    CPU): every ANL layer has its three kernels, none spills, each moves at least the minimum bytes."""
+    argv = ["bench", "--aot", "--models", "vgg_tiny", "--batch", "4", "--size", "8", "--aot-dtypes", "fp32"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "aot-report.json").read_text())
     assert report["model"] == "vgg_tiny" and report["batch"] == 4 and list(report["dtypes"]) == ["fp32"]
-    assert report["dtypes"]["fp32"]["replay_matches_step"] and report["dtypes"]["fp32"]["counts"]["layers"] > 0
+    layers = report["dtypes"]["fp32"]["layers"]
+    assert [tuple(e["shape"][1:]) for e in layers] == step.anl_shapes("vgg_tiny", 8)
+    for e in layers:
+        assert [k["kernel"] for k in e["kernels"]] == ["std", "noise_scale", "add_noise"]
+        assert 0 < e["min_bytes"] <= e["bytes"]
+    for k in report["kernels"].values():
+        assert k["80"]["spill_stores"] == k["90"]["spill_stores"] == 0 and k["90"]["registers"] > 0
     assert (tmp_path / "aot-report.md").read_text().startswith("# AOT report: vgg_tiny, batch 4, 8x8")
