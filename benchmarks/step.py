@@ -212,10 +212,12 @@ def spread_warnings(results: list[dict]) -> list[str]:
 def step_bytes(step: Callable, device: torch.device) -> dict:
     """Allocated CUDA memory around one call of ``step`` after a warm-up call (allocator warm, grads exist): before
     it, its peak, and the peak over before."""
-    step(), _sync(device)
+    step()
+    _sync(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    step(), _sync(device)
+    step()
+    _sync(device)
     peak = torch.cuda.max_memory_allocated(device)
     return {"before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before}
 
