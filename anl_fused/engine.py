@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -225,7 +226,20 @@ class _Perturb:
                 f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
                 "round 2: the closure must compute the same batch in both rounds"
             )
-        return ops.add_noise(h, direction, scale, alpha=alpha)
+        # the direction is used once more, here: unless checkpointing needs it again or something else holds
+        # it, add_noise may write its output into the direction's memory (no new buffer in round 2)
+        del terms
+        consume = layer not in self.keep and sys.getrefcount(direction) == _SOLE_REFERENCE
+        return ops.add_noise(h, direction, scale, alpha=alpha, consume_g=consume)
+
+
+def _sole_reference_count() -> int:
+    """``sys.getrefcount`` of an object that only a local variable holds (as in ``_Perturb.forward``)."""
+    t = object()
+    return sys.getrefcount(t)
+
+
+_SOLE_REFERENCE = _sole_reference_count()
 
 
 class TwoRound:
