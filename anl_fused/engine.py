@@ -55,9 +55,37 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
 def eager():
     """Round 1 runs eagerly even when the closure calls a ``torch.compile``-d model: autograd cannot
     return the gradient of an activation that lives inside a compiled graph (it would silently be
-    zero). Round 2 and inference run compiled."""
+    zero). Round 2 and inference run compiled.
+
+    ``torch.compiler.set_stance("force_eager")``, through Dynamo's stance setter directly where it is there
+    (the public one builds a decorator object and sets the stance three times, every step)."""
+    if not _STANCE:
+        try:
+            from torch._dynamo.eval_frame import DynamoStance, _set_stance
+
+            _STANCE.append((_set_stance, DynamoStance("force_eager")))
+        except (ImportError, TypeError):
+            _STANCE.append(None)
+    if _STANCE[0] is not None:
+        return _ForceEager()
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+_STANCE: list = []  # [(Dynamo's stance setter, the force_eager stance)], or [None] where torch has neither
+
+
+class _ForceEager:
+    """The ``force_eager`` stance for a ``with`` block, then the stance it found back."""
+
+    __slots__ = ("prior",)
+
+    def __enter__(self) -> None:
+        set_stance, force_eager = _STANCE[0]
+        self.prior = set_stance(force_eager)
+
+    def __exit__(self, *exc) -> None:
+        _STANCE[0][0](self.prior)
 
 
 #: round 1's loss scale when an ANL layer's input is float16 and ``probe_loss_scale`` is ``None``
