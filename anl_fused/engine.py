@@ -255,9 +255,14 @@ class _Perturb:
                 "round 2: the closure must compute the same batch in both rounds"
             )
         # the direction is used once more, here: unless checkpointing needs it again or something else holds
-        # it, add_noise may write its output into the direction's memory (no new buffer in round 2)
+        # it, add_noise may write its output into the direction's memory (no new buffer in round 2; eager only:
+        # compiled code runs the torch ops)
         del terms
-        consume = layer not in self.keep and sys.getrefcount(direction) == _SOLE_REFERENCE
+        consume = (
+            not torch.compiler.is_compiling()
+            and layer not in self.keep
+            and sys.getrefcount(direction) == _SOLE_REFERENCE
+        )
         return ops.add_noise(h, direction, scale, alpha=alpha, consume_g=consume)
 
 
