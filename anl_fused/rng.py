@@ -19,7 +19,7 @@ __all__ = ["capture", "restore"]
 def capture(*, host_libraries: bool = False) -> dict[str, Any]:
     """The global RNG state of the CPU and of every initialized CUDA device (and, with
     ``host_libraries``, of ``numpy.random`` and ``random``)."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda = torch.cuda.is_initialized() and torch.cuda.is_available()  # the cheap test first
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []}
     if host_libraries:
         import numpy as np
