@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -55,37 +54,9 @@ def training_round(closure: Callable[[], Tensor], backward: bool) -> Tensor:
 def eager():
     """Round 1 runs eagerly even when the closure calls a ``torch.compile``-d model: autograd cannot
     return the gradient of an activation that lives inside a compiled graph (it would silently be
-    zero). Round 2 and inference run compiled.
-
-    ``torch.compiler.set_stance("force_eager")``, through Dynamo's stance setter directly where it is there
-    (the public one builds a decorator object and sets the stance three times, every step)."""
-    if not _STANCE:
-        try:
-            from torch._dynamo.eval_frame import DynamoStance, _set_stance
-
-            _STANCE.append((_set_stance, DynamoStance("force_eager")))
-        except (ImportError, TypeError):
-            _STANCE.append(None)
-    if _STANCE[0] is not None:
-        return _ForceEager()
+    zero). Round 2 and inference run compiled."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
-
-
-_STANCE: list = []  # [(Dynamo's stance setter, the force_eager stance)], or [None] where torch has neither
-
-
-class _ForceEager:
-    """The ``force_eager`` stance for a ``with`` block, then the stance it found back."""
-
-    __slots__ = ("prior",)
-
-    def __enter__(self) -> None:
-        set_stance, force_eager = _STANCE[0]
-        self.prior = set_stance(force_eager)
-
-    def __exit__(self, *exc) -> None:
-        _STANCE[0][0](self.prior)
 
 
 #: round 1's loss scale when an ANL layer's input is float16 and ``probe_loss_scale`` is ``None``
@@ -254,25 +225,7 @@ class _Perturb:
                 f"{layer!r} saw shape {tuple(direction.shape)} in round 1 and {tuple(h.shape)} in "
                 "round 2: the closure must compute the same batch in both rounds"
             )
-        # the direction is used once more, here: unless checkpointing needs it again or something else holds
-        # it, add_noise may write its output into the direction's memory (no new buffer in round 2; eager only:
-        # compiled code runs the torch ops)
-        del terms
-        consume = (
-            not torch.compiler.is_compiling()
-            and layer not in self.keep
-            and sys.getrefcount(direction) == _SOLE_REFERENCE
-        )
-        return ops.add_noise(h, direction, scale, alpha=alpha, consume_g=consume)
-
-
-def _sole_reference_count() -> int:
-    """``sys.getrefcount`` of an object that only a local variable holds (as in ``_Perturb.forward``)."""
-    t = object()
-    return sys.getrefcount(t)
-
-
-_SOLE_REFERENCE = _sole_reference_count()
+        return ops.add_noise(h, direction, scale, alpha=alpha)
 
 
 class TwoRound:

@@ -152,7 +152,7 @@ def noise_scale(
     return _torch_noise_scale(g, z, s, eps, layer_norm, stats)
 
 
-def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0, consume_g: bool = False) -> Tensor:
+def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0) -> Tensor:
     """Round 2, forward: ``out = h + alpha * scale[b] * g'``, the noisy activation.
 
     Args:
@@ -161,9 +161,6 @@ def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0,
         scale: ``B`` values (one per sample, from :func:`noise_scale`), a single value for every
             sample, or None (1). Gaussian noise is ``add_noise(h, z, s, alpha=|eps|/4)``.
         alpha: a constant factor.
-        consume_g: the caller holds the only reference to ``g`` and will not read it again: the C++ backend
-            then writes the output into ``g``'s memory where ``g`` has ``h``'s dtype and layout and no other
-            tensor shares that memory (same bits; no new buffer). Other backends ignore it.
 
     Math: ``g'`` is ``g`` with its non-finite entries set to 0, so ``eta_b = 0`` wherever
     ``scale_b == 0`` even if ``g_b`` holds inf/NaN. Computed in float32 (float64 for float64 ``h``),
@@ -180,7 +177,7 @@ def add_noise(h: Tensor, g: Tensor, scale: Tensor | None, *, alpha: float = 1.0,
     if backend == "cpp":
         scale = None if scale is None else scale.detach()
         if h.requires_grad and torch.is_grad_enabled():  # a C++ autograd node: identity to h
-            return _CPP[0].add_noise_autograd(h, g, scale, float(alpha), consume_g)
+            return _CPP[0].add_noise_autograd(h, g.detach(), scale, float(alpha))
         return _CPP[0].add_noise(h, g.detach(), scale, float(alpha))
     if backend == "triton":
         return _triton().add_noise(h, g, scale, alpha=alpha)

@@ -347,9 +347,8 @@ void add_noise_kernel(const T* hp, const G* gp, T* op, const std::vector<acc_t<T
   });
 }
 
-// into: out is written into g's memory (the caller checked that g may be consumed: g_consumable), else a new tensor.
-at::Tensor add_noise_impl(const at::Tensor& h_in, const at::Tensor& g_in, const std::optional<at::Tensor>& scale,
-                          double alpha, bool into) {
+at::Tensor add_noise_cpu(const at::Tensor& h_in, const at::Tensor& g_in, const std::optional<at::Tensor>& scale,
+                         double alpha) {
   check_float(h_in, "h");
   check_float(g_in, "g");
   TORCH_CHECK(h_in.device().is_cpu() && g_in.device().is_cpu(), "anl_fused::add_noise (C++): h and g must be CPU tensors");
@@ -368,7 +367,7 @@ at::Tensor add_noise_impl(const at::Tensor& h_in, const at::Tensor& g_in, const 
   at::MemoryFormat fmt;
   const at::Tensor h = dense(h_in, fmt);
   const at::Tensor g = g_in.is_contiguous(fmt) ? g_in : g_in.contiguous(fmt);
-  at::Tensor out = into ? g.detach() : at::empty_like(h, h.options(), fmt);  // detach: a new tensor, g's memory
+  at::Tensor out = at::empty_like(h, h.options(), fmt);
   const int64_t n = h.numel();
   if (n == 0) return out;
   const int64_t M = n / B;
@@ -392,42 +391,22 @@ at::Tensor add_noise_impl(const at::Tensor& h_in, const at::Tensor& g_in, const 
   return out;
 }
 
-at::Tensor add_noise_cpu(const at::Tensor& h_in, const at::Tensor& g_in, const std::optional<at::Tensor>& scale,
-                         double alpha) {
-  return add_noise_impl(h_in, g_in, scale, alpha, false);
-}
-
-// Whether add_noise may write its output into g's memory: g has h's dtype and h's (dense) layout, and no other
-// tensor can see that memory: g's storage has one user (g's TensorImpl, not a view of another gradient or of
-// the step's draw) and that TensorImpl has `owners` users (the caller's Python object and this call's
-// argument: no C++ holder besides). The caller vouches that no other Python reference to g exists. Each
-// element is read before it is written, at the same index: the result is bit for bit add_noise's.
-bool g_consumable(const at::Tensor& h, const at::Tensor& g, int64_t owners) {
-  return g.scalar_type() == h.scalar_type() && g.sizes() == h.sizes() && g.strides() == h.strides() &&
-         g.device().is_cpu() && (h.is_contiguous() || h.is_contiguous(at::MemoryFormat::ChannelsLast) ||
-                                 h.is_contiguous(at::MemoryFormat::ChannelsLast3d)) &&
-         g.has_storage() && g.storage().use_count() == 1 && g.use_count() == owners && !g.requires_grad();
-}
-
 // add_noise's eager autograd: d out / d h = I, nothing to g or scale. A C++ node (the
 // torch.library op's Python backward costs ~0.1 ms per layer per step on a small model).
 struct AddNoiseFn : public torch::autograd::Function<AddNoiseFn> {
   static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& h, const at::Tensor& g,
-                            const std::optional<at::Tensor>& scale, double alpha, bool into) {
-    return add_noise_impl(h, g, scale, alpha, into);
+                            const std::optional<at::Tensor>& scale, double alpha) {
+    return add_noise_cpu(h, g, scale, alpha);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
                                                  torch::autograd::variable_list grad_out) {
-    return {grad_out[0], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_out[0], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-// consume_g: the caller holds the only Python reference to g and will not read it again; the output then
-// reuses g's memory where g_consumable says no other tensor can see it.
 at::Tensor add_noise_autograd(const at::Tensor& h, const at::Tensor& g, const std::optional<at::Tensor>& scale,
-                              double alpha, bool consume_g) {
-  const bool into = consume_g && g_consumable(h, g, 2);
-  return AddNoiseFn::apply(h, g, scale, alpha, into);
+                              double alpha) {
+  return AddNoiseFn::apply(h, g, scale, alpha);
 }
 
 }  // namespace
@@ -444,7 +423,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("noise_scale", &noise_scale_cpu, "(scale, norm) of round 1 (see anl_fused.ops.noise_scale)");
   m.def("add_noise", &add_noise_cpu, "h + alpha * scale[b] * g' (see anl_fused.ops.add_noise)");
   m.def("add_noise_autograd", &add_noise_autograd,
-        "add_noise with its autograd (identity to h; g and scale get no gradient); consume_g: into g's memory "
-        "where nothing else can see it");
+        "add_noise with its autograd (identity to h; g and scale get no gradient)");
   m.def("capability", [] { return std::string(C10_STRINGIZE(CPU_CAPABILITY)); }, "the vector ISA built in");
 }

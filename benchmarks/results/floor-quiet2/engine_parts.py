@@ -36,7 +36,7 @@ class _Into(torch.autograd.Function):
         return grad_out, None
 
 
-def add_into(h, g, scale, alpha=1.0, consume_g=False):
+def add_into(h, g, scale, alpha=1.0):
     return _Into.apply(h, g.copy_(ops._cpp().add_noise(h, g, scale, float(alpha))))
 
 
