@@ -1,16 +1,15 @@
 """``anl-fused figures``: the paper's figures as PNG, from ``anl-fused train`` run directories.
 
 ``eps-sweep`` (Fig. 4: final test error against eps, like runs averaged), ``layer-std`` (Fig. 2: the std of every
-ANL layer's input over the epochs), ``feature-maps`` (Fig. 3: the first conv's output per run), ``whitebox``
-(Fig. 5: white-box FGSM / IFGSM accuracy per method) and ``whitebox-plot`` (Fig. 5 again from its JSON). Runs that
-finished no epoch are skipped with a warning; ``eps-sweep`` and ``whitebox`` also skip unfinished runs.
+ANL layer's input over the epochs) and ``feature-maps`` (Fig. 3: the first conv's output per run). Runs that finished
+no epoch are skipped with a warning; ``eps-sweep`` also skips unfinished runs. Fig. 5 (white-box robustness) is the
+study's ``anl-fused study robustness`` (docs/robustness.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -19,6 +18,7 @@ from collections import defaultdict
 
 from .stats import DIVERGED, diverged
 from .train.metrics import METRICS_NAME, read_metrics
+from .train.rundir import CONFIG_NAME, local_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,31 +28,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--out", required=True, help="output PNG file")
     common.add_argument("--title", default=None, help="figure title")
 
-    def add(name, help_text, **kw):  # the help line is also the subcommand's --help description
-        return sub.add_parser(name, help=help_text, description=help_text, **kw)
+    def add(name, help_text):  # the help line is also the subcommand's --help description
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    add("eps-sweep", "Fig. 4: test error vs eps", parents=[common])
-    p = add("layer-std", "Fig. 2: per-layer std of ANL inputs over epochs", parents=[common])
+    add("eps-sweep", "Fig. 4: test error vs eps")
+    p = add("layer-std", "Fig. 2: per-layer std of ANL inputs over epochs")
     p.add_argument("--max-legend", type=int, default=12, help="name layers in a legend up to this many (else colorbar)")
-    p = add("feature-maps", "Fig. 3: first-conv feature maps per run", parents=[common])
+    p = add("feature-maps", "Fig. 3: first-conv feature maps per run")
     p.add_argument("--image-index", type=int, default=0, help="which test image (default 0)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--max-channels", type=int, default=8, help="show at most this many channels")
-    p = add("whitebox", "Fig. 5: white-box FGSM / IFGSM accuracy per method", parents=[common])
-    p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
-    p.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
-    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p = add("whitebox-plot", "Fig. 5 again from the JSON of `figures whitebox --json` (no attack runs)")
-    p.add_argument("--json", required=True, help="the numbers written by `figures whitebox --json`")
-    p.add_argument("--out", required=True, help="output PNG file")
-    p.add_argument("--title", default=None, help="figure title")
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 class FigureError(RuntimeError):
     pass
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def find_runs(paths: list[str]) -> list[str]:
@@ -73,42 +66,23 @@ def find_runs(paths: list[str]) -> list[str]:
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
     """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
-    cfg_path = os.path.join(path, "config.json")
-    cfg = {}
-    if os.path.isfile(cfg_path):
-        cfg = _read_json(cfg_path)
-        if not isinstance(cfg, dict):
-            raise FigureError(f"{cfg_path!r} is not a JSON object (a run's config.json)")
+    cfg = local_config(path)
+    if cfg is None and os.path.exists(os.path.join(path, CONFIG_NAME)):
+        raise FigureError(f"{os.path.join(path, CONFIG_NAME)!r} is not a JSON object (a run's config.json)")
     try:
-        hist = read_metrics(path)
+        return cfg or {}, read_metrics(path)
     except ValueError as e:
         raise FigureError(str(e)) from None
-    return cfg, hist
 
 
-def _read_json(path: str):
-    """The JSON in ``path``; :class:`FigureError` naming the file when it is not JSON."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FigureError(f"{path!r} is not a JSON file ({e})") from None
-
-
-def _warn_stderr(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
-
-
-def started_runs(runs: list[str], warn=None) -> list[str]:
-    """The runs that finished at least one epoch; the others (started, nothing in ``metrics.jsonl`` yet)
-    are skipped with a warning."""
-    warn = warn or _warn_stderr
-    out = []
+def started_runs(runs: list[str]) -> list[str]:
+    """The runs that finished at least one epoch; the others are skipped with a warning."""
+    out = [r for r in runs if read_run(r)[1]]
     for r in runs:
-        if read_run(r)[1]:
-            out.append(r)
-        else:
+        if r not in out:
             warn(f"skipping unfinished run {r} (no finished epoch yet)")
+    if not out:
+        raise FigureError("no run among --runs has finished an epoch")
     return out
 
 
@@ -126,9 +100,6 @@ def _save(fig, out: str) -> None:
 
     save_figure(fig, out, dpi=110)  # creates the directory; never a half-written PNG
     _plt().close(fig)
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
@@ -164,14 +135,13 @@ def _seeds_label(seeds: list[int]) -> str:
     return f"{len(seeds)} runs, {len(distinct)} seed{'s' if len(distinct) != 1 else ''} ({listed})"
 
 
-def sweep_table(runs: list[str], warn=None) -> dict:
+def sweep_table(runs: list[str]) -> dict:
     """Final test errors of plain / anl / opposite runs grouped by settings:
     ``{panel: {series: {eps: [(seed, test error %)]}}}``. A panel holds runs of one model, dataset,
     total epoch count and optimizer / schedule settings; a series, the ANL runs of one norm and one
     ANL-phase length. Its eps = 0 point is the plain runs trained in the same two phases (``--finetune-lr
     floor``), or, where there are none, the plain runs of one continuous schedule; those also form the
     series ``"baseline, one schedule"`` (drawn as a line). Unfinished runs are skipped with a warning."""
-    warn = warn or _warn_stderr
     panels: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     plain: dict[tuple, list] = defaultdict(list)
     two_phase: dict[tuple, list] = defaultdict(list)
@@ -221,10 +191,10 @@ def _mark_diverged(ax, stuck: list[tuple[float, float, str]]) -> None:
         )
 
 
-def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) -> dict:
+def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
     """Fig. 4: final test error against eps, one panel per group of like runs (see :func:`sweep_table`),
     one line per series, mean ± std over seeds with each run as a dot. Returns :func:`sweep_table`."""
-    table = sweep_table(runs, warn)
+    table = sweep_table(runs)
     if not table:
         raise FigureError("no finished plain / anl / opposite runs among --runs")
     plt = _plt()
@@ -277,15 +247,12 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     return table
 
 
-def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12, warn=None) -> None:
+def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12) -> None:
     """Fig. 2: std of each ANL layer's input per epoch; one panel per run (runs without a finished epoch
     are skipped with a warning)."""
     plt = _plt()
     data = []
-    runs = started_runs(runs, warn)
-    if not runs:
-        raise FigureError("no run among --runs has finished an epoch")
-    for r in runs:
+    for r in started_runs(runs):
         cfg, hist = read_run(r)
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
         if not rows:
@@ -383,7 +350,6 @@ def feature_maps(
     image_index: int = 0,
     data_dir: str | None = None,
     max_channels: int = 8,
-    warn=None,
 ) -> list:
     """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint
     (runs without a finished epoch are skipped with a warning). Returns the rows ``(config, image, sigmoid maps)``."""
@@ -392,10 +358,7 @@ def feature_maps(
     from . import data as data_mod
 
     rows = []
-    runs = started_runs(runs, warn)
-    if not runs:
-        raise FigureError("no run among --runs has finished an epoch")
-    for r in runs:
+    for r in started_runs(runs):
         model, cfg, bundle = _load_run_model(r, data_dir)
         if not 0 <= image_index < len(bundle.test):
             raise FigureError(f"--image-index must be in [0, {len(bundle.test)}), got {image_index}")
@@ -442,100 +405,6 @@ def _draw_feature_maps(rows: list, out: str, title: str) -> None:
     _save(fig, out)
 
 
-def _method_label(cfg: dict) -> str:
-    """A short name of a run's method: ``baseline``, ``baseline-two-phase`` (plain training with the noise
-    methods' fine-tuning phase), ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
-    v, eps = cfg.get("variant", "?"), cfg.get("eps", 0)
-    if v == "plain":
-        return "baseline-two-phase" if cfg.get("finetune_epochs") else "baseline"
-    if v == "gaussian":
-        return f"Gaussian {eps:g}"
-    if v in ("anl", "opposite"):
-        return f"ANL {eps:g} {cfg.get('norm', 'sample')}"
-    return f"{v} {eps:g}"
-
-
-def whitebox(
-    runs: list[str],
-    out: str,
-    title: str | None = None,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 500,
-    warn=None,
-) -> dict:
-    """Fig. 5: white-box accuracy under FGSM and IFGSM (the paper's settings, delta = 16/255; IFGSM
-    k = 16, alpha = 1/255) of each run's checkpoint on the test split, as bars per method (mean
-    over seeds, one dot per run), clean accuracy beside. Returns the numbers."""
-    import torch
-
-    from . import attacks
-
-    warn = warn or _warn_stderr
-    methods: dict[str, list[dict]] = defaultdict(list)
-    for r in runs:
-        cfg, hist = read_run(r)
-        if not is_finished(cfg, hist):
-            warn(f"skipping unfinished run {r}")
-            continue
-        if diverged(hist[-1]["test_err"] * 100):
-            warn(f"skipping diverged run {r} (test error {hist[-1]['test_err'] * 100:.2f}%)")
-            continue
-        model, cfg, bundle = _load_run_model(r, data_dir)
-        x, y = bundle.test.x, bundle.test.y
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
-        kw = dict(mean=bundle.info.mean, std=bundle.info.std, batch_size=batch_size)
-        res = {
-            "run": r,
-            "seed": cfg.get("seed"),
-            "model": cfg.get("model"),
-            "dataset": cfg.get("dataset"),
-            "n": len(y),
-            "clean": attacks.accuracy(model, x, y, **kw) * 100,
-            "fgsm": attacks.accuracy(model, attacks.fgsm(model, x, y, **attacks.PAPER_FGSM, **kw), y, **kw) * 100,
-            "ifgsm": attacks.accuracy(model, attacks.ifgsm(model, x, y, **attacks.PAPER_IFGSM, **kw), y, **kw) * 100,
-        }
-        methods[f"{cfg.get('model')}: {_method_label(cfg)}"].append(res)
-    if not methods:
-        raise FigureError("no finished runs with checkpoints among --runs")
-    plot_whitebox(methods, out, title)
-    return {m: rs for m, rs in methods.items()}
-
-
-def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = None) -> None:
-    """Draw :func:`whitebox`'s numbers (also as read back from its ``--json``): clean, FGSM and IFGSM
-    accuracy per method, bars the mean over runs, dots the runs (with their count under the name)."""
-    plt = _plt()
-    names = list(methods)
-    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * len(names) * 3 + 2.0), 4.0), squeeze=False)
-    panels = (("clean", "clean test images"), ("fgsm", "(a) FGSM, δ=16"), ("ifgsm", "(b) IFGSM, δ=16, k=16, α=1"))
-    labels = [f"{m.split(': ', 1)[-1]} ({len(methods[m])})" for m in names]
-    for ax, (key, name) in zip(axes[0], panels):
-        means = [statistics.fmean(r[key] for r in methods[m]) for m in names]
-        ax.bar(range(len(names)), means, color="tab:blue", alpha=0.6)
-        for i, m in enumerate(names):
-            vals = [r[key] for r in methods[m]]
-            ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
-            ax.text(i, means[i], f"{means[i]:.1f}", ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3, axis="y")
-    seeds = sorted({r["seed"] for rs in methods.values() for r in rs}, key=str)
-    first = next(iter(methods.values()))[0]
-    fig.suptitle(
-        title
-        or f"white-box attacks, {first['model']} on {first['dataset']}, {first['n']} test images "
-        f"(bars: mean over runs of seeds {', '.join(map(str, seeds))}; dots: runs; (n): runs)",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    _save(fig, out)
-
-
 def _check_format(out: str) -> None:
     """``--out``'s extension is an image format matplotlib writes (none: PNG)."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -546,72 +415,32 @@ def _check_format(out: str) -> None:
         raise FigureError(f"--out {out!r}: {ext!r} is not an image format matplotlib writes ({', '.join(formats)})")
 
 
-_WHITEBOX_KEYS = {"clean": (int, float), "fgsm": (int, float), "ifgsm": (int, float), "model": str, "dataset": str}
-
-
-def read_whitebox_json(path: str) -> dict[str, list[dict]]:
-    """The numbers of ``figures whitebox --json`` read back; :class:`FigureError` naming the file and
-    what is wrong when it is not such a file."""
-    methods = _read_json(path)
-    if not isinstance(methods, dict) or not methods:
-        raise FigureError(f"{path!r} is not the JSON of `figures whitebox --json` (an object of methods expected)")
-    for name, runs in methods.items():
-        if not isinstance(runs, list) or not runs:
-            raise FigureError(f"{path!r}: method {name!r} has no list of runs")
-        for r in runs:
-            bad = [k for k, t in _WHITEBOX_KEYS.items() if not isinstance(r, dict) or not isinstance(r.get(k), t)]
-            if bad or "seed" not in r or not isinstance(r.get("n"), int):
-                raise FigureError(
-                    f"{path!r}: a run of method {name!r} lacks {', '.join(bad) or 'seed / n'} (not the JSON of "
-                    "`figures whitebox --json`)"
-                )
-    return methods
+def _print_sweep(table: dict) -> None:
+    for panel, series in table.items():
+        for name, pts in series.items():
+            for eps, points in sorted(pts.items()):
+                errs = [e for _, e in points if not diverged(e)]
+                mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
+                bad = len(points) - len(errs)
+                bad = f", {bad} diverged (not averaged)" if bad else ""
+                print(f"{panel} | {name} | eps={eps:g}: test error {mean} over {_seeds_label([s for s, _ in points])}{bad}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DatasetNotFoundError
+    from .train.config import StoredConfigError
+
     try:
         _check_format(args.out)
-        if args.figure == "whitebox-plot":
-            plot_whitebox(read_whitebox_json(args.json), args.out, args.title)
-            print(f"wrote {args.out}")
-            return 0
         runs = find_runs(args.runs)
         if args.figure == "eps-sweep":
-            table = eps_sweep(runs, args.out, args.title)
-            for panel, series in table.items():
-                for name, pts in series.items():
-                    for eps, points in sorted(pts.items()):
-                        errs = [e for _, e in points if not diverged(e)]
-                        mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
-                        bad = len(points) - len(errs)
-                        bad = f", {bad} diverged (not averaged)" if bad else ""
-                        print(
-                            f"{panel} | {name} | eps={eps:g}: test error {mean} over "
-                            f"{_seeds_label([s for s, _ in points])}{bad}"
-                        )
-        elif args.figure == "whitebox":
-            result = whitebox(runs, args.out, args.title, args.data_dir, args.limit)
-            for m, rs in result.items():
-                print(
-                    f"{m}: "
-                    + ", ".join(f"{k} {statistics.fmean(r[k] for r in rs):.2f}%" for k in ("clean", "fgsm", "ifgsm"))
-                    + f" over {len(rs)} run(s)"
-                )
-            if args.json:
-                from .files import atomic_write
-
-                atomic_write(args.json, json.dumps(result, indent=2) + "\n")
+            _print_sweep(eps_sweep(runs, args.out, args.title))
         elif args.figure == "layer-std":
             layer_std(runs, args.out, args.title, args.max_legend)
         else:
             feature_maps(runs, args.out, args.title, args.image_index, args.data_dir, args.max_channels)
-    except Exception as e:
-        from .checkpoint import CheckpointError
-        from .data import DatasetNotFoundError
-        from .train.config import StoredConfigError
-
-        if not isinstance(e, (FigureError, CheckpointError, DatasetNotFoundError, OSError, StoredConfigError)):
-            raise
+    except (FigureError, CheckpointError, DatasetNotFoundError, OSError, StoredConfigError) as e:
         print(f"anl-fused figures: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
