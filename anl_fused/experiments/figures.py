@@ -421,9 +421,9 @@ def _print_sweep(table: dict) -> None:
             for eps, points in sorted(pts.items()):
                 errs = [e for _, e in points if not diverged(e)]
                 mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
-                bad = len(points) - len(errs)
-                bad = f", {bad} diverged (not averaged)" if bad else ""
-                print(f"{panel} | {name} | eps={eps:g}: test error {mean} over {_seeds_label([s for s, _ in points])}{bad}")
+                bad = f", {len(points) - len(errs)} diverged (not averaged)" if len(points) > len(errs) else ""
+                seeds = _seeds_label([s for s, _ in points])
+                print(f"{panel} | {name} | eps={eps:g}: test error {mean} over {seeds}{bad}")
 
 
 def run(args: argparse.Namespace) -> int:
