@@ -20,8 +20,7 @@ from .. import checkpoint as ckpt
 from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
-from . import schema
-from .config import PRESETS, TrainConfig, auto_eps_of, config_from_dict, preset_values
+from .config import PRESETS, TrainConfig, add_options, auto_eps_of, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -88,12 +87,12 @@ GROUPS = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """The settings' options come from :class:`TrainConfig`'s schema (:func:`.schema.add_options`)."""
+    """The settings' options come from :class:`TrainConfig`'s schema (:func:`.config.add_options`)."""
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     groups = {k: parser.add_argument_group(title) for k, title in GROUPS.items()}
     groups["run"].add_argument("--preset", choices=tuple(PRESETS), default=None, help=PRESET_HELP)
-    schema.add_options(TrainConfig, groups)
+    add_options(groups)
     groups["where"].add_argument(
         "--threads",
         type=positive_int,

@@ -16,7 +16,7 @@ from .. import data as data_mod
 from .. import launch
 from ..files import resolve_device
 from ..models import MODELS, build
-from .config import NOISE_VARIANTS, TrainConfig, input_layer_eps, probe_torch_dtype
+from .config import NOISE_VARIANTS, PROBE_DTYPES, TrainConfig, input_layer_eps
 from .schedule import make_schedule
 
 __all__ = ["Parts", "build_parts", "make_model", "process_group"]
@@ -193,7 +193,7 @@ def build_parts(cfg: TrainConfig, bundle: data_mod.DataBundle | None = None) -> 
         train_model,
         generator=generator,
         std_over=cfg.std_over if world > 1 else "local",
-        probe_dtype=probe_torch_dtype(cfg),
+        probe_dtype=PROBE_DTYPES[cfg.probe_dtype],
     )
     flags = launch.cpu_group() if world > 1 else None
     return Parts(
