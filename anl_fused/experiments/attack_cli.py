@@ -38,7 +38,7 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-_step_size = number(float, low=0.0, high=1.0, low_open=True, name="step size")
+_step_size = number(float, gt=0, le=1)
 
 
 def _named(spec: str) -> tuple[str, str]:

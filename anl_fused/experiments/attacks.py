@@ -15,6 +15,7 @@ render it.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -23,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cli_types import out_of_range
 from .files import md_table, save_figure
 
 __all__ = [
@@ -49,9 +49,8 @@ def _number(name: str, value: Any, kind: type = float, low: float = 0) -> float 
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
         raise TypeError(f"{name} must be {'an int' if kind is int else 'a real number'}, got {value!r}")
-    problem = out_of_range(kind(value), low=low)
-    if problem:
-        raise ValueError(f"{name} {problem}")
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be {f'>= {low}' if math.isfinite(value) else 'a finite number'}, got {value!r}")
     return kind(value)
 
 

@@ -37,13 +37,10 @@ MIN_LR = 1e-3  # the schedule's floor and the fine-tuning rate (TrainConfig.min_
 
 def _eps_list(text: str) -> list[float]:
     """``--eps``: one or more eps separated by commas, each a positive finite number."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not any(items) or not all(items):
-        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
     try:
-        return [cli_types.positive_float(t) for t in items]
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"every eps {str(e).rsplit(', got ', 1)[0]}, got {text!r}") from None
+        return [cli_types.positive_float(t) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}") from None
 
 
 EPS_HELP = (
@@ -86,7 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--lr",
-        type=cli_types.number(float, low=MIN_LR, name="lr"),
+        type=cli_types.number(float, ge=MIN_LR),
         default=0.1,
         help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
         "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs, "
@@ -249,11 +246,10 @@ def _check_args(args: argparse.Namespace, n_train: int) -> list[str] | None:
     if args.model not in MODELS:
         print(f"anl-fused demo: error: unknown --model {args.model!r} (known: {', '.join(MODELS)})", file=sys.stderr)
         return None
-    problem = cli_types.out_of_range(args.batch_size, low=1, high=n_train)
-    if problem:  # larger than the training set: not one full batch an epoch
+    if args.batch_size > n_train:  # not one full batch an epoch
         print(
-            f"anl-fused demo: error: argument --batch-size: {problem.rsplit(', got ', 1)[0]} (the training "
-            f"images), got {args.batch_size!r}",
+            f"anl-fused demo: error: argument --batch-size: must be <= {n_train} (the training images), got "
+            f"{args.batch_size!r}",
             file=sys.stderr,
         )
         return None

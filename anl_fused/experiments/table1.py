@@ -354,7 +354,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--jobs", type=positive_int, default=1, help="trainings at once (default 1)")
     p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per training (default 1)")
-    nice = number(int, low=-20, high=19)
+    nice = number(int, ge=-20, le=19)
     p.add_argument("--nice", type=nice, default=10, help="niceness of the trainings, -20..19 (default 10)")
     p.add_argument("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
     p.add_argument("--out", default="benchmarks/results/table1", help="where the table goes")

@@ -28,6 +28,7 @@ from ... import distributed
 from ...eps_rule import auto_eps
 from ...layer import NORMS
 from .. import data as data_mod
+from ..cli_types import parser
 from ..models import MODELS, build, count_params, get_spec
 
 __all__ = [
@@ -410,19 +411,9 @@ def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConf
 
 
 def arg_type(field: str):
-    """The argparse ``type=`` of field ``field``: its annotation checked by pydantic (a number finite and within its
-    bounds, ``--eps auto``); a usage error names the value."""
-    adapter = pydantic.TypeAdapter(_HINTS[field], config=pydantic.ConfigDict(allow_inf_nan=False))
-
-    def parse(text: str):
-        try:
-            return adapter.validate_python(text.strip().lower())
-        except pydantic.ValidationError as e:
-            wants = " or ".join(dict.fromkeys(er["msg"] for er in e.errors(include_url=False)))
-            raise argparse.ArgumentTypeError(f"{wants}, got {text!r}") from None
-
-    parse.__name__ = field
-    return parse
+    """The argparse ``type=`` of field ``field``: its annotation read by pydantic (a number finite and within its
+    bounds, ``--eps auto``)."""
+    return parser(_HINTS[field])
 
 
 def add_options(groups: dict[str, Any]) -> None:
