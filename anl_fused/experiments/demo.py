@@ -27,6 +27,7 @@ from .train.metrics import read_metrics
 from .train.rundir import local_config
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
+VARIANTS = (*DEFAULT_VARIANTS, "gaussian", "dropout")
 NOISY = ("anl", "opposite", "gaussian")
 DEMO_EPS = 0.1  # vgg_tiny on digits: the best of a 10-seed sweep, chosen on test error
 #: the settings every variant shares, from a run's config
@@ -52,53 +53,26 @@ EPS_HELP = (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    p = parser
-    p.add_argument("--model", default="vgg_tiny", help="zoo model (default vgg_tiny, ~0.07M parameters)")
-    p.add_argument(
-        "--variants",
-        default=",".join(DEFAULT_VARIANTS),
-        help="comma-separated: plain, anl, opposite, gaussian, dropout (default plain,anl,opposite)",
-    )
-    p.add_argument("--eps", type=_eps_list, default=[DEMO_EPS], help=EPS_HELP)
-    p.add_argument(
-        "--seeds",
-        type=cli_types.positive_int,
-        default=5,
-        help="seeds per variant, >= 1 (default 5; the paired differences need >= 2)",
-    )
-    p.add_argument(
-        "--epochs", type=cli_types.positive_int, default=20, help="epochs with the variant's noise, >= 1 (default 20)"
-    )
-    p.add_argument(
-        "--finetune-epochs",
-        type=cli_types.nonneg_int,
-        default=10,
-        help=f"then epochs with the noise off at the floor rate {MIN_LR:g}, >= 0 (default 10)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=cli_types.positive_int,
-        default=64,
-        help="training batch, 1 to the training set's size (digits: 897; default 64)",
-    )
-    p.add_argument(
+    p, pos, nonneg = parser.add_argument, cli_types.positive_int, cli_types.nonneg_int
+    p("--model", default="vgg_tiny", help="zoo model (default vgg_tiny, ~0.07M parameters)")
+    p("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (%(default)s)")
+    p("--eps", type=_eps_list, default=[DEMO_EPS], help=EPS_HELP)
+    p("--seeds", type=pos, default=5, help="seeds per variant (default 5; the paired differences need >= 2)")
+    p("--epochs", type=pos, default=20, help="epochs with the variant's noise (default 20)")
+    p("--finetune-epochs", type=nonneg, default=10, help=f"then epochs without it at lr {MIN_LR:g} (default 10)")
+    p("--batch-size", type=pos, default=64, help="training batch, up to the training set (digits: 897; default 64)")
+    p(
         "--lr",
         type=cli_types.number(float, ge=MIN_LR),
         default=0.1,
         help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
-        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs, "
-        f"floor {MIN_LR:g} (sec. 4.2.1)",
+        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs (sec. 4.2.1)",
     )
-    p.add_argument(
-        "--threads",
-        type=cli_types.positive_int,
-        default=1,
-        help="torch intra-op threads of each training, >= 1 (default 1: fastest for a tiny model on a small CPU)",
-    )
-    p.add_argument("--jobs", type=cli_types.positive_int, default=1, help="trainings at once, >= 1 (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--out", default="./demo_out", help="output directory (default ./demo_out)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
+    p("--threads", type=pos, default=1, help="torch threads of each training (default 1: fastest for a tiny model)")
+    p("--jobs", type=pos, default=1, help="trainings at once (default 1)")
+    p("--device", default="cpu", help="cpu (default), cuda or auto")
+    p("--out", default="./demo_out", help="output directory (default ./demo_out)")
+    p("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
 
 
 def _color(colors: dict, summary: dict, keys: list, key: str):
@@ -239,19 +213,18 @@ def _check_args(args: argparse.Namespace, n_train: int) -> list[str] | None:
     from .models import MODELS
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("plain", "anl", "opposite", "gaussian", "dropout")]
-    if bad or not variants:
-        print(f"anl-fused demo: error: unknown variant(s) {bad}", file=sys.stderr)
-        return None
-    if args.model not in MODELS:
-        print(f"anl-fused demo: error: unknown --model {args.model!r} (known: {', '.join(MODELS)})", file=sys.stderr)
-        return None
-    if args.batch_size > n_train:  # not one full batch an epoch
-        print(
-            f"anl-fused demo: error: argument --batch-size: must be <= {n_train} (the training images), got "
-            f"{args.batch_size!r}",
-            file=sys.stderr,
-        )
+    bad = [v for v in variants if v not in VARIANTS]
+    problem = (
+        f"unknown variant(s) {bad}"
+        if bad or not variants
+        else f"unknown --model {args.model!r} (known: {', '.join(MODELS)})"
+        if args.model not in MODELS
+        else f"argument --batch-size: must be <= {n_train} (the training images), got {args.batch_size!r}"
+        if args.batch_size > n_train  # not one full batch an epoch
+        else None
+    )
+    if problem:
+        print(f"anl-fused demo: error: {problem}", file=sys.stderr)
         return None
     return variants
 
@@ -271,20 +244,9 @@ def _jobs(args: argparse.Namespace, entries: list) -> list[tuple[str, sweep.Job]
     out = []
     for seed in range(args.seeds):
         for key, v, eps in entries:
-            settings = {
-                "model": args.model,
-                "dataset": "digits",
-                "variant": v,
-                "eps": eps if v in NOISY else None,
-                "epochs": args.epochs,
-                "finetune_epochs": args.finetune_epochs,
-                "finetune_lr": "floor",
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "min_lr": MIN_LR,
-                "seed": seed,
-                "device": args.device,
-            }
+            settings = dict(model=args.model, dataset="digits", variant=v, eps=eps if v in NOISY else None, seed=seed)
+            settings |= dict(epochs=args.epochs, finetune_epochs=args.finetune_epochs, finetune_lr="floor")
+            settings |= dict(batch_size=args.batch_size, lr=args.lr, min_lr=MIN_LR, device=args.device)
             d = os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}")
             out.append((key, sweep.train_job(f"{key} seed {seed}", d, settings, args.threads)))
     return out
@@ -317,13 +279,9 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
         tps = [h["time_per_step_s"] for hist in runs[key] for h in hist[1 : args.epochs]]
         tps = tps or [h["time_per_step_s"] for hist in runs[key] for h in hist[: args.epochs]]
         eps = configs[key]["eps"]
-        label = {
-            "plain": "plain",
-            "anl": f"ANL eps={eps:g}",
-            "opposite": f"opposite eps={eps:g}",
-            "gaussian": f"Gaussian eps={eps:g}",
-            "dropout": "dropout",
-        }[v]
+        label = {"anl": "ANL", "opposite": "opposite", "gaussian": "Gaussian"}.get(v, v) + (
+            f" eps={eps:g}" if eps else ""
+        )
         summary[key] = {
             "label": label,
             "variant": v,

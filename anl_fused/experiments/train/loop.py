@@ -30,7 +30,7 @@ from .. import launch
 from . import checkpointing, rundir
 from .checkpointing import CHECKPOINT_NAME, Position
 from .config import NOISE_VARIANTS, TrainConfig, auto_eps_of, check_device, noise_note
-from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
+from .metrics import EpochMeter, MetricsFile, all_ranks, evaluate, format_record
 from .parts import Parts, build_parts, process_group
 
 __all__ = ["fit"]
@@ -221,17 +221,10 @@ class _Loop:
         if in_anl_phase or self.cfg.finetune_lr == "continue":
             p.scheduler.step(val[0])
         phase = ("anl" if p.noisy else "sam" if self.cfg.variant == "sam" else "train") if in_anl_phase else "finetune"
-        record = epoch_record(
-            epoch=pos.epoch + 1,
-            phase=phase,
-            anl_enabled=bool(p.noisy and in_anl_phase),
-            global_step=pos.global_step,
-            summary=summary,
-            val=val,
-            test_acc=test_acc,
-            lr=lr_used,
-            meter=self.meter,
-        )
+        m, anl = self.meter, bool(p.noisy and in_anl_phase)  # one line of metrics.jsonl:
+        record = dict(epoch=pos.epoch + 1, phase=phase, anl_enabled=anl, global_step=pos.global_step, **summary)
+        record |= dict(val_loss=val[0], val_acc=val[1], test_acc=test_acc, test_err=1.0 - test_acc, lr=lr_used)
+        record |= dict(steps=m.steps, epoch_train_time_s=m.train_time, time_per_step_s=m.train_time / max(m.steps, 1))
         pos.history.append(record)
         if self.metrics:
             self.metrics.append(record)
