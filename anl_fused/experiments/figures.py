@@ -181,14 +181,25 @@ def _mark_diverged(ax, stuck: list[tuple[float, float, str]]) -> None:
     for x, e, c in stuck:
         ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
     if stuck:
-        ax.text(
-            0.01,
-            0.99,
-            f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
-            transform=ax.transAxes,
-            fontsize=7,
-            va="top",
-        )
+        note = f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged"
+        ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top")
+
+
+def _draw_series(ax, name: str, pts: dict, c) -> list[int]:
+    """One series of the eps sweep: each run a dot, mean ± std per eps (diverged runs left out: marked by
+    :func:`_mark_diverged`), the best eps a star; returns the seeds of its ANL runs."""
+    eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
+    errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]
+    if not eps:
+        return []
+    means = [statistics.fmean(v) for v in errs]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
+    for x, v in zip(eps, errs):
+        ax.scatter([x] * len(v), v, color=c, alpha=0.35, s=14, zorder=3)
+    ax.errorbar(eps, means, yerr=stds, fmt="-o", color=c, capsize=4, zorder=4, label=f"{name}, mean ± std")
+    best = min(range(len(eps)), key=lambda j: means[j])
+    ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
+    return [s for x in eps if x != 0.0 for s, _ in pts[x]]
 
 
 def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
@@ -201,38 +212,19 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
     fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 4.0), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
-        all_seeds = []
         curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
-        stuck = []
-        for i, (name, pts) in enumerate(curves.items()):
-            c = colors[i % len(colors)]
-            stuck += [(x, e, c) for x in pts for _, e in pts[x] if diverged(e)]
-            eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
-            errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]  # diverged runs: marked, not averaged
-            if not eps:
-                continue
-            means = [statistics.fmean(v) for v in errs]
-            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
-            for x, v in zip(eps, errs):
-                ax.scatter([x] * len(v), v, color=c, alpha=0.35, s=14, zorder=3)
-            ax.errorbar(eps, means, yerr=stds, fmt="-o", color=c, capsize=4, zorder=4, label=f"{name}, mean ± std")
-            best = min(range(len(eps)), key=lambda j: means[j])
-            ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
-            all_seeds += [s for x in eps if x != 0.0 for s, _ in pts[x]]
+        color = {name: colors[i % len(colors)] for i, name in enumerate(curves)}
+        seeds = [s for name, pts in curves.items() for s in _draw_series(ax, name, pts, color[name])]
         base = series.get("baseline, one schedule", {}).get(0.0)
         if base:
-            ax.axhline(
-                statistics.fmean(e for _, e in base),
-                color="tab:gray",
-                ls="--",
-                lw=1,
-                label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
-            )
+            label = f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}"
+            ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1, label=label)
+        stuck = [(x, e, color[n]) for n, pts in curves.items() for x in pts for _, e in pts[x] if diverged(e)]
         _mark_diverged(ax, stuck)
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(
             f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
-            f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}",
+            f"seeds {', '.join(map(str, sorted(set(seeds)))) or '-'}",
             fontsize=9,
         )
         ax.set_xlabel("eps (negative: opposite noise)")
@@ -256,10 +248,8 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         cfg, hist = read_run(r)
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
         if not rows:
-            raise FigureError(
-                f"{os.path.join(r, METRICS_NAME)!r} has no anl_std entries (a run without ANL, "
-                "or only its fine-tuning phase)"
-            )
+            why = "a run without ANL, or only its fine-tuning phase"
+            raise FigureError(f"{os.path.join(r, METRICS_NAME)!r} has no anl_std entries ({why})")
         data.append((r, cfg, rows))
     fig, axes = plt.subplots(1, len(data), figsize=(5.2 * len(data), 3.9), squeeze=False)
     for ax, (r, cfg, rows) in zip(axes[0], data):
@@ -267,15 +257,8 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         epochs = [e for e, _ in rows]
         cmap = plt.get_cmap("viridis")
         for i, name in enumerate(names):
-            ys = [s.get(name, math.nan) for _, s in rows]
-            ax.plot(
-                epochs,
-                ys,
-                color=cmap(i / max(len(names) - 1, 1)),
-                lw=1.2,
-                label=name if len(names) <= max_legend else None,
-                marker="." if len(epochs) < 30 else None,
-            )
+            style = dict(lw=1.2, label=name if len(names) <= max_legend else None, marker="." * (len(epochs) < 30))
+            ax.plot(epochs, [s.get(name, math.nan) for _, s in rows], color=cmap(i / max(len(names) - 1, 1)), **style)
         if len(names) > max_legend:
             sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, len(names)))
             fig.colorbar(sm, ax=ax, label="ANL layer (input first, then depth order)")
@@ -355,24 +338,15 @@ def feature_maps(
     (runs without a finished epoch are skipped with a warning). Returns the rows ``(config, image, sigmoid maps)``."""
     import torch
 
-    from . import data as data_mod
-
     rows = []
     for r in started_runs(runs):
         model, cfg, bundle = _load_run_model(r, data_dir)
         if not 0 <= image_index < len(bundle.test):
             raise FigureError(f"--image-index must be in [0, {len(bundle.test)}), got {image_index}")
-        batches = data_mod.Batches(
-            data_mod.Split(bundle.test.x[image_index : image_index + 1], bundle.test.y[image_index : image_index + 1]),
-            1,
-            mean=bundle.info.mean,
-            std=bundle.info.std,
-            shuffle=False,
-        )
-        ((x, _),) = list(batches.epoch(0))
-        fm = first_conv_output(model, x)
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (bundle.info.mean, bundle.info.std))
+        fm = first_conv_output(model, ((raw - mean) / std)[None])  # normalized as training's batches are
         rows.append((cfg, raw, torch.sigmoid(fm[0])[:max_channels]))
     cfg0 = rows[0][0]
     default = f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, "
