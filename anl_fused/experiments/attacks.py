@@ -26,18 +26,6 @@ from torch import Tensor, nn
 
 from .files import md_table, save_figure
 
-__all__ = [
-    "PAPER_FGSM",
-    "PAPER_IFGSM",
-    "accuracy",
-    "evaluate_transfer",
-    "fgsm",
-    "ifgsm",
-    "paper_attacks",
-    "plot_transfer_heatmap",
-    "transfer_markdown",
-]
-
 PAPER_FGSM: dict[str, float] = dict(eps=16 / 255)
 PAPER_IFGSM: dict[str, float | int] = dict(eps=16 / 255, alpha=1 / 255, steps=16)
 _NEEDS = {"fgsm": ("eps",), "ifgsm": ("eps", "alpha", "steps")}

@@ -18,18 +18,6 @@ from typing import Annotated, Any
 import annotated_types
 import pydantic
 
-__all__ = [
-    "ArgumentParser",
-    "finite_float",
-    "fraction",
-    "nonneg_float",
-    "nonneg_int",
-    "number",
-    "parser",
-    "positive_float",
-    "positive_int",
-]
-
 
 def parser(annotation: Any) -> Callable[[str], Any]:
     """A ``type=`` function reading the text (stripped, lower-cased) as ``annotation``."""

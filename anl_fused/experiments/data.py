@@ -22,20 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "DATASETS",
-    "DEFAULT_DATA_DIR",
-    "FASHION_MNIST_SYSTEM_DIR",
-    "Batches",
-    "DataBundle",
-    "DatasetNotFoundError",
-    "Split",
-    "derive_seed",
-    "find_fashion_mnist",
-    "load",
-    "read_idx",
-]
-
 #: where datasets are looked for when no data directory is given (first; then, for Fashion-MNIST, the system's)
 DEFAULT_DATA_DIR = "./data"
 #: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST's four gzipped IDX files
@@ -169,15 +155,9 @@ def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
             raise
         raise _missing_error(info, data_dir, str(e)) from e
 
-    def to_tensors(ds) -> tuple[Tensor, Tensor]:
-        x = ds.data
-        x = torch.as_tensor(np.asarray(x))
-        if x.dim() == 3:  # (N, H, W) grey
-            x = x.unsqueeze(1)
-        else:  # (N, H, W, C)
-            x = x.permute(0, 3, 1, 2)
-        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
-        return x.contiguous().to(torch.uint8), y
+    def to_tensors(ds) -> tuple[Tensor, Tensor]:  # (N, H, W, C) uint8 -> NCHW
+        x = torch.as_tensor(np.asarray(ds.data, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
+        return x, torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
     return to_tensors(train), to_tensors(test)
 
@@ -276,12 +256,12 @@ def _load_fashion_mnist(data_dir: str | None, download: bool):
         xtr, ytr, xte, yte = (read_idx(f) for f in files)
     except ValueError as e:
         raise DatasetNotFoundError(f"Fashion-MNIST in {os.path.dirname(files[0])!r} is unreadable: {e}") from e
-    for x, y, f in ((xtr, ytr, files[0]), (xte, yte, files[2])):
+    for x, y, f, g in ((xtr, ytr, *files[:2]), (xte, yte, *files[2:])):
         shape, labels = f"images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)} {y.dtype}", y.unique().tolist()
         if x.dtype != torch.uint8 or x.shape[1:] != (28, 28) or y.shape != x.shape[:1] or not len(y):
             raise DatasetNotFoundError(f"{f!r}: expected N uint8 28x28 images and N labels (N > 0), got {shape}")
         if not set(labels) <= set(range(10)):
-            raise DatasetNotFoundError(f"{f!r}: labels must be 0..9, found {labels}")
+            raise DatasetNotFoundError(f"{g!r}: labels must be 0..9, found {labels}")
     source = os.path.dirname(os.path.abspath(files[0]))
     return (xtr.unsqueeze(1), ytr.long()), (xte.unsqueeze(1), yte.long()), source
 

@@ -120,12 +120,6 @@ _SWEEP_SETTINGS = (
 )
 
 
-def is_finished(cfg: dict, hist: list[dict]) -> bool:
-    """Whether a run trained all the epochs its config asks for (an interrupted run did not)."""
-    total = int(cfg.get("epochs", 0)) + int(cfg.get("finetune_epochs", 0))
-    return bool(hist) and hist[-1].get("epoch", len(hist)) >= total
-
-
 def _seeds_label(seeds: list[int]) -> str:
     """``3 seeds (0, 1, 2)``, or ``3 runs, 1 seed (0, 0, 0)`` when seeds repeat: never more seeds than there are."""
     distinct = sorted(set(seeds))
@@ -151,7 +145,7 @@ def sweep_table(runs: list[str]) -> dict:
         if variant not in ("plain", "anl", "opposite") or cfg.get("input_eps", 0.0):
             continue  # gaussian / dropout / input are not points of the eps axis
         e, f = int(cfg.get("epochs", 0)), int(cfg.get("finetune_epochs", 0))
-        if not is_finished(cfg, hist):
+        if not (hist and hist[-1].get("epoch", len(hist)) >= e + f):  # an interrupted run
             warn(f"skipping unfinished run {r} ({len(hist)} of {e + f} epochs)")
             continue
         panel = (*(cfg.get(k) for k in _SWEEP_SETTINGS), e + f)

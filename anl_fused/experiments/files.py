@@ -32,19 +32,6 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import IO
 
-__all__ = [
-    "DirLock",
-    "DirLockedError",
-    "LockFileError",
-    "atomic_write",
-    "check_out_dir",
-    "clean_temp_files",
-    "lock_holder",
-    "md_table",
-    "resolve_device",
-    "save_figure",
-]
-
 _TEMP_TAIL = r"\.[a-z0-9_]{8}\.tmp"  # atomic_write's temporary files: NAME + 8 characters (once tempfile.mkstemp's)
 
 

@@ -30,30 +30,6 @@ from .. import data as data_mod
 from ..cli_types import parser
 from ..models import MODELS, build, count_params, get_spec
 
-__all__ = [
-    "IDENTITY",
-    "LENGTH",
-    "NOISE_VARIANTS",
-    "PRESETS",
-    "PROBE_DTYPES",
-    "RUNTIME",
-    "SCHEDULES",
-    "TWO_PHASE_VARIANTS",
-    "VARIANTS",
-    "Arg",
-    "StoredConfigError",
-    "TrainConfig",
-    "add_options",
-    "arg_type",
-    "auto_eps_of",
-    "check_device",
-    "config_from_dict",
-    "input_layer_eps",
-    "noise_note",
-    "preset_values",
-    "upgrade_stored",
-]
-
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input", "sam")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
 # trained in two phases by default (the regularizer on for `epochs`, then `finetune_epochs` without it at the floor)

@@ -18,17 +18,6 @@ from torch import Tensor, nn
 from .. import data as data_mod
 from ..files import atomic_write
 
-__all__ = [
-    "METRICS_NAME",
-    "EpochMeter",
-    "MetricsFile",
-    "all_ranks",
-    "evaluate",
-    "format_record",
-    "merged_meter_state",
-    "read_metrics",
-]
-
 METRICS_NAME = "metrics.jsonl"
 
 
