@@ -96,17 +96,16 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
 
     colors = dict(plain="tab:gray", anl="tab:blue", opposite="tab:red", gaussian="tab:green", dropout="tab:purple")
     variants = list(summary)
+    color = {v: _color(colors, summary, variants, v) for v in variants}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
-        s = summary[v]["test_err"]
-        c = _color(colors, summary, variants, v)
+        s, c = summary[v]["test_err"], color[v]
         ax1.scatter([i] * s["n"], s["values"], color=c, alpha=0.5, s=18, zorder=3)
         ax1.errorbar([i], [s["mean"]], yerr=[s["std"] or 0.0], fmt="o", color=c, capsize=6, ms=8, zorder=4)
         ax1.annotate(f"{s['mean']:.2f}", (i, s["mean"]), textcoords="offset points", xytext=(12, -3), fontsize=9)
     ax1.set_xticks(range(len(variants)))
     ax1.set_xticklabels([summary[v]["label"].replace(" eps", "\neps") for v in variants], fontsize=8)
-    ax1.set_ylabel("final test error (%)")
-    ax1.set_title("test error: seeds (dots), mean ± std (bars)")
+    ax1.set(ylabel="final test error (%)", title="test error: seeds (dots), mean ± std (bars)")
     ax1.grid(axis="y", alpha=0.3)
     for v in variants:
         curves = [[h["test_err"] * 100 for h in hist] for hist in runs[v]]
@@ -116,9 +115,8 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
         floor = 50.0 / n_test  # half a test image: keeps a 0% seed visible on the log axis
         lo = [max(min(c[i] for c in curves), floor) for i in range(n)]
         hi = [max(c[i] for c in curves) for i in range(n)]
-        c = _color(colors, summary, variants, v)
-        ax2.plot(ep, mean, color=c, label=summary[v]["label"])
-        ax2.fill_between(ep, lo, hi, color=c, alpha=0.15)
+        ax2.plot(ep, mean, color=color[v], label=summary[v]["label"])
+        ax2.fill_between(ep, lo, hi, color=color[v], alpha=0.15)
     lo_y, hi_y = ax2.get_ylim()
     if hi_y / max(lo_y, 1e-9) > 8:  # errors fall by orders of magnitude: log scale, plain-number labels
         ax2.set_yscale("log")
@@ -126,18 +124,13 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
         ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.axvline(finetune_start + 0.5, color="k", ls="--", lw=0.8)
-    ax2.text(
-        finetune_start + 0.6, 0.03, "noise off,\nlr floor", fontsize=8, va="bottom", transform=ax2.get_xaxis_transform()
-    )
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test error (%): mean over seeds, band = range")
-    ax2.set_title("test error during training")
+    off = dict(fontsize=8, va="bottom", transform=ax2.get_xaxis_transform())
+    ax2.text(finetune_start + 0.6, 0.03, "noise off,\nlr floor", **off)
+    ax2.set(xlabel="epoch", ylabel="test error (%): mean over seeds, band = range", title="test error during training")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
-    fig.suptitle(
-        f"{summary[variants[0]]['model']} on scikit-learn digits (8x8), {summary[variants[0]]['test_err']['n']} seeds",
-        fontsize=11,
-    )
+    first = summary[variants[0]]
+    fig.suptitle(f"{first['model']} on scikit-learn digits (8x8), {first['test_err']['n']} seeds", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -221,8 +221,7 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
             f"seeds {', '.join(map(str, sorted(set(seeds)))) or '-'}",
             fontsize=9,
         )
-        ax.set_xlabel("eps (negative: opposite noise)")
-        ax.set_ylabel("test error (%)")
+        ax.set(xlabel="eps (negative: opposite noise)", ylabel="test error (%)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -258,9 +257,8 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
             fig.colorbar(sm, ax=ax, label="ANL layer (input first, then depth order)")
         else:
             ax.legend(fontsize=7)
-        ax.set_xlabel("epoch")
+        ax.set(xlabel="epoch", ylabel="std of ANL input h")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.set_ylabel("std of ANL input h")
         label = f"{cfg.get('model', '?')} {cfg.get('variant', '')} eps={cfg.get('eps', '?')}"
         ax.set_title(f"{label}\n{os.path.basename(os.path.normpath(r))}", fontsize=9)
         ax.grid(alpha=0.3)
@@ -361,8 +359,7 @@ def _draw_feature_maps(rows: list, out: str, title: str) -> None:
             if j < fm.shape[0]:
                 ax.imshow(fm[j].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         for ax in ax_row:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             for s in ax.spines.values():
                 s.set_visible(False)
     axes[0][0].set_title("input", fontsize=9)
