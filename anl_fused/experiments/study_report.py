@@ -170,13 +170,115 @@ def plot_paired(s: dict, path: str) -> bool:
     return True
 
 
+#: the battery's accuracies (%) in the robustness table, in its column order
+ROBUST_METRICS = ("clean", "fgsm", "pgd20", "pgd100", "apgd_ce", "transfer_pgd20")
+
+
+def robustness(results: dict[str, dict]) -> dict:
+    """The pre-registered robustness analysis of ``anl-fused study robustness``'s ``robustness.json`` (one battery
+    per model, with its ``arm`` and ``seed``): per arm, each accuracy over its models and how many models pass all
+    four sanity checks; per arm against the control, the endpoint (PGD-100 accuracy, arm - control, paired by seed;
+    ``better`` = more robust) and ``claimable``: a gain may be claimed only when every paired model passes all four
+    checks; per arm, the mean eps curve."""
+    by_arm: dict[str, dict[int, dict]] = {}
+    for r in results.values():
+        by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+    arms = {
+        arm: {
+            "n": len(models),
+            "sane": sum(r["sanity"]["all"] for r in models.values()),
+            **{
+                k: stats.summary([r[k] for r in models.values()])
+                for k in ROBUST_METRICS
+                if k in next(iter(models.values()))
+            },
+            "curve": {
+                eps: {a: sum(r["curve"][eps][a] for r in models.values()) / len(models) for a in ("fgsm", "pgd20")}
+                for eps in next(iter(models.values()))["curve"]
+            },
+        }
+        for arm, models in sorted(by_arm.items())
+    }
+    endpoint = {}
+    control = by_arm.get("control", {})
+    for arm, models in sorted(by_arm.items()):
+        seeds = sorted(set(models) & set(control)) if arm != "control" else []
+        if len(seeds) < 2:
+            continue
+        p = stats.paired([models[s]["pgd100"] - control[s]["pgd100"] for s in seeds])
+        sane = all(m[s]["sanity"]["all"] for m in (models, control) for s in seeds)
+        endpoint[f"{arm} - control"] = {
+            **p,
+            "better": p["worse"],
+            "worse": p["better"],
+            "seeds": seeds,
+            "claimable": sane,
+        }
+    return {"arms": arms, "endpoint": endpoint}
+
+
+def robustness_markdown(r: dict) -> str:
+    """The robustness table (mean ± std over an arm's models; sanity: models passing all four checks) and the
+    endpoint's paired comparisons."""
+    rows = [
+        [arm, a["n"], *(stats.spread(a[k], one="") if k in a else "-" for k in ROBUST_METRICS), f"{a['sane']}/{a['n']}"]
+        for arm, a in r["arms"].items()
+    ]
+    lines = md_table(["arm", "models", *ROBUST_METRICS, "sanity: all four hold"], rows) + [""]
+    for name, c in r["endpoint"].items():
+        claim = "a gain may be claimed" if c["claimable"] else "no claim: a sanity check fails for a paired model"
+        lines.append(
+            f"PGD-100 accuracy, {name} (pp, paired by seed): {c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}],"
+            f" p {c['p']:.3g}, n {c['n']} ({c['better']} more robust / {c['same']} same / {c['worse']} less); {claim}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_eps_curves(r: dict, path: str) -> None:
+    """Accuracy against the attack's eps per arm (mean over its models): PGD-20 solid, FGSM dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (arm, a) in enumerate(r["arms"].items()):
+        eps = [float(e.split("/")[0]) for e in a["curve"]]
+        for attack, style in (("pgd20", "-"), ("fgsm", "--")):
+            ys = [c[attack] for c in a["curve"].values()]
+            ax.plot(eps, ys, style, marker="o", ms=3, color=f"C{i}", label=f"{arm} {attack.upper()}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("eps (x / 255, L-inf, pixels in [0, 1])")
+    ax.set_ylabel("accuracy (%), mean over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def write_report(runs_dir: str, out: str) -> int:
     s = analyse(runs_dir)
+    robustness_json = os.path.join(out, "robustness.json")
+    if os.path.isfile(robustness_json):
+        with open(robustness_json) as f:
+            s["robustness"] = robustness(json.load(f))
+        plot_eps_curves(s["robustness"], os.path.join(out, "eps-curves.png"))
     atomic_write(os.path.join(out, "summary.json"), json.dumps(s, indent=1) + "\n")
-    atomic_write(os.path.join(out, "summary.md"), markdown(s))
+    md = markdown(s) + ("\n" + robustness_markdown(s["robustness"]) if "robustness" in s else "")
+    atomic_write(os.path.join(out, "summary.md"), md)
     plot_paired(s, os.path.join(out, "paired-differences.png"))
-    print(markdown(s))
+    print(md)
     return 0
 
 
-__all__ = ["analyse", "compare", "markdown", "plot_paired", "verdict", "write_report"]
+__all__ = [
+    "analyse",
+    "compare",
+    "markdown",
+    "plot_eps_curves",
+    "plot_paired",
+    "robustness",
+    "robustness_markdown",
+    "verdict",
+    "write_report",
+]

@@ -24,7 +24,7 @@ def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for label in ("plain", "ANL eps=0.1", "opposite eps=-0.1", "ms/step", "test error", "total wall time"):
+    for label in ("plain", "ANL eps=0.2", "opposite eps=-0.2", "ms/step", "test error", "total wall time"):
         assert label in text
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -45,13 +45,14 @@ def test_demo_quick(tmp_path, capsys):
     m, p = res["machine"], res["protocol"]
     assert m["command"] == f"anl-fused demo --quick --out {out}" and m["threads"] == 1
     assert m["torch"] == torch.__version__ and m["cpu"] and m["date"] and "triton" in m
-    # the header names the sec. 4.2.1 schedule with the run's numbers, why eps 0.1, and train's default eps
+    # the header names the sec. 4.2.1 schedule with the run's numbers, why eps 0.2, and train's default eps
     lines = text.splitlines()
     assert (
         "schedule (sec. 4.2.1): lr x0.5 when the last 5 epochs found no new best val loss, each rate kept >= 5 "
         "epochs, floor 0.001"
     ) in lines
-    assert any("10-seed eps sweep" in line and "chosen on test error" in line for line in lines)
+    assert "eps 0.2: chosen on this split's validation images (lowest mean final validation error over 5 " in text
+    assert "seeds, docs/demo.md), never on test error;" in text
     assert f"`anl-fused train` defaults to eps {MODELS['vgg_tiny'].eps:g} for vgg_tiny (`anl-fused models`)." in lines
     res["protocol"]["eps"] = [0.05]
     assert "eps 0.05 (--eps); `anl-fused train` defaults to eps 0.02 for vgg_tiny" in demo.format_table(res)
@@ -73,7 +74,8 @@ def test_help_says_what_runs(capsys):
     assert "SGD + ReduceLROnPlateau" not in demo.__doc__
     assert "PlateauSchedule" in demo.__doc__
     assert "none of the last 5 epochs found a new best validation loss" in text and "floor 0.001" in text
-    assert "chosen on test error" in text and "`anl-fused train` defaults to the model's eps" in text
+    assert "chosen on this split's validation images" in text and "never on test error" in text
+    assert "`anl-fused train` defaults to the model's eps" in text
     assert "vgg_tiny: 0.02" in text
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
-from anl_fused.experiments import stats, study, study_report, sweep
+from anl_fused.experiments import robustness, stats, study, study_report, sweep
 from anl_fused.experiments.train.config import TrainConfig
 from anl_fused.experiments.train.loop import _Loop
 from anl_fused.experiments.train.parts import build_parts
@@ -314,3 +314,39 @@ def test_the_stages_run_names_are_pinned():
     ]
     assert main[-1] == "baseline-plateau-seed900" and len(main) == 24 + 5 * 5 + 1
     assert [r.name for r in study.cosine_runs()][:2] == ["anl-cosine-seed0", "control-cosine-seed0"]
+
+
+def _battery(clean: float, pgd100: float, *, masked: bool = False) -> dict:
+    """A battery's numbers (robustness.battery's keys), sanity computed by the real check; ``masked``: PGD-100
+    above PGD-20, a gradient-masking sign."""
+    curve = {f"{k}/255": {"fgsm": clean / k, "pgd20": clean / (2 * k) if k < 128 else 0.0} for k in (1, 8, 128)}
+    r = {"n": 100, "clean": clean, "fgsm": pgd100 + 10, "pgd20": pgd100 - (5 if masked else 0), "pgd100": pgd100}
+    r |= {"apgd_ce": pgd100 - 1, "transfer_pgd20": pgd100 + 20, "curve": curve}
+    return r | {"sanity": robustness.sanity(r)}
+
+
+def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path):
+    results = {}
+    for seed in range(3):
+        results[f"control-{seed}"] = {"arm": "control", "seed": seed, **_battery(90.0, 10.0 + seed)}
+        results[f"anl-{seed}"] = {"arm": "anl", "seed": seed, **_battery(90.0, 13.0 + seed, masked=seed == 1)}
+        results[f"sam-{seed}"] = {"arm": "sam", "seed": seed, **_battery(91.0, 9.0 + 2 * seed)}
+    results["sam-7"] = {"arm": "sam", "seed": 7, **_battery(91.0, 50.0)}  # no control with seed 7: not paired
+    r = study_report.robustness(results)
+    assert r["arms"]["anl"]["sane"] == 2 and r["arms"]["control"]["sane"] == 3 and r["arms"]["sam"]["n"] == 4
+    assert r["arms"]["control"]["pgd100"]["mean"] == pytest.approx(11.0)
+    assert r["arms"]["sam"]["curve"]["8/255"]["fgsm"] == pytest.approx(91.0 / 8)
+    anl, sam = r["endpoint"]["anl - control"], r["endpoint"]["sam - control"]
+    assert anl["mean"] == pytest.approx(3.0) and anl["better"] == 3 and not anl["claimable"]
+    assert sam["seeds"] == [0, 1, 2] and sam["values"] == pytest.approx([-1.0, 0.0, 1.0])
+    assert (sam["better"], sam["same"], sam["worse"]) == (1, 1, 1) and sam["claimable"]
+    md = study_report.robustness_markdown(r)
+    assert "| anl | 3 | 90.00 ± 0.00 |" in md and "| 2/3 |" in md
+    assert "anl - control (pp, paired by seed): +3.00" in md and "no claim: a sanity check fails" in md
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "robustness.json").write_text(json.dumps(results))
+    study_report.write_report(str(tmp_path / "runs"), str(tmp_path / "out"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["robustness"]["endpoint"]["sam - control"]["claimable"]
+    assert "sanity: all four hold" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "eps-curves.png").read_bytes()[:4] == b"\x89PNG"
