@@ -259,7 +259,7 @@ def _load_fashion_mnist(data_dir: str | None, download: bool):
     for x, y, f, g in ((xtr, ytr, *files[:2]), (xte, yte, *files[2:])):
         shape, labels = f"images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)} {y.dtype}", y.unique().tolist()
         if x.dtype != torch.uint8 or x.shape[1:] != (28, 28) or y.shape != x.shape[:1] or not len(y):
-            raise DatasetNotFoundError(f"{f!r}: expected N uint8 28x28 images and N labels (N > 0), got {shape}")
+            raise DatasetNotFoundError(f"{f!r}: expected 28x28 uint8 images (N > 0) and as many labels, got {shape}")
         if not set(labels) <= set(range(10)):
             raise DatasetNotFoundError(f"{g!r}: labels must be 0..9, found {labels}")
     source = os.path.dirname(os.path.abspath(files[0]))
