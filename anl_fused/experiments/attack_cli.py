@@ -38,9 +38,6 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-_step_size = number(float, low=0.0, high=1.0, low_open=True, name="step size")
-
-
 def _named(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
@@ -49,38 +46,22 @@ def _named(spec: str) -> tuple[str, str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        type=_named,
-        required=True,
-        metavar="NAME=CHECKPOINT",
-        help="checkpoints of anl-fused train, in table order",
-    )
-    parser.add_argument("--dataset", default="digits", help="dataset of the test split (default digits)")
-    parser.add_argument("--data-dir", default=None, help="dataset directory (default: ./data, then the system's)")
-    parser.add_argument("--limit", type=positive_int, default=None, help="attack only the first N test images")
-    parser.add_argument(
-        "--fgsm-eps",
-        type=fraction,
-        default=attacks.PAPER_FGSM["eps"],
-        help="pixel units, images in [0, 1] (default 16/255)",
-    )
-    parser.add_argument(
-        "--ifgsm-eps", type=fraction, default=attacks.PAPER_IFGSM["eps"], help="pixel units (default 16/255)"
-    )
-    parser.add_argument(
-        "--ifgsm-alpha", type=_step_size, default=attacks.PAPER_IFGSM["alpha"], help="pixel units (default 1/255)"
-    )
-    parser.add_argument("--ifgsm-steps", type=positive_int, default=attacks.PAPER_IFGSM["steps"], help="default 16")
-    parser.add_argument("--batch-size", type=positive_int, default=500)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--out",
-        default="./attack_out",
-        help="output directory (transfer.md, transfer.json, transfer.png); checked before any work",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p, paper = parser.add_argument, attacks.PAPER_IFGSM
+    models = "checkpoints of anl-fused train, in table order"
+    p("--models", nargs="+", type=_named, required=True, metavar="NAME=CHECKPOINT", help=models)
+    p("--dataset", default="digits", help="dataset of the test split (default digits)")
+    p("--data-dir", default=None, help="dataset directory (default: ./data, then the system's)")
+    p("--limit", type=positive_int, default=None, help="attack only the first N test images")
+    pixels = "pixel units, images in [0, 1] (default 16/255)"
+    p("--fgsm-eps", type=fraction, default=attacks.PAPER_FGSM["eps"], help=pixels)
+    p("--ifgsm-eps", type=fraction, default=paper["eps"], help=pixels)
+    p("--ifgsm-alpha", type=number(float, gt=0, le=1), default=paper["alpha"], help="pixel units (default 1/255)")
+    p("--ifgsm-steps", type=positive_int, default=paper["steps"], help="default 16")
+    p("--batch-size", type=positive_int, default=500)
+    p("--device", default="auto")
+    out = "output directory (transfer.md, transfer.json, transfer.png); checked before any work"
+    p("--out", default="./attack_out", help=out)
+    p("--no-progress", action="store_true", help="no progress bar")
 
 
 class _Refused(Exception):
@@ -107,33 +88,20 @@ def _evaluate(args: argparse.Namespace, models: dict[str, nn.Module], device: to
     x, y = _pixels(bundle.test.x), bundle.test.y
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
+    ifgsm = dict(method="ifgsm", eps=args.ifgsm_eps, alpha=args.ifgsm_alpha, steps=args.ifgsm_steps)
     specs = {
         f"FGSM eps={args.fgsm_eps * 255:g}/255": {"method": "fgsm", "eps": args.fgsm_eps},
-        f"IFGSM eps={args.ifgsm_eps * 255:g}/255 alpha={args.ifgsm_alpha * 255:g}/255 k={args.ifgsm_steps}": {
-            "method": "ifgsm",
-            "eps": args.ifgsm_eps,
-            "alpha": args.ifgsm_alpha,
-            "steps": args.ifgsm_steps,
-        },
+        f"IFGSM eps={args.ifgsm_eps * 255:g}/255 alpha={args.ifgsm_alpha * 255:g}/255 k={args.ifgsm_steps}": ifgsm,
     }
-    with tqdm(
-        total=1 + len(specs) * len(models), desc="attack", file=sys.stderr, dynamic_ncols=True, disable=args.no_progress
-    ) as bar:
+    total, quiet = 1 + len(specs) * len(models), args.no_progress
+    with tqdm(total=total, desc="attack", file=sys.stderr, dynamic_ncols=True, disable=quiet) as bar:
 
         def advance(what: str) -> None:
             bar.set_postfix_str(what)
             bar.update(1)
 
-        result = attacks.evaluate_transfer(
-            models,
-            x.to(device),
-            y.to(device),
-            specs,
-            mean=bundle.info.mean,
-            std=bundle.info.std,
-            batch_size=args.batch_size,
-            progress=advance,
-        )
+        kw = dict(mean=bundle.info.mean, std=bundle.info.std, batch_size=args.batch_size, progress=advance)
+        result = attacks.evaluate_transfer(models, x.to(device), y.to(device), specs, **kw)
     result["checkpoints"] = dict(args.models)
     result["dataset"] = bundle.name
     return result

@@ -22,21 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "DATASETS",
-    "DEFAULT_DATA_DIR",
-    "FASHION_MNIST_SYSTEM_DIR",
-    "Batches",
-    "DataBundle",
-    "DatasetNotFoundError",
-    "Split",
-    "derive_seed",
-    "find_fashion_mnist",
-    "load",
-    "read_idx",
-    "torchvision_transforms",
-]
-
 #: where datasets are looked for when no data directory is given (first; then, for Fashion-MNIST, the system's)
 DEFAULT_DATA_DIR = "./data"
 #: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST's four gzipped IDX files
@@ -67,33 +52,32 @@ class DatasetInfo:
     description: str
 
 
-_CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
-_INFOS = (
-    ("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000),
-    ("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000),
-    ("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000),
-    ("digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300),
-)
-_FILES = {
-    "cifar10": tuple(f"cifar-10-batches-py/{f}" for f in (*_CIFAR10_FILES, "batches.meta")),
-    "cifar100": ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-    "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in FASHION_MNIST_FILES),
-    "digits": (),
-}
-_DESCRIPTIONS = {
-    "cifar10": "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
-    "cifar100": "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
-    "fashion-mnist": "Fashion-MNIST (four IDX files, gzipped or not)",
-    "digits": "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
-}
-DATASETS: dict[str, DatasetInfo] = {i[0]: DatasetInfo(*i, _FILES[i[0]], _DESCRIPTIONS[i[0]]) for i in _INFOS}
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-}
+_CIFAR10 = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+DATASETS: dict[str, DatasetInfo] = {
+    i.name: i
+    for i in (
+        DatasetInfo(
+            "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
+            tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10), "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
+        ),
+        DatasetInfo(
+            "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
+            ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+            "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
+        ),
+        DatasetInfo(
+            "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000,
+            tuple(f"FashionMNIST/raw/{f}" for f in FASHION_MNIST_FILES),
+            "Fashion-MNIST (four IDX files, gzipped or not)",
+        ),
+        DatasetInfo(
+            "digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300, (),
+            "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
+        ),
+    )
+}  # fmt: skip
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist"}
+_ALIASES |= {"cifar-10": "cifar10", "cifar-100": "cifar100"}
 
 
 @dataclass
@@ -171,15 +155,9 @@ def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
             raise
         raise _missing_error(info, data_dir, str(e)) from e
 
-    def to_tensors(ds) -> tuple[Tensor, Tensor]:
-        x = ds.data
-        x = torch.as_tensor(np.asarray(x))
-        if x.dim() == 3:  # (N, H, W) grey
-            x = x.unsqueeze(1)
-        else:  # (N, H, W, C)
-            x = x.permute(0, 3, 1, 2)
-        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
-        return x.contiguous().to(torch.uint8), y
+    def to_tensors(ds) -> tuple[Tensor, Tensor]:  # (N, H, W, C) uint8 -> NCHW
+        x = torch.as_tensor(np.asarray(ds.data, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
+        return x, torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
     return to_tensors(train), to_tensors(test)
 
@@ -245,16 +223,10 @@ def _fashion_mnist_missing(data_dir: str | None) -> DatasetNotFoundError:
     names = ", ".join(f + ".gz" for f in FASHION_MNIST_FILES)
     if data_dir is not None:
         root = os.path.abspath(data_dir)
-        missing = [
-            f
-            for f in FASHION_MNIST_FILES
-            if not any(
-                os.path.isfile(os.path.join(folder, f + gz))
-                for folder in (root, os.path.join(root, "FashionMNIST", "raw"))
-                for gz in ("", ".gz")
-            )
-        ]
-        state = "does not exist" if not os.path.isdir(root) else f"lacks {', '.join(missing)} (gzipped or not)"
+        folders = (root, os.path.join(root, "FashionMNIST", "raw"))
+        found = {f for d in folders for f in FASHION_MNIST_FILES for z in ("", ".gz") if os.path.isfile(f"{d}/{f}{z}")}
+        missing = ", ".join(f for f in FASHION_MNIST_FILES if f not in found)
+        state = f"lacks {missing} (gzipped or not)" if os.path.isdir(root) else "does not exist"
         return DatasetNotFoundError(
             f"--data-dir {data_dir!r} {state}: it must hold the four Fashion-MNIST IDX files {names} (in it or in "
             f"its FashionMNIST/raw/); fix the path, pass --download, leave --data-dir out (./data, then "
@@ -284,22 +256,12 @@ def _load_fashion_mnist(data_dir: str | None, download: bool):
         xtr, ytr, xte, yte = (read_idx(f) for f in files)
     except ValueError as e:
         raise DatasetNotFoundError(f"Fashion-MNIST in {os.path.dirname(files[0])!r} is unreadable: {e}") from e
-    info = DATASETS["fashion-mnist"]
-    for x, y, f, g in ((xtr, ytr, files[0], files[1]), (xte, yte, files[2], files[3])):
-        if x.dtype != torch.uint8 or x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
-            raise DatasetNotFoundError(
-                f"{f!r}: expected N uint8 images and N labels, got images {tuple(x.shape)} {x.dtype} and labels "
-                f"{tuple(y.shape)}"
-            )
-        size = (info.image_size, info.image_size)
-        if x.shape[1:] != size or len(x) == 0:
-            raise DatasetNotFoundError(
-                f"{f!r}: expected {size[0]}x{size[1]} Fashion-MNIST images, got {len(x)} of {x.shape[1]}x{x.shape[2]}"
-            )
-        if y.min() < 0 or y.max() >= info.num_classes:
-            raise DatasetNotFoundError(
-                f"{g!r}: labels must be 0..{info.num_classes - 1}, found {int(y.min())}..{int(y.max())}"
-            )
+    for x, y, f, g in ((xtr, ytr, *files[:2]), (xte, yte, *files[2:])):
+        shape, labels = f"images {tuple(x.shape)} {x.dtype}, labels {tuple(y.shape)} {y.dtype}", y.unique().tolist()
+        if x.dtype != torch.uint8 or x.shape[1:] != (28, 28) or y.shape != x.shape[:1] or not len(y):
+            raise DatasetNotFoundError(f"{f!r}: expected 28x28 uint8 images (N > 0) and as many labels, got {shape}")
+        if not set(labels) <= set(range(10)):
+            raise DatasetNotFoundError(f"{g!r}: labels must be 0..9, found {labels}")
     source = os.path.dirname(os.path.abspath(files[0]))
     return (xtr.unsqueeze(1), ytr.long()), (xte.unsqueeze(1), yte.long()), source
 
@@ -444,15 +406,3 @@ def crop_flip(x: Tensor, oy: Tensor, ox: Tensor, flip: Tensor, pad: int = 4) -> 
     b = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     ch = torch.arange(c, device=x.device).view(1, c, 1, 1)
     return xp[b, ch, rows, cols]
-
-
-def torchvision_transforms(name: str, train: bool = True):
-    """The equivalent torchvision pipeline (PIL image -> normalized tensor) for dataset ``name``."""
-    from torchvision import transforms as T
-
-    info = DATASETS[canonical_name(name)]
-    steps = []
-    if train and info.augment == "crop-flip":
-        steps += [T.RandomCrop(info.image_size, padding=4), T.RandomHorizontalFlip()]
-    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
-    return T.Compose(steps)

@@ -27,6 +27,7 @@ from .train.metrics import read_metrics
 from .train.rundir import local_config
 
 DEFAULT_VARIANTS = ("plain", "anl", "opposite")
+VARIANTS = (*DEFAULT_VARIANTS, "gaussian", "dropout")
 NOISY = ("anl", "opposite", "gaussian")
 DEMO_EPS = 0.2  # vgg_tiny on digits: chosen on the validation split (docs/demo.md, benchmarks/results/demo-eps-val)
 #: the settings every variant shares, from a run's config
@@ -37,13 +38,10 @@ MIN_LR = 1e-3  # the schedule's floor and the fine-tuning rate (TrainConfig.min_
 
 def _eps_list(text: str) -> list[float]:
     """``--eps``: one or more eps separated by commas, each a positive finite number."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not any(items) or not all(items):
-        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
     try:
-        return [cli_types.positive_float(t) for t in items]
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"every eps {str(e).rsplit(', got ', 1)[0]}, got {text!r}") from None
+        return [cli_types.positive_float(t) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}") from None
 
 
 EPS_HELP = (
@@ -55,53 +53,26 @@ EPS_HELP = (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    p = parser
-    p.add_argument("--model", default="vgg_tiny", help="zoo model (default vgg_tiny, ~0.07M parameters)")
-    p.add_argument(
-        "--variants",
-        default=",".join(DEFAULT_VARIANTS),
-        help="comma-separated: plain, anl, opposite, gaussian, dropout (default plain,anl,opposite)",
-    )
-    p.add_argument("--eps", type=_eps_list, default=[DEMO_EPS], help=EPS_HELP)
-    p.add_argument(
-        "--seeds",
-        type=cli_types.positive_int,
-        default=5,
-        help="seeds per variant, >= 1 (default 5; the paired differences need >= 2)",
-    )
-    p.add_argument(
-        "--epochs", type=cli_types.positive_int, default=20, help="epochs with the variant's noise, >= 1 (default 20)"
-    )
-    p.add_argument(
-        "--finetune-epochs",
-        type=cli_types.nonneg_int,
-        default=10,
-        help=f"then epochs with the noise off at the floor rate {MIN_LR:g}, >= 0 (default 10)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=cli_types.positive_int,
-        default=64,
-        help="training batch, 1 to the training set's size (digits: 897; default 64)",
-    )
-    p.add_argument(
+    p, pos, nonneg = parser.add_argument, cli_types.positive_int, cli_types.nonneg_int
+    p("--model", default="vgg_tiny", help="zoo model (default vgg_tiny, ~0.07M parameters)")
+    p("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (%(default)s)")
+    p("--eps", type=_eps_list, default=[DEMO_EPS], help=EPS_HELP)
+    p("--seeds", type=pos, default=5, help="seeds per variant (default 5; the paired differences need >= 2)")
+    p("--epochs", type=pos, default=20, help="epochs with the variant's noise (default 20)")
+    p("--finetune-epochs", type=nonneg, default=10, help=f"then epochs without it at lr {MIN_LR:g} (default 10)")
+    p("--batch-size", type=pos, default=64, help="training batch, up to the training set (digits: 897; default 64)")
+    p(
         "--lr",
-        type=cli_types.number(float, low=MIN_LR, name="lr"),
+        type=cli_types.number(float, ge=MIN_LR),
         default=0.1,
         help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
-        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs, "
-        f"floor {MIN_LR:g} (sec. 4.2.1)",
+        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs (sec. 4.2.1)",
     )
-    p.add_argument(
-        "--threads",
-        type=cli_types.positive_int,
-        default=1,
-        help="torch intra-op threads of each training, >= 1 (default 1: fastest for a tiny model on a small CPU)",
-    )
-    p.add_argument("--jobs", type=cli_types.positive_int, default=1, help="trainings at once, >= 1 (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--out", default="./demo_out", help="output directory (default ./demo_out)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
+    p("--threads", type=pos, default=1, help="torch threads of each training (default 1: fastest for a tiny model)")
+    p("--jobs", type=pos, default=1, help="trainings at once (default 1)")
+    p("--device", default="cpu", help="cpu (default), cuda or auto")
+    p("--out", default="./demo_out", help="output directory (default ./demo_out)")
+    p("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
 
 
 def _color(colors: dict, summary: dict, keys: list, key: str):
@@ -125,17 +96,16 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
 
     colors = dict(plain="tab:gray", anl="tab:blue", opposite="tab:red", gaussian="tab:green", dropout="tab:purple")
     variants = list(summary)
+    color = {v: _color(colors, summary, variants, v) for v in variants}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
-        s = summary[v]["test_err"]
-        c = _color(colors, summary, variants, v)
+        s, c = summary[v]["test_err"], color[v]
         ax1.scatter([i] * s["n"], s["values"], color=c, alpha=0.5, s=18, zorder=3)
         ax1.errorbar([i], [s["mean"]], yerr=[s["std"] or 0.0], fmt="o", color=c, capsize=6, ms=8, zorder=4)
         ax1.annotate(f"{s['mean']:.2f}", (i, s["mean"]), textcoords="offset points", xytext=(12, -3), fontsize=9)
     ax1.set_xticks(range(len(variants)))
     ax1.set_xticklabels([summary[v]["label"].replace(" eps", "\neps") for v in variants], fontsize=8)
-    ax1.set_ylabel("final test error (%)")
-    ax1.set_title("test error: seeds (dots), mean ± std (bars)")
+    ax1.set(ylabel="final test error (%)", title="test error: seeds (dots), mean ± std (bars)")
     ax1.grid(axis="y", alpha=0.3)
     for v in variants:
         curves = [[h["test_err"] * 100 for h in hist] for hist in runs[v]]
@@ -145,9 +115,8 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
         floor = 50.0 / n_test  # half a test image: keeps a 0% seed visible on the log axis
         lo = [max(min(c[i] for c in curves), floor) for i in range(n)]
         hi = [max(c[i] for c in curves) for i in range(n)]
-        c = _color(colors, summary, variants, v)
-        ax2.plot(ep, mean, color=c, label=summary[v]["label"])
-        ax2.fill_between(ep, lo, hi, color=c, alpha=0.15)
+        ax2.plot(ep, mean, color=color[v], label=summary[v]["label"])
+        ax2.fill_between(ep, lo, hi, color=color[v], alpha=0.15)
     lo_y, hi_y = ax2.get_ylim()
     if hi_y / max(lo_y, 1e-9) > 8:  # errors fall by orders of magnitude: log scale, plain-number labels
         ax2.set_yscale("log")
@@ -155,18 +124,13 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
         ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.axvline(finetune_start + 0.5, color="k", ls="--", lw=0.8)
-    ax2.text(
-        finetune_start + 0.6, 0.03, "noise off,\nlr floor", fontsize=8, va="bottom", transform=ax2.get_xaxis_transform()
-    )
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test error (%): mean over seeds, band = range")
-    ax2.set_title("test error during training")
+    off = dict(fontsize=8, va="bottom", transform=ax2.get_xaxis_transform())
+    ax2.text(finetune_start + 0.6, 0.03, "noise off,\nlr floor", **off)
+    ax2.set(xlabel="epoch", ylabel="test error (%): mean over seeds, band = range", title="test error during training")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
-    fig.suptitle(
-        f"{summary[variants[0]]['model']} on scikit-learn digits (8x8), {summary[variants[0]]['test_err']['n']} seeds",
-        fontsize=11,
-    )
+    first = summary[variants[0]]
+    fig.suptitle(f"{first['model']} on scikit-learn digits (8x8), {first['test_err']['n']} seeds", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -242,20 +206,18 @@ def _check_args(args: argparse.Namespace, n_train: int) -> list[str] | None:
     from .models import MODELS
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("plain", "anl", "opposite", "gaussian", "dropout")]
-    if bad or not variants:
-        print(f"anl-fused demo: error: unknown variant(s) {bad}", file=sys.stderr)
-        return None
-    if args.model not in MODELS:
-        print(f"anl-fused demo: error: unknown --model {args.model!r} (known: {', '.join(MODELS)})", file=sys.stderr)
-        return None
-    problem = cli_types.out_of_range(args.batch_size, low=1, high=n_train)
-    if problem:  # larger than the training set: not one full batch an epoch
-        print(
-            f"anl-fused demo: error: argument --batch-size: {problem.rsplit(', got ', 1)[0]} (the training "
-            f"images), got {args.batch_size!r}",
-            file=sys.stderr,
-        )
+    bad = [v for v in variants if v not in VARIANTS]
+    problem = (
+        f"unknown variant(s) {bad}"
+        if bad or not variants
+        else f"unknown --model {args.model!r} (known: {', '.join(MODELS)})"
+        if args.model not in MODELS
+        else f"argument --batch-size: must be <= {n_train} (the training images), got {args.batch_size!r}"
+        if args.batch_size > n_train  # not one full batch an epoch
+        else None
+    )
+    if problem:
+        print(f"anl-fused demo: error: {problem}", file=sys.stderr)
         return None
     return variants
 
@@ -275,20 +237,9 @@ def _jobs(args: argparse.Namespace, entries: list) -> list[tuple[str, sweep.Job]
     out = []
     for seed in range(args.seeds):
         for key, v, eps in entries:
-            settings = {
-                "model": args.model,
-                "dataset": "digits",
-                "variant": v,
-                "eps": eps if v in NOISY else None,
-                "epochs": args.epochs,
-                "finetune_epochs": args.finetune_epochs,
-                "finetune_lr": "floor",
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "min_lr": MIN_LR,
-                "seed": seed,
-                "device": args.device,
-            }
+            settings = dict(model=args.model, dataset="digits", variant=v, eps=eps if v in NOISY else None, seed=seed)
+            settings |= dict(epochs=args.epochs, finetune_epochs=args.finetune_epochs, finetune_lr="floor")
+            settings |= dict(batch_size=args.batch_size, lr=args.lr, min_lr=MIN_LR, device=args.device)
             d = os.path.join(args.out, "runs", f"{key.replace('@', '-eps')}-seed{seed}")
             out.append((key, sweep.train_job(f"{key} seed {seed}", d, settings, args.threads)))
     return out
@@ -321,13 +272,9 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
         tps = [h["time_per_step_s"] for hist in runs[key] for h in hist[1 : args.epochs]]
         tps = tps or [h["time_per_step_s"] for hist in runs[key] for h in hist[: args.epochs]]
         eps = configs[key]["eps"]
-        label = {
-            "plain": "plain",
-            "anl": f"ANL eps={eps:g}",
-            "opposite": f"opposite eps={eps:g}",
-            "gaussian": f"Gaussian eps={eps:g}",
-            "dropout": "dropout",
-        }[v]
+        label = {"anl": "ANL", "opposite": "opposite", "gaussian": "Gaussian"}.get(v, v) + (
+            f" eps={eps:g}" if eps else ""
+        )
         summary[key] = {
             "label": label,
             "variant": v,

@@ -1,16 +1,15 @@
 """``anl-fused figures``: the paper's figures as PNG, from ``anl-fused train`` run directories.
 
 ``eps-sweep`` (Fig. 4: final test error against eps, like runs averaged), ``layer-std`` (Fig. 2: the std of every
-ANL layer's input over the epochs), ``feature-maps`` (Fig. 3: the first conv's output per run), ``whitebox``
-(Fig. 5: white-box FGSM / IFGSM accuracy per method) and ``whitebox-plot`` (Fig. 5 again from its JSON). Runs that
-finished no epoch are skipped with a warning; ``eps-sweep`` and ``whitebox`` also skip unfinished runs.
+ANL layer's input over the epochs) and ``feature-maps`` (Fig. 3: the first conv's output per run). Runs that finished
+no epoch are skipped with a warning; ``eps-sweep`` also skips unfinished runs. Fig. 5 (white-box robustness) is the
+study's ``anl-fused study robustness`` (docs/robustness.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -19,6 +18,7 @@ from collections import defaultdict
 
 from .stats import DIVERGED, diverged
 from .train.metrics import METRICS_NAME, read_metrics
+from .train.rundir import CONFIG_NAME, local_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,31 +28,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--out", required=True, help="output PNG file")
     common.add_argument("--title", default=None, help="figure title")
 
-    def add(name, help_text, **kw):  # the help line is also the subcommand's --help description
-        return sub.add_parser(name, help=help_text, description=help_text, **kw)
+    def add(name, help_text):  # the help line is also the subcommand's --help description
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    add("eps-sweep", "Fig. 4: test error vs eps", parents=[common])
-    p = add("layer-std", "Fig. 2: per-layer std of ANL inputs over epochs", parents=[common])
+    add("eps-sweep", "Fig. 4: test error vs eps")
+    p = add("layer-std", "Fig. 2: per-layer std of ANL inputs over epochs")
     p.add_argument("--max-legend", type=int, default=12, help="name layers in a legend up to this many (else colorbar)")
-    p = add("feature-maps", "Fig. 3: first-conv feature maps per run", parents=[common])
+    p = add("feature-maps", "Fig. 3: first-conv feature maps per run")
     p.add_argument("--image-index", type=int, default=0, help="which test image (default 0)")
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--max-channels", type=int, default=8, help="show at most this many channels")
-    p = add("whitebox", "Fig. 5: white-box FGSM / IFGSM accuracy per method", parents=[common])
-    p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
-    p.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
-    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p = add("whitebox-plot", "Fig. 5 again from the JSON of `figures whitebox --json` (no attack runs)")
-    p.add_argument("--json", required=True, help="the numbers written by `figures whitebox --json`")
-    p.add_argument("--out", required=True, help="output PNG file")
-    p.add_argument("--title", default=None, help="figure title")
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 class FigureError(RuntimeError):
     pass
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def find_runs(paths: list[str]) -> list[str]:
@@ -73,42 +66,23 @@ def find_runs(paths: list[str]) -> list[str]:
 
 def read_run(path: str) -> tuple[dict, list[dict]]:
     """``(config.json or {}, the lines of metrics.jsonl)``; no lines for a run that finished no epoch yet."""
-    cfg_path = os.path.join(path, "config.json")
-    cfg = {}
-    if os.path.isfile(cfg_path):
-        cfg = _read_json(cfg_path)
-        if not isinstance(cfg, dict):
-            raise FigureError(f"{cfg_path!r} is not a JSON object (a run's config.json)")
+    cfg = local_config(path)
+    if cfg is None and os.path.exists(os.path.join(path, CONFIG_NAME)):
+        raise FigureError(f"{os.path.join(path, CONFIG_NAME)!r} is not a JSON object (a run's config.json)")
     try:
-        hist = read_metrics(path)
+        return cfg or {}, read_metrics(path)
     except ValueError as e:
         raise FigureError(str(e)) from None
-    return cfg, hist
 
 
-def _read_json(path: str):
-    """The JSON in ``path``; :class:`FigureError` naming the file when it is not JSON."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FigureError(f"{path!r} is not a JSON file ({e})") from None
-
-
-def _warn_stderr(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
-
-
-def started_runs(runs: list[str], warn=None) -> list[str]:
-    """The runs that finished at least one epoch; the others (started, nothing in ``metrics.jsonl`` yet)
-    are skipped with a warning."""
-    warn = warn or _warn_stderr
-    out = []
+def started_runs(runs: list[str]) -> list[str]:
+    """The runs that finished at least one epoch; the others are skipped with a warning."""
+    out = [r for r in runs if read_run(r)[1]]
     for r in runs:
-        if read_run(r)[1]:
-            out.append(r)
-        else:
+        if r not in out:
             warn(f"skipping unfinished run {r} (no finished epoch yet)")
+    if not out:
+        raise FigureError("no run among --runs has finished an epoch")
     return out
 
 
@@ -126,9 +100,6 @@ def _save(fig, out: str) -> None:
 
     save_figure(fig, out, dpi=110)  # creates the directory; never a half-written PNG
     _plt().close(fig)
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
@@ -149,12 +120,6 @@ _SWEEP_SETTINGS = (
 )
 
 
-def is_finished(cfg: dict, hist: list[dict]) -> bool:
-    """Whether a run trained all the epochs its config asks for (an interrupted run did not)."""
-    total = int(cfg.get("epochs", 0)) + int(cfg.get("finetune_epochs", 0))
-    return bool(hist) and hist[-1].get("epoch", len(hist)) >= total
-
-
 def _seeds_label(seeds: list[int]) -> str:
     """``3 seeds (0, 1, 2)``, or ``3 runs, 1 seed (0, 0, 0)`` when seeds repeat: never more seeds than there are."""
     distinct = sorted(set(seeds))
@@ -164,14 +129,13 @@ def _seeds_label(seeds: list[int]) -> str:
     return f"{len(seeds)} runs, {len(distinct)} seed{'s' if len(distinct) != 1 else ''} ({listed})"
 
 
-def sweep_table(runs: list[str], warn=None) -> dict:
+def sweep_table(runs: list[str]) -> dict:
     """Final test errors of plain / anl / opposite runs grouped by settings:
     ``{panel: {series: {eps: [(seed, test error %)]}}}``. A panel holds runs of one model, dataset,
     total epoch count and optimizer / schedule settings; a series, the ANL runs of one norm and one
     ANL-phase length. Its eps = 0 point is the plain runs trained in the same two phases (``--finetune-lr
     floor``), or, where there are none, the plain runs of one continuous schedule; those also form the
     series ``"baseline, one schedule"`` (drawn as a line). Unfinished runs are skipped with a warning."""
-    warn = warn or _warn_stderr
     panels: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     plain: dict[tuple, list] = defaultdict(list)
     two_phase: dict[tuple, list] = defaultdict(list)
@@ -181,7 +145,7 @@ def sweep_table(runs: list[str], warn=None) -> dict:
         if variant not in ("plain", "anl", "opposite") or cfg.get("input_eps", 0.0):
             continue  # gaussian / dropout / input are not points of the eps axis
         e, f = int(cfg.get("epochs", 0)), int(cfg.get("finetune_epochs", 0))
-        if not is_finished(cfg, hist):
+        if not (hist and hist[-1].get("epoch", len(hist)) >= e + f):  # an interrupted run
             warn(f"skipping unfinished run {r} ({len(hist)} of {e + f} epochs)")
             continue
         panel = (*(cfg.get(k) for k in _SWEEP_SETTINGS), e + f)
@@ -211,62 +175,53 @@ def _mark_diverged(ax, stuck: list[tuple[float, float, str]]) -> None:
     for x, e, c in stuck:
         ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
     if stuck:
-        ax.text(
-            0.01,
-            0.99,
-            f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged",
-            transform=ax.transAxes,
-            fontsize=7,
-            va="top",
-        )
+        note = f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged"
+        ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top")
 
 
-def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) -> dict:
+def _draw_series(ax, name: str, pts: dict, c) -> list[int]:
+    """One series of the eps sweep: each run a dot, mean ± std per eps (diverged runs left out: marked by
+    :func:`_mark_diverged`), the best eps a star; returns the seeds of its ANL runs."""
+    eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
+    errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]
+    if not eps:
+        return []
+    means = [statistics.fmean(v) for v in errs]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
+    for x, v in zip(eps, errs):
+        ax.scatter([x] * len(v), v, color=c, alpha=0.35, s=14, zorder=3)
+    ax.errorbar(eps, means, yerr=stds, fmt="-o", color=c, capsize=4, zorder=4, label=f"{name}, mean ± std")
+    best = min(range(len(eps)), key=lambda j: means[j])
+    ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
+    return [s for x in eps if x != 0.0 for s, _ in pts[x]]
+
+
+def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
     """Fig. 4: final test error against eps, one panel per group of like runs (see :func:`sweep_table`),
     one line per series, mean ± std over seeds with each run as a dot. Returns :func:`sweep_table`."""
-    table = sweep_table(runs, warn)
+    table = sweep_table(runs)
     if not table:
         raise FigureError("no finished plain / anl / opposite runs among --runs")
     plt = _plt()
     fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 4.0), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (panel, series), letter in zip(axes[0], table.items(), "abcdefghij"):
-        all_seeds = []
         curves = {k: v for k, v in series.items() if not k.startswith("baseline")}
-        stuck = []
-        for i, (name, pts) in enumerate(curves.items()):
-            c = colors[i % len(colors)]
-            stuck += [(x, e, c) for x in pts for _, e in pts[x] if diverged(e)]
-            eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
-            errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]  # diverged runs: marked, not averaged
-            if not eps:
-                continue
-            means = [statistics.fmean(v) for v in errs]
-            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
-            for x, v in zip(eps, errs):
-                ax.scatter([x] * len(v), v, color=c, alpha=0.35, s=14, zorder=3)
-            ax.errorbar(eps, means, yerr=stds, fmt="-o", color=c, capsize=4, zorder=4, label=f"{name}, mean ± std")
-            best = min(range(len(eps)), key=lambda j: means[j])
-            ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
-            all_seeds += [s for x in eps if x != 0.0 for s, _ in pts[x]]
+        color = {name: colors[i % len(colors)] for i, name in enumerate(curves)}
+        seeds = [s for name, pts in curves.items() for s in _draw_series(ax, name, pts, color[name])]
         base = series.get("baseline, one schedule", {}).get(0.0)
         if base:
-            ax.axhline(
-                statistics.fmean(e for _, e in base),
-                color="tab:gray",
-                ls="--",
-                lw=1,
-                label=f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}",
-            )
+            label = f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}"
+            ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1, label=label)
+        stuck = [(x, e, color[n]) for n, pts in curves.items() for x in pts for _, e in pts[x] if diverged(e)]
         _mark_diverged(ax, stuck)
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(
             f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
-            f"seeds {', '.join(map(str, sorted(set(all_seeds)))) or '-'}",
+            f"seeds {', '.join(map(str, sorted(set(seeds)))) or '-'}",
             fontsize=9,
         )
-        ax.set_xlabel("eps (negative: opposite noise)")
-        ax.set_ylabel("test error (%)")
+        ax.set(xlabel="eps (negative: opposite noise)", ylabel="test error (%)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -277,22 +232,17 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None, warn=None) ->
     return table
 
 
-def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12, warn=None) -> None:
+def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: int = 12) -> None:
     """Fig. 2: std of each ANL layer's input per epoch; one panel per run (runs without a finished epoch
     are skipped with a warning)."""
     plt = _plt()
     data = []
-    runs = started_runs(runs, warn)
-    if not runs:
-        raise FigureError("no run among --runs has finished an epoch")
-    for r in runs:
+    for r in started_runs(runs):
         cfg, hist = read_run(r)
         rows = [(h["epoch"], h["anl_std"]) for h in hist if h.get("anl_std")]
         if not rows:
-            raise FigureError(
-                f"{os.path.join(r, METRICS_NAME)!r} has no anl_std entries (a run without ANL, "
-                "or only its fine-tuning phase)"
-            )
+            why = "a run without ANL, or only its fine-tuning phase"
+            raise FigureError(f"{os.path.join(r, METRICS_NAME)!r} has no anl_std entries ({why})")
         data.append((r, cfg, rows))
     fig, axes = plt.subplots(1, len(data), figsize=(5.2 * len(data), 3.9), squeeze=False)
     for ax, (r, cfg, rows) in zip(axes[0], data):
@@ -300,23 +250,15 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         epochs = [e for e, _ in rows]
         cmap = plt.get_cmap("viridis")
         for i, name in enumerate(names):
-            ys = [s.get(name, math.nan) for _, s in rows]
-            ax.plot(
-                epochs,
-                ys,
-                color=cmap(i / max(len(names) - 1, 1)),
-                lw=1.2,
-                label=name if len(names) <= max_legend else None,
-                marker="." if len(epochs) < 30 else None,
-            )
+            style = dict(lw=1.2, label=name if len(names) <= max_legend else None, marker="." * (len(epochs) < 30))
+            ax.plot(epochs, [s.get(name, math.nan) for _, s in rows], color=cmap(i / max(len(names) - 1, 1)), **style)
         if len(names) > max_legend:
             sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, len(names)))
             fig.colorbar(sm, ax=ax, label="ANL layer (input first, then depth order)")
         else:
             ax.legend(fontsize=7)
-        ax.set_xlabel("epoch")
+        ax.set(xlabel="epoch", ylabel="std of ANL input h")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.set_ylabel("std of ANL input h")
         label = f"{cfg.get('model', '?')} {cfg.get('variant', '')} eps={cfg.get('eps', '?')}"
         ax.set_title(f"{label}\n{os.path.basename(os.path.normpath(r))}", fontsize=9)
         ax.grid(alpha=0.3)
@@ -383,33 +325,20 @@ def feature_maps(
     image_index: int = 0,
     data_dir: str | None = None,
     max_channels: int = 8,
-    warn=None,
 ) -> list:
     """Fig. 3: sigmoid of the first conv's output for one test image, one row per run's checkpoint
     (runs without a finished epoch are skipped with a warning). Returns the rows ``(config, image, sigmoid maps)``."""
     import torch
 
-    from . import data as data_mod
-
     rows = []
-    runs = started_runs(runs, warn)
-    if not runs:
-        raise FigureError("no run among --runs has finished an epoch")
-    for r in runs:
+    for r in started_runs(runs):
         model, cfg, bundle = _load_run_model(r, data_dir)
         if not 0 <= image_index < len(bundle.test):
             raise FigureError(f"--image-index must be in [0, {len(bundle.test)}), got {image_index}")
-        batches = data_mod.Batches(
-            data_mod.Split(bundle.test.x[image_index : image_index + 1], bundle.test.y[image_index : image_index + 1]),
-            1,
-            mean=bundle.info.mean,
-            std=bundle.info.std,
-            shuffle=False,
-        )
-        ((x, _),) = list(batches.epoch(0))
-        fm = first_conv_output(model, x)
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (bundle.info.mean, bundle.info.std))
+        fm = first_conv_output(model, ((raw - mean) / std)[None])  # normalized as training's batches are
         rows.append((cfg, raw, torch.sigmoid(fm[0])[:max_channels]))
     cfg0 = rows[0][0]
     default = f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, "
@@ -430,108 +359,13 @@ def _draw_feature_maps(rows: list, out: str, title: str) -> None:
             if j < fm.shape[0]:
                 ax.imshow(fm[j].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         for ax in ax_row:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             for s in ax.spines.values():
                 s.set_visible(False)
     axes[0][0].set_title("input", fontsize=9)
     for j in range(1, ncol):
         axes[0][j].set_title(f"ch {j}", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, out)
-
-
-def _method_label(cfg: dict) -> str:
-    """A short name of a run's method: ``baseline``, ``baseline-two-phase`` (plain training with the noise
-    methods' fine-tuning phase), ``Gaussian 0.03``, ``ANL 0.03 sample``, ``ANL -0.03 layer``."""
-    v, eps = cfg.get("variant", "?"), cfg.get("eps", 0)
-    if v == "plain":
-        return "baseline-two-phase" if cfg.get("finetune_epochs") else "baseline"
-    if v == "gaussian":
-        return f"Gaussian {eps:g}"
-    if v in ("anl", "opposite"):
-        return f"ANL {eps:g} {cfg.get('norm', 'sample')}"
-    return f"{v} {eps:g}"
-
-
-def whitebox(
-    runs: list[str],
-    out: str,
-    title: str | None = None,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 500,
-    warn=None,
-) -> dict:
-    """Fig. 5: white-box accuracy under FGSM and IFGSM (the paper's settings, delta = 16/255; IFGSM
-    k = 16, alpha = 1/255) of each run's checkpoint on the test split, as bars per method (mean
-    over seeds, one dot per run), clean accuracy beside. Returns the numbers."""
-    import torch
-
-    from . import attacks
-
-    warn = warn or _warn_stderr
-    methods: dict[str, list[dict]] = defaultdict(list)
-    for r in runs:
-        cfg, hist = read_run(r)
-        if not is_finished(cfg, hist):
-            warn(f"skipping unfinished run {r}")
-            continue
-        if diverged(hist[-1]["test_err"] * 100):
-            warn(f"skipping diverged run {r} (test error {hist[-1]['test_err'] * 100:.2f}%)")
-            continue
-        model, cfg, bundle = _load_run_model(r, data_dir)
-        x, y = bundle.test.x, bundle.test.y
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
-        kw = dict(mean=bundle.info.mean, std=bundle.info.std, batch_size=batch_size)
-        res = {
-            "run": r,
-            "seed": cfg.get("seed"),
-            "model": cfg.get("model"),
-            "dataset": cfg.get("dataset"),
-            "n": len(y),
-            "clean": attacks.accuracy(model, x, y, **kw) * 100,
-            "fgsm": attacks.accuracy(model, attacks.fgsm(model, x, y, **attacks.PAPER_FGSM, **kw), y, **kw) * 100,
-            "ifgsm": attacks.accuracy(model, attacks.ifgsm(model, x, y, **attacks.PAPER_IFGSM, **kw), y, **kw) * 100,
-        }
-        methods[f"{cfg.get('model')}: {_method_label(cfg)}"].append(res)
-    if not methods:
-        raise FigureError("no finished runs with checkpoints among --runs")
-    plot_whitebox(methods, out, title)
-    return {m: rs for m, rs in methods.items()}
-
-
-def plot_whitebox(methods: dict[str, list[dict]], out: str, title: str | None = None) -> None:
-    """Draw :func:`whitebox`'s numbers (also as read back from its ``--json``): clean, FGSM and IFGSM
-    accuracy per method, bars the mean over runs, dots the runs (with their count under the name)."""
-    plt = _plt()
-    names = list(methods)
-    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * len(names) * 3 + 2.0), 4.0), squeeze=False)
-    panels = (("clean", "clean test images"), ("fgsm", "(a) FGSM, δ=16"), ("ifgsm", "(b) IFGSM, δ=16, k=16, α=1"))
-    labels = [f"{m.split(': ', 1)[-1]} ({len(methods[m])})" for m in names]
-    for ax, (key, name) in zip(axes[0], panels):
-        means = [statistics.fmean(r[key] for r in methods[m]) for m in names]
-        ax.bar(range(len(names)), means, color="tab:blue", alpha=0.6)
-        for i, m in enumerate(names):
-            vals = [r[key] for r in methods[m]]
-            ax.scatter([i] * len(vals), vals, color="k", s=8, zorder=3)
-            ax.text(i, means[i], f"{means[i]:.1f}", ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3, axis="y")
-    seeds = sorted({r["seed"] for rs in methods.values() for r in rs}, key=str)
-    first = next(iter(methods.values()))[0]
-    fig.suptitle(
-        title
-        or f"white-box attacks, {first['model']} on {first['dataset']}, {first['n']} test images "
-        f"(bars: mean over runs of seeds {', '.join(map(str, seeds))}; dots: runs; (n): runs)",
-        fontsize=9,
-    )
     fig.tight_layout()
     _save(fig, out)
 
@@ -546,72 +380,32 @@ def _check_format(out: str) -> None:
         raise FigureError(f"--out {out!r}: {ext!r} is not an image format matplotlib writes ({', '.join(formats)})")
 
 
-_WHITEBOX_KEYS = {"clean": (int, float), "fgsm": (int, float), "ifgsm": (int, float), "model": str, "dataset": str}
-
-
-def read_whitebox_json(path: str) -> dict[str, list[dict]]:
-    """The numbers of ``figures whitebox --json`` read back; :class:`FigureError` naming the file and
-    what is wrong when it is not such a file."""
-    methods = _read_json(path)
-    if not isinstance(methods, dict) or not methods:
-        raise FigureError(f"{path!r} is not the JSON of `figures whitebox --json` (an object of methods expected)")
-    for name, runs in methods.items():
-        if not isinstance(runs, list) or not runs:
-            raise FigureError(f"{path!r}: method {name!r} has no list of runs")
-        for r in runs:
-            bad = [k for k, t in _WHITEBOX_KEYS.items() if not isinstance(r, dict) or not isinstance(r.get(k), t)]
-            if bad or "seed" not in r or not isinstance(r.get("n"), int):
-                raise FigureError(
-                    f"{path!r}: a run of method {name!r} lacks {', '.join(bad) or 'seed / n'} (not the JSON of "
-                    "`figures whitebox --json`)"
-                )
-    return methods
+def _print_sweep(table: dict) -> None:
+    for panel, series in table.items():
+        for name, pts in series.items():
+            for eps, points in sorted(pts.items()):
+                errs = [e for _, e in points if not diverged(e)]
+                mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
+                bad = f", {len(points) - len(errs)} diverged (not averaged)" if len(points) > len(errs) else ""
+                seeds = _seeds_label([s for s, _ in points])
+                print(f"{panel} | {name} | eps={eps:g}: test error {mean} over {seeds}{bad}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DatasetNotFoundError
+    from .train.config import StoredConfigError
+
     try:
         _check_format(args.out)
-        if args.figure == "whitebox-plot":
-            plot_whitebox(read_whitebox_json(args.json), args.out, args.title)
-            print(f"wrote {args.out}")
-            return 0
         runs = find_runs(args.runs)
         if args.figure == "eps-sweep":
-            table = eps_sweep(runs, args.out, args.title)
-            for panel, series in table.items():
-                for name, pts in series.items():
-                    for eps, points in sorted(pts.items()):
-                        errs = [e for _, e in points if not diverged(e)]
-                        mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
-                        bad = len(points) - len(errs)
-                        bad = f", {bad} diverged (not averaged)" if bad else ""
-                        print(
-                            f"{panel} | {name} | eps={eps:g}: test error {mean} over "
-                            f"{_seeds_label([s for s, _ in points])}{bad}"
-                        )
-        elif args.figure == "whitebox":
-            result = whitebox(runs, args.out, args.title, args.data_dir, args.limit)
-            for m, rs in result.items():
-                print(
-                    f"{m}: "
-                    + ", ".join(f"{k} {statistics.fmean(r[k] for r in rs):.2f}%" for k in ("clean", "fgsm", "ifgsm"))
-                    + f" over {len(rs)} run(s)"
-                )
-            if args.json:
-                from .files import atomic_write
-
-                atomic_write(args.json, json.dumps(result, indent=2) + "\n")
+            _print_sweep(eps_sweep(runs, args.out, args.title))
         elif args.figure == "layer-std":
             layer_std(runs, args.out, args.title, args.max_legend)
         else:
             feature_maps(runs, args.out, args.title, args.image_index, args.data_dir, args.max_channels)
-    except Exception as e:
-        from .checkpoint import CheckpointError
-        from .data import DatasetNotFoundError
-        from .train.config import StoredConfigError
-
-        if not isinstance(e, (FigureError, CheckpointError, DatasetNotFoundError, OSError, StoredConfigError)):
-            raise
+    except (FigureError, CheckpointError, DatasetNotFoundError, OSError, StoredConfigError) as e:
         print(f"anl-fused figures: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")

@@ -2,7 +2,7 @@
 
 ``atomic_write(path, data)`` writes to a temporary file in the target's directory, flushes it to
 disk and renames it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The file gets the
-permissions any new file would get (the process umask), not ``mkstemp``'s private 0600. A process
+permissions any new file would get (the process umask). A process
 killed mid-write leaves its temporary file (``NAME.XXXXXXXX.tmp``) behind; ``clean_temp_files``
 removes those of the names it is given (a directory's own files, never another program's), by whoever
 holds the directory's :class:`DirLock` (no other writer is active then). ``check_out_dir`` refuses an
@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import socket
 import stat
 import sys
@@ -31,34 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import IO
 
-__all__ = [
-    "DirLock",
-    "DirLockedError",
-    "LockFileError",
-    "atomic_write",
-    "check_out_dir",
-    "clean_temp_files",
-    "lock_holder",
-    "md_table",
-    "resolve_device",
-    "save_figure",
-]
-
-_TEMP_TAIL = r"\.[a-z0-9_]{8}\.tmp"  # atomic_write's temporary files: NAME + tempfile.mkstemp's 8 characters
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux tells it (other threads may create files)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_TEMP_TAIL = r"\.[a-z0-9_]{8}\.tmp"  # atomic_write's temporary files: NAME + 8 characters (once tempfile.mkstemp's)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], None]) -> None:
@@ -67,7 +41,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"  # a new file (O_EXCL: never through a file or link at that name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -76,20 +51,17 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes
                 f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except OSError:
-        pass
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: float = 110, format: str | None = None) -> None:

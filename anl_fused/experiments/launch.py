@@ -16,19 +16,6 @@ from torch import Tensor, nn
 
 from ..distributed import is_distributed
 
-__all__ = [
-    "any_rank",
-    "broadcast_buffers",
-    "cpu_group",
-    "exit_process",
-    "init_from_env",
-    "launched_by_torchrun",
-    "local_rank",
-    "on_rank0",
-    "shard_batches",
-    "shard_block",
-]
-
 
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE > 1``)."""

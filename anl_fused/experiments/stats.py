@@ -8,19 +8,6 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-__all__ = [
-    "DIVERGED",
-    "differences",
-    "diverged",
-    "holm",
-    "pair",
-    "paired",
-    "power",
-    "seeds_for_power",
-    "spread",
-    "summary",
-]
-
 DIVERGED = 80.0  # a final test error (%) at or above this is a diverged run (10 classes: chance is 90%)
 
 

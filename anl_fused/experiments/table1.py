@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ..layer import NORMS
 from . import stats, sweep
+from .cli_types import finite_float, nonneg_int, number, positive_float, positive_int
 from .files import atomic_write, check_out_dir, md_table, out_error, resolve_device
 from .machine import machine_info
 from .train.config import NOISE_VARIANTS, TWO_PHASE_VARIANTS
@@ -301,8 +302,6 @@ def report(
 
 def _eps(text: str) -> float:
     """``--eps``: the |eps| of a noise method, a finite number and not 0."""
-    from .cli_types import finite_float
-
     value = finite_float(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be non-zero (the noise methods need an eps), got {text!r}")
@@ -310,61 +309,30 @@ def _eps(text: str) -> float:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from .cli_types import nonneg_int, number, positive_float, positive_int
-
-    p = parser
-    p.add_argument("--model", default="lenet5", help="zoo model (default lenet5; the paper: lenet5, vgg16)")
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
-    p.add_argument("--data-dir", default=None, help="dataset directory (default: anl-fused train's)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument(
-        "--preset",
-        choices=sorted(TRAIN_PRESETS),
-        default=None,
-        help="paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (section 4.2.1)",
-    )
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs with the noise on (phase 1)")
-    p.add_argument(
-        "--finetune-epochs", type=nonneg_int, default=None, help="epochs with the noise off at 1e-3 (phase 2)"
-    )
-    p.add_argument(
-        "--eps",
-        type=_eps,
-        nargs="+",
-        default=[PAPER_EPS],
-        help="|eps| of ANL / opposite / Gaussian (default 0.03, Table 1); several: an eps sweep",
-    )
-    p.add_argument("--norms", nargs="+", default=["sample"], choices=NORMS, help="ANL norms to run (default sample)")
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(TABLE1),
-        choices=VARIANTS,
-        help=f"methods (default: Table 1's baseline (plain), Gaussian, ANL and opposite, and {CONTROL}, "
-        "the control that trains without noise on the noise methods' two-phase schedule)",
-    )
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=0.1)
-    p.add_argument(
-        "--val-size",
-        type=positive_int,
-        default=None,
-        help="training images held out for validation (default: the dataset's, 5,000 for Fashion-MNIST)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--jobs", type=positive_int, default=1, help="trainings at once (default 1)")
-    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per training (default 1)")
-    nice = number(int, low=-20, high=19)
-    p.add_argument("--nice", type=nice, default=10, help="niceness of the trainings, -20..19 (default 10)")
-    p.add_argument("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
-    p.add_argument("--out", default="benchmarks/results/table1", help="where the table goes")
-    p.add_argument(
-        "--name",
-        default=None,
-        help="file name of the table (default: the protocol, e.g. lenet5-fashion-mnist-e20f20-b128)",
-    )
-    p.add_argument("--report-only", action="store_true", help="train nothing; write the table from finished runs")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and their state, train nothing")
+    p, paper = parser.add_argument, "the paper: 100 epochs with noise + 100 without at 1e-3, baseline 200 (sec. 4.2.1)"
+    p("--model", default="lenet5", help="zoo model (default lenet5; the paper: lenet5, vgg16)")
+    p("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p("--data-dir", default=None, help="dataset directory (default: anl-fused train's)")
+    p("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    p("--preset", choices=sorted(TRAIN_PRESETS), default=None, help=paper)
+    p("--epochs", type=positive_int, default=None, help="epochs with the noise on (phase 1)")
+    p("--finetune-epochs", type=nonneg_int, default=None, help="epochs with the noise off at 1e-3 (phase 2)")
+    p("--eps", type=_eps, nargs="+", default=[PAPER_EPS], help="noise |eps| (default 0.03, Table 1); several: a sweep")
+    p("--norms", nargs="+", default=["sample"], choices=NORMS, help="ANL norms to run (default sample)")
+    methods = f"methods (default: Table 1's plain, gaussian, anl, opposite and {CONTROL}, a control without noise)"
+    p("--variants", nargs="+", default=list(TABLE1), choices=VARIANTS, help=methods)
+    p("--batch-size", type=positive_int, default=128)
+    p("--lr", type=positive_float, default=0.1)
+    p("--val-size", type=positive_int, default=None, help="training images held out for validation (default 5,000)")
+    p("--device", default="cpu", help="cpu (default), cuda, auto")
+    p("--jobs", type=positive_int, default=1, help="trainings at once (default 1)")
+    p("--threads", type=positive_int, default=1, help="intra-op threads per training (default 1)")
+    p("--nice", type=number(int, ge=-20, le=19), default=10, help="niceness of the trainings, -20..19 (default 10)")
+    p("--runs-dir", default="runs/table1", help="where the runs live (default runs/table1)")
+    p("--out", default="benchmarks/results/table1", help="where the table goes")
+    p("--name", default=None, help="file name of the table (default: the protocol: lenet5-fashion-mnist-e20f20-b128)")
+    p("--report-only", action="store_true", help="train nothing; write the table from finished runs")
+    p("--dry-run", action="store_true", help="print the runs and their state, train nothing")
 
 
 def _protocol(args: argparse.Namespace) -> Protocol:
@@ -381,39 +349,16 @@ def _protocol(args: argparse.Namespace) -> Protocol:
         raise ValueError("give --preset paper or --epochs E [--finetune-epochs F]")
     else:
         epochs, finetune = args.epochs, args.finetune_epochs or 0
-    return Protocol(
-        get_spec(args.model).name,
-        canonical_name(args.dataset),
-        epochs,
-        finetune,
-        args.batch_size,
-        args.lr,
-        args.val_size,
-    )
+    model, dataset = get_spec(args.model).name, canonical_name(args.dataset)
+    return Protocol(model, dataset, epochs, finetune, args.batch_size, args.lr, args.val_size)
 
 
 def _command(args: argparse.Namespace, proto: Protocol) -> str:
     """The command that reproduces this table (its protocol spelled out)."""
-    parts = [
-        "anl-fused table1",
-        f"--model {proto.model}",
-        f"--dataset {proto.dataset}",
-        f"--seeds {args.seeds}",
-        f"--epochs {proto.epochs}",
-        f"--finetune-epochs {proto.finetune_epochs}",
-        "--eps " + " ".join(f"{e:g}" for e in args.eps),
-        "--norms " + " ".join(args.norms),
-        f"--batch-size {proto.batch_size}",
-        f"--lr {proto.lr:g}",
-        f"--device {args.device}",
-    ]
-    if proto.val_size is not None:
-        parts.append(f"--val-size {proto.val_size}")
-    if args.data_dir:
-        parts.append(f"--data-dir {args.data_dir}")
-    if list(args.variants) != list(TABLE1):
-        parts.append("--variants " + " ".join(args.variants))
-    return " ".join(parts)
+    opts = {**dataclasses.asdict(proto), "seeds": args.seeds, "device": args.device, "data_dir": args.data_dir}
+    opts |= {"eps": " ".join(f"{e:g}" for e in args.eps), "norms": " ".join(args.norms), "lr": f"{proto.lr:g}"}
+    opts["variants"] = " ".join(args.variants) if list(args.variants) != list(TABLE1) else None
+    return " ".join(["anl-fused table1", *(f"--{k.replace('_', '-')} {v}" for k, v in opts.items() if v is not None)])
 
 
 def _check_name(name: str | None) -> None:
@@ -427,17 +372,12 @@ def run(args: argparse.Namespace) -> int:
         proto = _protocol(args)
         _check_name(args.name)
         check_out_dir(args.out)
-    except (ValueError, KeyError) as e:
-        print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
-    problem = None if args.dry_run else out_error(args.out, directory=True)  # before any run, not after them all
-    if problem:
-        print(f"anl-fused table1: error: {problem}", file=sys.stderr)
-        return 2
-    try:
+        problem = None if args.dry_run else out_error(args.out, directory=True)  # before any run, not after them all
+        if problem:
+            raise ValueError(problem)
         return _run(args, proto)
-    except ValueError as e:  # a run's metrics.jsonl or config.json that is not what train writes
-        print(f"anl-fused table1: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError) as e:  # also a run's metrics.jsonl or config.json that is not what train writes
+        print(f"anl-fused table1: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     except OSError as e:  # an unwritable --out, a full disk
         print(f"anl-fused table1: error: writing the table to {args.out!r} failed: {e}", file=sys.stderr)

@@ -79,13 +79,10 @@ def test_eps_sweep_groups_like_runs_skips_unfinished_and_counts_seeds_truthfully
     last = json.loads(lines[-1])
     last["test_err"] = 0.9
     (extra / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
-    warnings = []
     table = figures.eps_sweep(
-        figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]),
-        str(tmp_path / "s.png"),
-        warn=warnings.append,
+        figures.find_runs([str(runs / "anl-0.03-0"), str(runs / "plain-0.0-0"), str(extra)]), str(tmp_path / "s.png")
     )
-    assert warnings == [f"skipping unfinished run {extra / 'interrupted'} (2 of 5 epochs)"]
+    assert capsys.readouterr().err == f"warning: skipping unfinished run {extra / 'interrupted'} (2 of 5 epochs)\n"
     assert set(table) == {"lenet5 on digits, 2 epochs, batch 64", "vgg_tiny on digits, 2 epochs, batch 64"}
     lenet = table["lenet5 on digits, 2 epochs, batch 64"]
     assert set(lenet) == {
@@ -174,82 +171,28 @@ def test_first_conv_output_is_the_conv_not_what_an_inplace_relu_made_of_it():
     assert model.training  # mode restored
 
 
-def test_whitebox(runs, tmp_path, capsys):
-    out, js = tmp_path / "wb.png", tmp_path / "wb.json"
-    order = ["plain-0.0-0", "anl-0.03-0", "anl-0.03-1", "opposite-0.03-0"]
-    assert (
-        main(
-            [
-                "figures",
-                "whitebox",
-                "--runs",
-                *[str(runs / r) for r in order],
-                "--out",
-                str(out),
-                "--limit",
-                "40",
-                "--json",
-                str(js),
-            ]
-        )
-        == 0
-    )
-    _png(out)
-    result = json.loads(js.read_text())
-    assert list(result) == ["lenet5: baseline", "lenet5: ANL 0.03 sample", "lenet5: ANL -0.03 sample"]
-    assert [r["seed"] for r in result["lenet5: ANL 0.03 sample"]] == [0, 1]
-    for rs in result.values():
-        for r in rs:
-            assert r["n"] == 40 and 0 <= r["ifgsm"] <= r["clean"] <= 100 and 0 <= r["fgsm"] <= 100
-    assert "lenet5: baseline: clean" in capsys.readouterr().out
-    again = tmp_path / "again.png"
-    assert main(["figures", "whitebox-plot", "--json", str(js), "--out", str(again)]) == 0
-    _png(again)
-    _copy_run(runs / "anl-0.03-1", tmp_path / "diverged")
-    lines = (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
-    last["test_err"] = 0.9
-    (tmp_path / "diverged" / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
-    warnings = []
-    result = figures.whitebox(
-        [str(runs / "plain-0.0-0"), str(tmp_path / "diverged")], str(out), limit=8, warn=warnings.append
-    )
-    assert list(result) == ["lenet5: baseline"] and "skipping diverged run" in warnings[0]
-
-
 def test_missing_runs_are_reported(tmp_path, capsys):
     assert main(["figures", "eps-sweep", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_method_labels_tell_the_two_phase_baseline_apart():
-    """table1's baseline-two-phase control (plain training with the noise methods' fine-tuning phase) is not the
-    one-schedule baseline: Fig. 5 must not pool them."""
-    assert figures._method_label({"variant": "plain", "eps": 0.0, "finetune_epochs": 0}) == "baseline"
-    assert figures._method_label({"variant": "plain", "eps": 0.0, "finetune_epochs": 15}) == "baseline-two-phase"
-    assert figures._method_label({"variant": "anl", "eps": 0.03, "norm": "layer"}) == "ANL 0.03 layer"
-    assert figures._method_label({"variant": "opposite", "eps": -0.03}) == "ANL -0.03 sample"
-    assert figures._method_label({"variant": "gaussian", "eps": 0.03}) == "Gaussian 0.03"
-
-
-@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps", "whitebox"])
+@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps"])
 def test_a_run_without_a_finished_epoch_is_skipped_with_a_warning(runs, tmp_path, capsys, figure):
     """A run that has started (config.json, an empty metrics.jsonl) is unfinished, not an error: `figures
     eps-sweep --runs runs/*` stopped with "'r4/metrics.jsonl' is empty"."""
     started = tmp_path / "started"
     _copy_run(runs / "anl-0.03-1", started)
     (started / "metrics.jsonl").write_text("")
-    extra = ["--limit", "8"] if figure == "whitebox" else []
     out = tmp_path / "f.png"
-    assert main(["figures", figure, "--runs", str(runs / "anl-0.03-0"), str(started), "--out", str(out), *extra]) == 0
+    assert main(["figures", figure, "--runs", str(runs / "anl-0.03-0"), str(started), "--out", str(out)]) == 0
     _png(out)
     err = capsys.readouterr().err
     assert f"warning: skipping unfinished run {started}" in err and "error" not in err
-    assert main(["figures", figure, "--runs", str(started), "--out", str(tmp_path / "g.png"), *extra]) == 2
+    assert main(["figures", figure, "--runs", str(started), "--out", str(tmp_path / "g.png")]) == 2
     assert "anl-fused figures: error: no " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps", "whitebox", "whitebox-plot"])
+@pytest.mark.parametrize("figure", ["eps-sweep", "layer-std", "feature-maps"])
 def test_every_figure_command_describes_itself_and_its_options(figure, capsys):
     with pytest.raises(SystemExit) as e:
         main(["figures", figure, "--help"])

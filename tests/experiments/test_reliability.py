@@ -209,7 +209,7 @@ def test_eps_beyond_float32_is_a_usage_error_before_anything_is_written(tmp_path
     with pytest.raises(SystemExit) as e:
         main(RUN[:-3] + ["--eps", "1e39", "--epochs", "1", "--out", str(tmp_path / "r")])
     assert e.value.code == 2 and "--eps" in capsys.readouterr().err and not (tmp_path / "r").exists()
-    with pytest.raises(ValueError, match="eps must be"):
+    with pytest.raises(ValueError, match=r"eps 1e\+39 is not allowed"):
         fit(TrainConfig(model="lenet5", eps=1e39, epochs=1), progress=False, log=lambda s: None)
 
 
@@ -343,16 +343,15 @@ def test_unwritable_outputs_are_one_line(tmp_path, capsys):
     assert str(blocker) in _error(capsys, "demo")
 
 
-def test_figures_refuses_an_unknown_format_and_a_foreign_json(tmp_path, capsys):
-    plot = ["figures", "whitebox-plot", "--json", str(tmp_path / "w.json")]
-    for text in ("not json at all", json.dumps({"m": [{"clean": 1}]}), json.dumps([1, 2]), "\x00\xff"):
-        (tmp_path / "w.json").write_text(text, errors="surrogateescape")
-        assert (
-            main(["figures", "whitebox-plot", "--json", str(tmp_path / "w.json"), "--out", str(tmp_path / "w.png")])
-            == 2
-        )
-        assert str(tmp_path / "w.json") in _error(capsys, "figures")
-    assert main(plot + ["--out", str(tmp_path / "f.xyz")]) == 2
+def test_figures_refuses_an_unknown_format_and_a_foreign_config(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_err": 0.5}) + "\n")
+    for text in ("not json at all", json.dumps([1, 2]), "\x00\xff"):
+        (run / "config.json").write_text(text, errors="surrogateescape")
+        assert main(["figures", "eps-sweep", "--runs", str(run), "--out", str(tmp_path / "w.png")]) == 2
+        assert str(run / "config.json") in _error(capsys, "figures")
+    assert main(["figures", "eps-sweep", "--runs", str(run), "--out", str(tmp_path / "f.xyz")]) == 2
     assert "'xyz' is not an image format" in _error(capsys, "figures")
     assert not (tmp_path / "f.xyz").exists() and not (tmp_path / "w.png").exists()
 

@@ -31,19 +31,8 @@ from .parts import Parts, make_model
 __all__ = ["CHECKPOINT_NAME", "REQUIRED", "Position", "load_trained", "read", "restore", "resume_changes", "save"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-REQUIRED = (
-    "config",
-    "model",
-    "optimizer",
-    "scheduler",
-    "generator",
-    "rng",
-    "epoch",
-    "step",
-    "global_step",
-    "meter",
-    "history",
-)
+REQUIRED = ("config", "model", "optimizer", "scheduler", "generator", "rng", "meter")  # the states
+REQUIRED += ("epoch", "step", "global_step", "history")  # the position
 
 
 @dataclass

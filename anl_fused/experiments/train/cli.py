@@ -20,8 +20,7 @@ from .. import checkpoint as ckpt
 from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
-from . import schema
-from .config import PRESETS, TrainConfig, auto_eps_of, config_from_dict, preset_values
+from .config import PRESETS, TrainConfig, add_options, auto_eps_of, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
@@ -57,26 +56,12 @@ PRESET_HELP = (
 def _run_dir(g) -> None:
     g.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoint.pt)")
     once = g.add_mutually_exclusive_group()
-    once.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in OUT from its checkpoint, with its settings (see below)",
-    )
+    once.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint (see below)")
     once.add_argument("--overwrite", action="store_true", help="delete the run in OUT and start over")
-    g.add_argument(
-        "--checkpoint-every",
-        type=nonneg_int,
-        default=0,
-        metavar="K",
-        help="also checkpoint every K optimizer steps (always at epoch ends)",
-    )
-    g.add_argument(
-        "--stop-after-steps",
-        type=positive_int,
-        default=None,
-        metavar="K",
-        help="stop with a checkpoint after K optimizer steps in total (simulates an interruption)",
-    )
+    every = "also checkpoint every K optimizer steps (always at epoch ends)"
+    g.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="K", help=every)
+    stop = "stop with a checkpoint after K optimizer steps in total (simulates an interruption)"
+    g.add_argument("--stop-after-steps", type=positive_int, default=None, metavar="K", help=stop)
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
@@ -88,18 +73,14 @@ GROUPS = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """The settings' options come from :class:`TrainConfig`'s schema (:func:`.schema.add_options`)."""
+    """The settings' options come from :class:`TrainConfig`'s schema (:func:`.config.add_options`)."""
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     groups = {k: parser.add_argument_group(title) for k, title in GROUPS.items()}
     groups["run"].add_argument("--preset", choices=tuple(PRESETS), default=None, help=PRESET_HELP)
-    schema.add_options(TrainConfig, groups)
-    groups["where"].add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice; 1 is fastest for tiny models)",
-    )
+    add_options(groups)
+    threads = "torch intra-op threads (default: torch's choice; 1 is fastest for tiny models)"
+    groups["where"].add_argument("--threads", type=positive_int, default=None, help=threads)
     _run_dir(parser.add_argument_group("run directory"))
 
 
@@ -141,11 +122,8 @@ def _auto_eps(cfg: TrainConfig, rank: int) -> TrainConfig:
     if rank == 0:
         for message in dict.fromkeys(str(w.message) for w in caught):
             print(f"anl-fused train: warning: {message}", file=sys.stderr, flush=True)
-        print(
-            f"eps=auto: {n / 1e6:.3g}M trainable parameters -> eps={eps:g} "
-            "(a rule fitted to the paper's Table 2; see anl_fused.auto_eps)",
-            flush=True,
-        )
+        rule = "(a rule fitted to the paper's Table 2; see anl_fused.auto_eps)"
+        print(f"eps=auto: {n / 1e6:.3g}M trainable parameters -> eps={eps:g} {rule}", flush=True)
     return cfg
 
 
@@ -191,15 +169,8 @@ def _train(args: argparse.Namespace, started: bool) -> int:
     cfg = _auto_eps(_config(args, world), rank)
     with warnings.catch_warnings():  # the rule's warning was printed above as one line
         warnings.filterwarnings("ignore", message=AUTO_EPS_WARNING)
-        result = fit(
-            cfg,
-            args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            checkpoint_every=args.checkpoint_every,
-            stop_after_steps=args.stop_after_steps,
-            progress=not args.no_progress,
-        )
+        how = {k: getattr(args, k) for k in ("resume", "overwrite", "checkpoint_every", "stop_after_steps")}
+        result = fit(cfg, args.out, progress=not args.no_progress, **how)
     if started:
         dist.barrier()  # nobody leaves while rank 0 still receives the last checkpoint's states
     if result["stopped"] == "interrupt":

@@ -1,47 +1,34 @@
-"""What a training run is: :class:`TrainConfig`, its validation and the fields that identify a run."""
+"""What a training run is: :class:`TrainConfig`, its one typed schema and the fields that identify a run.
+
+Each field's annotation is its type (a ``Literal``'s choices, ``None`` allowed or not), its bounds (``Gt`` / ``Ge`` /
+``Lt`` / ``Le``) and, in an :class:`Arg`, its ``anl-fused train`` option (help, group). From it come the command line's
+options (:func:`add_options`: a ``Literal`` gives choices, a bool a flag, a number its parser), the checks of
+:meth:`TrainConfig.resolved` and the strict pydantic check of a stored ``config.json`` (``"no"`` is not a bool)::
+
+    lr: Annotated[float, Gt(0), Arg("initial learning rate", "protocol")] = 0.1
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import math
 import os
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pydantic
 import torch
+from annotated_types import Ge, Gt, Le, Lt
+from typing_extensions import TypedDict
 
 from ... import distributed
 from ...eps_rule import auto_eps
 from ...layer import NORMS
 from .. import data as data_mod
+from ..cli_types import parser
 from ..models import MODELS, build, count_params, get_spec
-from . import schema
-from .schema import Arg
-
-__all__ = [
-    "IDENTITY",
-    "LENGTH",
-    "NOISE_VARIANTS",
-    "PRESETS",
-    "PROBE_DTYPES",
-    "RUNTIME",
-    "SCHEDULES",
-    "TWO_PHASE_VARIANTS",
-    "VARIANTS",
-    "StoredConfigError",
-    "TrainConfig",
-    "arg_type",
-    "auto_eps_of",
-    "check_device",
-    "config_from_dict",
-    "input_layer_eps",
-    "noise_note",
-    "preset_values",
-    "probe_torch_dtype",
-    "upgrade_stored",
-]
 
 VARIANTS = ("plain", "dropout", "gaussian", "anl", "opposite", "input", "sam")
 NOISE_VARIANTS = ("gaussian", "anl", "opposite", "input")
@@ -56,13 +43,22 @@ RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_b
 LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
 
 
-# the choice fields' types; TrainConfig's annotations with their Arg (help, group, range) are the one schema of
-# a config: the command line's options, the checks of resolved() and of a stored config come from it (schema.py)
+@dataclass(frozen=True)
+class Arg:
+    """A field's ``anl-fused train`` option: its ``help``, its argument ``group`` and, for a bool that defaults
+    to ``True``, the ``flag`` that turns it off (one that defaults to ``False`` is ``--field-name``, turning it on)."""
+
+    help: str
+    group: str = "run"
+    flag: str | None = None
+
+
 Norm = Literal[NORMS]
 Probe = Literal[tuple(PROBE_DTYPES)]
 StdOver = Literal[distributed.STD_OVER]
 Device = Annotated[str, pydantic.StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]  # auto, cpu, cuda, cuda:N
-_F32 = float(torch.finfo(torch.float32).max)  # an eps the float32 kernels can hold
+_F32 = float(torch.finfo(torch.float32).max)
+Eps = Annotated[float, Ge(-_F32), Le(_F32)]  # an eps the float32 kernels can hold
 _EPS_HELP = (
     "ANL eps of the hidden layers, or 'auto': a rule fitted to the paper's Table 2 from the model's trainable "
     "parameters (anl_fused.auto_eps). Default: the model's eps, listed by `anl-fused models` (the paper's Table 2; "
@@ -79,8 +75,7 @@ _INPUT_EPS_HELP = (
 
 @dataclass
 class TrainConfig:
-    """A training run's settings. Each field's annotation is its schema: type, ``Literal`` choices and, in an
-    :class:`~.schema.Arg`, its ``anl-fused train`` option (help, group: run / protocol / where, range)."""
+    """A training run's settings; each field's annotation is its schema (the module's docstring)."""
 
     model: Annotated[str, Arg(f"zoo model: {', '.join(MODELS)}")] = "vgg_tiny"
     dataset: Annotated[str, Arg(f"{', '.join(data_mod.DATASETS)} (default digits, offline)")] = "digits"
@@ -89,8 +84,8 @@ class TrainConfig:
     download: Annotated[bool, Arg("let torchvision download missing datasets", "where")] = False
     variant: Annotated[Literal[VARIANTS], Arg("what to train")] = "anl"
     # None: the paper's eps for the model (Table 2); "auto": auto_eps
-    eps: Annotated[float | Literal["auto"] | None, Arg(_EPS_HELP, ge=-_F32, le=_F32)] = None
-    input_eps: Annotated[float, Arg(_INPUT_EPS_HELP, ge=-_F32, le=_F32)] = 0.0
+    eps: Annotated[Eps | Literal["auto"] | None, Arg(_EPS_HELP)] = None
+    input_eps: Annotated[Eps, Arg(_INPUT_EPS_HELP)] = 0.0
     input_sign: Annotated[bool, Arg("input noise eps*sign(g) (Eq. 8, variant input; --input-eps in pixel units)")] = (
         False
     )
@@ -113,8 +108,8 @@ class TrainConfig:
             "noise (see docs/semantics.md); changes the noise, so part of the run's identity"
         ),
     ] = "fp32"
-    epochs: Annotated[int, Arg("phase 1: epochs with the variant's noise on", "protocol", ge=0)] = 10
-    finetune_epochs: Annotated[int, Arg("phase 2: epochs with ANL off after phase 1", "protocol", ge=0)] = 0
+    epochs: Annotated[int, Ge(0), Arg("phase 1: epochs with the variant's noise on", "protocol")] = 10
+    finetune_epochs: Annotated[int, Ge(0), Arg("phase 2: epochs with ANL off after phase 1", "protocol")] = 0
     finetune_lr: Annotated[
         Literal["auto", "floor", "continue"],
         Arg(
@@ -123,22 +118,21 @@ class TrainConfig:
             "protocol",
         ),
     ] = "auto"
-    batch_size: Annotated[int, Arg("the global batch under torchrun", "protocol", ge=1)] = 128
-    eval_batch_size: Annotated[int, Arg("batch size of evaluation", "where", ge=1)] = 500
-    lr: Annotated[float, Arg("initial learning rate", "protocol", gt=0)] = 0.1
-    momentum: Annotated[float, Arg("SGD momentum", "protocol", ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Arg("SGD weight decay", "protocol", ge=0)] = 5e-4
+    batch_size: Annotated[int, Ge(1), Arg("the global batch under torchrun", "protocol")] = 128
+    eval_batch_size: Annotated[int, Ge(1), Arg("batch size of evaluation", "where")] = 500
+    lr: Annotated[float, Gt(0), Arg("initial learning rate", "protocol")] = 0.1
+    momentum: Annotated[float, Ge(0), Lt(1), Arg("SGD momentum", "protocol")] = 0.9
+    weight_decay: Annotated[float, Ge(0), Arg("SGD weight decay", "protocol")] = 5e-4
     # the schedule (sec. 4.2.1, schedule.PlateauSchedule): halve the rate when none of the last `patience` epochs
     # found a new best validation loss and the rate has been used for `hold_epochs` epochs, down to min_lr
     lr_factor: Annotated[
-        float,
-        Arg("multiply the learning rate by this on a validation plateau", "protocol", gt=0, lt=1),
+        float, Gt(0), Lt(1), Arg("multiply the learning rate by this on a validation plateau", "protocol")
     ] = 0.5
     patience: Annotated[
-        int, Arg("a plateau: this many epochs without a new best validation loss", "protocol", ge=1)
+        int, Ge(1), Arg("a plateau: this many epochs without a new best validation loss", "protocol")
     ] = 5
-    hold_epochs: Annotated[int, Arg("each learning rate stays at least this many epochs", "protocol", ge=1)] = 5
-    min_lr: Annotated[float, Arg("learning-rate floor and the fine-tuning rate", "protocol", ge=0)] = 1e-3
+    hold_epochs: Annotated[int, Ge(1), Arg("each learning rate stays at least this many epochs", "protocol")] = 5
+    min_lr: Annotated[float, Ge(0), Arg("learning-rate floor and the fine-tuning rate", "protocol")] = 1e-3
     schedule: Annotated[
         Literal[SCHEDULES],
         Arg(
@@ -147,16 +141,15 @@ class TrainConfig:
             "protocol",
         ),
     ] = "plateau"
-    sam_rho: Annotated[float, Arg("variant sam: SAM's neighbourhood radius rho", "protocol", gt=0)] = 0.05
+    sam_rho: Annotated[float, Gt(0), Arg("variant sam: SAM's neighbourhood radius rho", "protocol")] = 0.05
     val_size: Annotated[
-        int | None,
+        Annotated[int, Ge(0)] | None,
         Arg(
             "training images held out for validation, >= 1: the schedule watches their loss (default: the "
             "dataset's, 5000; digits has a fixed 300)",
-            ge=0,
         ),
     ] = None
-    seed: Annotated[int, Arg("same seed: same initial weights and data order for every variant", ge=0)] = 0
+    seed: Annotated[int, Ge(0), Arg("same seed: same initial weights and data order for every variant")] = 0
     device: Annotated[Device, Arg("auto (cuda if available), cpu, cuda, cuda:1, ...", "where")] = "auto"
     compile: Annotated[bool, Arg("torch.compile the model", "where")] = False
     channels_last: Annotated[bool, Arg("channels_last memory format", "where")] = False
@@ -199,9 +192,8 @@ class TrainConfig:
 
 
 def _check(c: TrainConfig) -> None:
-    """Every field as its schema allows (a choice among its ``Literal``'s, a number in its :class:`~.schema.Arg`'s
-    range); the schedule's floor under the rate and a validation split for it."""
-    schema.check(c)
+    """Every field as its schema allows; the schedule's floor under the rate and a validation split for it."""
+    _validated(dataclasses.asdict(c))
     if c.min_lr > c.lr:
         raise ValueError(f"min_lr (the schedule's floor) must be <= lr, got min_lr={c.min_lr!r}, lr={c.lr!r}")
     if c.val_size == 0:
@@ -213,26 +205,14 @@ def _check(c: TrainConfig) -> None:
 
 
 def check_device(device: str) -> None:
-    """``auto``, ``cpu``, or a CUDA device that this machine has (else ``ValueError`` saying so); what
-    training checks before it holds its directory (loading a model elsewhere does not need the device)."""
-    if device == "auto":
+    """A resolved config's ``device`` (its pattern checked: auto, cpu, cuda, cuda:N) is one this machine has (else
+    ``ValueError`` saying so); what training checks before it holds its directory (loading a model does not)."""
+    if not device.startswith("cuda"):
         return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: this machine has no CUDA device (use --device cpu, or auto)")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+    if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
-def arg_type(field: str):
-    """The argparse ``type=`` of numeric field ``field`` (its kind and range from the schema; ``eps`` also
-    takes ``auto``)."""
-    return schema.arg_type(schema.fields(TrainConfig)[field])
 
 
 def _resolve_noise(c: TrainConfig) -> None:
@@ -250,8 +230,6 @@ def _resolve_noise(c: TrainConfig) -> None:
         eps = MODELS[c.model].eps
     else:
         eps = auto_eps_of(c)[1] if c.eps == "auto" else float(c.eps)
-    if not math.isfinite(eps):
-        raise ValueError(f"eps must be finite, got {eps}")
     c.eps = -abs(eps) if c.variant == "opposite" else eps
     if c.variant == "input":
         if c.input_eps == 0.0:
@@ -265,10 +243,7 @@ def auto_eps_of(cfg: TrainConfig) -> tuple[int, float]:
     meta device: no memory, no initialization)."""
     info = data_mod.DATASETS[data_mod.canonical_name(cfg.dataset)]
     with torch.device("meta"):
-        model = build(
-            cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, dropout=cfg.variant == "dropout"
-        )
-    n = count_params(model)
+        n = count_params(build(cfg.model, info.num_classes, info.in_channels, dropout=cfg.variant == "dropout"))
     return n, auto_eps(n)
 
 
@@ -277,15 +252,7 @@ IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not i
 # --preset: whole protocols, so that nobody rebuilds them from flags. Settings given explicitly win.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {  # sec. 4.2.1. Augmentation is the dataset's: crop + flip on CIFAR (as the paper), none elsewhere.
-        "all": {
-            "lr": 0.1,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "lr_factor": 0.5,
-            "patience": 5,
-            "hold_epochs": 5,
-            "min_lr": 1e-3,
-        },
+        "all": dict(lr=0.1, momentum=0.9, weight_decay=5e-4, lr_factor=0.5, patience=5, hold_epochs=5, min_lr=1e-3),
         "noise": {"epochs": 100, "finetune_epochs": 100, "finetune_lr": "floor"},  # ANL, then 100 with ANL off at 1e-3
         "baseline": {"epochs": 200, "finetune_epochs": 0, "finetune_lr": "continue"},  # plain / dropout: 200 epochs
     },
@@ -325,33 +292,21 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     if given.eps not in (None, 0, 0.0) and cfg.variant not in NOISE_VARIANTS:
         notes.append(f"variant {cfg.variant} trains without noise: eps {given.eps} is not used (stored as 0)")
     if isinstance(cfg.eps, float) and abs(cfg.eps) > 1:
-        notes.append(
-            f"warning: |eps| {abs(cfg.eps):g} > 1: noise larger than the activations' own spread; such runs "
-            "usually train to chance (the paper's eps are 0.01-0.05)"
-        )
+        big = "noise larger than the activations' own spread; such runs usually train to chance"
+        notes.append(f"warning: |eps| {abs(cfg.eps):g} > 1: {big} (the paper's eps are 0.01-0.05)")
     if given.eps is None and cfg.variant in NOISE_VARIANTS:
         notes.append(
             f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
             + ("; `anl-fused demo` uses 0.1, chosen on a digits sweep" if cfg.model == "vgg_tiny" else "")
         )
     if cfg.variant == "input":
-        layer = input_layer_eps(cfg)
-        notes.append(
-            f"input eps {cfg.input_eps:g} "
-            + (
-                f"in pixel units = {layer:.4g} on the normalized input"
-                if cfg.input_eps_unit == "pixel"
-                else "on the normalized input (a run made before input eps took pixel units)"
-                if cfg.input_eps_unit
-                else "as a fraction of std(x) (Eq. 5, no unit)"
-            )
-        )
+        unit = {
+            "pixel": f"in pixel units = {input_layer_eps(cfg):.4g} on the normalized input",
+            "normalized": "on the normalized input (a run made before input eps took pixel units)",
+            None: "as a fraction of std(x) (Eq. 5, no unit)",
+        }[cfg.input_eps_unit]
+        notes.append(f"input eps {cfg.input_eps:g} {unit}")
     return "; ".join(notes) or None
-
-
-def probe_torch_dtype(cfg: TrainConfig) -> torch.dtype | None:
-    """``TwoRound``'s ``probe_dtype`` of the config (``None`` for fp32)."""
-    return PROBE_DTYPES[cfg.probe_dtype]
 
 
 def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
@@ -376,30 +331,63 @@ class StoredConfigError(ValueError):
     """A stored config (``config.json``, a checkpoint's) with a value its field's type does not allow."""
 
 
-# The field types of TrainConfig (its annotations, the one place they are written), checked strictly: "no" is
-# not a bool, "2" not an int.
-SCHEMA = schema.strict_validator(TrainConfig)
+_HINTS = typing.get_type_hints(TrainConfig, include_extras=True)
+# the fields' types checked strictly ("no" is not a bool, "2" not an int; a TypedDict: pydantic checks a dataclass
+# strictly only as an instance), numbers finite and in their bounds
+SCHEMA = pydantic.TypeAdapter(
+    pydantic.with_config(pydantic.ConfigDict(strict=True, allow_inf_nan=False))(
+        TypedDict("TrainConfigFields", _HINTS, total=False)  # type: ignore[misc]
+    )
+)
+
+
+def _validated(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` as :data:`SCHEMA` reads it; ``ValueError`` naming the first field it refuses, its value and what it
+    must be."""
+    try:
+        return SCHEMA.validate_python(d)
+    except pydantic.ValidationError as e:
+        errors = e.errors(include_url=False)
+        field = str(errors[0]["loc"][0])
+        wants = " or ".join(dict.fromkeys(er["msg"] for er in errors if er["loc"][:1] == errors[0]["loc"][:1]))
+        raise ValueError(f"{field} {json.dumps(d.get(field), default=repr)} is not allowed ({wants})") from None
 
 
 def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConfig:
-    """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored),
-    its values checked against the fields' types (:data:`SCHEMA`, strict; a ``device`` matches its
-    pattern) and the checks of :meth:`TrainConfig.resolved` (choices, ranges); :class:`StoredConfigError` names
-    ``source``, the field, the value and the fix."""
+    """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored), its values
+    checked as :meth:`TrainConfig.resolved` checks them; :class:`StoredConfigError` names ``source``, the field, the
+    value and the fix."""
     if not isinstance(d, dict):
         raise StoredConfigError(f"{source} is not a JSON object of settings (found {type(d).__name__})")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    fix = "correct the value, or start a new run with another --out"
     try:
-        cfg = TrainConfig(**SCHEMA.validate_python({k: v for k, v in d.items() if k in names}))
-    except pydantic.ValidationError as e:
-        errors = e.errors(include_url=False)
-        field = str(errors[0]["loc"][0]) if errors[0]["loc"] else "?"
-        wants = " or ".join(dict.fromkeys(er["msg"] for er in errors if er["loc"][:1] == errors[0]["loc"][:1]))
-        value = json.dumps(d.get(field), default=repr)
-        raise StoredConfigError(f"{source}: {field} {value} is not allowed ({wants}); {fix}") from None
-    try:
-        _check(cfg)  # each number in its range
+        cfg = TrainConfig(**_validated({k: v for k, v in d.items() if k in _HINTS}))
+        _check(cfg)
     except ValueError as e:
-        raise StoredConfigError(f"{source}: {e}; {fix}") from None
+        raise StoredConfigError(f"{source}: {e}; correct the value, or start a new run with another --out") from None
     return cfg
+
+
+def arg_type(field: str):
+    """The argparse ``type=`` of field ``field``: its annotation read by pydantic (a number finite and within its
+    bounds, ``--eps auto``)."""
+    return parser(_HINTS[field])
+
+
+def add_options(groups: dict[str, Any]) -> None:
+    """An option for each field with an :class:`Arg`, in ``groups[arg.group]``: a bool as a flag, a ``Literal`` as
+    choices, a number parsed by :func:`arg_type`. Only the options given reach the namespace (``argparse.SUPPRESS``);
+    the help says the field's default."""
+    defaults = TrainConfig()
+    for name, hint in _HINTS.items():
+        arg = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Arg)), None)
+        if arg is None:
+            continue
+        default, help, base = getattr(defaults, name), arg.help, hint.__origin__
+        if base is bool:
+            kw = {"action": "store_false" if default else "store_true"}
+        else:
+            words = typing.get_args(base) if typing.get_origin(base) is Literal else ()
+            kw = {"choices": words} if words else {} if base in (str, str | None) else {"type": arg_type(name)}
+            help += "" if default is None or "default" in help else f" (default {default})"
+        flag = arg.flag or "--" + name.replace("_", "-")
+        groups[arg.group].add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help, **kw)

@@ -30,7 +30,7 @@ from .. import launch
 from . import checkpointing, rundir
 from .checkpointing import CHECKPOINT_NAME, Position
 from .config import NOISE_VARIANTS, TrainConfig, auto_eps_of, check_device, noise_note
-from .metrics import EpochMeter, MetricsFile, all_ranks, epoch_record, evaluate, format_record
+from .metrics import EpochMeter, MetricsFile, all_ranks, evaluate, format_record
 from .parts import Parts, build_parts, process_group
 
 __all__ = ["fit"]
@@ -69,19 +69,10 @@ class _GracefulInterrupt:
 class _Loop:
     """The epochs of one run from ``pos`` on; ``run()`` returns why it stopped early (or ``None``)."""
 
-    def __init__(
-        self,
-        parts: Parts,
-        config: dict[str, Any],
-        pos: Position,
-        meter: EpochMeter,
-        out_dir: str | None,
-        *,
-        checkpoint_every: int,
-        stop_after_steps: int | None,
-        progress: bool,
-        log: Callable[[str], None],
-    ):
+    def __init__(self, parts: Parts, config: dict, pos: Position, meter: EpochMeter, out_dir: str | None, **how):
+        """``how``: ``checkpoint_every`` (K steps, 0: epoch ends only), ``stop_after_steps``, ``progress``, ``log``."""
+        checkpoint_every, stop_after_steps = how.get("checkpoint_every", 0), how.get("stop_after_steps")
+        progress, log = how.get("progress", False), how.get("log", lambda s: None)
         self.parts, self.cfg, self.config, self.pos, self.meter = parts, parts.cfg, config, pos, meter
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
         self.metrics = MetricsFile(out_dir) if out_dir and parts.rank == 0 else None
@@ -94,8 +85,7 @@ class _Loop:
     @classmethod
     def bare(cls, parts: Parts) -> _Loop:
         """A loop over ``parts`` from the start that writes nothing and logs nothing (to time or test its step)."""
-        kw = dict(checkpoint_every=0, stop_after_steps=None, progress=False, log=lambda s: None)
-        return cls(parts, {}, Position(), EpochMeter(parts.device), None, **kw)
+        return cls(parts, {}, Position(), EpochMeter(parts.device), None)
 
     def run(self) -> str | None:
         if self.pos.epoch >= self.total_epochs:
@@ -221,17 +211,10 @@ class _Loop:
         if in_anl_phase or self.cfg.finetune_lr == "continue":
             p.scheduler.step(val[0])
         phase = ("anl" if p.noisy else "sam" if self.cfg.variant == "sam" else "train") if in_anl_phase else "finetune"
-        record = epoch_record(
-            epoch=pos.epoch + 1,
-            phase=phase,
-            anl_enabled=bool(p.noisy and in_anl_phase),
-            global_step=pos.global_step,
-            summary=summary,
-            val=val,
-            test_acc=test_acc,
-            lr=lr_used,
-            meter=self.meter,
-        )
+        m, anl = self.meter, bool(p.noisy and in_anl_phase)  # one line of metrics.jsonl:
+        record = dict(epoch=pos.epoch + 1, phase=phase, anl_enabled=anl, global_step=pos.global_step, **summary)
+        record |= dict(val_loss=val[0], val_acc=val[1], test_acc=test_acc, test_err=1.0 - test_acc, lr=lr_used)
+        record |= dict(steps=m.steps, epoch_train_time_s=m.train_time, time_per_step_s=m.train_time / max(m.steps, 1))
         pos.history.append(record)
         if self.metrics:
             self.metrics.append(record)
@@ -263,19 +246,10 @@ def _resume(
     pos = checkpointing.restore(state, parts, meter, path, log)
     log(f"resumed from {path} at epoch {pos.epoch + 1}, step {pos.step} (global step {pos.global_step})")
     if changed:
-        pos.changes.append(
-            {
-                "epoch": pos.epoch,
-                "step": pos.step,
-                "global_step": pos.global_step,
-                "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "changed": changed,
-            }
-        )
-        log(
-            "changed on resume (recorded in config.json): "
-            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        )
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        pos.changes.append(dict(epoch=pos.epoch, step=pos.step, global_step=pos.global_step, time=now, changed=changed))
+        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        log(f"changed on resume (recorded in config.json): {what}")
     return pos
 
 
@@ -319,17 +293,8 @@ def fit(
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     with rundir.claimed(out_dir, resume=resume, overwrite=overwrite, world=world, log=log):
         parts, config, meter, pos = _start(given, cfg, out_dir, resume, bundle, rank, log)
-        loop = _Loop(
-            parts,
-            config,
-            pos,
-            meter,
-            out_dir,
-            checkpoint_every=checkpoint_every,
-            stop_after_steps=stop_after_steps,
-            progress=progress,
-            log=log,
-        )
+        how = dict(checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps, progress=progress, log=log)
+        loop = _Loop(parts, config, pos, meter, out_dir, **how)
         stopped = loop.run()
     if stopped == "interrupt" and out_dir:
         log(f"stopped at epoch {pos.epoch + 1}, step {pos.step}; checkpoint {loop.ckpt_path}; continue with --resume")

@@ -18,18 +18,6 @@ from torch import Tensor, nn
 from .. import data as data_mod
 from ..files import atomic_write
 
-__all__ = [
-    "METRICS_NAME",
-    "EpochMeter",
-    "MetricsFile",
-    "all_ranks",
-    "epoch_record",
-    "evaluate",
-    "format_record",
-    "merged_meter_state",
-    "read_metrics",
-]
-
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -142,40 +130,6 @@ def merged_meter_state(states: list[dict[str, Any]]) -> dict[str, Any]:
     if out["std_sum"] is not None:
         out["std_sum"] = sum((s["std_sum"] for s in states[1:] if s["std_sum"] is not None), states[0]["std_sum"])
     return out
-
-
-def epoch_record(
-    *,
-    epoch: int,
-    phase: str,
-    anl_enabled: bool,
-    global_step: int,
-    summary: dict[str, Any],
-    val: tuple[float, float],
-    test_acc: float,
-    lr: float,
-    meter: EpochMeter,
-) -> dict[str, Any]:
-    """One line of ``metrics.jsonl``."""
-    record = {
-        "epoch": epoch,
-        "phase": phase,
-        "anl_enabled": anl_enabled,
-        "global_step": global_step,
-        "train_loss": summary["train_loss"],
-        "train_acc": summary["train_acc"],
-        "val_loss": val[0],
-        "val_acc": val[1],
-        "test_acc": test_acc,
-        "test_err": 1.0 - test_acc,
-        "lr": lr,
-        "steps": meter.steps,
-        "epoch_train_time_s": meter.train_time,
-        "time_per_step_s": meter.train_time / max(meter.steps, 1),
-    }
-    if "anl_std" in summary:
-        record["anl_std"] = summary["anl_std"]
-    return record
 
 
 def format_record(r: dict[str, Any], total_epochs: int) -> str:

@@ -16,7 +16,7 @@ from .. import data as data_mod
 from .. import launch
 from ..files import resolve_device
 from ..models import MODELS, build
-from .config import NOISE_VARIANTS, TrainConfig, input_layer_eps, probe_torch_dtype
+from .config import NOISE_VARIANTS, PROBE_DTYPES, TrainConfig, input_layer_eps
 from .schedule import make_schedule
 
 __all__ = ["Parts", "build_parts", "make_model", "process_group"]
@@ -29,16 +29,9 @@ def make_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Modul
 
     model = build(cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.variant == "dropout")
     if cfg.variant in NOISE_VARIANTS:
-        insert_anl(
-            model,
-            cfg.eps,
-            input_eps=input_layer_eps(cfg),
-            input_sign=cfg.input_sign,
-            after=MODELS[cfg.model].anl_after,
-            noise="gaussian" if cfg.variant == "gaussian" else "adversarial",
-            scale_by_std=cfg.scale_by_std,
-            norm=cfg.norm,
-        )
+        noise = "gaussian" if cfg.variant == "gaussian" else "adversarial"
+        kw = dict(input_sign=cfg.input_sign, after=MODELS[cfg.model].anl_after, scale_by_std=cfg.scale_by_std)
+        insert_anl(model, cfg.eps, input_eps=input_layer_eps(cfg), noise=noise, norm=cfg.norm, **kw)
     return model
 
 
@@ -101,10 +94,8 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
     device = resolve_device(cfg.device)
     if world > 1:
         if cfg.batch_size % world:
-            raise ValueError(
-                f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
-                f"number of processes {world}"
-            )
+            n = f"the number of processes {world}"
+            raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of {n}")
         if device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())  # GPU LOCAL_RANK (launch.init_from_env)
         elif cfg.sync_bn:
@@ -154,15 +145,9 @@ def _batches(cfg: TrainConfig, bundle: data_mod.DataBundle, device: torch.device
             return data_mod.Batches(split, size, **more, **kw)
         return _RankBatches(split, size, train=train, rank=rank, world=world, **more, **kw)
 
-    train_b = batches(
-        bundle.train,
-        cfg.batch_size,
-        True,
-        shuffle=True,
-        augment=info.augment,
-        seed=cfg.seed,
-        drop_last=cfg.drop_last and len(bundle.train) >= cfg.batch_size,
-    )
+    drop_last = cfg.drop_last and len(bundle.train) >= cfg.batch_size
+    train = dict(shuffle=True, augment=info.augment, seed=cfg.seed, drop_last=drop_last)
+    train_b = batches(bundle.train, cfg.batch_size, True, **train)
     val_b = batches(bundle.val, cfg.eval_batch_size, False, shuffle=False)
     test_b = batches(bundle.test, cfg.eval_batch_size, False, shuffle=False)
     return train_b, val_b, test_b
@@ -189,26 +174,7 @@ def build_parts(cfg: TrainConfig, bundle: data_mod.DataBundle | None = None) -> 
     optimizer = _optimizer(cfg, model)
     scheduler = make_schedule(optimizer, cfg)
     generator = torch.Generator(device=device).manual_seed((data_mod.derive_seed(cfg.seed, 3) + rank) % 2**63)
-    engine = TwoRound(
-        train_model,
-        generator=generator,
-        std_over=cfg.std_over if world > 1 else "local",
-        probe_dtype=probe_torch_dtype(cfg),
-    )
-    flags = launch.cpu_group() if world > 1 else None
-    return Parts(
-        cfg,
-        rank,
-        world,
-        device,
-        bundle,
-        model,
-        run_model,
-        eval_model,
-        optimizer,
-        scheduler,
-        generator,
-        engine,
-        *_batches(cfg, bundle, device, rank, world),
-        flags,
-    )
+    std_over, probe_dtype = cfg.std_over if world > 1 else "local", PROBE_DTYPES[cfg.probe_dtype]
+    engine = TwoRound(train_model, generator=generator, std_over=std_over, probe_dtype=probe_dtype)
+    parts = (cfg, rank, world, device, bundle, model, run_model, eval_model, optimizer, scheduler, generator, engine)
+    return Parts(*parts, *_batches(cfg, bundle, device, rank, world), launch.cpu_group() if world > 1 else None)

@@ -30,18 +30,6 @@ from .config import config_from_dict, input_layer_eps, upgrade_stored
 from .metrics import METRICS_NAME, read_metrics
 from .parts import Parts
 
-__all__ = [
-    "CONFIG_NAME",
-    "LOCK_NAME",
-    "RUN_FILES",
-    "RunDirError",
-    "claimed",
-    "describe_run",
-    "local_config",
-    "stored_config",
-    "write_config",
-]
-
 CONFIG_NAME = "config.json"
 LOCK_NAME = "train.lock"
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME)

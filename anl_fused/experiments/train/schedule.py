@@ -12,7 +12,33 @@ from .config import TrainConfig
 __all__ = ["CosineSchedule", "PlateauSchedule", "make_schedule"]
 
 
-class PlateauSchedule:
+class _Schedule:
+    """What both schedules share: the fine-tuning phase's floor and the state of an exact resume (``STATE``: the
+    attributes it is made of, each restored with its type; the rates themselves live in the optimizer's state)."""
+
+    STATE: tuple[str, ...] = ()
+
+    def to_floor(self) -> None:
+        """Every group's rate to ``min_lr`` (the fine-tuning phase of sec. 4.2.1)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.min_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [k for k in self.STATE if k not in state]
+        if missing:
+            raise KeyError(
+                f"not a {type(self).__name__} state (lacks {missing}): the run was made with another schedule "
+                "(ReduceLROnPlateau states do not load)"
+            )
+        for k in self.STATE:
+            value = getattr(self, k)
+            setattr(self, k, [float(v) for v in state[k]] if isinstance(value, list) else type(value)(state[k]))
+
+
+class PlateauSchedule(_Schedule):
     """Halve the learning rate when the validation loss stops finding new bests (paper, sec. 4.2.1).
 
     The paper: "The learning rate starts from 0.1 and would be divided by 2 until the most recent 5
@@ -31,20 +57,13 @@ class PlateauSchedule:
     This differs from ``torch.optim.lr_scheduler.ReduceLROnPlateau(patience=5)`` (what this project
     used before), which halves after 6 epochs without improvement (epochs 7, 13, 19, ... under a
     lasting plateau) and counts an improvement only beyond a relative threshold of 1e-4.
-    A non-finite loss is never a new best. :meth:`to_floor` sets the rate to ``min_lr`` (the
-    fine-tuning phase). ``state_dict`` / ``load_state_dict`` make a resumed run take the same
-    decisions as an uninterrupted one (the rates themselves live in the optimizer's state).
+    A non-finite loss is never a new best. ``state_dict`` / ``load_state_dict`` make a resumed run take the same
+    decisions as an uninterrupted one.
     """
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        factor: float = 0.5,
-        patience: int = 5,
-        hold: int = 5,
-        min_lr: float = 1e-3,
-    ):
+    STATE = ("factor", "patience", "hold", "min_lr", "best", "epochs_since_best", "epochs_at_rate", "epochs")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, factor=0.5, patience=5, hold=5, min_lr=1e-3):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         if patience < 1 or hold < 1:
@@ -81,41 +100,16 @@ class PlateauSchedule:
             self.epochs_at_rate = 0
         return lowered
 
-    def to_floor(self) -> None:
-        """Every group's rate to ``min_lr`` (the fine-tuning phase of sec. 4.2.1)."""
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.min_lr
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "factor": self.factor,
-            "patience": self.patience,
-            "hold": self.hold,
-            "min_lr": self.min_lr,
-            "best": self.best,
-            "epochs_since_best": self.epochs_since_best,
-            "epochs_at_rate": self.epochs_at_rate,
-            "epochs": self.epochs,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = [k for k in ("best", "epochs_since_best", "epochs_at_rate", "epochs") if k not in state]
-        if missing:
-            raise KeyError(f"not a PlateauSchedule state (lacks {missing}); ReduceLROnPlateau states do not load")
-        self.factor, self.patience = float(state["factor"]), int(state["patience"])
-        self.hold, self.min_lr = int(state["hold"]), float(state["min_lr"])
-        self.best = float(state["best"])
-        self.epochs_since_best, self.epochs_at_rate = int(state["epochs_since_best"]), int(state["epochs_at_rate"])
-        self.epochs = int(state["epochs"])
-
-
-class CosineSchedule:
+class CosineSchedule(_Schedule):
     """A fixed schedule: the rate of epoch ``e`` (from 0) is
     ``min_lr + (lr - min_lr) * (1 + cos(pi * e / horizon)) / 2`` for ``e < horizon``, then ``min_lr``.
 
     The same rates for every run of a length, whatever its validation loss: it removes the learning-rate
     path as a difference between runs (the plateau schedule reacts to each run's loss). :meth:`step`
     takes the epoch's validation loss only to share :class:`PlateauSchedule`'s interface."""
+
+    STATE = ("horizon", "min_lr", "base_lrs", "epochs")
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, horizon: int, min_lr: float = 1e-3):
         if horizon < 1:
@@ -139,19 +133,6 @@ class CosineSchedule:
             g["lr"] = new
         return changed
 
-    def to_floor(self) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.min_lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"horizon": self.horizon, "min_lr": self.min_lr, "base_lrs": self.base_lrs, "epochs": self.epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "horizon" not in state:
-            raise KeyError("not a CosineSchedule state (lacks 'horizon'): the run was made with another schedule")
-        self.horizon, self.min_lr = int(state["horizon"]), float(state["min_lr"])
-        self.base_lrs, self.epochs = [float(b) for b in state["base_lrs"]], int(state["epochs"])
-
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> PlateauSchedule | CosineSchedule:
     """The run's schedule: :class:`PlateauSchedule` (factor, patience, hold and floor from ``cfg``) or, with
@@ -160,6 +141,5 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Plateau
     if cfg.schedule == "cosine":
         horizon = cfg.epochs + (cfg.finetune_epochs if cfg.finetune_lr == "continue" else 0)
         return CosineSchedule(optimizer, horizon=max(horizon, 1), min_lr=cfg.min_lr)
-    return PlateauSchedule(
-        optimizer, factor=cfg.lr_factor, patience=cfg.patience, hold=cfg.hold_epochs, min_lr=cfg.min_lr
-    )
+    kw = dict(factor=cfg.lr_factor, patience=cfg.patience, hold=cfg.hold_epochs, min_lr=cfg.min_lr)
+    return PlateauSchedule(optimizer, **kw)
