@@ -211,8 +211,8 @@ def _span(values: list[float]) -> str:
 
 @renderer("whitebox")
 def whitebox_table(paths: list[str]) -> str:
-    """White-box accuracy per method (``anl-fused figures whitebox --json``: clean, FGSM and IFGSM accuracy of
-    each run), means over the runs, and the per-seed range of the difference to the two-phase control."""
+    """White-box accuracy per method (from ``anl-fused figures whitebox --json`` at commit 8f4edf3: clean, FGSM and
+    IFGSM accuracy of each run), means over the runs, the per-seed range of the difference to the two-phase control."""
     rows = []
     for path in paths:
         methods = {label.split(": ", 1)[-1]: runs for label, runs in load_json(path).items()}
