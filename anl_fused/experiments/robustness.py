@@ -21,14 +21,20 @@ CURVE_EPS = tuple(k / 255 for k in (1, 2, 4, 8, 16, 32, 64, 128))
 
 
 class Normalized(nn.Module):
-    """``model((x - mean) / std)`` per channel: the model as a function of pixels in [0, 1], in eval mode."""
+    """``model((x - mean) / std)`` per channel: the model as a function of pixels in [0, 1], always in eval mode
+    (``train()`` keeps it there: torchattacks puts a model that was in training mode back into it after each
+    attack, which would evaluate BatchNorm / Dropout models in training mode)."""
 
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
         c = len(mean)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        self.eval()
+
+    def train(self, mode: bool = True) -> Normalized:
+        return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model((x - self.mean) / self.std)

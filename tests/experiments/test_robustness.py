@@ -75,3 +75,20 @@ def test_sanity_flags_each_violation():
     ):
         s = robustness.sanity({**base, key: value})
         assert not s[check] and not s["all"], check
+
+
+def test_normalized_stays_in_eval_mode_through_an_attack(trained):
+    """torchattacks restores a model's training mode after an attack: a wrapped BatchNorm / Dropout model must
+    still be evaluated in eval mode (the wrapper never leaves it)."""
+    import torchattacks
+
+    model, _, x, y = trained
+    bn = robustness.Normalized(nn.Sequential(model.model, nn.BatchNorm1d(10)).train(), [0.0], [1.0])
+    assert not any(m.training for m in bn.modules())
+    torchattacks.FGSM(bn, eps=0.03)(x[:8], y[:8])
+    bn.train()
+    assert not any(m.training for m in bn.modules())
+    running = bn.model[1].running_mean.clone()
+    with torch.no_grad():
+        bn(x)
+    assert torch.equal(bn.model[1].running_mean, running)  # eval mode: the statistics do not move
