@@ -62,8 +62,8 @@ Eps = Annotated[float, Ge(-_F32), Le(_F32)]  # an eps the float32 kernels can ho
 _EPS_HELP = (
     "ANL eps of the hidden layers, or 'auto': a rule fitted to the paper's Table 2 from the model's trainable "
     "parameters (anl_fused.auto_eps). Default: the model's eps, listed by `anl-fused models` (the paper's Table 2; "
-    "LeNet-5: Table 1), e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that `anl-fused demo` uses 0.1 for "
-    "vgg_tiny instead, the best of its digits sweep"
+    "LeNet-5: Table 1), e.g. vgg_tiny 0.02, lenet5 0.03, vgg16 0.05; note that `anl-fused demo` uses its own eps for "
+    "vgg_tiny, chosen on its validation split (docs/demo.md)"
 )
 _INPUT_EPS_HELP = (
     "input ANL eps (variant input, Table 3): a fraction of std(x) as for the hidden layers (Eq. 5; normalizing the "
@@ -297,7 +297,11 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
     if given.eps is None and cfg.variant in NOISE_VARIANTS:
         notes.append(
             f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
-            + ("; `anl-fused demo` uses 0.1, chosen on a digits sweep" if cfg.model == "vgg_tiny" else "")
+            + (
+                "; `anl-fused demo` uses its own, chosen on validation (docs/demo.md)"
+                if cfg.model == "vgg_tiny"
+                else ""
+            )
         )
     if cfg.variant == "input":
         unit = {
