@@ -11,7 +11,7 @@ import os
 from . import stats
 from .files import atomic_write, md_table, save_figure
 from .machine import machine_info
-from .study import EFFECT, cosine_runs, design, main_runs, pilot_runs, record
+from .study import COSINE_SEEDS, EFFECT, OTHER_SEEDS, cosine_runs, design, main_runs, pilot_runs, record
 
 #: the secondary comparisons (arm, reference arm), Holm-corrected as one family, paired by seed
 SECONDARY = (
@@ -33,11 +33,18 @@ def _by_arm(records: list[dict], schedule: str = "plateau") -> dict[str, dict[in
     return out
 
 
-def compare(arms: dict[str, dict[int, dict]], arm: str, ref: str) -> dict | None:
-    """Paired (arm - ref) final test error over the seeds both finished without diverging; None below 2 seeds."""
+def compare(arms: dict[str, dict[int, dict]], arm: str, ref: str, planned) -> dict | None:
+    """Paired (arm - ref) final test error over the seeds both finished without diverging; None below 2 seeds.
+    ``complete``: every one of the ``planned`` seeds of both arms has finished (diverged or not); until then the
+    comparison is interim, not the pre-registered test."""
     a, b = ({s: r["test_err"] for s, r in arms.get(k, {}).items() if not r["diverged"]} for k in (arm, ref))
     seeds, diffs = stats.pair(a, b)
-    return {"arm": arm, "control": ref, "seeds": seeds, **stats.paired(diffs)} if len(seeds) >= 2 else None
+    complete = set(planned) <= arms.get(arm, {}).keys() & arms.get(ref, {}).keys()
+    return (
+        {"arm": arm, "control": ref, "seeds": seeds, "complete": complete, **stats.paired(diffs)}
+        if len(seeds) >= 2
+        else None
+    )
 
 
 def verdict(primary: dict | None, n_planned: int | None) -> str:
@@ -45,8 +52,11 @@ def verdict(primary: dict | None, n_planned: int | None) -> str:
     if primary is None:
         return "no result yet"
     lo, hi = primary["ci"]
-    final = n_planned is not None and primary["n"] >= n_planned
-    state = "" if final else f" (interim: {primary['n']} of {n_planned or '?'} seeds; not the pre-registered test)"
+    state = (
+        ""
+        if primary["complete"]
+        else f" (interim: {primary['n']} of {n_planned or '?'} seeds; not the pre-registered test)"
+    )
     if hi < 0:
         reading = "ANL lowers the test error (95% CI of ANL - control below 0)"
         if -lo < EFFECT:
@@ -71,10 +81,12 @@ def analyse(runs_dir: str) -> dict:
     records = [rec for r in planned if (rec := record(runs_dir, r)) is not None]
     main = [r for r in records if r["seed"] < 100]
     arms = _by_arm(main)
-    primary = compare(arms, "anl", "control")
-    secondary = {f"{a} - {b}": c for a, b in SECONDARY if (c := compare(arms, a, b)) is not None}
-    for name, p in stats.holm({k: v["p"] for k, v in secondary.items()}).items():
-        secondary[name]["p_holm"] = p
+    primary = compare(arms, "anl", "control", range(d["n_primary"]) if d else ())
+    secondary = {f"{a} - {b}": c for a, b in SECONDARY if (c := compare(arms, a, b, OTHER_SEEDS)) is not None}
+    family_complete = len(secondary) == len(SECONDARY) and all(c["complete"] for c in secondary.values())
+    holm = stats.holm({k: v["p"] for k, v in secondary.items()}) if family_complete else {}
+    for name, c in secondary.items():  # Holm over the whole family only: none while a member is interim
+        c["p_holm"] = holm.get(name)
     noise_phase = [r for r in main if r["arm"] not in ("baseline",) and r["epochs_phase2"] > 0]
     return {
         "state": f"{len(records)} of {len(planned)} planned runs finished"
@@ -82,7 +94,7 @@ def analyse(runs_dir: str) -> dict:
         "design": d,
         "primary": primary and {**primary, "verdict": verdict(primary, d and d["n_primary"])},
         "secondary": secondary,
-        "cosine": compare(_by_arm(main, "cosine"), "anl", "control"),
+        "cosine": compare(_by_arm(main, "cosine"), "anl", "control", COSINE_SEEDS),
         "lr_floor_check": {
             "runs": len(noise_phase),
             "not_at_floor": [
@@ -104,6 +116,7 @@ def _fmt(c: dict | None) -> str:
     return (
         f"{c['mean']:+.2f} pp [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}], bootstrap [{c['bootstrap_ci'][0]:+.2f}, "
         f"{c['bootstrap_ci'][1]:+.2f}], p {c['p']:.3g}, n {c['n']} ({c['better']}/{c['same']}/{c['worse']})"
+        + ("" if c["complete"] else "; interim")
     )
 
 
@@ -118,10 +131,12 @@ def markdown(s: dict) -> str:
     if s["secondary"]:
         ci = lambda c, k: f"[{c[k][0]:+.2f}, {c[k][1]:+.2f}]"
         rows = [
-            [k, f"{c['mean']:+.2f} {ci(c, 'ci')}", ci(c, "bootstrap_ci"), f"{c['p']:.3g}", f"{c['p_holm']:.3g}", c["n"]]
+            [k + ("" if c["complete"] else " (interim)"), f"{c['mean']:+.2f} {ci(c, 'ci')}", ci(c, "bootstrap_ci")]
+            + [f"{c['p']:.3g}", "-" if c["p_holm"] is None else f"{c['p_holm']:.3g}", c["n"]]
             for k, c in s["secondary"].items()
         ]
-        lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows) + [""]
+        lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows)
+        lines += ["", "Holm's correction is applied once every secondary comparison is complete.", ""]
     lines += [f"Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}", ""]
     arms: dict[str, list[float]] = {}
     for r in s["runs"]:

@@ -199,7 +199,12 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
         _fake_run(tmp_path, study.Run("anl", s), 9.0 + 0.01 * s, 10.0)
     _fake_run(tmp_path, study.Run("sam", 0, rho=0.02), 95.0, 10.0)  # diverged
     _fake_run(tmp_path, study.Run("sam", 1, rho=0.02), 9.5, 10.0)
+    for seed in (0, 1):  # 2 of the 5 planned seeds: an interim secondary comparison, no Holm yet
+        _fake_run(tmp_path, study.Run("baseline", seed), 10.2 + 0.1 * seed, 10.0)
     s = study_report.analyse(str(tmp_path))
+    b = s["secondary"]["baseline - control"]
+    assert b["n"] == 2 and not b["complete"] and b["p_holm"] is None
+    assert "baseline - control (interim)" in study_report.markdown(s)
     p = s["primary"]
     assert p["n"] == n and p["mean"] == pytest.approx(-1.0 + 0.01 * (n - 1) / 2)
     assert p["verdict"].startswith("ANL lowers the test error") and "interim" not in p["verdict"]
@@ -224,8 +229,10 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     ],
 )
 def test_verdict_follows_the_preregistered_rule(ci, reading):
-    assert reading in study_report.verdict({"ci": list(ci), "n": 12}, 12)
-    assert "interim: 5 of 12" in study_report.verdict({"ci": list(ci), "n": 5}, 12)
+    assert reading in study_report.verdict({"ci": list(ci), "n": 12, "complete": True}, 12)
+    assert "interim: 5 of 12" in study_report.verdict({"ci": list(ci), "n": 5, "complete": False}, 12)
+    # a seed that diverged leaves n below the plan; the test is final once every planned run has finished
+    assert "interim" not in study_report.verdict({"ci": list(ci), "n": 11, "complete": True}, 12)
 
 
 def test_each_arm_trains_what_the_preregistration_says(tmp_path):
