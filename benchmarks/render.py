@@ -170,6 +170,15 @@ def table1_table(paths: list[str]) -> str:
     return "\n".join(render_markdown(load_json(path)) for path in paths)
 
 
+@renderer("study")
+def study_tables(paths: list[str]) -> str:
+    """The pre-registered study's result tables (:func:`anl_fused.experiments.study_report.tables`) from its
+    ``summary.json`` (one per path)."""
+    from anl_fused.experiments.study_report import tables
+
+    return "".join(tables(load_json(path)) for path in paths)
+
+
 @renderer("demo")
 def demo_table(paths: list[str]) -> str:
     """What ``anl-fused demo`` printed, from its ``results.json`` (one per path), as a text block: the demo's

@@ -121,7 +121,14 @@ def _fmt(c: dict | None) -> str:
 
 
 def markdown(s: dict) -> str:
-    lines = [f"# ANL study: results ({s['state']})", ""]
+    """``summary.md``: a title with the state, then :func:`tables`."""
+    return f"# ANL study: results ({s['state']})\n\n" + tables(s)
+
+
+def tables(s: dict) -> str:
+    """The primary result and its pre-registered reading, the secondary comparisons, the cosine analysis, each arm's
+    test error and the checks (learning-rate floor, divergence, core-hours): what the README renders."""
+    lines = []
     p = s["primary"]
     lines += [
         f"Primary (ANL - control, final-epoch test error, paired by seed): {_fmt(p)}",
@@ -138,14 +145,17 @@ def markdown(s: dict) -> str:
         lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows)
         lines += ["", "Holm's correction is applied once every secondary comparison is complete.", ""]
     lines += [f"Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}", ""]
-    arms: dict[str, list[float]] = {}
+    arms: dict[str, list[dict]] = {}
     for r in s["runs"]:
         arms.setdefault(f"{r['arm']} ({r['schedule']}{', seed >= 100: pilot' if r['seed'] >= 100 else ''})", []).append(
-            r["test_err"]
+            r
         )
-    summaries = {k: stats.summary(v) for k, v in sorted(arms.items())}
-    rows = [[k, stats.spread(m, one=""), m["n"]] for k, m in summaries.items()]
-    lines += md_table(["arm", "test error % (mean ± std)", "runs"], rows)
+    rows = [
+        [k, stats.spread(stats.summary([r["test_err"] for r in rs]), one=""), len(rs)]
+        + [f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}"]
+        for k, rs in sorted(arms.items())
+    ]
+    lines += md_table(["arm", "test error % (mean ± std)", "runs", "core-minutes per run (mean)"], rows)
     lc = s["lr_floor_check"]
     lines += [
         "",
@@ -294,6 +304,7 @@ __all__ = [
     "plot_paired",
     "robustness",
     "robustness_markdown",
+    "tables",
     "verdict",
     "write_report",
 ]
