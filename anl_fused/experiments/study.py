@@ -203,7 +203,7 @@ def _wall_recorder(threads: int):
     return record
 
 
-def _stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
+def stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
     d = design(runs_dir)
     main = main_runs(d["n_primary"], d["sam_rho"]) if d else None
     return [("pilot", pilot_runs()), ("main", main), ("cosine", cosine_runs())]
@@ -212,7 +212,7 @@ def _stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
 def _run(args) -> int:
     log = lambda s: print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {s}", flush=True)
     for name in ("pilot", "main", "cosine"):
-        runs = dict(_stages(args.runs_dir))[name]  # the main stage exists once the pilot is finished
+        runs = dict(stages(args.runs_dir))[name]  # the main stage exists once the pilot is finished
         todo = [r.job(run_dir(args.runs_dir, r), args.threads) for r in runs if not finished(args.runs_dir, r)]
         log(f"stage {name}: {len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go")
         if name == "pilot" and not todo:
@@ -228,7 +228,7 @@ def _run(args) -> int:
 
 
 def _plan(args) -> int:
-    for name, runs in _stages(args.runs_dir):
+    for name, runs in stages(args.runs_dir):
         if runs is None:
             print(f"# {name}: fixed by the pilot's design (pilot unfinished)")
             continue

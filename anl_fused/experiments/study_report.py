@@ -7,11 +7,27 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 
 from . import stats
 from .files import atomic_write, md_table, save_figure
 from .machine import machine_info
-from .study import COSINE_SEEDS, EFFECT, OTHER_SEEDS, cosine_runs, design, main_runs, pilot_runs, record
+from .study import (
+    COSINE_SEEDS,
+    EFFECT,
+    OTHER_SEEDS,
+    ROBUST_SEEDS,
+    WALL_NAME,
+    cosine_runs,
+    design,
+    main_runs,
+    pilot_runs,
+    record,
+    robustness_runs,
+    run_dir,
+    stages,
+)
+from .train.metrics import read_metrics
 
 #: the secondary comparisons (arm, reference arm), Holm-corrected as one family, paired by seed
 SECONDARY = (
@@ -281,7 +297,46 @@ def plot_eps_curves(r: dict, path: str) -> None:
     plt.close(fig)
 
 
+def progress(runs_dir: str) -> str:
+    """Each stage's state ("k of m runs finished") and a row per started run: epochs done, the rate at the end of
+    phase 1, the epoch the 1e-3 floor was reached, the final test error."""
+    lines = []
+    for name, runs in stages(runs_dir):
+        if runs is None:
+            lines += [f"## {name}: fixed by the pilot's design (pilot unfinished)", ""]
+            continue
+        rows, done = [], 0
+        for r in runs:
+            hist, rec = read_metrics(run_dir(runs_dir, r)), record(runs_dir, r)
+            done += rec is not None
+            if hist:
+                floor = next((h["epoch"] for h in hist[: r.phases[0]] if h["lr"] <= 1e-3 * (1 + 1e-9)), "-")
+                end = (rec["lr_end_phase1"], f"{rec['test_err']:.2f}") if rec else ("-", "-")
+                rows.append([r.name, f"{len(hist)} of {sum(r.phases)}", end[0], floor, end[1]])
+        header = ["run", "epochs done", "lr at the end of phase 1", "epoch the floor 1e-3 was reached", "test error %"]
+        lines += [f"## {name}: {done} of {len(runs)} runs finished", ""] + md_table(header, rows) + [""]
+    return "\n".join(lines)
+
+
+#: what is kept of a finished run in the results folder (``checkpoint.pt`` only for the robustness battery's models)
+ARCHIVED = ("config.json", "metrics.jsonl", WALL_NAME)
+
+
+def archive(runs_dir: str, out: str) -> None:
+    """Copy every finished run's small files into ``out/runs/<name>/``, and the final checkpoint of the models the
+    robustness battery attacks, so that the runs dir can be rebuilt on another machine."""
+    robust = {r.name for r in robustness_runs(runs_dir) if r.seed in ROBUST_SEEDS}
+    for _, runs in stages(runs_dir):
+        for r in (r for r in runs or () if record(runs_dir, r) is not None):
+            dst = os.path.join(out, "runs", r.name)
+            os.makedirs(dst, exist_ok=True)
+            for f in ARCHIVED + (("checkpoint.pt",) if r.name in robust else ()):
+                if os.path.isfile(src := os.path.join(run_dir(runs_dir, r), f)):
+                    shutil.copy2(src, os.path.join(dst, f))
+
+
 def write_report(runs_dir: str, out: str) -> int:
+    """``summary.json`` and ``summary.md`` (with each run's progress) in ``out``, the figures, and the archive."""
     s = analyse(runs_dir)
     robustness_json = os.path.join(out, "robustness.json")
     if os.path.isfile(robustness_json):
@@ -290,7 +345,8 @@ def write_report(runs_dir: str, out: str) -> int:
         plot_eps_curves(s["robustness"], os.path.join(out, "eps-curves.png"))
     atomic_write(os.path.join(out, "summary.json"), json.dumps(s, indent=1) + "\n")
     md = markdown(s) + ("\n" + robustness_markdown(s["robustness"]) if "robustness" in s else "")
-    atomic_write(os.path.join(out, "summary.md"), md)
+    atomic_write(os.path.join(out, "summary.md"), md + "\n" + progress(runs_dir))
+    archive(runs_dir, out)
     plot_paired(s, os.path.join(out, "paired-differences.png"))
     print(md)
     return 0
@@ -298,10 +354,12 @@ def write_report(runs_dir: str, out: str) -> int:
 
 __all__ = [
     "analyse",
+    "archive",
     "compare",
     "markdown",
     "plot_eps_curves",
     "plot_paired",
+    "progress",
     "robustness",
     "robustness_markdown",
     "tables",

@@ -213,8 +213,17 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert "sam - control" not in s["secondary"]  # one seed left after the diverged one
     assert s["core_hours"] == pytest.approx(10.0 * len(s["runs"]) / 3600)
     assert "ANL study: results" in study_report.markdown(s)
+    for run in (study.Run("anl", 0), study.Run("anl", 1, schedule="cosine")):  # a battery model, another run
+        (tmp_path / run.name).mkdir(exist_ok=True)
+        (tmp_path / run.name / "checkpoint.pt").write_bytes(b"weights")
     study_report.write_report(str(tmp_path), str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["primary"]["n"] == n
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert f"## main: {2 * n + 4} of " in md and "| control-plateau-seed0 | 4 of 4 | 0.05 | - | 10.00 |" in md
+    kept = tmp_path / "out" / "runs"
+    assert (kept / "anl-plateau-seed0" / "checkpoint.pt").read_bytes() == b"weights"  # the battery attacks it
+    assert (kept / "sam-rho0.02-plateau-seed1" / "metrics.jsonl").is_file()
+    assert not (kept / "anl-cosine-seed1").exists()  # not finished
     assert (tmp_path / "out" / "paired-differences.png").read_bytes()[:4] == b"\x89PNG"
 
 
