@@ -16,7 +16,7 @@ from .study import (
     COSINE_SEEDS,
     EFFECT,
     OTHER_SEEDS,
-    ROBUST_SEEDS,
+    TRANSFER_SOURCE,
     WALL_NAME,
     cosine_runs,
     design,
@@ -324,8 +324,8 @@ ARCHIVED = ("config.json", "metrics.jsonl", WALL_NAME)
 
 def archive(runs_dir: str, out: str) -> None:
     """Copy every finished run's small files into ``out/runs/<name>/``, and the final checkpoint of the models the
-    robustness battery attacks, so that the runs dir can be rebuilt on another machine."""
-    robust = {r.name for r in robustness_runs(runs_dir) if r.seed in ROBUST_SEEDS}
+    robustness battery attacks and of its transfer source, so that the runs dir can be rebuilt on another machine."""
+    robust = {r.name for r in robustness_runs(runs_dir)} | {TRANSFER_SOURCE.name}
     for _, runs in stages(runs_dir):
         for r in (r for r in runs or () if record(runs_dir, r) is not None):
             dst = os.path.join(out, "runs", r.name)
