@@ -29,6 +29,7 @@ EFFECT = 0.27  # pp: the paper's Table 1 gain (9.44 -> 9.17)
 PILOT_SEEDS = (100, 101, 102, 103)
 RHO_GRID, RHO_SEEDS = (0.02, 0.05, 0.1), (100, 101)
 MIN_SEEDS, MAX_SEEDS = 12, 40  # of the primary pair
+STAGE2_FIRST_SEED, STAGE2_MAX_SEEDS = 200, 60  # the replication (prereg "Stage 2"): seeds 200, 201, ...
 OTHER_SEEDS = tuple(range(5))
 COSINE_SEEDS = tuple(range(8))
 MATCHED_RATIO = 2.2  # ANL's step / plain step, measured (benchmarks/results/study/throughput.json): 22.6 / 10.3 ms
@@ -189,6 +190,27 @@ def design(runs_dir: str) -> dict | None:
     }
 
 
+def design2(runs_dir: str) -> dict | None:
+    """Stage 2's size (prereg "Stage 2") from stage 1's finished primary pairs (None until all have finished): the
+    smallest m in [:data:`MIN_SEEDS`, :data:`STAGE2_MAX_SEEDS`] with power >= 0.8 for :data:`EFFECT` pp at the SD of
+    stage 1's paired differences (seeds where a run diverged left out)."""
+    d = design(runs_dir)
+    if d is None:
+        return None
+    pairs = [(record(runs_dir, Run("anl", s)), record(runs_dir, Run("control", s))) for s in range(d["n_primary"])]
+    if any(a is None or c is None for a, c in pairs):
+        return None
+    diffs = [a["test_err"] - c["test_err"] for a, c in pairs if not (a["diverged"] or c["diverged"])]
+    sd = stats.summary(diffs)["std"]
+    m = stats.seeds_for_power(EFFECT, sd, low=MIN_SEEDS, high=STAGE2_MAX_SEEDS)
+    return {"stage1_paired_sd_pp": sd, "n_stage2": m, "power_at_n": stats.power(m, EFFECT, sd)}
+
+
+def stage2_runs(m: int) -> list[Run]:
+    """The replication's pairs, seed by seed: seeds :data:`STAGE2_FIRST_SEED` .. + m - 1."""
+    return [Run(a, s) for s in range(STAGE2_FIRST_SEED, STAGE2_FIRST_SEED + m) for a in ("anl", "control")]
+
+
 # ----------------------------------------------------------------------------------------------
 # running
 
@@ -204,19 +226,28 @@ def _wall_recorder(threads: int):
 
 
 def stages(runs_dir: str) -> list[tuple[str, list[Run] | None]]:
-    d = design(runs_dir)
+    """The study's stages in the order they run; a stage whose size a finished earlier one fixes is None until then."""
+    d, d2 = design(runs_dir), design2(runs_dir)
     main = main_runs(d["n_primary"], d["sam_rho"]) if d else None
-    return [("pilot", pilot_runs()), ("main", main), ("cosine", cosine_runs())]
+    return [
+        ("pilot", pilot_runs()),
+        ("main", main),
+        ("cosine", cosine_runs()),
+        ("stage2", d2 and stage2_runs(d2["n_stage2"])),
+    ]
 
 
 def _run(args) -> int:
     log = lambda s: print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {s}", flush=True)
-    for name in ("pilot", "main", "cosine"):
-        runs = dict(stages(args.runs_dir))[name]  # the main stage exists once the pilot is finished
+    for name in ("pilot", "main", "cosine", "stage2"):
+        runs = dict(stages(args.runs_dir))[name]  # main (stage 2) exists once the pilot (main's primary pairs) finished
+        if runs is None:
+            log(f"stage {name}: not planned (the stage that fixes its size has not finished)")
+            return 1
         todo = [r.job(run_dir(args.runs_dir, r), args.threads) for r in runs if not finished(args.runs_dir, r)]
         log(f"stage {name}: {len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go")
-        if name == "pilot" and not todo:
-            log(f"design (pre-registered rules): {json.dumps(design(args.runs_dir))}")
+        if name in ("pilot", "cosine") and not todo:
+            log(f"design (pre-registered rules): {json.dumps([design(args.runs_dir), design2(args.runs_dir)])}")
         try:
             failed = sweep.run(todo, parallel=args.jobs, nice=args.nice, log=log, on_exit=_wall_recorder(args.threads))
         except KeyboardInterrupt:
@@ -305,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     return write_report(args.runs_dir, args.out)
 
 
-__all__ = ["ARMS", "Run", "cosine_runs", "design", "main_runs", "pilot_runs", "record"]
+__all__ = ["ARMS", "Run", "cosine_runs", "design", "design2", "main_runs", "pilot_runs", "record", "stage2_runs"]
 
 
 if __name__ == "__main__":  # pragma: no cover

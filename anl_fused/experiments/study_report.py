@@ -16,15 +16,18 @@ from .study import (
     COSINE_SEEDS,
     EFFECT,
     OTHER_SEEDS,
+    STAGE2_FIRST_SEED,
     TRANSFER_SOURCE,
     WALL_NAME,
     cosine_runs,
     design,
+    design2,
     main_runs,
     pilot_runs,
     record,
     robustness_runs,
     run_dir,
+    stage2_runs,
     stages,
 )
 from .train.metrics import read_metrics
@@ -91,9 +94,20 @@ def verdict(primary: dict | None, n_planned: int | None) -> str:
     return reading + state
 
 
+def _stage2(records: list[dict], d2: dict | None) -> dict | None:
+    """Stage 2's test (its pairs alone, the primary's reading) and, as a description only, stages 1 and 2 pooled."""
+    if d2 is None:
+        return None
+    seeds = range(STAGE2_FIRST_SEED, STAGE2_FIRST_SEED + d2["n_stage2"])
+    c = compare(_by_arm([r for r in records if r["seed"] in seeds]), "anl", "control", seeds)
+    pooled = compare(_by_arm([r for r in records if r["seed"] < 100 or r["seed"] in seeds]), "anl", "control", ())
+    return {"design": d2, "test": c and {**c, "verdict": verdict(c, d2["n_stage2"])}, "pooled_description": pooled}
+
+
 def analyse(runs_dir: str) -> dict:
-    d = design(runs_dir)
+    d, d2 = design(runs_dir), design2(runs_dir)
     planned = pilot_runs() + cosine_runs() + (main_runs(d["n_primary"], d["sam_rho"]) if d else [])
+    planned += stage2_runs(d2["n_stage2"]) if d2 else []
     records = [rec for r in planned if (rec := record(runs_dir, r)) is not None]
     main = [r for r in records if r["seed"] < 100]
     arms = _by_arm(main)
@@ -111,6 +125,7 @@ def analyse(runs_dir: str) -> dict:
         "primary": primary and {**primary, "verdict": verdict(primary, d and d["n_primary"])},
         "secondary": secondary,
         "cosine": compare(_by_arm(main, "cosine"), "anl", "control", COSINE_SEEDS),
+        "stage2": _stage2(records, d2),
         "lr_floor_check": {
             "runs": len(noise_phase),
             "not_at_floor": [
@@ -134,6 +149,15 @@ def _fmt(c: dict | None) -> str:
         f"{c['bootstrap_ci'][1]:+.2f}], p {c['p']:.3g}, n {c['n']} ({c['better']}/{c['same']}/{c['worse']})"
         + ("" if c["complete"] else "; interim")
     )
+
+
+def _group(seed: int) -> str:
+    """Which runs a seed belongs to (arms table): stage 1 (seeds 0-99), the pilot, stage 2, the transfer source."""
+    if seed < 100:
+        return ""
+    if seed < STAGE2_FIRST_SEED:
+        return ", seeds 100-199: pilot"
+    return ", stage 2" if seed != TRANSFER_SOURCE.seed else ", the transfer source"
 
 
 def markdown(s: dict) -> str:
@@ -161,11 +185,18 @@ def tables(s: dict) -> str:
         lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows)
         lines += ["", "Holm's correction is applied once every secondary comparison is complete.", ""]
     lines += [f"Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}", ""]
+    if s["stage2"]:
+        t = s["stage2"]["test"]
+        lines += [
+            f"Stage 2, the replication on fresh seeds (ANL - control, its {s['stage2']['design']['n_stage2']} planned "
+            f"pairs alone): {_fmt(t)}",
+            f"Reading: {t['verdict'] if t else 'no result yet'}",
+            f"Stages 1 and 2 pooled (a description, not a test): {_fmt(s['stage2']['pooled_description'])}",
+            "",
+        ]
     arms: dict[str, list[dict]] = {}
     for r in s["runs"]:
-        arms.setdefault(f"{r['arm']} ({r['schedule']}{', seed >= 100: pilot' if r['seed'] >= 100 else ''})", []).append(
-            r
-        )
+        arms.setdefault(f"{r['arm']} ({r['schedule']}{_group(r['seed'])})", []).append(r)
     rows = [
         [k, stats.spread(stats.summary([r["test_err"] for r in rs]), one=""), len(rs)]
         + [f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}"]

@@ -366,3 +366,39 @@ def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path):
     assert summary["robustness"]["endpoint"]["sam - control"]["claimable"]
     assert "sanity: all four hold" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "eps-curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stage2_is_sized_by_stage1s_paired_sd_and_tested_on_its_own_pairs(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "T", 2)
+    monkeypatch.setattr(study, "MIN_SEEDS", 3)
+    for s in study.PILOT_SEEDS:
+        _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0)
+        _fake_run(tmp_path, study.Run("anl", s), 10.0 - 0.1 * (s - 99), 10.0)
+    for s in study.RHO_SEEDS:
+        for rho in study.RHO_GRID:
+            _fake_run(tmp_path, study.Run("sam", s, rho=rho), 10.0, 10.0 + rho)
+    n = study.design(str(tmp_path))["n_primary"]
+    diffs = [(-1) ** s * 0.8 - 0.1 for s in range(n)]
+    for s, d in enumerate(diffs[:-1]):
+        _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0)
+        _fake_run(tmp_path, study.Run("anl", s), 10.0 + d, 10.0)
+    assert study.design2(str(tmp_path)) is None  # the last primary pair has not finished
+    assert dict(study.stages(str(tmp_path)))["stage2"] is None
+    _fake_run(tmp_path, study.Run("control", n - 1), 10.0, 10.0)
+    _fake_run(tmp_path, study.Run("anl", n - 1), 10.0 + diffs[-1], 10.0)
+    d2 = study.design2(str(tmp_path))
+    sd = stats.summary(diffs)["std"]
+    assert d2["stage1_paired_sd_pp"] == pytest.approx(sd)
+    assert d2["n_stage2"] == stats.seeds_for_power(0.27, sd, low=3, high=study.STAGE2_MAX_SEEDS)
+    runs = dict(study.stages(str(tmp_path)))["stage2"]
+    assert runs[:2] == [study.Run("anl", 200), study.Run("control", 200)] and len(runs) == 2 * d2["n_stage2"]
+    for r in runs[:4]:  # two of the replication's pairs: ANL 0.5 pp better on each
+        _fake_run(tmp_path, r, 9.5 if r.arm == "anl" else 10.0, 10.0)
+    s = study_report.analyse(str(tmp_path))
+    t = s["stage2"]["test"]
+    assert t["seeds"] == [200, 201] and t["mean"] == pytest.approx(-0.5) and not t["complete"]
+    assert "interim: 2 of" in t["verdict"]
+    assert s["stage2"]["pooled_description"]["n"] == n + 2
+    assert s["primary"]["n"] == n and s["primary"]["complete"]  # stage 2 never enters the primary test
+    md = study_report.markdown(s)
+    assert "Stage 2, the replication" in md and "anl (plateau, stage 2)" in md
