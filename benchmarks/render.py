@@ -188,32 +188,6 @@ def demo_table(paths: list[str]) -> str:
     return "".join(f"```text\n{format_table(load_json(path))}\n```\n" for path in paths)
 
 
-def _spread(st: dict, sign: str = "") -> str:
-    """``mean ± std``, or the one value: no standard deviation of one value."""
-    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else "")
-
-
-@renderer("table1-summary")
-def table1_summary(paths: list[str]) -> str:
-    """The short Table 1: per method the paper's test error, ours (mean ± std over the seeds that did not
-    diverge), the seeds, and the paired difference to the two-phase control; the long table is the ``table1``
-    renderer's (one ``anl-fused table1`` JSON per path)."""
-    from anl_fused.experiments.table1 import PAPER_EPS, PAPER_TABLE1, _row_label, _row_order
-
-    rows = []
-    for result in map(load_json, paths):
-        paper = PAPER_TABLE1.get((result["protocol"]["model"], result["protocol"]["dataset"]), {})
-        for _, row in sorted(result["rows"].items(), key=_row_order):
-            paper_v = paper.get(row["variant"]) if row["eps"] in (0.0, PAPER_EPS) else None
-            t, diverged = row["test_err"], row.get("diverged_seeds", [])
-            kept = row.get("test_err_without_diverged") if diverged else t
-            vs, seeds = row.get("vs_two_phase"), f"{t['n']}" + (f" ({len(diverged)} diverged)" if diverged else "")
-            rows.append([_row_label(row), "-" if paper_v is None else f"{paper_v:.2f}", _spread(kept) if kept else "-"])
-            rows[-1] += [seeds, "-" if vs is None else f"{_spread(vs, '+')} ({vs['better']}/{vs['worse']})"]
-    header = "method | paper (Table 1) | ours: test error % (mean ± std) | seeds | vs two-phase control, same seed "
-    return table(header + "(mean ± std; better/worse)", rows)
-
-
 def _span(values: list[float]) -> str:
     return f"[{min(values):+.1f}, {max(values):+.1f}]" if values else "-"
 

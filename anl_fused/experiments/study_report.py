@@ -168,13 +168,21 @@ def markdown(s: dict) -> str:
 def tables(s: dict) -> str:
     """The primary result and its pre-registered reading, the secondary comparisons, the cosine analysis, each arm's
     test error and the checks (learning-rate floor, divergence, core-hours): what the README renders."""
-    lines = []
-    p = s["primary"]
-    lines += [
-        f"Primary (ANL - control, final-epoch test error, paired by seed): {_fmt(p)}",
-        f"Reading: {p['verdict'] if p else 'no result yet'}",
-        "",
+    p, s2 = s["primary"], s["stage2"]
+    lines = [
+        f"- **Primary** (ANL - control, final-epoch test error in pp, paired by seed; mean [95% CI]): {_fmt(p)}",
+        f"- Reading: {p['verdict'] if p else 'no result yet'}",
+        f"- Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}",
     ]
+    if s2:
+        t = s2["test"]
+        lines += [
+            f"- Stage 2, the replication on fresh seeds ({s2['design']['n_stage2']} planned pairs alone): {_fmt(t)}",
+            f"- Stage 2's reading: {t['verdict'] if t else 'no result yet'}",
+        ]
+        if t:
+            lines.append(f"- Stages 1 and 2 pooled (a description, not a test): {_fmt(s2['pooled_description'])}")
+    lines.append("")
     if s["secondary"]:
         ci = lambda c, k: f"[{c[k][0]:+.2f}, {c[k][1]:+.2f}]"
         rows = [
@@ -184,16 +192,6 @@ def tables(s: dict) -> str:
         ]
         lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows)
         lines += ["", "Holm's correction is applied once every secondary comparison is complete.", ""]
-    lines += [f"Cosine schedule (secondary, ANL - control): {_fmt(s['cosine'])}", ""]
-    if s["stage2"]:
-        t = s["stage2"]["test"]
-        lines += [
-            f"Stage 2, the replication on fresh seeds (ANL - control, its {s['stage2']['design']['n_stage2']} planned "
-            f"pairs alone): {_fmt(t)}",
-            f"Reading: {t['verdict'] if t else 'no result yet'}",
-            f"Stages 1 and 2 pooled (a description, not a test): {_fmt(s['stage2']['pooled_description'])}",
-            "",
-        ]
     arms: dict[str, list[dict]] = {}
     for r in s["runs"]:
         arms.setdefault(f"{r['arm']} ({r['schedule']}{_group(r['seed'])})", []).append(r)

@@ -204,42 +204,15 @@ def test_demo_table_renders_the_demos_printout(tmp_path, monkeypatch):
     assert "total wall time 91.3 s." in text
 
 
-def test_short_tables_render_table1_and_whitebox_json(tmp_path, monkeypatch):
-    """``table1-summary`` (the README's short Table 1: diverged seeds left out and counted) and ``whitebox``
-    (means over runs, the per-seed range of the difference to the two-phase control)."""
-
-    def row(variant, eps, values, vs=None, diverged=()):
-        r = {"variant": variant, "eps": eps, "norm": "sample", "seeds": [0, 1, 2]}
-        r["test_err"] = {"mean": sum(values) / 3, "std": 1.0, "n": 3, "values": values}
-        if diverged:
-            kept = [v for i, v in enumerate(values) if i not in diverged]
-            r["diverged_seeds"] = list(diverged)
-            r["test_err_without_diverged"] = {"mean": sum(kept) / len(kept), "std": 0.5, "n": len(kept)}
-        if vs:
-            r["vs_two_phase"] = dict(zip(("mean", "std", "n", "better", "worse"), vs))
-        return r
-
-    table1 = {
-        "protocol": {"model": "lenet5", "dataset": "fashion-mnist"},
-        "rows": {
-            "anl-eps0.03-sample": row("anl", 0.03, [9.0, 10.0, 11.0], (-0.25, 0.5, 3, 2, 1)),
-            "baseline": row("plain", 0.0, [10.0, 10.0, 10.0], (0.5, 0.1, 3, 0, 3)),
-            "gaussian-eps0.1": row("gaussian", 0.1, [9.0, 90.0, 11.0], (1.0, 0.0, 1, 0, 1), diverged=(1,)),
-        },
-    }
+def test_the_whitebox_table_renders_its_json(tmp_path, monkeypatch):
+    """``whitebox``: means over runs, the per-seed range of the difference to the two-phase control."""
     run = lambda seed, clean, fgsm, ifgsm: {"seed": seed, "clean": clean, "fgsm": fgsm, "ifgsm": ifgsm}
     whitebox = {
         "lenet5: baseline two-phase": [run(0, 90.0, 20.0, 5.0), run(1, 91.0, 24.0, 7.0)],
         "lenet5: ANL 0.03 sample": [run(0, 89.0, 30.0, 15.0), run(1, 90.0, 26.0, 8.0)],
     }
-    (tmp_path / "t.json").write_text(json.dumps(table1))
     (tmp_path / "w.json").write_text(json.dumps(whitebox))
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
-    assert render.RENDERERS["table1-summary"](["t.json"]).splitlines()[2:] == [
-        "| baseline | 9.44 | 10.00 ± 1.00 | 3 | +0.50 ± 0.10 (0/3) |",
-        "| Gaussian, eps=0.1 | - | 10.00 ± 0.50 | 3 (1 diverged) | +1.00 (0/1) |",
-        "| +ANL eps=0.03, norm=sample | 9.17 | 10.00 ± 1.00 | 3 | -0.25 ± 0.50 (2/1) |",
-    ]
     assert render.RENDERERS["whitebox"](["w.json"]).splitlines()[2:] == [
         "| baseline two-phase | 2 | 90.5 | 22.0 | 6.0 | - | - |",
         "| ANL 0.03 sample | 2 | 89.5 | 28.0 | 11.5 | [+2.0, +10.0] | [+1.0, +10.0] |",

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
+from anl_fused.benchmarks import render
 from anl_fused.experiments import robustness, stats, study, study_report, sweep
 from anl_fused.experiments.train.config import TrainConfig
 from anl_fused.experiments.train.loop import _Loop
@@ -224,6 +225,8 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert (kept / "anl-plateau-seed0" / "checkpoint.pt").read_bytes() == b"weights"  # the battery attacks it
     assert (kept / "sam-rho0.02-plateau-seed1" / "metrics.jsonl").is_file()
     assert not (kept / "anl-cosine-seed1").exists()  # not finished
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))  # the README's block renders the same tables from the JSON
+    assert render.RENDERERS["study"](["out/summary.json"]) == study_report.tables(s) != ""
     assert (tmp_path / "out" / "paired-differences.png").read_bytes()[:4] == b"\x89PNG"
 
 
