@@ -179,6 +179,15 @@ def study_tables(paths: list[str]) -> str:
     return "".join(tables(load_json(path)) for path in paths)
 
 
+@renderer("study-robustness")
+def study_robustness(paths: list[str]) -> str:
+    """The study's robustness table and endpoint (:func:`anl_fused.experiments.study_report.robustness_markdown`)
+    from its ``summary.json`` (one per path)."""
+    from anl_fused.experiments.study_report import robustness_markdown
+
+    return "".join(robustness_markdown(load_json(path)["robustness"]) for path in paths)
+
+
 @renderer("demo")
 def demo_table(paths: list[str]) -> str:
     """What ``anl-fused demo`` printed, from its ``results.json`` (one per path), as a text block: the demo's

@@ -344,7 +344,7 @@ def _battery(clean: float, pgd100: float, *, masked: bool = False) -> dict:
     return r | {"sanity": robustness.sanity(r)}
 
 
-def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path):
+def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path, monkeypatch):
     results = {}
     for seed in range(3):
         results[f"control-{seed}"] = {"arm": "control", "seed": seed, **_battery(90.0, 10.0 + seed)}
@@ -369,6 +369,8 @@ def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path):
     assert summary["robustness"]["endpoint"]["sam - control"]["claimable"]
     assert "sanity: all four hold" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "eps-curves.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))  # the README's block: the same table from the JSON
+    assert render.RENDERERS["study-robustness"](["out/summary.json"]) == study_report.robustness_markdown(r)
 
 
 def test_stage2_is_sized_by_stage1s_paired_sd_and_tested_on_its_own_pairs(tmp_path, monkeypatch):
