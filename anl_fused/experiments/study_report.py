@@ -287,6 +287,19 @@ def robustness(results: dict[str, dict]) -> dict:
     return {"arms": arms, "endpoint": endpoint}
 
 
+def _robustness_reading(c: dict) -> str:
+    """The pre-registered reading of one endpoint comparison: a difference is claimed only where the 95% CI excludes 0
+    and every paired model passes all four sanity checks."""
+    if not c["claimable"]:
+        return "no claim: a sanity check fails for a paired model (gradient masking not ruled out)"
+    lo, hi = c["ci"]
+    if lo > 0:
+        return "more robust than the control (CI above 0; every sanity check holds)"
+    if hi < 0:
+        return "less robust than the control (CI below 0; every sanity check holds)"
+    return "no difference shown (the CI includes 0; every sanity check holds)"
+
+
 def robustness_markdown(r: dict) -> str:
     """The robustness table (mean ± std over an arm's models; sanity: models passing all four checks) and the
     endpoint's paired comparisons."""
@@ -296,7 +309,7 @@ def robustness_markdown(r: dict) -> str:
     ]
     lines = md_table(["arm", "models", *ROBUST_METRICS, "sanity: all four hold"], rows) + [""]
     for name, c in r["endpoint"].items():
-        claim = "a gain may be claimed" if c["claimable"] else "no claim: a sanity check fails for a paired model"
+        claim = _robustness_reading(c)
         lines.append(
             f"PGD-100 accuracy, {name} (pp, paired by seed): {c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}],"
             f" p {c['p']:.3g}, n {c['n']} ({c['better']} more robust / {c['same']} same / {c['worse']} less); {claim}."

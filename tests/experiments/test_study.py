@@ -362,6 +362,12 @@ def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path, mon
     md = study_report.robustness_markdown(r)
     assert "| anl | 3 | 90.00 ± 0.00 |" in md and "| 2/3 |" in md
     assert "anl - control (pp, paired by seed): +3.00" in md and "no claim: a sanity check fails" in md
+    assert "sam - control (pp, paired by seed): +0.00" in md and "no difference shown (the CI includes 0" in md
+    more = study_report._robustness_reading({"claimable": True, "ci": [0.5, 2.0]})
+    assert (
+        more.startswith("more robust")
+        and study_report._robustness_reading({"claimable": True, "ci": [-2, -1]})[:4] == "less"
+    )
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "robustness.json").write_text(json.dumps(results))
     study_report.write_report(str(tmp_path / "runs"), str(tmp_path / "out"))
