@@ -360,8 +360,9 @@ def progress(runs_dir: str) -> str:
     return "\n".join(lines)
 
 
-#: what is kept of a finished run in the results folder (``checkpoint.pt`` only for the robustness battery's models)
-ARCHIVED = ("config.json", "metrics.jsonl", WALL_NAME)
+#: what is kept of a finished run in the results folder (its battery result if it has one; ``checkpoint.pt`` only for
+#: the robustness battery's models)
+ARCHIVED = ("config.json", "metrics.jsonl", WALL_NAME, "robustness.json")
 
 
 def archive(runs_dir: str, out: str) -> None:
