@@ -167,7 +167,7 @@ def transfer_markdown(result: Mapping[str, Any], *, digits: int = 1) -> str:
     """:func:`evaluate_transfer`'s result as Table 3 (accuracy %): rows are sources, columns targets grouped by
     attack, then clean accuracy; white-box cells underlined, the best clean accuracy bold."""
     names, transfer, clean = list(result["models"]), result["transfer"], result["clean"]
-    pct = lambda v, mark: f"{mark}{100.0 * v:.{int(digits)}f}{mark.replace('<', '</')}"
+    pct = lambda v, mark: f"{mark}{100.0 * v:.{int(digits)}f}{mark.replace('<', '</')}"  # <u>..</u>, **..**
     rows = [
         [s, *(pct(transfer[a][s][t], "<u>" * (s == t)) for a in transfer for t in names)]
         + [pct(clean[s], "**" * (clean[s] == max(clean.values())))]
