@@ -129,3 +129,13 @@ def test_full_disk_leaves_no_half_written_file(tmp_path, capsys, monkeypatch, ch
     )
     assert "5/5" in captured.err  # the progress bar: clean accuracy + 2 attacks x 2 source models
     assert os.listdir(out) == []  # no result, no temporary file (the orphan was cleaned on start)
+
+
+def test_duplicate_names_and_foreign_dataset_are_one_line(checkpoints, tmp_path, capsys):
+    plain = checkpoints["plain"]
+    assert main(["attack", "--models", f"a={plain}", f"a={plain}", "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "anl-fused attack: error: model name 'a' is given twice in --models: each needs its own name"
+    assert main(["attack", "--models", f"a={plain}", "--dataset", "cifar10", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"anl-fused attack: error: {plain} was trained on digits, not cifar10 (--dataset)"

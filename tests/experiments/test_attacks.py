@@ -1,4 +1,5 @@
-"""FGSM / IFGSM (anl_fused.attacks) against torchattacks, their invariants, and the transfer matrix."""
+"""FGSM / IFGSM (anl_fused.experiments.attacks, torchattacks inside) against the formulas written out by hand, their
+invariants, and the transfer matrix."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+import torchattacks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,8 +24,6 @@ from anl_fused.experiments.attacks import (
     plot_transfer_heatmap,
     transfer_markdown,
 )
-
-torchattacks = pytest.importorskip("torchattacks")
 
 EPS = PAPER_FGSM["eps"]
 MEAN3, STD3 = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
@@ -85,26 +85,55 @@ DATA = ["random", "digits"]
 
 
 # ------------------------------------------------------------------------------------------
-# same images as torchattacks
+# the oracle: the formulas by hand, independent of torchattacks
+# ------------------------------------------------------------------------------------------
+
+
+def _input_grad(model, x, y, mean=None, std=None):
+    """``grad_x J`` with ``J`` the mean cross-entropy of ``model((x - mean) / std)`` (eval mode)."""
+    model.eval()
+    x = x.detach().clone().requires_grad_(True)
+    z = x
+    if mean is not None:
+        c = x.shape[1]
+        z = (x - torch.tensor(mean).reshape(1, c, 1, 1)) / torch.tensor(std).reshape(1, c, 1, 1)
+    return torch.autograd.grad(F.cross_entropy(model(z), y), x)[0]
+
+
+def oracle_fgsm(model, x, y, eps, mean=None, std=None):
+    """``clip_[0,1](x + eps sign(grad_x J(x, y)))``."""
+    return (x + eps * _input_grad(model, x, y, mean, std).sign()).clamp(0, 1)
+
+
+def oracle_ifgsm(model, x, y, eps, alpha, steps, mean=None, std=None):
+    """``x_{k+1} = clip_[0,1](clip_{x,eps}(x_k + alpha sign(grad J(x_k, y))))`` from ``x_0 = x``."""
+    adv = x
+    for _ in range(steps):
+        adv = adv + alpha * _input_grad(model, adv, y, mean, std).sign()
+        adv = torch.minimum(torch.maximum(adv, x - eps), x + eps).clamp(0, 1)
+    return adv
+
+
+# ------------------------------------------------------------------------------------------
+# the same images as the oracle (the same arithmetic: bit for bit)
 # ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("data", DATA)
-def test_fgsm_matches_torchattacks(data, digits, random_data):
+def test_fgsm_matches_oracle(data, digits, random_data):
     model, x, y = _case(data, digits, random_data)
-    expected = torchattacks.FGSM(model, eps=EPS)(x, y)
     got = fgsm(model, x, y, EPS)
-    assert torch.equal(got, expected)
+    assert torch.equal(got, oracle_fgsm(model, x, y, EPS))
     assert not torch.equal(got, x)
 
 
 @pytest.mark.parametrize("data", DATA)
 @pytest.mark.parametrize("eps,alpha,steps", [(16 / 255, 1 / 255, 16), (8 / 255, 2 / 255, 7), (0.3, 0.1, 3)])
-def test_ifgsm_matches_torchattacks_bim(data, eps, alpha, steps, digits, random_data):
+def test_ifgsm_matches_oracle(data, eps, alpha, steps, digits, random_data):
     model, x, y = _case(data, digits, random_data)
-    expected = torchattacks.BIM(model, eps=eps, alpha=alpha, steps=steps)(x, y)
     got = ifgsm(model, x, y, eps, alpha, steps)
-    assert torch.equal(got, expected)
+    assert torch.equal(got, oracle_ifgsm(model, x, y, eps, alpha, steps))
+    assert not torch.equal(got, x)
 
 
 class _Normalize(nn.Module):
@@ -124,19 +153,21 @@ def _norm_stats(data):
 
 @pytest.mark.parametrize("data", DATA)
 @pytest.mark.parametrize("method", ["fgsm", "ifgsm"])
-def test_normalization_matches_torchattacks(data, method, digits, random_data):
+def test_normalization_matches_oracle(data, method, digits, random_data):
     model, x, y = _case(data, digits, random_data)
     mean, std = _norm_stats(data)
     if method == "fgsm":
         make = lambda m: torchattacks.FGSM(m, eps=EPS)
+        oracle = lambda m, **kw: oracle_fgsm(m, x, y, EPS, **kw)
         ours = fgsm(model, x, y, EPS, mean=mean, std=std)
     else:
         make = lambda m: torchattacks.BIM(m, **PAPER_IFGSM)
+        oracle = lambda m, **kw: oracle_ifgsm(m, x, y, **PAPER_IFGSM, **kw)
         ours = ifgsm(model, x, y, **PAPER_IFGSM, mean=mean, std=std)
 
-    # 1. torchattacks on the model with the normalization inside it: bit-identical.
-    wrapped = nn.Sequential(_Normalize(mean, std), model)
-    assert torch.equal(ours, make(wrapped)(x, y))
+    # 1. the oracle attacking model((x - mean) / std), or the model with the normalization inside it: bit-identical.
+    assert torch.equal(ours, oracle(model, mean=mean, std=std))
+    assert torch.equal(ours, oracle(nn.Sequential(_Normalize(mean, std), model)))
 
     # 2. torchattacks' own set_normalization_used: in 3.5 it takes *normalized* images and
     #    returns normalized ones (it inverts the normalization around the attack), so the
@@ -196,7 +227,10 @@ def test_bounds_property(eps, alpha, steps, seed):
     x[1] = 1.0
     y = torch.randint(0, 10, (5,), generator=g)
     model = _PROPERTY_MODEL
-    for adv in (fgsm(model, x, y, eps), ifgsm(model, x, y, eps, alpha, steps)):
+    pairs = [(fgsm(model, x, y, eps), oracle_fgsm(model, x, y, eps))]
+    pairs.append((ifgsm(model, x, y, eps, alpha, steps), oracle_ifgsm(model, x, y, eps, alpha, steps)))
+    for adv, expected in pairs:
+        assert torch.equal(adv, expected)  # random images, a random model: the oracle's images
         assert adv.min() >= 0 and adv.max() <= 1
         assert (adv - x).abs().max() <= eps + 1e-6
 
@@ -288,36 +322,37 @@ def test_paper_constants():
 
 
 @pytest.mark.parametrize(
-    "kwargs,exc,match",
-    [
-        (dict(eps=-0.1), ValueError, r"eps must be >= 0, got -0\.1"),
-        (dict(eps=float("nan")), ValueError, r"eps must be a finite number, got nan"),
-        (dict(eps="0.1"), TypeError, r"eps must be a real number, got '0\.1'"),
-        (dict(alpha=-1 / 255), ValueError, r"alpha must be >= 0, got -0\.0039"),
-        (dict(steps=0), ValueError, r"steps must be >= 1, got 0"),
-        (dict(steps=2.0), TypeError, r"steps must be an int, got 2\.0"),
-        (dict(steps=True), TypeError, r"steps must be an int, got True"),
-        (dict(batch_size=0), ValueError, r"batch_size must be >= 1, got 0"),
-        (dict(mean=[0.5, 0.5, 0.5]), ValueError, r"give both mean and std"),
-        (dict(mean=[0.5, 0.5], std=[0.2, 0.2]), ValueError, r"mean must have one value or one per channel \(3"),
-        (dict(mean=[0.5] * 3, std=[0.2, 0.0, 0.2]), ValueError, r"std must be > 0"),
+    "kwargs,match",
+    [  # (pydantic) the function, the argument, what it must be, the value
+        (dict(eps=-0.1), r"ifgsm: eps: Input should be greater than or equal to 0, got -0\.1$"),
+        (dict(eps=float("nan")), r"eps: Input should be a finite number, got nan"),
+        (dict(eps="0.1"), r"eps: Input should be a valid number, got '0\.1'"),
+        (dict(alpha=-1 / 255), r"alpha: Input should be greater than or equal to 0, got -0\.0039"),
+        (dict(steps=0), r"steps: Input should be greater than or equal to 1, got 0"),
+        (dict(steps=2.0), r"steps: Input should be a valid integer, got 2\.0"),
+        (dict(steps=True), r"steps: Input should be a valid integer, got True"),
+        (dict(batch_size=0), r"batch_size: Input should be greater than or equal to 1, got 0"),
+        (dict(mean=[0.5, 0.5, 0.5]), r"give mean and std .* or neither; got \(0\.5, 0\.5, 0\.5\), None"),
+        (dict(mean=[0.5, 0.5], std=[0.2, 0.2]), r"mean and std \(1 or 3 values each, one per channel\)"),
+        (dict(mean=[0.5] * 3, std=[0.2, 0.0, 0.2]), r"std\.1: Input should be greater than 0, got 0\.0"),
+        (dict(mean=[0.5, float("inf"), 0.5], std=[0.2] * 3), r"mean\.1: Input should be a finite number, got inf"),
     ],
 )
-def test_ifgsm_argument_errors(kwargs, exc, match, random_data, digits):
+def test_ifgsm_argument_errors(kwargs, match, random_data, digits):
     model, x, y = _case("random", digits, random_data)
     args = dict(eps=0.1, alpha=0.01, steps=2)
     args.update(kwargs)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(ValueError, match=match):
         ifgsm(model, x, y, **args)
 
 
 def test_input_errors(random_data, digits):
     model, x, y = _case("random", digits, random_data)
-    with pytest.raises(ValueError, match=r"eps must be >= 0, got -0\.5"):
+    with pytest.raises(ValueError, match=r"fgsm: eps: Input should be greater than or equal to 0, got -0\.5"):
         fgsm(model, x, y, -0.5)
     scaled = x * 255
     scaled[0, 0, 0, 0] = 255.0
-    with pytest.raises(ValueError, match=r"x must hold images in \[0, 1\], got values in \[.*, 255\.0\]"):
+    with pytest.raises(ValueError, match=r"x must hold images in \[0, 1\] .*got values in \[.*, 255\.0\]"):
         fgsm(model, scaled, y, EPS)
     with pytest.raises(ValueError, match=r"got values in \[-0\.49"):
         ifgsm(model, x - 0.5, y, EPS, 0.01, 2)
@@ -325,18 +360,28 @@ def test_input_errors(random_data, digits):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"x must hold images in \[0, 1\]"):
         fgsm(model, bad, y, EPS)
-    with pytest.raises(ValueError, match=r"x has shape \(24, 3, 8, 8\), y has shape \(23,\)"):
+    with pytest.raises(ValueError, match=r"x must hold images in \[0, 1\]"):
+        accuracy(model, scaled, y)
+    with pytest.raises(ValueError, match=r"x has shape \(24, 3, 8, 8\), y \(23,\) torch\.int64"):
         fgsm(model, x, y[:-1], EPS)
-    with pytest.raises(ValueError, match=r"x has shape \(24, 3, 8, 8\), y has shape \(25,\)"):
+    with pytest.raises(ValueError, match=r"x has shape \(24, 3, 8, 8\), y \(25,\) torch\.int64"):
         ifgsm(model, x, torch.cat([y, y[:1]]), EPS, 0.01, 2)
-    with pytest.raises(ValueError, match=r"1-D tensor of class indices, got shape \(24, 1\)"):
+    with pytest.raises(ValueError, match=r"y must be a class index per image: .*, y \(24, 1\) torch\.int64"):
         fgsm(model, x, y[:, None], EPS)
-    with pytest.raises(TypeError, match=r"integer class indices, got dtype torch\.float32"):
+    with pytest.raises(ValueError, match=r"y must be a class index per image: .*, y \(24,\) torch\.float32"):
         fgsm(model, x, y.float(), EPS)
-    with pytest.raises(TypeError, match=r"floating-point tensor"):
+    with pytest.raises(ValueError, match=r"x must be float images \(N, C, H, W\) in \[0, 1\], got torch\.uint8"):
         fgsm(model, (x * 255).to(torch.uint8), y, EPS)
-    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+    with pytest.raises(ValueError, match=r"x must be float images \(N, C, H, W\) .* of shape \(24, 192\)"):
+        fgsm(model, x.flatten(1), y, EPS)
+    with pytest.raises(ValueError, match=r"fgsm: model: Input should be an instance of Module, got <function"):
         fgsm(lambda t: t, x, y, EPS)
+    with pytest.raises(
+        ValueError, match=r"fgsm: x: Input should be an instance of Tensor, got array\(\[\[\[\[0\.4962566 , "
+    ):
+        fgsm(model, x.numpy(), y, EPS)
+    with pytest.raises(ValueError, match=r"x holds no images: accuracy is undefined"):
+        accuracy(model, x[:0], y[:0])
 
 
 # ------------------------------------------------------------------------------------------
@@ -422,16 +467,30 @@ def test_transfer_with_normalization(two_models):
 
 def test_transfer_argument_errors(two_models):
     models, x, y = two_models
-    with pytest.raises(ValueError, match=r"'method' must be one of \('fgsm', 'ifgsm'\), got 'pgd'"):
+    with pytest.raises(
+        ValueError, match=r"attacks\.a: Input tag 'pgd' .* expected tags: 'fgsm', 'ifgsm', got \{'method': 'pgd'"
+    ):
         evaluate_transfer(models, x, y, {"a": {"method": "pgd", "eps": 0.1}})
-    with pytest.raises(ValueError, match=r"missing \['alpha', 'steps'\]"):
+    with pytest.raises(
+        ValueError, match=r"attacks\.a\.ifgsm\.alpha: Field required, .*; attacks\.a\.ifgsm\.steps: Field required"
+    ):
         evaluate_transfer(models, x, y, {"a": {"method": "ifgsm", "eps": 0.1}})
-    with pytest.raises(ValueError, match=r"steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"attacks\.a\.fgsm\.steps: Extra inputs are not permitted, got 2"):
+        evaluate_transfer(models, x, y, {"a": {"method": "fgsm", "eps": 0.1, "steps": 2}})
+    with pytest.raises(
+        ValueError, match=r"attacks\.a\.ifgsm\.steps: Input should be greater than or equal to 1, got 0"
+    ):
         evaluate_transfer(models, x, y, {"a": {"method": "ifgsm", "eps": 0.1, "alpha": 0.1, "steps": 0}})
-    with pytest.raises(ValueError, match=r"non-empty"):
+    with pytest.raises(ValueError, match=r"attacks: Dictionary should have at least 1 item"):
+        evaluate_transfer(models, x, y, {})
+    with pytest.raises(ValueError, match=r"evaluate_transfer: models: Dictionary should have at least 1 item"):
         evaluate_transfer({}, x, y)
-    with pytest.raises(ValueError, match=r"y has shape"):
+    with pytest.raises(ValueError, match=r"models\.mlp: Input should be an instance of Module, got 'not a model'"):
+        evaluate_transfer({**models, "mlp": "not a model"}, x, y)
+    with pytest.raises(ValueError, match=r"y \(3,\) torch\.int64"):
         evaluate_transfer(models, x, y[:3])
+    with pytest.raises(ValueError, match=r"x holds no images"):
+        evaluate_transfer(models, x[:0], y[:0])
 
 
 def test_transfer_markdown(transfer):
