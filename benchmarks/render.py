@@ -171,12 +171,20 @@ def table1_table(paths: list[str]) -> str:
 
 
 @renderer("study")
-def study_tables(paths: list[str]) -> str:
-    """The pre-registered study's result tables (:func:`anl_fused.experiments.study_report.tables`) from its
-    ``summary.json`` (one per path)."""
-    from anl_fused.experiments.study_report import tables
+def study_comparisons(paths: list[str]) -> str:
+    """The pre-registered study's tests and readings (:func:`anl_fused.experiments.study_report.comparisons`) from
+    its ``summary.json`` (one per path)."""
+    from anl_fused.experiments.study_report import comparisons
 
-    return "".join(tables(load_json(path)) for path in paths)
+    return "".join(comparisons(load_json(path)) for path in paths)
+
+
+@renderer("study-arms")
+def study_arms(paths: list[str]) -> str:
+    """Each arm's test error and cost, and the checks (:func:`anl_fused.experiments.study_report.arms_table`)."""
+    from anl_fused.experiments.study_report import arms_table
+
+    return "".join(arms_table(load_json(path)) for path in paths)
 
 
 @renderer("study-robustness")

@@ -166,8 +166,13 @@ def markdown(s: dict) -> str:
 
 
 def tables(s: dict) -> str:
-    """The primary result and its pre-registered reading, the secondary comparisons, the cosine analysis, each arm's
-    test error and the checks (learning-rate floor, divergence, core-hours): what the README renders."""
+    """:func:`comparisons`, then :func:`arms_table`."""
+    return comparisons(s) + "\n" + arms_table(s)
+
+
+def comparisons(s: dict) -> str:
+    """The primary result and its pre-registered reading, the secondary comparisons, the cosine analysis and stage 2
+    (what the README renders)."""
     p, s2 = s["primary"], s["stage2"]
     lines = [
         f"- **Primary** (ANL - control, final-epoch test error in pp, paired by seed; mean [95% CI]): {_fmt(p)}",
@@ -192,6 +197,13 @@ def tables(s: dict) -> str:
         ]
         lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows)
         lines += ["", "Holm's correction is applied once every secondary comparison is complete.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def arms_table(s: dict) -> str:
+    """Each arm's test error, runs and core-minutes per run, and the checks (learning-rate floor, divergence,
+    core-hours)."""
+    lines = []
     arms: dict[str, list[dict]] = {}
     for r in s["runs"]:
         arms.setdefault(f"{r['arm']} ({r['schedule']}{_group(r['seed'])})", []).append(r)
@@ -398,7 +410,9 @@ def write_report(runs_dir: str, out: str) -> int:
 __all__ = [
     "analyse",
     "archive",
+    "arms_table",
     "compare",
+    "comparisons",
     "markdown",
     "plot_eps_curves",
     "plot_paired",

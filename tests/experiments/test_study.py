@@ -226,7 +226,9 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert (kept / "sam-rho0.02-plateau-seed1" / "metrics.jsonl").is_file()
     assert not (kept / "anl-cosine-seed1").exists()  # not finished
     monkeypatch.setattr(render, "ROOT", str(tmp_path))  # the README's block renders the same tables from the JSON
-    assert render.RENDERERS["study"](["out/summary.json"]) == study_report.tables(s) != ""
+    assert render.RENDERERS["study"](["out/summary.json"]) == study_report.comparisons(s) != ""
+    assert render.RENDERERS["study-arms"](["out/summary.json"]) == study_report.arms_table(s) != ""
+    assert study_report.tables(s) == study_report.comparisons(s) + "\n" + study_report.arms_table(s)
     assert (tmp_path / "out" / "paired-differences.png").read_bytes()[:4] == b"\x89PNG"
 
 
