@@ -195,8 +195,10 @@ def comparisons(s: dict) -> str:
             + [f"{c['p']:.3g}", "-" if c["p_holm"] is None else f"{c['p_holm']:.3g}", c["n"]]
             for k, c in s["secondary"].items()
         ]
-        lines += md_table(["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm)", "n"], rows)
-        lines += ["", "Holm's correction is applied once every secondary comparison is complete.", ""]
+        lines += md_table(
+            ["comparison", "mean [95% CI]", "bootstrap", "p", "p (Holm, once all are complete)", "n"], rows
+        )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
