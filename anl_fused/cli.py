@@ -10,6 +10,7 @@ the shared range validators there.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
@@ -55,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module).configure(p)
     args = parser.parse_args(argv)
     args._argv = argv  # the command line as given (the demo records it)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        code = int(importlib.import_module(args._module).run(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `anl-fused ... | head`: the reader has gone, which is no error to show a traceback for
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no second error at exit
+        return 141  # what a shell reports for a command killed by SIGPIPE
+    return code
 
 
 if __name__ == "__main__":
