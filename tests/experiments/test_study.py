@@ -6,7 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -185,7 +188,8 @@ def test_design_fixes_n_from_the_pilot_sd_and_rho_on_validation_not_test(tmp_pat
     assert not any(100 <= r.seed < 900 for r in main)  # no pilot seed reused
 
 
-def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
+def _finished_pilot(tmp_path, monkeypatch) -> int:
+    """A finished pilot of 2-epoch phases (at least 3 primary seeds) in ``tmp_path``; returns the n it fixes."""
     monkeypatch.setattr(study, "T", 2)
     monkeypatch.setattr(study, "MIN_SEEDS", 3)
     for s in study.PILOT_SEEDS:
@@ -194,7 +198,11 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     for s in study.RHO_SEEDS:
         for rho in study.RHO_GRID:
             _fake_run(tmp_path, study.Run("sam", s, rho=rho), 10.0, 10.0 + rho)
-    n = study.design(str(tmp_path))["n_primary"]
+    return study.design(str(tmp_path))["n_primary"]
+
+
+def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
+    n = _finished_pilot(tmp_path, monkeypatch)
     for s in range(n):
         _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0, lr_end=0.05 if s == 0 else 1e-3)
         _fake_run(tmp_path, study.Run("anl", s), 9.0 + 0.01 * s, 10.0)
@@ -382,15 +390,7 @@ def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path, mon
 
 
 def test_stage2_is_sized_by_stage1s_paired_sd_and_tested_on_its_own_pairs(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "T", 2)
-    monkeypatch.setattr(study, "MIN_SEEDS", 3)
-    for s in study.PILOT_SEEDS:
-        _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0)
-        _fake_run(tmp_path, study.Run("anl", s), 10.0 - 0.1 * (s - 99), 10.0)
-    for s in study.RHO_SEEDS:
-        for rho in study.RHO_GRID:
-            _fake_run(tmp_path, study.Run("sam", s, rho=rho), 10.0, 10.0 + rho)
-    n = study.design(str(tmp_path))["n_primary"]
+    n = _finished_pilot(tmp_path, monkeypatch)
     diffs = [(-1) ** s * 0.8 - 0.1 for s in range(n)]
     for s, d in enumerate(diffs[:-1]):
         _fake_run(tmp_path, study.Run("control", s), 10.0, 10.0)
@@ -415,3 +415,13 @@ def test_stage2_is_sized_by_stage1s_paired_sd_and_tested_on_its_own_pairs(tmp_pa
     assert s["primary"]["n"] == n and s["primary"]["complete"]  # stage 2 never enters the primary test
     md = study_report.markdown(s)
     assert "Stage 2, the replication" in md and "anl (plateau, stage 2)" in md
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    """`anl-fused study plan | head`: the reader has gone; the command exits 141 (SIGPIPE's code), no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # closed before the command writes: its first flush meets a broken pipe
+    cmd = [sys.executable, "-m", "anl_fused.cli", "study", "plan", "--runs-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
