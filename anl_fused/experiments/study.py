@@ -119,7 +119,8 @@ def record(runs_dir: str, run: Run) -> dict | None:
     hist = read_metrics(d)
     epochs, finetune = run.phases
     last, end1 = hist[-1], hist[epochs - 1]
-    wall = _wall(d)
+    wall, threads = _wall(d)
+    train_time = sum(h.get("epoch_train_time_s", 0.0) for h in hist)
     return {
         "name": run.name,
         "arm": run.arm,
@@ -135,9 +136,9 @@ def record(runs_dir: str, run: Run) -> dict | None:
         "test_err": last["test_err"] * 100,
         "train_err": (1 - last["train_acc"]) * 100,
         "val_err": (1 - last["val_acc"]) * 100,
-        "train_time_s": sum(h.get("epoch_train_time_s", 0.0) for h in hist),
-        "wall_s": wall["wall_s"],
-        "core_s": wall["core_s"],
+        "train_time_s": train_time,
+        "wall_s": wall,  # recorded per finished child process: misses a process killed with the driver
+        "core_s": train_time * threads,  # training only (no evaluation), from the metrics: survives kills
         "diverged": stats.diverged(last["test_err"] * 100, last["train_loss"]),
     }
 
@@ -145,8 +146,9 @@ def record(runs_dir: str, run: Run) -> dict | None:
 WALL_NAME = "study-wall.jsonl"  # one line per child process that trained the run: its wall time and threads
 
 
-def _wall(d: str) -> dict:
-    wall = core = 0.0
+def _wall(d: str) -> tuple[float, int]:
+    """The recorded wall seconds of the run's child processes, and their threads (the last one's; 1 if none)."""
+    wall, threads = 0.0, 1
     path = os.path.join(d, WALL_NAME)
     if os.path.isfile(path):
         with open(path) as f:
@@ -156,8 +158,8 @@ def _wall(d: str) -> dict:
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill
                 wall += w["wall_s"]
-                core += w["wall_s"] * w["threads"]
-    return {"wall_s": wall, "core_s": core}
+                threads = w["threads"]
+    return wall, threads
 
 
 # ----------------------------------------------------------------------------------------------

@@ -214,14 +214,14 @@ def arms_table(s: dict) -> str:
         + [f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}"]
         for k, rs in sorted(arms.items())
     ]
-    lines += md_table(["arm", "test error % (mean ± std)", "runs", "core-minutes per run (mean)"], rows)
+    lines += md_table(["arm", "test error % (mean ± std)", "runs", "training core-minutes per run (mean)"], rows)
     lc = s["lr_floor_check"]
     lines += [
         "",
         f"Learning-rate floor reached by the end of phase 1: {lc['runs'] - len(lc['not_at_floor'])} of {lc['runs']} "
         f"two-phase runs (not: {', '.join(lc['not_at_floor']) or 'none'}). "
         f"Diverged: {', '.join(s['diverged']) or 'none'}. "
-        f"Core-hours of the finished runs: {s['core_hours']:.1f}.",
+        f"Training core-hours of the finished runs (evaluation not counted): {s['core_hours']:.1f}.",
     ]
     return "\n".join(lines) + "\n"
 

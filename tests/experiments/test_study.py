@@ -208,6 +208,7 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
         _fake_run(tmp_path, study.Run("anl", s), 9.0 + 0.01 * s, 10.0)
     _fake_run(tmp_path, study.Run("sam", 0, rho=0.02), 95.0, 10.0)  # diverged
     _fake_run(tmp_path, study.Run("sam", 1, rho=0.02), 9.5, 10.0)
+    (tmp_path / "sam-rho0.02-plateau-seed1" / study.WALL_NAME).write_text(json.dumps({"wall_s": 5.0, "threads": 2}))
     for seed in (0, 1):  # 2 of the 5 planned seeds: an interim secondary comparison, no Holm yet
         _fake_run(tmp_path, study.Run("baseline", seed), 10.2 + 0.1 * seed, 10.0)
     s = study_report.analyse(str(tmp_path))
@@ -220,7 +221,10 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert s["lr_floor_check"]["not_at_floor"] == ["control-plateau-seed0"]
     assert s["diverged"] == ["sam-rho0.02-plateau-seed0"]
     assert "sam - control" not in s["secondary"]  # one seed left after the diverged one
-    assert s["core_hours"] == pytest.approx(10.0 * len(s["runs"]) / 3600)
+    # core time is the metrics' training time (1 s an epoch here, 2 threads for one run), not the recorded wall
+    # (10 s a run), which misses a child killed together with the driver
+    core_s = [(r["epochs_phase1"] + r["epochs_phase2"]) * (2 if r["name"] == "sam-rho0.02-plateau-seed1" else 1) for r in s["runs"]]
+    assert s["core_hours"] == pytest.approx(sum(core_s) / 3600)
     assert "ANL study: results" in study_report.markdown(s)
     for run in (study.Run("anl", 0), study.Run("anl", 1, schedule="cosine")):  # a battery model, another run
         (tmp_path / run.name).mkdir(exist_ok=True)
