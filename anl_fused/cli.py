@@ -21,10 +21,6 @@ COMMANDS = {
     ),
     "train": ("anl_fused.experiments.train.cli", "train a model of the zoo with the paper's protocol"),
     "models": ("anl_fused.experiments.models.cli", "list the model zoo with parameter counts and the paper's eps"),
-    "table1": (
-        "anl_fused.experiments.table1",
-        "the paper's Table 1: baseline, Gaussian, ANL and opposite ANL over seeds, resumable",
-    ),
     "study": (
         "anl_fused.experiments.study",
         "the pre-registered ANL study: pilot, main runs, report; resumable",

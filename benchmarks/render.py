@@ -162,14 +162,6 @@ def probe_agreement_table(paths: list[str]) -> str:
     return table(header, rows)
 
 
-@renderer("table1")
-def table1_table(paths: list[str]) -> str:
-    """The paper's Table 1 next to ours, with the protocol (one ``anl-fused table1`` JSON per path)."""
-    from anl_fused.experiments.table1 import render_markdown
-
-    return "\n".join(render_markdown(load_json(path)) for path in paths)
-
-
 @renderer("study")
 def study_comparisons(paths: list[str]) -> str:
     """The pre-registered study's tests and readings (:func:`anl_fused.experiments.study_report.comparisons`) from

@@ -21,7 +21,7 @@ import time
 import torch
 
 from . import cli_types, stats, sweep
-from .files import out_error, resolve_device, save_figure
+from .files import out_error, resolve_device
 from .machine import machine_info
 from .train.metrics import read_metrics
 from .train.rundir import local_config
@@ -50,6 +50,10 @@ EPS_HELP = (
     "error over 5 seeds), never on test error. "
     "`anl-fused train` defaults to the model's eps instead (vgg_tiny: 0.02, listed by `anl-fused models`)"
 )
+LR_HELP = (
+    f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when none of the last 5 "
+    "epochs found a new best validation loss, each rate kept >= 5 epochs (sec. 4.2.1)"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -61,13 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p("--epochs", type=pos, default=20, help="epochs with the variant's noise (default 20)")
     p("--finetune-epochs", type=nonneg, default=10, help=f"then epochs without it at lr {MIN_LR:g} (default 10)")
     p("--batch-size", type=pos, default=64, help="training batch, up to the training set (digits: 897; default 64)")
-    p(
-        "--lr",
-        type=cli_types.number(float, ge=MIN_LR),
-        default=0.1,
-        help=f"initial learning rate, >= the floor {MIN_LR:g} (default 0.1, the paper's); halved when "
-        "none of the last 5 epochs found a new best validation loss, each rate kept >= 5 epochs (sec. 4.2.1)",
-    )
+    p("--lr", type=cli_types.number(float, ge=MIN_LR), default=0.1, help=LR_HELP)
     p("--threads", type=pos, default=1, help="torch threads of each training (default 1: fastest for a tiny model)")
     p("--jobs", type=pos, default=1, help="trainings at once (default 1)")
     p("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -75,48 +73,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p("--quick", action="store_true", help="a smoke run: 2 seeds, 1 + 1 epochs, batch 128")
 
 
-def _color(colors: dict, summary: dict, keys: list, key: str):
-    """The variant's color; several eps of one variant get shades of a colormap."""
-    v = summary[key]["variant"]
-    same = [k for k in keys if summary[k]["variant"] == v]
-    if len(same) == 1:
-        return colors.get(v)
+COLORS = dict(plain="tab:gray", anl="tab:blue", opposite="tab:red", gaussian="tab:green", dropout="tab:purple")
+SHADES = {"anl": "Blues", "opposite": "Reds", "gaussian": "Greens"}  # several eps of one variant: its shades
+
+
+def _colors(summary: dict) -> dict:
+    """Each entry's color: its variant's, or a shade of the variant's colormap when it runs several eps."""
     import matplotlib
 
-    cmap = {"anl": "Blues", "opposite": "Reds", "gaussian": "Greens"}.get(v, "Greys")
-    return matplotlib.colormaps[cmap](0.45 + 0.5 * same.index(key) / (len(same) - 1))
+    out = {}
+    for v in dict.fromkeys(s["variant"] for s in summary.values()):
+        same = [k for k, s in summary.items() if s["variant"] == v]
+        shade = matplotlib.colormaps[SHADES.get(v, "Greys")]
+        out |= {k: shade(0.45 + 0.5 * i / (len(same) - 1)) if same[1:] else COLORS.get(v) for i, k in enumerate(same)}
+    return out
 
 
 def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+    import numpy as np
 
-    colors = dict(plain="tab:gray", anl="tab:blue", opposite="tab:red", gaussian="tab:green", dropout="tab:purple")
-    variants = list(summary)
-    color = {v: _color(colors, summary, variants, v) for v in variants}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    from .figures import _finish, _plt
+
+    variants, color = list(summary), _colors(summary)
+    fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(11, 4.2))
     for i, v in enumerate(variants):
         s, c = summary[v]["test_err"], color[v]
         ax1.scatter([i] * s["n"], s["values"], color=c, alpha=0.5, s=18, zorder=3)
         ax1.errorbar([i], [s["mean"]], yerr=[s["std"] or 0.0], fmt="o", color=c, capsize=6, ms=8, zorder=4)
         ax1.annotate(f"{s['mean']:.2f}", (i, s["mean"]), textcoords="offset points", xytext=(12, -3), fontsize=9)
-    ax1.set_xticks(range(len(variants)))
-    ax1.set_xticklabels([summary[v]["label"].replace(" eps", "\neps") for v in variants], fontsize=8)
+    ax1.set_xticks(range(len(variants)), [summary[v]["label"].replace(" eps", "\neps") for v in variants], fontsize=8)
     ax1.set(ylabel="final test error (%)", title="test error: seeds (dots), mean ± std (bars)")
     ax1.grid(axis="y", alpha=0.3)
+    floor = 50.0 / n_test  # half a test image: keeps a 0% seed visible on the log axis
     for v in variants:
-        curves = [[h["test_err"] * 100 for h in hist] for hist in runs[v]]
-        n = min(len(c) for c in curves)
-        ep = list(range(1, n + 1))
-        mean = [max(statistics.fmean(c[i] for c in curves), 50.0 / n_test) for i in range(n)]
-        floor = 50.0 / n_test  # half a test image: keeps a 0% seed visible on the log axis
-        lo = [max(min(c[i] for c in curves), floor) for i in range(n)]
-        hi = [max(c[i] for c in curves) for i in range(n)]
-        ax2.plot(ep, mean, color=color[v], label=summary[v]["label"])
-        ax2.fill_between(ep, lo, hi, color=color[v], alpha=0.15)
+        n = min(len(hist) for hist in runs[v])
+        curves, ep = np.array([[h["test_err"] * 100 for h in hist[:n]] for hist in runs[v]]), range(1, n + 1)
+        ax2.plot(ep, np.maximum(curves.mean(0), floor), color=color[v], label=summary[v]["label"])
+        ax2.fill_between(ep, np.maximum(curves.min(0), floor), curves.max(0), color=color[v], alpha=0.15)
     lo_y, hi_y = ax2.get_ylim()
     if hi_y / max(lo_y, 1e-9) > 8:  # errors fall by orders of magnitude: log scale, plain-number labels
         ax2.set_yscale("log")
@@ -130,10 +124,7 @@ def _plot(path: str, summary: dict, runs: dict, finetune_start: int, n_test: int
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
     first = summary[variants[0]]
-    fig.suptitle(f"{first['model']} on scikit-learn digits (8x8), {first['test_err']['n']} seeds", fontsize=11)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path, f"{first['model']} on scikit-learn digits (8x8), {first['test_err']['n']} seeds", fontsize=11)
 
 
 def _machine(args: argparse.Namespace) -> dict:
@@ -201,25 +192,18 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_args(args: argparse.Namespace, n_train: int) -> list[str] | None:
-    """The variants asked for, or ``None`` after printing the one-line usage error."""
+def _problem(args: argparse.Namespace, variants: list[str], n_train: int) -> str | None:
+    """The arguments' one-line usage error, checked before anything trains (None: they are fine)."""
     from .models import MODELS
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
-    problem = (
-        f"unknown variant(s) {bad}"
-        if bad or not variants
-        else f"unknown --model {args.model!r} (known: {', '.join(MODELS)})"
-        if args.model not in MODELS
-        else f"argument --batch-size: must be <= {n_train} (the training images), got {args.batch_size!r}"
-        if args.batch_size > n_train  # not one full batch an epoch
-        else None
-    )
-    if problem:
-        print(f"anl-fused demo: error: {problem}", file=sys.stderr)
-        return None
-    return variants
+    if bad or not variants:
+        return f"unknown variant(s) {bad}"
+    if args.model not in MODELS:
+        return f"unknown --model {args.model!r} (known: {', '.join(MODELS)})"
+    if args.batch_size > n_train:  # not one full batch an epoch
+        return f"argument --batch-size: must be <= {n_train} (the training images), got {args.batch_size!r}"
+    return out_error(args.out, directory=True)
 
 
 def _entries(variants: list[str], eps_list: list[float]) -> list[tuple[str, str, float]]:
@@ -272,11 +256,8 @@ def _summarize(args: argparse.Namespace, entries: list, runs: dict, configs: dic
         tps = [h["time_per_step_s"] for hist in runs[key] for h in hist[1 : args.epochs]]
         tps = tps or [h["time_per_step_s"] for hist in runs[key] for h in hist[: args.epochs]]
         eps = configs[key]["eps"]
-        label = {"anl": "ANL", "opposite": "opposite", "gaussian": "Gaussian"}.get(v, v) + (
-            f" eps={eps:g}" if eps else ""
-        )
         summary[key] = {
-            "label": label,
+            "label": {"anl": "ANL", "gaussian": "Gaussian"}.get(v, v) + (f" eps={eps:g}" if eps else ""),
             "variant": v,
             "model": args.model,
             "eps": eps,
@@ -315,10 +296,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.seeds, args.epochs, args.finetune_epochs, args.batch_size = 2, 1, 1, 128
-    variants = _check_args(args, len(data_mod.load("digits").train))
-    if variants is None:
-        return 2
-    problem = out_error(args.out, directory=True)  # before training, not after it
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    problem = _problem(args, variants, len(data_mod.load("digits").train))
     if problem:
         print(f"anl-fused demo: error: {problem}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from .stats import DIVERGED, diverged
+from .stats import DIVERGED, diverged, summary
 from .train.metrics import METRICS_NAME, read_metrics
 from .train.rundir import CONFIG_NAME, local_config
 
@@ -77,10 +77,7 @@ def read_run(path: str) -> tuple[dict, list[dict]]:
 
 def started_runs(runs: list[str]) -> list[str]:
     """The runs that finished at least one epoch; the others are skipped with a warning."""
-    out = [r for r in runs if read_run(r)[1]]
-    for r in runs:
-        if r not in out:
-            warn(f"skipping unfinished run {r} (no finished epoch yet)")
+    out = [r for r in runs if read_run(r)[1] or warn(f"skipping unfinished run {r} (no finished epoch yet)")]
     if not out:
         raise FigureError("no run among --runs has finished an epoch")
     return out
@@ -95,6 +92,14 @@ def _plt():
     return plt
 
 
+def _finish(fig, out: str, title: str | None = None, **title_style) -> None:
+    """``fig`` with its ``title``, laid out, written to ``out`` and closed (:func:`_save`)."""
+    if title:
+        fig.suptitle(title, **title_style)
+    fig.tight_layout()
+    _save(fig, out)
+
+
 def _save(fig, out: str) -> None:
     from .files import save_figure
 
@@ -103,21 +108,8 @@ def _save(fig, out: str) -> None:
 
 
 #: settings that must agree for runs to share a panel of the eps sweep (besides the total epoch count)
-_SWEEP_SETTINGS = (
-    "model",
-    "dataset",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "lr_factor",
-    "patience",
-    "hold_epochs",
-    "min_lr",
-    "val_size",
-    "drop_last",
-    "scale_by_std",
-)
+_SWEEP_SETTINGS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience")
+_SWEEP_SETTINGS += ("hold_epochs", "min_lr", "val_size", "drop_last", "scale_by_std")
 
 
 def _seeds_label(seeds: list[int]) -> str:
@@ -169,28 +161,31 @@ def sweep_table(runs: list[str]) -> dict:
     return out
 
 
-def _mark_diverged(ax, stuck: list[tuple[float, float, str]]) -> None:
-    """Each diverged run ``(eps, error, color)`` as an x at its own error (far above the others: the axis takes it
-    in), and a note."""
-    for x, e, c in stuck:
-        ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
-    if stuck:
-        note = f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged"
-        ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top")
+def _kept(points: list[tuple[int, float]]) -> dict:
+    """:func:`~.stats.summary` of the errors of ``(seed, error)`` runs that did not diverge (diverged: not averaged)."""
+    return summary([e for _, e in points if not diverged(e)])
 
 
 def _draw_series(ax, name: str, pts: dict, c) -> list[int]:
-    """One series of the eps sweep: each run a dot, mean ± std per eps (diverged runs left out: marked by
-    :func:`_mark_diverged`), the best eps a star; returns the seeds of its ANL runs."""
-    eps = [x for x in sorted(pts) if not all(diverged(e) for _, e in pts[x])]
-    errs = [[e for _, e in pts[x] if not diverged(e)] for x in eps]
+    """One series of the eps sweep: each run a dot, mean ± std per eps (diverged runs left out: an x at their own
+    error, far above the others), the best eps a star; returns the seeds of its ANL runs."""
+    eps = [x for x in sorted(pts) if _kept(pts[x])["n"]]
     if not eps:
         return []
-    means = [statistics.fmean(v) for v in errs]
-    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in errs]
-    for x, v in zip(eps, errs):
-        ax.scatter([x] * len(v), v, color=c, alpha=0.35, s=14, zorder=3)
-    ax.errorbar(eps, means, yerr=stds, fmt="-o", color=c, capsize=4, zorder=4, label=f"{name}, mean ± std")
+    kept = [_kept(pts[x]) for x in eps]
+    means = [k["mean"] for k in kept]
+    for x, k in zip(eps, kept):
+        ax.scatter([x] * k["n"], k["values"], color=c, alpha=0.35, s=14, zorder=3)
+    ax.errorbar(
+        eps,
+        means,
+        yerr=[k["std"] or 0.0 for k in kept],
+        fmt="-o",
+        color=c,
+        capsize=4,
+        zorder=4,
+        label=f"{name}, mean ± std",
+    )
     best = min(range(len(eps)), key=lambda j: means[j])
     ax.scatter([eps[best]], [means[best]], marker="*", s=160, color=c, edgecolor="k", zorder=5)
     return [s for x in eps if x != 0.0 for s, _ in pts[x]]
@@ -214,7 +209,11 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
             label = f"baseline, one schedule of {panel.split(', ')[1]}, {_seeds_label([s for s, _ in base])}"
             ax.axhline(statistics.fmean(e for _, e in base), color="tab:gray", ls="--", lw=1, label=label)
         stuck = [(x, e, color[n]) for n, pts in curves.items() for x in pts for _, e in pts[x] if diverged(e)]
-        _mark_diverged(ax, stuck)
+        for x, e, c in stuck:
+            ax.scatter([x], [e], marker="x", s=40, color=c, zorder=6)
+        if stuck:
+            note = f"x: {len(stuck)} diverged run(s) (test error >= {DIVERGED:g}%), not averaged"
+            ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top")
         per_eps = max((len(p) for pts in series.values() for x, p in pts.items() if x != 0.0), default=0)
         ax.set_title(
             f"({letter}) {panel}\nup to {per_eps} run(s) per eps; ANL runs: "
@@ -225,10 +224,7 @@ def eps_sweep(runs: list[str], out: str, title: str | None = None) -> dict:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, out)
+    _finish(fig, out, title)
     return table
 
 
@@ -262,30 +258,19 @@ def layer_std(runs: list[str], out: str, title: str | None = None, max_legend: i
         label = f"{cfg.get('model', '?')} {cfg.get('variant', '')} eps={cfg.get('eps', '?')}"
         ax.set_title(f"{label}\n{os.path.basename(os.path.normpath(r))}", fontsize=9)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, out)
+    _finish(fig, out, title)
 
 
 def _run_label(cfg: dict) -> str:
-    v = cfg.get("variant", "?")
-    eps = cfg.get("eps", 0)
-    norm = f"\nnorm={cfg.get('norm', 'sample')}"
-    return {
-        "plain": "(a) baseline",
-        "gaussian": f"(b) Gaussian eps={eps:g}",
-        "anl": f"(c) ANL eps={eps:g}{norm}",
-        "opposite": f"(d) opposite eps={eps:g}{norm}",
-    }.get(v, f"{v} eps={eps:g}")
+    v, eps, norm = cfg.get("variant", "?"), cfg.get("eps", 0), f"\nnorm={cfg.get('norm', 'sample')}"
+    labels = {"plain": "(a) baseline", "gaussian": f"(b) Gaussian eps={eps:g}", "anl": f"(c) ANL eps={eps:g}{norm}"}
+    return labels.get(v) or (f"(d) opposite eps={eps:g}{norm}" if v == "opposite" else f"{v} eps={eps:g}")
 
 
 def first_conv_output(model, x):
-    """The first ``Conv2d``'s output for ``x`` (eval mode: noise layers off), copied inside the forward
-    hook: the conv's output tensor itself is rewritten by a later in-place op such as LeNet's
-    ``ReLU(inplace=True)``, so a view of it (``o.detach()``) would show ``ReLU(conv)``; and the hook
-    returns nothing (a hook that returns a tensor, as ``lambda ...: d.setdefault(k, t)`` does, makes
-    that tensor the module's output, which the in-place ReLU then rewrites, copy or not)."""
+    """The first ``Conv2d``'s output for ``x`` (eval mode: noise layers off), copied inside the forward hook: a later
+    in-place op (LeNet's ``ReLU(inplace=True)``) rewrites the conv's output tensor, and the hook returns None (a
+    returned tensor would become the module's output, which that op then rewrites too)."""
     import torch
 
     conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
@@ -308,16 +293,6 @@ def first_conv_output(model, x):
     return got["fm"]
 
 
-def _load_run_model(run_dir: str, data_dir: str | None):
-    """``(model in eval mode, its resolved config as a dict, data bundle)`` of a run directory's checkpoint."""
-    from . import data as data_mod
-    from .train import CHECKPOINT_NAME, load_trained
-
-    model, cfg = load_trained(os.path.join(run_dir, CHECKPOINT_NAME))
-    bundle = data_mod.load(cfg.dataset, data_dir or cfg.data_dir, val_size=cfg.val_size)
-    return model, dataclasses.asdict(cfg), bundle
-
-
 def feature_maps(
     runs: list[str],
     out: str,
@@ -330,16 +305,20 @@ def feature_maps(
     (runs without a finished epoch are skipped with a warning). Returns the rows ``(config, image, sigmoid maps)``."""
     import torch
 
+    from . import data as data_mod
+    from .train import CHECKPOINT_NAME, load_trained
+
     rows = []
     for r in started_runs(runs):
-        model, cfg, bundle = _load_run_model(r, data_dir)
+        model, cfg = load_trained(os.path.join(r, CHECKPOINT_NAME))
+        bundle = data_mod.load(cfg.dataset, data_dir or cfg.data_dir, val_size=cfg.val_size)
         if not 0 <= image_index < len(bundle.test):
             raise FigureError(f"--image-index must be in [0, {len(bundle.test)}), got {image_index}")
         raw = bundle.test.x[image_index].float()
         raw = raw / 255.0 if bundle.test.x.dtype == torch.uint8 else raw
         mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (bundle.info.mean, bundle.info.std))
         fm = first_conv_output(model, ((raw - mean) / std)[None])  # normalized as training's batches are
-        rows.append((cfg, raw, torch.sigmoid(fm[0])[:max_channels]))
+        rows.append((dataclasses.asdict(cfg), raw, torch.sigmoid(fm[0])[:max_channels]))
     cfg0 = rows[0][0]
     default = f"first-conv feature maps (sigmoid), {cfg0.get('model')} on {cfg0.get('dataset')}, "
     _draw_feature_maps(rows, out, title or f"{default}test image {image_index}")
@@ -365,9 +344,7 @@ def _draw_feature_maps(rows: list, out: str, title: str) -> None:
     axes[0][0].set_title("input", fontsize=9)
     for j in range(1, ncol):
         axes[0][j].set_title(f"ch {j}", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, out)
+    _finish(fig, out, title, fontsize=10)
 
 
 def _check_format(out: str) -> None:
@@ -384,9 +361,9 @@ def _print_sweep(table: dict) -> None:
     for panel, series in table.items():
         for name, pts in series.items():
             for eps, points in sorted(pts.items()):
-                errs = [e for _, e in points if not diverged(e)]
-                mean = f"{statistics.fmean(errs):.2f}%" if errs else "-"
-                bad = f", {len(points) - len(errs)} diverged (not averaged)" if len(points) > len(errs) else ""
+                k = _kept(points)
+                mean = f"{k['mean']:.2f}%" if k["n"] else "-"
+                bad = f", {len(points) - k['n']} diverged (not averaged)" if len(points) > k["n"] else ""
                 seeds = _seeds_label([s for s, _ in points])
                 print(f"{panel} | {name} | eps={eps:g}: test error {mean} over {seeds}{bad}")
 

@@ -29,9 +29,9 @@ def summary(values: Sequence[float]) -> dict:
     }
 
 
-def spread(st: dict, sign: str = "", one: str = " (1 seed)") -> str:
+def spread(st: dict, one: str = " (1 seed)") -> str:
     """A :func:`summary` as ``mean ± std``, or its one value and ``one``: no standard deviation of one value."""
-    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
+    return f"{st['mean']:.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
 
 
 def differences(diffs: Sequence[float]) -> dict:

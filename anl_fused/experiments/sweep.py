@@ -6,7 +6,7 @@ seeds: :func:`train_job` makes one from a run's settings). :func:`run` skips a f
 a new one without it; with ``overwrite`` every run starts over (``--overwrite``). Each child runs under ``nice``, its
 output appended to the run's ``train.log``. Ctrl-C, or SIGTERM to the sweep, asks every running child to checkpoint
 and stop and re-raises ``KeyboardInterrupt``: the next sweep continues every run where it stopped, bitwise.
-``demo``, ``table1`` and ``study`` run their trainings this way.
+``demo`` and ``study`` run their trainings this way.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 
 from anl_fused.benchmarks import render
 from anl_fused.experiments import demo
@@ -21,7 +22,45 @@ def test_every_documentation_page_is_checked():
     assert pages == ["README.md", *docs]
     marked = [p for p in pages if render.BLOCK.search(pathlib.Path(render.ROOT, p).read_text(encoding="utf-8"))]
     # the long measurements live in docs/; the README keeps one table per result
-    assert "README.md" in marked and {"docs/speed.md", "docs/table1.md", "docs/robustness.md"} <= set(marked)
+    assert "README.md" in marked and {"docs/speed.md", "docs/robustness.md"} <= set(marked)
+
+
+def _spread(st: dict, sign: str = "", one: str = " (1 seed)") -> str:
+    return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["n"] > 1 else one)
+
+
+def _table1_line(row: dict, paper: dict) -> str:
+    """What the retired ``anl-fused table1`` (commit 106767d) printed for one row of its JSON."""
+    v, eps, norm, t = row["variant"], row["eps"], row["norm"], row["test_err"]
+    label = {"plain": "baseline", "baseline-two-phase": "baseline, two phases (control)"}.get(v)
+    label = label or {"gaussian": f"Gaussian, eps={eps:g}", "anl": f"+ANL eps={eps:g}, norm={norm}"}.get(v)
+    label = label or f"+ANL eps=-{eps:g} (opposite), norm={norm}"
+    mean = _spread(t)
+    if row.get("diverged_seeds"):
+        w = row.get("test_err_without_diverged")
+        mean += f"; without the {len(row['diverged_seeds'])} diverged: " + (_spread(w) if w else "-")
+    seeds = ", ".join(f"{x:.2f}" + (" (diverged)" if x >= 80 else "") for x in t["values"])
+    vs = [row.get(k) for k in ("vs_baseline", "vs_two_phase")]
+    vs = ["-" if d is None else f"{_spread(d, '+', '')} ({d['better']}/{d['worse']})" for d in vs]
+    cited = paper.get(v) if eps in (0.0, 0.03) else None
+    return " | ".join(["", label, "-" if cited is None else f"{cited:.2f}", mean, str(t["n"]), seeds, *vs, ""]).strip()
+
+
+def test_the_retired_table1_tables_are_their_json():
+    """docs/table1.md's tables are static text since ``anl-fused table1`` was retired (issue #19): every row is
+    its JSON's row (the paper's number, mean ± std, per-seed errors, paired differences), none more, none less."""
+    text = pathlib.Path(render.ROOT, "docs", "table1.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- table1 (\S+) -->\n(.*?)<!-- /table1 -->", text, re.S)
+    assert [os.path.basename(p) for p, _ in blocks] == [
+        "lenet5-fashion-mnist-e15f15-b128.json",
+        "lenet5-fashion-mnist-e15f15-eps-sweep.json",
+    ]
+    for path, body in blocks:
+        result = render.load_json(path)
+        lines = body.splitlines()
+        assert lines[0].startswith("| method | paper (Table 1) | ours: test error % (mean ± std) | seeds | per seed |")
+        want = [_table1_line(row, result["paper"]) for row in result["rows"].values()]
+        assert sorted(lines[2:]) == sorted(want) and len(want) == len(result["rows"])
 
 
 def test_a_stale_table_in_a_docs_page_fails_the_default_check(tmp_path, monkeypatch, capsys):

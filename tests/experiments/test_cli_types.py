@@ -133,38 +133,6 @@ def test_cli_rejects_bad_numbers_with_a_usage_error(argv, capsys, tmp_path, monk
 
 
 @pytest.mark.parametrize(
-    "extra,message",
-    [
-        (["--seeds", "0"], "argument --seeds: Input should be greater than or equal to 1, got '0'"),
-        (["--eps", "0.03", "0"], "argument --eps: must be non-zero (the noise methods need an eps), got '0'"),
-        (["--eps", "nan"], "argument --eps: Input should be a finite number, got 'nan'"),
-        (["--lr", "-1"], "argument --lr: Input should be greater than 0, got '-1'"),
-        (["--val-size", "0"], "argument --val-size: Input should be greater than or equal to 1, got '0'"),
-        (["--epochs", "0"], "argument --epochs: Input should be greater than or equal to 1, got '0'"),
-        (
-            ["--finetune-epochs", "-1"],
-            "argument --finetune-epochs: Input should be greater than or equal to 0, got '-1'",
-        ),
-        (
-            ["--batch-size", "2.5"],
-            "argument --batch-size: Input should be a valid integer, unable to parse string as an integer, got '2.5'",
-        ),
-        (["--jobs", "0"], "argument --jobs: Input should be greater than or equal to 1, got '0'"),
-        (["--threads", "0"], "argument --threads: Input should be greater than or equal to 1, got '0'"),
-        (["--nice", "20"], "argument --nice: Input should be less than or equal to 19, got '20'"),
-    ],
-)
-def test_table1_numbers_are_usage_errors_naming_the_value(extra, message, capsys, tmp_path, monkeypatch):
-    """table1's numbers are checked as they are parsed: one error line naming the option and the value."""
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        main(["table1", "--dataset", "digits", "--seeds", "1", "--epochs", "3", *extra])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"anl-fused table1: error: {message}" and not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize(
     "field,value,match",
     [
         ("lr", math.nan, r"lr NaN is not allowed \(Input should be a finite number\)"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -12,10 +13,9 @@ import pytest
 import torch
 
 from anl_fused.cli import main
-from anl_fused.experiments import checkpoint, data, figures, files, table1
+from anl_fused.experiments import checkpoint, data, figures, files, stats, sweep
 from anl_fused.experiments.train import TrainConfig, fit
 from tests.experiments.test_data import _fake_fashion, write_idx
-from tests.experiments.test_table1 import _fake_run
 
 # lenet5 on digits, 2 steps per epoch (897 training images, batches of 448)
 RUN = ["train", "--model", "lenet5", "--batch-size", "448", "--eps", "0.05", "--no-progress"]
@@ -79,20 +79,6 @@ def test_out_at_the_file_system_root_is_refused(cmd, capsys, monkeypatch):
         for name in set(os.listdir("/")) - before:
             if name in RUN_FILES:
                 os.unlink(os.path.join("/", name))
-
-
-def test_table1_out_at_the_file_system_root_is_refused(tmp_path, capsys):
-    argv = ["table1", "--epochs", "1", "--dry-run", "--seeds", "1", "--variants", "plain"]
-    assert main(argv + ["--runs-dir", str(tmp_path / "runs"), "--out", "/"]) == 2
-    assert "root of the file system" in _error(capsys, "table1")
-
-
-def test_table1_name_cannot_leave_out(tmp_path, capsys):
-    argv = ["table1", "--epochs", "1", "--report-only", "--seeds", "1", "--variants", "plain"]
-    argv += ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "a" / "b"), "--name", "../../escape"]
-    assert main(argv) == 2
-    assert "--name must be a file name" in _error(capsys, "table1")
-    assert not list(tmp_path.rglob("escape*"))
 
 
 # ---- 2. no silent wrong run
@@ -233,38 +219,29 @@ def test_device_cuda_without_a_gpu_is_one_line_and_no_directory(tmp_path, capsys
 # ---- 3. every bad input: one clear line naming the file or value
 
 
-def _table1_run(root, errs, half=None):
-    proto = table1.Protocol("lenet5", "digits", 2, 0)
-    spec = table1.RunSpec("plain", 0)
-    _fake_run(root, spec, proto, errs)
-    path = root / proto.tag / spec.name / "metrics.jsonl"
-    if half is not None:
-        with open(path, "a") as f:
-            f.write(half)
+def _metrics_run(root, errs, half=None):
+    """A run directory ``root/run`` whose metrics.jsonl holds one epoch per test error (%), then ``half``."""
+    (root / "run").mkdir(parents=True)
+    path = root / "run" / "metrics.jsonl"
+    lines = [{"epoch": i + 1, "test_err": e / 100, "train_acc": 0.99, "lr": 0.1} for i, e in enumerate(errs)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + (half or ""))
     return path
 
 
-TABLE1 = ["table1", "--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--finetune-epochs", "0"]
-TABLE1 += ["--seeds", "1", "--variants", "plain"]
-
-
-def test_a_half_written_last_metrics_line_is_left_out_by_table1_and_figures(tmp_path, capsys):
-    path = _table1_run(tmp_path / "runs", [50.0], half='{"epoch": 2, "test_err": 0.')
-    for mode in (["--dry-run"], ["--report-only"]):
-        argv = TABLE1 + ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "t")] + mode
-        assert main(argv) == 0
-        assert "partial" in capsys.readouterr().out or mode == ["--report-only"]
+def test_a_half_written_last_metrics_line_is_left_out_by_the_sweep_and_figures(tmp_path, capsys):
+    path = _metrics_run(tmp_path / "runs", [50.0], half='{"epoch": 2, "test_err": 0.')
+    job = sweep.Job("plain", str(path.parent), ("train",), 2)
+    assert not sweep.finished(job.run_dir, 2) and sweep.state(job) == "partial"  # resumed, not skipped
     assert [r["epoch"] for r in figures.read_run(str(path.parent))[1]] == [1]
     main(["figures", "layer-std", "--runs", str(path.parent), "--out", str(tmp_path / "f.png")])
     assert "Expecting" not in capsys.readouterr().err
 
 
 def test_a_corrupted_metrics_line_is_one_line_naming_the_file(tmp_path, capsys):
-    path = _table1_run(tmp_path / "runs", [50.0, 40.0])
+    path = _metrics_run(tmp_path / "runs", [50.0, 40.0])
     path.write_text("{broken\n" + path.read_text())
-    argv = TABLE1 + ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--report-only"]
-    assert main(argv) == 2
-    assert f"{str(path)!r} line 1 is not JSON" in _error(capsys, "table1")
+    with pytest.raises(ValueError, match=f"{re.escape(repr(str(path)))} line 1 is not JSON"):
+        sweep.finished(str(path.parent), 2)
     assert main(["figures", "eps-sweep", "--runs", str(path.parent), "--out", str(tmp_path / "f.png")]) == 2
     assert str(path) in _error(capsys, "figures")
 
@@ -334,10 +311,6 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_the_old_one_stay
 def test_unwritable_outputs_are_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
-    _fake_run(tmp_path / "runs", table1.RunSpec("plain", 0), table1.Protocol("lenet5", "digits", 2, 0), [50.0, 40.0])
-    argv = TABLE1 + ["--runs-dir", str(tmp_path / "runs"), "--out", str(blocker / "t"), "--report-only"]
-    assert main(argv) == 2  # checked before anything runs
-    assert str(blocker) in _error(capsys, "table1")
     argv = ["demo", "--quick", "--variants", "plain", "--out", str(blocker / "d")]
     assert main(argv) == 2
     assert str(blocker) in _error(capsys, "demo")
@@ -367,14 +340,10 @@ def test_a_refused_pickle_global_is_named(tmp_path):
 # ---- 4. numbers that say what they mean
 
 
-def test_one_seed_has_no_standard_deviation(tmp_path):
-    proto = table1.Protocol("lenet5", "digits", 2, 0)
-    spec = table1.RunSpec("plain", 0)
-    _fake_run(tmp_path, spec, proto, [50.0, 14.29])
-    _, result = table1.report([spec], proto, str(tmp_path), str(tmp_path / "out"), [0], "cmd")
-    assert result["rows"]["baseline"]["test_err"]["std"] is None
-    md = table1.render_markdown(result)
-    assert "14.29 (1 seed)" in md and "± 0.00" not in md
+def test_one_seed_has_no_standard_deviation():
+    one = stats.summary([14.29])
+    assert one["std"] is None
+    assert stats.spread(one) == "14.29 (1 seed)" and "± 0.00" not in stats.spread(one)
 
 
 def test_a_diverged_runs_marker_is_at_its_error(tmp_path, monkeypatch):
@@ -425,15 +394,13 @@ def test_an_explicit_relative_data_dir_stays_explicit_on_resume(tmp_path, monkey
     assert f"--data-dir {str(tmp_path / 'data')!r} lacks t10k-labels-idx1-ubyte" in _error(capsys)
 
 
-@pytest.mark.parametrize("command", ["table1", "demo"])
+@pytest.mark.parametrize("command", ["demo"])
 def test_an_unwritable_out_is_refused_before_any_training(tmp_path, capsys, command):
     """--out under a regular file cannot be created (even by root): refused in one line before anything trains."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     out = blocker / "out"
     argv = [command, "--out", str(out)]
-    if command == "table1":
-        argv += ["--epochs", "1", "--seeds", "1", "--runs-dir", str(tmp_path / "runs")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not writable" in err and str(out) in err

@@ -549,7 +549,7 @@ def test_eps_auto_out_of_range_warns_in_one_line_and_config_records_the_rule(tmp
 
 def test_a_diverged_run_is_said_once():
     """A training loss that turns non-finite is logged as a divergence (once, at its first epoch); the run
-    keeps its schedule (table1 and the figures mark it diverged)."""
+    keeps its schedule (the study and the figures mark it diverged)."""
     logs = []
     cfg = TrainConfig(model="lenet5", variant="anl", eps=0.3, epochs=2, batch_size=64, lr=50.0, momentum=0.9)
     result = fit(cfg, None, progress=False, log=logs.append)

@@ -222,7 +222,7 @@ class _Loop:
         if not math.isfinite(record["train_loss"]) and all(math.isfinite(r["train_loss"]) for r in pos.history[:-1]):
             self.log(
                 f"warning: the training loss of epoch {record['epoch']} is not finite: the run has diverged (a "
-                "smaller --lr or --eps may train); it goes on to its last epoch, and table1 / figures mark it"
+                "smaller --lr or --eps may train); it goes on to its last epoch, and the study / figures mark it"
             )
         pos.epoch += 1
         pos.step = 0
