@@ -223,7 +223,8 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert "sam - control" not in s["secondary"]  # one seed left after the diverged one
     # core time is the metrics' training time (1 s an epoch here, 2 threads for one run), not the recorded wall
     # (10 s a run), which misses a child killed together with the driver
-    core_s = [(r["epochs_phase1"] + r["epochs_phase2"]) * (2 if r["name"] == "sam-rho0.02-plateau-seed1" else 1) for r in s["runs"]]
+    threads = {"sam-rho0.02-plateau-seed1": 2}
+    core_s = [(r["epochs_phase1"] + r["epochs_phase2"]) * threads.get(r["name"], 1) for r in s["runs"]]
     assert s["core_hours"] == pytest.approx(sum(core_s) / 3600)
     assert "ANL study: results" in study_report.markdown(s)
     for run in (study.Run("anl", 0), study.Run("anl", 1, schedule="cosine")):  # a battery model, another run
