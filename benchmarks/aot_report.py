@@ -107,32 +107,22 @@ def _widths(counts: dict) -> str:
     return " ".join(f"{k}B x{v}" for k, v in sorted(counts.items(), key=lambda kv: -int(kv[0]))) or "-"
 
 
-def _kernel_rows(report: dict) -> list[list]:
-    rows = []
-    for kid, k in report["kernels"].items():
-        constexprs = ", ".join(f"{n}={v}" for n, v in k["constexprs"].items() if n != "MAX_SCALE")
-        ints = [(n, a["value"]) for n, a in k["args"].items() if a["kind"] == "int"]  # what Triton specializes on
-        spec = " ".join(f"{n}=1" if v == 1 else f"{n}%16" for n, v in ints if v == 1 or v % 16 == 0)
-        a80, a90 = k["80"], k["90"]
-        rows.append(
-            [kid, k["kernel"], k["dtype"], constexprs, spec, k["num_warps"], a80["registers"], a90["registers"]]
-            + [f"{a['spill_stores']}+{a['spill_loads']}" for a in (a80, a90)]
-            + [a90["shared_bytes"], _widths(a90["vectors"]["ld"]), _widths(a90["vectors"]["st"])]
-        )
-    return rows
+def _kernel_row(kid: str, k: dict) -> list:
+    constexprs = ", ".join(f"{n}={v}" for n, v in k["constexprs"].items() if n != "MAX_SCALE")
+    ints = [(n, a["value"]) for n, a in k["args"].items() if a["kind"] == "int"]  # what Triton specializes on
+    spec = " ".join(f"{n}=1" if v == 1 else f"{n}%16" for n, v in ints if v == 1 or v % 16 == 0)
+    a80, a90 = k["80"], k["90"]
+    return [kid, k["kernel"], k["dtype"], constexprs, spec, k["num_warps"], a80["registers"], a90["registers"]] + [
+        *(f"{a['spill_stores']}+{a['spill_loads']}" for a in (a80, a90)),
+        *(a90["shared_bytes"], _widths(a90["vectors"]["ld"]), _widths(a90["vectors"]["st"])),
+    ]
 
 
-def _layer_rows(layers: list[dict]) -> list[list]:
-    rows = []
-    for i, e in enumerate(layers):
-        grids = " / ".join(str(x["grid"]) for x in e["kernels"])
-        rows.append(
-            [i, "x".join(map(str, e["shape"])), grids, " ".join(x["id"] for x in e["kernels"])]
-            + [f"{e['bytes'] / 1e6:.3f}", f"{e['min_bytes'] / 1e6:.3f}"]
-            + [f"{e['ideal_us'][g]:.2f}" for g in HBM]
-            + [f"{e['launch_us'][0]:.0f}-{e['launch_us'][1]:.0f}"]
-        )
-    return rows
+def _layer_row(i: int, e: dict) -> list:
+    mb = [f"{e[k] / 1e6:.3f}" for k in ("bytes", "min_bytes")]
+    grids, ids = " / ".join(str(x["grid"]) for x in e["kernels"]), " ".join(x["id"] for x in e["kernels"])
+    launch = "{:.0f}-{:.0f}".format(*e["launch_us"])
+    return [i, "x".join(map(str, e["shape"])), grids, ids, *mb, *(f"{e['ideal_us'][g]:.2f}" for g in HBM), launch]
 
 
 def markdown(report: dict) -> str:
@@ -152,7 +142,7 @@ def markdown(report: dict) -> str:
         "Registers and spill stores+loads (bytes) from `ptxas -v`; shared memory (bytes) from Triton; global loads "
         "and stores from the PTX, as access width x instructions (16B = `ld.global.v4.b32`: 4 floats or 8 halves).",
         "",
-        table(KERNEL_HEADER, _kernel_rows(r)),
+        table(KERNEL_HEADER, [_kernel_row(kid, k) for kid, k in r["kernels"].items()]),
     ]
     for name, d in r["dtypes"].items():
         t = d["totals"]
@@ -164,7 +154,7 @@ def markdown(report: dict) -> str:
             f"(H100 3.35 TB/s, H200 4.8 TB/s), next to its launches' host cost ({LAUNCH_US[0]:g}-{LAUNCH_US[1]:g} us "
             "each).",
             "",
-            table(LAYER_HEADER, _layer_rows(d["layers"])),
+            table(LAYER_HEADER, [_layer_row(i, e) for i, e in enumerate(d["layers"])]),
             f"Step total ({name}): {t['launches']} launches, {t['bytes'] / 1e6:.2f} MB moved "
             f"({t['min_bytes'] / 1e6:.2f} MB minimum, {over:.3f}% over); ideal {t['ideal_us']['H100']:.1f} us (H100) "
             f"/ {t['ideal_us']['H200']:.1f} us (H200) against {t['launch_us'][0]:.0f}-{t['launch_us'][1]:.0f} us "

@@ -1,12 +1,9 @@
-"""``anl-fused bench``: one training step of plain training, the exact floor, the authors'-style naive double
-pass, the reference, ``TwoRound`` and ``TwoRound(probe_dtype=torch.bfloat16)``, timed side by side in interleaved
-rounds (docs/speed.md says how to read the ratios and their spread).
+"""``anl-fused bench``: one training step of plain training, the exact floor (:func:`floor_step`), the authors'-style
+naive double pass, the reference, ``TwoRound`` and its bf16 probe, timed side by side in interleaved rounds
+(:func:`time_methods`; docs/speed.md says how to read the ratios and their spread).
 
     anl-fused bench --models vgg11 resnet18 --batch 32 --threads 2 --out results.json
     anl-fused bench --aot --models vgg16 --batch 128 --out benchmarks/results   # aot_report.py, no GPU needed
-
-The exact floor (``floor``, :func:`floor_step`) is what any two-round step must compute: a plain step plus a
-round 1 that asks autograd for the activation gradients at the ANL points, with no ANL op.
 """
 
 from __future__ import annotations
@@ -79,9 +76,9 @@ def floor_step(model: nn.Module, closure: Callable[[], torch.Tensor]) -> torch.T
 
 
 def make_step(method: str, model: nn.Module, x, y, eps=0.05, amp=None, after="batchnorm", replay_rng=True) -> Callable:
-    """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model, no ANL; the
-    methods but ``plain`` put ANL layers in with ``insert_anl(model, eps, after=after)``). ``replay_rng``:
-    the engine methods' ``TwoRound(replay_rng=...)``."""
+    """A zero-argument training step of ``method`` on a copy of ``model`` (a plain model; but for ``plain`` with
+    ``insert_anl(model, eps, after=after)``); ``replay_rng``: the engine methods' ``TwoRound(replay_rng=...)``.
+    The step's ``model`` and ``engine`` (None but for the engine methods) are attributes of it."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     model = copy.deepcopy(model).train()
@@ -93,27 +90,23 @@ def make_step(method: str, model: nn.Module, x, y, eps=0.05, amp=None, after="ba
             return F.cross_entropy(model(x), y)
 
     generator = torch.Generator(device=x.device).manual_seed(0)
-    if method in ENGINES:
-        engine = TwoRound(model, generator, replay_rng=replay_rng, **ENGINES[method])
-        run = lambda: engine.step(closure)
-    else:
-        run = {
-            "plain": lambda: closure().backward(),
-            "floor": lambda: floor_step(model, closure),
-            "naive": lambda: naive.naive_step(model, closure, generator),
-            "reference": lambda: reference.two_round_step(model, closure, generator),
-        }[method]
+    engine = TwoRound(model, generator, replay_rng=replay_rng, **ENGINES[method]) if method in ENGINES else None
+    run = {
+        "plain": lambda: closure().backward(),
+        "floor": lambda: floor_step(model, closure),
+        "naive": lambda: naive.naive_step(model, closure, generator),
+        "reference": lambda: reference.two_round_step(model, closure, generator),
+    }.get(method, lambda: engine.step(closure))
 
     def step():
         model.zero_grad(set_to_none=True)
         return run()
 
-    step.model = model
-    step.engine = engine if method in ENGINES else None
+    step.model, step.engine = model, engine
     return step
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -121,60 +114,23 @@ def _sync(device: torch.device) -> None:
 def time_methods(
     steps: dict[str, Callable], device: torch.device, repeats: int, warmup: int = 1, inner: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per call of each of ``steps``, ``repeats`` samples each: ``warmup`` calls each first, then
-    rounds that time every function once (``inner`` calls between two synchronizations of ``device``), in
-    rotating order. The one step timer outside pytest: ``anl-fused bench`` and ``run.py``'s CUDA-graph part."""
+    """Seconds per call of each of ``steps``, ``repeats`` samples each: ``warmup`` calls each first, then rounds
+    that time every function once (``inner`` calls between two synchronizations of ``device``) in rotating order,
+    so that the samples of one round pair up (:func:`ratio_stats`). The step timer of ``anl-fused bench`` and of
+    ``run.py`` (pytest-benchmark times them in ``test_bench_step.py``, ``triton.testing.do_bench`` the kernels)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    _sync(device)
-    names = list(steps)
-    times = {name: [] for name in names}
+    names, times = list(steps), {name: [] for name in steps}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(inner):
                 steps[name]()
-            _sync(device)
+            sync(device)
             times[name].append((time.perf_counter() - start) / inner)
     return times
-
-
-def backend(device: torch.device) -> str:
-    """The backend ``anl_fused.ops`` runs on ``device``'s tensors (``ANL_FUSED_BACKEND`` may force one)."""
-    return ops.backend_for(torch.empty(0, device=device))
-
-
-def model_and_batch(name: str, batch: int, size: int, device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """Zoo model ``name`` (seed 0, no ANL) on ``device``, and a random batch of ``size`` x ``size`` inputs, labels."""
-    torch.manual_seed(0)
-    channels = get_spec(name).in_channels
-    model = build(name, in_channels=channels).to(device)
-    x = torch.randn(batch, channels, size, size, device=device)
-    return model, x, torch.randint(0, 10, (batch,), device=device)
-
-
-def benchmark_model(name, batch: int, size: int, device, methods, repeats: int, inner: int, amp, eps: float) -> dict:
-    """Every one of ``methods`` timed on zoo model ``name`` (:func:`time_methods`); medians, paired ratios."""
-    model, x, y = model_and_batch(name, batch, size, device)
-    after = get_spec(name).anl_after
-    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=after) for m in methods}
-    times = time_methods(steps, device, repeats, inner=inner)
-    median = {m: statistics.median(t) for m, t in times.items()}
-    stats = ratio_stats(times, _ratio_pairs(list(median)))
-    gpu = None if device.type == "cpu" else torch.cuda.get_device_name(device)
-    r = dict(
-        model=name, batch=batch, size=size, amp=str(amp) if amp else None, eps=eps, threads=torch.get_num_threads()
-    )
-    r.update(backend=backend(device), cpu=gpu or cpu_model(), median_s=median, times_s=times, ratio_stats=stats)
-    return r | {"ratios": {k: st["median"] for k, st in stats.items()}}  # the median of the paired ratios
-
-
-def _ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
-    pairs = [(a, "plain") for a in methods if a != "plain" and "plain" in methods]
-    more = [("tworound", "floor"), ("naive", "tworound"), ("tworound-bf16probe", "tworound")]
-    return pairs + [(a, b) for a, b in more if a in methods and b in methods]
 
 
 def ratio_stats(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
@@ -188,6 +144,37 @@ def ratio_stats(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> 
     return out
 
 
+def where(device: torch.device) -> dict:
+    """What every step result names: the CPU (or GPU), torch's threads and the ANL ops' backend on ``device``."""
+    cpu = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"threads": torch.get_num_threads(), "backend": ops.backend(device), "cpu": cpu}
+
+
+def model_and_batch(name: str, batch: int, size: int, device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Zoo model ``name`` (seed 0, no ANL) on ``device``, and a random batch of ``size`` x ``size`` inputs, labels."""
+    torch.manual_seed(0)
+    channels = get_spec(name).in_channels
+    model = build(name, in_channels=channels).to(device)
+    x = torch.randn(batch, channels, size, size, device=device)
+    return model, x, torch.randint(0, 10, (batch,), device=device)
+
+
+#: the paired ratios a result reports, where both methods ran
+PAIRS = [(m, "plain") for m in METHODS[1:]] + [("tworound", "floor"), ("naive", "tworound")]
+PAIRS += [("tworound-bf16probe", "tworound")]
+
+
+def benchmark_model(name, batch: int, size: int, device, methods, repeats: int, inner: int, amp, eps: float) -> dict:
+    """Every one of ``methods`` timed on zoo model ``name`` (:func:`time_methods`); medians, paired ratios."""
+    model, x, y = model_and_batch(name, batch, size, device)
+    steps = {m: make_step(m, model, x, y, eps=eps, amp=amp, after=get_spec(name).anl_after) for m in methods}
+    times = time_methods(steps, device, repeats, inner=inner)
+    stats = ratio_stats(times, [(a, b) for a, b in PAIRS if a in times and b in times])
+    r = dict(model=name, batch=batch, size=size, amp=str(amp) if amp else None, eps=eps, **where(device))
+    r.update(median_s={m: statistics.median(t) for m, t in times.items()}, times_s=times, ratio_stats=stats)
+    return r | {"ratios": {k: st["median"] for k, st in stats.items()}}  # the median of the paired ratios
+
+
 SPREAD_WARN = 1.5  # max / min of a paired ratio over the rounds beyond which a result is flagged
 
 
@@ -195,31 +182,18 @@ def spread_warnings(results: list[dict]) -> list[str]:
     """One line per ratio whose rounds disagree by more than :data:`SPREAD_WARN` (or too few rounds to tell)."""
     lines = []
     for r in results:
+        rounds = len(next(iter(r["times_s"].values())))
         for k, st in r["ratio_stats"].items():
-            rounds = len(next(iter(r["times_s"].values())))
             if rounds < 3:
                 lines.append(f"warning: {r['model']} {k}: {rounds} round(s) cannot show the spread; use --repeats >= 3")
                 break
             if st["spread"] > SPREAD_WARN:
                 lines.append(
-                    f"warning: {r['model']} {k} varied from {st['min']:.2f}x to {st['max']:.2f}x over "
-                    f"{rounds} rounds (median {st['median']:.2f}x): the machine was busy; do not trust one "
-                    "number, repeat with more --repeats or on an idle machine"
+                    f"warning: {r['model']} {k} varied from {st['min']:.2f}x to {st['max']:.2f}x over {rounds} rounds "
+                    f"(median {st['median']:.2f}x): the machine was busy; do not trust one number, repeat with more "
+                    "--repeats or on an idle machine"
                 )
     return lines
-
-
-def step_bytes(step: Callable, device: torch.device) -> dict:
-    """Allocated CUDA memory around one call of ``step`` after a warm-up call (allocator warm, grads exist): before
-    it, its peak, and the peak over before."""
-    step()
-    _sync(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    _sync(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    return {"before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before}
 
 
 def anl_shapes(name: str, size: int) -> list[tuple[int, ...]]:
@@ -241,12 +215,8 @@ def noise_memory(name: str, batch: int, size: int) -> dict:
     ``noise_dtype=torch.bfloat16``, counted from the ANL layers' input shapes."""
     shapes = anl_shapes(name, size)
     numel = batch * sum(math.prod(shape) for shape in shapes)
-    return {
-        "model": name,
-        "batch": batch,
-        "anl_layers": len(shapes),
-        "held_bytes": {"float32": 4 * numel, "bfloat16": 2 * numel},
-    }
+    held = {"float32": 4 * numel, "bfloat16": 2 * numel}
+    return {"model": name, "batch": batch, "anl_layers": len(shapes), "held_bytes": held}
 
 
 #: the table's ratio columns: key in ``ratios``, header
@@ -269,11 +239,16 @@ def format_table(results: list[dict]) -> str:
     return table(f"model | batch | size | amp | threads | backend | {times} | {ratios} | CPU / GPU", rows)
 
 
+#: what ``--batch`` and ``--size`` accept, and why
+RANGES = {"batch": (2, 65536, "BatchNorm in training needs 2 samples")}
+RANGES["size"] = (8, 1024, "the zoo's models need 8x8, larger does not fit a step in memory")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--models", nargs="+", default=["vgg11", "resnet18"], choices=names(), metavar="MODEL", help="zoo names")
-    add("--batch", type=positive_int, default=64, help=f"batch size, {BATCH_RANGE[0]}-{BATCH_RANGE[1]} (default 64)")
-    add("--size", type=positive_int, default=32, help=f"input height and width, {SIZE_RANGE[0]}-{SIZE_RANGE[1]}")
+    add("--batch", type=positive_int, default=64, help="batch size, {}-{} (default 64)".format(*RANGES["batch"]))
+    add("--size", type=positive_int, default=32, help="input height and width, {}-{}".format(*RANGES["size"]))
     add("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     add("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="default: all")
     add("--repeats", type=positive_int, default=7, help="interleaved rounds: timed samples per method (default 7)")
@@ -284,6 +259,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--out", default=None, help="JSON file to write (default: only print the table); with --aot a directory")
     add("--aot", action="store_true", help="instead of timing: aot_report.py for each --models at --batch, --size")
     add("--aot-dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"], metavar="DTYPE")
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """The first bad option as one line naming its value and the fix, or ``None``; checked before any work."""
+    for opt, (lo, hi, why) in RANGES.items():
+        if not lo <= getattr(args, opt) <= hi:
+            return f"--{opt} {getattr(args, opt)} is out of range: use {lo} to {hi} ({why})"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); use --device cpu"
+    return out_error(args.out, directory=args.aot) if args.out else None
 
 
 def run_aot(args: argparse.Namespace) -> int:
@@ -298,33 +283,12 @@ def run_aot(args: argparse.Namespace) -> int:
         except RuntimeError as e:  # the compile subprocess failed: its last line says why
             print(f"anl-fused bench: error: AOT report of {name}: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
             return 1
-        if not args.out:
+        if args.out:
+            paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
+            print(f"wrote {paths[0]} and {paths[1]}")
+        else:
             print(aot_report.markdown(report))
-            continue
-        paths = aot_report.write_report(report, args.out if len(args.models) == 1 else os.path.join(args.out, name))
-        print(f"wrote {paths[0]} and {paths[1]}")
     return 0
-
-
-#: what ``--batch`` and ``--size`` accept: BatchNorm in training needs 2 samples, the zoo's models an 8x8
-#: input, and a step of a 64-batch at 1024x1024 is already about what a CPU's memory holds
-BATCH_RANGE = (2, 65536)
-SIZE_RANGE = (8, 1024)
-
-
-def usage_error(args: argparse.Namespace) -> str | None:
-    """The first bad option as one line naming its value and the fix, or ``None``; checked before any work."""
-    for opt, value, (lo, hi), why in (
-        ("--batch", args.batch, BATCH_RANGE, "BatchNorm in training needs 2 samples"),
-        ("--size", args.size, SIZE_RANGE, "the zoo's models need 8x8, larger does not fit a step in memory"),
-    ):
-        if not lo <= value <= hi:
-            return f"{opt} {value} is out of range: use {lo} to {hi} ({why})"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return "--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); use --device cpu"
-    if args.out:
-        return out_error(args.out, directory=args.aot)
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -338,15 +302,22 @@ def run(args: argparse.Namespace) -> int:
         return run_aot(args)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    inner = args.inner or (10 if device.type == "cuda" else 1)
-    methods = list(dict.fromkeys(["plain", *args.methods]))
-    results = []
+    methods, results = list(dict.fromkeys(["plain", *args.methods])), []
     for name in args.models:
-        where = f"{device} ({torch.get_num_threads()} threads, {backend(device)} backend)"
-        print(f"benchmarking {name} batch {args.batch} on {where} ...", flush=True)
-        results.append(
-            benchmark_model(name, args.batch, args.size, device, methods, args.repeats, inner, amp, args.eps)
+        print(
+            f"benchmarking {name} batch {args.batch} on {device} ({torch.get_num_threads()} threads, "
+            f"{ops.backend(device)} backend) ...",
+            flush=True,
         )
+        sizes = (
+            args.batch,
+            args.size,
+            device,
+            methods,
+            args.repeats,
+            args.inner or (10 if device.type == "cuda" else 1),
+        )
+        results.append(benchmark_model(name, *sizes, amp, args.eps))
     report = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
     report.update(steps=results, noise_memory=[noise_memory(name, args.batch, args.size) for name in args.models])
     print(format_table(results))

@@ -150,14 +150,8 @@ def test_a_graph_child_that_dies_is_recorded_and_the_rest_still_runs():
     """A child process killed in the middle of a capture (a segfault, the OOM killer): its job is recorded
     with the exit code, a TwoRound method is retried without the RNG replay, and the others run in a new
     child."""
-    ctx = {
-        "cfg": run.SMOKE,
-        "device": "cpu",
-        "cuda": False,
-        "smoke": True,
-        "budget_left": lambda: 300.0,
-        "fail_method": "crash:tworound",
-    }
+    ctx = {"cfg": run.SMOKE, "device": "cpu", "cuda": False, "smoke": True, "budget_left": lambda: 300.0}
+    ctx["fail_method"] = "crash:tworound"
     (methods,) = run.part_graphs(ctx)["graphs"].values()
     assert methods["tworound"]["error"].startswith("child exited 9")
     assert {"plain", "tworound-norng", "tworound-bf16probe"} <= {m for m, r in methods.items() if "eager_ms" in r}
