@@ -1,6 +1,8 @@
 """Small models and comparison helpers shared by the core tests."""
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -106,3 +108,26 @@ def assert_f32_buffers_close(
         moved = (y.double() - before[name].double()).norm().item()
         err = _rel_err(x, y, max(moved, 1e-6 * y.double().norm().item()))
         assert err <= rtol, f"{name}: buffers differ by {err:.3g} of the step's change (allowed {rtol:.3g})"
+
+
+@contextlib.contextmanager
+def recorded_noise() -> Iterator[list]:
+    """Records the noise of every ``ops.add_noise`` call while the block runs: yields a list that gets, per call,
+    ``alpha * scale[b] * g_b`` flattened per sample in float64 (``g``'s non-finite entries count as 0, as in
+    ``add_noise``). The original ``ops.add_noise`` still does the work and is put back on exit."""
+    from anl_fused import ops
+
+    seen = []
+    add_noise = ops.add_noise
+
+    def spy(h, g, scale, alpha=1.0):
+        seen.append(
+            alpha * scale.double()[:, None] * torch.nan_to_num(g.double(), nan=0, posinf=0, neginf=0).flatten(1)
+        )
+        return add_noise(h, g, scale, alpha=alpha)
+
+    ops.add_noise = spy
+    try:
+        yield seen
+    finally:
+        ops.add_noise = add_noise

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import anl_fused
-from anl_fused.benchmarks.probe_agreement import recorded_noise
 from anl_fused.reference import two_round_step
 
 from . import _readme
-from ._nets import small_vgg
+from ._nets import recorded_noise, small_vgg
 
 B = 32
 LAYERS = 3  # small_vgg's BatchNorm2d

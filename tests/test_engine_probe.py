@@ -14,9 +14,8 @@ from torch import nn
 
 import anl_fused
 from anl_fused import engine as engine_mod
-from anl_fused.benchmarks.probe_agreement import recorded_noise
 
-from ._nets import flat_grads, small_vgg
+from ._nets import flat_grads, recorded_noise, small_vgg
 
 B = 32
 STEPS = 40
