@@ -1,19 +1,10 @@
 """Result files and output directories that a crash or a second process never spoils.
 
-``atomic_write(path, data)`` writes to a temporary file in the target's directory, flushes it to
-disk and renames it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The file gets the
-permissions any new file would get (the process umask). A process
-killed mid-write leaves its temporary file (``NAME.XXXXXXXX.tmp``) behind; ``clean_temp_files``
-removes those of the names it is given (a directory's own files, never another program's), by whoever
-holds the directory's :class:`DirLock` (no other writer is active then). ``check_out_dir`` refuses an
-output directory that is a file system's root.
-``save_figure(fig, path)`` writes a matplotlib figure the same way.
-
-:class:`DirLock`: one process at a time writes an output directory. It holds ``fcntl.flock`` on a
-lock file in the directory for its life (the kernel drops it when the process dies, so a crash
-never leaves a stale lock), writes its pid, host, start time and command line into it so that a
-second process can say who holds it, and deletes the file when it is done. It never follows a
-symbolic link nor blocks on a FIFO: a lock file that is not a regular file is refused. POSIX only.
+:func:`atomic_write` writes a temporary file ``NAME.XXXXXXXX.tmp`` beside the target, flushes it to disk and renames
+it over the target (the umask's permissions); :func:`clean_temp_files` removes those a killed writer left.
+:class:`DirLock`: one writer per output directory, an ``fcntl.flock`` held for the writer's life (the kernel drops it
+when the process dies: never a stale lock) on a lock file naming the holder (pid, host, start, command line); it
+never follows a symbolic link nor blocks on a FIFO. POSIX only.
 """
 
 from __future__ import annotations
