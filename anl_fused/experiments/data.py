@@ -300,9 +300,8 @@ def derive_seed(*parts: int) -> int:
 class Batches:
     """Device batches of a split: shuffled per epoch, optionally augmented, normalized.
 
-    ``for x, y in batches.epoch(e, start=k)`` yields the batches of epoch ``e`` from step ``k`` on.
-    Everything random depends on ``(seed, epoch)`` only. The split is moved to ``device`` once.
-    """
+    ``for x, y in batches.epoch(e, start=k)`` yields the batches of epoch ``e`` from step ``k`` on. Everything random
+    depends on ``(seed, epoch)`` only. The split is moved to ``device`` once."""
 
     def __init__(
         self,

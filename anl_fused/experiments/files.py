@@ -72,10 +72,9 @@ def resolve_device(device: str):
 
 
 def clean_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[str]:
-    """Remove the temporary files that writers killed mid-write left in ``directory`` for the files
-    ``names`` (only ``atomic_write``'s ``NAME.XXXXXXXX.tmp`` of those names: another program's
-    ``*.tmp`` stays); returns their names. Call it while holding the directory's :class:`DirLock`,
-    so that no live writer's file is taken."""
+    """Remove the temporary files that writers killed mid-write left in ``directory`` for the files ``names`` (only
+    ``atomic_write``'s ``NAME.XXXXXXXX.tmp`` of those names: another program's ``*.tmp`` stays); returns their names.
+    Call it while holding the directory's :class:`DirLock`, so that no live writer's file is taken."""
     own = re.compile("(?:" + "|".join(re.escape(n) for n in names) + ")" + _TEMP_TAIL)
     removed = []
     with contextlib.suppress(FileNotFoundError):
@@ -136,7 +135,11 @@ def _open_lock(path: str, flags: int) -> int:
 
 
 class DirLockedError(RuntimeError):
-    """The directory is locked by another live process; the message names both."""
+    """The directory is locked by another live process; the message names both, ``holder`` the process."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 def _describe_holder(text: str) -> str:
@@ -145,27 +148,6 @@ def _describe_holder(text: str) -> str:
         return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
     except (ValueError, KeyError, TypeError):
         return "another process (it has not written its details yet)"
-
-
-def lock_holder(directory: str | os.PathLike, name: str) -> str | None:
-    """Who holds ``directory``'s lock file ``name`` now (a description), or ``None``; changes nothing."""
-    import fcntl
-
-    try:
-        fd = _open_lock(os.path.join(directory, name), os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            return _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 class DirLock:
@@ -192,9 +174,8 @@ class DirLock:
                 holder = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise DirLockedError(
-                        f"{self.directory!r} is in use by {holder} (lock file {self.path!r})"
-                    ) from None
+                    msg = f"{self.directory!r} is in use by {holder} (lock file {self.path!r})"
+                    raise DirLockedError(msg, holder) from None
                 raise
             if self._same_file(fd):  # not a file that its last holder unlinked while we waited for it
                 break

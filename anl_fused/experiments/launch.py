@@ -22,10 +22,9 @@ def local_rank() -> int:
 
 
 def init_from_env(device: str = "auto") -> bool:
-    """Under ``torchrun`` (``WORLD_SIZE > 1``), initialize the default process group from the
-    environment torchrun sets (``env://``): NCCL when the run uses CUDA (``device`` ``auto`` with a
-    GPU, or ``cuda...``), each process on GPU ``LOCAL_RANK``; gloo otherwise. Returns whether it
-    initialized the group (then the caller destroys it)."""
+    """Under ``torchrun`` (``WORLD_SIZE > 1``), initialize the default process group from the environment torchrun sets
+    (``env://``): NCCL when the run uses CUDA (``device`` ``auto`` with a GPU, or ``cuda...``), each process on GPU
+    ``LOCAL_RANK``; gloo otherwise. Returns whether it initialized the group (then the caller destroys it)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return False
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())

@@ -1,11 +1,10 @@
 """What a training checkpoint holds, and saving, reading and resuming from it.
 
-A checkpoint (``checkpoint.pt``, the file format of :mod:`anl_fused.experiments.checkpoint`: atomic,
-weights-only) holds the config, the model, optimizer and schedule, every process's noise generator,
-global RNG states and partial-epoch meter, the position (epoch, step, global step) and the metric
-history. The data order and augmentation are functions of (seed, epoch), so restoring these
-continues a run bitwise. Under torchrun rank 0 gathers every rank's streams and writes; on resume
-rank 0 reads the file and broadcasts it (no shared file system needed).
+A checkpoint (``checkpoint.pt``, the file format of :mod:`anl_fused.experiments.checkpoint`: atomic, weights-only) holds
+the config, the model, optimizer and schedule, every process's noise generator, global RNG states and partial-epoch
+meter, the position (epoch, step, global step) and the metric history. The data order and augmentation are functions of
+(seed, epoch), so restoring these continues a run bitwise. Under torchrun rank 0 gathers every rank's streams and
+writes; on resume rank 0 reads the file and broadcasts it (no shared file system needed).
 """
 
 from __future__ import annotations

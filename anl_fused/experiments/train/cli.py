@@ -1,8 +1,8 @@
 """``anl-fused train``: the command line (``configure`` adds the arguments, ``run`` trains).
 
-The settings options have no argparse defaults (``argparse.SUPPRESS``): only the options given
-reach the namespace, so that ``--resume`` takes every other setting from the run's ``config.json``
-and a new run from :class:`~.config.TrainConfig`'s defaults.
+The settings options have no argparse defaults (``argparse.SUPPRESS``): only the options given reach the namespace, so
+that ``--resume`` takes every other setting from the run's ``config.json`` and a new run from
+:class:`~.config.TrainConfig`'s defaults.
 """
 
 from __future__ import annotations

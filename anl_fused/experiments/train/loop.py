@@ -1,11 +1,10 @@
 """``fit``: the epoch / step loop of a training run.
 
-Phase 1 runs ``epochs`` epochs with the variant's noise on; phase 2 runs ``finetune_epochs`` more
-with ANL disabled (``set_anl_enabled(model, False)``), at the floor learning rate
-(``finetune_lr="floor"``) or continuing the schedule (``"continue"``). Each epoch ends with
-evaluation, the schedule's step, a line of ``metrics.jsonl`` and a checkpoint; with
-``checkpoint_every`` also every K steps, and on Ctrl-C at the next step boundary. The loop never
-reads a device value per step: metrics are accumulated on the device and read once per epoch.
+Phase 1 runs ``epochs`` epochs with the variant's noise on; phase 2 runs ``finetune_epochs`` more with ANL disabled
+(``set_anl_enabled(model, False)``), at the floor learning rate (``finetune_lr="floor"``) or continuing the schedule
+(``"continue"``). Each epoch ends with evaluation, the schedule's step, a line of ``metrics.jsonl`` and a checkpoint;
+with ``checkpoint_every`` also every K steps, and on Ctrl-C at the next step boundary. The loop never reads a device
+value per step: metrics are accumulated on the device and read once per epoch.
 """
 
 from __future__ import annotations

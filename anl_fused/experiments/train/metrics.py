@@ -1,8 +1,8 @@
 """What a run measures: the per-epoch training meter, evaluation, and ``metrics.jsonl``.
 
-Training metrics are accumulated on the device (:class:`EpochMeter`) and read on the host once per
-epoch; under torchrun their sums are all-reduced first (:func:`all_ranks`), so every process sees
-the same numbers and takes the same learning-rate decisions.
+Training metrics are accumulated on the device (:class:`EpochMeter`) and read on the host once per epoch; under torchrun
+their sums are all-reduced first (:func:`all_ranks`), so every process sees the same numbers and takes the same
+learning-rate decisions.
 """
 
 from __future__ import annotations

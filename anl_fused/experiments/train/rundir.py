@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import checkpoint as ckpt
 from .. import launch
-from ..files import DirLock, DirLockedError, LockFileError, atomic_write, check_out_dir, clean_temp_files, lock_holder
+from ..files import DirLock, DirLockedError, LockFileError, atomic_write, check_out_dir, clean_temp_files
 from .checkpointing import CHECKPOINT_NAME
 from .config import config_from_dict, input_layer_eps, upgrade_stored
 from .metrics import METRICS_NAME, read_metrics
@@ -51,26 +51,21 @@ def describe_run(out_dir: str) -> str | None:
 def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], None]) -> DirLock:
     try:
         check_out_dir(out_dir)
-        holder = lock_holder(out_dir, LOCK_NAME)
+        lock = DirLock(out_dir, LOCK_NAME).acquire()
+    except DirLockedError as e:
+        raise RunDirError(
+            f"run directory {out_dir!r} is in use by a running anl-fused train ({e.holder}); wait for "
+            "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out"
+        ) from None
     except (ValueError, LockFileError) as e:
         raise RunDirError(f"run directory {out_dir!r}: {e}") from None
-    if holder:
-        raise RunDirError(
-            f"run directory {out_dir!r} is in use by a running anl-fused train ({holder}); wait for "
-            "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out"
-        )
     run = describe_run(out_dir)
     if run and not resume and not overwrite:
+        lock.release()  # as it was: the lock file deleted again
         raise RunDirError(
             f"run directory {out_dir!r} already holds a run ({run}); continue it with --resume, or "
             f"start over with --overwrite (deletes its {', '.join(RUN_FILES)}), or use another --out"
         )
-    try:
-        lock = DirLock(out_dir, LOCK_NAME).acquire()
-    except DirLockedError as e:
-        raise RunDirError(f"run directory {e}; use another --out") from None
-    except LockFileError as e:
-        raise RunDirError(f"run directory {out_dir!r}: {e}") from None
     removed = clean_temp_files(out_dir, RUN_FILES)
     if removed:
         log(f"removed temporary files a killed writer left in {out_dir}: {', '.join(removed)}")
@@ -139,10 +134,9 @@ def write_config(
     changes: list[dict[str, Any]],
     eps_auto: dict[str, Any] | None = None,
 ) -> None:
-    """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
-    split sizes, the augmentation, the input ANL layer's eps on the normalized input, the settings
-    changed on resume, where the data was read from and, for ``eps="auto"``, the rule's input and result
-    (``eps_auto``)."""
+    """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the split sizes, the
+    augmentation, the input ANL layer's eps on the normalized input, the settings changed on resume, where the data was
+    read from and, for ``eps="auto"``, the rule's input and result (``eps_auto``)."""
     b, cfg = parts.bundle, parts.cfg
     sizes = {"train": len(b.train), "val": len(b.val), "test": len(b.test)}
     where = {"device_used": str(parts.device), "world_size": parts.world, "augment": b.info.augment}

@@ -39,16 +39,15 @@ class _Schedule:
 
 
 class PlateauSchedule(_Schedule):
-    """Halve the learning rate when the validation loss stops finding new bests (paper, sec. 4.2.1: "divided by 2
-    until the most recent 5 epoch validation loss reach lower value than the best ever see. Each learning rate stays
-    at least 5 epoch and the minimum of learning rate is 0.001").
+    """Halve the learning rate when the validation loss stops finding new bests (paper, sec. 4.2.1: "divided by 2 until
+    the most recent 5 epoch validation loss reach lower value than the best ever see. Each learning rate stays at least
+    5 epoch and the minimum of learning rate is 0.001").
 
     :meth:`step`, once per epoch: a loss strictly below every earlier one is a new best (a non-finite one never is);
-    when none of the last ``patience`` epochs was one and the rate has been used ``hold`` epochs, each group's rate
-    is multiplied by ``factor``, not below ``min_lr``. The best is never reset: under a lasting plateau the rate
-    halves every ``hold`` epochs (6, 11, 16, ...; ``ReduceLROnPlateau(patience=5)`` would at 7, 13, 19, ... and
-    with a 1e-4 threshold).
-    """
+    when none of the last ``patience`` epochs was one and the rate has been used ``hold`` epochs, each group's rate is
+    multiplied by ``factor``, not below ``min_lr``. The best is never reset: under a lasting plateau the rate halves
+    every ``hold`` epochs (6, 11, 16, ...; ``ReduceLROnPlateau(patience=5)`` would at 7, 13, 19, ... and with a 1e-4
+    threshold)."""
 
     STATE = ("factor", "patience", "hold", "min_lr", "best", "epochs_since_best", "epochs_at_rate", "epochs")
 
