@@ -1,7 +1,7 @@
 """Model zoo: the CIFAR / Fashion-MNIST architectures of the paper (Table 1, Table 2).
 
 ``build(name, num_classes=10, in_channels=3, dropout=False)`` returns a plain ``nn.Module`` (no ANL inside; put it in
-with ``anl_fused.insert_anl(model, eps, after=MODELS[name].anl_after)`` or use ``build_anl``). ``MODELS`` maps each
+with ``anl_fused.insert_anl(model, MODELS[name].eps, after=MODELS[name].anl_after)``). ``MODELS`` maps each
 name to a :class:`ModelSpec`. Every model accepts inputs >= 8x8 and ``in_channels=1`` (Fashion-MNIST, digits).
 """
 
@@ -87,25 +87,8 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, dropout: bool 
     return spec.builder(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
 
 
-def build_anl(
-    name: str,
-    eps: float | None = None,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    dropout: bool = False,
-    **insert_kwargs,
-) -> nn.Module:
-    """``build`` then ``insert_anl`` at the paper's place, with the paper's eps unless given."""
-    from anl_fused import insert_anl
-
-    spec = get_spec(name)
-    model = build(name, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
-    insert_kwargs.setdefault("after", spec.anl_after)
-    return insert_anl(model, spec.eps if eps is None else eps, **insert_kwargs)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "ModelSpec", "build", "build_anl", "count_params", "get_spec", "names", "register"]
+__all__ = ["MODELS", "ModelSpec", "build", "count_params", "get_spec", "names", "register"]

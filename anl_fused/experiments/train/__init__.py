@@ -15,25 +15,6 @@ from .metrics import METRICS_NAME, EpochMeter, evaluate
 from .parts import make_model
 from .rundir import CONFIG_NAME, RunDirError
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "CONFIG_NAME",
-    "IDENTITY",
-    "LENGTH",
-    "METRICS_NAME",
-    "NOISE_VARIANTS",
-    "PRESETS",
-    "RUNTIME",
-    "VARIANTS",
-    "EpochMeter",
-    "RunDirError",
-    "TrainConfig",
-    "config_from_args",
-    "config_from_dict",
-    "configure",
-    "evaluate",
-    "fit",
-    "load_trained",
-    "make_model",
-    "run",
-]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "IDENTITY", "LENGTH", "METRICS_NAME", "NOISE_VARIANTS", "PRESETS"]
+__all__ += ["RUNTIME", "VARIANTS", "EpochMeter", "RunDirError", "TrainConfig", "config_from_args", "config_from_dict"]
+__all__ += ["configure", "evaluate", "fit", "load_trained", "make_model", "run"]

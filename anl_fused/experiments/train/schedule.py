@@ -65,10 +65,6 @@ class PlateauSchedule(_Schedule):
         self.epochs_at_rate = 0  # epochs the current rate has been used for
         self.epochs = 0  # epochs seen
 
-    @property
-    def lrs(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
-
     def step(self, val_loss: float) -> bool:
         """Account for one epoch's validation loss; returns whether the rate was lowered."""
         self.epochs += 1
