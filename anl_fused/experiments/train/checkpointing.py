@@ -24,7 +24,7 @@ from typing_extensions import TypedDict
 from ... import rng
 from .. import checkpoint as ckpt
 from .. import launch
-from .config import IDENTITY, TrainConfig, config_from_dict, upgrade_stored
+from .config import IDENTITY, RESUME_RULE, TrainConfig, config_from_dict, upgrade_stored
 from .metrics import EpochMeter, merged_meter_state
 from .parts import Parts, make_model
 
@@ -93,13 +93,6 @@ def read(path: str, world: int) -> dict[str, Any] | None:
     return launch.on_rank0(load, world)
 
 
-_ALLOWED = (
-    "--resume continues a run with its own settings (config.json); it may change only the length while "
-    "the finished epochs stay as they were (--epochs, --finetune-epochs, --finetune-lr) and where and how "
-    "fast it runs (--device, --compile, --channels-last, --eval-batch-size, --data-dir, --download)"
-)
-
-
 def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step: int, path: str) -> dict[str, list]:
     """The settings ``now`` changes in the run of checkpoint ``path`` (``saved``: its config), which
     stands ``step`` steps into epoch ``epoch + 1``: ``{field: [old, new]}``. Raises
@@ -111,11 +104,11 @@ def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step:
         raise ckpt.CheckpointError(
             f"checkpoint file {path!r} belongs to a different run; differing settings "
             + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in identity.items())
-            + f". {_ALLOWED}; for other settings start a new run (another --out, or --overwrite)"
+            + f". {RESUME_RULE}; for other settings start a new run (another --out, or --overwrite)"
         )
     problem = _length_problem(saved, now, epoch + (1 if step else 0))
     if problem:
-        raise ckpt.CheckpointError(f"cannot resume {path!r} with {problem}. {_ALLOWED}")
+        raise ckpt.CheckpointError(f"cannot resume {path!r} with {problem}. {RESUME_RULE}")
     return diff
 
 

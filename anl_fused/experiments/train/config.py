@@ -41,6 +41,11 @@ PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What --resume may change (recorded in the run), by field; every other field is the run's identity.
 RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_batch_size")  # where / how fast
 LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
+_flags = lambda fields: ", ".join("--" + f.replace("_", "-") for f in fields)
+RESUME_RULE = (
+    "--resume continues a run with its own settings (config.json); it may change only the length while the finished "
+    f"epochs stay as they were ({_flags(LENGTH)}) and where and how fast it runs ({_flags(RUNTIME)})"
+)
 
 
 @dataclass(frozen=True)
