@@ -100,14 +100,8 @@ def all_ranks(meter: EpochMeter) -> EpochMeter:
     steps and time are this process's."""
     out = EpochMeter(meter.device)
     out.steps, out.train_time, out.std_names = meter.steps, meter.train_time, list(meter.std_names)
-    head = torch.stack(
-        [
-            meter.loss_sum,
-            meter.correct.double(),
-            torch.full_like(meter.loss_sum, meter.count),
-            torch.full_like(meter.loss_sum, meter.std_steps),
-        ]
-    )
+    counts = torch.tensor([meter.count, meter.std_steps], dtype=torch.float64, device=meter.device)
+    head = torch.cat([meter.loss_sum.view(1), meter.correct.double().view(1), counts])
     vec = head if meter.std_sum is None else torch.cat([head, meter.std_sum])
     torch.distributed.all_reduce(vec)
     count, std_steps = vec[2:4].tolist()
