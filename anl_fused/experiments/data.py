@@ -42,7 +42,6 @@ class DatasetInfo:
     name: str
     num_classes: int
     in_channels: int
-    image_size: int
     mean: tuple
     std: tuple
     augment: str  # "crop-flip" or "none"
@@ -56,21 +55,21 @@ DATASETS: dict[str, DatasetInfo] = {
     i.name: i
     for i in (
         DatasetInfo(
-            "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
+            "cifar10", 10, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
             tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10), "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
         ),
         DatasetInfo(
-            "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
+            "cifar100", 100, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
             ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
             "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
         ),
         DatasetInfo(
-            "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000,
+            "fashion-mnist", 10, 1, (0.2860,), (0.3530,), "none", 5000,
             tuple(f"FashionMNIST/raw/{f}" for f in FASHION_MNIST_FILES),
             "Fashion-MNIST (four IDX files, gzipped or not)",
         ),
         DatasetInfo(
-            "digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300, (),
+            "digits", 10, 1, (0.3058,), (0.3759,), "none", 300, (),
             "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
         ),
     )
