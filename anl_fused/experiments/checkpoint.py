@@ -1,10 +1,9 @@
 """Training checkpoints: written atomically, read with ``torch.load(..., weights_only=True)``.
 
-A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) tagged with
-``{"format": FORMAT, "version": VERSION}``. ``save`` writes to a temporary file in the same
-directory, flushes it to disk and ``os.replace`` s it over the target, so a crash never leaves a
-half-written checkpoint behind. ``load`` raises :class:`CheckpointError` naming the file when it is
-missing, unreadable (truncated, corrupted, not a torch file, needs unsafe unpickling) or foreign
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) tagged with ``{"format": FORMAT, "version":
+VERSION}``. ``save`` writes to a temporary file in the same directory, flushes it to disk and ``os.replace`` s it over
+the target, so a crash never leaves a half-written checkpoint behind. ``load`` raises :class:`CheckpointError` naming
+the file when it is missing, unreadable (truncated, corrupted, not a torch file, needs unsafe unpickling) or foreign
 (not written by ``anl-fused train``, or by an incompatible version).
 """
 

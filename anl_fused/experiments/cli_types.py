@@ -1,12 +1,10 @@
-"""Shared argparse ``type=`` parsers of the ``anl-fused`` subcommands, and the parser class that makes every
-``type=float`` option reject ``nan`` and ``inf``.
+"""Shared argparse ``type=`` parsers of the ``anl-fused`` subcommands: a value is read as its annotation says, by
+pydantic (lax: ``"3"`` is an int; numbers finite, within their bounds; a ``Literal``'s words), a bad one is a usage
+error (``argument --lr: Input should be greater than 0, got '-1'``, exit code 2)::
 
-A value is read as its annotation says, by pydantic (lax: ``"3"`` is an int; numbers finite, within their bounds;
-a ``Literal``'s words); a bad one is a usage error (argparse prints the usage and ``argument --lr: Input should be
-greater than 0, got '-1'``, exit code 2), never a traceback or a silent run::
-
-    p.add_argument("--lr", type=cli_types.positive_float, default=0.1)
     p.add_argument("--momentum", type=cli_types.number(float, ge=0, lt=1))
+
+:class:`ArgumentParser` makes every ``type=float`` option reject ``nan`` and ``inf``.
 """
 
 from __future__ import annotations

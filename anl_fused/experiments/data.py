@@ -11,7 +11,6 @@ val 300 / test 600, stratified). The others hold out 5,000 training images (seed
 
 from __future__ import annotations
 
-import gzip
 import os
 import tempfile
 import zlib
@@ -43,7 +42,6 @@ class DatasetInfo:
     name: str
     num_classes: int
     in_channels: int
-    image_size: int
     mean: tuple
     std: tuple
     augment: str  # "crop-flip" or "none"
@@ -57,21 +55,21 @@ DATASETS: dict[str, DatasetInfo] = {
     i.name: i
     for i in (
         DatasetInfo(
-            "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
+            "cifar10", 10, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip", 5000,
             tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10), "CIFAR-10 (torchvision.datasets.CIFAR10 layout)",
         ),
         DatasetInfo(
-            "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
+            "cifar100", 100, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 5000,
             ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
             "CIFAR-100 (torchvision.datasets.CIFAR100 layout)",
         ),
         DatasetInfo(
-            "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), "none", 5000,
+            "fashion-mnist", 10, 1, (0.2860,), (0.3530,), "none", 5000,
             tuple(f"FashionMNIST/raw/{f}" for f in FASHION_MNIST_FILES),
             "Fashion-MNIST (four IDX files, gzipped or not)",
         ),
         DatasetInfo(
-            "digits", 10, 1, 8, (0.3058,), (0.3759,), "none", 300, (),
+            "digits", 10, 1, (0.3058,), (0.3759,), "none", 300, (),
             "scikit-learn load_digits: 1,797 real 8x8 handwritten digits, offline",
         ),
     )
@@ -163,46 +161,27 @@ def _load_torchvision(info: DatasetInfo, data_dir: str, download: bool):
 
 
 def read_idx(path: str) -> Tensor:
-    """An IDX file (LeCun's MNIST format), gzipped when ``path`` ends in ``.gz``, as a tensor, read by
-    torchvision (``torchvision.datasets.mnist.read_sn3_pascalvincent_tensor``, which takes an uncompressed
-    file: a gzipped one is unpacked to a temporary file first). A file that is not one (truncated, not gzip,
-    a CRC error, no data) raises ``ValueError`` naming it."""
-    if not path.endswith(".gz"):
-        return _read_idx_file(path, path)
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"{path!r} is truncated or not a gzip file ({type(e).__name__}: {e})") from None
-    with tempfile.NamedTemporaryFile(prefix="anl-fused-", suffix="-idx") as plain:
-        plain.write(raw)
-        plain.flush()
-        return _read_idx_file(plain.name, path)
-
-
-def _read_idx_file(file: str, name: str) -> Tensor:
-    """torchvision's reading of the uncompressed IDX ``file``; its failures (it checks the format with
-    ``assert``) as one ``ValueError`` naming ``name``."""
+    """An IDX file (LeCun's MNIST format), gzipped when ``path`` ends in ``.gz``, read by torchvision
+    (``datasets.utils.extract_archive`` unpacks it, ``datasets.mnist.read_sn3_pascalvincent_tensor`` reads it).
+    A file that is not one (truncated, not gzip, a CRC error, no data) raises ``ValueError`` naming it."""
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    from torchvision.datasets.utils import extract_archive
 
-    try:
-        return read_sn3_pascalvincent_tensor(file, strict=True)
-    except (AssertionError, KeyError, ValueError, RuntimeError) as e:
-        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        raise ValueError(f"{name!r} is not an IDX file, or is truncated or empty (torchvision: {why})") from None
+    with tempfile.TemporaryDirectory(prefix="anl-fused-") as tmp:
+        try:
+            plain = extract_archive(path, tmp) if path.endswith(".gz") else path
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path!r} is truncated or not a gzip file ({type(e).__name__}: {e})") from None
+        try:  # torchvision checks the format with assert
+            return read_sn3_pascalvincent_tensor(plain, strict=True)
+        except (AssertionError, KeyError, ValueError, RuntimeError) as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ValueError(f"{path!r} is not an IDX file, or is truncated or empty (torchvision: {why})") from None
 
 
-def _idx_files_in(folder: str) -> list[str] | None:
-    """The four Fashion-MNIST files in ``folder`` (each uncompressed, else gzipped), or None."""
-    found = []
-    for name in FASHION_MNIST_FILES:
-        for candidate in (name, name + ".gz"):
-            if os.path.isfile(os.path.join(folder, candidate)):
-                found.append(os.path.join(folder, candidate))
-                break
-        else:
-            return None
-    return found
+def _idx_files_in(folder: str) -> dict[str, str]:
+    """The Fashion-MNIST files in ``folder`` by name: each uncompressed, else gzipped."""
+    return {n: p for n in FASHION_MNIST_FILES for z in (".gz", "") if os.path.isfile(p := os.path.join(folder, n + z))}
 
 
 def find_fashion_mnist(data_dir: str | None = None) -> list[str] | None:
@@ -210,12 +189,10 @@ def find_fashion_mnist(data_dir: str | None = None) -> list[str] | None:
     labels): in ``data_dir`` itself or in torchvision's layout ``data_dir/FashionMNIST/raw``; with no
     ``data_dir`` in ``./data`` (either layout), then the Debian package's :data:`FASHION_MNIST_SYSTEM_DIR`.
     ``None`` when none of them holds all four (an explicit ``data_dir`` never falls back elsewhere)."""
-    folders = [DEFAULT_DATA_DIR, FASHION_MNIST_SYSTEM_DIR] if data_dir is None else [data_dir]
-    for folder in folders:
-        for candidate in (folder, os.path.join(folder, "FashionMNIST", "raw")):
-            files = _idx_files_in(candidate)
-            if files is not None:
-                return files
+    for folder in [DEFAULT_DATA_DIR, FASHION_MNIST_SYSTEM_DIR] if data_dir is None else [data_dir]:
+        for files in (_idx_files_in(folder), _idx_files_in(os.path.join(folder, "FashionMNIST", "raw"))):
+            if len(files) == len(FASHION_MNIST_FILES):
+                return [files[n] for n in FASHION_MNIST_FILES]
     return None
 
 
@@ -223,8 +200,7 @@ def _fashion_mnist_missing(data_dir: str | None) -> DatasetNotFoundError:
     names = ", ".join(f + ".gz" for f in FASHION_MNIST_FILES)
     if data_dir is not None:
         root = os.path.abspath(data_dir)
-        folders = (root, os.path.join(root, "FashionMNIST", "raw"))
-        found = {f for d in folders for f in FASHION_MNIST_FILES for z in ("", ".gz") if os.path.isfile(f"{d}/{f}{z}")}
+        found = {**_idx_files_in(root), **_idx_files_in(os.path.join(root, "FashionMNIST", "raw"))}
         missing = ", ".join(f for f in FASHION_MNIST_FILES if f not in found)
         state = f"lacks {missing} (gzipped or not)" if os.path.isdir(root) else "does not exist"
         return DatasetNotFoundError(
@@ -323,9 +299,8 @@ def derive_seed(*parts: int) -> int:
 class Batches:
     """Device batches of a split: shuffled per epoch, optionally augmented, normalized.
 
-    ``for x, y in batches.epoch(e, start=k)`` yields the batches of epoch ``e`` from step ``k`` on.
-    Everything random depends on ``(seed, epoch)`` only. The split is moved to ``device`` once.
-    """
+    ``for x, y in batches.epoch(e, start=k)`` yields the batches of epoch ``e`` from step ``k`` on. Everything random
+    depends on ``(seed, epoch)`` only. The split is moved to ``device`` once."""
 
     def __init__(
         self,

@@ -1,19 +1,10 @@
 """Result files and output directories that a crash or a second process never spoils.
 
-``atomic_write(path, data)`` writes to a temporary file in the target's directory, flushes it to
-disk and renames it over ``path`` (``os.replace`` is atomic on POSIX and Windows). The file gets the
-permissions any new file would get (the process umask). A process
-killed mid-write leaves its temporary file (``NAME.XXXXXXXX.tmp``) behind; ``clean_temp_files``
-removes those of the names it is given (a directory's own files, never another program's), by whoever
-holds the directory's :class:`DirLock` (no other writer is active then). ``check_out_dir`` refuses an
-output directory that is a file system's root.
-``save_figure(fig, path)`` writes a matplotlib figure the same way.
-
-:class:`DirLock`: one process at a time writes an output directory. It holds ``fcntl.flock`` on a
-lock file in the directory for its life (the kernel drops it when the process dies, so a crash
-never leaves a stale lock), writes its pid, host, start time and command line into it so that a
-second process can say who holds it, and deletes the file when it is done. It never follows a
-symbolic link nor blocks on a FIFO: a lock file that is not a regular file is refused. POSIX only.
+:func:`atomic_write` writes a temporary file ``NAME.XXXXXXXX.tmp`` beside the target, flushes it to disk and renames
+it over the target (the umask's permissions); :func:`clean_temp_files` removes those a killed writer left.
+:class:`DirLock`: one writer per output directory, an ``fcntl.flock`` held for the writer's life (the kernel drops it
+when the process dies: never a stale lock) on a lock file naming the holder (pid, host, start, command line); it
+never follows a symbolic link nor blocks on a FIFO. POSIX only.
 """
 
 from __future__ import annotations
@@ -81,10 +72,9 @@ def resolve_device(device: str):
 
 
 def clean_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[str]:
-    """Remove the temporary files that writers killed mid-write left in ``directory`` for the files
-    ``names`` (only ``atomic_write``'s ``NAME.XXXXXXXX.tmp`` of those names: another program's
-    ``*.tmp`` stays); returns their names. Call it while holding the directory's :class:`DirLock`,
-    so that no live writer's file is taken."""
+    """Remove the temporary files that writers killed mid-write left in ``directory`` for the files ``names`` (only
+    ``atomic_write``'s ``NAME.XXXXXXXX.tmp`` of those names: another program's ``*.tmp`` stays); returns their names.
+    Call it while holding the directory's :class:`DirLock`, so that no live writer's file is taken."""
     own = re.compile("(?:" + "|".join(re.escape(n) for n in names) + ")" + _TEMP_TAIL)
     removed = []
     with contextlib.suppress(FileNotFoundError):
@@ -145,7 +135,11 @@ def _open_lock(path: str, flags: int) -> int:
 
 
 class DirLockedError(RuntimeError):
-    """The directory is locked by another live process; the message names both."""
+    """The directory is locked by another live process; the message names both, ``holder`` the process."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 def _describe_holder(text: str) -> str:
@@ -154,27 +148,6 @@ def _describe_holder(text: str) -> str:
         return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
     except (ValueError, KeyError, TypeError):
         return "another process (it has not written its details yet)"
-
-
-def lock_holder(directory: str | os.PathLike, name: str) -> str | None:
-    """Who holds ``directory``'s lock file ``name`` now (a description), or ``None``; changes nothing."""
-    import fcntl
-
-    try:
-        fd = _open_lock(os.path.join(directory, name), os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            return _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 class DirLock:
@@ -201,9 +174,8 @@ class DirLock:
                 holder = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise DirLockedError(
-                        f"{self.directory!r} is in use by {holder} (lock file {self.path!r})"
-                    ) from None
+                    msg = f"{self.directory!r} is in use by {holder} (lock file {self.path!r})"
+                    raise DirLockedError(msg, holder) from None
                 raise
             if self._same_file(fd):  # not a file that its last holder unlinked while we waited for it
                 break

@@ -17,21 +17,15 @@ from torch import Tensor, nn
 from ..distributed import is_distributed
 
 
-def launched_by_torchrun() -> bool:
-    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE > 1``)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def init_from_env(device: str = "auto") -> bool:
-    """Under ``torchrun`` (``WORLD_SIZE > 1``), initialize the default process group from the
-    environment torchrun sets (``env://``): NCCL when the run uses CUDA (``device`` ``auto`` with a
-    GPU, or ``cuda...``), each process on GPU ``LOCAL_RANK``; gloo otherwise. Returns whether it
-    initialized the group (then the caller destroys it)."""
-    if not launched_by_torchrun() or is_distributed():
+    """Under ``torchrun`` (``WORLD_SIZE > 1``), initialize the default process group from the environment torchrun sets
+    (``env://``): NCCL when the run uses CUDA (``device`` ``auto`` with a GPU, or ``cuda...``), each process on GPU
+    ``LOCAL_RANK``; gloo otherwise. Returns whether it initialized the group (then the caller destroys it)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return False
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -46,26 +40,19 @@ def init_from_env(device: str = "auto") -> bool:
 
 
 def exit_process(code: int) -> NoReturn:
-    """End a torchrun process after its process group was destroyed: flush stdout and stderr, then leave
-    without the interpreter's finalization (``os._exit``). torch's gloo worker threads outlive
-    ``destroy_process_group`` and may still be freeing a finished all-reduce that holds Python state (the
-    autograd context of the backward that issued it); freeing it while the interpreter finalizes aborts
-    the process ("terminate called without an active exception"), see docs/distributed.md."""
+    """End a torchrun process (its group destroyed): flush stdout and stderr, then ``os._exit``: torch's gloo worker
+    threads outlive ``destroy_process_group`` and freeing their Python state while the interpreter finalizes aborts
+    the process ("terminate called without an active exception", docs/distributed.md)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> Tensor:
-    """This rank's part of every batch of ``order`` (consecutive batches of ``batch_size``), concatenated.
-
-    Each global batch is padded to a multiple of ``world`` by repeating its first samples (as
-    ``DistributedSampler`` pads an epoch; only a smaller last batch needs it) and cut into ``world``
-    equal contiguous parts; rank ``r`` gets part ``r``. Every rank takes the same number of steps with
-    the same number of samples, the ranks' batches of a step put together are the single-process
-    batch, and the data order does not depend on the number of processes (resuming with another
-    number of processes continues the same epoch).
-    """
+    """This rank's part of every batch of ``order`` (consecutive batches of ``batch_size``), concatenated: each
+    global batch padded to a multiple of ``world`` with its first samples (as ``DistributedSampler`` pads) and cut
+    into ``world`` contiguous parts. The ranks' batches of a step together are the single-process batch, so the
+    data order does not depend on the number of processes (a resume with another number continues the epoch)."""
     if batch_size % world:
         raise ValueError(f"the global batch size {batch_size} must be a multiple of the number of processes {world}")
     parts = []

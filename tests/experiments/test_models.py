@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anl_fused import TwoRound, anl_layers, insert_anl, set_anl_enabled, strip_anl
-from anl_fused.experiments.models import MODELS, build, build_anl, count_params, get_spec
+from anl_fused.experiments.models import MODELS, build, count_params, get_spec
 from anl_fused.experiments.models import cli as models_cli
 
 SMALL = [n for n, s in MODELS.items() if not s.large]
@@ -89,7 +89,8 @@ def test_anl_after_every_batchnorm():
 
 def test_lenet5_is_conv_anl_relu_pool():
     """Footnote 1: CONV-ANL-RELU-POOL-CONV-ANL-RELU-POOL-FC-RELU-FC-RELU-FC."""
-    model = build_anl("lenet5", in_channels=1)
+    spec = MODELS["lenet5"]  # ANL at the paper's place with the paper's eps
+    model = insert_anl(build("lenet5", in_channels=1), spec.eps, after=spec.anl_after)
     assert MODELS["lenet5"].eps == 0.03
     layers = anl_layers(model)
     assert len(layers) == 2 and all(layer.eps == 0.03 for layer in layers)
@@ -186,7 +187,7 @@ def test_dropout_variant(name):
 
 def test_dropout_masks_replayed_and_anl_disable_is_plain():
     torch.manual_seed(0)
-    model = build_anl("vgg11", eps=0.05, dropout=True)
+    model = insert_anl(build("vgg11", dropout=True), 0.05)
     engine = TwoRound(model, generator=torch.Generator().manual_seed(1))
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     loss = engine.step(lambda: F.cross_entropy(model(x), y))

@@ -1,19 +1,15 @@
 """Model zoo: the CIFAR / Fashion-MNIST architectures of the paper (Table 1, Table 2).
 
-``build(name, num_classes=10, in_channels=3, dropout=False)`` returns a plain ``nn.Module``
-(no ANL inside); put ANL in with ``anl_fused.insert_anl(model, eps, after=MODELS[name].anl_after)``
-or use ``build_anl``. ``MODELS`` maps each name to a :class:`ModelSpec` with the builder, the
-paper's parameter count and its eps (Table 2; Table 1 / Fig. 3 for LeNet-5).
-
-Every model accepts inputs of any size >= 8x8 (adaptive pooling before the classifier; LeNet-5
-zero-pads inputs smaller than its 28x28 to 28x28, see ``lenet.py``), and ``in_channels=1`` for grey
-images (Fashion-MNIST, digits).
+``build(name, num_classes=10, in_channels=3, dropout=False)`` returns a plain ``nn.Module`` (no ANL inside; put it in
+with ``anl_fused.insert_anl(model, MODELS[name].eps, after=MODELS[name].anl_after)``). ``MODELS`` maps each
+name to a :class:`ModelSpec`. Every model accepts inputs >= 8x8 and ``in_channels=1`` (Fashion-MNIST, digits).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
@@ -27,17 +23,10 @@ from . import wrn as _wrn
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One entry of the zoo.
-
-    builder(num_classes, in_channels, dropout) -> nn.Module
-    paper_params: #Params of Table 2 (CIFAR-10 head), or None where the paper gives none.
-    eps: the paper's eps for this network (Table 2; 0.03 for LeNet-5 from Table 1).
-    anl_after: where insert_anl puts the layers ("batchnorm", or "conv" for nets without BN).
-    dropout: what dropout=True does (Table 2 "+Dropout").
-    large: too big for the fast CPU test suite.
-    in_channels: input channels of the dataset the paper trains it on (1: Fashion-MNIST, 3: CIFAR);
-        what ``anl-fused models`` counts with unless told otherwise.
-    """
+    """One entry of the zoo: ``builder(num_classes, in_channels, dropout)``, the paper's #Params (Table 2, CIFAR-10
+    head; None where it gives none) and eps (Table 2; LeNet-5: Table 1), where ANL goes (``anl_after``: "batchnorm",
+    or "conv" without BN), what ``dropout=True`` does, ``large`` (too big for the CPU tests) and the input channels of
+    the paper's dataset (what ``anl-fused models`` counts with)."""
 
     name: str
     builder: Callable[..., nn.Module]
@@ -48,7 +37,6 @@ class ModelSpec:
     large: bool = False
     description: str = ""
     in_channels: int = 3
-    aliases: tuple = field(default_factory=tuple)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -61,30 +49,25 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def _vgg_builder(name: str):
-    def b(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> nn.Module:
-        return _vgg.vgg(name, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
-
-    b.__name__ = name
-    return b
-
-
 _LENET = "LeNet-5 of footnote 1 (Fig. 3, Table 1; 400 features into FC(120) on 28x28 grey images), ANL after each conv"
-register(ModelSpec("lenet5", _lenet.lenet5, None, 0.03, anl_after="conv", in_channels=1, description=_LENET))
-register(ModelSpec("mobilenet", _mobilenet.mobilenet, 3.2e6, 0.02, description="MobileNet v1, CIFAR strides"))
-register(ModelSpec("mobilenet_v2", _mobilenet.mobilenet_v2, 2.3e6, 0.02, description="MobileNetV2, CIFAR strides"))
+register(ModelSpec("lenet5", _lenet.LeNet5, None, 0.03, anl_after="conv", in_channels=1, description=_LENET))
+register(ModelSpec("mobilenet", _mobilenet.MobileNet, 3.2e6, 0.02, description="MobileNet v1, CIFAR strides"))
+register(ModelSpec("mobilenet_v2", _mobilenet.MobileNetV2, 2.3e6, 0.02, description="MobileNetV2, CIFAR strides"))
 _TINY = "small VGG-style net with BN (not in the paper; digits demo)"
-register(ModelSpec("vgg_tiny", _vgg_builder("vgg_tiny"), None, 0.02, description=_TINY))
-register(ModelSpec("vgg11", _vgg_builder("vgg11"), 9.2e6, 0.05, description="VGG-11 with BN, CIFAR head"))
-register(ModelSpec("vgg16", _vgg_builder("vgg16"), 14.7e6, 0.05, description="VGG-16 with BN, CIFAR head"))
-register(ModelSpec("resnet18", _resnet.resnet18, 11.2e6, 0.05, description="ResNet-18, 3x3 stem"))
-register(ModelSpec("resnet34", _resnet.resnet34, 21.3e6, 0.08, large=True, description="ResNet-34, 3x3 stem"))
-_PYR = "PyramidNet-110, alpha={}, basic blocks"
-register(ModelSpec("pyramidnet48", _pyramidnet.pyramidnet48, 1.8e6, 0.01, large=True, description=_PYR.format(48)))
-register(ModelSpec("pyramidnet270", _pyramidnet.pyramidnet270, 28.4e6, 0.10, large=True, description=_PYR.format(270)))
+_VGG = {name: partial(_vgg.VGG, cfg) for name, cfg in _vgg.CFG.items()}
+register(ModelSpec("vgg_tiny", _VGG["vgg_tiny"], None, 0.02, description=_TINY))
+register(ModelSpec("vgg11", _VGG["vgg11"], 9.2e6, 0.05, description="VGG-11 with BN, CIFAR head"))
+register(ModelSpec("vgg16", _VGG["vgg16"], 14.7e6, 0.05, description="VGG-16 with BN, CIFAR head"))
+_RESNET = partial(_resnet.ResNet, _resnet.BasicBlock)
+register(ModelSpec("resnet18", partial(_RESNET, [2, 2, 2, 2]), 11.2e6, 0.05, description="ResNet-18, 3x3 stem"))
+_R34 = dict(large=True, description="ResNet-34, 3x3 stem")
+register(ModelSpec("resnet34", partial(_RESNET, [3, 4, 6, 3]), 21.3e6, 0.08, **_R34))
+for _alpha, _n, _eps in ((48, 1.8e6, 0.01), (270, 28.4e6, 0.10)):
+    _PYR = dict(large=True, description=f"PyramidNet-110, alpha={_alpha}, basic blocks")
+    register(ModelSpec(f"pyramidnet{_alpha}", partial(_pyramidnet.PyramidNet, 110, _alpha), _n, _eps, **_PYR))
 _WRN = dict(dropout="p=0.3 between the convs of each block", large=True)
-register(ModelSpec("wrn40_4", _wrn.wrn40_4, 8.9e6, 0.05, description="Wide ResNet 40-4", **_WRN))
-register(ModelSpec("wrn28_10", _wrn.wrn28_10, 36.5e6, 0.10, description="Wide ResNet 28-10", **_WRN))
+register(ModelSpec("wrn40_4", partial(_wrn.WideResNet, 40, 4), 8.9e6, 0.05, description="Wide ResNet 40-4", **_WRN))
+register(ModelSpec("wrn28_10", partial(_wrn.WideResNet, 28, 10), 36.5e6, 0.10, description="Wide ResNet 28-10", **_WRN))
 
 
 def names() -> list[str]:
@@ -104,25 +87,8 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, dropout: bool 
     return spec.builder(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
 
 
-def build_anl(
-    name: str,
-    eps: float | None = None,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    dropout: bool = False,
-    **insert_kwargs,
-) -> nn.Module:
-    """``build`` then ``insert_anl`` at the paper's place, with the paper's eps unless given."""
-    from anl_fused import insert_anl
-
-    spec = get_spec(name)
-    model = build(name, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
-    insert_kwargs.setdefault("after", spec.anl_after)
-    return insert_anl(model, spec.eps if eps is None else eps, **insert_kwargs)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "ModelSpec", "build", "build_anl", "count_params", "get_spec", "names", "register"]
+__all__ = ["MODELS", "ModelSpec", "build", "count_params", "get_spec", "names", "register"]

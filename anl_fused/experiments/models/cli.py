@@ -34,21 +34,12 @@ def rows(names=None, num_classes: int = 10, in_channels: int | None = None, drop
         channels = spec.in_channels if in_channels is None else in_channels
         with torch.device("meta"):  # shapes only: no memory, no initialization work
             n = count_params(build(name, num_classes=num_classes, in_channels=channels, dropout=dropout))
-        out.append(
-            {
-                "model": name,
-                "params": n,
-                "in_channels": channels,
-                "paper_params": spec.paper_params,
-                "ratio": None if spec.paper_params is None else n / spec.paper_params,
-                "eps": spec.eps,
-                "auto_eps": _quiet_auto_eps(n),
-                "auto_eps_clamped": not PARAM_RANGE[0] <= n <= PARAM_RANGE[1],
-                "anl_after": spec.anl_after,
-                "dropout": spec.dropout,
-                "description": spec.description,
-            }
+        ratio = None if spec.paper_params is None else n / spec.paper_params
+        row = dict(
+            model=name, params=n, in_channels=channels, paper_params=spec.paper_params, ratio=ratio, eps=spec.eps
         )
+        row |= dict(auto_eps=_quiet_auto_eps(n), auto_eps_clamped=not PARAM_RANGE[0] <= n <= PARAM_RANGE[1])
+        out.append(row | dict(anl_after=spec.anl_after, dropout=spec.dropout, description=spec.description))
     return out
 
 

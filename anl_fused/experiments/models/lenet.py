@@ -1,17 +1,10 @@
 """LeNet-5 as in the paper's footnote 1: CONV-ANL-RELU-POOL-CONV-ANL-RELU-POOL-FC-RELU-FC-RELU-FC.
 
-``CONV(6, 5x5, padding 2) - RELU - POOL(2) - CONV(16, 5x5) - RELU - POOL(2) - FC(120) - RELU - FC(84) -
-RELU - FC(10)``: on a 28x28 image (Fashion-MNIST) the first conv pads by 2, as LeNet-5 does for
-28x28 inputs, so the maps are 28 -> 14 -> 10 -> 5 and 16 * 5 * 5 = 400 features feed FC(120);
-61,706 parameters with one input channel and 10 classes. No BatchNorm, so ANL goes after each conv
-(``insert_anl(model, eps, after="conv")``). ``dropout=True`` puts Dropout(0.5) between the FC
-layers (Table 2).
-
-Other input sizes, in a documented way rather than by changing the network: an input smaller than
-28x28 (scikit-learn's 8x8 digits) is zero-padded, centred, to 28x28 before the first conv (in pixel
-space after normalization, i.e. with the mean value 0); an input larger than 28x28 reaches FC(120)
-through an adaptive average pool to 5x5. At 28x28 neither happens, so the network is exactly the
-paper's.
+``CONV(6, 5x5, pad 2) - RELU - POOL(2) - CONV(16, 5x5) - RELU - POOL(2) - FC(120) - RELU - FC(84) - RELU - FC(10)``:
+on 28x28 (Fashion-MNIST) the maps are 28 -> 14 -> 10 -> 5, 400 features feed FC(120); 61,706 parameters. No
+BatchNorm: ANL goes after each conv. ``dropout=True``: Dropout(0.5) between the FC layers (Table 2). An input smaller
+than 28x28 (8x8 digits) is zero-padded, centred, to 28x28; a larger one reaches FC(120) through an adaptive average
+pool to 5x5; at 28x28 the network is exactly the paper's.
 """
 
 from __future__ import annotations
@@ -56,7 +49,3 @@ class LeNet5(nn.Module):
         if x.shape[-2:] != (FEATURE_SIZE, FEATURE_SIZE):
             x = F.adaptive_avg_pool2d(x, FEATURE_SIZE)
         return self.classifier(torch.flatten(x, 1))
-
-
-def lenet5(num_classes: int = 10, in_channels: int = 1, dropout: bool = False) -> LeNet5:
-    return LeNet5(num_classes=num_classes, in_channels=in_channels, dropout=dropout)

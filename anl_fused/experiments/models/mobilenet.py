@@ -11,11 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _head(c: int, num_classes: int, dropout: bool) -> nn.Module:
-    if dropout:
-        return nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes))
-    return nn.Linear(c, num_classes)
+from .resnet import head
 
 
 class DWBlock(nn.Module):
@@ -47,7 +43,7 @@ class MobileNet(nn.Module):
             c = out
         self.layers = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = _head(c, num_classes, dropout)
+        self.linear = head(c, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -103,17 +99,9 @@ class MobileNetV2(nn.Module):
         self.conv2 = nn.Conv2d(320, 1280, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(1280)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = _head(1280, num_classes, dropout)
+        self.linear = head(1280, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
         out = F.relu(self.bn2(self.conv2(out)))
         return self.linear(torch.flatten(self.avgpool(out), 1))
-
-
-def mobilenet(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> MobileNet:
-    return MobileNet(num_classes, in_channels, dropout)
-
-
-def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> MobileNetV2:
-    return MobileNetV2(num_classes, in_channels, dropout)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resnet import head
+
 
 class PyramidBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -62,23 +64,10 @@ class PyramidNet(nn.Module):
         self.bn_final = nn.BatchNorm2d(c)
         self.relu_final = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        if dropout:
-            self.fc = nn.Sequential(
-                nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes)
-            )
-        else:
-            self.fc = nn.Linear(c, num_classes)
+        self.fc = head(c, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn1(self.conv1(x))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = self.relu_final(self.bn_final(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def pyramidnet48(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> PyramidNet:
-    return PyramidNet(110, 48, num_classes, in_channels, dropout)
-
-
-def pyramidnet270(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> PyramidNet:
-    return PyramidNet(110, 270, num_classes, in_channels, dropout)

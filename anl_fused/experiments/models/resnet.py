@@ -11,6 +11,13 @@ import torch
 from torch import nn
 
 
+def head(c: int, num_classes: int, dropout: bool) -> nn.Module:
+    """The classifier on ``c`` features: ``Linear``, or with ``dropout`` ``Linear(c,512)-ReLU-Dropout(0.5)-Linear``."""
+    if dropout:
+        return nn.Sequential(nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes))
+    return nn.Linear(c, num_classes)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -46,13 +53,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, 256, num_blocks[2], 2)
         self.layer4 = self._make_layer(block, 512, num_blocks[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        c = 512 * block.expansion
-        if dropout:
-            self.fc = nn.Sequential(
-                nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes)
-            )
-        else:
-            self.fc = nn.Linear(c, num_classes)
+        self.fc = head(512 * block.expansion, num_classes, dropout)
 
     def _make_layer(self, block, planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []
@@ -65,11 +66,3 @@ class ResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def resnet18(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, dropout)
-
-
-def resnet34(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, dropout)

@@ -1,14 +1,7 @@
-"""VGG with BatchNorm in its CIFAR form (the authors' / kuangliu's layout).
-
-Features: 3x3 convs (BN, ReLU(inplace)) and 2x2 max pools; the classifier is a single
-``Linear(512, num_classes)`` after a global pool, as in the CIFAR VGGs the paper's numbers come
-from (VGG-11 9.2M, VGG-16 14.7M parameters). ``dropout=True`` (Table 2, "+Dropout" for non-WRN
-networks: dropout between FC layers, p=0.5) uses the classic CIFAR classifier
-``Dropout-Linear(512,512)-ReLU-Dropout-Linear(512,512)-ReLU-Linear`` so that there are FC layers
-to put dropout between (+0.5M parameters).
-
-Pools use ``ceil_mode=True`` so that any input >= 1x1 survives five pools (identical to the
-usual floor mode for even sizes such as 32x32); an adaptive average pool to 1x1 feeds the classifier.
+"""VGG with BatchNorm in its CIFAR form (the authors' / kuangliu's layout): 3x3 convs (BN, ReLU) and 2x2 max pools
+(``ceil_mode``: any input survives five pools), a global pool, one ``Linear(512, num_classes)`` (VGG-11 9.2M, VGG-16
+14.7M parameters). ``dropout=True`` (Table 2 "+Dropout") uses the classic CIFAR classifier
+``Dropout-Linear(512,512)-ReLU-Dropout-Linear(512,512)-ReLU-Linear``, FC layers to put dropout between.
 """
 
 from __future__ import annotations
@@ -55,7 +48,3 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
-
-
-def vgg(name: str, num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> VGG:
-    return VGG(CFG[name], num_classes=num_classes, in_channels=in_channels, dropout=dropout)

@@ -68,11 +68,3 @@ class WideResNet(nn.Module):
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         x = self.relu(self.bn1(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def wrn40_4(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> WideResNet:
-    return WideResNet(40, 4, num_classes, in_channels, dropout)
-
-
-def wrn28_10(num_classes: int = 10, in_channels: int = 3, dropout: bool = False) -> WideResNet:
-    return WideResNet(28, 10, num_classes, in_channels, dropout)

@@ -8,32 +8,13 @@ batches), :mod:`.loop` (``fit``), :mod:`.checkpointing` (what a checkpoint holds
 """
 
 from .checkpointing import CHECKPOINT_NAME, load_trained
-from .cli import config_from_args, configure, run
+from .cli import configure, run
 from .config import IDENTITY, LENGTH, NOISE_VARIANTS, PRESETS, RUNTIME, VARIANTS, TrainConfig, config_from_dict
 from .loop import fit
 from .metrics import METRICS_NAME, EpochMeter, evaluate
 from .parts import make_model
 from .rundir import CONFIG_NAME, RunDirError
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "CONFIG_NAME",
-    "IDENTITY",
-    "LENGTH",
-    "METRICS_NAME",
-    "NOISE_VARIANTS",
-    "PRESETS",
-    "RUNTIME",
-    "VARIANTS",
-    "EpochMeter",
-    "RunDirError",
-    "TrainConfig",
-    "config_from_args",
-    "config_from_dict",
-    "configure",
-    "evaluate",
-    "fit",
-    "load_trained",
-    "make_model",
-    "run",
-]
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "IDENTITY", "LENGTH", "METRICS_NAME", "NOISE_VARIANTS", "PRESETS"]
+__all__ += ["RUNTIME", "VARIANTS", "EpochMeter", "RunDirError", "TrainConfig", "config_from_dict"]
+__all__ += ["configure", "evaluate", "fit", "load_trained", "make_model", "run"]

@@ -1,15 +1,15 @@
 """What a training checkpoint holds, and saving, reading and resuming from it.
 
-A checkpoint (``checkpoint.pt``, the file format of :mod:`anl_fused.experiments.checkpoint`: atomic,
-weights-only) holds the config, the model, optimizer and schedule, every process's noise generator,
-global RNG states and partial-epoch meter, the position (epoch, step, global step) and the metric
-history. The data order and augmentation are functions of (seed, epoch), so restoring these
-continues a run bitwise. Under torchrun rank 0 gathers every rank's streams and writes; on resume
-rank 0 reads the file and broadcasts it (no shared file system needed).
+A checkpoint (``checkpoint.pt``, the file format of :mod:`anl_fused.experiments.checkpoint`: atomic, weights-only) holds
+the config, the model, optimizer and schedule, every process's noise generator, global RNG states and partial-epoch
+meter, the position (epoch, step, global step) and the metric history. The data order and augmentation are functions of
+(seed, epoch), so restoring these continues a run bitwise. Under torchrun rank 0 gathers every rank's streams and
+writes; on resume rank 0 reads the file and broadcasts it (no shared file system needed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from typing_extensions import TypedDict
 from ... import rng
 from .. import checkpoint as ckpt
 from .. import launch
-from .config import IDENTITY, TrainConfig, config_from_dict, upgrade_stored
+from .config import IDENTITY, RESUME_RULE, TrainConfig, config_from_dict, upgrade_stored
 from .metrics import EpochMeter, merged_meter_state
 from .parts import Parts, make_model
 
@@ -60,7 +60,7 @@ def load_trained(path: str, device: torch.device | str = "cpu") -> tuple[nn.Modu
     """The model of an ``anl-fused train`` checkpoint, in eval mode, and its resolved config (a config stored by an
     older version upgraded first)."""
     state = ckpt.load(path, map_location=device, required=("config", "model", "num_classes", "in_channels"))
-    cfg = config_from_dict(upgrade_stored(state["config"]), f"the config in checkpoint file {path!r}").resolved()
+    cfg = config_from_dict(state["config"], f"the config in checkpoint file {path!r}").resolved()
     model = make_model(cfg, state["in_channels"], state["num_classes"]).to(device)
     model.load_state_dict(state["model"])
     return model.eval(), cfg
@@ -76,7 +76,7 @@ def _check_types(state: dict[str, Any], path: str) -> None:
             f"checkpoint file {path!r}: {err['loc'][0]} {err['input']!r} is not allowed ({err['msg']}); it is not "
             "a checkpoint anl-fused wrote: restore it, or start a new run"
         ) from None
-    config_from_dict(upgrade_stored(state["config"]), f"the config in checkpoint file {path!r}")
+    config_from_dict(state["config"], f"the config in checkpoint file {path!r}")
 
 
 def read(path: str, world: int) -> dict[str, Any] | None:
@@ -93,13 +93,6 @@ def read(path: str, world: int) -> dict[str, Any] | None:
     return launch.on_rank0(load, world)
 
 
-_ALLOWED = (
-    "--resume continues a run with its own settings (config.json); it may change only the length while "
-    "the finished epochs stay as they were (--epochs, --finetune-epochs, --finetune-lr) and where and how "
-    "fast it runs (--device, --compile, --channels-last, --eval-batch-size, --data-dir, --download)"
-)
-
-
 def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step: int, path: str) -> dict[str, list]:
     """The settings ``now`` changes in the run of checkpoint ``path`` (``saved``: its config), which
     stands ``step`` steps into epoch ``epoch + 1``: ``{field: [old, new]}``. Raises
@@ -111,11 +104,11 @@ def resume_changes(saved: dict[str, Any], now: dict[str, Any], epoch: int, step:
         raise ckpt.CheckpointError(
             f"checkpoint file {path!r} belongs to a different run; differing settings "
             + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in identity.items())
-            + f". {_ALLOWED}; for other settings start a new run (another --out, or --overwrite)"
+            + f". {RESUME_RULE}; for other settings start a new run (another --out, or --overwrite)"
         )
     problem = _length_problem(saved, now, epoch + (1 if step else 0))
     if problem:
-        raise ckpt.CheckpointError(f"cannot resume {path!r} with {problem}. {_ALLOWED}")
+        raise ckpt.CheckpointError(f"cannot resume {path!r} with {problem}. {RESUME_RULE}")
     return diff
 
 
@@ -155,43 +148,21 @@ def restore(state: dict[str, Any], parts: Parts, meter: EpochMeter, path: str, l
         )
         if rank == 0:  # the epoch's partial sums of all old processes; the others start at 0
             meter.load_state_dict(merged_meter_state([r["meter"] for r in saved]))
-    return Position(
-        int(state["epoch"]),
-        int(state["step"]),
-        int(state["global_step"]),
-        list(state["history"]),
-        list(state.get("changes", [])),
-    )
+    epoch, step, global_step = (int(state[k]) for k in ("epoch", "step", "global_step"))
+    return Position(epoch, step, global_step, list(state["history"]), list(state.get("changes", [])))
 
 
 def save(path: str, parts: Parts, meter: EpochMeter, pos: Position, config: dict[str, Any]) -> None:
     """Write the checkpoint (a collective under torchrun: every rank's streams go to rank 0, which writes)."""
-    mine = {
-        "generator": parts.generator.get_state(),
-        "rng": rng.capture(host_libraries=True),
-        "meter": meter.state_dict(),
-    }
+    streams = {"generator": parts.generator.get_state(), "rng": rng.capture(host_libraries=True)}
+    mine = {**streams, "meter": meter.state_dict()}
     ranks = None
     if parts.world > 1:
         ranks = [None] * parts.world if parts.rank == 0 else None
         dist.gather_object(mine, ranks, dst=0)
         if parts.rank:
             return
-    ckpt.save(
-        path,
-        {
-            "config": config,
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            **mine,
-            "epoch": pos.epoch,
-            "step": pos.step,
-            "global_step": pos.global_step,
-            "history": pos.history,
-            "changes": pos.changes,
-            "num_classes": parts.bundle.num_classes,
-            "in_channels": parts.bundle.in_channels,
-            **({"ranks": ranks} if ranks else {}),
-        },
-    )
+    states = {k: getattr(parts, k).state_dict() for k in ("model", "optimizer", "scheduler")}
+    sizes = {"num_classes": parts.bundle.num_classes, "in_channels": parts.bundle.in_channels}
+    extra = {**dataclasses.asdict(pos), **sizes, **({"ranks": ranks} if ranks else {})}
+    ckpt.save(path, {"config": config, **states, **mine, **extra})

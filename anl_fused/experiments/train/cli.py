@@ -1,8 +1,8 @@
 """``anl-fused train``: the command line (``configure`` adds the arguments, ``run`` trains).
 
-The settings options have no argparse defaults (``argparse.SUPPRESS``): only the options given
-reach the namespace, so that ``--resume`` takes every other setting from the run's ``config.json``
-and a new run from :class:`~.config.TrainConfig`'s defaults.
+The settings options have no argparse defaults (``argparse.SUPPRESS``): only the options given reach the namespace, so
+that ``--resume`` takes every other setting from the run's ``config.json`` and a new run from
+:class:`~.config.TrainConfig`'s defaults.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 import warnings
 
 import torch
@@ -20,27 +21,25 @@ from .. import checkpoint as ckpt
 from .. import data as data_mod
 from .. import launch
 from ..cli_types import nonneg_int, positive_int
-from .config import PRESETS, TrainConfig, add_options, auto_eps_of, config_from_dict, preset_values
+from .config import PRESETS, RESUME_RULE, TrainConfig, add_options, auto_eps_of, config_from_dict, preset_values
 from .loop import fit
 from .rundir import RunDirError, local_config, stored_config
 
-__all__ = ["config_from_args", "configure", "run"]
+__all__ = ["configure", "run"]
 
 _DEFAULTS = TrainConfig()
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
-EPILOG = """\
-A run directory holds one run. Without --resume, an --out that already holds a run is refused
-(nothing in it changes): --resume continues it, --overwrite deletes it and starts over. Another
-anl-fused train writing the same --out is refused too (OUT/train.lock names it).
-
---resume takes every setting from the run's config.json; options given with it change the run,
-which is allowed only where it cannot rewrite what was trained: the length (--epochs,
---finetune-epochs, --finetune-lr, while the epochs already trained keep their phase) and where and
-how fast it runs (--device, --compile, --channels-last, --eval-batch-size, --data-dir, --download).
-Allowed changes are recorded in config.json ("resume_changes") and the checkpoint; any other change
-is refused (start a new run).
-"""
+_ABOUT_OUT = (
+    "A run directory holds one run. Without --resume, an --out that already holds a run is refused (nothing in it "
+    "changes): --resume continues it, --overwrite deletes it and starts over. Another anl-fused train writing the "
+    "same --out is refused too (OUT/train.lock names it)."
+)
+_ABOUT_RESUME = (
+    f'{RESUME_RULE}. Allowed changes are recorded in config.json ("resume_changes") and the checkpoint; any other '
+    "change is refused (start a new run)."
+)
+EPILOG = "\n\n".join(textwrap.fill(t, 100, break_on_hyphens=False) for t in (_ABOUT_OUT, _ABOUT_RESUME))
 
 
 PRESET_HELP = (
@@ -84,12 +83,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _run_dir(parser.add_argument_group("run directory"))
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: the defaults) with the settings given on the command line."""
-    given = {k: v for k, v in vars(args).items() if k in _FIELDS}
-    return dataclasses.replace(base or TrainConfig(), **given)
-
-
 def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     """The run's settings: with ``--resume`` the run's own (if OUT holds one), else the defaults; then
     ``--preset``'s, then the options given."""
@@ -103,7 +96,7 @@ def _config(args: argparse.Namespace, world: int) -> TrainConfig:
     if args.preset:
         variant = getattr(args, "variant", base.variant)
         base = dataclasses.replace(base, **preset_values(args.preset, variant))
-    return config_from_args(args, base)
+    return dataclasses.replace(base, **{k: v for k, v in vars(args).items() if k in _FIELDS})
 
 
 AUTO_EPS_WARNING = "eps='auto'"  # how anl_fused.auto_eps's warnings begin

@@ -41,6 +41,11 @@ PROBE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What --resume may change (recorded in the run), by field; every other field is the run's identity.
 RUNTIME = ("data_dir", "download", "device", "compile", "channels_last", "eval_batch_size")  # where / how fast
 LENGTH = ("epochs", "finetune_epochs", "finetune_lr")  # the future, while the finished epochs stay as they were
+_flags = lambda fields: ", ".join("--" + f.replace("_", "-") for f in fields)
+RESUME_RULE = (
+    "--resume continues a run with its own settings (config.json); it may change only the length while the finished "
+    f"epochs stay as they were ({_flags(LENGTH)}) and where and how fast it runs ({_flags(RUNTIME)})"
+)
 
 
 @dataclass(frozen=True)
@@ -171,12 +176,6 @@ class TrainConfig:
     ] = "local"
     sync_bn: Annotated[bool, Arg("under torchrun: SyncBatchNorm (GPUs only)")] = False
 
-    @classmethod
-    def from_preset(cls, name: str, **settings: Any) -> TrainConfig:
-        """The config of preset ``name`` (:data:`PRESETS`, e.g. ``"paper"``) with ``settings`` on top."""
-        variant = settings.get("variant", cls.variant)
-        return cls(**{**preset_values(name, variant), **settings})
-
     def resolved(self) -> TrainConfig:
         """Check the values and fill in defaults (eps from the model's spec, opposite -> -|eps|)."""
         c = dataclasses.replace(self)
@@ -268,17 +267,9 @@ def preset_values(name: str, variant: str) -> dict[str, Any]:
 
 
 def input_layer_eps(cfg: TrainConfig) -> float:
-    """The eps of the input ANL layer, which acts on the *normalized* input ``(x - mean_c) / std_c``
-    (``cfg`` resolved).
-
-    With ``input_sign`` (``eta = eps sign(g)``, Eq. 8, an absolute step like FGSM's) ``input_eps`` is
-    in pixel units of images in [0, 1] (``16/255`` is FGSM's delta 16) and is divided by the mean of
-    the dataset's per-channel normalization std: exact for one-channel data (Fashion-MNIST, digits);
-    on CIFAR each channel's pixel step is ``eps * std_c / mean(std)``, within 4.4% of eps (one eps
-    per layer is what the kernels take). Without ``input_sign`` (Eq. 5, ``eta = r std(x) g / |g|_inf``)
-    ``input_eps`` is a fraction of the input's std, as for the hidden layers: for one-channel data
-    the same noise in pixel and normalized units (normalizing scales ``std(x)`` and the step alike),
-    so it is used as it is."""
+    """The eps of the input ANL layer, which acts on the *normalized* input (``cfg`` resolved): ``input_eps`` in
+    pixel units (``input_sign``) divided by the mean of the dataset's normalization std (see ``--input-eps``), else
+    as it is (a fraction of std(x), unit-free)."""
     if cfg.input_eps_unit != "pixel":
         return cfg.input_eps
     std = data_mod.DATASETS[cfg.dataset].std
@@ -295,14 +286,8 @@ def noise_note(given: TrainConfig, cfg: TrainConfig) -> str | None:
         big = "noise larger than the activations' own spread; such runs usually train to chance"
         notes.append(f"warning: |eps| {abs(cfg.eps):g} > 1: {big} (the paper's eps are 0.01-0.05)")
     if given.eps is None and cfg.variant in NOISE_VARIANTS:
-        notes.append(
-            f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps)"
-            + (
-                "; `anl-fused demo` uses its own, chosen on validation (docs/demo.md)"
-                if cfg.model == "vgg_tiny"
-                else ""
-            )
-        )
+        demo = "; `anl-fused demo` uses its own, chosen on validation (docs/demo.md)" if cfg.model == "vgg_tiny" else ""
+        notes.append(f"eps {cfg.eps:g}: {cfg.model}'s default, listed by `anl-fused models` (the paper's eps){demo}")
     if cfg.variant == "input":
         unit = {
             "pixel": f"in pixel units = {input_layer_eps(cfg):.4g} on the normalized input",
@@ -358,13 +343,13 @@ def _validated(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(d: dict[str, Any], source: str = "the config") -> TrainConfig:
-    """A :class:`TrainConfig` from a dict such as ``config.json`` (keys that are not fields are ignored), its values
-    checked as :meth:`TrainConfig.resolved` checks them; :class:`StoredConfigError` names ``source``, the field, the
-    value and the fix."""
+    """A :class:`TrainConfig` from a dict such as ``config.json`` (upgraded: :func:`upgrade_stored`; keys that are not
+    fields are ignored), its values checked as :meth:`TrainConfig.resolved` checks them; :class:`StoredConfigError`
+    names ``source``, the field, the value and the fix."""
     if not isinstance(d, dict):
         raise StoredConfigError(f"{source} is not a JSON object of settings (found {type(d).__name__})")
     try:
-        cfg = TrainConfig(**_validated({k: v for k, v in d.items() if k in _HINTS}))
+        cfg = TrainConfig(**_validated({k: v for k, v in upgrade_stored(d).items() if k in _HINTS}))
         _check(cfg)
     except ValueError as e:
         raise StoredConfigError(f"{source}: {e}; correct the value, or start a new run with another --out") from None

@@ -1,11 +1,10 @@
 """``fit``: the epoch / step loop of a training run.
 
-Phase 1 runs ``epochs`` epochs with the variant's noise on; phase 2 runs ``finetune_epochs`` more
-with ANL disabled (``set_anl_enabled(model, False)``), at the floor learning rate
-(``finetune_lr="floor"``) or continuing the schedule (``"continue"``). Each epoch ends with
-evaluation, the schedule's step, a line of ``metrics.jsonl`` and a checkpoint; with
-``checkpoint_every`` also every K steps, and on Ctrl-C at the next step boundary. The loop never
-reads a device value per step: metrics are accumulated on the device and read once per epoch.
+Phase 1 runs ``epochs`` epochs with the variant's noise on; phase 2 runs ``finetune_epochs`` more with ANL disabled
+(``set_anl_enabled(model, False)``), at the floor learning rate (``finetune_lr="floor"``) or continuing the schedule
+(``"continue"``). Each epoch ends with evaluation, the schedule's step, a line of ``metrics.jsonl`` and a checkpoint;
+with ``checkpoint_every`` also every K steps, and on Ctrl-C at the next step boundary. The loop never reads a device
+value per step: metrics are accumulated on the device and read once per epoch.
 """
 
 from __future__ import annotations
@@ -44,14 +43,11 @@ def _sync(device: torch.device) -> None:
 class _GracefulInterrupt:
     """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: KeyboardInterrupt."""
 
-    def __init__(self):
-        self.requested = False
-        self._old = None
+    requested = False
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
+        main = threading.current_thread() is threading.main_thread()
+        self._old = signal.signal(signal.SIGINT, self._handler) if main else None
         return self
 
     def _handler(self, signum, frame):
@@ -63,7 +59,6 @@ class _GracefulInterrupt:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
-        return False
 
 
 class _Loop:
@@ -71,13 +66,11 @@ class _Loop:
 
     def __init__(self, parts: Parts, config: dict, pos: Position, meter: EpochMeter, out_dir: str | None, **how):
         """``how``: ``checkpoint_every`` (K steps, 0: epoch ends only), ``stop_after_steps``, ``progress``, ``log``."""
-        checkpoint_every, stop_after_steps = how.get("checkpoint_every", 0), how.get("stop_after_steps")
-        progress, log = how.get("progress", False), how.get("log", lambda s: None)
         self.parts, self.cfg, self.config, self.pos, self.meter = parts, parts.cfg, config, pos, meter
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
         self.metrics = MetricsFile(out_dir) if out_dir and parts.rank == 0 else None
-        self.checkpoint_every, self.stop_after_steps = checkpoint_every, stop_after_steps
-        self.progress, self.log = progress, log
+        self.checkpoint_every, self.stop_after_steps = how.get("checkpoint_every", 0), how.get("stop_after_steps")
+        self.progress, self.log = how.get("progress", False), how.get("log", lambda s: None)
         self.total_epochs = self.cfg.epochs + self.cfg.finetune_epochs
         self.stopped: str | None = None
         self._t0 = 0.0
@@ -131,15 +124,8 @@ class _Loop:
 
         p, pos = self.parts, self.pos
         desc = f"{self.cfg.model}/{self.cfg.variant} epoch {pos.epoch + 1}/{self.total_epochs}"
-        bar = tqdm(
-            total=len(p.train_batches),
-            initial=pos.step,
-            disable=not self.progress,
-            leave=False,
-            file=sys.stderr,
-            desc=desc,
-            dynamic_ncols=True,
-        )
+        show = dict(disable=not self.progress, leave=False, file=sys.stderr, desc=desc, dynamic_ncols=True)
+        bar = tqdm(total=len(p.train_batches), initial=pos.step, **show)
         _sync(p.device)
         self._t0 = time.perf_counter()
         for x, y in p.train_batches.epoch(pos.epoch, start=pos.step):

@@ -1,8 +1,8 @@
 """What a run measures: the per-epoch training meter, evaluation, and ``metrics.jsonl``.
 
-Training metrics are accumulated on the device (:class:`EpochMeter`) and read on the host once per
-epoch; under torchrun their sums are all-reduced first (:func:`all_ranks`), so every process sees
-the same numbers and takes the same learning-rate decisions.
+Training metrics are accumulated on the device (:class:`EpochMeter`) and read on the host once per epoch; under torchrun
+their sums are all-reduced first (:func:`all_ranks`), so every process sees the same numbers and takes the same
+learning-rate decisions.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ def evaluate(model: nn.Module, batches: data_mod.Batches, all_reduce: bool = Fal
     return loss / max(n, 1), right / max(n, 1)
 
 
+# what a checkpoint keeps of an unfinished epoch's meter
+_METER_STATE = ("loss_sum", "correct", "count", "steps", "train_time", "std_names", "std_sum", "std_steps")
+
+
 class EpochMeter:
     """Per-epoch training metrics, accumulated on the device (no host sync per step)."""
 
@@ -80,24 +84,15 @@ class EpochMeter:
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        state = {k: getattr(self, k) for k in _METER_STATE}
         return {
-            "loss_sum": self.loss_sum.cpu(),
-            "correct": self.correct.cpu(),
-            "count": self.count,
-            "steps": self.steps,
-            "train_time": self.train_time,
-            "std_names": list(self.std_names),
-            "std_sum": None if self.std_sum is None else self.std_sum.cpu(),
-            "std_steps": self.std_steps,
+            k: v.cpu() if isinstance(v, Tensor) else list(v) if isinstance(v, list) else v for k, v in state.items()
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.loss_sum = s["loss_sum"].to(self.device)
-        self.correct = s["correct"].to(self.device)
-        self.count, self.steps, self.train_time = int(s["count"]), int(s["steps"]), float(s["train_time"])
-        self.std_names = list(s["std_names"])
-        self.std_sum = None if s["std_sum"] is None else s["std_sum"].to(self.device)
-        self.std_steps = int(s["std_steps"])
+        for k in _METER_STATE:
+            v = s[k]
+            setattr(self, k, v.to(self.device) if isinstance(v, Tensor) else list(v) if isinstance(v, list) else v)
 
 
 def all_ranks(meter: EpochMeter) -> EpochMeter:
@@ -105,14 +100,8 @@ def all_ranks(meter: EpochMeter) -> EpochMeter:
     steps and time are this process's."""
     out = EpochMeter(meter.device)
     out.steps, out.train_time, out.std_names = meter.steps, meter.train_time, list(meter.std_names)
-    head = torch.stack(
-        [
-            meter.loss_sum,
-            meter.correct.double(),
-            torch.full_like(meter.loss_sum, meter.count),
-            torch.full_like(meter.loss_sum, meter.std_steps),
-        ]
-    )
+    counts = torch.tensor([meter.count, meter.std_steps], dtype=torch.float64, device=meter.device)
+    head = torch.cat([meter.loss_sum.view(1), meter.correct.double().view(1), counts])
     vec = head if meter.std_sum is None else torch.cat([head, meter.std_sum])
     torch.distributed.all_reduce(vec)
     count, std_steps = vec[2:4].tolist()

@@ -1,17 +1,10 @@
 """A run directory is never lost: one writer at a time, never overwritten by accident, and its ``config.json``.
 
-:func:`claimed` is what ``fit`` holds for a run's life. Under torchrun rank 0 decides and holds the
-lock; every rank learns the outcome. It refuses (:class:`RunDirError`, nothing in the directory
-changed)
-
-- when another process holds the directory's lock file ``train.lock`` (the message names it: pid,
-  host, start, command line);
-- when the directory holds a run (``config.json``, ``metrics.jsonl`` or ``checkpoint.pt``) and
-  neither ``resume`` nor ``overwrite`` was asked for.
-
-Otherwise it takes the lock (deleted again when the run ends; a crash drops it with the process),
-removes temporary files that a killed writer left, and with ``overwrite`` deletes the old run's
-three files before anything new is written.
+:func:`claimed` holds a run's directory for its life (under torchrun rank 0 decides and holds the lock). It refuses
+(:class:`RunDirError`, nothing changed) a directory whose ``train.lock`` another process holds (named: pid, host,
+start, command line) or that holds a run (``config.json``, ``metrics.jsonl`` or ``checkpoint.pt``) unless
+``resume`` or ``overwrite``; else it takes the lock (a crash drops it with the process), removes temporary files a
+killed writer left and, with ``overwrite``, deletes the old run's three files before anything new is written.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ from typing import Any
 
 from .. import checkpoint as ckpt
 from .. import launch
-from ..files import DirLock, DirLockedError, LockFileError, atomic_write, check_out_dir, clean_temp_files, lock_holder
+from ..files import DirLock, DirLockedError, LockFileError, atomic_write, check_out_dir, clean_temp_files
 from .checkpointing import CHECKPOINT_NAME
 from .config import config_from_dict, input_layer_eps, upgrade_stored
 from .metrics import METRICS_NAME, read_metrics
@@ -39,20 +32,12 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; the message names it and says what to do."""
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def describe_run(out_dir: str) -> str | None:
     """What run ``out_dir`` holds ("finished: 12 of 12 epochs", "interrupted after 3 of 45 epochs"), or ``None``."""
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(out_dir, n))]
     if not present:
         return None
-    config = _read_json(os.path.join(out_dir, CONFIG_NAME)) or {}
+    config = local_config(out_dir) or {}
     total = int(config.get("epochs", 0) or 0) + int(config.get("finetune_epochs", 0) or 0)
     try:
         done = len(read_metrics(out_dir))
@@ -66,26 +51,21 @@ def describe_run(out_dir: str) -> str | None:
 def _claim(out_dir: str, resume: bool, overwrite: bool, log: Callable[[str], None]) -> DirLock:
     try:
         check_out_dir(out_dir)
-        holder = lock_holder(out_dir, LOCK_NAME)
+        lock = DirLock(out_dir, LOCK_NAME).acquire()
+    except DirLockedError as e:
+        raise RunDirError(
+            f"run directory {out_dir!r} is in use by a running anl-fused train ({e.holder}); wait for "
+            "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out"
+        ) from None
     except (ValueError, LockFileError) as e:
         raise RunDirError(f"run directory {out_dir!r}: {e}") from None
-    if holder:
-        raise RunDirError(
-            f"run directory {out_dir!r} is in use by a running anl-fused train ({holder}); wait for "
-            "it to end or stop it (Ctrl-C saves a checkpoint), or use another --out"
-        )
     run = describe_run(out_dir)
     if run and not resume and not overwrite:
+        lock.release()  # as it was: the lock file deleted again
         raise RunDirError(
             f"run directory {out_dir!r} already holds a run ({run}); continue it with --resume, or "
             f"start over with --overwrite (deletes its {', '.join(RUN_FILES)}), or use another --out"
         )
-    try:
-        lock = DirLock(out_dir, LOCK_NAME).acquire()
-    except DirLockedError as e:
-        raise RunDirError(f"run directory {e}; use another --out") from None
-    except LockFileError as e:
-        raise RunDirError(f"run directory {out_dir!r}: {e}") from None
     removed = clean_temp_files(out_dir, RUN_FILES)
     if removed:
         log(f"removed temporary files a killed writer left in {out_dir}: {', '.join(removed)}")
@@ -121,8 +101,12 @@ def claimed(
 
 
 def local_config(out_dir: str) -> dict[str, Any] | None:
-    """``out_dir/config.json`` as this process sees it (``None``: missing or unreadable)."""
-    config = _read_json(os.path.join(out_dir, CONFIG_NAME))
+    """``out_dir/config.json`` as this process sees it (``None``: missing, unreadable or not an object)."""
+    try:
+        with open(os.path.join(out_dir, CONFIG_NAME)) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
     return config if isinstance(config, dict) else None
 
 
@@ -137,9 +121,8 @@ def stored_config(out_dir: str, world: int) -> dict[str, Any] | None:
             config, source = ckpt.load(path, required=("config",))["config"], f"the config in {path}"
         if not isinstance(config, dict):
             return None
-        config = upgrade_stored(config)
         config_from_dict(config, source)  # its values have their fields' types, else StoredConfigError
-        return config
+        return upgrade_stored(config)
 
     return launch.on_rank0(read, world)
 
@@ -151,25 +134,12 @@ def write_config(
     changes: list[dict[str, Any]],
     eps_auto: dict[str, Any] | None = None,
 ) -> None:
-    """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the
-    split sizes, the augmentation, the input ANL layer's eps on the normalized input, the settings
-    changed on resume, where the data was read from and, for ``eps="auto"``, the rule's input and result
-    (``eps_auto``)."""
-    b = parts.bundle
-    atomic_write(
-        os.path.join(out_dir, CONFIG_NAME),
-        json.dumps(
-            {
-                **config,
-                "device_used": str(parts.device),
-                "world_size": parts.world,
-                "augment": b.info.augment,
-                "input_layer_eps": input_layer_eps(parts.cfg) if parts.cfg.variant == "input" else None,
-                "dataset_sizes": {"train": len(b.train), "val": len(b.val), "test": len(b.test)},
-                "data_source": b.source or None,
-                "resume_changes": changes,
-                "eps_auto": eps_auto,
-            },
-            indent=2,
-        ),
-    )
+    """``config.json`` (atomically): ``config`` plus the device used, the number of processes, the split sizes, the
+    augmentation, the input ANL layer's eps on the normalized input, the settings changed on resume, where the data was
+    read from and, for ``eps="auto"``, the rule's input and result (``eps_auto``)."""
+    b, cfg = parts.bundle, parts.cfg
+    sizes = {"train": len(b.train), "val": len(b.val), "test": len(b.test)}
+    where = {"device_used": str(parts.device), "world_size": parts.world, "augment": b.info.augment}
+    eps = {"input_layer_eps": input_layer_eps(cfg) if cfg.variant == "input" else None, "dataset_sizes": sizes}
+    made = {"data_source": b.source or None, "resume_changes": changes, "eps_auto": eps_auto}
+    atomic_write(os.path.join(out_dir, CONFIG_NAME), json.dumps({**config, **where, **eps, **made}, indent=2))

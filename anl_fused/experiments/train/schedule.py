@@ -39,27 +39,15 @@ class _Schedule:
 
 
 class PlateauSchedule(_Schedule):
-    """Halve the learning rate when the validation loss stops finding new bests (paper, sec. 4.2.1).
+    """Halve the learning rate when the validation loss stops finding new bests (paper, sec. 4.2.1: "divided by 2 until
+    the most recent 5 epoch validation loss reach lower value than the best ever see. Each learning rate stays at least
+    5 epoch and the minimum of learning rate is 0.001").
 
-    The paper: "The learning rate starts from 0.1 and would be divided by 2 until the most recent 5
-    epoch validation loss reach lower value than the best ever see. Each learning rate stays at
-    least 5 epoch and the minimum of learning rate is 0.001."
-
-    Our reading, applied by :meth:`step` once per epoch with that epoch's validation loss:
-
-    - a loss strictly lower than every earlier one (of this run, all rates) is a *new best*;
-    - when none of the last ``patience`` (5) epochs was a new best, *and* the current rate has been
-      used for at least ``hold`` (5) epochs, every parameter group's rate is multiplied by
-      ``factor`` (0.5), but not below ``min_lr`` (1e-3); a rate already at the floor stays;
-    - the best is never reset, so under a lasting plateau the rate halves every ``hold`` epochs
-      (epochs 6, 11, 16, ... of a run that never improves after epoch 1) until it reaches the floor.
-
-    This differs from ``torch.optim.lr_scheduler.ReduceLROnPlateau(patience=5)`` (what this project
-    used before), which halves after 6 epochs without improvement (epochs 7, 13, 19, ... under a
-    lasting plateau) and counts an improvement only beyond a relative threshold of 1e-4.
-    A non-finite loss is never a new best. ``state_dict`` / ``load_state_dict`` make a resumed run take the same
-    decisions as an uninterrupted one.
-    """
+    :meth:`step`, once per epoch: a loss strictly below every earlier one is a new best (a non-finite one never is);
+    when none of the last ``patience`` epochs was one and the rate has been used ``hold`` epochs, each group's rate is
+    multiplied by ``factor``, not below ``min_lr``. The best is never reset: under a lasting plateau the rate halves
+    every ``hold`` epochs (6, 11, 16, ...; ``ReduceLROnPlateau(patience=5)`` would at 7, 13, 19, ... and with a 1e-4
+    threshold)."""
 
     STATE = ("factor", "patience", "hold", "min_lr", "best", "epochs_since_best", "epochs_at_rate", "epochs")
 
@@ -76,10 +64,6 @@ class PlateauSchedule(_Schedule):
         self.epochs_since_best = 0  # epochs after the last new best
         self.epochs_at_rate = 0  # epochs the current rate has been used for
         self.epochs = 0  # epochs seen
-
-    @property
-    def lrs(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
 
     def step(self, val_loss: float) -> bool:
         """Account for one epoch's validation loss; returns whether the rate was lowered."""
