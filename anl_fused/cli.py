@@ -33,6 +33,12 @@ COMMANDS = {
     ),
 }
 
+# commands that existed once -> what replaces them (one line instead of argparse's "invalid choice")
+RETIRED = {
+    "table1": "the pre-registered study (`anl-fused study`, docs/study.md) replaces it; docs/table1.md names the "
+    "commit that ran the short Table 1",
+}
+
 DESCRIPTION = (
     "anl-fused: train CNNs with Adversarial Noise Layers (You et al.) at a fraction of the naive "
     "double pass's cost, and run the paper's experiments. `anl-fused COMMAND --help` for details."
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = ArgumentParser(prog="anl-fused", description=DESCRIPTION)  # every float option rejects nan / inf
+    if argv[:1] and argv[0] in RETIRED:
+        parser.error(f"{argv[0]!r} was retired: {RETIRED[argv[0]]}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -430,3 +430,12 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
     proc = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_the_retired_table1_command_says_what_replaces_it(capsys):
+    from anl_fused import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["table1", "--seeds", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "'table1' was retired" in err and "anl-fused study" in err
