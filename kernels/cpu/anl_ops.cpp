@@ -1,4 +1,4 @@
-// CPU kernels of the three anl_fused operators: std, noise_scale, add_noise.
+// CPU kernels of the three anl_fused operators: std, noise_scale, add_noise (and, for the model zoo, max_pool2x2).
 //
 // Registered as the CPU implementations of the schemas that anl_fused.kernels defines
 // (TORCH_LIBRARY_IMPL(anl_fused, CPU)), and exposed to Python for the eager path of anl_fused.ops.
@@ -409,6 +409,109 @@ at::Tensor add_noise_autograd(const at::Tensor& h, const at::Tensor& g, const st
   return AddNoiseFn::apply(h, g, scale, alpha);
 }
 
+// ---- max_pool2x2: the model zoo's 2x2, stride-2 max pool (not an ANL op) ----
+//
+// aten's CPU max_pool2d of a contiguous [N, C, H, W] tensor scans each window with data-dependent branches (and
+// the general case's index math), ~20 ns an output on this project's machines: 30-40% of a LeNet-5 step. This is
+// the same scan for kernel 2, stride 2, no padding: the window's four elements in aten's order (0,0), (0,1), (1,0),
+// (1,1), an element taken when it is greater than the maximum so far or NaN (in float for Half / BFloat16), here
+// with vector selects. Values and indices are aten's bit for bit (the first maximum wins a tie, the last NaN wins),
+// so the backward (aten's own max_pool2d_with_indices_backward on these indices) is too.
+
+// One output row: the window's four elements as four vectors of Wo-chunks (even and odd lanes of the two input
+// rows, at::vec::deinterleave2), chosen lane by lane with blendv; the chosen element's code (0-3) gives its index.
+template <typename T>
+void max_pool2x2_row(const T* top, const T* end, T* dst, int64_t* dix, int64_t at_top, int64_t Wo, int64_t W) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t L = Vec::size();
+  const int64_t off[4] = {0, 1, W, W + 1};
+  T code[L];
+  auto load2 = [&](const T* p, int64_t n) {  // 2n elements from p as (even lanes, odd lanes)
+    if (p + 2 * L <= end) return at::vec::deinterleave2(Vec::loadu(p), Vec::loadu(p + L));
+    return at::vec::deinterleave2(Vec::loadu(p, std::min<int64_t>(L, 2 * n)),
+                                  Vec::loadu(p + L, std::max<int64_t>(0, 2 * n - L)));
+  };
+  for (int64_t ow = 0; ow < Wo; ow += L) {
+    const int64_t n = std::min<int64_t>(L, Wo - ow);
+    auto [a, b] = load2(top + 2 * ow, n);
+    auto [c, d] = load2(top + W + 2 * ow, n);
+    Vec m = a, k(T(0));
+    int i = 0;
+    for (const Vec& v : {b, c, d}) {
+      const Vec take = (v > m) | v.isnan();
+      m = Vec::blendv(m, v, take);
+      k = Vec::blendv(k, Vec(T(++i)), take);
+    }
+    m.store(dst + ow, n);
+    k.store(code, n);
+    for (int64_t j = 0; j < n; ++j) dix[ow + j] = at_top + 2 * (ow + j) + off[static_cast<int>(code[j])];
+  }
+}
+
+template <typename T>
+void max_pool2x2_kernel(const T* in, T* out, int64_t* idx, int64_t planes, int64_t H, int64_t W) {
+  using A = acc_t<T>;
+  const int64_t Ho = H / 2, Wo = W / 2;
+  const T* end = in + planes * H * W;
+  at::parallel_for(0, planes * Ho, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (2 * W)),
+                   [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {  // q: one output row, (plane, oh)
+      const int64_t p = q / Ho, at_top = 2 * (q % Ho) * W;
+      const T* src = in + p * H * W;
+      if constexpr (std::is_same_v<T, A>) {
+        max_pool2x2_row(src + at_top, end, out + q * Wo, idx + q * Wo, at_top, Wo, W);
+      } else {  // Half, BFloat16: aten's scalar scan, compared in float
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          const int64_t at0 = at_top + 2 * ow;
+          A m = static_cast<A>(src[at0]);
+          int64_t k = at0;
+          for (int64_t at : {at0 + 1, at0 + W, at0 + W + 1}) {
+            const A v = static_cast<A>(src[at]);
+            if (v > m || std::isnan(v)) {
+              m = v;
+              k = at;
+            }
+          }
+          out[q * Wo + ow] = static_cast<T>(m);
+          idx[q * Wo + ow] = k;
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2x2_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous() && x.is_floating_point(),
+              "max_pool2x2: needs a contiguous 4-d floating-point CPU tensor, got ", x.sizes(), " ", x.dtype(),
+              " on ", x.device(), " (use torch.nn.functional.max_pool2d for other inputs)");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(H >= 2 && W >= 2, "max_pool2x2: needs H, W >= 2, got ", x.sizes());
+  at::Tensor out = at::empty({N, C, H / 2, W / 2}, x.options());
+  at::Tensor idx = at::empty({N, C, H / 2, W / 2}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2x2", [&] {
+    max_pool2x2_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                 idx.mutable_data_ptr<int64_t>(), N * C, H, W);
+  });
+  return {out, idx};
+}
+
+// Autograd in C++ (one node, as aten's MaxPool2DWithIndicesBackward0): the gradient goes to each window's index.
+struct MaxPool2x2Fn : public torch::autograd::Function<MaxPool2x2Fn> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    auto [out, idx] = max_pool2x2_cpu(x);
+    ctx->save_for_backward({x, idx});
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    return {at::max_pool2d_with_indices_backward(grad_out[0], saved[0], {2, 2}, {2, 2}, {0, 0}, {1, 1}, false,
+                                                 saved[1])};
+  }
+};
+
+at::Tensor max_pool2x2_autograd(const at::Tensor& x) { return MaxPool2x2Fn::apply(x); }
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(anl_fused, CPU, m) {
@@ -424,5 +527,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_noise", &add_noise_cpu, "h + alpha * scale[b] * g' (see anl_fused.ops.add_noise)");
   m.def("add_noise_autograd", &add_noise_autograd,
         "add_noise with its autograd (identity to h; g and scale get no gradient)");
+  m.def("max_pool2x2", &max_pool2x2_cpu, "(values, indices) of max_pool2d(x, 2, 2), aten's bit for bit");
+  m.def("max_pool2x2_autograd", &max_pool2x2_autograd, "max_pool2d(x, 2, 2) with aten's backward");
   m.def("capability", [] { return std::string(C10_STRINGIZE(CPU_CAPABILITY)); }, "the vector ISA built in");
 }

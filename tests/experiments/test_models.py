@@ -10,6 +10,7 @@ from torch import nn
 from anl_fused import TwoRound, anl_layers, insert_anl, set_anl_enabled, strip_anl
 from anl_fused.experiments.models import MODELS, build, count_params, get_spec
 from anl_fused.experiments.models import cli as models_cli
+from anl_fused.experiments.models.pool import MaxPool2d
 
 SMALL = [n for n, s in MODELS.items() if not s.large]
 LARGE = [n for n, s in MODELS.items() if s.large]
@@ -216,3 +217,60 @@ def test_models_cli_table(capsys):
 def test_models_rows_all():
     rows = models_cli.rows()
     assert {r["model"] for r in rows} == set(MODELS)
+
+
+def _aten_pools(model: nn.Module) -> nn.Module:
+    """The model with every zoo MaxPool2d replaced by torch's own nn.MaxPool2d of the same arguments."""
+    for name, child in model.named_children():
+        if isinstance(child, MaxPool2d):
+            setattr(model, name, nn.MaxPool2d(child.kernel_size, child.stride, ceil_mode=child.ceil_mode))
+        else:
+            _aten_pools(child)
+    return model
+
+
+@pytest.mark.parametrize(("name", "in_channels", "size"), [("lenet5", 1, 28), ("vgg_tiny", 3, 16)])
+def test_zoo_pool_trains_the_same_bits_as_torchs(name, in_channels, size):
+    """Five TwoRound + SGD steps with the C++ pool (asserted to run) and with nn.MaxPool2d: equal weights."""
+    weights = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model = insert_anl(build(name, in_channels=in_channels), MODELS[name].eps, after=MODELS[name].anl_after)
+        if not fast:
+            _aten_pools(model)
+        engine = TwoRound(model, generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        data = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x = torch.randn(8, in_channels, size, size, generator=data)
+            y = torch.randint(0, 10, (8,), generator=data)
+            opt.zero_grad()
+            engine.step(lambda: F.cross_entropy(model(x), y))
+            opt.step()
+        pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+        out = pools[0](torch.randn(2, 3, 8, 8, requires_grad=True))
+        assert ("MaxPool2x2" in type(out.grad_fn).__name__ or "MaxPool2x2" in out.grad_fn.name()) == fast
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+@pytest.mark.parametrize(
+    ("pool", "x"),
+    [
+        (MaxPool2d(2, 2), torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)),
+        (MaxPool2d(2, 2), torch.randn(2, 3, 8, 8).transpose(-1, -2)),
+        (MaxPool2d(2, 2), torch.randn(3, 8, 8)),
+        (MaxPool2d(3, 2), torch.randn(2, 3, 9, 9)),
+        (MaxPool2d(2, 2, padding=1), torch.randn(2, 3, 8, 8)),
+        (MaxPool2d(2, 2, ceil_mode=True), torch.randn(2, 3, 7, 8)),
+    ],
+)
+def test_zoo_pool_leaves_other_cases_to_torch(pool, x):
+    out = pool(x.requires_grad_())
+    assert "MaxPool2DWithIndices" in out.grad_fn.name()
+    assert torch.equal(out, F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode))
+
+
+def test_zoo_pool_too_small_input_gets_torchs_error():
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        MaxPool2d(2, 2)(torch.randn(2, 3, 1, 8))

@@ -332,3 +332,60 @@ def test_first_use_in_a_fresh_process_prints_nothing(cpp):
     )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stdout + res.stderr
+
+
+# ---- max_pool2x2 (the model zoo's pool) --------------------------------------------------------------------
+
+BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def pool_input(shape, dtype, kind):
+    """"random": distinct values; "ties": a few small integers (many equal maxima, -0.0 next to 0.0); "special":
+    ties plus NaN, +inf and -inf sprinkled (whole windows of -inf and of NaN included)."""
+    g = torch.Generator().manual_seed(hash((shape, str(dtype), kind)) % 2**31)
+    if kind == "random":
+        return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    x = torch.randint(-2, 3, shape, generator=g).to(dtype)
+    x[torch.rand(shape, generator=g) < 0.2] = -0.0
+    if kind == "special":
+        for v, p in ((float("nan"), 0.1), (float("inf"), 0.05), (float("-inf"), 0.2)):
+            x[torch.rand(shape, generator=g) < p] = v
+        x[..., :2, :2] = float("-inf")
+        x[..., -2:, :2] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "ties", "special"])
+@pytest.mark.parametrize("shape", [(3, 6, 28, 28), (2, 16, 10, 10), (2, 3, 7, 9), (1, 2, 2, 70), (2, 1, 5, 2), (0, 3, 4, 4)])
+def test_max_pool2x2_is_aten_bit_for_bit(cpp, dtype, kind, shape):
+    """Values (NaN payloads and the sign of zero included) and indices equal aten's ``max_pool2d``: odd sizes (the
+    last row / column dropped), rows shorter and longer than a vector, the end of the tensor; outputs poisoned."""
+    x = pool_input(shape, dtype, kind)
+    with junk_filled():
+        values, indices = cpp.max_pool2x2(x)
+    want_values, want_indices = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
+    assert values.dtype == dtype and values.shape == want_values.shape
+    assert torch.equal(values.view(BITS[dtype]), want_values.view(BITS[dtype]))
+    assert torch.equal(indices, want_indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_max_pool2x2_backward_is_aten_bit_for_bit(cpp, dtype):
+    x = pool_input((4, 5, 12, 14), dtype, "ties").requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out = cpp.max_pool2x2_autograd(x)
+    want = torch.nn.functional.max_pool2d(x_ref, 2, 2)
+    grad = torch.randn(want.shape, dtype=torch.float64).to(dtype)
+    out.backward(grad)
+    want.backward(grad)
+    assert torch.equal(out.detach().view(BITS[dtype]), want.detach().view(BITS[dtype]))
+    assert torch.equal(x.grad.view(BITS[dtype]), x_ref.grad.view(BITS[dtype]))
+
+
+@pytest.mark.parametrize(
+    "x", [torch.randn(2, 3, 4, 4).transpose(-1, -2), torch.randn(3, 4, 4), torch.ones(2, 2, 4, 4, dtype=torch.int32)]
+)
+def test_max_pool2x2_refuses_what_it_does_not_handle(cpp, x):
+    with pytest.raises(RuntimeError, match="max_pool2x2: needs a contiguous 4-d floating-point CPU tensor"):
+        cpp.max_pool2x2(x)

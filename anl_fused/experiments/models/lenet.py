@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pool import MaxPool2d
+
 #: the input size the network is designed for (Fashion-MNIST); smaller inputs are padded to it
 INPUT_SIZE = 28
 #: the spatial size of the last feature maps at INPUT_SIZE (16 x 5 x 5 = 400 features)
@@ -24,10 +26,10 @@ class LeNet5(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5, padding=2)
         self.relu1 = nn.ReLU(inplace=True)
-        self.pool1 = nn.MaxPool2d(2, 2)
+        self.pool1 = MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
         self.relu2 = nn.ReLU(inplace=True)
-        self.pool2 = nn.MaxPool2d(2, 2)
+        self.pool2 = MaxPool2d(2, 2)
         drop = (lambda: [nn.Dropout(0.5)]) if dropout else (lambda: [])
         self.classifier = nn.Sequential(
             nn.Linear(16 * FEATURE_SIZE * FEATURE_SIZE, 120),

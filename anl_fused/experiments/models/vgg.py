@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .pool import MaxPool2d
+
 CFG = {
     # not in the paper: a small VGG-style net for 8x8 digits and quick CPU demos (~0.07M parameters)
     "vgg_tiny": [16, 16, "M", 32, 32, "M", 64, 64, "M"],
@@ -26,7 +28,7 @@ class VGG(nn.Module):
         c = in_channels
         for v in cfg:
             if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+                layers.append(MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
             else:
                 layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 c = v
