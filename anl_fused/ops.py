@@ -75,7 +75,8 @@ def _cpp():
         try:
             from anl_fused.kernels import cpu  # imported lazily: it imports triton for the op schemas
         except ImportError as exc:
-            _CPP.extend([None, f"torch ops (the C++ CPU kernels need triton for the op schemas: {exc})"])
+            why = "need triton for the op schemas" if (exc.name or "").startswith("triton") else "cannot be imported"
+            _CPP.extend([None, f"torch ops (the C++ CPU kernels {why}: {exc})"])
         else:
             _CPP.extend([cpu.load(), cpu.status()])
     return _CPP[0]

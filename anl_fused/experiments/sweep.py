@@ -97,7 +97,11 @@ class _Children:
         logf.write(f"# {dt.datetime.now().isoformat(timespec='seconds')} anl-fused {' '.join(args)}\n")
         logf.flush()
         argv = [*(["nice", "-n", str(self.nice)] if self.nice else []), sys.executable, "-m", "anl_fused.cli", *args]
-        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+        # PYTHONSAFEPATH (3.11+): the child imports the anl_fused this interpreter has installed, never an anl_fused/
+        # in the working directory (`-m` puts it first: a checkout's root would shadow a non-editable install, and
+        # its anl_fused/ has no kernels subpackage, so the C++ kernels would silently not load)
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
         self.running[proc.pid] = proc
         return proc, logf
 

@@ -4,6 +4,7 @@ processes, skipped when finished, resumed exactly; the same seed gives every var
 from __future__ import annotations
 
 import json
+import sys
 import pathlib
 
 import pytest
@@ -82,3 +83,17 @@ def test_same_seed_same_initial_weights_for_every_method():
         bundle=bundle,
     )
     assert not torch.equal(other["model"].state_dict()["conv1.weight"], ref["conv1.weight"])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH needs Python 3.11")
+def test_children_import_the_installed_package_not_the_working_directorys(tmp_path, monkeypatch):
+    """A sweep started where an ``anl_fused/`` directory lies (a checkout's root next to a non-editable install, whose
+    ``anl_fused/`` has no kernels) still trains with the package the driver's interpreter imports."""
+    shadow = tmp_path / "anl_fused"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the working directory shadowed the installed package')\n")
+    monkeypatch.chdir(tmp_path)
+    settings = {"model": "lenet5", "dataset": "digits", "variant": "plain", "epochs": 1, "finetune_epochs": 0}
+    job = sweep.train_job("plain", str(tmp_path / "run"), {**settings, "batch_size": 512, "seed": 0}, 1)
+    assert sweep.run([job]) == []
+    assert sweep.state(job) == "finished"
