@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Collection
 
 from . import stats
 from .files import atomic_write, md_table, save_figure
@@ -209,12 +210,14 @@ def arms_table(s: dict) -> str:
     arms: dict[str, list[dict]] = {}
     for r in s["runs"]:
         arms.setdefault(f"{r['arm']} ({r['schedule']}{_group(r['seed'])})", []).append(r)
-    rows = [
-        [k, stats.spread(stats.summary([r["test_err"] for r in rs]), one=""), len(rs)]
-        + [f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}"]
-        for k, rs in sorted(arms.items())
-    ]
-    lines += md_table(["arm", "test error % (mean ± std)", "runs", "training core-minutes per run (mean)"], rows)
+    rows = []
+    for k, rs in sorted(arms.items()):
+        kept, left = [r["test_err"] for r in rs if not r["diverged"]], sum(r["diverged"] for r in rs)
+        err = stats.spread(stats.summary(kept), one="") if kept else "-"
+        rows.append([k, err, f"{len(rs)}" + (f" ({left} diverged)" if left else "")])
+        rows[-1].append(f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}")
+    head = ["arm", "test error % (mean ± std; diverged runs left out)", "runs", "training core-minutes per run (mean)"]
+    lines += md_table(head, rows)
     lc = s["lr_floor_check"]
     lines += [
         "",
@@ -258,15 +261,17 @@ def plot_paired(s: dict, path: str) -> bool:
 ROBUST_METRICS = ("clean", "fgsm", "pgd20", "pgd100", "apgd_ce", "transfer_pgd20")
 
 
-def robustness(results: dict[str, dict]) -> dict:
+def robustness(results: dict[str, dict], diverged: Collection[str] = ()) -> dict:
     """The pre-registered robustness analysis of ``anl-fused study robustness``'s ``robustness.json`` (one battery
-    per model, with its ``arm`` and ``seed``): per arm, each accuracy over its models and how many models pass all
-    four sanity checks; per arm against the control, the endpoint (PGD-100 accuracy, arm - control, paired by seed;
-    ``better`` = more robust) and ``claimable``: a gain may be claimed only when every paired model passes all four
-    checks; per arm, the mean eps curve."""
+    per model, keyed by run name, with its ``arm`` and ``seed``): per arm, each accuracy over its models and how many
+    models pass all four sanity checks; per arm against the control, the endpoint (PGD-100 accuracy, arm - control,
+    paired by seed; ``better`` = more robust) and ``claimable``: a gain may be claimed only when every paired model
+    passes all four checks; per arm, the mean eps curve. The models of ``diverged`` runs are left out of all of it
+    (the pre-registered rule for diverged runs) and listed under ``"diverged"``."""
     by_arm: dict[str, dict[int, dict]] = {}
-    for r in results.values():
-        by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+    for name, r in results.items():
+        if name not in diverged:
+            by_arm.setdefault(r["arm"], {})[r["seed"]] = r
     arms = {
         arm: {
             "n": len(models),
@@ -298,7 +303,7 @@ def robustness(results: dict[str, dict]) -> dict:
             "seeds": seeds,
             "claimable": sane,
         }
-    return {"arms": arms, "endpoint": endpoint}
+    return {"arms": arms, "endpoint": endpoint, "diverged": sorted(n for n in results if n in diverged)}
 
 
 def _robustness_reading(c: dict) -> str:
@@ -322,6 +327,8 @@ def robustness_markdown(r: dict) -> str:
         for arm, a in r["arms"].items()
     ]
     lines = md_table(["arm", "models", *ROBUST_METRICS, "sanity: all four hold"], rows) + [""]
+    if r.get("diverged"):
+        lines += [f"Left out (diverged runs, the pre-registered rule): {', '.join(r['diverged'])}.", ""]
     for name, c in r["endpoint"].items():
         claim = _robustness_reading(c)
         lines.append(
@@ -398,7 +405,7 @@ def write_report(runs_dir: str, out: str) -> int:
     robustness_json = os.path.join(out, "robustness.json")
     if os.path.isfile(robustness_json):
         with open(robustness_json) as f:
-            s["robustness"] = robustness(json.load(f))
+            s["robustness"] = robustness(json.load(f), diverged=s["diverged"])
         plot_eps_curves(s["robustness"], os.path.join(out, "eps-curves.png"))
     atomic_write(os.path.join(out, "summary.json"), json.dumps(s, indent=1) + "\n")
     md = markdown(s) + ("\n" + robustness_markdown(s["robustness"]) if "robustness" in s else "")

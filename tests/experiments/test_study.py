@@ -220,6 +220,7 @@ def test_analysis_primary_secondary_and_floor_check(tmp_path, monkeypatch):
     assert p["verdict"].startswith("ANL lowers the test error") and "interim" not in p["verdict"]
     assert s["lr_floor_check"]["not_at_floor"] == ["control-plateau-seed0"]
     assert s["diverged"] == ["sam-rho0.02-plateau-seed0"]
+    assert "| sam (plateau) | 9.50 | 2 (1 diverged) |" in study_report.arms_table(s)  # the mean leaves it out
     assert "sam - control" not in s["secondary"]  # one seed left after the diverged one
     # core time is the metrics' training time (1 s an epoch here, 2 threads for one run), not the recorded wall
     # (10 s a run), which misses a child killed together with the driver
@@ -360,15 +361,18 @@ def _battery(clean: float, pgd100: float, *, masked: bool = False) -> dict:
 
 
 def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path, monkeypatch):
-    results = {}
+    real_analyse, results = study_report.analyse, {}
     for seed in range(3):
         results[f"control-{seed}"] = {"arm": "control", "seed": seed, **_battery(90.0, 10.0 + seed)}
         results[f"anl-{seed}"] = {"arm": "anl", "seed": seed, **_battery(90.0, 13.0 + seed, masked=seed == 1)}
         results[f"sam-{seed}"] = {"arm": "sam", "seed": seed, **_battery(91.0, 9.0 + 2 * seed)}
     results["sam-7"] = {"arm": "sam", "seed": 7, **_battery(91.0, 50.0)}  # no control with seed 7: not paired
-    r = study_report.robustness(results)
-    assert r["arms"]["anl"]["sane"] == 2 and r["arms"]["control"]["sane"] == 3 and r["arms"]["sam"]["n"] == 4
-    assert r["arms"]["control"]["pgd100"]["mean"] == pytest.approx(11.0)
+    results["sam-3"] = {"arm": "sam", "seed": 3, **_battery(10.0, 10.0)}  # a diverged run's model: left out
+    results["control-3"] = {"arm": "control", "seed": 3, **_battery(90.0, 30.0)}
+    r = study_report.robustness(results, diverged={"sam-3", "anl-9"})
+    assert r["diverged"] == ["sam-3"]
+    assert r["arms"]["anl"]["sane"] == 2 and r["arms"]["control"]["sane"] == 4 and r["arms"]["sam"]["n"] == 4
+    assert r["arms"]["control"]["pgd100"]["mean"] == pytest.approx(15.75)
     assert r["arms"]["sam"]["curve"]["8/255"]["fgsm"] == pytest.approx(91.0 / 8)
     anl, sam = r["endpoint"]["anl - control"], r["endpoint"]["sam - control"]
     assert anl["mean"] == pytest.approx(3.0) and anl["better"] == 3 and not anl["claimable"]
@@ -378,6 +382,7 @@ def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path, mon
     assert "| anl | 3 | 90.00 ± 0.00 |" in md and "| 2/3 |" in md
     assert "anl - control (pp, paired by seed): +3.00" in md and "no claim: a sanity check fails" in md
     assert "sam - control (pp, paired by seed): +0.00" in md and "no difference shown (the CI includes 0" in md
+    assert "Left out (diverged runs, the pre-registered rule): sam-3." in md
     more = study_report._robustness_reading({"claimable": True, "ci": [0.5, 2.0]})
     assert (
         more.startswith("more robust")
@@ -385,9 +390,11 @@ def test_robustness_report_pairs_by_seed_and_claims_only_when_sane(tmp_path, mon
     )
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "robustness.json").write_text(json.dumps(results))
+    monkeypatch.setattr(study_report, "analyse", lambda runs_dir: {**real_analyse(runs_dir), "diverged": ["sam-3"]})
     study_report.write_report(str(tmp_path / "runs"), str(tmp_path / "out"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["robustness"]["endpoint"]["sam - control"]["claimable"]
+    assert summary["robustness"]["diverged"] == ["sam-3"]  # write_report passes the run records' divergence
     assert "sanity: all four hold" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "eps-curves.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr(render, "ROOT", str(tmp_path))  # the README's block: the same table from the JSON
