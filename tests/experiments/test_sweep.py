@@ -4,8 +4,8 @@ processes, skipped when finished, resumed exactly; the same seed gives every var
 from __future__ import annotations
 
 import json
-import sys
 import pathlib
+import sys
 
 import pytest
 import torch

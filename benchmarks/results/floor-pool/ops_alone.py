@@ -34,6 +34,8 @@ for _ in range(21):
         step()
     rounds.append((time.perf_counter() - t) / 20 * 1e3)
 n = sum(h.numel() for h in hs)
-print(f"LeNet-5 b{B}, {ops.cpp_status()}: std + noise_scale + add_noise at both ANL layers ({n} elements, "
-      f"{5 * 4 * n / 1e6:.1f} MB moved at the minimum): median {statistics.median(rounds):.3f} ms "
-      f"[{min(rounds):.3f}, {max(rounds):.3f}] over 21 rounds of 20")
+print(
+    f"LeNet-5 b{B}, {ops.cpp_status()}: std + noise_scale + add_noise at both ANL layers ({n} elements, "
+    f"{5 * 4 * n / 1e6:.1f} MB moved at the minimum): median {statistics.median(rounds):.3f} ms "
+    f"[{min(rounds):.3f}, {max(rounds):.3f}] over 21 rounds of 20"
+)
