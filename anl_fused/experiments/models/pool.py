@@ -2,9 +2,10 @@
 
 aten's CPU max pool scans every window with data-dependent branches and the general case's index math (~20 ns an
 output here, 30-40% of a LeNet-5 training step); ``max_pool2x2`` in ``kernels/cpu/anl_ops.cpp`` does the same scan
-with vector selects, ~5-10x faster, and gives aten's values and indices bit for bit (the first maximum wins a tie,
-the last NaN wins); its backward is aten's ``max_pool2d_with_indices_backward`` on those indices. So a model
-computes the same bits with either; ``tests/experiments/test_pool.py`` checks it.
+with vector selects, 4-11x faster at LeNet-5's two pools (b32, b128), and gives aten's values and indices bit for
+bit (the first maximum wins a tie, the last NaN wins); its backward is aten's ``max_pool2d_with_indices_backward``
+on those indices. So a model computes the same bits with either (``tests/kernels/test_cpp.py`` and
+``tests/experiments/test_models.py`` check it).
 """
 
 from __future__ import annotations
