@@ -214,8 +214,8 @@ def arms_table(s: dict) -> str:
     for k, rs in sorted(arms.items()):
         kept, left = [r["test_err"] for r in rs if not r["diverged"]], sum(r["diverged"] for r in rs)
         err = stats.spread(stats.summary(kept), one="") if kept else "-"
-        rows.append([k, err, f"{len(rs)}" + (f" ({left} diverged)" if left else "")])
-        rows[-1].append(f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}")
+        runs = f"{len(rs)}" + (f" ({left} diverged)" if left else "")
+        rows.append([k, err, runs, f"{sum(r['core_s'] for r in rs) / len(rs) / 60:.0f}"])
     head = ["arm", "test error % (mean ± std; diverged runs left out)", "runs", "training core-minutes per run (mean)"]
     lines += md_table(head, rows)
     lc = s["lr_floor_check"]
