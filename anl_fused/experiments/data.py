@@ -136,8 +136,8 @@ def _missing_error(info: DatasetInfo, data_dir: str, reason: str = "") -> Datase
     )
 
 
-def _split_holdout(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.RandomState(seed).permutation(n)
+def _split_holdout(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.RandomState(0).permutation(n)
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
@@ -262,12 +262,11 @@ def load(
     *,
     val_size: int | None = None,
     download: bool = False,
-    split_seed: int = 0,
 ) -> DataBundle:
     """Load dataset ``name`` (see module docstring) from ``data_dir``, or its default places
     (``None``; an explicit directory is used or refused). ``val_size``: how many training images to hold
-    out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 300 split).
-    ``split_seed`` fixes which images are held out (kept fixed across runs on purpose)."""
+    out for validation (default: 5,000 for CIFAR / Fashion-MNIST; digits has a fixed 300 split), the same images
+    in every run."""
     info = DATASETS[canonical_name(name)]
     if info.name == "digits":
         (xtr, ytr), (xva, yva), (xte, yte) = _load_digits()
@@ -283,7 +282,7 @@ def load(
     k = info.val_size if val_size is None else int(val_size)
     if not 0 <= k < len(y):
         raise ValueError(f"val_size must be in [0, {len(y)}), got {k}")
-    tr, va = _split_holdout(len(y), k, split_seed)
+    tr, va = _split_holdout(len(y), k)
     return DataBundle(info, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xte, yte), source)
 
 
