@@ -346,11 +346,14 @@ def plot_eps_curves(r: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    first_with: dict[str, str] = {}  # an arm whose curves equal an earlier arm's is drawn over it: say so
     for i, (arm, a) in enumerate(r["arms"].items()):
+        same = first_with.setdefault(repr(a["curve"]), arm)
         eps = [float(e.split("/")[0]) for e in a["curve"]]
         for attack, style in (("pgd20", "-"), ("fgsm", "--")):
             ys = [c[attack] for c in a["curve"].values()]
-            ax.plot(eps, ys, style, marker="o", ms=3, color=f"C{i}", label=f"{arm} {attack.upper()}")
+            label = f"{arm} {attack.upper()}" + ("" if same == arm else f" (= {same})")
+            ax.plot(eps, ys, style, marker="o", ms=3, color=f"C{i}", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("eps (x / 255, L-inf, pixels in [0, 1])")
     ax.set_ylabel("accuracy (%), mean over seeds")

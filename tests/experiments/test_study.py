@@ -446,3 +446,21 @@ def test_the_retired_table1_command_says_what_replaces_it(capsys):
         cli.main(["table1", "--seeds", "3"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "'table1' was retired" in err and "anl-fused study" in err
+
+
+def test_eps_curves_name_an_arm_drawn_over_an_equal_one(tmp_path, monkeypatch):
+    results = {f"{arm}-0": {"arm": arm, "seed": 0, **_battery(90.0, 10.0)} for arm in ("baseline", "control")}
+    results["anl-0"] = {"arm": "anl", "seed": 0, **_battery(90.0, 12.0)}
+    results["anl-0"]["curve"]["8/255"]["fgsm"] += 1.0
+    figures = []
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: figures.append(fig))
+    study_report.plot_eps_curves(study_report.robustness(results), str(tmp_path / "eps.png"))
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert labels == [
+        "anl PGD20",
+        "anl FGSM",
+        "baseline PGD20",
+        "baseline FGSM",
+        "control PGD20 (= baseline)",
+        "control FGSM (= baseline)",
+    ]
