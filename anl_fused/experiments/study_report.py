@@ -248,9 +248,9 @@ def plot_paired(s: dict, path: str) -> bool:
         ax.errorbar(c["mean"], i, xerr=[[c["mean"] - c["ci"][0]], [c["ci"][1] - c["mean"]]], fmt="D", color="k")
     ax.axvline(0, color="0.3", lw=0.8)
     ax.axvline(-EFFECT, color="tab:red", lw=0.8, ls="--", label=f"the paper's gain (-{EFFECT} pp)")
-    ax.set_yticks(range(len(comps)), [n for n, _ in comps])
+    ax.set_yticks(range(len(comps)), [n if c["complete"] else f"{n}, interim (n {c['n']})" for n, c in comps])
     ax.set_xlabel("paired difference of final test error (pp), per seed; mean and 95% CI")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper right", bbox_to_anchor=(1, -0.1), fontsize=8, frameon=False)  # below: no row hidden
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

@@ -464,3 +464,24 @@ def test_eps_curves_name_an_arm_drawn_over_an_equal_one(tmp_path, monkeypatch):
         "control PGD20 (= baseline)",
         "control FGSM (= baseline)",
     ]
+
+
+def test_paired_figure_marks_interim_rows_and_keeps_its_legend_off_the_rows(tmp_path, monkeypatch):
+    def comparison(values, complete):
+        return {
+            "values": values,
+            "mean": sum(values) / len(values),
+            "ci": [-1.0, 1.0],
+            "n": len(values),
+            "complete": complete,
+        }
+
+    s = {"primary": comparison([0.1, -0.2, 0.3], True), "secondary": {"sam - control": comparison([0.5, 0.1], False)}}
+    figures = []
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: figures.append(fig))
+    assert study_report.plot_paired({**s, "cosine": None}, str(tmp_path / "paired.png"))
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["anl - control", "sam - control, interim (n 2)"]
+    figures[0].canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.y1 <= axes.y0  # below the axes, over no comparison's row
