@@ -26,12 +26,12 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
 from anl_fused import TwoRound, anl_layers, insert_anl, ops, reference
-from anl_fused.engine import frozen_batchnorm_stats
 from anl_fused.experiments.cli_types import finite_float, positive_int
 from anl_fused.experiments.files import atomic_write, out_error
 from anl_fused.experiments.machine import cpu_model, machine_info
 from anl_fused.experiments.models import build, get_spec, names
 from anl_fused.layer import ANL2d, attached
+from anl_fused.state import frozen_batchnorm_stats
 
 from . import naive
 from .render import ratio_cell, table
